@@ -1,0 +1,157 @@
+"""The peer map: who this node knows, as pure state. No IO, no clock: callers pass `now`.
+
+Rules:
+
+* A peer is known by its id. The node itself is never in its own map.
+* Only peers of this node's mesh are admitted; a record for another mesh is refused.
+* One inbox address (host and PULL port) belongs to one peer at a time: a record with a new id at
+  an address already in the map means that node restarted, so the old peer leaves ("replaced")
+  before the new one joins.
+* Every change is returned as events (`PeerJoined`, `PeerUpdated`, `PeerLeft`), in order, for
+  the caller to act on (wire or unwire sockets, tell the application).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ._record import PeerRecord
+
+
+class PeerState(enum.Enum):
+    """Where a peer stands. Only ALIVE exists until failure detection arrives."""
+
+    ALIVE = "alive"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A known peer: its latest record, its state, and when it joined (node clock, seconds)."""
+
+    record: PeerRecord
+    state: PeerState
+    since: float
+
+    @property
+    def id(self) -> str:
+        """The peer's id as 32 hex digits."""
+        return self.record.id_hex
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def address(self) -> str:
+        return self.record.address
+
+    @property
+    def services(self) -> frozenset[str]:
+        return self.record.services
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdated:
+    peer: Peer
+    previous: PeerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    peer: Peer
+    reason: str
+
+
+PeerEvent = PeerJoined | PeerUpdated | PeerLeft
+
+
+class ForeignMeshError(ValueError):
+    """A record of another mesh was offered to the map."""
+
+
+class PeerMap:
+    """The peers one node knows, indexed by id, inbox address and service."""
+
+    def __init__(self, own_id: bytes, mesh: str) -> None:
+        self._own_id = own_id
+        self._mesh = mesh
+        self._peers: dict[bytes, Peer] = {}
+        self._by_address: dict[str, bytes] = {}
+        self._by_service: dict[str, dict[bytes, None]] = {}  # dict as an ordered set
+
+    def observe(self, record: PeerRecord, now: float) -> list[PeerEvent]:
+        """Take in a record heard from the network. Returns what changed.
+
+        Raises `ForeignMeshError` for a record of another mesh.
+        """
+        if record.mesh != self._mesh:
+            raise ForeignMeshError(f"record of mesh {record.mesh!r}, this is {self._mesh!r}")
+        if record.id == self._own_id:
+            return []
+        events: list[PeerEvent] = []
+        known = self._peers.get(record.id)
+        if known is not None:
+            if known.record == record:
+                return []
+            self._unindex(known.record)
+            peer = Peer(record, known.state, known.since)
+            events.append(PeerUpdated(peer, known.record))
+        else:
+            holder = self._by_address.get(record.address)
+            if holder is not None:
+                events.extend(self.remove(holder, "replaced"))
+            peer = Peer(record, PeerState.ALIVE, now)
+            events.append(PeerJoined(peer))
+        self._peers[record.id] = peer
+        self._index(record)
+        return events
+
+    def remove(self, peer_id: bytes, reason: str) -> list[PeerEvent]:
+        """Forget a peer (it said goodbye, or was replaced). Unknown ids are ignored."""
+        peer = self._peers.pop(peer_id, None)
+        if peer is None:
+            return []
+        self._unindex(peer.record)
+        return [PeerLeft(peer, reason)]
+
+    def get(self, peer_id: bytes) -> Peer | None:
+        return self._peers.get(peer_id)
+
+    def by_address(self, address: str) -> Peer | None:
+        peer_id = self._by_address.get(address)
+        return None if peer_id is None else self._peers[peer_id]
+
+    def offering(self, service: str) -> list[bytes]:
+        """Ids of the peers that offer `service`, in the order they started offering it."""
+        return list(self._by_service.get(service, ()))
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def _index(self, record: PeerRecord) -> None:
+        self._by_address[record.address] = record.id
+        for service in record.services:
+            self._by_service.setdefault(service, {})[record.id] = None
+
+    def _unindex(self, record: PeerRecord) -> None:
+        if self._by_address.get(record.address) == record.id:
+            del self._by_address[record.address]
+        for service in record.services:
+            holders = self._by_service.get(service)
+            if holders is not None:
+                holders.pop(record.id, None)
+                if not holders:
+                    del self._by_service[service]

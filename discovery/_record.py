@@ -1,0 +1,191 @@
+"""The peer record: what a node tells others about itself. Pure: no IO.
+
+A record is validated whenever it is built from outside data (`PeerRecord.from_wire`), so code
+holding a `PeerRecord` can trust every field. Unknown keys in a wire record are ignored, so later
+versions may add fields without breaking older nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+PROTOCOL_VERSION: Final = 1
+ID_SIZE: Final = 16
+MAX_NAME_SIZE: Final = 255
+MAX_SERVICES: Final = 1024
+
+
+class RecordError(ValueError):
+    """A peer record (from the network, or passed in) is not valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """Who a node is and how to reach it.
+
+    `id` is 16 random bytes chosen at every start (a restarted process is a new node); `id_hex`
+    is its printable form. `host` is the IP address the node's sockets are bound to, `pub_port`
+    and `pull_port` the ports of its PUB socket (events) and PULL socket (its inbox).
+    """
+
+    id: bytes
+    name: str
+    mesh: str
+    host: str
+    pub_port: int
+    pull_port: int
+    services: frozenset[str] = field(default_factory=frozenset)
+    protocol: int = PROTOCOL_VERSION
+    public_key: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.id, "id")
+        _check_name(self.name, "name")
+        _check_name(self.mesh, "mesh")
+        _check_host(self.host)
+        _check_port(self.pub_port, "pub_port")
+        _check_port(self.pull_port, "pull_port")
+        if not isinstance(self.services, frozenset):
+            raise RecordError("services must be a frozenset")
+        if len(self.services) > MAX_SERVICES:
+            raise RecordError(f"more than {MAX_SERVICES} services")
+        for service in self.services:
+            _check_name(service, "service")
+        if type(self.protocol) is not int or self.protocol != PROTOCOL_VERSION:
+            raise RecordError(f"unsupported protocol version {self.protocol!r}")
+        if self.public_key is not None:
+            _check_name(self.public_key, "public_key")
+
+    @property
+    def id_hex(self) -> str:
+        return self.id.hex()
+
+    @property
+    def address(self) -> str:
+        """The one address another node needs to reach this one: ``host:pull_port``."""
+        return format_address(self.host, self.pull_port)
+
+    @property
+    def pub_endpoint(self) -> str:
+        return tcp_endpoint(self.host, self.pub_port)
+
+    @property
+    def pull_endpoint(self) -> str:
+        return tcp_endpoint(self.host, self.pull_port)
+
+    def with_services(self, services: Iterable[str]) -> PeerRecord:
+        return PeerRecord(
+            self.id,
+            self.name,
+            self.mesh,
+            self.host,
+            self.pub_port,
+            self.pull_port,
+            frozenset(services),
+            self.protocol,
+            self.public_key,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack-ready map sent in HELLO, WELCOME and UPDATE messages."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "mesh": self.mesh,
+            "host": self.host,
+            "pub": self.pub_port,
+            "pull": self.pull_port,
+            "services": sorted(self.services),
+            "v": self.protocol,
+            "key": self.public_key,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> PeerRecord:
+        """Build a record from an untrusted map. Raises `RecordError` and nothing else."""
+        if not isinstance(data, Mapping):
+            raise RecordError("record is not a map")
+        try:
+            services = data["services"]
+            if not isinstance(services, list) or len(services) > MAX_SERVICES:
+                raise RecordError("services is not a list of at most 1024 names")
+            if not all(isinstance(s, str) for s in services):
+                raise RecordError("a service name is not a string")
+            return cls(
+                id=data["id"],
+                name=data["name"],
+                mesh=data["mesh"],
+                host=data["host"],
+                pub_port=data["pub"],
+                pull_port=data["pull"],
+                services=frozenset(services),
+                protocol=data["v"],
+                public_key=data.get("key"),
+            )
+        except KeyError as exc:
+            raise RecordError(f"record has no {exc.args[0]!r}") from None
+        except TypeError as exc:  # an unhashable value where a key was expected, and the like
+            raise RecordError(str(exc)) from None
+
+
+def _check_bytes(value: object, what: str) -> None:
+    if type(value) is not bytes or len(value) != ID_SIZE:
+        raise RecordError(f"{what} is not {ID_SIZE} bytes")
+
+
+def _check_name(value: object, what: str) -> None:
+    if type(value) is not str:
+        raise RecordError(f"{what} is not a string")
+    if not value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_SIZE:
+        raise RecordError(f"{what} must be 1 to {MAX_NAME_SIZE} bytes")
+
+
+def _check_port(value: object, what: str) -> None:
+    if type(value) is not int or not 0 < value < 65536:
+        raise RecordError(f"{what} is not a port number")
+
+
+def _check_host(value: object) -> None:
+    if type(value) is not str:
+        raise RecordError("host is not a string")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise RecordError(f"host {value[:64]!r} is not an IP address") from None
+    if ip.is_unspecified or ip.is_multicast:
+        raise RecordError(f"host {value} cannot be connected to")
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tcp_endpoint(host: str, port: int) -> str:
+    return f"tcp://{format_address(host, port)}"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port`` or ``tcp://host:port`` into an IP literal and a port.
+
+    Raises `ValueError` with a message fit for a user.
+    """
+    text = address.strip()
+    text = text.removeprefix("tcp://")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    host = host.removeprefix("[").removesuffix("]")
+    port = int(port_text)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"address {address!r}: {host!r} is not an IP address") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"address {address!r}: port out of range")
+    if ip.is_unspecified:
+        raise ValueError(f"address {address!r}: cannot connect to an unspecified address")
+    return str(ip), port

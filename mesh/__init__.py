@@ -1,0 +1,44 @@
+"""mesh: a brokerless peer-to-peer messaging mesh on ZeroMQ and trio.
+
+Services embed a node (`open_node`). Nodes peer directly: events go PUB -> SUB
+(`Node.publish`, `Node.subscribe`), work goes from a sender's per-peer PUSH to a worker's PULL
+(`Node.push`, `Node.work`) and is acked back. Peers are found through seeds (`Node.connect`) and,
+with the `discovery` package, on the LAN. docs/protocol.md specifies the wire protocol.
+
+Architecture: the pure parts (`_wire` codec, `discovery` records and peer map, `_routing`
+dispatcher) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio; `_node` owns the
+sockets and tasks and wires the rest together.
+"""
+
+from __future__ import annotations
+
+from ._errors import MeshError, NoWorkerError, PeerUnreachableError, ProtocolError
+from ._node import (
+    Endpoints,
+    Message,
+    Node,
+    NodeStatistics,
+    Settings,
+    Subscription,
+    Task,
+    TaskStream,
+    open_node,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Endpoints",
+    "MeshError",
+    "Message",
+    "NoWorkerError",
+    "Node",
+    "NodeStatistics",
+    "PeerUnreachableError",
+    "ProtocolError",
+    "Settings",
+    "Subscription",
+    "Task",
+    "TaskStream",
+    "open_node",
+]

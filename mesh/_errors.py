@@ -1,0 +1,46 @@
+"""The exceptions a node raises.
+
+Named by who caused them, as in h11 and trio: `ProtocolError` means a *peer* sent something that
+breaks the wire protocol (the node drops it and carries on; only the codec raises it);
+`NoWorkerError` and `PeerUnreachableError` mean the mesh could not do what was asked in time.
+Bad arguments from the caller raise the usual `ValueError`/`TypeError`, and using a node after it
+closed raises `trio.ClosedResourceError`.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ProtocolError(MeshError):
+    """A frame broke wire protocol v1 (see docs/protocol.md).
+
+    Raised only by the codec, for data that came from outside. `reason` is a short stable tag
+    (``"truncated"``, ``"oversized"``, ``"malformed"``, ``"version"``, ``"kind"``, ``"type"``,
+    ``"nesting"``) suitable as a statistics key.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class NoWorkerError(MeshError):
+    """No live peer offered `service` (with room for another task) before the timeout passed."""
+
+    def __init__(self, service: str, timeout: float) -> None:
+        super().__init__(f"no worker for service {service!r} within {timeout:g} s")
+        self.service = service
+        self.timeout = timeout
+
+
+class PeerUnreachableError(MeshError):
+    """No node answered at `address` before the timeout passed."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__(f"no node answered at {address} within {timeout:g} s")
+        self.address = address
+        self.timeout = timeout

@@ -1,0 +1,1054 @@
+"""The node: owns the ZeroMQ sockets and the tasks that drive them, and wires the pure parts
+(wire codec, peer map, dispatcher) to them.
+
+Sockets of one node (docs/protocol.md has the frames):
+
+* PUB, bound: events, and control messages (goodbye, subscription proofs).
+* PULL, bound: the inbox: HELLO/WELCOME/UPDATE, tasks, acks, subscription probes, goodbyes.
+* SUB, one, connected to every known peer's PUB.
+* PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
+  own queue, and the node, not ZeroMQ's blind round robin, picks which peer gets each task.
+
+Every socket has one owner task; other tasks reach it through `Outbox` (sends) or
+`AsyncSocket.call_soon` (SUBSCRIBE, connect, disconnect). Nothing outlives `open_node`: on exit the
+node says goodbye (bounded, shielded), cancels its tasks, closes its sockets and terminates its
+ZeroMQ context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import math
+import os
+import socket as stdlib_socket
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+
+import trio
+import zmq
+
+from discovery import (
+    ForeignMeshError,
+    Peer,
+    PeerEvent,
+    PeerJoined,
+    PeerLeft,
+    PeerMap,
+    PeerRecord,
+    PeerUpdated,
+    format_address,
+    parse_address,
+    tcp_endpoint,
+)
+
+from . import _wire
+from ._errors import NoWorkerError, PeerUnreachableError, ProtocolError
+from ._ratelimit import RateLimitedLog
+from ._routing import Dispatcher, InFlightTask
+from ._wire import Envelope, Hello, Kind, pack, topic_channel
+from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
+
+logger = logging.getLogger("mesh")
+
+# Calls that complete without waiting (publish, receiving a buffered message) check for
+# cancellation every time but give other tasks a turn only this often: a scheduling point per
+# message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
+_YIELD_EVERY: Final = 64
+_SYNC_RESEND: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Tunables of a node. Every field has a default fit for a LAN; all sizes count messages."""
+
+    #: Most messages taken from one socket per wake-up before other tasks get a turn.
+    receive_batch: int = 1000
+    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one slow subscriber
+    #: connection before ZeroMQ drops (best-effort events; see docs/protocol.md).
+    event_hwm: int = 100_000
+    #: Events held for one `Subscription` whose reader is slow before new ones are dropped
+    #: (and counted in `Subscription.dropped`).
+    subscription_buffer: int = 100_000
+    #: Messages queued in the node for one peer (on top of ZeroMQ's own buffer) before `push`
+    #: to that peer waits.
+    peer_queue: int = 10_000
+    #: Most of this node's tasks one worker holds unacked at a time.
+    max_in_flight: int = 1000
+    #: How long entering `subscribe` waits for the known peers to confirm the subscription.
+    sync_timeout: float = 2.0
+    #: How long `connect` waits for an answer by default.
+    connect_timeout: float = 5.0
+    #: How long closing the node spends saying goodbye to its peers.
+    goodbye_timeout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """The ZeroMQ endpoints a node is bound to."""
+
+    pub: str
+    pull: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event, as a subscriber receives it. `sender` is the publishing node's id (hex) and
+    `seq` its sequence number on that node's PUB stream."""
+
+    topic: str
+    body: Any
+    sender: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
+    protocol, by `ProtocolError.reason` in `bad_frame_reasons`."""
+
+    peers: int
+    events_published: int
+    events_received: int
+    events_dropped: int
+    tasks_pushed: int
+    tasks_acked: int
+    tasks_nacked: int
+    tasks_in_flight: int
+    tasks_received: int
+    acks_sent: int
+    nacks_sent: int
+    bad_frames: int
+    bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
+
+
+class _Link:
+    """The PUSH socket, outbox and owner task for one peer inbox."""
+
+    __slots__ = ("address", "outbox", "scope", "seq")
+
+    def __init__(self, address: str, outbox: Outbox) -> None:
+        self.address = address
+        self.outbox = outbox
+        self.scope = trio.CancelScope()
+        self.seq = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class Subscription:
+    """Events whose topic starts with `prefix`, from every peer, in arrival order.
+
+    Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
+    Events arriving while the buffer (`Settings.subscription_buffer`) is full are dropped and
+    counted in `dropped`. The subscription ends when its ``async with`` block exits or the node
+    closes; reading it then raises `trio.ClosedResourceError` (iteration just stops).
+    """
+
+    def __init__(self, prefix: str, capacity: int) -> None:
+        self.prefix = prefix
+        self.dropped = 0
+        self._buffer: deque[Message] = deque()
+        self._capacity = capacity
+        self._ready = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._taken = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
+
+    async def receive(self) -> Message:
+        """The next event; waits for one. Cancelling it loses nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffer:
+            if self._closed:
+                raise trio.ClosedResourceError("subscription ended")
+            await self._ready.park()
+        message = self._buffer.popleft()
+        self._taken += 1
+        if self._taken % _YIELD_EVERY == 0:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _deliver(self, message: Message) -> bool:
+        if len(self._buffer) >= self._capacity:
+            self.dropped += 1
+            return False
+        self._buffer.append(message)
+        self._ready.unpark()
+        return True
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.unpark_all()
+
+
+class Task:
+    """One task given to this node's worker. Use ``async with task:`` around the work.
+
+    Leaving the block normally acks the task to its sender. An exception nacks it (so the sender
+    may send it elsewhere) and is logged; an `Exception` is then suppressed so the worker loop goes
+    on, while cancellation and other `BaseException`s propagate. `ack()`/`nack()` settle a task by
+    hand; a task is settled once, later calls do nothing.
+    """
+
+    __slots__ = ("_node", "_origin", "_settled", "attempt", "body", "id", "sender", "service")
+
+    def __init__(
+        self, node: Node, origin: bytes, task_id: int, service: str, attempt: int, body: Any
+    ) -> None:
+        self._node = node
+        self._origin = origin
+        self._settled = False
+        self.id = task_id
+        self.service = service
+        self.attempt = attempt
+        self.body = body
+        self.sender = origin.hex()
+
+    def __repr__(self) -> str:
+        return f"<Task {self.service} {self.sender[:8]}/{self.id} attempt={self.attempt}>"
+
+    async def ack(self) -> None:
+        """Tell the sender the task is done."""
+        if not self._settled:
+            self._settled = True
+            await self._node._settle(self._origin, Kind.ACK, [self.id])
+
+    async def nack(self, reason: str = "failed") -> None:
+        """Tell the sender the task failed here."""
+        if not self._settled:
+            self._settled = True
+            await self._node._settle(self._origin, Kind.NACK, [self.id, reason[:200]])
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            await self.ack()
+            return False
+        with trio.CancelScope(shield=True):
+            await self.nack(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Exception):
+            logger.warning("task %r failed", self, exc_info=exc)
+            return True
+        return False
+
+
+class TaskStream:
+    """The tasks sent to this node for one service, in arrival order. Made by `Node.work`.
+
+    Several tasks may read it at once (each task goes to one reader). When the ``async with``
+    block exits, the service is withdrawn and tasks not yet taken are nacked back to their senders.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._buffer: deque[Task] = deque()
+        self._ready = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._taken = 0
+
+    def __repr__(self) -> str:
+        return f"<TaskStream {self.service!r} buffered={len(self._buffer)}>"
+
+    async def receive(self) -> Task:
+        """The next task; waits for one. Cancelling it loses nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffer:
+            if self._closed:
+                raise trio.ClosedResourceError("service withdrawn")
+            await self._ready.park()
+        task = self._buffer.popleft()
+        self._taken += 1
+        if self._taken % _YIELD_EVERY == 0:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return task
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Task:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _deliver(self, task: Task) -> None:
+        self._buffer.append(task)
+        self._ready.unpark()
+
+    def _close(self) -> list[Task]:
+        self._closed = True
+        self._ready.unpark_all()
+        left = list(self._buffer)
+        self._buffer.clear()
+        return left
+
+
+class Node:
+    """A member of a mesh. Made only by `open_node`, and usable only inside its ``async with``.
+
+    After the node has closed, its methods raise `trio.ClosedResourceError`.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        *,
+        name: str,
+        mesh: str,
+        interface: str,
+        pub_port: int,
+        pull_port: int,
+        settings: Settings,
+    ) -> None:
+        self._context = context
+        self._settings = settings
+        self._id = os.urandom(_wire.NODE_ID_SIZE)
+        self._closing = False
+        self._nursery: trio.Nursery | None = None
+        self._log = RateLimitedLog(logger)
+        ipv6 = ":" in interface
+
+        pub = self._socket(zmq.PUB, ipv6)
+        pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
+        pull = self._socket(zmq.PULL, ipv6)
+        pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+        pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
+        sub = self._socket(zmq.SUB, ipv6)
+        sub.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+        sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
+        sub.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
+        actual_pub = _bind(pub, interface, pub_port)
+        actual_pull = _bind(pull, interface, pull_port)
+
+        self._pub = Outbox(AsyncSocket(pub), capacity=settings.peer_queue)
+        self._pull = AsyncSocket(pull)
+        self._sub = AsyncSocket(sub)
+        self._record = PeerRecord(
+            id=self._id,
+            name=name,
+            mesh=mesh,
+            host=interface,
+            pub_port=actual_pub,
+            pull_port=actual_pull,
+        )
+        self._pub_seq = 0
+        self._peers = PeerMap(self._id, mesh)
+        self._links: dict[str, _Link] = {}
+        self._dispatcher = Dispatcher(settings.max_in_flight)
+        self._subscriptions: list[Subscription] = []
+        self._channel_refs: dict[bytes, int] = {}
+        self._streams: dict[str, TaskStream] = {}
+        self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
+        self._peers_changed = trio.lowlevel.ParkingLot()
+        self._synced = trio.lowlevel.ParkingLot()
+        self._synced_tokens: set[int] = set()
+        self._next_token = 1
+        self._unyielded = 0
+        self._counts = dict.fromkeys(
+            (
+                "events_published",
+                "events_received",
+                "events_dropped",
+                "tasks_pushed",
+                "tasks_acked",
+                "tasks_nacked",
+                "tasks_received",
+                "acks_sent",
+                "nacks_sent",
+                "bad_frames",
+            ),
+            0,
+        )
+        self._bad_reasons: dict[str, int] = {}
+
+    # -- public surface ----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This node's id, 32 hex digits, new at every start."""
+        return self._id.hex()
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def mesh(self) -> str:
+        return self._record.mesh
+
+    @property
+    def record(self) -> PeerRecord:
+        """What this node tells its peers about itself."""
+        return self._record
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self._record.pub_endpoint, self._record.pull_endpoint)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of this node's inbox: what another node passes to `connect` or `seeds`."""
+        return self._record.address
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """A snapshot of the known peers, by id (hex)."""
+        return {peer.id: peer for peer in self._peers}
+
+    def statistics(self) -> NodeStatistics:
+        return NodeStatistics(
+            peers=len(self._peers),
+            tasks_in_flight=self._dispatcher.in_flight(),
+            bad_frame_reasons=dict(self._bad_reasons),
+            **self._counts,
+        )
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closing else ""
+        return (
+            f"<Node {self.name} {self.id[:8]}{state} peers={len(self._peers)}"
+            f" inflight={self._dispatcher.in_flight()}>"
+        )
+
+    async def publish(self, topic: str, body: Any) -> None:
+        """Publish an event to every peer subscribed to a prefix of `topic`.
+
+        Best effort, like ZeroMQ PUB/SUB: the call returns once ZeroMQ has the event, and
+        never waits for subscribers. Raises `TypeError` for a body msgpack cannot carry.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        channel = topic_channel(topic)
+        self._pub_seq += 1
+        frame = pack(Kind.EVENT, self._id, self._pub_seq, None, body)
+        if not self._pub.send_nowait((channel, frame)):
+            await self._pub.send((channel, frame))
+        self._counts["events_published"] += 1
+        await self._maybe_yield()
+
+    @asynccontextmanager
+    async def subscribe(self, prefix: str) -> AsyncIterator[Subscription]:
+        """Receive events whose topic starts with `prefix` (``""`` for all).
+
+        Entering waits (at most `Settings.sync_timeout`) until every peer known now has confirmed
+        that the subscription is live there, so events those peers publish after this returns
+        are not lost to ZeroMQ's slow-joiner gap.
+        """
+        self._check_open()
+        channel = topic_channel(prefix)
+        subscription = Subscription(prefix, self._settings.subscription_buffer)
+        self._subscriptions.append(subscription)
+        refs = self._channel_refs.get(channel, 0)
+        self._channel_refs[channel] = refs + 1
+        try:
+            if refs == 0:
+                await self._sub.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
+            await self._sync_subscription(prefix, [peer.record.id for peer in self._peers])
+            yield subscription
+        finally:
+            subscription._close()
+            self._subscriptions.remove(subscription)
+            self._channel_refs[channel] -= 1
+            if self._channel_refs[channel] == 0:
+                del self._channel_refs[channel]
+                if not self._sub.closed:
+                    self._sub.call_soon(_setsockopt(zmq.UNSUBSCRIBE, channel))
+
+    async def push(self, service: str, body: Any, *, timeout: float = math.inf) -> None:
+        """Send one task to a peer that offers `service`.
+
+        Waits while no known peer offers it or every one that does already holds
+        `Settings.max_in_flight` of this node's tasks. Returns once the task is handed to that
+        peer's outbox; its ack is counted in `statistics()`. Raises `NoWorkerError` when
+        `timeout` seconds pass first, `TypeError` for a body msgpack cannot carry.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        _check_service(service)
+        deadline = trio.current_time() + timeout
+        while True:
+            worker = self._dispatcher.pick(self._ready_workers(service))
+            if worker is not None:
+                break
+            with trio.move_on_at(deadline):
+                await self._capacity_changed.park()
+                self._check_open()
+                continue
+            raise NoWorkerError(service, timeout)
+        peer = self._peers.get(worker)
+        assert peer is not None
+        link = self._links[peer.address]
+        task_id = self._dispatcher.new_task_id()
+        frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, 1], body)
+        link.next_seq()
+        sent = link.outbox.send_nowait((frame,))
+        assert sent, "picked a worker whose outbox is full"
+        self._dispatcher.sent(InFlightTask(task_id, service, body, worker, 1, trio.current_time()))
+        self._counts["tasks_pushed"] += 1
+        await self._maybe_yield()
+
+    @asynccontextmanager
+    async def work(self, service: str) -> AsyncIterator[TaskStream]:
+        """Offer `service` to the mesh and receive its tasks.
+
+        Peers learn of the service at once (an UPDATE to each). Leaving the block withdraws it and
+        nacks the tasks not yet taken. One stream per service per node: a second raises
+        `ValueError`.
+        """
+        self._check_open()
+        _check_service(service)
+        if service in self._streams:
+            raise ValueError(f"this node already works for {service!r}")
+        stream = TaskStream(service)
+        self._streams[service] = stream
+        self._set_services(self._streams)
+        try:
+            await trio.lowlevel.checkpoint()
+            yield stream
+        finally:
+            del self._streams[service]
+            for task in stream._close():
+                self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
+            if not self._closing:
+                self._set_services(self._streams)
+
+    async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
+        """Peer with the node whose inbox is at `address` (``host:port``), with no discovery.
+
+        The two exchange records (HELLO/WELCOME) and the peers each knows, so one address joins
+        this node to the whole mesh. Returns the peer once it is known. Raises `ValueError` for
+        an address that is not ``host:port``, `PeerUnreachableError` when no node answers within
+        `timeout` (default `Settings.connect_timeout`).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        address = format_address(*parse_address(address))
+        if address == self.address:
+            raise ValueError("a node cannot connect to itself")
+        if timeout is None:
+            timeout = self._settings.connect_timeout
+        self._introduce(address)
+        with trio.move_on_after(timeout):
+            while (peer := self._peers.by_address(address)) is None:
+                await self._peers_changed.park()
+            return peer
+        raise PeerUnreachableError(address, timeout)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
+        self._nursery = nursery
+        nursery.start_soon(self._pub.run)
+        nursery.start_soon(self._serve_inbox)
+        nursery.start_soon(self._serve_subscriptions)
+        for seed in seeds:
+            address = format_address(*parse_address(seed))
+            if address != self.address:
+                self._introduce(address)
+
+    async def _serve_inbox(self) -> None:
+        handlers = {
+            Kind.TASK: self._on_task,
+            Kind.ACK: self._on_settled,
+            Kind.NACK: self._on_settled,
+            Kind.HELLO: self._on_hello,
+            Kind.WELCOME: self._on_hello,
+            Kind.UPDATE: self._on_update,
+            Kind.BYE: self._on_bye,
+            Kind.SYNC: self._on_sync,
+        }
+        batch_size = self._settings.receive_batch
+        while True:
+            try:
+                batch = await self._pull.receive_batch(batch_size)
+            except trio.ClosedResourceError:
+                return
+            for frames in batch:
+                try:
+                    envelope = _wire.decode(frames)
+                except ProtocolError as exc:
+                    self._bad_frame(exc, "inbox")
+                    continue
+                handlers[envelope.kind](envelope)
+
+    async def _serve_subscriptions(self) -> None:
+        batch_size = self._settings.receive_batch
+        counts = self._counts
+        while True:
+            try:
+                batch = await self._sub.receive_batch(batch_size)
+            except trio.ClosedResourceError:
+                return
+            for frames in batch:
+                try:
+                    envelope = _wire.decode(frames)
+                except ProtocolError as exc:
+                    self._bad_frame(exc, "events")
+                    continue
+                kind = envelope.kind
+                if kind is Kind.EVENT:
+                    topic = envelope.topic
+                    assert topic is not None
+                    counts["events_received"] += 1
+                    message = Message(topic, envelope.body, envelope.sender.hex(), envelope.seq)
+                    for subscription in self._subscriptions:
+                        if topic.startswith(subscription.prefix) and not subscription._deliver(
+                            message
+                        ):
+                            counts["events_dropped"] += 1
+                elif kind is Kind.SYNCED:
+                    assert envelope.meta is not None
+                    token, addressee = envelope.meta
+                    if addressee == self._id:
+                        self._synced_tokens.add(token)
+                        self._synced.unpark_all()
+                elif kind is Kind.BYE:
+                    self._on_bye(envelope)
+                # HEARTBEAT: read by failure detection (a later protocol feature); ignored here.
+
+    # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
+
+    def _on_task(self, envelope: Envelope) -> None:
+        assert envelope.meta is not None
+        task_id, service, attempt = envelope.meta
+        self._counts["tasks_received"] += 1
+        stream = self._streams.get(service)
+        if stream is None:
+            self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
+            return
+        stream._deliver(Task(self, envelope.sender, task_id, service, attempt, envelope.body))
+
+    def _on_settled(self, envelope: Envelope) -> None:
+        assert envelope.meta is not None
+        task = self._dispatcher.settle(envelope.sender, envelope.meta[0])
+        if task is None:
+            return
+        if envelope.kind is Kind.ACK:
+            self._counts["tasks_acked"] += 1
+        else:
+            self._counts["tasks_nacked"] += 1
+            self._log.warning(
+                "nack:" + task.service,
+                trio.current_time(),
+                "task %d for %r was refused by %s: %s",
+                task.task_id,
+                task.service,
+                envelope.sender.hex()[:8],
+                envelope.meta[1],
+            )
+        self._capacity_changed.unpark_all()
+
+    def _on_hello(self, envelope: Envelope) -> None:
+        hello = envelope.body
+        assert isinstance(hello, Hello)
+        if not self._observe(hello.record):
+            return
+        if envelope.kind is Kind.HELLO:
+            self._send_direct(hello.record.address, Kind.WELCOME, None, self._hello().to_wire())
+        for address in hello.peers:
+            if address != self.address and self._peers.by_address(address) is None:
+                self._introduce(address)
+
+    def _on_update(self, envelope: Envelope) -> None:
+        assert isinstance(envelope.body, PeerRecord)
+        if envelope.sender in self._peers:
+            self._observe(envelope.body)
+
+    def _on_bye(self, envelope: Envelope) -> None:
+        self._apply(self._peers.remove(envelope.sender, "goodbye"))
+
+    def _on_sync(self, envelope: Envelope) -> None:
+        assert envelope.meta is not None
+        token, prefix = envelope.meta
+        self._pub_seq += 1
+        frame = pack(Kind.SYNCED, self._id, self._pub_seq, [token, envelope.sender], None)
+        self._pub.send_nowait((topic_channel(prefix), frame))
+
+    # -- peers and links -----------------------------------------------------------------------
+
+    def _observe(self, record: PeerRecord) -> bool:
+        try:
+            events = self._peers.observe(record, trio.current_time())
+        except ForeignMeshError:
+            self._log.warning(
+                "mesh:" + record.mesh,
+                trio.current_time(),
+                "ignoring node %s at %s: it belongs to mesh %r, this node to %r",
+                record.name,
+                record.address,
+                record.mesh,
+                self.mesh,
+            )
+            return False
+        self._apply(events)
+        return True
+
+    def _apply(self, events: Sequence[PeerEvent]) -> None:
+        """Carry out what the peer map decided: wire, rewire or unwire sockets."""
+        for event in events:
+            if isinstance(event, PeerJoined):
+                record = event.peer.record
+                self._link(record.address)
+                self._sub.call_soon(_connect(record.pub_endpoint))
+                logger.info("peer joined: %s at %s", record.name, record.address)
+            elif isinstance(event, PeerUpdated):
+                old, new = event.previous, event.peer.record
+                if old.pub_endpoint != new.pub_endpoint:
+                    self._sub.call_soon(_disconnect(old.pub_endpoint))
+                    self._sub.call_soon(_connect(new.pub_endpoint))
+                if old.address != new.address:
+                    self._unlink(old.address)
+                    self._link(new.address)
+            elif isinstance(event, PeerLeft):
+                record = event.peer.record
+                self._sub.call_soon(_disconnect(record.pub_endpoint))
+                self._unlink(record.address)
+                lost = self._dispatcher.forget_worker(record.id)
+                if lost:
+                    logger.warning(
+                        "peer %s left (%s) holding %d unacked tasks",
+                        record.name,
+                        event.reason,
+                        len(lost),
+                    )
+                logger.info("peer left: %s %s (%s)", record.name, record.id_hex[:8], event.reason)
+        self._capacity_changed.unpark_all()
+        self._peers_changed.unpark_all()
+
+    def _link(self, address: str) -> _Link:
+        link = self._links.get(address)
+        if link is not None:
+            return link
+        host, port = parse_address(address)
+        push = self._socket(zmq.PUSH, ":" in host)
+        push.setsockopt(zmq.IMMEDIATE, 1)  # queue here, not in a pipe to a peer that is not there
+        push.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        push.connect(tcp_endpoint(host, port))
+        link = _Link(
+            address,
+            Outbox(AsyncSocket(push), self._settings.peer_queue, self._wake_pushers),
+        )
+        self._links[address] = link
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_link, link)
+        return link
+
+    async def _run_link(self, link: _Link) -> None:
+        with link.scope:
+            await link.outbox.run()
+
+    def _unlink(self, address: str) -> None:
+        link = self._links.pop(address, None)
+        if link is not None:
+            link.scope.cancel()
+            link.outbox.discard()
+            link.outbox.socket.close(linger=0)
+
+    def _introduce(self, address: str) -> None:
+        """Send HELLO to the inbox at `address`; it is delivered whenever that node is up."""
+        if address not in self._links:
+            self._send_direct(address, Kind.HELLO, None, self._hello().to_wire())
+
+    def _hello(self) -> Hello:
+        known = tuple(peer.address for peer in self._peers)
+        return Hello(self._record, known)
+
+    def _send_direct(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
+        link = self._link(address)
+        frame = pack(kind, self._id, link.next_seq(), meta, body)
+        if link.outbox.send_nowait((frame,)):
+            return True
+        self._log.warning(
+            "full:" + address,
+            trio.current_time(),
+            "outbox to %s is full; dropped a %s message",
+            address,
+            kind.name,
+        )
+        return False
+
+    def _set_services(self, services: Iterable[str]) -> None:
+        self._record = self._record.with_services(services)
+        body = self._record.to_wire()
+        for peer in self._peers:
+            self._send_direct(peer.address, Kind.UPDATE, None, body)
+
+    async def _settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
+        peer = self._peers.get(origin)
+        link = None if peer is None else self._links.get(peer.address)
+        if link is None or link.outbox.socket.closed:
+            self._log.warning(
+                "unroutable",
+                trio.current_time(),
+                "cannot send %s for task %d: its sender %s is not a known peer",
+                kind.name,
+                meta[0],
+                origin.hex()[:8],
+            )
+            return
+        frame = pack(kind, self._id, link.next_seq(), meta, None)
+        await link.outbox.send((frame,))
+        self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+
+    def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
+        peer = self._peers.get(origin)
+        if peer is not None and self._send_direct(peer.address, kind, meta, None):
+            self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+
+    def _ready_workers(self, service: str) -> list[bytes]:
+        ready = []
+        for worker in self._peers.offering(service):
+            peer = self._peers.get(worker)
+            link = None if peer is None else self._links.get(peer.address)
+            if link is not None and link.outbox.has_room():
+                ready.append(worker)
+        return ready
+
+    async def _sync_subscription(self, prefix: str, peers: Sequence[bytes]) -> None:
+        """Probe each peer (SYNC) until it answers on the subscription's own channel (SYNCED)."""
+        waiting: dict[int, bytes] = {}
+        for peer_id in peers:
+            waiting[self._next_token] = peer_id
+            self._next_token += 1
+        with trio.move_on_after(self._settings.sync_timeout):
+            while waiting:
+                for token, peer_id in list(waiting.items()):
+                    peer = self._peers.get(peer_id)
+                    if peer is None:
+                        del waiting[token]
+                    else:
+                        self._send_direct(peer.address, Kind.SYNC, [token, prefix], None)
+                with trio.move_on_after(_SYNC_RESEND):
+                    while not self._synced_tokens.intersection(waiting):
+                        await self._synced.park()
+                for token in self._synced_tokens.intersection(waiting):
+                    del waiting[token]
+                    self._synced_tokens.discard(token)
+        for token in waiting:
+            self._synced_tokens.discard(token)
+        if waiting:
+            logger.warning(
+                "subscription %r not confirmed by %d peer(s) within %g s",
+                prefix,
+                len(waiting),
+                self._settings.sync_timeout,
+            )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _socket(self, kind: int, ipv6: bool) -> ZmqSocket:
+        sock: ZmqSocket = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if ipv6:
+            sock.setsockopt(zmq.IPV6, 1)
+        return sock
+
+    def _wake_pushers(self) -> None:
+        self._capacity_changed.unpark_all()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise trio.ClosedResourceError("the node is closed")
+
+    async def _maybe_yield(self) -> None:
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _bad_frame(self, exc: ProtocolError, where: str) -> None:
+        self._counts["bad_frames"] += 1
+        self._bad_reasons[exc.reason] = self._bad_reasons.get(exc.reason, 0) + 1
+        self._log.warning(
+            "bad:" + exc.reason,
+            trio.current_time(),
+            "dropped a bad frame on the %s: %s",
+            where,
+            exc,
+        )
+
+    async def _say_goodbye(self) -> None:
+        """Tell every peer this node is leaving, then stop all its work. Bounded and shielded."""
+        if self._closing:
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._settings.goodbye_timeout
+            for stream in list(self._streams.values()):
+                for task in stream._close():
+                    self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
+            self._pub_seq += 1
+            bye = pack(Kind.BYE, self._id, self._pub_seq, None, None)
+            self._pub.send_nowait((_wire.CONTROL_CHANNEL, bye))
+            for peer in self._peers:
+                self._send_direct(peer.address, Kind.BYE, None, None)
+            for link in list(self._links.values()):
+                await link.outbox.wait_empty()
+            await self._pub.wait_empty()
+        for subscription in self._subscriptions:
+            subscription._close()
+        self._capacity_changed.unpark_all()
+        self._peers_changed.unpark_all()
+
+    def _close_sockets(self) -> None:
+        linger = round(self._settings.goodbye_timeout * 1000)
+        self._pub.socket.close(linger=linger)  # so the goodbye still goes out
+        for link in self._links.values():
+            link.outbox.socket.close(linger=linger)
+        self._links.clear()
+        self._pull.close()
+        self._sub.close()
+
+
+def _connect(endpoint: str) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        sock.connect(endpoint)
+
+    return op
+
+
+def _disconnect(endpoint: str) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        # A peer that never finished connecting raises ENOENT here; there is nothing to undo.
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(endpoint)
+
+    return op
+
+
+def _setsockopt(option: int, value: bytes) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        sock.setsockopt(option, value)
+
+    return op
+
+
+def _check_service(service: str) -> None:
+    if not isinstance(service, str):
+        raise TypeError(f"service must be str, not {type(service).__name__}")
+    if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
+        raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
+
+
+def _check_interface(interface: str) -> str:
+    try:
+        ip = ipaddress.ip_address(interface)
+    except ValueError:
+        raise ValueError(f"interface {interface!r} is not an IP address") from None
+    if ip.is_unspecified:
+        raise ValueError(
+            "a node binds to one interface address (say 127.0.0.1 or a LAN address); "
+            "binding to all interfaces is not supported yet"
+        )
+    return str(ip)
+
+
+def _bind(sock: ZmqSocket, host: str, port: int) -> int:
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range")
+    bracketed = f"[{host}]" if ":" in host else host
+    endpoint = f"tcp://{bracketed}:{port or '*'}"
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(last, bytes)
+    return int(last.rsplit(b":", 1)[1])
+
+
+@asynccontextmanager
+async def open_node(
+    name: str | None = None,
+    *,
+    mesh: str = "default",
+    interface: str = "127.0.0.1",
+    pub_port: int = 0,
+    pull_port: int = 0,
+    seeds: Iterable[str] = (),
+    settings: Settings | None = None,
+) -> AsyncIterator[Node]:
+    """Open a node: bind its sockets, start its tasks, peer with `seeds`; close it all on exit.
+
+    `interface` is the one IP address every socket binds to (127.0.0.1 unless told otherwise);
+    ports are ephemeral unless given. `seeds` are ``host:port`` inbox addresses of other nodes
+    (their `Node.address`): each is sent a HELLO in the background, delivered whenever that node
+    is up. Raises `ValueError` for a bad name, interface, port or seed, and `OSError` when a port
+    cannot be bound. On exit the node says goodbye to its peers (bounded by
+    `Settings.goodbye_timeout`), stops its tasks, closes every socket and terminates its
+    ZeroMQ context.
+    """
+    settings = settings or Settings()
+    interface = _check_interface(interface)
+    seeds = list(seeds)
+    for seed in seeds:
+        parse_address(seed)
+    if name is None:
+        name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
+    context: zmq.Context[Any] = zmq.Context()
+    node: Node | None = None
+    try:
+        node = Node(
+            context,
+            name=name,
+            mesh=mesh,
+            interface=interface,
+            pub_port=pub_port,
+            pull_port=pull_port,
+            settings=settings,
+        )
+        async with trio.open_nursery() as nursery:
+            node._start(nursery, seeds)
+            try:
+                yield node
+            finally:
+                await node._say_goodbye()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps whatever the user's block raised; hand it back as it was.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        if node is None:
+            context.destroy(linger=0)  # Node() failed: close whatever it had opened
+        else:
+            node._close_sockets()
+        with trio.CancelScope(shield=True):
+            # Only sockets given a linger (the goodbyes) can keep term() waiting, and no longer.
+            await trio.to_thread.run_sync(context.term)

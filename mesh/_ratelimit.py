@@ -1,0 +1,32 @@
+"""Warnings about what peers send, at a bounded rate: a hostile or broken peer must not be able to
+flood the log. Pure apart from the logger: time is passed in."""
+
+from __future__ import annotations
+
+import logging
+
+
+class RateLimitedLog:
+    """At most one warning per `key` every `interval` seconds; the ones held back are counted and
+    reported with the next warning for that key."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def warning(self, key: str, now: float, message: str, *args: object) -> bool:
+        """Log `message % args` unless `key` was logged less than `interval` ago. Returns whether
+        it was logged."""
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held_back[key] = self._held_back.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held_back = self._held_back.pop(key, 0)
+        if held_back:
+            message += " (and %d more like it held back)"
+            args = (*args, held_back)
+        self._logger.warning(message, *args)
+        return True

@@ -1,0 +1,226 @@
+"""ZeroMQ sockets driven from trio, through libzmq's edge-triggered FD.
+
+Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_future.py`):
+
+* The FD (`zmq.FD`) is not a socket. "Readable" means only "`zmq.EVENTS` may have changed", for
+  sends and receives alike, and *any* call into the socket (send, recv, reading `EVENTS`, setting
+  SUBSCRIBE) can consume that signal while messages are still waiting. So: try the operation with
+  NOBLOCK first; wait on the FD only after `EVENTS` says the operation cannot proceed; re-read
+  `EVENTS` after every wake-up.
+* Hence one *owner* task per socket: only it waits on the FD, and only it touches the socket while
+  it waits. Other tasks hand it work: `call_soon` for socket options, `Outbox` for sends.
+* Receives drain up to a batch of ready messages and hand them over as a list (one scheduling point
+  per batch, not per message: this is what makes trio+zmq fast). Sends try NOBLOCK immediately
+  and queue only when ZeroMQ pushes back.
+* Close order: mark closed, `notify_closing(fd)` (wakes any waiter with `ClosedResourceError`
+  instead of leaving it hanging), then `close(linger)`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+import zmq
+
+ZmqSocket = zmq.Socket[Any]
+SocketOp = Callable[[ZmqSocket], None]
+
+
+class AsyncSocket:
+    """A pyzmq socket with awaitable, batched receive and send. One task owns it.
+
+    The socket is put in non-blocking use at once; its options should be set before it is wrapped
+    or, once an owner task is running, through `call_soon`. `close()` closes the socket.
+    """
+
+    def __init__(self, socket: ZmqSocket) -> None:
+        self._socket = socket
+        self._fd = socket.FD
+        self._closed = False
+        self._ops: list[tuple[SocketOp, trio.Event]] = []
+        self._wait_scope: trio.CancelScope | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def try_send(self, frames: Sequence[bytes]) -> bool:
+        """Send a multipart message if ZeroMQ takes it now; False if it pushes back (HWM reached
+        or, with IMMEDIATE, no peer connected yet)."""
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Send a multipart message, waiting while ZeroMQ pushes back. Owner task only."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.try_send(frames):
+            await self.wait_writable()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive_batch(self, max_messages: int) -> list[list[bytes]]:
+        """Return between 1 and `max_messages` multipart messages, waiting for the first.
+
+        Owner task only. A cancelled call has received nothing: messages are never lost to
+        cancellation.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._run_ops()
+            batch = self._drain(max_messages)
+            if batch:
+                # Yield once per batch, shielded so that a cancellation arriving now cannot drop
+                # the messages already taken from ZeroMQ; it is delivered at the next checkpoint.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return batch
+            await self._wait(zmq.POLLIN)
+
+    async def wait_writable(self) -> None:
+        """Wait until ZeroMQ would take a message. Owner task only."""
+        await self._wait(zmq.POLLOUT)
+
+    def call_soon(self, op: SocketOp) -> trio.Event:
+        """Have the owner task run `op(socket)` at its next turn (socket options such as
+        SUBSCRIBE, connect and disconnect must not be called from other tasks: they consume the
+        FD's edge). Returns an event set once `op` has run."""
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+        done = trio.Event()
+        self._ops.append((op, done))
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        return done
+
+    def close(self, linger: int = 0) -> None:
+        """Close the socket; `linger` is in milliseconds. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        self._socket.close(linger=linger)
+        for _, done in self._ops:
+            done.set()
+        self._ops.clear()
+
+    def _drain(self, max_messages: int) -> list[list[bytes]]:
+        batch: list[list[bytes]] = []
+        receive = self._socket.recv_multipart
+        try:
+            for _ in range(max_messages):
+                batch.append(receive(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        return batch
+
+    def _run_ops(self) -> None:
+        while self._ops:
+            op, done = self._ops.pop(0)
+            try:
+                op(self._socket)
+            finally:
+                done.set()
+
+    async def _wait(self, flag: int) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+        while True:
+            self._run_ops()
+            events: int = self._socket.get(zmq.EVENTS)  # type: ignore[assignment]
+            if events & flag:
+                return
+            with trio.CancelScope() as scope:
+                self._wait_scope = scope
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                finally:
+                    self._wait_scope = None
+            # Either the FD fired or `call_soon` interrupted the wait; `EVENTS` is re-read either
+            # way, after the pending ops have run (they too may have consumed the edge).
+
+
+class Outbox:
+    """A bounded queue of outgoing messages in front of one send-only socket.
+
+    Any task may call `send_nowait`: when nothing is queued, the message goes straight to ZeroMQ
+    without a task switch; when ZeroMQ pushes back, messages queue here (up to `capacity`) and
+    the `run` task, the socket's owner, feeds them in as ZeroMQ takes them. So a slow or absent
+    peer fills only its own outbox, and never blocks the node.
+    """
+
+    def __init__(
+        self, socket: AsyncSocket, capacity: int, on_room: Callable[[], None] | None = None
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.socket = socket
+        self._capacity = capacity
+        self._queue: deque[Sequence[bytes]] = deque()
+        self._wake_owner = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._on_room = on_room
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def has_room(self) -> bool:
+        return len(self._queue) < self._capacity
+
+    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+        """Send or queue one message; False (and nothing done) when the outbox is full."""
+        if not self._queue:
+            if self.socket.try_send(frames):
+                return True
+            self._queue.append(frames)
+            self._wake_owner.unpark_all()
+            return True
+        if self.socket.closed:
+            raise trio.ClosedResourceError("socket was closed")
+        if len(self._queue) >= self._capacity:
+            return False
+        self._queue.append(frames)
+        return True
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Send or queue one message, waiting while the outbox is full."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.send_nowait(frames):
+            await self._room.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_empty(self) -> None:
+        """Wait until every queued message has been handed to ZeroMQ."""
+        while self._queue:
+            await self._room.park()
+
+    def discard(self) -> list[Sequence[bytes]]:
+        """Empty the outbox and return what it held (for the caller to reroute or count)."""
+        dropped = list(self._queue)
+        self._queue.clear()
+        self._room.unpark_all()
+        return dropped
+
+    async def run(self) -> None:
+        """Feed queued messages into the socket until cancelled. Owns the socket."""
+        queue = self._queue
+        while True:
+            while not queue:
+                await self._wake_owner.park()
+            try:
+                while queue:
+                    if self.socket.try_send(queue[0]):
+                        queue.popleft()
+                        if len(queue) == self._capacity - 1 or not queue:
+                            self._room.unpark_all()
+                            if self._on_room is not None:
+                                self._on_room()
+                    else:
+                        await self.socket.wait_writable()
+            except trio.ClosedResourceError:
+                return
