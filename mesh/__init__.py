@@ -12,7 +12,13 @@ sockets and tasks and wires the rest together.
 
 from __future__ import annotations
 
-from ._errors import MeshError, NoWorkerError, PeerUnreachableError, ProtocolError
+from ._errors import (
+    MeshError,
+    MissingPeersError,
+    NoWorkerError,
+    PeerUnreachableError,
+    ProtocolError,
+)
 from ._node import (
     Endpoints,
     Message,
@@ -31,6 +37,7 @@ __all__ = [
     "Endpoints",
     "MeshError",
     "Message",
+    "MissingPeersError",
     "NoWorkerError",
     "Node",
     "NodeStatistics",

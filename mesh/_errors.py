@@ -2,7 +2,8 @@
 
 Named by who caused them, as in h11 and trio: `ProtocolError` means a *peer* sent something that
 breaks the wire protocol (the node drops it and carries on; only the codec raises it);
-`NoWorkerError` and `PeerUnreachableError` mean the mesh could not do what was asked in time.
+`NoWorkerError`, `PeerUnreachableError` and `MissingPeersError` mean the mesh could not do what
+was asked in time (they are `TimeoutError`s too).
 Bad arguments from the caller raise the usual `ValueError`/`TypeError`, and using a node after it
 closed raises `trio.ClosedResourceError`.
 """
@@ -28,7 +29,7 @@ class ProtocolError(MeshError):
         self.detail = detail
 
 
-class NoWorkerError(MeshError):
+class NoWorkerError(MeshError, TimeoutError):
     """No live peer offered `service` (with room for another task) before the timeout passed."""
 
     def __init__(self, service: str, timeout: float) -> None:
@@ -37,10 +38,22 @@ class NoWorkerError(MeshError):
         self.timeout = timeout
 
 
-class PeerUnreachableError(MeshError):
+class PeerUnreachableError(MeshError, TimeoutError):
     """No node answered at `address` before the timeout passed."""
 
     def __init__(self, address: str, timeout: float) -> None:
         super().__init__(f"no node answered at {address} within {timeout:g} s")
         self.address = address
+        self.timeout = timeout
+
+
+class MissingPeersError(MeshError, TimeoutError):
+    """The peers `wait_for_peers` asked for were not all there before the timeout passed.
+
+    `missing` names what was lacking: the names not seen, and how many peers short of `count`.
+    """
+
+    def __init__(self, missing: str, timeout: float) -> None:
+        super().__init__(f"{missing} after {timeout:g} s")
+        self.missing = missing
         self.timeout = timeout

@@ -48,7 +48,7 @@ from discovery import (
 )
 
 from . import _wire
-from ._errors import NoWorkerError, PeerUnreachableError, ProtocolError
+from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask
 from ._wire import Envelope, Hello, Kind, pack, topic_channel
@@ -569,6 +569,31 @@ class Node:
             return peer
         raise PeerUnreachableError(address, timeout)
 
+    async def wait_for_peers(
+        self, count: int | None = None, *, names: Iterable[str] = (), timeout: float = math.inf
+    ) -> list[Peer]:
+        """Wait until at least `count` peers are known and every name in `names` is among them
+        (with neither given: one peer), and until this node's subscriptions are live at them, so
+        no event they publish after this returns is lost to ZeroMQ's slow-joiner gap.
+
+        Returns the known peers. Raises `MissingPeersError` when `timeout` seconds pass first.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        wanted = set(names)
+        if count is None:
+            count = 0 if wanted else 1
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            while (missing := self._missing(count, wanted)) is not None:
+                await self._peers_changed.park()
+                self._check_open()
+            peers = list(self._peers)
+            for prefix in {subscription.prefix for subscription in self._subscriptions}:
+                await self._sync_subscription(prefix, [peer.record.id for peer in peers])
+            return peers
+        raise MissingPeersError(missing or "subscriptions not confirmed", timeout)
+
     # -- tasks -------------------------------------------------------------------------------
 
     def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
@@ -877,6 +902,14 @@ class Node:
         if ipv6:
             sock.setsockopt(zmq.IPV6, 1)
         return sock
+
+    def _missing(self, count: int, names: set[str]) -> str | None:
+        absent = names - {peer.name for peer in self._peers}
+        if absent:
+            return f"no peer named {', '.join(sorted(absent))}"
+        if len(self._peers) < count:
+            return f"{len(self._peers)} of {count} peers"
+        return None
 
     def _wake_pushers(self) -> None:
         self._capacity_changed.unpark_all()

@@ -73,6 +73,8 @@ class AsyncSocket:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
+            if self._closed:
+                raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
             batch = self._drain(max_messages)
             if batch:
