@@ -47,8 +47,7 @@ async def main() -> int:
                         break
                 print(f"{shipping.name} did {done} tasks")
 
-            while orders.statistics().tasks_in_flight:  # the last acks are on their way
-                await trio.sleep(0.01)
+            await orders.wait_settled()  # the last acks are on their way
             stats = orders.statistics()
             print(f"{orders.name}: {stats.tasks_pushed} tasks pushed, {stats.tasks_acked} acked")
             ok = seen == EVENTS and stats.tasks_acked == TASKS

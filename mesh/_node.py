@@ -376,6 +376,7 @@ class Node:
         self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
         self._peers_changed = trio.lowlevel.ParkingLot()
         self._synced = trio.lowlevel.ParkingLot()
+        self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
         self._synced_tokens: set[int] = set()
         self._next_token = 1
         self._unyielded = 0
@@ -522,6 +523,14 @@ class Node:
         self._counts["tasks_pushed"] += 1
         await self._maybe_yield()
 
+    async def wait_settled(self) -> None:
+        """Wait until every task this node has pushed so far is acked or nacked by its worker."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._dispatcher.in_flight():
+            self._check_open()
+            await self._settled.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
     @asynccontextmanager
     async def work(self, service: str) -> AsyncIterator[TaskStream]:
         """Offer `service` to the mesh and receive its tasks.
@@ -570,13 +579,20 @@ class Node:
         raise PeerUnreachableError(address, timeout)
 
     async def wait_for_peers(
-        self, count: int | None = None, *, names: Iterable[str] = (), timeout: float = math.inf
+        self,
+        count: int | None = None,
+        *,
+        names: Iterable[str] = (),
+        service: str | None = None,
+        timeout: float = math.inf,
     ) -> list[Peer]:
         """Wait until at least `count` peers are known and every name in `names` is among them
         (with neither given: one peer), and until this node's subscriptions are live at them, so
-        no event they publish after this returns is lost to ZeroMQ's slow-joiner gap.
+        no event they publish after this returns is lost to ZeroMQ's slow-joiner gap. With
+        `service`, only peers offering that service count.
 
-        Returns the known peers. Raises `MissingPeersError` when `timeout` seconds pass first.
+        Returns the peers that count. Raises `MissingPeersError` when `timeout` seconds pass
+        first.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
@@ -585,10 +601,10 @@ class Node:
             count = 0 if wanted else 1
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline):
-            while (missing := self._missing(count, wanted)) is not None:
+            while (missing := self._missing(count, wanted, service)) is not None:
                 await self._peers_changed.park()
                 self._check_open()
-            peers = list(self._peers)
+            peers = [p for p in self._peers if service is None or service in p.services]
             for prefix in {subscription.prefix for subscription in self._subscriptions}:
                 await self._sync_subscription(prefix, [peer.record.id for peer in peers])
             return peers
@@ -697,6 +713,7 @@ class Node:
                 envelope.meta[1],
             )
         self._capacity_changed.unpark_all()
+        self._settled.unpark_all()
 
     def _on_hello(self, envelope: Envelope) -> None:
         hello = envelope.body
@@ -764,6 +781,7 @@ class Node:
                 self._sub.call_soon(_disconnect(record.pub_endpoint))
                 self._unlink(record.address)
                 lost = self._dispatcher.forget_worker(record.id)
+                self._settled.unpark_all()
                 if lost:
                     logger.warning(
                         "peer %s left (%s) holding %d unacked tasks",
@@ -903,12 +921,14 @@ class Node:
             sock.setsockopt(zmq.IPV6, 1)
         return sock
 
-    def _missing(self, count: int, names: set[str]) -> str | None:
-        absent = names - {peer.name for peer in self._peers}
+    def _missing(self, count: int, names: set[str], service: str | None) -> str | None:
+        peers = [p for p in self._peers if service is None or service in p.services]
+        absent = names - {peer.name for peer in peers}
+        offering = "" if service is None else f" offering {service!r}"
         if absent:
-            return f"no peer named {', '.join(sorted(absent))}"
-        if len(self._peers) < count:
-            return f"{len(self._peers)} of {count} peers"
+            return f"no peer named {', '.join(sorted(absent))}{offering}"
+        if len(peers) < count:
+            return f"{len(peers)} of {count} peers{offering}"
         return None
 
     def _wake_pushers(self) -> None:
@@ -957,6 +977,7 @@ class Node:
             subscription._close()
         self._capacity_changed.unpark_all()
         self._peers_changed.unpark_all()
+        self._settled.unpark_all()
 
     def _close_sockets(self) -> None:
         linger = round(self._settings.goodbye_timeout * 1000)

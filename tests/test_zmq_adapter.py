@@ -153,7 +153,7 @@ async def test_outbox_queues_until_a_peer_appears_then_delivers_in_order(
     push.setsockopt(zmq.IMMEDIATE, 1)  # no peer yet: ZeroMQ refuses, the outbox holds
     with socket.socket() as reserved:  # a port nobody listens on, for now
         reserved.bind(("127.0.0.1", 0))
-        endpoint = "tcp://127.0.0.1:%d" % reserved.getsockname()[1]
+        endpoint = f"tcp://127.0.0.1:{reserved.getsockname()[1]}"
     push.connect(endpoint)
     room_calls = 0
 

@@ -1,0 +1,491 @@
+"""Nodes on real sockets over 127.0.0.1, peered by seeds: events, work, peering, closing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import zmq
+
+import mesh
+from mesh import Node
+
+from .conftest import zmq_threads
+
+
+@asynccontextmanager
+async def open_mesh(count: int, **options: Any) -> AsyncIterator[list[Node]]:
+    """`count` nodes, all seeded with the first one only, and fully peered before use."""
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(mesh.open_node("n0", **options))
+        nodes = [first]
+        for i in range(1, count):
+            nodes.append(
+                await stack.enter_async_context(
+                    mesh.open_node(f"n{i}", seeds=[first.address], **options)
+                )
+            )
+        for node in nodes:
+            await node.wait_for_peers(count - 1)
+        yield nodes
+
+
+# -- peering ------------------------------------------------------------------------------------
+
+
+async def test_two_nodes_peer_through_a_seed() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (a, b):
+            assert set(a.peers) == {b.id}
+            assert set(b.peers) == {a.id}
+            peer = a.peers[b.id]
+            assert peer.name == "n1"
+            assert peer.address == b.address
+            assert peer.record.pub_endpoint == b.endpoints.pub
+            assert peer.record.mesh == "default"
+            assert b.address == b.endpoints.pull.removeprefix("tcp://")
+
+
+async def test_one_seed_joins_a_node_to_the_whole_mesh() -> None:
+    with trio.fail_after(15):
+        async with open_mesh(5) as nodes:
+            ids = {node.id for node in nodes}
+            for node in nodes:
+                assert set(node.peers) == ids - {node.id}
+
+
+async def test_connect_returns_the_peer_and_is_idempotent() -> None:
+    with trio.fail_after(10):
+        async with mesh.open_node("a") as a, mesh.open_node("b") as b:
+            peer = await a.connect(b.address)
+            assert peer.id == b.id
+            again = await a.connect(f"tcp://{b.address}")
+            assert again.id == b.id
+            await b.wait_for_peers(names=["a"])
+            assert len(a.peers) == len(b.peers) == 1
+
+
+async def test_connect_errors() -> None:
+    with trio.fail_after(10):
+        async with mesh.open_node("a") as a:
+            with pytest.raises(ValueError, match="itself"):
+                await a.connect(a.address)
+            with pytest.raises(ValueError, match="host:port"):
+                await a.connect("nowhere")
+            with pytest.raises(mesh.PeerUnreachableError) as caught:
+                await a.connect("127.0.0.1:9", timeout=0.2)  # discard port: nobody answers
+            assert caught.value.address == "127.0.0.1:9"
+            assert isinstance(caught.value, TimeoutError)
+            with pytest.raises(mesh.MissingPeersError):
+                await a.wait_for_peers(names=["ghost"], timeout=0.1)
+
+
+async def test_meshes_do_not_mix() -> None:
+    with trio.fail_after(10):
+        async with (
+            mesh.open_node("a", mesh="red") as a,
+            mesh.open_node("b", mesh="blue") as b,
+        ):
+            with pytest.raises(mesh.PeerUnreachableError):
+                await b.connect(a.address, timeout=0.3)
+            assert not a.peers
+            assert not b.peers
+
+
+async def test_fixed_ports_and_bind_errors() -> None:
+    with trio.fail_after(10):
+        async with mesh.open_node("a") as a:
+            pub_port = int(a.endpoints.pub.rsplit(":", 1)[1])
+            with pytest.raises(OSError, match="cannot bind"):
+                async with mesh.open_node("b", pub_port=pub_port):
+                    pass
+        async with mesh.open_node("c", pub_port=pub_port) as c:
+            assert c.endpoints.pub == f"tcp://127.0.0.1:{pub_port}"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"interface": "0.0.0.0"}, "one interface"),
+        ({"interface": "eth0"}, "not an IP"),
+        ({"seeds": ["no-port"]}, "host:port"),
+        ({"pub_port": 70000}, "out of range"),
+        ({"name": ""}, "name"),
+        ({"mesh": "x" * 300}, "mesh"),
+    ],
+)
+async def test_open_node_rejects_bad_arguments(options: dict[str, Any], message: str) -> None:
+    with trio.fail_after(5), pytest.raises(ValueError, match=message):
+        async with mesh.open_node(**{"name": "n", **options}):
+            pass
+
+
+async def test_ipv6_loopback() -> None:
+    with trio.fail_after(10):
+        async with (
+            mesh.open_node("a", interface="::1") as a,
+            mesh.open_node("b", interface="::1", seeds=[a.address]) as b,
+        ):
+            assert a.address.startswith("[::1]:")
+            await b.wait_for_peers(names=["a"])
+            async with a.subscribe("") as events:
+                await a.wait_for_peers(1)
+                await b.publish("hello", b"v6")
+                message = await events.receive()
+            assert (message.topic, message.body, message.sender) == ("hello", b"v6", b.id)
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 5])
+async def test_ten_thousand_events_reach_every_subscriber_in_order(count: int) -> None:
+    total = 10_000
+    with trio.fail_after(30):
+        async with open_mesh(count) as nodes:
+            publisher, *subscribers = nodes
+            received: dict[str, list[Any]] = {}
+            async with AsyncExitStack() as stack:
+                subscriptions = [
+                    await stack.enter_async_context(node.subscribe("load.")) for node in subscribers
+                ]
+
+                async def read(node: Node, subscription: mesh.Subscription) -> None:
+                    bodies = received.setdefault(node.id, [])
+                    async for message in subscription:
+                        assert message.sender == publisher.id
+                        bodies.append(message.body["i"])
+                        if len(bodies) == total:
+                            return
+
+                async with trio.open_nursery() as nursery:
+                    for node, subscription in zip(subscribers, subscriptions, strict=True):
+                        nursery.start_soon(read, node, subscription)
+                    for i in range(total):
+                        await publisher.publish("load.test", {"i": i, "pad": "x" * 80})
+            assert all(sub.dropped == 0 for sub in subscriptions)
+    for bodies in received.values():
+        assert bodies == list(range(total))
+    assert publisher.statistics().events_published == total
+
+
+async def test_prefix_filtering() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (publisher, subscriber):
+            async with (
+                subscriber.subscribe("a.") as only_a,
+                subscriber.subscribe("a.b") as only_ab,
+                subscriber.subscribe("") as everything,
+            ):
+                for topic in ("a.x", "b.x", "a.b.c", "a", "ab"):
+                    await publisher.publish(topic, topic)
+                await publisher.publish("end", "end")
+                topics = []
+                async for message in everything:
+                    topics.append(message.topic)
+                    if message.topic == "end":
+                        break
+                assert topics == ["a.x", "b.x", "a.b.c", "a", "ab", "end"]
+                assert [(await only_a.receive()).topic for _ in range(2)] == ["a.x", "a.b.c"]
+                assert (await only_ab.receive()).topic == "a.b.c"
+                with trio.move_on_after(0.05):
+                    extra = await only_a.receive()
+                    pytest.fail(f"unexpected event {extra}")
+
+
+async def test_leaving_one_subscription_keeps_an_overlapping_one() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (publisher, subscriber):
+            async with subscriber.subscribe("t") as kept:
+                async with subscriber.subscribe("t") as left:
+                    await publisher.publish("t", 1)
+                    assert (await left.receive()).body == 1
+                assert (await kept.receive()).body == 1
+                with pytest.raises(trio.ClosedResourceError):
+                    await left.receive()
+                await publisher.publish("t", 2)
+                assert (await kept.receive()).body == 2
+
+
+async def test_bodies_of_every_type_arrive_intact() -> None:
+    bodies = [
+        None,
+        True,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        "text ✓",
+        b"\x00\xff raw",
+        [1, [2, [3]]],
+        {"k": {"n": [b"x", None]}, 7: "int key"},
+    ]
+    with trio.fail_after(10):
+        async with open_mesh(2) as (a, b):
+            async with b.subscribe("") as events:
+                for body in bodies:
+                    await a.publish("t", body)
+                got = [(await events.receive()).body for _ in bodies]
+    assert got == bodies
+    assert type(got[6]) is bytes
+
+
+async def test_sequence_numbers_count_the_publishers_stream() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (a, b):
+            async with b.subscribe("t") as events:
+                for _ in range(3):
+                    await a.publish("t", None)
+                seqs = [(await events.receive()).seq for _ in range(3)]
+    assert seqs == sorted(seqs)
+    assert seqs[2] - seqs[0] == 2
+
+
+async def test_publish_rejects_bad_arguments() -> None:
+    with trio.fail_after(5):
+        async with mesh.open_node("a") as a:
+            with pytest.raises(TypeError, match="body"):
+                await a.publish("t", object())
+            with pytest.raises(TypeError, match="topic"):
+                await a.publish(b"bytes", 1)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="topic"):
+                await a.publish("x" * 2000, 1)
+            assert a.statistics().events_published == 0
+
+
+async def test_a_slow_subscription_drops_and_counts_instead_of_blocking() -> None:
+    settings = mesh.Settings(subscription_buffer=10)
+    with trio.fail_after(10):
+        async with open_mesh(2, settings=settings) as (a, b):
+            async with b.subscribe("slow") as slow, b.subscribe("fast") as fast:
+                for i in range(50):
+                    await a.publish("slow", i)
+                await a.publish("fast", "through")
+                # The full "slow" buffer did not hold up delivery to the other subscription.
+                assert (await fast.receive()).body == "through"
+                assert [(await slow.receive()).body for _ in range(10)] == list(range(10))
+                assert slow.dropped == 40
+                assert b.statistics().events_dropped == 40
+
+
+# -- work ---------------------------------------------------------------------------------------
+
+
+async def test_push_spreads_tasks_over_three_workers_and_every_ack_arrives() -> None:
+    total = 3000
+    with trio.fail_after(30):
+        async with open_mesh(4) as (producer, *workers):
+            done: Counter[str] = Counter()
+            bodies: list[int] = []
+            async with AsyncExitStack() as stack:
+                streams = [await stack.enter_async_context(w.work("resize")) for w in workers]
+                await producer.wait_for_peers(3, service="resize")
+
+                async def work(worker: Node, stream: mesh.TaskStream) -> None:
+                    async for task in stream:
+                        async with task:
+                            assert task.service == "resize"
+                            assert task.sender == producer.id
+                            assert task.attempt == 1
+                            bodies.append(task.body)
+                            done[worker.name] += 1
+
+                async with trio.open_nursery() as nursery:
+                    for worker, stream in zip(workers, streams, strict=True):
+                        nursery.start_soon(work, worker, stream)
+                    for i in range(total):
+                        await producer.push("resize", i)
+                    await producer.wait_settled()
+                    nursery.cancel_scope.cancel()
+            stats = producer.statistics()
+    assert sorted(bodies) == list(range(total))
+    assert (stats.tasks_pushed, stats.tasks_acked, stats.tasks_nacked) == (total, total, 0)
+    assert set(done) == {"n1", "n2", "n3"}
+    assert min(done.values()) > total / 10, done
+
+
+async def test_a_failing_task_is_nacked_and_the_worker_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (producer, worker):
+            async with worker.work("flaky") as tasks:
+                await producer.wait_for_peers(1, service="flaky")
+                for i in range(4):
+                    await producer.push("flaky", i)
+                for _ in range(4):
+                    task = await tasks.receive()
+                    async with task:
+                        if task.body % 2:
+                            raise RuntimeError("odd")
+                await producer.wait_settled()
+            stats = producer.statistics()
+            assert (stats.tasks_acked, stats.tasks_nacked) == (2, 2)
+            assert worker.statistics().nacks_sent == 2
+    assert "RuntimeError: odd" in caplog.text
+
+
+async def test_push_waits_for_a_worker_then_gives_up_with_a_clear_error() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (producer, worker):
+            with pytest.raises(mesh.NoWorkerError) as caught:
+                await producer.push("nobody", 1, timeout=0.1)
+            assert caught.value.service == "nobody"
+            assert producer.statistics().tasks_pushed == 0
+
+            async def late_worker() -> None:
+                async with worker.work("late") as tasks:
+                    async with await tasks.receive() as task:
+                        assert task.body == "waited"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(late_worker)
+                await producer.push("late", "waited")  # waits until the worker appears
+            await producer.wait_settled()
+            assert producer.statistics().tasks_acked == 1
+
+
+async def test_in_flight_is_bounded_per_worker() -> None:
+    settings = mesh.Settings(max_in_flight=5)
+    with trio.fail_after(10):
+        async with open_mesh(2, settings=settings) as (producer, worker):
+            async with worker.work("slow") as tasks:
+                await producer.wait_for_peers(1, service="slow")
+                for i in range(5):
+                    await producer.push("slow", i)
+                with pytest.raises(mesh.NoWorkerError):
+                    await producer.push("slow", 5, timeout=0.05)
+                async with await tasks.receive():
+                    pass
+                await producer.push("slow", 5, timeout=5)  # the ack made room
+                assert producer.statistics().tasks_in_flight == 5
+
+
+async def test_a_task_for_a_service_not_offered_is_nacked() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (producer, worker):
+            async with worker.work("svc") as tasks:
+                await producer.wait_for_peers(1, service="svc")
+                await producer.push("svc", 1)
+                await producer.push("svc", 2)
+                task = await tasks.receive()
+                await task.ack()
+                await task.nack()  # settled already: nothing more is sent
+            # Leaving work() handed back the task that was never taken.
+            await producer.wait_settled()
+            stats = producer.statistics()
+            assert (stats.tasks_acked, stats.tasks_nacked) == (1, 1)
+
+
+# -- cancellation and closing -------------------------------------------------------------------
+
+
+async def test_blocked_calls_can_be_cancelled() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (a, b):
+            async with a.subscribe("t") as events, a.work("w") as tasks:
+                for blocked in (
+                    lambda: b.push("absent", 1),
+                    events.receive,
+                    tasks.receive,
+                    lambda: a.wait_for_peers(5),
+                ):
+                    with trio.CancelScope() as scope:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(blocked)
+                            await trio.testing.wait_all_tasks_blocked()
+                            scope.cancel()
+                    assert scope.cancelled_caught
+                # Nothing was lost by the cancelled receive.
+                await b.publish("t", "after")
+                assert (await events.receive()).body == "after"
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await a.publish("t", "never")
+            assert a.statistics().events_published == 0
+
+
+async def test_a_closed_node_refuses_work() -> None:
+    with trio.fail_after(5):
+        async with mesh.open_node("a") as a:
+            pass
+        with pytest.raises(trio.ClosedResourceError):
+            await a.publish("t", 1)
+        with pytest.raises(trio.ClosedResourceError):
+            await a.push("s", 1)
+        with pytest.raises(trio.ClosedResourceError):
+            async with a.subscribe("t"):
+                pass
+
+
+async def test_errors_from_the_block_pass_through_unwrapped() -> None:
+    with trio.fail_after(5), pytest.raises(KeyError, match="mine"):
+        async with mesh.open_node("a"):
+            raise KeyError("mine")
+
+
+async def test_closing_mid_traffic_leaves_nothing_behind() -> None:
+    python_threads = threading.active_count()
+    zmq_before = zmq_threads()
+    with trio.fail_after(20):
+        async with mesh.open_node("stays") as stays, stays.work("w") as tasks:
+            sender_context: zmq.Context[Any] | None = None
+
+            async def drain() -> None:
+                async for task in tasks:
+                    async with task:
+                        pass
+
+            async with (
+                stays.subscribe("") as events,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(drain)
+                async with mesh.open_node("leaves", seeds=[stays.address]) as leaves:
+                    sender_context = leaves._context
+                    await leaves.wait_for_peers(1, service="w")
+                    await stays.wait_for_peers(1)
+
+                    async def traffic() -> None:
+                        with contextlib.suppress(trio.ClosedResourceError):
+                            for i in range(100_000):
+                                await leaves.publish("t", i)
+                                await leaves.push("w", i)
+
+                    nursery.start_soon(traffic)
+                    while (await events.receive()).body < 1000:
+                        pass
+                # The block above ended while `traffic` was mid-flight: the node closed under it.
+                while leaves.id in stays.peers:  # its goodbye arrives (watch_peers: issue 3)
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+            assert sender_context is not None and sender_context.closed
+            assert leaves.statistics().tasks_pushed > 0
+    assert zmq_threads() == zmq_before
+    # trio keeps idle worker threads (used for context.term) in a cache for a while; those are
+    # the only Python threads allowed to remain.
+    extra = [t for t in threading.enumerate() if not t.name.startswith("Trio thread")]
+    assert len(extra) <= python_threads
+
+
+async def test_statistics_and_repr() -> None:
+    with trio.fail_after(5):
+        async with open_mesh(2) as (a, _b):
+            stats = a.statistics()
+            assert stats.peers == 1
+            assert stats.bad_frames == 0
+            assert repr(a).startswith(f"<Node n0 {a.id[:8]} peers=1")
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        mesh.Settings(max_in_flight=0)
+    with pytest.raises(ValueError, match="sync_timeout"):
+        mesh.Settings(sync_timeout=math.nan)
