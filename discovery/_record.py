@@ -139,7 +139,11 @@ def _check_bytes(value: object, what: str) -> None:
 def _check_name(value: object, what: str) -> None:
     if type(value) is not str:
         raise RecordError(f"{what} is not a string")
-    if not value or len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_SIZE:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8, so msgpack could not send it
+        raise RecordError(f"{what} is not valid Unicode text") from None
+    if not 0 < size <= MAX_NAME_SIZE:
         raise RecordError(f"{what} must be 1 to {MAX_NAME_SIZE} bytes")
 
 
@@ -157,6 +161,8 @@ def _check_host(value: object) -> None:
         raise RecordError(f"host {value[:64]!r} is not an IP address") from None
     if ip.is_unspecified or ip.is_multicast:
         raise RecordError(f"host {value} cannot be connected to")
+    if str(ip) != value:  # addresses are compared as text: one spelling per address
+        raise RecordError(f"host {value} is not in canonical form ({ip})")
 
 
 def format_address(host: str, port: int) -> str:

@@ -20,7 +20,7 @@ class ProtocolError(MeshError):
 
     Raised only by the codec, for data that came from outside. `reason` is a short stable tag
     (``"truncated"``, ``"oversized"``, ``"malformed"``, ``"version"``, ``"kind"``, ``"type"``,
-    ``"nesting"``) suitable as a statistics key.
+    ``"nesting"``, ``"record"``) suitable as a statistics key.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

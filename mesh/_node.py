@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 import trio
 import zmq
@@ -51,7 +51,7 @@ from . import _wire
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask
-from ._wire import Envelope, Hello, Kind, pack, topic_channel
+from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
@@ -106,10 +106,10 @@ class Endpoints:
     pull: str
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One event, as a subscriber receives it. `sender` is the publishing node's id (hex) and
-    `seq` its sequence number on that node's PUB stream."""
+    `seq` its sequence number on that node's PUB stream (a named tuple: one is made per event,
+    and it is the cheapest immutable record Python has)."""
 
     topic: str
     body: Any
@@ -201,7 +201,8 @@ class Subscription:
             self.dropped += 1
             return False
         self._buffer.append(message)
-        self._ready.unpark()
+        if self._ready:  # somebody waits: wake one reader per message
+            self._ready.unpark()
         return True
 
     def _close(self) -> None:
@@ -308,7 +309,8 @@ class TaskStream:
 
     def _deliver(self, task: Task) -> None:
         self._buffer.append(task)
-        self._ready.unpark()
+        if self._ready:  # somebody waits: wake one reader per task
+            self._ready.unpark()
 
     def _close(self) -> list[Task]:
         self._closed = True
@@ -454,11 +456,12 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        channel = topic_channel(topic)
+        frame = event_frame(
+            topic_channel(topic), pack(Kind.EVENT, self._id, self._pub_seq + 1, None, body)
+        )
         self._pub_seq += 1
-        frame = pack(Kind.EVENT, self._id, self._pub_seq, None, body)
-        if not self._pub.send_nowait((channel, frame)):
-            await self._pub.send((channel, frame))
+        if not self._pub.send_nowait(frame):
+            await self._pub.send(frame)
         self._counts["events_published"] += 1
         await self._maybe_yield()
 
@@ -516,8 +519,8 @@ class Node:
         link = self._links[peer.address]
         task_id = self._dispatcher.new_task_id()
         frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, 1], body)
-        link.next_seq()
-        sent = link.outbox.send_nowait((frame,))
+        link.next_seq()  # only now: `pack` may have refused the body
+        sent = link.outbox.send_nowait(frame)
         assert sent, "picked a worker whose outbox is full"
         self._dispatcher.sent(InFlightTask(task_id, service, body, worker, 1, trio.current_time()))
         self._counts["tasks_pushed"] += 1
@@ -639,9 +642,9 @@ class Node:
                 batch = await self._pull.receive_batch(batch_size)
             except trio.ClosedResourceError:
                 return
-            for frames in batch:
+            for frame in batch:
                 try:
-                    envelope = _wire.decode(frames)
+                    envelope = _wire.decode_inbox(frame)
                 except ProtocolError as exc:
                     self._bad_frame(exc, "inbox")
                     continue
@@ -655,9 +658,9 @@ class Node:
                 batch = await self._sub.receive_batch(batch_size)
             except trio.ClosedResourceError:
                 return
-            for frames in batch:
+            for frame in batch:
                 try:
-                    envelope = _wire.decode(frames)
+                    envelope = _wire.decode_published(frame)
                 except ProtocolError as exc:
                     self._bad_frame(exc, "events")
                     continue
@@ -738,8 +741,12 @@ class Node:
         assert envelope.meta is not None
         token, prefix = envelope.meta
         self._pub_seq += 1
-        frame = pack(Kind.SYNCED, self._id, self._pub_seq, [token, envelope.sender], None)
-        self._pub.send_nowait((topic_channel(prefix), frame))
+        envelope_out = pack(Kind.SYNCED, self._id, self._pub_seq, [token, envelope.sender], None)
+        try:
+            channel = topic_channel(prefix)
+        except ValueError:  # a NUL in the prefix: no subscription could match it anyway
+            return
+        self._pub.send_nowait(event_frame(channel, envelope_out))
 
     # -- peers and links -----------------------------------------------------------------------
 
@@ -833,8 +840,9 @@ class Node:
 
     def _send_direct(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
         link = self._link(address)
-        frame = pack(kind, self._id, link.next_seq(), meta, body)
-        if link.outbox.send_nowait((frame,)):
+        if link.outbox.has_room():
+            sent = link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, body))
+            assert sent
             return True
         self._log.warning(
             "full:" + address,
@@ -852,21 +860,27 @@ class Node:
             self._send_direct(peer.address, Kind.UPDATE, None, body)
 
     async def _settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
-        peer = self._peers.get(origin)
-        link = None if peer is None else self._links.get(peer.address)
-        if link is None or link.outbox.socket.closed:
-            self._log.warning(
-                "unroutable",
-                trio.current_time(),
-                "cannot send %s for task %d: its sender %s is not a known peer",
-                kind.name,
-                meta[0],
-                origin.hex()[:8],
-            )
-            return
-        frame = pack(kind, self._id, link.next_seq(), meta, None)
-        await link.outbox.send((frame,))
-        self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+        """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
+        while True:
+            peer = self._peers.get(origin)
+            link = None if peer is None else self._links.get(peer.address)
+            if link is None or link.outbox.socket.closed:  # it left, or never said HELLO
+                self._log.warning(
+                    "unroutable",
+                    trio.current_time(),
+                    "cannot send %s for task %d: its sender %s is not a known peer",
+                    kind.name,
+                    meta[0],
+                    origin.hex()[:8],
+                )
+                return
+            if link.outbox.has_room():
+                # The sequence number is taken only once there is room, so numbers leave in order.
+                link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, None))
+                self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+                await trio.lowlevel.checkpoint()
+                return
+            await link.outbox.wait_room()  # a link closed meanwhile wakes this too
 
     def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         peer = self._peers.get(origin)
@@ -966,8 +980,9 @@ class Node:
                 for task in stream._close():
                     self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
             self._pub_seq += 1
-            bye = pack(Kind.BYE, self._id, self._pub_seq, None, None)
-            self._pub.send_nowait((_wire.CONTROL_CHANNEL, bye))
+            self._pub.send_nowait(
+                control_frame(pack(Kind.BYE, self._id, self._pub_seq, None, None))
+            )
             for peer in self._peers:
                 self._send_direct(peer.address, Kind.BYE, None, None)
             for link in list(self._links.values()):

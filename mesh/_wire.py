@@ -2,23 +2,25 @@
 
 The rules (docs/protocol.md is the full text, written for someone with only pyzmq and msgpack):
 
+* Every message is one ZeroMQ frame (one frame, not several: pyzmq sends and receives a single
+  frame four to eight times faster than a two-part message, measured in docs/performance.md).
 * Every message carries one *envelope*: a msgpack array of exactly six items,
   ``[version, kind, sender, seq, meta, body]``. `version` is 1; `kind` is a `Kind`; `sender` is the
   16-byte node id; `seq` counts the sender's messages on one stream from 1 (its PUB stream, or its
   direct link to one peer); `meta` is kind-specific (nil or an array); `body` is any msgpack value.
-* On a PUB socket a message has two frames, ``[channel, envelope]``. The channel is what SUB sockets
-  filter on: ``b"E" + topic`` for events (and for the SYNCED answer to a subscription probe), and
-  ``b"!"`` for control (heartbeat, goodbye).
-* On a PULL socket (a node's inbox) a message has one frame, the envelope.
+* On a PUB socket the envelope follows a *channel*, the prefix SUB sockets filter on:
+  ``b"E" + topic + b"\x00" + envelope`` for events (and for the SYNCED answer to a subscription
+  probe; topics are UTF-8 without NUL), and ``b"!" + envelope`` for control (heartbeat, goodbye).
+* On a PULL socket (a node's inbox) the frame is the envelope alone.
 * A receiver never trusts a frame: any deviation raises `ProtocolError` here, and nowhere else.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -55,18 +57,22 @@ class Kind(enum.IntEnum):
     SYNCED = 11  # PUB, channel E+prefix. meta: [token, to]. Proves a subscription is live.
 
 
-_PUB_KINDS: Final = frozenset({Kind.EVENT, Kind.HEARTBEAT, Kind.BYE, Kind.SYNCED})
 _DIRECT_KINDS: Final = frozenset(
     {Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE, Kind.TASK, Kind.ACK, Kind.NACK, Kind.SYNC}
 )
 _KINDS: Final = {int(k): k for k in Kind}
-_RECORD_KINDS: Final = frozenset({Kind.HELLO, Kind.WELCOME, Kind.UPDATE})
+_NO_META: Final = frozenset(
+    {Kind.EVENT, Kind.HEARTBEAT, Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE}
+)
 _SCALARS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One decoded message. `topic` is set for EVENT and SYNCED (from the channel frame)."""
+class Envelope(NamedTuple):
+    """One decoded message. `topic` is set for EVENT and SYNCED (from the channel frame).
+
+    A named tuple rather than a dataclass: one is made per message received, and this is the
+    cheapest immutable record Python has.
+    """
 
     kind: Kind
     sender: bytes
@@ -104,52 +110,71 @@ def pack(kind: Kind, sender: bytes, seq: int, meta: Sequence[Any] | None, body: 
 
 
 def topic_channel(topic: str) -> bytes:
-    """The PUB channel frame for `topic` (also the SUB subscription for a topic prefix)."""
+    """``b"E" + topic``: the SUB subscription for the topic prefix `topic`, and the start of every
+    published frame for that topic. Raises `TypeError` or `ValueError` for a bad topic."""
     if not isinstance(topic, str):
         raise TypeError(f"topic must be str, not {type(topic).__name__}")
+    if "\x00" in topic:
+        raise ValueError("a topic cannot contain NUL")
     channel = EVENT_CHANNEL + topic.encode()
     if len(channel) - 1 > MAX_TOPIC_SIZE:
         raise ValueError(f"topic is longer than {MAX_TOPIC_SIZE} bytes")
     return channel
 
 
+def event_frame(channel: bytes, envelope: bytes) -> bytes:
+    """The published frame of an EVENT or SYNCED envelope on `channel` (from `topic_channel`)."""
+    return channel + b"\x00" + envelope
+
+
+def control_frame(envelope: bytes) -> bytes:
+    """The published frame of a HEARTBEAT or BYE envelope."""
+    return CONTROL_CHANNEL + envelope
+
+
 # -- decoding --------------------------------------------------------------------------------------
 
 
-def decode(frames: Sequence[bytes]) -> Envelope:
-    """Decode a message received on a SUB socket (two frames) or a PULL socket (one frame).
-
-    Raises `ProtocolError`, and nothing else, for any input that is not valid protocol v1.
-    """
-    if len(frames) == 1:
-        envelope = _unpack(frames[0])
-        if envelope.kind not in _DIRECT_KINDS:
-            raise ProtocolError("kind", f"{envelope.kind.name} is not sent to an inbox")
-        return envelope
-    if len(frames) == 2:
-        channel = frames[0]
-        envelope = _unpack(frames[1])
-        if envelope.kind not in _PUB_KINDS:
-            raise ProtocolError("kind", f"{envelope.kind.name} is not published")
-        if channel[:1] == EVENT_CHANNEL:
-            if envelope.kind not in (Kind.EVENT, Kind.SYNCED):
-                raise ProtocolError("malformed", f"{envelope.kind.name} on an event channel")
-            if len(channel) - 1 > MAX_TOPIC_SIZE:
-                raise ProtocolError("oversized", "topic too long")
-            try:
-                topic = channel[1:].decode()
-            except UnicodeDecodeError:
-                raise ProtocolError("malformed", "topic is not UTF-8") from None
-            return Envelope(
-                envelope.kind, envelope.sender, envelope.seq, envelope.meta, envelope.body, topic
-            )
-        if channel == CONTROL_CHANNEL and envelope.kind in (Kind.HEARTBEAT, Kind.BYE):
-            return envelope
-        raise ProtocolError("malformed", f"{envelope.kind.name} on channel {channel[:16]!r}")
-    raise ProtocolError("malformed", f"{len(frames)} frames")
+def decode_inbox(frame: bytes) -> Envelope:
+    """Decode a frame received on a node's PULL socket. Raises `ProtocolError` and nothing else
+    for any input that is not valid protocol v1."""
+    kind, sender, seq, meta, body = _unpack(frame)
+    if kind not in _DIRECT_KINDS:
+        raise ProtocolError("kind", f"{kind.name} is not sent to an inbox")
+    return Envelope(kind, sender, seq, meta, body, None)
 
 
-def _unpack(frame: bytes) -> Envelope:
+def decode_published(frame: bytes) -> Envelope:
+    """Decode a frame received on a SUB socket. Raises `ProtocolError` and nothing else for any
+    input that is not valid protocol v1."""
+    channel = frame[:1]
+    if channel == EVENT_CHANNEL:
+        end = frame.find(b"\x00", 1, MAX_TOPIC_SIZE + 2)
+        if end < 0:
+            reason = "oversized" if len(frame) > MAX_TOPIC_SIZE + 1 else "truncated"
+            raise ProtocolError(reason, "no end of topic within the topic size limit")
+        kind, sender, seq, meta, body = _unpack(_after(frame, end + 1))
+        if kind is not Kind.EVENT and kind is not Kind.SYNCED:
+            raise ProtocolError("kind", f"{kind.name} on an event channel")
+        try:
+            topic = frame[1:end].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("malformed", "topic is not UTF-8") from None
+        return Envelope(kind, sender, seq, meta, body, topic)
+    if channel == CONTROL_CHANNEL:
+        kind, sender, seq, meta, body = _unpack(_after(frame, 1))
+        if kind is not Kind.HEARTBEAT and kind is not Kind.BYE:
+            raise ProtocolError("kind", f"{kind.name} on the control channel")
+        return Envelope(kind, sender, seq, meta, body, None)
+    raise ProtocolError("malformed", f"unknown channel {channel!r}")
+
+
+def _after(frame: bytes, start: int) -> bytes | memoryview:
+    # Copying a small frame's tail is cheaper than making a view of it; a large one is not copied.
+    return frame[start:] if len(frame) < 65536 else memoryview(frame)[start:]
+
+
+def _unpack(frame: bytes | memoryview) -> tuple[Kind, bytes, int, tuple[Any, ...] | None, Any]:
     if len(frame) > MAX_FRAME_SIZE:
         raise ProtocolError("oversized", f"{len(frame)} byte frame")
     try:
@@ -157,36 +182,57 @@ def _unpack(frame: bytes) -> Envelope:
     except ProtocolError:
         raise
     except ValueError as exc:  # UnpackException, StackError, ExtraData, UnicodeDecodeError
-        reason = "truncated" if "incomplete" in str(exc) else "malformed"
+        # msgpack caps every length at the buffer's size, so "exceeds max_" means a header
+        # announced more than the frame holds: it was cut short.
+        text = str(exc)
+        reason = "truncated" if "incomplete" in text or "exceeds max_" in text else "malformed"
         raise ProtocolError(reason, f"not msgpack: {exc}") from None
     except (TypeError, RecursionError, MemoryError, OverflowError) as exc:  # unhashable map key
         raise ProtocolError("malformed", f"not msgpack: {exc}") from None
     if type(items) is not list or len(items) != 6:
         raise ProtocolError("malformed", "envelope is not an array of six items")
-    version, kind, sender, seq, meta, body = items
-    if type(version) is not int:
-        raise ProtocolError("malformed", "version is not an integer")
-    if version != VERSION:
+    version, kind_number, sender, seq, meta, body = items
+    if version != VERSION or type(version) is not int:
+        if type(version) is not int:
+            raise ProtocolError("malformed", "version is not an integer")
         raise ProtocolError("version", f"protocol version {version} (this node speaks {VERSION})")
-    if type(kind) is not int or kind not in _KINDS:
-        raise ProtocolError("kind", f"unknown kind {kind!r}")
+    kind = _KINDS.get(kind_number) if type(kind_number) is int else None
+    if kind is None:
+        raise ProtocolError("kind", f"unknown kind {kind_number!r}")
     if type(sender) is not bytes or len(sender) != NODE_ID_SIZE:
         raise ProtocolError("malformed", "sender is not a 16-byte id")
     if type(seq) is not int or not 0 < seq <= MAX_UINT64:
         raise ProtocolError("malformed", "seq is not a positive integer")
-    kind = _KINDS[kind]
     if type(body) not in _SCALARS:
         _check_value(body, 1)
-    meta = _check_meta(kind, meta)
-    if kind in _RECORD_KINDS:
-        if kind is Kind.UPDATE:
-            record = body = _parse_record(body)
-        else:
-            body = _parse_hello(body)
-            record = body.record
-        if record.id != sender:
-            raise ProtocolError("malformed", "the record's id is not the sender's")
-    return Envelope(kind, sender, seq, meta, body)
+    checked_meta = None if meta is None and kind in _NO_META else _check_meta(kind, meta)
+    body_rule = _BODY_RULES.get(kind)
+    if body_rule is not None:
+        body = body_rule(kind, sender, body)
+    return kind, sender, seq, checked_meta, body
+
+
+def _nil_body(kind: Kind, sender: bytes, body: Any) -> None:
+    if body is not None:
+        raise ProtocolError("malformed", f"{kind.name} takes no body")
+
+
+def _map_body(kind: Kind, sender: bytes, body: Any) -> Any:
+    if type(body) is not dict:
+        raise ProtocolError("malformed", f"{kind.name} body is not a map")
+    return body
+
+
+def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
+    parsed: PeerRecord | Hello
+    if kind is Kind.UPDATE:
+        parsed = record = _parse_record(body)
+    else:
+        parsed = _parse_hello(body)
+        record = parsed.record
+    if record.id != sender:
+        raise ProtocolError("malformed", "the record's id is not the sender's")
+    return parsed
 
 
 def _parse_record(data: Any) -> PeerRecord:
@@ -250,12 +296,24 @@ def _check_meta(kind: Kind, meta: Any) -> tuple[Any, ...] | None:
             raise ProtocolError("malformed", f"{kind.name} meta holds a {type(item).__name__}")
         if type(item) is int and not 0 <= item <= MAX_UINT64:
             raise ProtocolError("malformed", f"{kind.name} meta integer out of range")
-        if type(item) is str and len(item) > MAX_TOPIC_SIZE:
+        if type(item) is str and len(item.encode()) > MAX_TOPIC_SIZE:
             raise ProtocolError("oversized", f"{kind.name} meta string too long")
     if kind is Kind.SYNCED and len(meta[1]) != NODE_ID_SIZE:
         raise ProtocolError("malformed", "SYNCED addressee is not a 16-byte id")
     return tuple(meta)
 
+
+_BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
+    Kind.HEARTBEAT: _map_body,
+    Kind.BYE: _nil_body,
+    Kind.HELLO: _record_body,
+    Kind.WELCOME: _record_body,
+    Kind.UPDATE: _record_body,
+    Kind.ACK: _nil_body,
+    Kind.NACK: _nil_body,
+    Kind.SYNC: _nil_body,
+    Kind.SYNCED: _nil_body,
+}
 
 _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.EVENT: None,

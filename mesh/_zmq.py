@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import zmq
 
 ZmqSocket = zmq.Socket[Any]
 SocketOp = Callable[[ZmqSocket], None]
+Message = bytes | Sequence[bytes]
+T = TypeVar("T")
 
 
 class AsyncSocket:
@@ -47,36 +49,51 @@ class AsyncSocket:
     def closed(self) -> bool:
         return self._closed
 
-    def try_send(self, frames: Sequence[bytes]) -> bool:
-        """Send a multipart message if ZeroMQ takes it now; False if it pushes back (HWM reached
-        or, with IMMEDIATE, no peer connected yet)."""
+    def try_send(self, message: Message) -> bool:
+        """Send a message (one frame as `bytes`, or a sequence of frames) if ZeroMQ takes it now;
+        False if it pushes back (HWM reached or, with IMMEDIATE, no peer connected yet)."""
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK)
+            if isinstance(message, bytes):
+                self._socket.send(message, zmq.NOBLOCK)
+            else:
+                self._socket.send_multipart(message, zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True
 
-    async def send(self, frames: Sequence[bytes]) -> None:
-        """Send a multipart message, waiting while ZeroMQ pushes back. Owner task only."""
+    async def send(self, message: Message) -> None:
+        """Send a message, waiting while ZeroMQ pushes back. Owner task only."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self.try_send(frames):
+        while not self.try_send(message):
             await self.wait_writable()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def receive_batch(self, max_messages: int) -> list[list[bytes]]:
-        """Return between 1 and `max_messages` multipart messages, waiting for the first.
+    async def receive_batch(self, max_messages: int) -> list[bytes]:
+        """Return between 1 and `max_messages` single-frame messages, waiting for the first.
 
         Owner task only. A cancelled call has received nothing: messages are never lost to
-        cancellation.
+        cancellation. (A part of a multipart message counts as a message here.)
         """
+        return await self._receive(self._socket.recv, max_messages)
+
+    async def receive_multipart_batch(self, max_messages: int) -> list[list[bytes]]:
+        """Like `receive_batch`, for multipart messages: each is a list of frames."""
+        return await self._receive(self._socket.recv_multipart, max_messages)
+
+    async def _receive(self, receive: Callable[[int], T], max_messages: int) -> list[T]:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
-            batch = self._drain(max_messages)
+            batch: list[T] = []
+            try:
+                for _ in range(max_messages):
+                    batch.append(receive(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
             if batch:
                 # Yield once per batch, shielded so that a cancellation arriving now cannot drop
                 # the messages already taken from ZeroMQ; it is delivered at the next checkpoint.
@@ -111,16 +128,6 @@ class AsyncSocket:
             done.set()
         self._ops.clear()
 
-    def _drain(self, max_messages: int) -> list[list[bytes]]:
-        batch: list[list[bytes]] = []
-        receive = self._socket.recv_multipart
-        try:
-            for _ in range(max_messages):
-                batch.append(receive(zmq.NOBLOCK))
-        except zmq.Again:
-            pass
-        return batch
-
     def _run_ops(self) -> None:
         while self._ops:
             op, done = self._ops.pop(0)
@@ -130,9 +137,11 @@ class AsyncSocket:
                 done.set()
 
     async def _wait(self, flag: int) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("socket was closed")
         while True:
+            # Checked on every round: the socket may have been closed while this task was
+            # already scheduled to wake up, too late for `notify_closing` to reach it.
+            if self._closed:
+                raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
             events: int = self._socket.get(zmq.EVENTS)  # type: ignore[assignment]
             if events & flag:
@@ -163,7 +172,7 @@ class Outbox:
             raise ValueError("capacity must be at least 1")
         self.socket = socket
         self._capacity = capacity
-        self._queue: deque[Sequence[bytes]] = deque()
+        self._queue: deque[Message] = deque()
         self._wake_owner = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._on_room = on_room
@@ -174,25 +183,32 @@ class Outbox:
     def has_room(self) -> bool:
         return len(self._queue) < self._capacity
 
-    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+    def send_nowait(self, message: Message) -> bool:
         """Send or queue one message; False (and nothing done) when the outbox is full."""
         if not self._queue:
-            if self.socket.try_send(frames):
+            if self.socket.try_send(message):
                 return True
-            self._queue.append(frames)
+            self._queue.append(message)
             self._wake_owner.unpark_all()
             return True
         if self.socket.closed:
             raise trio.ClosedResourceError("socket was closed")
         if len(self._queue) >= self._capacity:
             return False
-        self._queue.append(frames)
+        self._queue.append(message)
         return True
 
-    async def send(self, frames: Sequence[bytes]) -> None:
+    async def send(self, message: Message) -> None:
         """Send or queue one message, waiting while the outbox is full."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self.send_nowait(frames):
+        while not self.send_nowait(message):
+            await self._room.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_room(self) -> None:
+        """Wait until `send_nowait` would take a message."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.has_room():
             await self._room.park()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -201,7 +217,7 @@ class Outbox:
         while self._queue:
             await self._room.park()
 
-    def discard(self) -> list[Sequence[bytes]]:
+    def discard(self) -> list[Message]:
         """Empty the outbox and return what it held (for the caller to reroute or count)."""
         dropped = list(self._queue)
         self._queue.clear()

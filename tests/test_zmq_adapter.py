@@ -43,7 +43,7 @@ async def test_partial_drains_never_miss_the_edge(zsocket: Make) -> None:
             batch = await receiver.receive_batch(1)
             assert len(batch) == 1
             received.extend(batch)
-    assert received == [[b"%d" % i] for i in range(10)]
+    assert received == [b"%d" % i for i in range(10)]
     receiver.close()
 
 
@@ -65,7 +65,7 @@ async def test_receive_batch_is_bounded_and_yields_between_batches(
             push.send(b"%d" % i)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(other)
-            received: list[list[bytes]] = []
+            received: list[bytes] = []
             sizes = []
             while len(received) < 2500:
                 batch = await receiver.receive_batch(1000)
@@ -73,7 +73,7 @@ async def test_receive_batch_is_bounded_and_yields_between_batches(
                 received.extend(batch)
             nursery.cancel_scope.cancel()
     assert all(size <= 1000 for size in sizes)
-    assert received == [[b"%d" % i] for i in range(2500)]
+    assert received == [b"%d" % i for i in range(2500)]
     # Every call is a scheduling point: the other task ran in each scheduler round the receiver
     # yielded to, so it was never starved for more than one batch.
     assert other_ran >= len(sizes) - 1
@@ -86,7 +86,11 @@ async def test_multipart_messages_arrive_whole(zsocket: Make) -> None:
     sender = AsyncSocket(pub)
     with trio.fail_after(5):
         await sender.send([b"a", b"", b"c" * 100_000])
-        assert await receiver.receive_batch(10) == [[b"a", b"", b"c" * 100_000]]
+        await sender.send(b"single")
+        assert await receiver.receive_multipart_batch(10) == [
+            [b"a", b"", b"c" * 100_000],
+            [b"single"],
+        ]
     sender.close()
     receiver.close()
 
@@ -102,7 +106,7 @@ async def test_cancelled_receive_loses_nothing(zsocket: Make) -> None:
                 scope.cancel()
         assert scope.cancelled_caught
         push.send(b"after")
-        assert await receiver.receive_batch(10) == [[b"after"]]
+        assert await receiver.receive_batch(10) == [b"after"]
     receiver.close()
 
 
@@ -133,7 +137,7 @@ async def test_call_soon_runs_in_the_owner_while_it_waits(zsocket: Make) -> None
             got: list[list[list[bytes]]] = []
 
             async def owner() -> None:
-                got.append(await receiver.receive_batch(10))
+                got.append(await receiver.receive_multipart_batch(10))
 
             nursery.start_soon(owner)
             await trio.testing.wait_all_tasks_blocked()
@@ -164,8 +168,8 @@ async def test_outbox_queues_until_a_peer_appears_then_delivers_in_order(
     outbox = Outbox(AsyncSocket(push), capacity=5, on_room=on_room)
     with trio.fail_after(10):
         for i in range(5):
-            assert outbox.send_nowait([b"%d" % i])
-        assert not outbox.send_nowait([b"full"])
+            assert outbox.send_nowait(b"%d" % i)
+        assert not outbox.send_nowait(b"full")
         assert len(outbox) == 5
         assert not outbox.has_room()
         async with trio.open_nursery() as nursery:
@@ -173,12 +177,12 @@ async def test_outbox_queues_until_a_peer_appears_then_delivers_in_order(
             pull = zsocket(zmq.PULL)
             pull.bind(endpoint)
             receiver = AsyncSocket(pull)
-            received: list[list[bytes]] = []
+            received: list[bytes] = []
             while len(received) < 5:
                 received.extend(await receiver.receive_batch(10))
             await outbox.wait_empty()
             nursery.cancel_scope.cancel()
-    assert received == [[b"%d" % i] for i in range(5)]
+    assert received == [b"%d" % i for i in range(5)]
     assert room_calls >= 1
     receiver.close()
     outbox.socket.close()
@@ -190,12 +194,12 @@ async def test_outbox_send_waits_for_room_and_can_be_cancelled(zsocket: Make) ->
     push.connect("tcp://127.0.0.1:9")  # discard port: nothing answers on loopback
     outbox = Outbox(AsyncSocket(push), capacity=1)
     with trio.fail_after(5):
-        assert outbox.send_nowait([b"first"])
+        assert outbox.send_nowait(b"first")
         with trio.move_on_after(0.05) as scope:
-            await outbox.send([b"second"])
+            await outbox.send(b"second")
         assert scope.cancelled_caught
         assert len(outbox) == 1
-        assert outbox.discard() == [[b"first"]]
+        assert outbox.discard() == [b"first"]
     outbox.socket.close()
 
 
