@@ -95,18 +95,19 @@ class PeerMap:
             raise ForeignMeshError(f"record of mesh {record.mesh!r}, this is {self._mesh!r}")
         if record.id == self._own_id:
             return []
-        events: list[PeerEvent] = []
         known = self._peers.get(record.id)
+        if known is not None and known.record == record:
+            return []
+        events: list[PeerEvent] = []
+        holder = self._by_address.get(record.address)
+        if holder is not None and holder != record.id:
+            events.extend(self.remove(holder, "replaced"))
         if known is not None:
-            if known.record == record:
-                return []
-            self._unindex(known.record)
+            # Unindex only what changed, so a service kept keeps its place in `offering`.
+            self._unindex(known.record, keep=record)
             peer = Peer(record, known.state, known.since)
             events.append(PeerUpdated(peer, known.record))
         else:
-            holder = self._by_address.get(record.address)
-            if holder is not None:
-                events.extend(self.remove(holder, "replaced"))
             peer = Peer(record, PeerState.ALIVE, now)
             events.append(PeerJoined(peer))
         self._peers[record.id] = peer
@@ -144,12 +145,16 @@ class PeerMap:
     def _index(self, record: PeerRecord) -> None:
         self._by_address[record.address] = record.id
         for service in record.services:
-            self._by_service.setdefault(service, {})[record.id] = None
+            self._by_service.setdefault(service, {}).setdefault(record.id, None)
 
-    def _unindex(self, record: PeerRecord) -> None:
-        if self._by_address.get(record.address) == record.id:
+    def _unindex(self, record: PeerRecord, keep: PeerRecord | None = None) -> None:
+        """Remove `record` from the indexes, except the entries `keep` (its successor) shares."""
+        if self._by_address.get(record.address) == record.id and (
+            keep is None or keep.address != record.address
+        ):
             del self._by_address[record.address]
-        for service in record.services:
+        kept = frozenset() if keep is None else keep.services
+        for service in record.services - kept:
             holders = self._by_service.get(service)
             if holders is not None:
                 holders.pop(record.id, None)

@@ -161,6 +161,9 @@ def _check_host(value: object) -> None:
         raise RecordError(f"host {value[:64]!r} is not an IP address") from None
     if ip.is_unspecified or ip.is_multicast:
         raise RecordError(f"host {value} cannot be connected to")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # Python versions spell these differently, and the IPv4 address says the same.
+        raise RecordError(f"host {value} is an IPv4-mapped address: give the IPv4 address")
     if str(ip) != value:  # addresses are compared as text: one spelling per address
         raise RecordError(f"host {value} is not in canonical form ({ip})")
 
@@ -179,19 +182,24 @@ def parse_address(address: str) -> tuple[str, int]:
 
     Raises `ValueError` with a message fit for a user.
     """
-    text = address.strip()
-    text = text.removeprefix("tcp://")
+    text = address.strip().removeprefix("tcp://")
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"address {address!r} is not host:port")
-    host = host.removeprefix("[").removesuffix("]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    elif "[" in host or "]" in host:
+        raise ValueError(f"address {address!r} is not host:port")
     port = int(port_text)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"address {address!r}: {host!r} is not an IP address") from None
+    if (ip.version == 6) != bracketed:
+        raise ValueError(f"address {address!r}: write IPv6 hosts, and only those, in brackets")
     if not 0 < port < 65536:
         raise ValueError(f"address {address!r}: port out of range")
-    if ip.is_unspecified:
-        raise ValueError(f"address {address!r}: cannot connect to an unspecified address")
+    if ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"address {address!r}: cannot connect to {ip}")
     return str(ip), port

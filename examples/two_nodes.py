@@ -32,12 +32,13 @@ async def main() -> int:
                 for i in range(TASKS):
                     await orders.push("ship", {"order": i})
 
-                seen = 0
+                bodies = []
                 async for message in events:
-                    seen += 1
-                    if seen == EVENTS:
+                    bodies.append(message.body)
+                    if len(bodies) == EVENTS:
                         break
-                print(f"{shipping.name} received {seen} events, last: {message.body}")
+                seen = len(bodies)
+                print(f"{shipping.name} received {seen} events, last: {bodies[-1]}")
 
                 done = 0
                 async for task in tasks:

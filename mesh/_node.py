@@ -707,7 +707,7 @@ class Node:
         else:
             self._counts["tasks_nacked"] += 1
             self._log.warning(
-                "nack:" + task.service,
+                "nack",
                 trio.current_time(),
                 "task %d for %r was refused by %s: %s",
                 task.task_id,
@@ -755,7 +755,7 @@ class Node:
             events = self._peers.observe(record, trio.current_time())
         except ForeignMeshError:
             self._log.warning(
-                "mesh:" + record.mesh,
+                "foreign-mesh",
                 trio.current_time(),
                 "ignoring node %s at %s: it belongs to mesh %r, this node to %r",
                 record.name,
@@ -845,7 +845,7 @@ class Node:
             assert sent
             return True
         self._log.warning(
-            "full:" + address,
+            "outbox-full",
             trio.current_time(),
             "outbox to %s is full; dropped a %s message",
             address,

@@ -123,12 +123,15 @@ def topic_channel(topic: str) -> bytes:
 
 
 def event_frame(channel: bytes, envelope: bytes) -> bytes:
-    """The published frame of an EVENT or SYNCED envelope on `channel` (from `topic_channel`)."""
+    """The published frame of an EVENT or SYNCED envelope on `channel` (from `topic_channel`).
+    Raises `ValueError` when it would exceed `MAX_FRAME_SIZE`."""
+    if len(envelope) + len(channel) + 1 > MAX_FRAME_SIZE:
+        raise ValueError(f"event exceeds the {MAX_FRAME_SIZE} byte frame limit")
     return channel + b"\x00" + envelope
 
 
 def control_frame(envelope: bytes) -> bytes:
-    """The published frame of a HEARTBEAT or BYE envelope."""
+    """The published frame of a HEARTBEAT or BYE envelope (small by construction)."""
     return CONTROL_CHANNEL + envelope
 
 
@@ -181,6 +184,8 @@ def _unpack(frame: bytes | memoryview) -> tuple[Kind, bytes, int, tuple[Any, ...
         items = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
     except ProtocolError:
         raise
+    except msgpack.StackError:  # msgpack's own depth limit (1024), far past ours
+        raise ProtocolError("nesting", f"nested deeper than {MAX_NESTING}") from None
     except ValueError as exc:  # UnpackException, StackError, ExtraData, UnicodeDecodeError
         # msgpack caps every length at the buffer's size, so "exceeds max_" means a header
         # announced more than the frame holds: it was cut short.

@@ -1,14 +1,17 @@
 """Interoperability: a program written from docs/protocol.md alone talks to a real node.
 
 The "third party" here uses plain pyzmq and msgpack and nothing from `mesh` to build or read
-frames: only the node under test is `mesh`. Its blocking sockets are polled with NOBLOCK and a short
-`trio.sleep` between polls so the node's tasks keep running. Every socket binds or connects to
-127.0.0.1 on ephemeral ports, is closed with linger 0, and its context is terminated.
+frames: only the node under test is `mesh`. Every message is one ZeroMQ frame: published frames are
+``b"E" + topic + b"\\x00" + envelope`` or ``b"!" + envelope``, inbox frames the envelope alone. Its
+blocking sockets are polled with NOBLOCK and a short `trio.sleep` between polls so the node's tasks
+keep running. Every socket binds or connects to 127.0.0.1 on ephemeral ports, is closed with
+linger 0, and its context is terminated.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,19 +25,36 @@ import mesh
 # -- the third party: written from docs/protocol.md (sections 3, 4 and 6) --------------------------
 
 VERSION = 1
-EVENT, BYE, HELLO, WELCOME, UPDATE, TASK, ACK, SYNC, SYNCED = 1, 3, 4, 5, 6, 7, 8, 10, 11
+EVENT, HEARTBEAT, BYE, HELLO, WELCOME, UPDATE = 1, 2, 3, 4, 5, 6
+TASK, ACK, SYNC, SYNCED = 7, 8, 10, 11
+EVENT_CHANNEL, CONTROL_CHANNEL = b"E", b"!"
 
 
 def envelope(kind: int, sender: bytes, seq: int, meta: list[Any] | None, body: Any) -> bytes:
     return msgpack.packb([VERSION, kind, sender, seq, meta, body], use_bin_type=True)
 
 
-def open_envelope(frame: bytes) -> list[Any]:
-    items = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+def event_frame(topic: str, data: bytes) -> bytes:
+    """A published EVENT or SYNCED: ``b"E" + topic + b"\\x00" + envelope``."""
+    return EVENT_CHANNEL + topic.encode() + b"\x00" + data
+
+
+def open_envelope(data: bytes) -> list[Any]:
+    items = msgpack.unpackb(data, raw=False, strict_map_key=False)
     assert type(items) is list
     assert len(items) == 6
     assert items[0] == VERSION
     return items
+
+
+def open_published(frame: bytes) -> tuple[str | None, list[Any]]:
+    """Split a published frame into (topic, envelope items); the topic is None on ``!``."""
+    if frame[:1] == CONTROL_CHANNEL:
+        return None, open_envelope(frame[1:])
+    assert frame[:1] == EVENT_CHANNEL, f"unknown channel {frame[:1]!r}"
+    topic, nul, data = frame[1:].partition(b"\x00")  # a topic holds no NUL: the first one ends it
+    assert nul, "an event frame has a NUL after its topic"
+    return topic.decode("utf-8"), open_envelope(data)
 
 
 class ThirdParty:
@@ -72,27 +92,56 @@ def plain() -> Iterator[ThirdParty]:
         party.close()
 
 
-def poll(sock: zmq.Socket[Any]) -> list[bytes] | None:
+def poll(sock: zmq.Socket[Any]) -> bytes | None:
     """One message if ZeroMQ has one ready, else None; never blocks."""
     try:
-        return sock.recv_multipart(zmq.NOBLOCK)
+        frame = sock.recv(zmq.NOBLOCK)
     except zmq.Again:
         return None
+    assert not sock.getsockopt(zmq.RCVMORE), "every message is one frame"
+    return frame
 
 
-async def receive(sock: zmq.Socket[Any]) -> list[bytes]:
+async def receive(sock: zmq.Socket[Any]) -> bytes:
     """The next message, polling without blocking trio (callers bound it with fail_after)."""
     while True:
-        frames = poll(sock)
-        if frames is not None:
-            return frames
+        frame = poll(sock)
+        if frame is not None:
+            return frame
         await trio.sleep(0.001)  # a plain socket has no trio wake-up: poll it
 
 
 async def receive_direct(pull: zmq.Socket[Any]) -> list[Any]:
-    frames = await receive(pull)
-    assert len(frames) == 1, "direct messages are one frame"
-    return open_envelope(frames[0])
+    return open_envelope(await receive(pull))
+
+
+def plain_record(me: bytes, pub_port: int, pull_port: int) -> dict[str, Any]:
+    return {
+        "id": me,
+        "name": "plain-tool",
+        "mesh": "default",
+        "host": "127.0.0.1",  # canonical text of the IP, as str(ipaddress.ip_address(host)) gives
+        "pub": pub_port,
+        "pull": pull_port,
+        "services": [],
+        "v": 1,
+        "from-the-future": "unknown record keys are ignored",
+    }
+
+
+async def probe(
+    sub: zmq.Socket[Any], push: zmq.Socket[Any], me: bytes, prefix: str, token: int, seq: int = 1
+) -> tuple[str | None, list[Any]]:
+    """docs/protocol.md section 10: SYNC (numbered from `seq` on) until a SYNCED for `token`
+    arrives on `sub`; return it. Other frames (earlier answers, anything else) are dropped."""
+    while True:
+        push.send(envelope(SYNC, me, seq, [token, prefix], None), zmq.NOBLOCK)
+        with trio.move_on_after(0.05):  # resend if no answer: a retry, not a sync
+            while True:
+                topic, items = open_published(await receive(sub))
+                if items[1] == SYNCED and items[4] == [token, me]:
+                    return topic, items
+        seq += 1
 
 
 # -- tests -----------------------------------------------------------------------------------------
@@ -104,16 +153,24 @@ async def test_plain_subscriber_decodes_events(plain: ThirdParty) -> None:
             sub = plain.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"E" + b"sensors.")
             sub.connect(node.endpoints.pub)
+            # A trailing NUL in the subscription matches one topic exactly: "sensors.7", not
+            # "sensors.70".
+            exact = plain.socket(zmq.SUB)
+            exact.setsockopt(zmq.SUBSCRIBE, b"Esensors.warmup\x00")
+            exact.setsockopt(zmq.SUBSCRIBE, b"Esensors.7\x00")
+            exact.setsockopt(zmq.SUBSCRIBE, b"Esensors.end\x00")
+            exact.connect(node.endpoints.pub)
 
-            # The slow-joiner gap: the node learns of the subscription some ms after connect().
-            # Publish a warm-up event until the plain subscriber has seen one (bounded retries).
-            warmed_up = False
-            while not warmed_up:
+            # The slow-joiner gap: the node learns of the subscriptions some ms after connect().
+            # Publish a warm-up event until both plain subscribers have seen one (bounded retries).
+            warmed_up: set[zmq.Socket[Any]] = set()
+            while len(warmed_up) < 2:
                 await node.publish("sensors.warmup", None)
                 await trio.sleep(0.01)
-                while (frames := poll(sub)) is not None:
-                    assert frames[0] == b"Esensors.warmup"
-                    warmed_up = True
+                for sock in (sub, exact):
+                    while (frame := poll(sock)) is not None:
+                        assert frame.startswith(b"Esensors.warmup\x00")
+                        warmed_up.add(sock)
 
             bodies = [
                 {"i": i, "name": "température", "raw": bytes([i, 0, 255]), "v": [1.5, None, True]}
@@ -125,13 +182,21 @@ async def test_plain_subscriber_decodes_events(plain: ThirdParty) -> None:
 
             received = []
             while len(received) < len(bodies):
-                frames = await receive(sub)
-                assert len(frames) == 2, "published messages are [channel, envelope]"
-                channel, frame = frames
-                assert channel.startswith(b"Esensors.")
-                if channel == b"Esensors.warmup":  # a late warm-up event
+                frame = await receive(sub)
+                assert frame.startswith(b"Esensors.")
+                topic, items = open_published(frame)
+                if topic == "sensors.warmup":  # a late warm-up event
                     continue
-                received.append((channel[1:].decode("utf-8"), open_envelope(frame)))
+                received.append((topic, items))
+
+            await node.publish("sensors.end", None)  # the exact subscriber's end marker
+            exact_received = []
+            while (topic_items := open_published(await receive(exact)))[0] != "sensors.end":
+                if topic_items[0] != "sensors.warmup":
+                    exact_received.append(topic_items)
+            assert [(topic, items[5]) for topic, items in exact_received] == [
+                ("sensors.7", bodies[7])  # and none of sensors.70 ... sensors.79
+            ]
 
         sender = bytes.fromhex(node.id)
         seqs = []
@@ -159,6 +224,7 @@ async def test_plain_pusher_task_reaches_a_worker(plain: ThirdParty) -> None:
         ):
             push = plain.socket(zmq.PUSH)
             push.connect(node.endpoints.pull)
+            # An inbox frame is the envelope alone: no channel in front of it.
             push.send(envelope(TASK, sender, 1, [42, "resize", 3], body), zmq.NOBLOCK)
 
             task = await tasks.receive()
@@ -180,6 +246,7 @@ async def test_garbage_in_the_inbox_is_counted_and_the_node_carries_on(
 ) -> None:
     sender = os.urandom(16)
     task = envelope(TASK, sender, 5, [1, "resize", 1], "after the garbage")
+    not_canonical = plain_record(sender, 1, 2) | {"host": "0:0:0:0:0:0:0:1"}  # not "::1"
     garbage = [
         (b"this is not an envelope", "malformed"),
         (task[:-3], "truncated"),
@@ -187,6 +254,12 @@ async def test_garbage_in_the_inbox_is_counted_and_the_node_carries_on(
         (envelope(99, sender, 2, None, None), "kind"),
         (envelope(EVENT, sender, 3, None, "events are not sent to an inbox"), "kind"),
         (envelope(TASK, sender, 4, [1, "resize", 1], msgpack.ExtType(7, b"x")), "type"),
+        (envelope(ACK, sender, 5, [1], "ACK takes no body"), "malformed"),
+        (envelope(BYE, sender, 6, [], None), "malformed"),  # BYE takes no meta
+        # 513 characters, 1026 bytes of UTF-8: meta strings are limited in bytes.
+        (envelope(TASK, sender, 7, [1, "é" * 513, 1], None), "oversized"),
+        (envelope(UPDATE, sender, 8, None, not_canonical), "record"),
+        (CONTROL_CHANNEL + envelope(BYE, sender, 9, None, None), "malformed"),  # a PUB frame
     ]
     with trio.fail_after(10):
         async with (
@@ -205,11 +278,57 @@ async def test_garbage_in_the_inbox_is_counted_and_the_node_carries_on(
             statistics = node.statistics()
 
     assert statistics.bad_frames == len(garbage)
-    expected: dict[str, int] = {}
-    for _, reason in garbage:
-        expected[reason] = expected.get(reason, 0) + 1
-    assert dict(statistics.bad_frame_reasons) == expected
+    assert dict(statistics.bad_frame_reasons) == Counter(reason for _, reason in garbage)
     assert statistics.tasks_received == 1
+
+
+async def test_multipart_and_published_kinds_in_the_inbox_do_not_stop_the_node(
+    plain: ThirdParty,
+) -> None:
+    # The inbox takes one frame per message and direct kinds only. A program still speaking the
+    # earlier two-frame format, or pushing what belongs on a PUB socket, must cost the node a
+    # counted bad frame and nothing else (a two-part message once crashed the inbox task).
+    sender = os.urandom(16)
+    event = envelope(EVENT, sender, 1, None, "an event")
+    with trio.fail_after(10):
+        async with (
+            mesh.open_node(name="worker", interface="127.0.0.1") as node,
+            node.work("resize") as tasks,
+        ):
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+
+            # The old two-frame publish, [channel, envelope]: the node reads frame by frame, and
+            # neither part is a valid inbox message.
+            push.send_multipart([b"Eold.topic", event], zmq.NOBLOCK)
+            push.send(envelope(TASK, sender, 2, [1, "resize", 1], "first"), zmq.NOBLOCK)
+            first = await tasks.receive()
+            assert first.body == "first"
+            statistics = node.statistics()
+            assert statistics.bad_frames == 2
+            assert dict(statistics.bad_frame_reasons) == {"malformed": 1, "kind": 1}
+
+            # Published-only kinds, bare and in their PUB framing.
+            push.send(event, zmq.NOBLOCK)
+            push.send(envelope(SYNCED, sender, 3, [1, sender], None), zmq.NOBLOCK)
+            push.send(envelope(HEARTBEAT, sender, 4, None, {}), zmq.NOBLOCK)
+            push.send(event_frame("a.topic", event), zmq.NOBLOCK)
+            push.send(envelope(TASK, sender, 5, [2, "resize", 1], "second"), zmq.NOBLOCK)
+            second = await tasks.receive()
+            assert second.body == "second"
+            statistics = node.statistics()
+
+            # ... and the node still publishes.
+            sub = plain.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"Ealive")
+            sub.connect(node.endpoints.pub)
+            topic, items = await probe(sub, push, sender, "alive", 7, seq=6)
+            assert topic == "alive"
+            assert items[1] == SYNCED
+
+    assert statistics.bad_frames == 6
+    assert dict(statistics.bad_frame_reasons) == {"malformed": 2, "kind": 4}
+    assert statistics.tasks_received == 2
 
 
 async def test_plain_peer_says_hello_and_gets_acks(plain: ThirdParty) -> None:
@@ -217,17 +336,7 @@ async def test_plain_peer_says_hello_and_gets_acks(plain: ThirdParty) -> None:
     me = os.urandom(16)
     inbox, pull_port = plain.bind(zmq.PULL)
     _pub, pub_port = plain.bind(zmq.PUB)  # a record names a PUB port; the node connects to it
-    record = {
-        "id": me,
-        "name": "plain-tool",
-        "mesh": "default",
-        "host": "127.0.0.1",
-        "pub": pub_port,
-        "pull": pull_port,
-        "services": [],
-        "v": 1,
-        "from-the-future": "unknown record keys are ignored",
-    }
+    record = plain_record(me, pub_port, pull_port)
     with trio.fail_after(10):
         async with mesh.open_node(name="worker", interface="127.0.0.1") as node:
             node_id = bytes.fromhex(node.id)
@@ -262,7 +371,7 @@ async def test_plain_peer_says_hello_and_gets_acks(plain: ThirdParty) -> None:
             _, kind, sender, seq, meta, body = await receive_direct(inbox)
             assert (kind, sender, seq, meta) == (UPDATE, node_id, 3, None)
             assert body["services"] == []
-        # Closing the node: a BYE to every peer's inbox, next on the same link.
+        # Closing the node: a BYE to every peer's inbox, next on the same link (no gaps).
         _, kind, sender, seq, meta, body = await receive_direct(inbox)
         assert (kind, sender, seq, meta, body) == (BYE, node_id, 4, None, None)
 
@@ -271,38 +380,116 @@ async def test_sync_probe_closes_the_slow_joiner_gap(plain: ThirdParty) -> None:
     # docs/protocol.md section 10: probe with SYNC until SYNCED arrives on the subscription's
     # own channel; from then on, a single publish is enough.
     me = os.urandom(16)
-    token = 12345
     with trio.fail_after(10):
         async with mesh.open_node(name="publisher", interface="127.0.0.1") as node:
             sub = plain.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"Ealerts.")
+            sub.setsockopt(zmq.SUBSCRIBE, CONTROL_CHANNEL)  # sent with the other, so live with it
             sub.connect(node.endpoints.pub)
             push = plain.socket(zmq.PUSH)
             push.connect(node.endpoints.pull)
 
-            seq = 0
-            synced = None
-            while synced is None:
-                seq += 1
-                push.send(envelope(SYNC, me, seq, [token, "alerts."], None), zmq.NOBLOCK)
-                with trio.move_on_after(0.05):  # resend if no answer: a retry, not a sync
-                    while True:
-                        channel, frame = await receive(sub)
-                        items = open_envelope(frame)
-                        if items[1] == SYNCED and items[4] == [token, me]:
-                            synced = (channel, items)
-                            break
-            channel, (_, _, sender, _, _, body) = synced
-            assert channel == b"Ealerts."  # the answer travels on the probed channel itself
+            topic, (_, _, sender, synced_seq, _, body) = await probe(
+                sub, push, me, "alerts.", 12345
+            )
+            assert topic == "alerts."  # the answer travels on the probed channel itself
             assert sender == bytes.fromhex(node.id)
             assert body is None
 
             await node.publish("alerts.fire", {"level": 3})
             while True:  # skip answers to earlier SYNCs; the event must come, without retries
-                channel, frame = await receive(sub)
-                items = open_envelope(frame)
+                topic, items = open_published(await receive(sub))
                 if items[1] != SYNCED:  # SYNCED shares the event channel: check the kind
                     break
-    assert channel == b"Ealerts.fire"
-    assert items[1] == EVENT
-    assert items[5] == {"level": 3}
+            assert topic == "alerts.fire"
+            assert items[1] == EVENT
+            assert items[3] > synced_seq
+            assert items[5] == {"level": 3}
+            event_seq = items[3]
+
+        # Closing: BYE published on the control channel, b"!" + envelope, next on the PUB stream.
+        while True:
+            frame = await receive(sub)
+            if frame[:1] == CONTROL_CHANNEL:
+                break
+    topic, (_, kind, sender, seq, meta, body) = open_published(frame)
+    assert topic is None
+    assert (kind, sender, meta, body) == (BYE, bytes.fromhex(node.id), None, None)
+    assert seq > event_seq
+
+
+async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: ThirdParty) -> None:
+    # The third party as a publishing peer: it answers the node's subscription probe, publishes
+    # events the node delivers, and leaves with a BYE on the control channel. Bad frames on its
+    # PUB stream are counted by the node, which carries on.
+    me = os.urandom(16)
+    inbox, pull_port = plain.bind(zmq.PULL)
+    pub, pub_port = plain.bind(zmq.PUB)
+    pub_seq = 0
+
+    def publish(topic: str | None, kind: int, meta: list[Any] | None, body: Any) -> int:
+        """Publish on channel E+topic, or on ! when `topic` is None; return the seq used."""
+        nonlocal pub_seq
+        pub_seq += 1
+        data = envelope(kind, me, pub_seq, meta, body)
+        pub.send(CONTROL_CHANNEL + data if topic is None else event_frame(topic, data), zmq.NOBLOCK)
+        return pub_seq
+
+    responder = trio.CancelScope()
+
+    async def answer_probes(node_id: bytes) -> None:
+        with responder:
+            while True:
+                _, kind, sender, _, meta, _ = await receive_direct(inbox)
+                if kind == SYNC and sender == node_id:
+                    token, prefix = meta
+                    publish(prefix, SYNCED, [token, sender], None)
+
+    garbage = [
+        (b"Eno end of topic", "truncated"),
+        (b"E" + b"t" * 1025 + b"\x00" + envelope(EVENT, me, 1, None, 1), "oversized"),
+        (b"E\xff\x00" + envelope(EVENT, me, 1, None, 1), "malformed"),  # topic not UTF-8
+        (event_frame("x", envelope(TASK, me, 1, [1, "s", 1], None)), "kind"),
+        (event_frame("x", envelope(SYNCED, me, 1, [1, me], "a body")), "malformed"),
+        (CONTROL_CHANNEL, "truncated"),
+        (CONTROL_CHANNEL + envelope(EVENT, me, 1, None, 1), "kind"),
+        (CONTROL_CHANNEL + envelope(HEARTBEAT, me, 1, None, []), "malformed"),  # not a map
+    ]
+    # The earlier two-frame format: SUB filters on the first part, and the node reads each part
+    # as a frame of its own: b"Eweather" has no NUL, the bare envelope no channel.
+    two_frames = [b"Eweather", envelope(EVENT, me, 1, None, 1)]
+    expected = Counter(reason for _, reason in garbage) + Counter(["truncated", "malformed"])
+
+    record = plain_record(me, pub_port, pull_port)
+    with trio.fail_after(10):
+        async with mesh.open_node(name="subscriber", interface="127.0.0.1") as node:
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            push.send(envelope(HELLO, me, 1, None, {"record": record, "peers": []}), zmq.NOBLOCK)
+            assert (await receive_direct(inbox))[1] == WELCOME  # the node connects to our PUB
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer_probes, bytes.fromhex(node.id))
+                # Entering waits until this peer's SYNCED arrived on the channel b"E".
+                async with node.subscribe("") as subscription:
+                    responder.cancel()
+                    first = publish("weather.oslo", EVENT, None, {"c": -3})
+                    for frame, _ in garbage:
+                        pub.send(frame, zmq.NOBLOCK)
+                    pub.send_multipart(two_frames, zmq.NOBLOCK)
+                    publish(None, HEARTBEAT, None, {})  # valid, and ignored
+                    last = publish("weather.rome", EVENT, None, {"c": 21})
+                    messages = [await subscription.receive(), await subscription.receive()]
+                    publish(None, BYE, None, None)
+                    # One connection keeps order: once the BYE has made the node forget this
+                    # peer, every frame before it was handled. (A node signals no departure.)
+                    while me.hex() in node.peers:  # noqa: ASYNC110
+                        await trio.sleep(0.001)
+                    statistics = node.statistics()
+
+    assert [tuple(message) for message in messages] == [
+        ("weather.oslo", {"c": -3}, me.hex(), first),
+        ("weather.rome", {"c": 21}, me.hex(), last),
+    ]
+    assert statistics.events_received == 2
+    assert statistics.bad_frames == sum(expected.values())
+    assert dict(statistics.bad_frame_reasons) == expected

@@ -257,11 +257,6 @@ def test_offering_returns_a_copy() -> None:
     assert peers.offering("resize") == [A]
 
 
-@pytest.mark.xfail(
-    reason="BUG: observe() unindexes and reindexes every service of an updated record, so a peer "
-    "that only adds a service drops to the back of offering() for the services it kept",
-    strict=True,
-)
 def test_offering_keeps_the_order_of_services_a_peer_kept_offering() -> None:
     peers = new_map()
     peers.observe(rec(A, 5001, "resize"), now=1.0)
@@ -295,12 +290,6 @@ def test_by_address_follows_an_address_change() -> None:
     assert len(peers) == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: when a known peer's update moves it to the inbox address of another known peer, "
-    "observe() neither removes that peer ('replaced') nor keeps its by_address entry: two peers "
-    "share one address and the other one can no longer be found by address",
-    strict=True,
-)
 def test_a_peer_moving_onto_anothers_address_replaces_it() -> None:
     peers = new_map()
     peers.observe(rec(A, 5001), now=1.0)

@@ -328,6 +328,11 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
         "udp://127.0.0.1:80",
         "http://127.0.0.1:80",
         "1.2.3.256:80",
+        "::1:80",  # IPv6 without brackets is ambiguous
+        "[::1:80",
+        "[1.2.3.4]:5",  # brackets are for IPv6 only
+        "127.0.0.1:\u0668\u0660",  # non-ASCII digits
+        "224.0.0.251:5353",  # multicast
     ],
 )
 def test_parse_address_refuses(text: str) -> None:
@@ -341,8 +346,8 @@ def test_parse_address_inverts_format_address(
     host: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
 ) -> None:
     text = format_address(str(host), port)
-    if host.is_unspecified:
-        with pytest.raises(ValueError, match="unspecified"):
+    if host.is_unspecified or host.is_multicast:
+        with pytest.raises(ValueError, match="cannot connect"):
             parse_address(text)
     else:
         assert parse_address(text) == (str(host), port)
@@ -527,7 +532,11 @@ def test_from_wire_of_any_value_only_raises_record_error(data: Any) -> None:
 
 @given(
     name=st.text(min_size=1, max_size=60),
-    host=st.ip_addresses().filter(lambda ip: not (ip.is_unspecified or ip.is_multicast)),
+    host=st.ip_addresses().filter(
+        lambda ip: (
+            not (ip.is_unspecified or ip.is_multicast or (ip.version == 6 and ip.ipv4_mapped))
+        )
+    ),
     ports=st.tuples(st.integers(1, 65535), st.integers(1, 65535)),
     services=st.frozensets(st.text(min_size=1, max_size=20), max_size=5),
     public_key=st.none() | st.text(min_size=1, max_size=40),
@@ -544,3 +553,9 @@ def test_any_valid_record_round_trips_through_msgpack(
     packed = msgpack.packb(rec.to_wire(), use_bin_type=True)
     assert PeerRecord.from_wire(msgpack.unpackb(packed, raw=False)) == rec
     assert parse_address(rec.address) == (str(host), ports[1])
+
+
+def test_an_ipv4_mapped_host_is_refused() -> None:
+    # Python versions spell ::ffff:10.0.0.1 differently; the IPv4 form is the one spelling.
+    with pytest.raises(RecordError, match="IPv4-mapped"):
+        record(host="::ffff:10.0.0.1")
