@@ -61,6 +61,13 @@ logger = logging.getLogger("mesh")
 # message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
 _YIELD_EVERY: Final = 64
 _SYNC_RESEND: Final = 0.05
+# An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
+# 1 ms costs nothing while nothing is blocked, and little while something is.
+_PUB_RETRY_INTERVAL: Final = 0.001
+_PUB_HEARTBEAT_IVL_MS: Final = 1000
+_PUB_HEARTBEAT_TIMEOUT_MS: Final = 5000
+# XPUB hands subscription notices up to the application, which must drain them.
+_NOTICE_DRAIN_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +76,13 @@ class Settings:
 
     #: Most messages taken from one socket per wake-up before other tasks get a turn.
     receive_batch: int = 1000
-    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one slow subscriber
-    #: connection before ZeroMQ drops (best-effort events; see docs/protocol.md).
+    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one subscriber
+    #: connection that reads slower than this node publishes.
     event_hwm: int = 100_000
+    #: What a full subscriber connection does to `publish`: True, the publisher waits for room
+    #: (nothing is lost in the network; a subscriber that stops reading but stays connected holds
+    #: publishing back); False, ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
+    event_backpressure: bool = True
     #: Events held for one `Subscription` whose reader is slow before new ones are dropped
     #: (and counted in `Subscription.dropped`).
     subscription_buffer: int = 100_000
@@ -157,9 +168,12 @@ class Subscription:
     """Events whose topic starts with `prefix`, from every peer, in arrival order.
 
     Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
-    Events arriving while the buffer (`Settings.subscription_buffer`) is full are dropped and
-    counted in `dropped`. The subscription ends when its ``async with`` block exits or the node
-    closes; reading it then raises `trio.ClosedResourceError` (iteration just stops).
+    It buffers up to `Settings.subscription_buffer` events. When the reader falls that far
+    behind, the node stops taking events from the network until it catches up, and so (with
+    `Settings.event_backpressure`, the default) publishers wait: nothing is lost. Without
+    backpressure, events that find the buffer full are dropped and counted in `dropped`.
+    The subscription ends when its ``async with`` block exits or the node closes; reading it
+    then raises `trio.ClosedResourceError` (iteration just stops).
     """
 
     def __init__(self, prefix: str, capacity: int) -> None:
@@ -167,7 +181,8 @@ class Subscription:
         self.dropped = 0
         self._buffer: deque[Message] = deque()
         self._capacity = capacity
-        self._ready = trio.lowlevel.ParkingLot()
+        self._ready = trio.lowlevel.ParkingLot()  # readers waiting for an event
+        self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
         self._closed = False
         self._taken = 0
 
@@ -182,6 +197,8 @@ class Subscription:
                 raise trio.ClosedResourceError("subscription ended")
             await self._ready.park()
         message = self._buffer.popleft()
+        if self._room and len(self._buffer) <= self._capacity // 2:
+            self._room.unpark_all()
         self._taken += 1
         if self._taken % _YIELD_EVERY == 0:
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -196,7 +213,15 @@ class Subscription:
         except trio.ClosedResourceError:
             raise StopAsyncIteration from None
 
+    def _full(self) -> bool:
+        return len(self._buffer) >= self._capacity and not self._closed
+
+    async def _wait_room(self) -> None:
+        while self._full():
+            await self._room.park()
+
     def _deliver(self, message: Message) -> bool:
+        """Buffer `message`; False (and counted as dropped) if the buffer is full."""
         if len(self._buffer) >= self._capacity:
             self.dropped += 1
             return False
@@ -208,6 +233,7 @@ class Subscription:
     def _close(self) -> None:
         self._closed = True
         self._ready.unpark_all()
+        self._room.unpark_all()
 
 
 class Task:
@@ -345,21 +371,35 @@ class Node:
         self._log = RateLimitedLog(logger)
         ipv6 = ":" in interface
 
-        pub = self._socket(zmq.PUB, ipv6)
+        # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
+        # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
+        pub = self._socket(zmq.XPUB, ipv6)
         pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
+        pub.setsockopt(zmq.XPUB_NODROP, int(settings.event_backpressure))
+        # A subscriber whose process froze would otherwise hold publishing back for good: ZMTP
+        # heartbeats drop its connection (and with it, its full pipe).
+        pub.setsockopt(zmq.HEARTBEAT_IVL, _PUB_HEARTBEAT_IVL_MS)
+        pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PUB_HEARTBEAT_TIMEOUT_MS)
         pull = self._socket(zmq.PULL, ipv6)
         pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
+        # Two SUB sockets, both connected to every peer's PUB: events, which a slow reader may
+        # hold back (backpressure), and control, which nothing may hold back.
         sub = self._socket(zmq.SUB, ipv6)
         sub.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
-        sub.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
+        control = self._socket(zmq.SUB, ipv6)
+        control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+        control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
         actual_pub = _bind(pub, interface, pub_port)
         actual_pull = _bind(pull, interface, pull_port)
 
-        self._pub = Outbox(AsyncSocket(pub), capacity=settings.peer_queue)
+        self._pub = Outbox(
+            AsyncSocket(pub), capacity=settings.peer_queue, retry_interval=_PUB_RETRY_INTERVAL
+        )
         self._pull = AsyncSocket(pull)
         self._sub = AsyncSocket(sub)
+        self._control = AsyncSocket(control)
         self._record = PeerRecord(
             id=self._id,
             name=name,
@@ -451,17 +491,23 @@ class Node:
     async def publish(self, topic: str, body: Any) -> None:
         """Publish an event to every peer subscribed to a prefix of `topic`.
 
-        Best effort, like ZeroMQ PUB/SUB: the call returns once ZeroMQ has the event, and
-        never waits for subscribers. Raises `TypeError` for a body msgpack cannot carry.
+        Returns once ZeroMQ has the event. With `Settings.event_backpressure` (the default) it
+        waits while a subscriber connection is full, so nothing is lost on the way; cancelling
+        that wait publishes nothing. Raises `TypeError` for a body msgpack cannot carry, and
+        `ValueError` for a topic that is not 1024 bytes of UTF-8 without NUL or an event larger
+        than 16 MiB.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        frame = event_frame(
-            topic_channel(topic), pack(Kind.EVENT, self._id, self._pub_seq + 1, None, body)
-        )
+        channel = topic_channel(topic)
+        while not self._pub.has_room():
+            await self._pub.wait_room()
+            self._check_open()
+        # From here to the send nothing yields, so sequence numbers leave in order.
+        frame = event_frame(channel, pack(Kind.EVENT, self._id, self._pub_seq + 1, None, body))
         self._pub_seq += 1
-        if not self._pub.send_nowait(frame):
-            await self._pub.send(frame)
+        sent = self._pub.send_nowait(frame)
+        assert sent
         self._counts["events_published"] += 1
         await self._maybe_yield()
 
@@ -618,12 +664,24 @@ class Node:
     def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
         self._nursery = nursery
         nursery.start_soon(self._pub.run)
+        nursery.start_soon(self._drain_subscription_notices)
         nursery.start_soon(self._serve_inbox)
-        nursery.start_soon(self._serve_subscriptions)
+        nursery.start_soon(self._serve_events)
+        nursery.start_soon(self._serve_control)
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address != self.address:
                 self._introduce(address)
+
+    async def _drain_subscription_notices(self) -> None:
+        """Discard the XPUB's subscription notices, which it queues for the application.
+
+        Safe outside the owner task: no task ever waits on the XPUB's FD (see `Outbox`)."""
+        while True:
+            await trio.sleep(_NOTICE_DRAIN_INTERVAL)
+            with contextlib.suppress(zmq.Again, trio.ClosedResourceError):
+                while True:
+                    self._pub.socket.receive_nowait()
 
     async def _serve_inbox(self) -> None:
         handlers = {
@@ -650,8 +708,9 @@ class Node:
                     continue
                 handlers[envelope.kind](envelope)
 
-    async def _serve_subscriptions(self) -> None:
+    async def _serve_events(self) -> None:
         batch_size = self._settings.receive_batch
+        backpressure = self._settings.event_backpressure
         counts = self._counts
         while True:
             try:
@@ -664,24 +723,39 @@ class Node:
                 except ProtocolError as exc:
                     self._bad_frame(exc, "events")
                     continue
-                kind = envelope.kind
-                if kind is Kind.EVENT:
-                    topic = envelope.topic
-                    assert topic is not None
+                topic = envelope.topic
+                assert topic is not None
+                if envelope.kind is Kind.EVENT:
                     counts["events_received"] += 1
                     message = Message(topic, envelope.body, envelope.sender.hex(), envelope.seq)
                     for subscription in self._subscriptions:
-                        if topic.startswith(subscription.prefix) and not subscription._deliver(
-                            message
-                        ):
-                            counts["events_dropped"] += 1
-                elif kind is Kind.SYNCED:
+                        if topic.startswith(subscription.prefix):
+                            if backpressure and subscription._full():
+                                # Stop reading the network until the reader catches up: the
+                                # publisher's XPUB then waits rather than drops.
+                                await subscription._wait_room()
+                            if not subscription._deliver(message):
+                                counts["events_dropped"] += 1
+                else:  # SYNCED
                     assert envelope.meta is not None
                     token, addressee = envelope.meta
                     if addressee == self._id:
                         self._synced_tokens.add(token)
                         self._synced.unpark_all()
-                elif kind is Kind.BYE:
+
+    async def _serve_control(self) -> None:
+        while True:
+            try:
+                batch = await self._control.receive_batch(self._settings.receive_batch)
+            except trio.ClosedResourceError:
+                return
+            for frame in batch:
+                try:
+                    envelope = _wire.decode_published(frame)
+                except ProtocolError as exc:
+                    self._bad_frame(exc, "control")
+                    continue
+                if envelope.kind is Kind.BYE:
                     self._on_bye(envelope)
                 # HEARTBEAT: read by failure detection (a later protocol feature); ignored here.
 
@@ -740,13 +814,20 @@ class Node:
     def _on_sync(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
         token, prefix = envelope.meta
-        self._pub_seq += 1
-        envelope_out = pack(Kind.SYNCED, self._id, self._pub_seq, [token, envelope.sender], None)
         try:
             channel = topic_channel(prefix)
         except ValueError:  # a NUL in the prefix: no subscription could match it anyway
             return
-        self._pub.send_nowait(event_frame(channel, envelope_out))
+        self._publish_nowait(channel, Kind.SYNCED, [token, envelope.sender])
+
+    def _publish_nowait(self, channel: bytes | None, kind: Kind, meta: list[Any] | None) -> None:
+        """Publish a SYNCED (on an event channel) or a control message (channel None), unless
+        the PUB outbox is full: a SYNC is resent, and a goodbye also goes to each inbox."""
+        if self._pub.has_room():
+            self._pub_seq += 1
+            envelope = pack(kind, self._id, self._pub_seq, meta, None)
+            frame = control_frame(envelope) if channel is None else event_frame(channel, envelope)
+            self._pub.send_nowait(frame)
 
     # -- peers and links -----------------------------------------------------------------------
 
@@ -774,18 +855,21 @@ class Node:
                 record = event.peer.record
                 self._link(record.address)
                 self._sub.call_soon(_connect(record.pub_endpoint))
+                self._control.call_soon(_connect(record.pub_endpoint))
                 logger.info("peer joined: %s at %s", record.name, record.address)
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
                 if old.pub_endpoint != new.pub_endpoint:
-                    self._sub.call_soon(_disconnect(old.pub_endpoint))
-                    self._sub.call_soon(_connect(new.pub_endpoint))
+                    for sock in (self._sub, self._control):
+                        sock.call_soon(_disconnect(old.pub_endpoint))
+                        sock.call_soon(_connect(new.pub_endpoint))
                 if old.address != new.address:
                     self._unlink(old.address)
                     self._link(new.address)
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self._sub.call_soon(_disconnect(record.pub_endpoint))
+                self._control.call_soon(_disconnect(record.pub_endpoint))
                 self._unlink(record.address)
                 lost = self._dispatcher.forget_worker(record.id)
                 self._settled.unpark_all()
@@ -979,10 +1063,7 @@ class Node:
             for stream in list(self._streams.values()):
                 for task in stream._close():
                     self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
-            self._pub_seq += 1
-            self._pub.send_nowait(
-                control_frame(pack(Kind.BYE, self._id, self._pub_seq, None, None))
-            )
+            self._publish_nowait(None, Kind.BYE, None)
             for peer in self._peers:
                 self._send_direct(peer.address, Kind.BYE, None, None)
             for link in list(self._links.values()):
@@ -1002,6 +1083,7 @@ class Node:
         self._links.clear()
         self._pull.close()
         self._sub.close()
+        self._control.close()
 
 
 def _connect(endpoint: str) -> SocketOp:

@@ -70,6 +70,13 @@ class AsyncSocket:
             await self.wait_writable()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def receive_nowait(self) -> bytes:
+        """Receive one frame if one is ready; raises `zmq.Again` if not."""
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+        frame: bytes = self._socket.recv(zmq.NOBLOCK)
+        return frame
+
     async def receive_batch(self, max_messages: int) -> list[bytes]:
         """Return between 1 and `max_messages` single-frame messages, waiting for the first.
 
@@ -166,12 +173,22 @@ class Outbox:
     """
 
     def __init__(
-        self, socket: AsyncSocket, capacity: int, on_room: Callable[[], None] | None = None
+        self,
+        socket: AsyncSocket,
+        capacity: int,
+        on_room: Callable[[], None] | None = None,
+        *,
+        retry_interval: float | None = None,
     ) -> None:
+        """`on_room` is called whenever a full outbox gets room again. `retry_interval` is for
+        sockets whose POLLOUT says nothing (an XPUB with XPUB_NODROP reports POLLOUT even while
+        it refuses messages): the owner then retries that often instead of waiting on the FD,
+        and only while ZeroMQ refuses."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.socket = socket
         self._capacity = capacity
+        self._retry_interval = retry_interval
         self._queue: deque[Message] = deque()
         self._wake_owner = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
@@ -238,7 +255,9 @@ class Outbox:
                             self._room.unpark_all()
                             if self._on_room is not None:
                                 self._on_room()
-                    else:
+                    elif self._retry_interval is None:
                         await self.socket.wait_writable()
+                    else:
+                        await trio.sleep(self._retry_interval)
             except trio.ClosedResourceError:
                 return

@@ -260,8 +260,36 @@ async def test_publish_rejects_bad_arguments() -> None:
             assert a.statistics().events_published == 0
 
 
-async def test_a_slow_subscription_drops_and_counts_instead_of_blocking() -> None:
-    settings = mesh.Settings(subscription_buffer=10)
+async def test_a_slow_reader_holds_the_publisher_back_and_nothing_is_lost() -> None:
+    settings = mesh.Settings(subscription_buffer=10, event_hwm=20, peer_queue=10)
+    total = 2000
+    padding = bytes(10_000)  # 20 MB in all: more than every buffer on the way can hold
+    with trio.fail_after(20):
+        async with open_mesh(2, settings=settings) as (a, b):
+            async with b.subscribe("slow") as slow:
+                published = 0
+                with trio.move_on_after(1.0) as held_back:
+                    while published < total:
+                        await a.publish("slow", [published, padding])
+                        published += 1
+                # Nobody read: the publisher was held back rather than dropping events. (If it
+                # was not, the 2000 events took milliseconds, not the second allowed.)
+                assert held_back.cancelled_caught
+                assert published < total
+
+                async def publish_rest() -> None:
+                    for i in range(published, total):
+                        await a.publish("slow", [i, padding])
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(publish_rest)
+                    bodies = [(await slow.receive()).body[0] for _ in range(total)]
+            assert bodies == list(range(total))
+            assert slow.dropped == 0
+
+
+async def test_without_backpressure_a_full_subscription_drops_and_counts() -> None:
+    settings = mesh.Settings(subscription_buffer=10, event_backpressure=False)
     with trio.fail_after(10):
         async with open_mesh(2, settings=settings) as (a, b):
             async with b.subscribe("slow") as slow, b.subscribe("fast") as fast:
