@@ -64,8 +64,6 @@ _SYNC_RESEND: Final = 0.05
 # An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
 # 1 ms costs nothing while nothing is blocked, and little while something is.
 _PUB_RETRY_INTERVAL: Final = 0.001
-_PUB_HEARTBEAT_IVL_MS: Final = 1000
-_PUB_HEARTBEAT_TIMEOUT_MS: Final = 5000
 # XPUB hands subscription notices up to the application, which must drain them.
 _NOTICE_DRAIN_INTERVAL: Final = 1.0
 
@@ -376,10 +374,9 @@ class Node:
         pub = self._socket(zmq.XPUB, ipv6)
         pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
         pub.setsockopt(zmq.XPUB_NODROP, int(settings.event_backpressure))
-        # A subscriber whose process froze would otherwise hold publishing back for good: ZMTP
-        # heartbeats drop its connection (and with it, its full pipe).
-        pub.setsockopt(zmq.HEARTBEAT_IVL, _PUB_HEARTBEAT_IVL_MS)
-        pub.setsockopt(zmq.HEARTBEAT_TIMEOUT, _PUB_HEARTBEAT_TIMEOUT_MS)
+        # No ZMTP heartbeats here: a subscriber that is only slow stops reading its TCP
+        # connection once its pipe is full, so it would miss the PINGs too, and the heartbeat
+        # would cut it off, losing its queued events (measured; docs/decisions.md).
         pull = self._socket(zmq.PULL, ipv6)
         pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
