@@ -214,9 +214,8 @@ class Subscription:
     def _full(self) -> bool:
         return len(self._buffer) >= self._capacity and not self._closed
 
-    async def _wait_room(self) -> None:
-        while self._full():
-            await self._room.park()
+    def _has_room(self) -> bool:
+        return not self._full()
 
     def _deliver(self, message: Message) -> bool:
         """Buffer `message`; False (and counted as dropped) if the buffer is full."""
@@ -730,7 +729,7 @@ class Node:
                             if backpressure and subscription._full():
                                 # Stop reading the network until the reader catches up: the
                                 # publisher's XPUB then waits rather than drops.
-                                await subscription._wait_room()
+                                await self._sub.wait_for(subscription._has_room, subscription._room)
                             if not subscription._deliver(message):
                                 counts["events_dropped"] += 1
                 else:  # SYNCED

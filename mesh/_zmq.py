@@ -112,6 +112,21 @@ class AsyncSocket:
         """Wait until ZeroMQ would take a message. Owner task only."""
         await self._wait(zmq.POLLOUT)
 
+    async def wait_for(self, ready: Callable[[], bool], lot: trio.lowlevel.ParkingLot) -> None:
+        """Owner only: wait, parked in `lot`, until `ready()` is true, meanwhile still running
+        the socket operations other tasks hand over with `call_soon` (an owner blocked on
+        something else must not block them: they may be what unblocks it)."""
+        while True:
+            self._run_ops()
+            if ready():
+                return
+            with trio.CancelScope() as scope:
+                self._wait_scope = scope
+                try:
+                    await lot.park()
+                finally:
+                    self._wait_scope = None
+
     def call_soon(self, op: SocketOp) -> trio.Event:
         """Have the owner task run `op(socket)` at its next turn (socket options such as
         SUBSCRIBE, connect and disconnect must not be called from other tasks: they consume the

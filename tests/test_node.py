@@ -288,6 +288,23 @@ async def test_a_slow_reader_holds_the_publisher_back_and_nothing_is_lost() -> N
             assert slow.dropped == 0
 
 
+async def test_a_full_subscription_does_not_block_subscribing_to_more() -> None:
+    settings = mesh.Settings(subscription_buffer=5, sync_timeout=0.2)
+    with trio.fail_after(10):
+        async with open_mesh(2, settings=settings) as (a, b):
+            async with b.subscribe("full") as full:
+                for i in range(6):  # one more than the buffer: b stops reading events
+                    await a.publish("full", i)
+                while len(full._buffer) < 5:  # noqa: ASYNC110 (the node fills it)
+                    await trio.sleep(0.001)
+                # The events task is held back by "full", yet the SUBSCRIBE still happens (the
+                # confirmation may time out, as the answer queues behind the held events).
+                async with b.subscribe("other") as other:
+                    assert [(await full.receive()).body for _ in range(6)] == list(range(6))
+                    await a.publish("other", "after")
+                    assert (await other.receive()).body == "after"
+
+
 async def test_without_backpressure_a_full_subscription_drops_and_counts() -> None:
     settings = mesh.Settings(subscription_buffer=10, event_backpressure=False)
     with trio.fail_after(10):
