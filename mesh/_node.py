@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Generic, NamedTuple, Self, TypeVar
 
 import trio
 import zmq
@@ -55,6 +55,7 @@ from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topi
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
+T = TypeVar("T")
 
 # Calls that complete without waiting (publish, receiving a buffered message) check for
 # cancellation every time but give other tasks a turn only this often: a scheduling point per
@@ -162,7 +163,56 @@ class _Link:
         return self.seq
 
 
-class Subscription:
+class _Stream(Generic[T]):
+    """Items handed over by the node, read in order by one or more tasks. The reading side of
+    `Subscription` and `TaskStream`."""
+
+    _ended = "stream ended"
+
+    def __init__(self) -> None:
+        self._buffer: deque[T] = deque()
+        self._ready = trio.lowlevel.ParkingLot()  # readers waiting for an item
+        self._closed = False
+        self._taken = 0
+
+    async def receive(self) -> T:
+        """The next item; waits for one. Cancelling it loses nothing. Raises
+        `trio.ClosedResourceError` once the stream has ended and is empty."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffer:
+            if self._closed:
+                raise trio.ClosedResourceError(self._ended)
+            await self._ready.park()
+        item = self._buffer.popleft()
+        self._taken_one()
+        self._taken += 1
+        if self._taken % _YIELD_EVERY == 0:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _taken_one(self) -> None:
+        """Called after each item taken, for subclasses to hook."""
+
+    def _put(self, item: T) -> None:
+        self._buffer.append(item)
+        if self._ready:  # somebody waits: wake one reader per item
+            self._ready.unpark()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._ready.unpark_all()
+
+
+class Subscription(_Stream[Message]):
     """Events whose topic starts with `prefix`, from every peer, in arrival order.
 
     Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
@@ -174,42 +224,21 @@ class Subscription:
     then raises `trio.ClosedResourceError` (iteration just stops).
     """
 
+    _ended = "subscription ended"
+
     def __init__(self, prefix: str, capacity: int) -> None:
+        super().__init__()
         self.prefix = prefix
         self.dropped = 0
-        self._buffer: deque[Message] = deque()
         self._capacity = capacity
-        self._ready = trio.lowlevel.ParkingLot()  # readers waiting for an event
         self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
-        self._closed = False
-        self._taken = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
 
-    async def receive(self) -> Message:
-        """The next event; waits for one. Cancelling it loses nothing."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._buffer:
-            if self._closed:
-                raise trio.ClosedResourceError("subscription ended")
-            await self._ready.park()
-        message = self._buffer.popleft()
+    def _taken_one(self) -> None:
         if self._room and len(self._buffer) <= self._capacity // 2:
             self._room.unpark_all()
-        self._taken += 1
-        if self._taken % _YIELD_EVERY == 0:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return message
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self.receive()
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
 
     def _full(self) -> bool:
         return len(self._buffer) >= self._capacity and not self._closed
@@ -222,14 +251,11 @@ class Subscription:
         if len(self._buffer) >= self._capacity:
             self.dropped += 1
             return False
-        self._buffer.append(message)
-        if self._ready:  # somebody waits: wake one reader per message
-            self._ready.unpark()
+        self._put(message)
         return True
 
     def _close(self) -> None:
-        self._closed = True
-        self._ready.unpark_all()
+        self._end()
         self._room.unpark_all()
 
 
@@ -291,53 +317,26 @@ class Task:
         return False
 
 
-class TaskStream:
+class TaskStream(_Stream[Task]):
     """The tasks sent to this node for one service, in arrival order. Made by `Node.work`.
 
-    Several tasks may read it at once (each task goes to one reader). When the ``async with``
-    block exits, the service is withdrawn and tasks not yet taken are nacked back to their senders.
+    Read with ``async for task in stream`` or `receive()`; several tasks may read it at once (each
+    task goes to one reader). When the ``async with`` block exits, the service is withdrawn and
+    tasks not yet taken are nacked back to their senders.
     """
 
+    _ended = "service withdrawn"
+
     def __init__(self, service: str) -> None:
+        super().__init__()
         self.service = service
-        self._buffer: deque[Task] = deque()
-        self._ready = trio.lowlevel.ParkingLot()
-        self._closed = False
-        self._taken = 0
 
     def __repr__(self) -> str:
         return f"<TaskStream {self.service!r} buffered={len(self._buffer)}>"
 
-    async def receive(self) -> Task:
-        """The next task; waits for one. Cancelling it loses nothing."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._buffer:
-            if self._closed:
-                raise trio.ClosedResourceError("service withdrawn")
-            await self._ready.park()
-        task = self._buffer.popleft()
-        self._taken += 1
-        if self._taken % _YIELD_EVERY == 0:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return task
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Task:
-        try:
-            return await self.receive()
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
-
-    def _deliver(self, task: Task) -> None:
-        self._buffer.append(task)
-        if self._ready:  # somebody waits: wake one reader per task
-            self._ready.unpark()
-
     def _close(self) -> list[Task]:
-        self._closed = True
-        self._ready.unpark_all()
+        """End the stream; returns the tasks nobody took."""
+        self._end()
         left = list(self._buffer)
         self._buffer.clear()
         return left
@@ -765,7 +764,7 @@ class Node:
         if stream is None:
             self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
             return
-        stream._deliver(Task(self, envelope.sender, task_id, service, attempt, envelope.body))
+        stream._put(Task(self, envelope.sender, task_id, service, attempt, envelope.body))
 
     def _on_settled(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
