@@ -24,7 +24,7 @@ import math
 import os
 import socket as stdlib_socket
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -689,35 +689,15 @@ class Node:
             Kind.BYE: self._on_bye,
             Kind.SYNC: self._on_sync,
         }
-        batch_size = self._settings.receive_batch
-        while True:
-            try:
-                batch = await self._pull.receive_batch(batch_size)
-            except trio.ClosedResourceError:
-                return
-            for frame in batch:
-                try:
-                    envelope = _wire.decode_inbox(frame)
-                except ProtocolError as exc:
-                    self._bad_frame(exc, "inbox")
-                    continue
+        while batch := await self._receive(self._pull, _wire.decode_inbox, "inbox"):
+            for envelope in batch:
                 handlers[envelope.kind](envelope)
 
     async def _serve_events(self) -> None:
-        batch_size = self._settings.receive_batch
         backpressure = self._settings.event_backpressure
         counts = self._counts
-        while True:
-            try:
-                batch = await self._sub.receive_batch(batch_size)
-            except trio.ClosedResourceError:
-                return
-            for frame in batch:
-                try:
-                    envelope = _wire.decode_published(frame)
-                except ProtocolError as exc:
-                    self._bad_frame(exc, "events")
-                    continue
+        while batch := await self._receive(self._sub, _wire.decode_published, "events"):
+            for envelope in batch:
                 topic = envelope.topic
                 assert topic is not None
                 if envelope.kind is Kind.EVENT:
@@ -739,20 +719,30 @@ class Node:
                         self._synced.unpark_all()
 
     async def _serve_control(self) -> None:
-        while True:
-            try:
-                batch = await self._control.receive_batch(self._settings.receive_batch)
-            except trio.ClosedResourceError:
-                return
-            for frame in batch:
-                try:
-                    envelope = _wire.decode_published(frame)
-                except ProtocolError as exc:
-                    self._bad_frame(exc, "control")
-                    continue
+        while batch := await self._receive(self._control, _wire.decode_published, "control"):
+            for envelope in batch:
                 if envelope.kind is Kind.BYE:
                     self._on_bye(envelope)
                 # HEARTBEAT: read by failure detection (a later protocol feature); ignored here.
+
+    async def _receive(
+        self, sock: AsyncSocket, decode: Callable[[bytes], Envelope], where: str
+    ) -> list[Envelope]:
+        """The next batch of valid envelopes from `sock` (bad frames are counted and dropped);
+        an empty list once the socket is closed."""
+        while True:
+            try:
+                frames = await sock.receive_batch(self._settings.receive_batch)
+            except trio.ClosedResourceError:
+                return []
+            batch = []
+            for frame in frames:
+                try:
+                    batch.append(decode(frame))
+                except ProtocolError as exc:
+                    self._bad_frame(exc, where)
+            if batch:
+                return batch
 
     # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
 
