@@ -1,12 +1,14 @@
-"""Finding peers: who is in the mesh and how to reach them.
+"""Finding peers: who is in the mesh and how to reach them. It never imports `mesh`.
 
-This package is pure state and codecs (it never imports `mesh`): the `PeerRecord` a node
-advertises, and the `PeerMap` that joins what the node hears about its peers into one view and
-reports each change as an event. Discovery backends (mDNS, static seeds) feed it.
+Pure parts: the `PeerRecord` a node tells its peers, the `PeerMap` that holds the peers one node
+knows and reports each change as an event, and the DNS-SD TXT codec (`encode_txt`,
+`decode_txt`). IO at the edge: `open_mdns`, python-zeroconf bridged into trio, which advertises a
+node and reports the `Announced` and `Withdrawn` nodes it hears of.
 """
 
 from __future__ import annotations
 
+from ._mdns import Announced, DiscoveryEvent, Mdns, Withdrawn, open_mdns
 from ._peers import (
     ForeignMeshError,
     Peer,
@@ -25,9 +27,20 @@ from ._record import (
     parse_address,
     tcp_endpoint,
 )
+from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "SERVICE_TYPE",
+    "Announced",
+    "Announcement",
+    "DiscoveryEvent",
+    "Mdns",
+    "Withdrawn",
+    "decode_txt",
+    "encode_txt",
+    "instance_name",
+    "open_mdns",
     "ForeignMeshError",
     "Peer",
     "PeerEvent",

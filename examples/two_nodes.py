@@ -2,17 +2,20 @@
 
     python examples/two_nodes.py
 
-Everything stays on loopback. Exits 0 when every event arrived and every task was acked.
+They find each other over mDNS, on loopback only (set MESH_NAME to keep two runs apart).
+Exits 0 when every event arrived and every task was acked.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import trio
 
 import mesh
 
+MESH = os.environ.get("MESH_NAME", "default")
 EVENTS = 1000
 TASKS = 100
 
@@ -20,11 +23,13 @@ TASKS = 100
 async def main() -> int:
     with trio.fail_after(20):
         async with (
-            mesh.open_node("orders") as orders,
-            mesh.open_node("shipping", seeds=[orders.address]) as shipping,
+            mesh.open_node("orders", mesh=MESH) as orders,
+            mesh.open_node("shipping", mesh=MESH) as shipping,
         ):
-            await shipping.connect(orders.address)  # returns once the two have exchanged records
-            print(f"{shipping.name} peered with {orders.name} at {orders.address}")
+            # No address given: mDNS finds the other node, then the two exchange records.
+            await shipping.wait_for_peers(names=["orders"])
+            await orders.wait_for_peers(names=["shipping"])
+            print(f"{shipping.name} found {orders.name} at {orders.address}")
 
             async with shipping.subscribe("order.") as events, shipping.work("ship") as tasks:
                 for i in range(EVENTS):

@@ -1,9 +1,9 @@
 """mesh: a brokerless peer-to-peer messaging mesh on ZeroMQ and trio.
 
-Services embed a node (`open_node`). Nodes peer directly: events go PUB -> SUB
-(`Node.publish`, `Node.subscribe`), work goes from a sender's per-peer PUSH to a worker's PULL
-(`Node.push`, `Node.work`) and is acked back. Peers are found through seeds (`Node.connect`) and,
-with the `discovery` package, on the LAN. docs/protocol.md specifies the wire protocol.
+Services embed a node (`open_node`). Nodes find each other over mDNS (or through seeds and
+`Node.connect`) and peer directly: events go PUB -> SUB (`Node.publish`, `Node.subscribe`), work
+goes from a sender's per-peer PUSH to a worker's PULL (`Node.push`, `Node.work`) and is acked
+back; `Node.watch_peers` reports who comes and goes. docs/protocol.md specifies the wire protocol.
 
 Architecture: the pure parts (`_wire` codec, `discovery` records and peer map, `_routing`
 dispatcher) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio; `_node` owns the
@@ -11,6 +11,8 @@ sockets and tasks and wires the rest together.
 """
 
 from __future__ import annotations
+
+from discovery import Peer, PeerEvent, PeerJoined, PeerLeft, PeerUpdated
 
 from ._errors import (
     MeshError,
@@ -24,6 +26,7 @@ from ._node import (
     Message,
     Node,
     NodeStatistics,
+    PeerWatch,
     Settings,
     Subscription,
     Task,
@@ -41,6 +44,12 @@ __all__ = [
     "NoWorkerError",
     "Node",
     "NodeStatistics",
+    "Peer",
+    "PeerEvent",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerUpdated",
+    "PeerWatch",
     "PeerUnreachableError",
     "ProtocolError",
     "Settings",

@@ -173,7 +173,7 @@ def _mesh_publisher(control: Connection, count: int, size: int) -> None:
 async def _mesh_publish(control: Connection, count: int, size: int) -> None:
     from . import open_node
 
-    async with open_node("bench-pub") as node:
+    async with open_node("bench-pub", discovery="static") as node:
         control.send(node.address)
         await trio.to_thread.run_sync(control.recv)
         body = _payload(size)
@@ -192,7 +192,10 @@ async def _mesh_subscribe(control: Connection, count: int, size: int) -> None:
     from . import open_node
 
     address = control.recv()
-    async with open_node("bench-sub", seeds=[address]) as node, node.subscribe(_TOPIC) as events:
+    async with (
+        open_node("bench-sub", seeds=[address], discovery="static") as node,
+        node.subscribe(_TOPIC) as events,
+    ):
         await node.wait_for_peers(1, timeout=10)  # and the subscription is live there
         control.send("ready")
         received = 0

@@ -25,7 +25,7 @@ import os
 import socket as stdlib_socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Generic, NamedTuple, Self, TypeVar
@@ -34,7 +34,9 @@ import trio
 import zmq
 
 from discovery import (
+    Announced,
     ForeignMeshError,
+    Mdns,
     Peer,
     PeerEvent,
     PeerJoined,
@@ -43,6 +45,7 @@ from discovery import (
     PeerRecord,
     PeerUpdated,
     format_address,
+    open_mdns,
     parse_address,
     tcp_endpoint,
 )
@@ -342,6 +345,41 @@ class TaskStream(_Stream[Task]):
         return left
 
 
+class PeerWatch(_Stream[PeerEvent]):
+    """Membership changes of one node, from `Node.watch_peers`. Ends when the node closes or the
+    ``async with`` block exits."""
+
+    _ended = "no longer watching"
+
+    def __init__(self, capacity: int, forget: Callable[[PeerWatch], None]) -> None:
+        super().__init__()
+        self.dropped = 0
+        self._capacity = capacity
+        self._forget: Callable[[PeerWatch], None] | None = forget
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching; changes already held can still be read."""
+        self._end()
+
+    def _end(self) -> None:
+        super()._end()
+        if self._forget is not None:
+            self._forget(self)
+            self._forget = None
+
+    def _offer(self, event: PeerEvent) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._put(event)
+
+
 class Node:
     """A member of a mesh. Made only by `open_node`, and usable only inside its ``async with``.
 
@@ -364,6 +402,8 @@ class Node:
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
         self._nursery: trio.Nursery | None = None
+        self._mdns: Mdns | None = None
+        self._watchers: list[PeerWatch] = []
         self._log = RateLimitedLog(logger)
         ipv6 = ":" in interface
 
@@ -654,6 +694,17 @@ class Node:
             return peers
         raise MissingPeersError(missing or "subscriptions not confirmed", timeout)
 
+    def watch_peers(self) -> PeerWatch:
+        """Membership changes from now on: `PeerJoined`, `PeerUpdated`, `PeerLeft` (with its
+        reason), in order. Use ``async with node.watch_peers() as changes: async for change in
+        changes``, or iterate it directly; it stops when the node closes. Holds at most
+        `Settings.subscription_buffer` changes for a slow reader, then drops the oldest and counts
+        them in `dropped`."""
+        self._check_open()
+        watch = PeerWatch(self._settings.subscription_buffer, self._watchers.remove)
+        self._watchers.append(watch)
+        return watch
+
     # -- tasks -------------------------------------------------------------------------------
 
     def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
@@ -667,6 +718,25 @@ class Node:
             address = format_address(*parse_address(seed))
             if address != self.address:
                 self._introduce(address)
+
+    def _discover(self, nursery: trio.Nursery, mdns: Mdns) -> None:
+        self._mdns = mdns
+        nursery.start_soon(self._serve_discovery, mdns)
+
+    async def _serve_discovery(self, mdns: Mdns) -> None:
+        """Say HELLO to every node of this mesh that mDNS announces, and take an mDNS goodbye as
+        a leave. mDNS alone never makes a peer: the HELLO exchange does."""
+        async for event in mdns.events:
+            if isinstance(event, Announced):
+                announcement = event.announcement
+                if (
+                    announcement.mesh == self.mesh
+                    and announcement.id != self._id
+                    and announcement.id not in self._peers
+                ):
+                    self._introduce(announcement.address, again=True)
+            elif event.node_id is not None:
+                self._apply(self._peers.remove(event.node_id, "mdns goodbye"))
 
     async def _drain_subscription_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application.
@@ -834,8 +904,10 @@ class Node:
         return True
 
     def _apply(self, events: Sequence[PeerEvent]) -> None:
-        """Carry out what the peer map decided: wire, rewire or unwire sockets."""
+        """Carry out what the peer map decided: wire, rewire or unwire sockets; tell watchers."""
         for event in events:
+            for watcher in self._watchers:
+                watcher._offer(event)
             if isinstance(event, PeerJoined):
                 record = event.peer.record
                 self._link(record.address)
@@ -898,9 +970,10 @@ class Node:
             link.outbox.discard()
             link.outbox.socket.close(linger=0)
 
-    def _introduce(self, address: str) -> None:
-        """Send HELLO to the inbox at `address`; it is delivered whenever that node is up."""
-        if address not in self._links:
+    def _introduce(self, address: str, *, again: bool = False) -> None:
+        """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only
+        once per link unless `again` (a new node announced itself at a known address)."""
+        if again or address not in self._links:
             self._send_direct(address, Kind.HELLO, None, self._hello().to_wire())
 
     def _hello(self) -> Hello:
@@ -927,6 +1000,8 @@ class Node:
         body = self._record.to_wire()
         for peer in self._peers:
             self._send_direct(peer.address, Kind.UPDATE, None, body)
+        if self._mdns is not None and self._nursery is not None:
+            self._nursery.start_soon(self._mdns.advertise, self._record)
 
     async def _settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
@@ -1056,6 +1131,8 @@ class Node:
             await self._pub.wait_empty()
         for subscription in self._subscriptions:
             subscription._close()
+        for watch in list(self._watchers):
+            watch._end()
         self._capacity_changed.unpark_all()
         self._peers_changed.unpark_all()
         self._settled.unpark_all()
@@ -1137,20 +1214,28 @@ async def open_node(
     pub_port: int = 0,
     pull_port: int = 0,
     seeds: Iterable[str] = (),
+    discovery: str | Iterable[str] = "mdns",
     settings: Settings | None = None,
 ) -> AsyncIterator[Node]:
-    """Open a node: bind its sockets, start its tasks, peer with `seeds`; close it all on exit.
+    """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
-    `interface` is the one IP address every socket binds to (127.0.0.1 unless told otherwise);
-    ports are ephemeral unless given. `seeds` are ``host:port`` inbox addresses of other nodes
-    (their `Node.address`): each is sent a HELLO in the background, delivered whenever that node
-    is up. Raises `ValueError` for a bad name, interface, port or seed, and `OSError` when a port
-    cannot be bound. On exit the node says goodbye to its peers (bounded by
-    `Settings.goodbye_timeout`), stops its tasks, closes every socket and terminates its
-    ZeroMQ context.
+    `interface` is the one IP address every socket binds to, mDNS included (127.0.0.1 unless
+    told otherwise: a LAN is asked for explicitly); ports are ephemeral unless given.
+    `discovery` is ``"mdns"`` (the default: nodes of the same `mesh` on the interface's network
+    find each other), ``"static"`` (only `seeds` and `Node.connect`, for networks without
+    multicast), or both, as a list. `seeds` are ``host:port`` inbox addresses of other nodes
+    (their `Node.address`), honoured either way: each is sent a HELLO in the background,
+    delivered whenever that node is up. Raises `ValueError` for a bad name, interface, port,
+    seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot start on the
+    interface. On exit the node says goodbye to its peers (bounded by
+    `Settings.goodbye_timeout`), withdraws its mDNS record, stops its tasks, closes every socket
+    and terminates its ZeroMQ context.
     """
     settings = settings or Settings()
     interface = _check_interface(interface)
+    methods = {discovery} if isinstance(discovery, str) else set(discovery)
+    if not methods or not methods <= {"mdns", "static"}:
+        raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")
     seeds = list(seeds)
     for seed in seeds:
         parse_address(seed)
@@ -1168,18 +1253,24 @@ async def open_node(
             pull_port=pull_port,
             settings=settings,
         )
-        async with trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            nursery = await stack.enter_async_context(trio.open_nursery())
             node._start(nursery, seeds)
+            if "mdns" in methods:
+                node._discover(nursery, await stack.enter_async_context(open_mdns(node.record)))
             try:
                 yield node
             finally:
                 await node._say_goodbye()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The nursery wraps whatever the user's block raised; hand it back as it was.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        # The nurseries wrap whatever the user's block raised; hand it back as it was.
+        single: BaseException = group
+        while isinstance(single, BaseExceptionGroup) and len(single.exceptions) == 1:
+            single = single.exceptions[0]
+        if single is group:
+            raise
+        raise single from None
     finally:
         if node is None:
             context.destroy(linger=0)  # Node() failed: close whatever it had opened

@@ -10,6 +10,7 @@ linger 0, and its context is terminated.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ import trio
 import zmq
 
 import mesh
+
+# These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
+open_node = functools.partial(mesh.open_node, discovery="static")
 
 # -- the third party: written from docs/protocol.md (sections 3, 4 and 6) --------------------------
 
@@ -149,7 +153,7 @@ async def probe(
 
 async def test_plain_subscriber_decodes_events(plain: ThirdParty) -> None:
     with trio.fail_after(10):
-        async with mesh.open_node(name="publisher", interface="127.0.0.1") as node:
+        async with open_node(name="publisher", interface="127.0.0.1") as node:
             sub = plain.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"E" + b"sensors.")
             sub.connect(node.endpoints.pub)
@@ -219,7 +223,7 @@ async def test_plain_pusher_task_reaches_a_worker(plain: ThirdParty) -> None:
     body = {"image": b"\x89PNG\r\n", "width": 640, "tags": ["a", "b"]}
     with trio.fail_after(10):
         async with (
-            mesh.open_node(name="worker", interface="127.0.0.1") as node,
+            open_node(name="worker", interface="127.0.0.1") as node,
             node.work("resize") as tasks,
         ):
             push = plain.socket(zmq.PUSH)
@@ -263,7 +267,7 @@ async def test_garbage_in_the_inbox_is_counted_and_the_node_carries_on(
     ]
     with trio.fail_after(10):
         async with (
-            mesh.open_node(name="worker", interface="127.0.0.1") as node,
+            open_node(name="worker", interface="127.0.0.1") as node,
             node.work("resize") as tasks,
         ):
             push = plain.socket(zmq.PUSH)
@@ -292,7 +296,7 @@ async def test_multipart_and_published_kinds_in_the_inbox_do_not_stop_the_node(
     event = envelope(EVENT, sender, 1, None, "an event")
     with trio.fail_after(10):
         async with (
-            mesh.open_node(name="worker", interface="127.0.0.1") as node,
+            open_node(name="worker", interface="127.0.0.1") as node,
             node.work("resize") as tasks,
         ):
             push = plain.socket(zmq.PUSH)
@@ -338,7 +342,7 @@ async def test_plain_peer_says_hello_and_gets_acks(plain: ThirdParty) -> None:
     _pub, pub_port = plain.bind(zmq.PUB)  # a record names a PUB port; the node connects to it
     record = plain_record(me, pub_port, pull_port)
     with trio.fail_after(10):
-        async with mesh.open_node(name="worker", interface="127.0.0.1") as node:
+        async with open_node(name="worker", interface="127.0.0.1") as node:
             node_id = bytes.fromhex(node.id)
             push = plain.socket(zmq.PUSH)
             push.connect(node.endpoints.pull)
@@ -381,7 +385,7 @@ async def test_sync_probe_closes_the_slow_joiner_gap(plain: ThirdParty) -> None:
     # own channel; from then on, a single publish is enough.
     me = os.urandom(16)
     with trio.fail_after(10):
-        async with mesh.open_node(name="publisher", interface="127.0.0.1") as node:
+        async with open_node(name="publisher", interface="127.0.0.1") as node:
             sub = plain.socket(zmq.SUB)
             sub.setsockopt(zmq.SUBSCRIBE, b"Ealerts.")
             sub.setsockopt(zmq.SUBSCRIBE, CONTROL_CHANNEL)  # sent with the other, so live with it
@@ -462,7 +466,7 @@ async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: Thir
 
     record = plain_record(me, pub_port, pull_port)
     with trio.fail_after(10):
-        async with mesh.open_node(name="subscriber", interface="127.0.0.1") as node:
+        async with open_node(name="subscriber", interface="127.0.0.1") as node:
             push = plain.socket(zmq.PUSH)
             push.connect(node.endpoints.pull)
             push.send(envelope(HELLO, me, 1, None, {"record": record, "peers": []}), zmq.NOBLOCK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections import Counter
@@ -20,17 +21,20 @@ from mesh import Node
 
 from .conftest import zmq_threads
 
+# These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
+open_node = functools.partial(mesh.open_node, discovery="static")
+
 
 @asynccontextmanager
 async def open_mesh(count: int, **options: Any) -> AsyncIterator[list[Node]]:
     """`count` nodes, all seeded with the first one only, and fully peered before use."""
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(mesh.open_node("n0", **options))
+        first = await stack.enter_async_context(open_node("n0", **options))
         nodes = [first]
         for i in range(1, count):
             nodes.append(
                 await stack.enter_async_context(
-                    mesh.open_node(f"n{i}", seeds=[first.address], **options)
+                    open_node(f"n{i}", seeds=[first.address], **options)
                 )
             )
         for node in nodes:
@@ -64,7 +68,7 @@ async def test_one_seed_joins_a_node_to_the_whole_mesh() -> None:
 
 async def test_connect_returns_the_peer_and_is_idempotent() -> None:
     with trio.fail_after(10):
-        async with mesh.open_node("a") as a, mesh.open_node("b") as b:
+        async with open_node("a") as a, open_node("b") as b:
             peer = await a.connect(b.address)
             assert peer.id == b.id
             again = await a.connect(f"tcp://{b.address}")
@@ -75,7 +79,7 @@ async def test_connect_returns_the_peer_and_is_idempotent() -> None:
 
 async def test_connect_errors() -> None:
     with trio.fail_after(10):
-        async with mesh.open_node("a") as a:
+        async with open_node("a") as a:
             with pytest.raises(ValueError, match="itself"):
                 await a.connect(a.address)
             with pytest.raises(ValueError, match="host:port"):
@@ -91,8 +95,8 @@ async def test_connect_errors() -> None:
 async def test_meshes_do_not_mix() -> None:
     with trio.fail_after(10):
         async with (
-            mesh.open_node("a", mesh="red") as a,
-            mesh.open_node("b", mesh="blue") as b,
+            open_node("a", mesh="red") as a,
+            open_node("b", mesh="blue") as b,
         ):
             with pytest.raises(mesh.PeerUnreachableError):
                 await b.connect(a.address, timeout=0.3)
@@ -102,12 +106,12 @@ async def test_meshes_do_not_mix() -> None:
 
 async def test_fixed_ports_and_bind_errors() -> None:
     with trio.fail_after(10):
-        async with mesh.open_node("a") as a:
+        async with open_node("a") as a:
             pub_port = int(a.endpoints.pub.rsplit(":", 1)[1])
             with pytest.raises(OSError, match="cannot bind"):
-                async with mesh.open_node("b", pub_port=pub_port):
+                async with open_node("b", pub_port=pub_port):
                     pass
-        async with mesh.open_node("c", pub_port=pub_port) as c:
+        async with open_node("c", pub_port=pub_port) as c:
             assert c.endpoints.pub == f"tcp://127.0.0.1:{pub_port}"
 
 
@@ -124,15 +128,15 @@ async def test_fixed_ports_and_bind_errors() -> None:
 )
 async def test_open_node_rejects_bad_arguments(options: dict[str, Any], message: str) -> None:
     with trio.fail_after(5), pytest.raises(ValueError, match=message):
-        async with mesh.open_node(**{"name": "n", **options}):
+        async with open_node(**{"name": "n", **options}):
             pass
 
 
 async def test_ipv6_loopback() -> None:
     with trio.fail_after(10):
         async with (
-            mesh.open_node("a", interface="::1") as a,
-            mesh.open_node("b", interface="::1", seeds=[a.address]) as b,
+            open_node("a", interface="::1") as a,
+            open_node("b", interface="::1", seeds=[a.address]) as b,
         ):
             assert a.address.startswith("[::1]:")
             await b.wait_for_peers(names=["a"])
@@ -250,7 +254,7 @@ async def test_sequence_numbers_count_the_publishers_stream() -> None:
 
 async def test_publish_rejects_bad_arguments() -> None:
     with trio.fail_after(5):
-        async with mesh.open_node("a") as a:
+        async with open_node("a") as a:
             with pytest.raises(TypeError, match="body"):
                 await a.publish("t", object())
             with pytest.raises(TypeError, match="topic"):
@@ -459,7 +463,7 @@ async def test_blocked_calls_can_be_cancelled() -> None:
 
 async def test_a_closed_node_refuses_work() -> None:
     with trio.fail_after(5):
-        async with mesh.open_node("a") as a:
+        async with open_node("a") as a:
             pass
         with pytest.raises(trio.ClosedResourceError):
             await a.publish("t", 1)
@@ -472,7 +476,7 @@ async def test_a_closed_node_refuses_work() -> None:
 
 async def test_errors_from_the_block_pass_through_unwrapped() -> None:
     with trio.fail_after(5), pytest.raises(KeyError, match="mine"):
-        async with mesh.open_node("a"):
+        async with open_node("a"):
             raise KeyError("mine")
 
 
@@ -480,7 +484,7 @@ async def test_closing_mid_traffic_leaves_nothing_behind() -> None:
     python_threads = threading.active_count()
     zmq_before = zmq_threads()
     with trio.fail_after(20):
-        async with mesh.open_node("stays") as stays, stays.work("w") as tasks:
+        async with open_node("stays") as stays, stays.work("w") as tasks:
             sender_context: zmq.Context[Any] | None = None
 
             async def drain() -> None:
@@ -493,7 +497,7 @@ async def test_closing_mid_traffic_leaves_nothing_behind() -> None:
                 trio.open_nursery() as nursery,
             ):
                 nursery.start_soon(drain)
-                async with mesh.open_node("leaves", seeds=[stays.address]) as leaves:
+                async with open_node("leaves", seeds=[stays.address]) as leaves:
                     sender_context = leaves._context
                     await leaves.wait_for_peers(1, service="w")
                     await stays.wait_for_peers(1)

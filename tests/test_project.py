@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    # A mesh of its own, so that no other run on this machine shares it over mDNS.
+    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
     return subprocess.run(
-        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
 
 
