@@ -42,6 +42,7 @@ logger = logging.getLogger("discovery.mdns")
 
 _RESOLVE_TIMEOUT_MS: Final = 3000
 _CLOSE_TIMEOUT: Final = 2.0
+_SIOCGIFADDR: Final = 0x8915
 _SIOCGIFNETMASK: Final = 0x891B
 
 
@@ -157,6 +158,7 @@ async def open_mdns(record: PeerRecord) -> AsyncIterator[Mdns]:
     zc = await trio.to_thread.run_sync(
         partial(Zeroconf, interfaces=[interface], ip_version=version)
     )
+    _confine(zc, interface)
     send, receive = trio.open_memory_channel[DiscoveryEvent](math.inf)
     changes_send, changes = trio.open_memory_channel[tuple[str, ServiceStateChange]](math.inf)
     token = trio.lowlevel.current_trio_token()
@@ -184,7 +186,9 @@ async def open_mdns(record: PeerRecord) -> AsyncIterator[Mdns]:
                     nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
-            await trio.to_thread.run_sync(partial(_close, zc, browser))
+            # Abandoned (not waited for) if it takes longer: zeroconf's thread then finishes
+            # closing on its own.
+            await trio.to_thread.run_sync(partial(_close, zc, browser), abandon_on_cancel=True)
         send.close()
 
 
@@ -224,6 +228,60 @@ def _close(zc: Zeroconf, browser: ServiceBrowser | None) -> None:
     zc.close()  # unregisters (sends the goodbyes) and stops zeroconf's thread
 
 
+def _confine(zc: Zeroconf, interface: str) -> None:
+    """Keep zeroconf's shared listening socket to the node's own interface.
+
+    python-zeroconf binds the socket it receives queries on to the wildcard address (port 5353)
+    whatever interface it is given; only its sending socket is bound to the interface. So a node
+    on 127.0.0.1 could hear, and answer, a query that arrives on another interface. Binding that
+    socket to the interface's device (and not receiving multicast groups joined elsewhere) stops
+    both. A private attribute of zeroconf's engine, checked for, hence the care.
+    """
+    engine = zc.engine
+    listen: socket.socket | None = getattr(engine, "_listen_socket", None)
+    if listen is None:  # the engine's setup already wrapped it in a transport
+        transport = getattr(engine, "_listen_transport", None)
+        listen = getattr(transport, "sock", None)
+    if listen is None:
+        logger.warning("cannot find zeroconf's listening socket: mDNS may hear other interfaces")
+        return
+    with contextlib.suppress(OSError, AttributeError):  # IPv4 only, and absent on some builds
+        listen.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_ALL, 0)  # type: ignore[attr-defined]
+    device = _device_of(interface)
+    if device is None:
+        logger.warning("no network device holds %s: mDNS may hear other interfaces", interface)
+        return
+    try:
+        listen.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+    except OSError as exc:  # needs CAP_NET_RAW on older kernels
+        logger.warning("cannot confine mDNS to %s (%s): it may hear other interfaces", device, exc)
+
+
+def _device_of(interface: str) -> str | None:
+    """The name of the network device that holds the address `interface`."""
+    ip = ipaddress.ip_address(interface)
+    if ip.version == 6:
+        try:
+            with open("/proc/net/if_inet6") as table:
+                for line in table:
+                    fields = line.split()
+                    if ipaddress.IPv6Address(int(fields[0], 16)) == ip:
+                        return fields[5]
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
+            except OSError:
+                continue
+            if socket.inet_ntoa(address) == interface:
+                return name
+    return None
+
+
 def _interface_network(interface: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The network `interface` is on: announcements from elsewhere are refused."""
     ip = ipaddress.ip_address(interface)
@@ -241,7 +299,7 @@ def _ipv4_prefix(interface: str) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             request = struct.pack("256s", name.encode()[:15])
             try:
-                address = fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24]  # SIOCGIFADDR
+                address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
                 if socket.inet_ntoa(address) != interface:
                     continue
                 mask = fcntl.ioctl(probe.fileno(), _SIOCGIFNETMASK, request)[20:24]

@@ -25,13 +25,14 @@ _QUIET = 2.0  # seconds without a message after which a subscriber stops waiting
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One benchmark result: the median over `runs`, with the plain pyzmq baseline beside it."""
+    """One benchmark result: the median over `runs`, with the plain pyzmq baseline beside it
+    (None where plain pyzmq has no such thing, as for discovery)."""
 
     name: str
     value: float
     unit: str
-    baseline: float
-    ratio: float
+    baseline: float | None
+    ratio: float | None
     runs: int
     min: float
     max: float
@@ -227,3 +228,123 @@ async def _stop_when_quiet(scope: trio.CancelScope, progress: Callable[[], int])
         seen = progress()
         await trio.sleep(_QUIET)
     scope.cancel()
+
+
+# -- discovery --------------------------------------------------------------------------------------
+
+
+def bench_discovery(nodes: int, runs: int) -> list[Measurement]:
+    """With `nodes - 1` nodes running (in one process), start one more in a fresh process, `runs`
+    times: how long from its `open_node` returning until it is in every other node's peer map,
+    and from its first `publish` after `wait_for_peers` until every other node has the event.
+    Each run uses a mesh name of its own; everything stays on 127.0.0.1."""
+    import uuid
+
+    spawn = multiprocessing.get_context("spawn")
+    joins: list[float] = []
+    firsts: list[float] = []
+    lost = 0
+    for _ in range(runs):
+        mesh_name = f"bench-{uuid.uuid4().hex[:12]}"
+        observer_end, observer_child = spawn.Pipe()
+        joiner_end, joiner_child = spawn.Pipe()
+        processes = [
+            spawn.Process(
+                target=_observe, args=(observer_child, mesh_name, nodes - 1), daemon=True
+            ),
+            spawn.Process(target=_join, args=(joiner_child, mesh_name, nodes - 1), daemon=True),
+        ]
+        try:
+            processes[0].start()
+            _receive(observer_end, 60)  # the observers are up and have found each other
+            processes[1].start()
+            opened_at = _receive(joiner_end, 60)  # wall clock when open_node returned
+            published_at = _receive(joiner_end, 60)
+            seen_at, got_at = _receive(observer_end, 60)
+            joiner_end.send("done")
+            joins.append(max(seen_at) - opened_at)
+            if len(got_at) < nodes - 1:
+                lost += nodes - 1 - len(got_at)
+            else:
+                firsts.append(max(got_at) - published_at)
+        finally:
+            for process in processes:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+    return [
+        _latency(f"discovery: open to in every peer map, {nodes} nodes", joins, runs, 0),
+        _latency(f"discovery: first event after wait_for_peers, {nodes} nodes", firsts, runs, lost),
+    ]
+
+
+def _latency(name: str, samples: list[float], runs: int, lost: int) -> Measurement:
+    ms = [sample * 1000 for sample in samples] or [float("nan")]
+    return Measurement(
+        name=name,
+        value=round(statistics.median(ms), 2),
+        unit="ms",
+        baseline=None,
+        ratio=None,
+        runs=runs,
+        min=round(min(ms), 2),
+        max=round(max(ms), 2),
+        lost=lost,
+    )
+
+
+def _observe(control: Connection, mesh_name: str, count: int) -> None:
+    trio.run(_run_observers, control, mesh_name, count)
+
+
+async def _run_observers(control: Connection, mesh_name: str, count: int) -> None:
+    from contextlib import AsyncExitStack
+
+    from . import PeerJoined, open_node
+
+    seen_at: list[float] = []
+    got_at: list[float] = []
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(open_node(f"observer{i}", mesh=mesh_name))
+            for i in range(count)
+        ]
+        subscriptions = [await stack.enter_async_context(n.subscribe("first")) for n in nodes]
+        for node in nodes:
+            await node.wait_for_peers(count - 1, timeout=30)
+        watches = [node.watch_peers() for node in nodes]
+        control.send("ready")
+
+        async def wait_join(watch: Any) -> None:
+            async for change in watch:
+                if isinstance(change, PeerJoined) and change.peer.name == "joiner":
+                    seen_at.append(time.time())
+                    return
+
+        async def wait_event(subscription: Any) -> None:
+            await subscription.receive()
+            got_at.append(time.time())
+
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                for watch, subscription in zip(watches, subscriptions, strict=True):
+                    nursery.start_soon(wait_join, watch)
+                    nursery.start_soon(wait_event, subscription)
+        control.send((seen_at, got_at))
+
+
+def _join(control: Connection, mesh_name: str, peers: int) -> None:
+    trio.run(_run_joiner, control, mesh_name, peers)
+
+
+async def _run_joiner(control: Connection, mesh_name: str, peers: int) -> None:
+    from . import open_node
+
+    async with open_node("joiner", mesh=mesh_name) as node:
+        control.send(time.time())
+        await node.wait_for_peers(peers, timeout=30)
+        published_at = time.time()
+        await node.publish("first", "hello")
+        control.send(published_at)
+        await trio.to_thread.run_sync(control.recv)

@@ -1,6 +1,6 @@
 """mesh-cli: the command line.
 
-Commands so far: `bench` (events/s next to plain pyzmq). The rest (peers, run, pub, sub, push,
+Commands so far: `bench` (events/s next to plain pyzmq, discovery times). The rest (peers, run, pub, sub, push,
 work, demo) arrive with their issues.
 """
 
@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--size", type=_positive, default=100, help="body size in bytes")
     bench.add_argument("--runs", type=_positive, default=3, help="runs of each side")
     bench.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    bench.add_argument(
+        "--suite",
+        choices=["events", "discovery", "all"],
+        default="events",
+        help="what to measure (discovery: open to peer seen, with 2 and 10 nodes)",
+    )
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench(args)
@@ -40,17 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench import bench_events
+    from ._bench import Measurement, bench_discovery, bench_events
 
-    result = bench_events(args.count, args.size, args.runs)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        print(
-            f"{result.name}: {result.value:,.0f} {result.unit} (min {result.min:,.0f}, "
-            f"max {result.max:,.0f}, {result.runs} runs); plain pyzmq {result.baseline:,.0f}; "
-            f"ratio {result.ratio:.2f}; lost {result.lost}"
+    results: list[Measurement] = []
+    if args.suite in ("events", "all"):
+        results.append(bench_events(args.count, args.size, args.runs))
+    if args.suite in ("discovery", "all"):
+        for nodes in (2, 10):
+            results.extend(bench_discovery(nodes, args.runs))
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_json()), flush=True)
+            continue
+        line = (
+            f"{result.name}: {result.value:,.2f} {result.unit} (min {result.min:,.2f}, "
+            f"max {result.max:,.2f}, {result.runs} runs)"
         )
+        if result.baseline is not None and result.ratio is not None:
+            line += f"; plain pyzmq {result.baseline:,.0f}; ratio {result.ratio:.2f}"
+        print(f"{line}; lost {result.lost}", flush=True)
     return 0
 
 

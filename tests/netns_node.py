@@ -1,0 +1,112 @@
+"""One mesh node in its own process, driven by tests/test_netns.py (run inside a network namespace).
+
+Usage: ``python tests/netns_node.py NAME MESH INTERFACE PEERS TIMEOUT``
+
+The node opens on INTERFACE with mDNS discovery and no seeds, subscribes to ``netns/``, waits for
+PEERS peers (at most TIMEOUT seconds), then obeys commands read from stdin, one a line:
+
+* ``publish TOPIC JSON``: publish one event;
+* ``quit`` (or end of input): close the node and exit.
+
+It reports on stdout, one JSON object a line, each with ``kind`` and ``t`` (seconds since the
+process started, before the imports) and ``clock`` (`time.monotonic()`, which every namespace
+shares):
+
+* ``open``: the node is open (``id``, ``address``);
+* ``peers``: `wait_for_peers` returned (``peers``: their names; ``addresses``: their hosts, by
+  name; ``joined``: the ``clock`` at which each joined, by name; ``wait``: seconds it took, which
+  includes confirming the subscription at each peer);
+* ``event``: an event arrived (``topic``, ``body``, ``sender``: the publisher's name);
+* ``published``, ``closed``;
+* ``error``: something failed (``error``: what); the process then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()
+
+import json  # noqa: E402  (the clock starts before the imports, which take most of a second)
+import sys  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import aclosing  # noqa: E402
+from typing import Any  # noqa: E402
+
+import trio  # noqa: E402
+
+import mesh  # noqa: E402
+
+TOPIC = "netns/"
+
+
+def report(kind: str, **fields: Any) -> None:
+    now = time.monotonic()
+    line = json.dumps({"kind": kind, "t": round(now - STARTED, 4), "clock": now, **fields})
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def commands() -> AsyncIterator[str]:
+    """Lines from stdin, stripped; stops at end of input."""
+    while True:
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if not line:
+            return
+        yield line.strip()
+
+
+async def print_events(node: mesh.Node, subscription: mesh.Subscription) -> None:
+    async for message in subscription:
+        peer = node.peers.get(message.sender)
+        sender = message.sender if peer is None else peer.name
+        report("event", topic=message.topic, body=message.body, sender=sender)
+
+
+async def obey(node: mesh.Node) -> int:
+    """Carry out the commands on stdin; the exit status."""
+    async with aclosing(commands()) as lines:
+        async for command in lines:
+            verb, _, rest = command.partition(" ")
+            if verb == "publish":
+                topic, _, body = rest.partition(" ")
+                await node.publish(topic, json.loads(body))
+                report("published", topic=topic)
+            elif verb == "quit":
+                break
+            elif verb:
+                report("error", error=f"unknown command {command!r}")
+                return 1
+    return 0
+
+
+async def main(name: str, mesh_name: str, interface: str, count: int, timeout: float) -> int:
+    async with mesh.open_node(name, mesh=mesh_name, interface=interface) as node:
+        report("open", id=node.id, address=node.address)
+        async with node.subscribe(TOPIC) as subscription:
+            opened = time.monotonic()
+            try:
+                peers = await node.wait_for_peers(count, timeout=timeout)
+            except mesh.MissingPeersError as exc:
+                known = sorted(peer.name for peer in node.peers.values())
+                report("error", error=str(exc), peers=known)
+                return 1
+            to_clock = time.monotonic() - trio.current_time()  # trio's clock has an offset
+            report(
+                "peers",
+                peers=sorted(peer.name for peer in peers),
+                addresses={peer.name: peer.record.host for peer in peers},
+                joined={peer.name: peer.since + to_clock for peer in peers},
+                wait=round(time.monotonic() - opened, 4),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(print_events, node, subscription)
+                status = await obey(node)
+                nursery.cancel_scope.cancel()
+    report("closed")
+    return status
+
+
+if __name__ == "__main__":
+    name, mesh_name, interface, count, timeout = sys.argv[1:]
+    sys.exit(trio.run(main, name, mesh_name, interface, int(count), float(timeout)))

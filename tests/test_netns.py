@@ -1,0 +1,284 @@
+"""Multi-host: three nodes in three network namespaces find each other over mDNS, with no seeds,
+across a bridge, and exchange an event.
+
+The layout (../shared/FIELD-NOTES.md §3): a switch namespace holds the bridge ``br0``; each host
+namespace holds one end of a veth pair (``eth0``, with the host's address on a private /24 inside
+10.231.0.0/16), whose other end (``swN``) is a port of the bridge. Both ends of each pair are
+born in the switch namespace, one moved to its host at creation: nothing is ever created in the
+root namespace, and no packet can leave through the machine's real interface. Every node runs in
+its own process (tests/netns_node.py) started with ``ip netns exec`` and binds its sockets and
+zeroconf to its veth address only.
+
+Names and subnet are unique per run, and the fixture's finalizer (which runs on failure too)
+kills the processes it started and whatever else runs in its namespaces, deletes those namespaces
+by name, and checks that none remains. The test is skipped unless run as root with iproute2 and
+the right to create network namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+
+NODE_SCRIPT = Path(__file__).with_name("netns_node.py")
+HOSTS = 3
+PEERS_TIMEOUT = 10.0  # each node's wait_for_peers; discovery takes milliseconds when it works
+LINE_TIMEOUT = 15.0  # the longest the test waits for any one line from a node
+IP_TIMEOUT = 10.0
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]
+
+
+def ip(*args: str) -> str:
+    """Run ``ip ARGS``; its stdout. Raises `subprocess.CalledProcessError` on failure."""
+    done = subprocess.run(
+        ["ip", *args], check=True, capture_output=True, text=True, timeout=IP_TIMEOUT
+    )
+    return done.stdout
+
+
+def namespaces() -> set[str]:
+    """The names of the network namespaces that exist now."""
+    return {line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()}
+
+
+@dataclass
+class NodeProcess:
+    """A node running tests/netns_node.py in a namespace; its stdout is read by a thread."""
+
+    name: str
+    process: subprocess.Popen[str]
+    stderr: TextIO
+    lines: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
+    reader: threading.Thread | None = None
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest of each kind
+
+    def start_reading(self) -> None:
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                try:
+                    self.lines.put(json.loads(line))
+                except ValueError:
+                    self.lines.put({"kind": "junk", "line": line})
+            self.lines.put(None)  # end of output
+
+        self.reader = threading.Thread(target=read, name=f"read-{self.name}", daemon=True)
+        self.reader.start()
+
+    def expect(self, kind: str, timeout: float = LINE_TIMEOUT) -> dict[str, Any]:
+        """The next report of `kind` (earlier reports of other kinds are skipped); fails the test
+        on an ``error`` report, the end of the output, or `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                report = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"{self.name}: no {kind!r} report within {timeout} s{self.tail()}")
+            if report is None:
+                pytest.fail(f"{self.name}: exited before reporting {kind!r}{self.tail()}")
+            if report["kind"] == "error":
+                pytest.fail(f"{self.name}: {report}{self.tail()}")
+            self.reports[report["kind"]] = report
+            if report["kind"] == kind:
+                return report
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def tail(self) -> str:
+        """The end of the node's stderr, for failure messages."""
+        self.stderr.flush()
+        text = Path(self.stderr.name).read_text(errors="replace")[-3000:]
+        return f"\n--- {self.name} stderr ---\n{text}" if text else ""
+
+    def stop(self) -> None:
+        """Kill the process if it still runs, reap it and close its pipes. Idempotent."""
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        self.stderr.close()
+
+
+@dataclass
+class Lab:
+    """Hosts on one bridge: namespace and address of each, and the nodes started in them."""
+
+    prefix: str
+    switch: str
+    hosts: list[tuple[str, str]]  # (namespace, address)
+    logs: Path
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    def start(self, host: int, name: str, mesh: str) -> NodeProcess:
+        """Start a node named `name` on host `host` (0-based), waiting for the other hosts."""
+        namespace, address = self.hosts[host]
+        stderr = (self.logs / f"{name}.stderr").open("w+")
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            sys.executable,
+            str(NODE_SCRIPT),
+            name,
+            mesh,
+            address,
+            str(len(self.hosts) - 1),
+            str(PEERS_TIMEOUT),
+        ]
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                bufsize=1,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        except BaseException:
+            stderr.close()
+            raise
+        node = NodeProcess(name, process, stderr)
+        self.nodes.append(node)
+        node.start_reading()
+        return node
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Three host namespaces joined by a bridge in a switch namespace of its own; torn down
+    afterwards (on failure too), and checked to be gone."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 ('ip') is not installed")
+    prefix = f"mt{os.getpid() % 10000}{secrets.token_hex(2)}"
+    subnet = f"10.231.{os.getpid() % 250}"
+    switch = f"{prefix}-sw"
+    hosts = [(f"{prefix}-h{i}", f"{subnet}.{i}") for i in range(1, HOSTS + 1)]
+    created: list[str] = []
+    lab = Lab(prefix, switch, hosts, tmp_path)
+    try:
+        try:
+            ip("netns", "add", switch)
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"cannot create a network namespace: {exc.stderr.strip()}")
+        created.append(switch)
+        ip("-n", switch, "link", "set", "lo", "up")
+        ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        ip("-n", switch, "link", "set", "br0", "up")
+        for i, (namespace, address) in enumerate(hosts, start=1):
+            ip("netns", "add", namespace)
+            created.append(namespace)
+            ip("-n", namespace, "link", "set", "lo", "up")
+            # Both ends are born in the switch namespace, eth0 straight into the host's.
+            veth = ["type", "veth", "peer", "name", "eth0", "netns", namespace]
+            ip("-n", switch, "link", "add", f"sw{i}", *veth)
+            ip("-n", switch, "link", "set", f"sw{i}", "master", "br0", "up")
+            ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", namespace, "link", "set", "eth0", "up")
+        yield lab
+    finally:
+        for node in lab.nodes:
+            node.stop()
+        stuck = {namespace: pids for namespace in created if (pids := _empty(namespace))}
+        for namespace in reversed(created):
+            # Deleting a namespace also deletes its links: the veths and the bridge.
+            with contextlib.suppress(subprocess.CalledProcessError):
+                ip("netns", "del", namespace)
+        left = namespaces() & set(created)
+        assert not left, f"network namespaces left behind: {sorted(left)}"
+        assert not stuck, f"processes that would not die, by namespace: {stuck}"
+
+
+def _empty(namespace: str) -> list[int]:
+    """Kill every process still in `namespace` (only ours can be there); those still alive after
+    a few seconds."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            pids = [int(pid) for pid in ip("netns", "pids", namespace).split()]
+        except subprocess.CalledProcessError:
+            return []
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def test_nodes_in_three_namespaces_find_each_other_over_mdns_and_exchange_an_event(
+    lab: Lab,
+) -> None:
+    mesh = f"netns-{lab.prefix}"
+    names = [f"n{i}" for i in range(1, HOSTS + 1)]
+    addresses = {name: address for name, (_, address) in zip(names, lab.hosts, strict=True)}
+
+    # Two nodes first; the third joins once they are up, so both directions of discovery happen:
+    # running nodes hear a newcomer's announcement, and a newcomer's browser finds running nodes.
+    first = [lab.start(i, names[i], mesh) for i in range(HOSTS - 1)]
+    for node in first:
+        node.expect("open")
+    nodes = [*first, lab.start(HOSTS - 1, names[-1], mesh)]
+
+    last_open = nodes[-1].expect("open")["clock"]
+    for node in nodes:
+        report = node.expect("peers")
+        joined = ", ".join(
+            f"{name} {(clock - last_open) * 1000:.1f}" for name, clock in report["joined"].items()
+        )
+        print(  # shown with -rP: how long discovery took across the bridge
+            f"{node.name}: open {node.reports['open']['t']:.3f} s after its start;"
+            f" ms after the last node opened: joined {joined},"
+            f" wait_for_peers returned {(report['clock'] - last_open) * 1000:.1f}"
+        )
+        others = sorted(set(names) - {node.name})
+        assert report["peers"] == others
+        # Their inboxes are at their veth addresses: what was heard came across the bridge.
+        assert report["addresses"] == {name: addresses[name] for name in others}
+
+    # Every node's subscription is now confirmed at every peer: the event cannot be lost.
+    publisher, *subscribers = nodes
+    body = {"hello": "across the bridge", "from": publisher.name}
+    publisher.send(f"publish netns/greeting {json.dumps(body)}")
+    publisher.expect("published")
+    for node in subscribers:
+        event = node.expect("event")
+        assert (event["topic"], event["body"], event["sender"]) == (
+            "netns/greeting",
+            body,
+            publisher.name,
+        )
+
+    for node in nodes:
+        node.send("quit")
+    for node in nodes:
+        node.expect("closed")
+        assert node.process.wait(timeout=10) == 0, node.tail()
