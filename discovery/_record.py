@@ -15,6 +15,8 @@ from typing import Any, Final
 PROTOCOL_VERSION: Final = 1
 ID_SIZE: Final = 16
 MAX_NAME_SIZE: Final = 255
+# A mesh name travels whole in a DNS-SD TXT string ("mesh=" + name, at most 255 bytes).
+MAX_MESH_SIZE: Final = 250
 MAX_SERVICES: Final = 1024
 
 
@@ -44,7 +46,7 @@ class PeerRecord:
     def __post_init__(self) -> None:
         _check_bytes(self.id, "id")
         _check_name(self.name, "name")
-        _check_name(self.mesh, "mesh")
+        _check_name(self.mesh, "mesh", MAX_MESH_SIZE)
         _check_host(self.host)
         _check_port(self.pub_port, "pub_port")
         _check_port(self.pull_port, "pull_port")
@@ -136,15 +138,15 @@ def _check_bytes(value: object, what: str) -> None:
         raise RecordError(f"{what} is not {ID_SIZE} bytes")
 
 
-def _check_name(value: object, what: str) -> None:
+def _check_name(value: object, what: str, limit: int = MAX_NAME_SIZE) -> None:
     if type(value) is not str:
         raise RecordError(f"{what} is not a string")
     try:
         size = len(value.encode())
     except UnicodeEncodeError:  # a lone surrogate: not UTF-8, so msgpack could not send it
         raise RecordError(f"{what} is not valid Unicode text") from None
-    if not 0 < size <= MAX_NAME_SIZE:
-        raise RecordError(f"{what} must be 1 to {MAX_NAME_SIZE} bytes")
+    if not 0 < size <= limit:
+        raise RecordError(f"{what} must be 1 to {limit} bytes")
 
 
 def _check_port(value: object, what: str) -> None:

@@ -20,6 +20,7 @@ from typing import Final
 
 from ._record import (
     ID_SIZE,
+    MAX_MESH_SIZE,
     PROTOCOL_VERSION,
     PeerRecord,
     RecordError,
@@ -31,6 +32,7 @@ from ._record import (
 
 SERVICE_TYPE: Final = "_zmesh._tcp.local."
 MAX_TXT_STRING: Final = 255
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,8 @@ def encode_txt(record: PeerRecord) -> dict[str, str]:
         properties["services"] = services
     for key, value in list(properties.items()):
         if len(f"{key}={value}".encode()) > MAX_TXT_STRING:
-            # Only a name of 250+ bytes gets here; it is cosmetic, HELLO carries the real one.
+            # Only a node name of 250+ bytes gets here (mesh names are at most 250): it is
+            # cosmetic, and HELLO carries the real one.
             properties[key] = value.encode()[: MAX_TXT_STRING - len(key) - 1].decode(
                 errors="ignore"
             )
@@ -94,18 +97,15 @@ def decode_txt(
     if text.get("v") != str(PROTOCOL_VERSION):
         raise RecordError(f"unsupported protocol version {text.get('v', '')[:16]!r}")
     try:
-        node_id = bytes.fromhex(text["id"])
-        mesh, name = text["mesh"], text["name"]
-        pub_text = text["pub"]
+        id_text, mesh, name, pub_text = text["id"], text["mesh"], text["name"], text["pub"]
     except KeyError as exc:
         raise RecordError(f"TXT has no {exc.args[0]!r}") from None
-    except ValueError:
-        raise RecordError("id is not hex") from None
-    if len(node_id) != ID_SIZE:
-        raise RecordError(f"id is not {ID_SIZE} bytes")
-    _check_name(mesh, "mesh")
+    if len(id_text) != 2 * ID_SIZE or not all(c in _HEX for c in id_text):
+        raise RecordError(f"id is not {2 * ID_SIZE} hex digits")
+    node_id = bytes.fromhex(id_text)
+    _check_name(mesh, "mesh", MAX_MESH_SIZE)
     _check_name(name, "name")
-    if not (pub_text.isascii() and pub_text.isdigit()):
+    if not (pub_text.isascii() and pub_text.isdigit() and len(pub_text) <= 5):
         raise RecordError("pub is not a port number")
     pub_port = int(pub_text)
     _check_port(pub_port, "pub port")

@@ -230,7 +230,7 @@ async def _stop_when_quiet(scope: trio.CancelScope, progress: Callable[[], int])
     scope.cancel()
 
 
-# -- discovery --------------------------------------------------------------------------------------
+# -- discovery -------------------------------------------------------------------------------------
 
 
 def bench_discovery(nodes: int, runs: int) -> list[Measurement]:

@@ -1,7 +1,7 @@
 """mesh-cli: the command line.
 
-Commands so far: `bench` (events/s next to plain pyzmq, discovery times). The rest (peers, run, pub, sub, push,
-work, demo) arrive with their issues.
+Commands so far: `bench` (events/s next to plain pyzmq; discovery times). The rest (peers,
+run, pub, sub, push, work, demo) arrive with their issues.
 """
 
 from __future__ import annotations

@@ -64,7 +64,10 @@ T = TypeVar("T")
 # cancellation every time but give other tasks a turn only this often: a scheduling point per
 # message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
 _YIELD_EVERY: Final = 64
-_SYNC_RESEND: Final = 0.05
+# SYNC is resent after 5 ms, then 10, 20, 40 and every 50 ms: a subscription is usually live
+# within a few ms (FIELD-NOTES §4: median 1.1 ms after connect).
+_SYNC_FIRST_RESEND: Final = 0.005
+_SYNC_LAST_RESEND: Final = 0.05
 # An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
 # 1 ms costs nothing while nothing is blocked, and little while something is.
 _PUB_RETRY_INTERVAL: Final = 0.001
@@ -455,6 +458,7 @@ class Node:
         self._synced = trio.lowlevel.ParkingLot()
         self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
         self._synced_tokens: set[int] = set()
+        self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._next_token = 1
         self._unyielded = 0
         self._counts = dict.fromkeys(
@@ -563,7 +567,7 @@ class Node:
         try:
             if refs == 0:
                 await self._sub.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
-            await self._sync_subscription(prefix, [peer.record.id for peer in self._peers])
+            await self._sync_subscriptions([prefix], [peer.record.id for peer in self._peers])
             yield subscription
         finally:
             subscription._close()
@@ -671,9 +675,10 @@ class Node:
         timeout: float = math.inf,
     ) -> list[Peer]:
         """Wait until at least `count` peers are known and every name in `names` is among them
-        (with neither given: one peer), and until this node's subscriptions are live at them, so
-        no event they publish after this returns is lost to ZeroMQ's slow-joiner gap. With
-        `service`, only peers offering that service count.
+        (with neither given: one peer), wired both ways: their subscriptions are live here (they
+        said READY), so no event this node publishes after this returns is lost to ZeroMQ's
+        slow-joiner gap, and this node's subscriptions are live at them, so none of theirs is
+        either. With `service`, only peers offering that service count.
 
         Returns the peers that count. Raises `MissingPeersError` when `timeout` seconds pass
         first.
@@ -688,9 +693,8 @@ class Node:
             while (missing := self._missing(count, wanted, service)) is not None:
                 await self._peers_changed.park()
                 self._check_open()
-            peers = [p for p in self._peers if service is None or service in p.services]
-            for prefix in {subscription.prefix for subscription in self._subscriptions}:
-                await self._sync_subscription(prefix, [peer.record.id for peer in peers])
+            peers = self._counted(service)
+            await self._sync_subscriptions(self._prefixes(), [peer.record.id for peer in peers])
             return peers
         raise MissingPeersError(missing or "subscriptions not confirmed", timeout)
 
@@ -758,6 +762,7 @@ class Node:
             Kind.UPDATE: self._on_update,
             Kind.BYE: self._on_bye,
             Kind.SYNC: self._on_sync,
+            Kind.READY: self._on_ready,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox, "inbox"):
             for envelope in batch:
@@ -866,6 +871,11 @@ class Node:
     def _on_bye(self, envelope: Envelope) -> None:
         self._apply(self._peers.remove(envelope.sender, "goodbye"))
 
+    def _on_ready(self, envelope: Envelope) -> None:
+        if envelope.sender in self._peers:
+            self._ready_peers.add(envelope.sender)
+            self._peers_changed.unpark_all()
+
     def _on_sync(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
         token, prefix = envelope.meta
@@ -913,6 +923,8 @@ class Node:
                 self._link(record.address)
                 self._sub.call_soon(_connect(record.pub_endpoint))
                 self._control.call_soon(_connect(record.pub_endpoint))
+                if self._nursery is not None and not self._closing:
+                    self._nursery.start_soon(self._greet, record.id)
                 logger.info("peer joined: %s at %s", record.name, record.address)
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
@@ -927,6 +939,7 @@ class Node:
                 record = event.peer.record
                 self._sub.call_soon(_disconnect(record.pub_endpoint))
                 self._control.call_soon(_disconnect(record.pub_endpoint))
+                self._ready_peers.discard(record.id)
                 self._unlink(record.address)
                 lost = self._dispatcher.forget_worker(record.id)
                 self._settled.unpark_all()
@@ -1040,23 +1053,28 @@ class Node:
                 ready.append(worker)
         return ready
 
-    async def _sync_subscription(self, prefix: str, peers: Sequence[bytes]) -> None:
-        """Probe each peer (SYNC) until it answers on the subscription's own channel (SYNCED)."""
-        waiting: dict[int, bytes] = {}
-        for peer_id in peers:
-            waiting[self._next_token] = peer_id
-            self._next_token += 1
+    async def _sync_subscriptions(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
+        """Probe each peer (SYNC) for each prefix until it answers on that prefix's own channel
+        (SYNCED), resending at growing intervals (the first probes may fall into the very gap
+        they test for). Bounded by `Settings.sync_timeout`; never raises for a silent peer."""
+        waiting: dict[int, tuple[str, bytes]] = {}
+        for prefix in prefixes:
+            for peer_id in peers:
+                waiting[self._next_token] = (prefix, peer_id)
+                self._next_token += 1
+        interval = _SYNC_FIRST_RESEND
         with trio.move_on_after(self._settings.sync_timeout):
             while waiting:
-                for token, peer_id in list(waiting.items()):
+                for token, (prefix, peer_id) in list(waiting.items()):
                     peer = self._peers.get(peer_id)
                     if peer is None:
                         del waiting[token]
                     else:
                         self._send_direct(peer.address, Kind.SYNC, [token, prefix], None)
-                with trio.move_on_after(_SYNC_RESEND):
+                with trio.move_on_after(interval):
                     while not self._synced_tokens.intersection(waiting):
                         await self._synced.park()
+                interval = min(interval * 2, _SYNC_LAST_RESEND)
                 for token in self._synced_tokens.intersection(waiting):
                     del waiting[token]
                     self._synced_tokens.discard(token)
@@ -1064,11 +1082,21 @@ class Node:
             self._synced_tokens.discard(token)
         if waiting:
             logger.warning(
-                "subscription %r not confirmed by %d peer(s) within %g s",
-                prefix,
+                "%d subscription(s) not confirmed by their peers within %g s",
                 len(waiting),
                 self._settings.sync_timeout,
             )
+
+    async def _greet(self, peer_id: bytes) -> None:
+        """Make this node's subscriptions live at a new peer, then tell it so (READY): its
+        `wait_for_peers` counts this node only then, so its first events are not lost."""
+        await self._sync_subscriptions(self._prefixes(), [peer_id])
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            self._send_direct(peer.address, Kind.READY, None, None)
+
+    def _prefixes(self) -> set[str]:
+        return {subscription.prefix for subscription in self._subscriptions}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -1079,8 +1107,16 @@ class Node:
             sock.setsockopt(zmq.IPV6, 1)
         return sock
 
+    def _counted(self, service: str | None) -> list[Peer]:
+        """The peers `wait_for_peers` counts: ready ones (READY received), offering `service`."""
+        return [
+            peer
+            for peer in self._peers
+            if peer.record.id in self._ready_peers and (service is None or service in peer.services)
+        ]
+
     def _missing(self, count: int, names: set[str], service: str | None) -> str | None:
-        peers = [p for p in self._peers if service is None or service in p.services]
+        peers = self._counted(service)
         absent = names - {peer.name for peer in peers}
         offering = "" if service is None else f" offering {service!r}"
         if absent:

@@ -55,14 +55,25 @@ class Kind(enum.IntEnum):
     NACK = 9  # direct. meta: [task_id, reason]. The task failed or was refused.
     SYNC = 10  # direct. meta: [token, prefix]. "Answer on channel E+prefix once you see this."
     SYNCED = 11  # PUB, channel E+prefix. meta: [token, to]. Proves a subscription is live.
+    READY = 12  # direct. The sender's subscriptions are live at the receiver's PUB.
 
 
 _DIRECT_KINDS: Final = frozenset(
-    {Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE, Kind.TASK, Kind.ACK, Kind.NACK, Kind.SYNC}
+    {
+        Kind.BYE,
+        Kind.HELLO,
+        Kind.WELCOME,
+        Kind.UPDATE,
+        Kind.TASK,
+        Kind.ACK,
+        Kind.NACK,
+        Kind.SYNC,
+        Kind.READY,
+    }
 )
 _KINDS: Final = {int(k): k for k in Kind}
 _NO_META: Final = frozenset(
-    {Kind.EVENT, Kind.HEARTBEAT, Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE}
+    {Kind.EVENT, Kind.HEARTBEAT, Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE, Kind.READY}
 )
 _SCALARS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
@@ -318,6 +329,7 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.NACK: _nil_body,
     Kind.SYNC: _nil_body,
     Kind.SYNCED: _nil_body,
+    Kind.READY: _nil_body,
 }
 
 _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
@@ -332,4 +344,5 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.NACK: (int, str),
     Kind.SYNC: (int, str),
     Kind.SYNCED: (int, bytes),
+    Kind.READY: None,
 }

@@ -30,7 +30,7 @@ open_node = functools.partial(mesh.open_node, discovery="static")
 
 VERSION = 1
 EVENT, HEARTBEAT, BYE, HELLO, WELCOME, UPDATE = 1, 2, 3, 4, 5, 6
-TASK, ACK, SYNC, SYNCED = 7, 8, 10, 11
+TASK, ACK, SYNC, SYNCED, READY = 7, 8, 10, 11, 12
 EVENT_CHANNEL, CONTROL_CHANNEL = b"E", b"!"
 
 
@@ -364,20 +364,24 @@ async def test_plain_peer_says_hello_and_gets_acks(plain: ThirdParty) -> None:
                 assert welcome["peers"] == [f"127.0.0.1:{pull_port}"]  # the node knows us now
                 assert me.hex() in node.peers
 
+                # READY: the node's subscriptions (none here) are live at our PUB (section 10).
+                _, kind, sender, seq, meta, body = await receive_direct(inbox)
+                assert (kind, sender, seq, meta, body) == (READY, node_id, 2, None, None)
+
                 push.send(envelope(TASK, me, 2, [7, "echo", 1], ["hello", b"\x00"]), zmq.NOBLOCK)
                 async with await tasks.receive() as task:
                     assert task.body == ["hello", b"\x00"]
 
                 _, kind, sender, seq, meta, body = await receive_direct(inbox)
-                assert (kind, sender, seq, meta, body) == (ACK, node_id, 2, [7], None)
+                assert (kind, sender, seq, meta, body) == (ACK, node_id, 3, [7], None)
 
             # Leaving `work` withdraws the service: an UPDATE with the node's new record.
             _, kind, sender, seq, meta, body = await receive_direct(inbox)
-            assert (kind, sender, seq, meta) == (UPDATE, node_id, 3, None)
+            assert (kind, sender, seq, meta) == (UPDATE, node_id, 4, None)
             assert body["services"] == []
         # Closing the node: a BYE to every peer's inbox, next on the same link (no gaps).
         _, kind, sender, seq, meta, body = await receive_direct(inbox)
-        assert (kind, sender, seq, meta, body) == (BYE, node_id, 4, None, None)
+        assert (kind, sender, seq, meta, body) == (BYE, node_id, 5, None, None)
 
 
 async def test_sync_probe_closes_the_slow_joiner_gap(plain: ThirdParty) -> None:

@@ -109,9 +109,17 @@ def test_bad_name_and_mesh(field: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("field", ["name", "mesh"])
-@pytest.mark.parametrize("value", ["x", "x" * 255, "é" * 127 + "x", "🚀" * 63 + "abc", "a b\tc"])
+@pytest.mark.parametrize("value", ["x", "x" * 250, "é" * 124 + "x", "🚀" * 62 + "a", "a b\tc"])
 def test_good_name_and_mesh(field: str, value: str) -> None:
     assert getattr(record(**{field: value}), field) == value
+
+
+def test_a_name_may_be_255_bytes_a_mesh_250() -> None:
+    # A mesh name must fit whole in one DNS-SD TXT string: "mesh=" + 250 bytes.
+    assert record(name="x" * 255).name == "x" * 255
+    assert record(mesh="x" * 250).mesh == "x" * 250
+    with pytest.raises(RecordError, match="mesh must be 1 to 250 bytes"):
+        record(mesh="x" * 251)
 
 
 @pytest.mark.parametrize("field", ["name", "mesh", "public_key"])
@@ -382,7 +390,7 @@ def test_wire_round_trip() -> None:
         record(),
         record(host="::1", public_key="ed25519:abc"),
         record(services=frozenset()),
-        record(name="ünï 🚀", mesh="m" * 255),
+        record(name="ünï 🚀", mesh="m" * 250),
     ):
         assert PeerRecord.from_wire(rec.to_wire()) == rec
         packed = msgpack.packb(rec.to_wire(), use_bin_type=True)

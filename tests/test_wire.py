@@ -174,9 +174,19 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.NACK: ([7, "busy"], None),
     Kind.SYNC: ([3, "orders."], None),
     Kind.SYNCED: ([3, OTHER], None),
+    Kind.READY: (None, None),
 }
 PUB_ONLY = [Kind.EVENT, Kind.HEARTBEAT, Kind.SYNCED]
-DIRECT_ONLY = [Kind.HELLO, Kind.WELCOME, Kind.UPDATE, Kind.TASK, Kind.ACK, Kind.NACK, Kind.SYNC]
+DIRECT_ONLY = [
+    Kind.HELLO,
+    Kind.WELCOME,
+    Kind.UPDATE,
+    Kind.TASK,
+    Kind.ACK,
+    Kind.NACK,
+    Kind.SYNC,
+    Kind.READY,
+]
 
 
 def valid_envelope(kind: Kind, seq: int = 1) -> bytes:
@@ -204,6 +214,7 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "NACK": 9,
         "SYNC": 10,
         "SYNCED": 11,
+        "READY": 12,
     }
 
 
@@ -672,7 +683,7 @@ def test_version_not_an_integer(version: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [0, 12, 99, -1, MAX_UINT64, True, "1", 7.0, None, b"\x07"], ids=repr
+    "kind", [0, 13, 99, -1, MAX_UINT64, True, "1", 7.0, None, b"\x07"], ids=repr
 )
 def test_unknown_kind(kind: Any) -> None:
     envelope = raw(1, kind, SENDER, 1, None, None)
@@ -1216,7 +1227,7 @@ _FUZZ_BODIES = (
 @given(
     channel=st.sampled_from([None, b"!", b"E\x00", b"Eorders\x00", b"E\xff\x00", b"X"]),
     version=st.just(1) | SCALARS,
-    kind=st.integers(0, 12) | SCALARS,
+    kind=st.integers(0, 13) | SCALARS,
     sender=st.just(SENDER) | st.binary(max_size=17) | SCALARS,
     seq=st.integers(-1, 3) | SCALARS,
     meta=st.none() | st.lists(st.integers(-1, 3) | st.just(OTHER) | SCALARS, max_size=4) | VALUES,
