@@ -101,11 +101,20 @@ class Mdns:
         loop = self._zc.loop
         assert loop is not None, "zeroconf runs its loop from the start"
         future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-        return await trio.to_thread.run_sync(future.result, _CLOSE_TIMEOUT)
+        try:
+            return await trio.to_thread.run_sync(
+                future.result, _CLOSE_TIMEOUT, abandon_on_cancel=True
+            )
+        except trio.Cancelled:
+            future.cancel()  # thread-safe: cancels the task on zeroconf's loop
+            raise
 
     async def _resolve(self, name: str, send: trio.MemorySendChannel[DiscoveryEvent]) -> None:
+        # Abandoned if cancelled (the node closing): the thread gives up on its own within
+        # _RESOLVE_TIMEOUT_MS, and closing must not wait for it.
         info = await trio.to_thread.run_sync(
-            self._zc.get_service_info, SERVICE_TYPE, name, _RESOLVE_TIMEOUT_MS
+            partial(self._zc.get_service_info, SERVICE_TYPE, name, _RESOLVE_TIMEOUT_MS),
+            abandon_on_cancel=True,
         )
         if info is None:
             return

@@ -105,7 +105,9 @@ def decode_txt(
     node_id = bytes.fromhex(id_text)
     _check_name(mesh, "mesh", MAX_MESH_SIZE)
     _check_name(name, "name")
-    if not (pub_text.isascii() and pub_text.isdigit() and len(pub_text) <= 5):
+    if not (pub_text.isascii() and pub_text.isdigit() and len(pub_text) <= 5) or (
+        pub_text.startswith("0") and len(pub_text) > 1  # one spelling per port
+    ):
         raise RecordError("pub is not a port number")
     pub_port = int(pub_text)
     _check_port(pub_port, "pub port")

@@ -406,6 +406,8 @@ class Node:
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
+        self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
+        self._seeds: set[str] = set()
         self._watchers: list[PeerWatch] = []
         self._log = RateLimitedLog(logger)
         ipv6 = ":" in interface
@@ -721,6 +723,7 @@ class Node:
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address != self.address:
+                self._seeds.add(address)
                 self._introduce(address)
 
     def _discover(self, nursery: trio.Nursery, mdns: Mdns) -> None:
@@ -728,19 +731,37 @@ class Node:
         nursery.start_soon(self._serve_discovery, mdns)
 
     async def _serve_discovery(self, mdns: Mdns) -> None:
-        """Say HELLO to every node of this mesh that mDNS announces, and take an mDNS goodbye as
-        a leave. mDNS alone never makes a peer: the HELLO exchange does."""
-        async for event in mdns.events:
-            if isinstance(event, Announced):
-                announcement = event.announcement
-                if (
-                    announcement.mesh == self.mesh
-                    and announcement.id != self._id
-                    and announcement.id not in self._peers
-                ):
-                    self._introduce(announcement.address, again=True)
-            elif event.node_id is not None:
-                self._apply(self._peers.remove(event.node_id, "mdns goodbye"))
+        """Say HELLO to every node of this mesh that mDNS announces. mDNS alone never makes a
+        peer (the HELLO exchange does), nor unmakes one: an mDNS goodbye is unauthenticated
+        multicast that anyone on the link could send, so for a known peer it is only a hint
+        (for failure detection); BYE from the peer itself is what ends it."""
+        async with trio.open_nursery() as nursery:
+            async for event in mdns.events:
+                if isinstance(event, Announced):
+                    announcement = event.announcement
+                    if (
+                        announcement.mesh == self.mesh
+                        and announcement.id != self._id
+                        and announcement.address != self.address
+                        and announcement.id not in self._peers
+                    ):
+                        self._announced[announcement.id] = announcement.address
+                        self._introduce(announcement.address, again=True)
+                        nursery.start_soon(self._forget_if_unanswered, announcement.address)
+                elif event.node_id is not None:
+                    address = self._announced.pop(event.node_id, None)
+                    if address is not None:
+                        self._forget_link_without_peer(address)
+
+    async def _forget_if_unanswered(self, address: str) -> None:
+        """An announced node that has not answered HELLO within `Settings.connect_timeout` gets
+        its link closed (it is tried again if announced again); seeds are kept."""
+        await trio.sleep(self._settings.connect_timeout)
+        self._forget_link_without_peer(address)
+
+    def _forget_link_without_peer(self, address: str) -> None:
+        if address not in self._seeds and self._peers.by_address(address) is None:
+            self._unlink(address)
 
     async def _drain_subscription_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application.

@@ -23,6 +23,7 @@ from discovery import (
     encode_txt,
     instance_name,
 )
+from discovery._record import MAX_MESH_SIZE
 
 NODE_ID = bytes(range(16))
 ID_HEX = NODE_ID.hex()
@@ -162,19 +163,24 @@ def test_every_txt_string_fits_in_255_bytes_even_for_a_255_byte_name(name: str) 
     assert announcement.mesh == "default"
 
 
-@pytest.mark.xfail(
-    reason="BUG: encode_txt (discovery/_txt.py:72-77) cuts a mesh of 251-255 bytes to 250 bytes "
-    "like the cosmetic name, so decode_txt returns a different mesh and _serve_discovery "
-    "(mesh/_node.py:733) never says HELLO: two nodes of such a mesh never find each other over "
-    "mDNS",
-    strict=True,
+@pytest.mark.parametrize(
+    "mesh",
+    ["m" * 250, "é" * 125, "€" * 83 + "x", "😀" * 62 + "ab"],  # 250 bytes each
 )
-@pytest.mark.parametrize("mesh", ["m" * 251, "é" * 127 + "x"])
-def test_a_mesh_of_251_to_255_bytes_survives_the_round_trip(mesh: str) -> None:
+def test_a_mesh_of_250_bytes_travels_whole(mesh: str) -> None:
+    # Nodes compare the mesh they hear with their own: it must never be cut.
+    assert len(mesh.encode()) == MAX_MESH_SIZE
     properties = encode_txt(record(mesh=mesh))
-    for string in strings(properties):
-        assert len(string) <= 255
+    assert properties["mesh"] == mesh
+    assert len(f"mesh={mesh}".encode()) == 255
+    assert all(len(string) <= 255 for string in strings(properties))
     assert decode_txt(as_heard(properties), ["127.0.0.1"], 5001).mesh == mesh
+
+
+@pytest.mark.parametrize("mesh", ["m" * 251, "é" * 126, "m" * 255])
+def test_a_mesh_too_long_for_one_txt_string_is_refused_by_the_record(mesh: str) -> None:
+    with pytest.raises(RecordError, match="mesh must be 1 to 250 bytes"):
+        record(mesh=mesh)
 
 
 # -- decode_txt: round trips --------------------------------------------------------------------
@@ -259,28 +265,33 @@ def test_decode_txt_refuses_another_protocol_version(version: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("node_id", "match"),
+    "node_id",
     [
-        ("zz" * 16, "id is not hex"),
-        ("0" * 31, "id is not hex"),  # odd length
-        ("", "id is not 16 bytes"),
-        (None, "id is not 16 bytes"),
-        ("00" * 15, "id is not 16 bytes"),
-        ("00" * 17, "id is not 16 bytes"),
-        ("\u0660" * 32, "id is not hex"),  # Arabic-Indic zeros
+        "zz" * 16,
+        "0" * 31,  # odd length
+        "",
+        None,
+        "00" * 15,
+        "00" * 17,
+        "\u0660" * 32,  # Arabic-Indic zeros
+        "\uff10" * 32,  # fullwidth zeros
+        " ".join(f"{b:02x}" for b in NODE_ID),  # bytes.fromhex would skip the spaces
+        " " + ID_HEX[:31],
+        ID_HEX[:30] + " 0",
+        ID_HEX[:31] + "\n",
+        "0x" + ID_HEX[:30],
+        "-" + ID_HEX[:31],
     ],
 )
-def test_decode_txt_refuses_a_bad_id(node_id: str | None, match: str) -> None:
-    refused(txt(id=node_id), match)
+def test_decode_txt_refuses_an_id_that_is_not_32_hex_digits(node_id: str | None) -> None:
+    refused(txt(id=node_id), "id is not 32 hex digits")
 
 
-@pytest.mark.xfail(
-    reason="BUG (minor): decode_txt (discovery/_txt.py:97) parses id with bytes.fromhex, which "
-    "skips ASCII whitespace, so an id that is not 32 hex digits ('00 01 02 ...') is accepted",
-    strict=True,
-)
-def test_decode_txt_refuses_an_id_with_whitespace() -> None:
-    refused(txt(id=" ".join(f"{b:02x}" for b in NODE_ID)), "id")
+def test_decode_txt_reads_an_id_in_either_case() -> None:
+    assert decode_txt(txt(id=ID_HEX.upper()), ["127.0.0.1"], 5001).id == NODE_ID
+    assert decode_txt(txt(id="AbCdEf" * 5 + "00"), ["127.0.0.1"], 5001).id == bytes.fromhex(
+        "abcdef" * 5 + "00"
+    )
 
 
 @pytest.mark.parametrize(
@@ -300,26 +311,17 @@ def test_decode_txt_refuses_an_id_with_whitespace() -> None:
         ("\u0665\u0660\u0660\u0660", "pub is not a port number"),  # Arabic-Indic: isdigit()
         ("\uff15\uff10\uff10\uff10", "pub is not a port number"),  # fullwidth digits
         ("²", "pub is not a port number"),
+        ("000080", "pub is not a port number"),  # more than 5 digits
+        ("9" * 251, "pub is not a port number"),  # the longest a TXT string can hold
     ],
 )
 def test_decode_txt_refuses_a_bad_pub_port(pub: str | None, match: str) -> None:
     refused(txt(pub=pub), match)
 
 
-@pytest.mark.xfail(
-    reason="BUG (minor, unreachable over mDNS where a TXT string is <= 255 bytes): decode_txt "
-    "(discovery/_txt.py:110) calls int() on any string of ASCII digits; one of more than 4300 "
-    "digits raises a plain ValueError (int max str digits), not RecordError",
-    strict=True,
-    raises=AssertionError,
-)
-def test_decode_txt_refuses_a_pub_port_of_5000_digits() -> None:
-    try:
-        decode_txt({**txt(), b"pub": b"9" * 5000}, ["127.0.0.1"], 5001)
-    except RecordError:
-        pass
-    except ValueError as exc:
-        raise AssertionError(f"not a RecordError: {exc!r}") from exc
+def test_decode_txt_refuses_a_pub_port_of_5000_digits_with_record_error() -> None:
+    # int() alone would raise a plain ValueError (more than 4300 digits).
+    refused({**txt(), b"pub": b"9" * 5000}, "pub is not a port number")
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, 70000])
@@ -357,10 +359,11 @@ def test_decode_txt_refuses_garbage_bytes_heard_as_txt() -> None:
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"mesh": ""}, "mesh must be 1 to 255 bytes"),
-        ({"mesh": None}, "mesh must be 1 to 255 bytes"),
-        ({"mesh": b"m" * 256}, "mesh must be 1 to 255 bytes"),
-        ({"mesh": "é" * 128}, "mesh must be 1 to 255 bytes"),
+        ({"mesh": ""}, "mesh must be 1 to 250 bytes"),
+        ({"mesh": None}, "mesh must be 1 to 250 bytes"),
+        ({"mesh": b"m" * 251}, "mesh must be 1 to 250 bytes"),  # "mesh=" + 251 > 255
+        ({"mesh": "é" * 126}, "mesh must be 1 to 250 bytes"),
+        ({"mesh": b"m" * 256}, "mesh must be 1 to 250 bytes"),
         ({"name": ""}, "name must be 1 to 255 bytes"),
         ({"name": None}, "name must be 1 to 255 bytes"),
         ({"name": b"n" * 256}, "name must be 1 to 255 bytes"),
@@ -379,10 +382,10 @@ def test_decode_txt_refuses_an_empty_or_oversized_mesh_or_name(
     refused(heard, match)
 
 
-def test_decode_txt_accepts_a_255_byte_mesh_and_name_in_the_dict() -> None:
-    heard = {**txt(), b"mesh": b"m" * 255, b"name": "é".encode() * 127 + b"x"}
+def test_decode_txt_accepts_a_250_byte_mesh_and_a_255_byte_name_in_the_dict() -> None:
+    heard = {**txt(), b"mesh": "é".encode() * 125, b"name": "é".encode() * 127 + b"x"}
     announcement = decode_txt(heard, ["127.0.0.1"], 5001)
-    assert announcement.mesh == "m" * 255
+    assert announcement.mesh == "é" * 125
     assert announcement.name == "é" * 127 + "x"
 
 
@@ -512,15 +515,18 @@ def test_decode_txt_only_ever_raises_record_error(
 @FUZZ
 @given(
     name=st.text(min_size=1, max_size=255).filter(lambda s: 0 < len(s.encode()) <= 255),
+    mesh=st.text(min_size=1, max_size=250).filter(lambda s: 0 < len(s.encode()) <= 250),
     services=st.frozensets(st.text(min_size=1, max_size=40), max_size=12),
     pub_port=st.integers(min_value=1, max_value=65535),
     pull_port=st.integers(min_value=1, max_value=65535),
 )
 def test_encode_txt_fits_dns_sd_and_round_trips(
-    name: str, services: frozenset[str], pub_port: int, pull_port: int
+    name: str, mesh: str, services: frozenset[str], pub_port: int, pull_port: int
 ) -> None:
     try:
-        rec = record(name=name, services=services, pub_port=pub_port, pull_port=pull_port)
+        rec = record(
+            name=name, mesh=mesh, services=services, pub_port=pub_port, pull_port=pull_port
+        )
     except RecordError:  # a lone surrogate in a generated name
         return
     properties = encode_txt(rec)
