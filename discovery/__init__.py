@@ -8,6 +8,7 @@ node and reports the `Announced` and `Withdrawn` nodes it hears of.
 
 from __future__ import annotations
 
+from ._interfaces import device_of, interface_addresses, interface_network
 from ._mdns import Announced, DiscoveryEvent, Mdns, Withdrawn, open_mdns
 from ._peers import (
     ForeignMeshError,
@@ -38,8 +39,11 @@ __all__ = [
     "Mdns",
     "Withdrawn",
     "decode_txt",
+    "device_of",
     "encode_txt",
     "instance_name",
+    "interface_addresses",
+    "interface_network",
     "open_mdns",
     "ForeignMeshError",
     "Peer",

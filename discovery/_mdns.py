@@ -11,8 +11,8 @@ How the two worlds meet (measured in ../shared/FIELD-NOTES.md §2):
   with `asyncio.run_coroutine_threadsafe`.
 * Registration uses `cooperating_responders=True`: no probing (names are node ids, unique by
   construction), so a browser sees a new node within milliseconds instead of 1.2 to 1.7 s.
-* Everything binds to the one interface the node uses: 127.0.0.1 by default. Announcements whose
-  address is not on that interface's network are refused.
+* Everything binds to the interfaces the node uses (127.0.0.1 by default). Announcements with no
+  address on one of those interfaces' networks are refused.
 * mDNS is a hint, never proof of life: a crashed node's records stay cached for 18 minutes or more.
 """
 
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import logging
 import math
 import socket
-import struct
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +33,7 @@ from typing import Any, Final
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from ._interfaces import device_of, interface_network
 from ._record import PeerRecord, RecordError
 from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
 
@@ -42,8 +41,6 @@ logger = logging.getLogger("discovery.mdns")
 
 _RESOLVE_TIMEOUT_MS: Final = 3000
 _CLOSE_TIMEOUT: Final = 2.0
-_SIOCGIFADDR: Final = 0x8915
-_SIOCGIFNETMASK: Final = 0x891B
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +67,9 @@ class Mdns:
     Made by `open_mdns`. Read `events` for what is heard; call `update` when the record changes.
     """
 
-    def __init__(self, zc: Zeroconf, interface: str, events: trio.MemoryReceiveChannel[Any]):
+    def __init__(self, zc: Zeroconf, hosts: Sequence[str], events: trio.MemoryReceiveChannel[Any]):
         self._zc = zc
-        self._interface = interface
-        self._network = _interface_network(interface)
+        self._networks = [interface_network(host) for host in hosts]
         self.events: trio.MemoryReceiveChannel[DiscoveryEvent] = events
         self._info: ServiceInfo | None = None
         self.refused = 0
@@ -87,7 +83,7 @@ class Mdns:
             port=record.pull_port,
             properties=encode_txt(record),
             server=f"{record.id_hex}.local.",
-            parsed_addresses=[record.host],
+            parsed_addresses=list(record.hosts),
         )
         if self._info is None:
             coroutine = self._zc.async_register_service(info, cooperating_responders=True)
@@ -136,7 +132,7 @@ class Mdns:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return ip in self._network
+        return any(ip in network for network in self._networks)
 
 
 def _withdrawn(name: str) -> Withdrawn:
@@ -156,22 +152,27 @@ async def _started(awaitable: Any) -> None:
 
 @asynccontextmanager
 async def open_mdns(record: PeerRecord) -> AsyncIterator[Mdns]:
-    """Advertise `record` on mDNS on the record's own host address and browse for other nodes.
+    """Advertise `record` on mDNS on the record's own host addresses and browse for other nodes.
 
     Yields an `Mdns` whose `events` channel reports `Announced` and `Withdrawn` nodes (of every
     mesh: filtering is the caller's). On exit the advertisement is withdrawn (an mDNS goodbye) and
     zeroconf is closed, bounded in time. Raises `OSError` when the interface cannot do multicast.
     """
-    interface = record.host
-    version = IPVersion.V6Only if ":" in interface else IPVersion.V4Only
-    zc = await trio.to_thread.run_sync(
-        partial(Zeroconf, interfaces=[interface], ip_version=version)
+    hosts = list(record.hosts)
+    families = {":" in host for host in hosts}
+    version = (
+        IPVersion.All
+        if len(families) > 1
+        else IPVersion.V6Only
+        if True in families
+        else IPVersion.V4Only
     )
-    _confine(zc, interface)
+    zc = await trio.to_thread.run_sync(partial(Zeroconf, interfaces=hosts, ip_version=version))
+    _confine(zc, hosts)
     send, receive = trio.open_memory_channel[DiscoveryEvent](math.inf)
     changes_send, changes = trio.open_memory_channel[tuple[str, ServiceStateChange]](math.inf)
     token = trio.lowlevel.current_trio_token()
-    mdns = Mdns(zc, interface, receive)
+    mdns = Mdns(zc, hosts, receive)
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -237,14 +238,16 @@ def _close(zc: Zeroconf, browser: ServiceBrowser | None) -> None:
     zc.close()  # unregisters (sends the goodbyes) and stops zeroconf's thread
 
 
-def _confine(zc: Zeroconf, interface: str) -> None:
-    """Keep zeroconf's shared listening socket to the node's own interface.
+def _confine(zc: Zeroconf, hosts: Sequence[str]) -> None:
+    """Keep zeroconf's shared listening socket to the node's own interfaces.
 
     python-zeroconf binds the socket it receives queries on to the wildcard address (port 5353)
-    whatever interface it is given; only its sending socket is bound to the interface. So a node
-    on 127.0.0.1 could hear, and answer, a query that arrives on another interface. Binding that
+    whatever interfaces it is given; only its sending sockets are bound to them. So a node on
+    127.0.0.1 could hear, and answer, a query that arrives on another interface. Binding that
     socket to the interface's device (and not receiving multicast groups joined elsewhere) stops
-    both. A private attribute of zeroconf's engine, checked for, hence the care.
+    both. A socket binds to one device only: a node on interfaces of several devices is confined
+    to none (it asked for several networks). Reaches a private attribute of zeroconf's engine,
+    checked for, hence the care.
     """
     engine = zc.engine
     listen: socket.socket | None = getattr(engine, "_listen_socket", None)
@@ -256,63 +259,14 @@ def _confine(zc: Zeroconf, interface: str) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # IPv4 only, and absent on some builds
         listen.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_ALL, 0)  # type: ignore[attr-defined]
-    device = _device_of(interface)
-    if device is None:
-        logger.warning("no network device holds %s: mDNS may hear other interfaces", interface)
+    devices = {device_of(host) for host in hosts}
+    if len(devices) != 1 or None in devices:
+        if len(hosts) == 1:
+            logger.warning("no network device holds %s: mDNS may hear other interfaces", hosts[0])
         return
+    (device,) = devices
+    assert device is not None
     try:
         listen.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
     except OSError as exc:  # needs CAP_NET_RAW on older kernels
         logger.warning("cannot confine mDNS to %s (%s): it may hear other interfaces", device, exc)
-
-
-def _device_of(interface: str) -> str | None:
-    """The name of the network device that holds the address `interface`."""
-    ip = ipaddress.ip_address(interface)
-    if ip.version == 6:
-        try:
-            with open("/proc/net/if_inet6") as table:
-                for line in table:
-                    fields = line.split()
-                    if ipaddress.IPv6Address(int(fields[0], 16)) == ip:
-                        return fields[5]
-        except (OSError, ValueError, IndexError):
-            return None
-        return None
-    for _, name in socket.if_nameindex():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
-            except OSError:
-                continue
-            if socket.inet_ntoa(address) == interface:
-                return name
-    return None
-
-
-def _interface_network(interface: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The network `interface` is on: announcements from elsewhere are refused."""
-    ip = ipaddress.ip_address(interface)
-    if ip.is_loopback:
-        return ipaddress.ip_network("127.0.0.0/8" if ip.version == 4 else "::1/128")
-    if ip.version == 4:
-        prefix = _ipv4_prefix(interface)
-        return ipaddress.ip_network(f"{interface}/{prefix}", strict=False)
-    return ipaddress.ip_network(f"{interface}/64", strict=False)
-
-
-def _ipv4_prefix(interface: str) -> int:
-    """The prefix length of the Linux interface holding `interface`; 24 if it cannot be read."""
-    for _, name in socket.if_nameindex():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
-                if socket.inet_ntoa(address) != interface:
-                    continue
-                mask = fcntl.ioctl(probe.fileno(), _SIOCGIFNETMASK, request)[20:24]
-            except OSError:
-                continue
-            return bin(int.from_bytes(mask, "big")).count("1")
-    return 24

@@ -6,7 +6,7 @@ Rules:
 * Only peers of this node's mesh are admitted; a record for another mesh is refused.
 * One inbox address (host and PULL port) belongs to one peer at a time: a record with a new id at
   an address already in the map means that node restarted, so the old peer leaves ("replaced")
-  before the new one joins.
+  before the new one joins. A node bound to several interfaces has an address on each.
 * Every change is returned as events (`PeerJoined`, `PeerUpdated`, `PeerLeft`), in order, for
   the caller to act on (wire or unwire sockets, tell the application).
 """
@@ -99,9 +99,10 @@ class PeerMap:
         if known is not None and known.record == record:
             return []
         events: list[PeerEvent] = []
-        holder = self._by_address.get(record.address)
-        if holder is not None and holder != record.id:
-            events.extend(self.remove(holder, "replaced"))
+        for address in record.addresses:
+            holder = self._by_address.get(address)
+            if holder is not None and holder != record.id:
+                events.extend(self.remove(holder, "replaced"))
         if known is not None:
             # Unindex only what changed, so a service kept keeps its place in `offering`.
             self._unindex(known.record, keep=record)
@@ -143,16 +144,17 @@ class PeerMap:
         return len(self._peers)
 
     def _index(self, record: PeerRecord) -> None:
-        self._by_address[record.address] = record.id
+        for address in record.addresses:
+            self._by_address[address] = record.id
         for service in record.services:
             self._by_service.setdefault(service, {}).setdefault(record.id, None)
 
     def _unindex(self, record: PeerRecord, keep: PeerRecord | None = None) -> None:
         """Remove `record` from the indexes, except the entries `keep` (its successor) shares."""
-        if self._by_address.get(record.address) == record.id and (
-            keep is None or keep.address != record.address
-        ):
-            del self._by_address[record.address]
+        kept_addresses = () if keep is None else keep.addresses
+        for address in record.addresses:
+            if self._by_address.get(address) == record.id and address not in kept_addresses:
+                del self._by_address[address]
         kept = frozenset() if keep is None else keep.services
         for service in record.services - kept:
             holders = self._by_service.get(service)

@@ -18,6 +18,7 @@ MAX_NAME_SIZE: Final = 255
 # A mesh name travels whole in a DNS-SD TXT string ("mesh=" + name, at most 255 bytes).
 MAX_MESH_SIZE: Final = 250
 MAX_SERVICES: Final = 1024
+MAX_EXTRA_HOSTS: Final = 15
 
 
 class RecordError(ValueError):
@@ -42,6 +43,9 @@ class PeerRecord:
     services: frozenset[str] = field(default_factory=frozenset)
     protocol: int = PROTOCOL_VERSION
     public_key: str | None = None
+    #: Further addresses of a node bound to several interfaces (the sockets listen on the same
+    #: ports on each); a peer connects to the one on its own network.
+    extra_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_bytes(self.id, "id")
@@ -60,6 +64,12 @@ class PeerRecord:
             raise RecordError(f"unsupported protocol version {self.protocol!r}")
         if self.public_key is not None:
             _check_name(self.public_key, "public_key")
+        if not isinstance(self.extra_hosts, tuple) or len(self.extra_hosts) > MAX_EXTRA_HOSTS:
+            raise RecordError(f"extra_hosts must be a tuple of at most {MAX_EXTRA_HOSTS}")
+        for host in self.extra_hosts:
+            _check_host(host)
+        if len(set(self.hosts)) != len(self.hosts):
+            raise RecordError("a host is listed twice")
 
     @property
     def id_hex(self) -> str:
@@ -69,6 +79,16 @@ class PeerRecord:
     def address(self) -> str:
         """The one address another node needs to reach this one: ``host:pull_port``."""
         return format_address(self.host, self.pull_port)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every address the node is bound to, `host` first."""
+        return (self.host, *self.extra_hosts)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Its inbox at each of its `hosts`."""
+        return tuple(format_address(host, self.pull_port) for host in self.hosts)
 
     @property
     def pub_endpoint(self) -> str:
@@ -89,11 +109,12 @@ class PeerRecord:
             frozenset(services),
             self.protocol,
             self.public_key,
+            self.extra_hosts,
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack-ready map sent in HELLO, WELCOME and UPDATE messages."""
-        return {
+        wire = {
             "id": self.id,
             "name": self.name,
             "mesh": self.mesh,
@@ -104,6 +125,9 @@ class PeerRecord:
             "v": self.protocol,
             "key": self.public_key,
         }
+        if self.extra_hosts:
+            wire["extra_hosts"] = list(self.extra_hosts)
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> PeerRecord:
@@ -126,11 +150,18 @@ class PeerRecord:
                 services=frozenset(services),
                 protocol=data["v"],
                 public_key=data.get("key"),
+                extra_hosts=_extra_hosts(data.get("extra_hosts", [])),
             )
         except KeyError as exc:
             raise RecordError(f"record has no {exc.args[0]!r}") from None
         except TypeError as exc:  # an unhashable value where a key was expected, and the like
             raise RecordError(str(exc)) from None
+
+
+def _extra_hosts(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_EXTRA_HOSTS:
+        raise RecordError(f"extra_hosts is not a list of at most {MAX_EXTRA_HOSTS}")
+    return tuple(value)
 
 
 def _check_bytes(value: object, what: str) -> None:

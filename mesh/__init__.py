@@ -22,6 +22,7 @@ from ._errors import (
     ProtocolError,
 )
 from ._node import (
+    ALL_INTERFACES,
     Endpoints,
     Message,
     Node,
@@ -37,6 +38,7 @@ from ._node import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_INTERFACES",
     "Endpoints",
     "MeshError",
     "Message",

@@ -45,6 +45,8 @@ from discovery import (
     PeerRecord,
     PeerUpdated,
     format_address,
+    interface_addresses,
+    interface_network,
     open_mdns,
     parse_address,
     tcp_endpoint,
@@ -395,7 +397,7 @@ class Node:
         *,
         name: str,
         mesh: str,
-        interface: str,
+        hosts: Sequence[str],
         pub_port: int,
         pull_port: int,
         settings: Settings,
@@ -410,7 +412,8 @@ class Node:
         self._seeds: set[str] = set()
         self._watchers: list[PeerWatch] = []
         self._log = RateLimitedLog(logger)
-        ipv6 = ":" in interface
+        ipv6 = any(":" in host for host in hosts)
+        self._networks = [interface_network(host) for host in hosts]
 
         # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
         # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
@@ -431,8 +434,8 @@ class Node:
         control = self._socket(zmq.SUB, ipv6)
         control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
-        actual_pub = _bind(pub, interface, pub_port)
-        actual_pull = _bind(pull, interface, pull_port)
+        actual_pub = _bind(pub, hosts, pub_port)
+        actual_pull = _bind(pull, hosts, pull_port)
 
         self._pub = Outbox(
             AsyncSocket(pub), capacity=settings.peer_queue, retry_interval=_PUB_RETRY_INTERVAL
@@ -444,9 +447,10 @@ class Node:
             id=self._id,
             name=name,
             mesh=mesh,
-            host=interface,
+            host=hosts[0],
             pub_port=actual_pub,
             pull_port=actual_pull,
+            extra_hosts=tuple(hosts[1:]),
         )
         self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
@@ -603,7 +607,7 @@ class Node:
             raise NoWorkerError(service, timeout)
         peer = self._peers.get(worker)
         assert peer is not None
-        link = self._links[peer.address]
+        link = self._links[self._reach(peer.record)]
         task_id = self._dispatcher.new_task_id()
         frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, 1], body)
         link.next_seq()  # only now: `pack` may have refused the body
@@ -657,7 +661,7 @@ class Node:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         address = format_address(*parse_address(address))
-        if address == self.address:
+        if address in self._record.addresses:
             raise ValueError("a node cannot connect to itself")
         if timeout is None:
             timeout = self._settings.connect_timeout
@@ -722,7 +726,7 @@ class Node:
         nursery.start_soon(self._serve_control)
         for seed in seeds:
             address = format_address(*parse_address(seed))
-            if address != self.address:
+            if address not in self._record.addresses:
                 self._seeds.add(address)
                 self._introduce(address)
 
@@ -742,7 +746,7 @@ class Node:
                     if (
                         announcement.mesh == self.mesh
                         and announcement.id != self._id
-                        and announcement.address != self.address
+                        and announcement.address not in self._record.addresses
                         and announcement.id not in self._peers
                     ):
                         self._announced[announcement.id] = announcement.address
@@ -879,9 +883,11 @@ class Node:
         if not self._observe(hello.record):
             return
         if envelope.kind is Kind.HELLO:
-            self._send_direct(hello.record.address, Kind.WELCOME, None, self._hello().to_wire())
+            self._send_direct(
+                self._reach(hello.record), Kind.WELCOME, None, self._hello().to_wire()
+            )
         for address in hello.peers:
-            if address != self.address and self._peers.by_address(address) is None:
+            if address not in self._record.addresses and self._peers.by_address(address) is None:
                 self._introduce(address)
 
     def _on_update(self, envelope: Envelope) -> None:
@@ -941,27 +947,27 @@ class Node:
                 watcher._offer(event)
             if isinstance(event, PeerJoined):
                 record = event.peer.record
-                self._link(record.address)
-                self._sub.call_soon(_connect(record.pub_endpoint))
-                self._control.call_soon(_connect(record.pub_endpoint))
+                self._link(self._reach(record))
+                self._sub.call_soon(_connect(self._pub_endpoint(record)))
+                self._control.call_soon(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
                 logger.info("peer joined: %s at %s", record.name, record.address)
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
-                if old.pub_endpoint != new.pub_endpoint:
+                if self._pub_endpoint(old) != self._pub_endpoint(new):
                     for sock in (self._sub, self._control):
-                        sock.call_soon(_disconnect(old.pub_endpoint))
-                        sock.call_soon(_connect(new.pub_endpoint))
-                if old.address != new.address:
-                    self._unlink(old.address)
-                    self._link(new.address)
+                        sock.call_soon(_disconnect(self._pub_endpoint(old)))
+                        sock.call_soon(_connect(self._pub_endpoint(new)))
+                if self._reach(old) != self._reach(new):
+                    self._unlink(self._reach(old))
+                    self._link(self._reach(new))
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
-                self._sub.call_soon(_disconnect(record.pub_endpoint))
-                self._control.call_soon(_disconnect(record.pub_endpoint))
+                self._sub.call_soon(_disconnect(self._pub_endpoint(record)))
+                self._control.call_soon(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
-                self._unlink(record.address)
+                self._unlink(self._reach(record))
                 lost = self._dispatcher.forget_worker(record.id)
                 self._settled.unpark_all()
                 if lost:
@@ -974,6 +980,22 @@ class Node:
                 logger.info("peer left: %s %s (%s)", record.name, record.id_hex[:8], event.reason)
         self._capacity_changed.unpark_all()
         self._peers_changed.unpark_all()
+
+    def _reach(self, record: PeerRecord) -> str:
+        """The peer's inbox address to use from here: at its first host on one of this node's
+        networks (a node may be bound to several interfaces), else at its main host."""
+        return format_address(self._host_for(record), record.pull_port)
+
+    def _pub_endpoint(self, record: PeerRecord) -> str:
+        return tcp_endpoint(self._host_for(record), record.pub_port)
+
+    def _host_for(self, record: PeerRecord) -> str:
+        if record.extra_hosts:
+            for host in record.hosts:
+                ip = ipaddress.ip_address(host)
+                if any(ip in network for network in self._networks):
+                    return host
+        return record.host
 
     def _link(self, address: str) -> _Link:
         link = self._links.get(address)
@@ -1011,7 +1033,7 @@ class Node:
             self._send_direct(address, Kind.HELLO, None, self._hello().to_wire())
 
     def _hello(self) -> Hello:
-        known = tuple(peer.address for peer in self._peers)
+        known = tuple(self._reach(peer.record) for peer in self._peers)
         return Hello(self._record, known)
 
     def _send_direct(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
@@ -1033,7 +1055,7 @@ class Node:
         self._record = self._record.with_services(services)
         body = self._record.to_wire()
         for peer in self._peers:
-            self._send_direct(peer.address, Kind.UPDATE, None, body)
+            self._send_direct(self._reach(peer.record), Kind.UPDATE, None, body)
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, self._record)
 
@@ -1041,7 +1063,7 @@ class Node:
         """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
         while True:
             peer = self._peers.get(origin)
-            link = None if peer is None else self._links.get(peer.address)
+            link = None if peer is None else self._links.get(self._reach(peer.record))
             if link is None or link.outbox.socket.closed:  # it left, or never said HELLO
                 self._log.warning(
                     "unroutable",
@@ -1062,14 +1084,14 @@ class Node:
 
     def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         peer = self._peers.get(origin)
-        if peer is not None and self._send_direct(peer.address, kind, meta, None):
+        if peer is not None and self._send_direct(self._reach(peer.record), kind, meta, None):
             self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
 
     def _ready_workers(self, service: str) -> list[bytes]:
         ready = []
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
-            link = None if peer is None else self._links.get(peer.address)
+            link = None if peer is None else self._links.get(self._reach(peer.record))
             if link is not None and link.outbox.has_room():
                 ready.append(worker)
         return ready
@@ -1091,7 +1113,9 @@ class Node:
                     if peer is None:
                         del waiting[token]
                     else:
-                        self._send_direct(peer.address, Kind.SYNC, [token, prefix], None)
+                        self._send_direct(
+                            self._reach(peer.record), Kind.SYNC, [token, prefix], None
+                        )
                 with trio.move_on_after(interval):
                     while not self._synced_tokens.intersection(waiting):
                         await self._synced.park()
@@ -1114,7 +1138,7 @@ class Node:
         await self._sync_subscriptions(self._prefixes(), [peer_id])
         peer = self._peers.get(peer_id)
         if peer is not None:
-            self._send_direct(peer.address, Kind.READY, None, None)
+            self._send_direct(self._reach(peer.record), Kind.READY, None, None)
 
     def _prefixes(self) -> set[str]:
         return {subscription.prefix for subscription in self._subscriptions}
@@ -1182,7 +1206,7 @@ class Node:
                     self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
             self._publish_nowait(None, Kind.BYE, None)
             for peer in self._peers:
-                self._send_direct(peer.address, Kind.BYE, None, None)
+                self._send_direct(self._reach(peer.record), Kind.BYE, None, None)
             for link in list(self._links.values()):
                 await link.outbox.wait_empty()
             await self._pub.wait_empty()
@@ -1235,22 +1259,59 @@ def _check_service(service: str) -> None:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
 
-def _check_interface(interface: str) -> str:
-    try:
-        ip = ipaddress.ip_address(interface)
-    except ValueError:
-        raise ValueError(f"interface {interface!r} is not an IP address") from None
-    if ip.is_unspecified:
-        raise ValueError(
-            "a node binds to one interface address (say 127.0.0.1 or a LAN address); "
-            "binding to all interfaces is not supported yet"
-        )
-    return str(ip)
+#: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
+#: default, and never in tests: it reaches the machine's real networks).
+ALL_INTERFACES: Final = "*"
 
 
-def _bind(sock: ZmqSocket, host: str, port: int) -> int:
+def _check_interfaces(interface: str | Iterable[str]) -> list[str]:
+    """The canonical addresses to bind to: one, a list, or `ALL_INTERFACES`."""
+    if interface == ALL_INTERFACES:
+        hosts = interface_addresses()
+        if not hosts:
+            raise ValueError("this machine has no network interface with an IPv4 address")
+        return hosts
+    given = [interface] if isinstance(interface, str) else list(interface)
+    if not given:
+        raise ValueError("give at least one interface address")
+    hosts = []
+    for text in given:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"interface {text!r} is not an IP address") from None
+        if ip.is_unspecified:
+            raise ValueError(
+                f"a node binds to interface addresses, not to {ip}: give the addresses "
+                f"(say 127.0.0.1 or a LAN address), or {ALL_INTERFACES!r} for all of them"
+            )
+        if str(ip) not in hosts:
+            hosts.append(str(ip))
+    return hosts
+
+
+def _bind(sock: ZmqSocket, hosts: Sequence[str], port: int) -> int:
+    """Bind `sock` on every host with one port number (`port`, or one free on all of them)."""
     if not 0 <= port < 65536:
         raise ValueError(f"port {port} out of range")
+    for _attempt in range(20 if port == 0 else 1):
+        bound: list[str] = []
+        try:
+            first = _bind_one(sock, hosts[0], port)
+            bound.append(tcp_endpoint(hosts[0], first))
+            for host in hosts[1:]:
+                _bind_one(sock, host, first)
+                bound.append(tcp_endpoint(host, first))
+            return first
+        except OSError:
+            for endpoint in bound:
+                sock.unbind(endpoint)
+            if port != 0 or not bound:
+                raise
+    raise OSError(f"found no port free on all of {', '.join(hosts)}")
+
+
+def _bind_one(sock: ZmqSocket, host: str, port: int) -> int:
     bracketed = f"[{host}]" if ":" in host else host
     endpoint = f"tcp://{bracketed}:{port or '*'}"
     try:
@@ -1267,7 +1328,7 @@ async def open_node(
     name: str | None = None,
     *,
     mesh: str = "default",
-    interface: str = "127.0.0.1",
+    interface: str | Iterable[str] = "127.0.0.1",
     pub_port: int = 0,
     pull_port: int = 0,
     seeds: Iterable[str] = (),
@@ -1276,8 +1337,10 @@ async def open_node(
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
-    `interface` is the one IP address every socket binds to, mDNS included (127.0.0.1 unless
-    told otherwise: a LAN is asked for explicitly); ports are ephemeral unless given.
+    `interface` is the IP address every socket binds to, mDNS included (127.0.0.1 unless told
+    otherwise: a LAN is asked for explicitly), or a list of them (the node listens on the same
+    ports on each, and each peer uses the one on its own network), or `ALL_INTERFACES` for every
+    IPv4 address of the machine but loopback. Ports are ephemeral unless given.
     `discovery` is ``"mdns"`` (the default: nodes of the same `mesh` on the interface's network
     find each other), ``"static"`` (only `seeds` and `Node.connect`, for networks without
     multicast), or both, as a list. `seeds` are ``host:port`` inbox addresses of other nodes
@@ -1289,7 +1352,7 @@ async def open_node(
     and terminates its ZeroMQ context.
     """
     settings = settings or Settings()
-    interface = _check_interface(interface)
+    hosts = _check_interfaces(interface)
     methods = {discovery} if isinstance(discovery, str) else set(discovery)
     if not methods or not methods <= {"mdns", "static"}:
         raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")
@@ -1305,7 +1368,7 @@ async def open_node(
             context,
             name=name,
             mesh=mesh,
-            interface=interface,
+            hosts=hosts,
             pub_port=pub_port,
             pull_port=pull_port,
             settings=settings,

@@ -188,3 +188,18 @@ async def test_bad_discovery_is_refused(discovery: Any) -> None:
     with trio.fail_after(5), pytest.raises(ValueError, match="discovery"):
         async with mesh.open_node("n", mesh=new_mesh(), discovery=discovery):
             pass
+
+
+async def test_a_node_on_two_interfaces_is_found_over_mdns() -> None:
+    mesh_name = new_mesh()
+    with trio.fail_after(20):
+        async with (
+            mesh.open_node("multi", mesh=mesh_name, interface=["127.0.0.1", "127.0.0.2"]) as multi,
+            mesh.open_node("other", mesh=mesh_name, interface="127.0.0.2") as other,
+        ):
+            (peer,) = await other.wait_for_peers(names=["multi"], timeout=10)
+            assert peer.record.hosts == ("127.0.0.1", "127.0.0.2")
+            await multi.wait_for_peers(names=["other"], timeout=10)
+            async with multi.subscribe("t") as events:
+                await other.publish("t", "hello")
+                assert (await events.receive()).body == "hello"

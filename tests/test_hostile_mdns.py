@@ -48,9 +48,7 @@ async def open_zeroconf() -> AsyncIterator[Zeroconf]:
     )
     # As a node does: keep zeroconf's wildcard listening socket to the loopback device too, so
     # this publisher never hears (let alone answers) a query from another interface.
-    confine = getattr(discovery._mdns, "_confine", None)
-    if confine is not None:
-        confine(zc, "127.0.0.1")
+    discovery._mdns._confine(zc, ["127.0.0.1"])
     try:
         yield zc
     finally:

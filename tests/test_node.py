@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import math
 import threading
 from collections import Counter
@@ -16,6 +17,7 @@ import trio
 import trio.testing
 import zmq
 
+import discovery
 import mesh
 from mesh import Node
 
@@ -118,7 +120,9 @@ async def test_fixed_ports_and_bind_errors() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"interface": "0.0.0.0"}, "one interface"),
+        ({"interface": "0.0.0.0"}, "interface addresses"),
+        ({"interface": []}, "at least one"),
+        ({"interface": ["127.0.0.1", "::"]}, "interface addresses"),
         ({"interface": "eth0"}, "not an IP"),
         ({"seeds": ["no-port"]}, "host:port"),
         ({"pub_port": 70000}, "out of range"),
@@ -130,6 +134,34 @@ async def test_open_node_rejects_bad_arguments(options: dict[str, Any], message:
     with trio.fail_after(5), pytest.raises(ValueError, match=message):
         async with open_node(**{"name": "n", **options}):
             pass
+
+
+async def test_a_node_on_two_interfaces_is_reached_on_either() -> None:
+    # All of 127/8 is the loopback device's: two "interfaces" without leaving the machine.
+    with trio.fail_after(10):
+        async with open_node("multi", interface=["127.0.0.1", "127.0.0.2", "127.0.0.1"]) as multi:
+            assert multi.record.hosts == ("127.0.0.1", "127.0.0.2")  # duplicates collapse
+            port = multi.record.pull_port
+            assert multi.record.addresses == (f"127.0.0.1:{port}", f"127.0.0.2:{port}")
+            async with open_node("a") as a, open_node("b") as b:
+                assert (await a.connect(f"127.0.0.1:{port}")).id == multi.id
+                assert (await b.connect(f"127.0.0.2:{port}")).id == multi.id  # the other one
+                assert b.peers[multi.id].record.hosts == ("127.0.0.1", "127.0.0.2")
+                with pytest.raises(ValueError, match="itself"):
+                    await multi.connect(f"127.0.0.2:{port}")
+                async with b.subscribe("t") as events:
+                    await multi.wait_for_peers(2)
+                    await multi.publish("t", "to all")
+                    assert (await events.receive()).body == "to all"
+
+
+def test_all_interfaces_are_listed_without_loopback() -> None:
+    # Only read here: no test binds to the machine's real interfaces.
+    for address in discovery.interface_addresses():
+        ip = ipaddress.ip_address(address)
+        assert ip.version == 4
+        assert not ip.is_loopback
+    assert mesh.ALL_INTERFACES == "*"
 
 
 async def test_ipv6_loopback() -> None:
