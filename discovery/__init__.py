@@ -9,7 +9,7 @@ node and reports the `Announced` and `Withdrawn` nodes it hears of.
 from __future__ import annotations
 
 from ._interfaces import device_of, interface_addresses, interface_network
-from ._mdns import Announced, DiscoveryEvent, Mdns, Withdrawn, open_mdns
+from ._mdns import Announced, DiscoveryEvent, Mdns, Refused, Withdrawn, open_mdns
 from ._peers import (
     ForeignMeshError,
     Peer,
@@ -37,6 +37,7 @@ __all__ = [
     "Announcement",
     "DiscoveryEvent",
     "Mdns",
+    "Refused",
     "Withdrawn",
     "decode_txt",
     "device_of",

@@ -58,7 +58,16 @@ class Withdrawn:
     node_id: bytes | None
 
 
-DiscoveryEvent = Announced | Withdrawn
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A service of our type was heard but refused (a bad or foreign announcement): `reason`
+    says why. Reported so the node can warn, at a bounded rate."""
+
+    name: str
+    reason: str
+
+
+DiscoveryEvent = Announced | Withdrawn | Refused
 
 
 class Mdns:
@@ -118,14 +127,15 @@ class Mdns:
         try:
             announcement = decode_txt(info.properties, addresses, info.port or 0)
         except RecordError as exc:
-            self.refused += 1
-            logger.debug("ignoring mDNS service %s: %s", name[:80], exc)
-            return
-        if instance_name(announcement.id) != name:
-            self.refused += 1
-            logger.debug("ignoring mDNS service %s: its name is not its id", name[:80])
-            return
-        await send.send(Announced(announcement))
+            reason = str(exc)
+        else:
+            if instance_name(announcement.id) == name:
+                await send.send(Announced(announcement))
+                return
+            reason = "its name is not its id"
+        self.refused += 1
+        logger.debug("ignoring mDNS service %s: %s", name[:80], reason)
+        await send.send(Refused(name[:80], reason))
 
     def _on_network(self, address: str) -> bool:
         try:

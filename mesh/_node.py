@@ -44,6 +44,7 @@ from discovery import (
     PeerMap,
     PeerRecord,
     PeerUpdated,
+    Refused,
     format_address,
     interface_addresses,
     interface_network,
@@ -752,6 +753,14 @@ class Node:
                         self._announced[announcement.id] = announcement.address
                         self._introduce(announcement.address, again=True)
                         nursery.start_soon(self._forget_if_unanswered, announcement.address)
+                elif isinstance(event, Refused):
+                    self._log.warning(
+                        "mdns-refused",
+                        trio.current_time(),
+                        "ignoring an mDNS announcement (%s): %s",
+                        event.name,
+                        event.reason,
+                    )
                 elif event.node_id is not None:
                     address = self._announced.pop(event.node_id, None)
                     if address is not None:
@@ -1356,6 +1365,15 @@ async def open_node(
     methods = {discovery} if isinstance(discovery, str) else set(discovery)
     if not methods or not methods <= {"mdns", "static"}:
         raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")
+    if (
+        "mdns" in methods
+        and all(ipaddress.ip_address(host).is_loopback for host in hosts)
+        and (any(":" in host for host in hosts))
+    ):
+        raise ValueError(
+            "mDNS does not work on the IPv6 loopback (python-zeroconf cannot use ::1): "
+            "use discovery='static' there, or an IPv4 or LAN address"
+        )
     seeds = list(seeds)
     for seed in seeds:
         parse_address(seed)

@@ -183,6 +183,12 @@ async def test_static_discovery_stays_off_mdns() -> None:
             assert not quiet.peers
 
 
+async def test_mdns_on_the_ipv6_loopback_is_refused_with_a_reason() -> None:
+    with trio.fail_after(5), pytest.raises(ValueError, match="IPv6 loopback"):
+        async with mesh.open_node("n", mesh=new_mesh(), interface="::1"):
+            pass
+
+
 @pytest.mark.parametrize("discovery", ["bogus", [], ["mdns", "carrier pigeon"]])
 async def test_bad_discovery_is_refused(discovery: Any) -> None:
     with trio.fail_after(5), pytest.raises(ValueError, match="discovery"):

@@ -266,6 +266,14 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
                     "a said HELLO at the dead ports",
                 )
                 assert_all_refused(caplog, services)
+                # The node itself warns, at a bounded rate: one warning for the whole flood.
+                warnings = [
+                    r
+                    for r in caplog.records
+                    if r.name == "mesh" and "ignoring an mDNS announcement" in r.getMessage()
+                ]
+                assert len(warnings) == 1
+                assert warnings[0].levelno == logging.WARNING
                 assert f"127.0.0.1:{dead_foreign}" not in a._links  # another mesh: no HELLO
                 assert_no_link_off_network(a)
                 assert a.peers == {}
