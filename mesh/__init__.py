@@ -5,9 +5,10 @@ Services embed a node (`open_node`). Nodes find each other over mDNS (or through
 goes from a sender's per-peer PUSH to a worker's PULL (`Node.push`, `Node.work`) and is acked
 back; `Node.watch_peers` reports who comes and goes. docs/protocol.md specifies the wire protocol.
 
-Architecture: the pure parts (`_wire` codec, `discovery` records and peer map, `_routing`
-dispatcher) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio; `_node` owns the
-sockets and tasks and wires the rest together.
+Architecture: the pure parts (`_wire` codec, `_routing` dispatcher, and in `discovery` the peer
+record, peer map and TXT codec) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio
+and `discovery.open_mdns` python-zeroconf; `_node` owns the sockets, the mDNS presence and the
+tasks, and wires the rest together; `_streams` and `_types` are what it hands the application.
 """
 
 from __future__ import annotations
@@ -21,19 +22,9 @@ from ._errors import (
     PeerUnreachableError,
     ProtocolError,
 )
-from ._node import (
-    ALL_INTERFACES,
-    Endpoints,
-    Message,
-    Node,
-    NodeStatistics,
-    PeerWatch,
-    Settings,
-    Subscription,
-    Task,
-    TaskStream,
-    open_node,
-)
+from ._node import ALL_INTERFACES, Node, open_node
+from ._streams import PeerWatch, Subscription, Task, TaskStream
+from ._types import Endpoints, Message, NodeStatistics, Settings
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,12 @@
-"""The node: owns the ZeroMQ sockets and the tasks that drive them, and wires the pure parts
-(wire codec, peer map, dispatcher) to them.
+"""The node: owns the ZeroMQ sockets, the mDNS presence and the tasks that drive them, and wires
+the pure parts (wire codec, peer map, dispatcher) to them.
 
 Sockets of one node (docs/protocol.md has the frames):
 
-* PUB, bound: events, and control messages (goodbye, subscription proofs).
-* PULL, bound: the inbox: HELLO/WELCOME/UPDATE, tasks, acks, subscription probes, goodbyes.
-* SUB, one, connected to every known peer's PUB.
+* PUB (an XPUB, for backpressure), bound: events, subscription proofs, goodbyes.
+* PULL, bound: the inbox: HELLO/WELCOME/UPDATE/READY, tasks, acks, subscription probes, goodbyes.
+* Two SUBs connected to every known peer's PUB: events (which a slow reader may hold back) and
+  control (which nothing holds back).
 * PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
   own queue, and the node, not ZeroMQ's blind round robin, picks which peer gets each task.
 
@@ -23,12 +24,9 @@ import logging
 import math
 import os
 import socket as stdlib_socket
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Generic, NamedTuple, Self, TypeVar
+from typing import Any, Final
 
 import trio
 import zmq
@@ -57,16 +55,12 @@ from . import _wire
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask
+from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
+from ._types import Endpoints, Message, NodeStatistics, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
-T = TypeVar("T")
-
-# Calls that complete without waiting (publish, receiving a buffered message) check for
-# cancellation every time but give other tasks a turn only this often: a scheduling point per
-# message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
-_YIELD_EVERY: Final = 64
 # SYNC is resent after 5 ms, then 10, 20, 40 and every 50 ms: a subscription is usually live
 # within a few ms (FIELD-NOTES §4: median 1.1 ms after connect).
 _SYNC_FIRST_RESEND: Final = 0.005
@@ -76,84 +70,6 @@ _SYNC_LAST_RESEND: Final = 0.05
 _PUB_RETRY_INTERVAL: Final = 0.001
 # XPUB hands subscription notices up to the application, which must drain them.
 _NOTICE_DRAIN_INTERVAL: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Tunables of a node. Every field has a default fit for a LAN; all sizes count messages."""
-
-    #: Most messages taken from one socket per wake-up before other tasks get a turn.
-    receive_batch: int = 1000
-    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one subscriber
-    #: connection that reads slower than this node publishes.
-    event_hwm: int = 100_000
-    #: What a full subscriber connection does to `publish`: True, the publisher waits for room
-    #: (nothing is lost in the network; a subscriber that stops reading but stays connected holds
-    #: publishing back); False, ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
-    event_backpressure: bool = True
-    #: Events held for one `Subscription` whose reader is slow before new ones are dropped
-    #: (and counted in `Subscription.dropped`).
-    subscription_buffer: int = 100_000
-    #: Messages queued in the node for one peer (on top of ZeroMQ's own buffer) before `push`
-    #: to that peer waits.
-    peer_queue: int = 10_000
-    #: Most of this node's tasks one worker holds unacked at a time.
-    max_in_flight: int = 1000
-    #: How long entering `subscribe` waits for the known peers to confirm the subscription.
-    sync_timeout: float = 2.0
-    #: How long `connect` waits for an answer by default.
-    connect_timeout: float = 5.0
-    #: How long closing the node spends saying goodbye to its peers.
-    goodbye_timeout: float = 0.2
-
-    def __post_init__(self) -> None:
-        for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be a non-negative number of seconds")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoints:
-    """The ZeroMQ endpoints a node is bound to."""
-
-    pub: str
-    pull: str
-
-
-class Message(NamedTuple):
-    """One event, as a subscriber receives it. `sender` is the publishing node's id (hex) and
-    `seq` its sequence number on that node's PUB stream (a named tuple: one is made per event,
-    and it is the cheapest immutable record Python has)."""
-
-    topic: str
-    body: Any
-    sender: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatistics:
-    """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
-    protocol, by `ProtocolError.reason` in `bad_frame_reasons`."""
-
-    peers: int
-    events_published: int
-    events_received: int
-    events_dropped: int
-    tasks_pushed: int
-    tasks_acked: int
-    tasks_nacked: int
-    tasks_in_flight: int
-    tasks_received: int
-    acks_sent: int
-    nacks_sent: int
-    bad_frames: int
-    bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Link:
@@ -170,220 +86,6 @@ class _Link:
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
-
-
-class _Stream(Generic[T]):
-    """Items handed over by the node, read in order by one or more tasks. The reading side of
-    `Subscription` and `TaskStream`."""
-
-    _ended = "stream ended"
-
-    def __init__(self) -> None:
-        self._buffer: deque[T] = deque()
-        self._ready = trio.lowlevel.ParkingLot()  # readers waiting for an item
-        self._closed = False
-        self._taken = 0
-
-    async def receive(self) -> T:
-        """The next item; waits for one. Cancelling it loses nothing. Raises
-        `trio.ClosedResourceError` once the stream has ended and is empty."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._buffer:
-            if self._closed:
-                raise trio.ClosedResourceError(self._ended)
-            await self._ready.park()
-        item = self._buffer.popleft()
-        self._taken_one()
-        self._taken += 1
-        if self._taken % _YIELD_EVERY == 0:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return item
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self.receive()
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
-
-    def _taken_one(self) -> None:
-        """Called after each item taken, for subclasses to hook."""
-
-    def _put(self, item: T) -> None:
-        self._buffer.append(item)
-        if self._ready:  # somebody waits: wake one reader per item
-            self._ready.unpark()
-
-    def _end(self) -> None:
-        self._closed = True
-        self._ready.unpark_all()
-
-
-class Subscription(_Stream[Message]):
-    """Events whose topic starts with `prefix`, from every peer, in arrival order.
-
-    Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
-    It buffers up to `Settings.subscription_buffer` events. When the reader falls that far
-    behind, the node stops taking events from the network until it catches up, and so (with
-    `Settings.event_backpressure`, the default) publishers wait: nothing is lost. Without
-    backpressure, events that find the buffer full are dropped and counted in `dropped`.
-    The subscription ends when its ``async with`` block exits or the node closes; reading it
-    then raises `trio.ClosedResourceError` (iteration just stops).
-    """
-
-    _ended = "subscription ended"
-
-    def __init__(self, prefix: str, capacity: int) -> None:
-        super().__init__()
-        self.prefix = prefix
-        self.dropped = 0
-        self._capacity = capacity
-        self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
-
-    def _taken_one(self) -> None:
-        if self._room and len(self._buffer) <= self._capacity // 2:
-            self._room.unpark_all()
-
-    def _full(self) -> bool:
-        return len(self._buffer) >= self._capacity and not self._closed
-
-    def _has_room(self) -> bool:
-        return not self._full()
-
-    def _deliver(self, message: Message) -> bool:
-        """Buffer `message`; False (and counted as dropped) if the buffer is full."""
-        if len(self._buffer) >= self._capacity:
-            self.dropped += 1
-            return False
-        self._put(message)
-        return True
-
-    def _close(self) -> None:
-        self._end()
-        self._room.unpark_all()
-
-
-class Task:
-    """One task given to this node's worker. Use ``async with task:`` around the work.
-
-    Leaving the block normally acks the task to its sender. An exception nacks it (so the sender
-    may send it elsewhere) and is logged; an `Exception` is then suppressed so the worker loop goes
-    on, while cancellation and other `BaseException`s propagate. `ack()`/`nack()` settle a task by
-    hand; a task is settled once, later calls do nothing.
-    """
-
-    __slots__ = ("_node", "_origin", "_settled", "attempt", "body", "id", "sender", "service")
-
-    def __init__(
-        self, node: Node, origin: bytes, task_id: int, service: str, attempt: int, body: Any
-    ) -> None:
-        self._node = node
-        self._origin = origin
-        self._settled = False
-        self.id = task_id
-        self.service = service
-        self.attempt = attempt
-        self.body = body
-        self.sender = origin.hex()
-
-    def __repr__(self) -> str:
-        return f"<Task {self.service} {self.sender[:8]}/{self.id} attempt={self.attempt}>"
-
-    async def ack(self) -> None:
-        """Tell the sender the task is done."""
-        if not self._settled:
-            self._settled = True
-            await self._node._settle(self._origin, Kind.ACK, [self.id])
-
-    async def nack(self, reason: str = "failed") -> None:
-        """Tell the sender the task failed here."""
-        if not self._settled:
-            self._settled = True
-            await self._node._settle(self._origin, Kind.NACK, [self.id, reason[:200]])
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if exc is None:
-            await self.ack()
-            return False
-        with trio.CancelScope(shield=True):
-            await self.nack(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, Exception):
-            logger.warning("task %r failed", self, exc_info=exc)
-            return True
-        return False
-
-
-class TaskStream(_Stream[Task]):
-    """The tasks sent to this node for one service, in arrival order. Made by `Node.work`.
-
-    Read with ``async for task in stream`` or `receive()`; several tasks may read it at once (each
-    task goes to one reader). When the ``async with`` block exits, the service is withdrawn and
-    tasks not yet taken are nacked back to their senders.
-    """
-
-    _ended = "service withdrawn"
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def __repr__(self) -> str:
-        return f"<TaskStream {self.service!r} buffered={len(self._buffer)}>"
-
-    def _close(self) -> list[Task]:
-        """End the stream; returns the tasks nobody took."""
-        self._end()
-        left = list(self._buffer)
-        self._buffer.clear()
-        return left
-
-
-class PeerWatch(_Stream[PeerEvent]):
-    """Membership changes of one node, from `Node.watch_peers`. Ends when the node closes or the
-    ``async with`` block exits."""
-
-    _ended = "no longer watching"
-
-    def __init__(self, capacity: int, forget: Callable[[PeerWatch], None]) -> None:
-        super().__init__()
-        self.dropped = 0
-        self._capacity = capacity
-        self._forget: Callable[[PeerWatch], None] | None = forget
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop watching; changes already held can still be read."""
-        self._end()
-
-    def _end(self) -> None:
-        super()._end()
-        if self._forget is not None:
-            self._forget(self)
-            self._forget = None
-
-    def _offer(self, event: PeerEvent) -> None:
-        if len(self._buffer) >= self._capacity:
-            self._buffer.popleft()
-            self.dropped += 1
-        self._put(event)
 
 
 class Node:
@@ -1188,7 +890,7 @@ class Node:
 
     async def _maybe_yield(self) -> None:
         self._unyielded += 1
-        if self._unyielded >= _YIELD_EVERY:
+        if self._unyielded >= YIELD_EVERY:
             self._unyielded = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
 

@@ -1,0 +1,242 @@
+"""What a node hands its application to read: subscriptions, task streams and peer watches,
+and the tasks themselves. Each is a buffer the node fills and one or more tasks read in order."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
+
+import trio
+
+from discovery import PeerEvent
+
+from ._types import Message
+from ._wire import Kind
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+logger = logging.getLogger("mesh")
+T = TypeVar("T")
+
+# Calls that complete without waiting (publish, receiving a buffered message) check for
+# cancellation every time but give other tasks a turn only this often: a scheduling point per
+# message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
+YIELD_EVERY: Final = 64
+
+
+class _Stream(Generic[T]):
+    """Items handed over by the node, read in order by one or more tasks. The reading side of
+    `Subscription` and `TaskStream`."""
+
+    _ended = "stream ended"
+
+    def __init__(self) -> None:
+        self._buffer: deque[T] = deque()
+        self._ready = trio.lowlevel.ParkingLot()  # readers waiting for an item
+        self._closed = False
+        self._taken = 0
+
+    async def receive(self) -> T:
+        """The next item; waits for one. Cancelling it loses nothing. Raises
+        `trio.ClosedResourceError` once the stream has ended and is empty."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._buffer:
+            if self._closed:
+                raise trio.ClosedResourceError(self._ended)
+            await self._ready.park()
+        item = self._buffer.popleft()
+        self._taken_one()
+        self._taken += 1
+        if self._taken % YIELD_EVERY == 0:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+
+    def _taken_one(self) -> None:
+        """Called after each item taken, for subclasses to hook."""
+
+    def _put(self, item: T) -> None:
+        self._buffer.append(item)
+        if self._ready:  # somebody waits: wake one reader per item
+            self._ready.unpark()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._ready.unpark_all()
+
+
+class Subscription(_Stream[Message]):
+    """Events whose topic starts with `prefix`, from every peer, in arrival order.
+
+    Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
+    It buffers up to `Settings.subscription_buffer` events. When the reader falls that far
+    behind, the node stops taking events from the network until it catches up, and so (with
+    `Settings.event_backpressure`, the default) publishers wait: nothing is lost. Without
+    backpressure, events that find the buffer full are dropped and counted in `dropped`.
+    The subscription ends when its ``async with`` block exits or the node closes; reading it
+    then raises `trio.ClosedResourceError` (iteration just stops).
+    """
+
+    _ended = "subscription ended"
+
+    def __init__(self, prefix: str, capacity: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.dropped = 0
+        self._capacity = capacity
+        self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
+
+    def _taken_one(self) -> None:
+        if self._room and len(self._buffer) <= self._capacity // 2:
+            self._room.unpark_all()
+
+    def _full(self) -> bool:
+        return len(self._buffer) >= self._capacity and not self._closed
+
+    def _has_room(self) -> bool:
+        return not self._full()
+
+    def _deliver(self, message: Message) -> bool:
+        """Buffer `message`; False (and counted as dropped) if the buffer is full."""
+        if len(self._buffer) >= self._capacity:
+            self.dropped += 1
+            return False
+        self._put(message)
+        return True
+
+    def _close(self) -> None:
+        self._end()
+        self._room.unpark_all()
+
+
+class Task:
+    """One task given to this node's worker. Use ``async with task:`` around the work.
+
+    Leaving the block normally acks the task to its sender. An exception nacks it (so the sender
+    may send it elsewhere) and is logged; an `Exception` is then suppressed so the worker loop goes
+    on, while cancellation and other `BaseException`s propagate. `ack()`/`nack()` settle a task by
+    hand; a task is settled once, later calls do nothing.
+    """
+
+    __slots__ = ("_node", "_origin", "_settled", "attempt", "body", "id", "sender", "service")
+
+    def __init__(
+        self, node: Node, origin: bytes, task_id: int, service: str, attempt: int, body: Any
+    ) -> None:
+        self._node = node
+        self._origin = origin
+        self._settled = False
+        self.id = task_id
+        self.service = service
+        self.attempt = attempt
+        self.body = body
+        self.sender = origin.hex()
+
+    def __repr__(self) -> str:
+        return f"<Task {self.service} {self.sender[:8]}/{self.id} attempt={self.attempt}>"
+
+    async def ack(self) -> None:
+        """Tell the sender the task is done."""
+        if not self._settled:
+            self._settled = True
+            await self._node._settle(self._origin, Kind.ACK, [self.id])
+
+    async def nack(self, reason: str = "failed") -> None:
+        """Tell the sender the task failed here."""
+        if not self._settled:
+            self._settled = True
+            await self._node._settle(self._origin, Kind.NACK, [self.id, reason[:200]])
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            await self.ack()
+            return False
+        with trio.CancelScope(shield=True):
+            await self.nack(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Exception):
+            logger.warning("task %r failed", self, exc_info=exc)
+            return True
+        return False
+
+
+class TaskStream(_Stream[Task]):
+    """The tasks sent to this node for one service, in arrival order. Made by `Node.work`.
+
+    Read with ``async for task in stream`` or `receive()`; several tasks may read it at once (each
+    task goes to one reader). When the ``async with`` block exits, the service is withdrawn and
+    tasks not yet taken are nacked back to their senders.
+    """
+
+    _ended = "service withdrawn"
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def __repr__(self) -> str:
+        return f"<TaskStream {self.service!r} buffered={len(self._buffer)}>"
+
+    def _close(self) -> list[Task]:
+        """End the stream; returns the tasks nobody took."""
+        self._end()
+        left = list(self._buffer)
+        self._buffer.clear()
+        return left
+
+
+class PeerWatch(_Stream[PeerEvent]):
+    """Membership changes of one node, from `Node.watch_peers`. Ends when the node closes or the
+    ``async with`` block exits."""
+
+    _ended = "no longer watching"
+
+    def __init__(self, capacity: int, forget: Callable[[PeerWatch], None]) -> None:
+        super().__init__()
+        self.dropped = 0
+        self._capacity = capacity
+        self._forget: Callable[[PeerWatch], None] | None = forget
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching; changes already held can still be read."""
+        self._end()
+
+    def _end(self) -> None:
+        super()._end()
+        if self._forget is not None:
+            self._forget(self)
+            self._forget = None
+
+    def _offer(self, event: PeerEvent) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._buffer.popleft()
+            self.dropped += 1
+        self._put(event)

@@ -1,0 +1,85 @@
+"""The values a node hands out and takes in: settings, endpoints, events, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Tunables of a node. Every field has a default fit for a LAN; all sizes count messages."""
+
+    #: Most messages taken from one socket per wake-up before other tasks get a turn.
+    receive_batch: int = 1000
+    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one subscriber
+    #: connection that reads slower than this node publishes.
+    event_hwm: int = 100_000
+    #: What a full subscriber connection does to `publish`: True, the publisher waits for room
+    #: (nothing is lost in the network; a subscriber that stops reading but stays connected holds
+    #: publishing back); False, ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
+    event_backpressure: bool = True
+    #: Events held for one `Subscription` whose reader is slow before new ones are dropped
+    #: (and counted in `Subscription.dropped`).
+    subscription_buffer: int = 100_000
+    #: Messages queued in the node for one peer (on top of ZeroMQ's own buffer) before `push`
+    #: to that peer waits.
+    peer_queue: int = 10_000
+    #: Most of this node's tasks one worker holds unacked at a time.
+    max_in_flight: int = 1000
+    #: How long entering `subscribe` waits for the known peers to confirm the subscription.
+    sync_timeout: float = 2.0
+    #: How long `connect` waits for an answer by default.
+    connect_timeout: float = 5.0
+    #: How long closing the node spends saying goodbye to its peers.
+    goodbye_timeout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """The ZeroMQ endpoints a node is bound to."""
+
+    pub: str
+    pull: str
+
+
+class Message(NamedTuple):
+    """One event, as a subscriber receives it. `sender` is the publishing node's id (hex) and
+    `seq` its sequence number on that node's PUB stream (a named tuple: one is made per event,
+    and it is the cheapest immutable record Python has)."""
+
+    topic: str
+    body: Any
+    sender: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
+    protocol, by `ProtocolError.reason` in `bad_frame_reasons`."""
+
+    peers: int
+    events_published: int
+    events_received: int
+    events_dropped: int
+    tasks_pushed: int
+    tasks_acked: int
+    tasks_nacked: int
+    tasks_in_flight: int
+    tasks_received: int
+    acks_sent: int
+    nacks_sent: int
+    bad_frames: int
+    bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
