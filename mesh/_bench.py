@@ -88,11 +88,16 @@ def _run_pair(publisher: Role, subscriber: Role, count: int, size: int) -> tuple
         pub_end.send("done")
         return float(rate), int(lost)
     finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        _reap(processes)
+
+
+def _reap(processes: list[Any]) -> None:
+    """Wait for the benchmark's processes to end; kill (by pid, ours only) any that hang."""
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _receive(connection: Connection, timeout: float) -> Any:
@@ -268,11 +273,7 @@ def bench_discovery(nodes: int, runs: int) -> list[Measurement]:
             else:
                 firsts.append(max(got_at) - published_at)
         finally:
-            for process in processes:
-                process.join(timeout=10)
-                if process.is_alive():
-                    process.kill()
-                    process.join()
+            _reap(processes)
     return [
         _latency(f"discovery: open to in every peer map, {nodes} nodes", joins, runs, 0),
         _latency(f"discovery: first event after wait_for_peers, {nodes} nodes", firsts, runs, lost),
