@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +33,7 @@ from typing import Any, Final
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from ._groups import ungrouped
 from ._interfaces import device_of, interface_network
 from ._record import PeerRecord, RecordError
 from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
@@ -193,7 +194,7 @@ async def open_mdns(record: PeerRecord) -> AsyncIterator[Mdns]:
 
     browser: ServiceBrowser | None = None
     try:
-        with _unwrapped():
+        with ungrouped():
             async with trio.open_nursery() as nursery:
                 await mdns.advertise(record)
                 browser = await trio.to_thread.run_sync(
@@ -210,20 +211,6 @@ async def open_mdns(record: PeerRecord) -> AsyncIterator[Mdns]:
             # closing on its own.
             await trio.to_thread.run_sync(partial(_close, zc, browser), abandon_on_cancel=True)
         send.close()
-
-
-@contextlib.contextmanager
-def _unwrapped() -> Iterator[None]:
-    """Let an exception from the caller's block out of our nursery as it was, not grouped."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        single: BaseException = group
-        while isinstance(single, BaseExceptionGroup) and len(single.exceptions) == 1:
-            single = single.exceptions[0]
-        if single is group:
-            raise
-        raise single from None
 
 
 async def _resolve_changes(

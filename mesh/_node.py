@@ -50,6 +50,7 @@ from discovery import (
     parse_address,
     tcp_endpoint,
 )
+from discovery._groups import ungrouped
 
 from . import _wire
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
@@ -1084,33 +1085,26 @@ async def open_node(
     context: zmq.Context[Any] = zmq.Context()
     node: Node | None = None
     try:
-        node = Node(
-            context,
-            name=name,
-            mesh=mesh,
-            hosts=hosts,
-            pub_port=pub_port,
-            pull_port=pull_port,
-            settings=settings,
-        )
-        async with AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            node._start(nursery, seeds)
-            if "mdns" in methods:
-                node._discover(nursery, await stack.enter_async_context(open_mdns(node.record)))
-            try:
-                yield node
-            finally:
-                await node._say_goodbye()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The nurseries wrap whatever the user's block raised; hand it back as it was.
-        single: BaseException = group
-        while isinstance(single, BaseExceptionGroup) and len(single.exceptions) == 1:
-            single = single.exceptions[0]
-        if single is group:
-            raise
-        raise single from None
+        with ungrouped():  # the user's exception comes out as it went in, not in a group
+            node = Node(
+                context,
+                name=name,
+                mesh=mesh,
+                hosts=hosts,
+                pub_port=pub_port,
+                pull_port=pull_port,
+                settings=settings,
+            )
+            async with AsyncExitStack() as stack:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                node._start(nursery, seeds)
+                if "mdns" in methods:
+                    node._discover(nursery, await stack.enter_async_context(open_mdns(node.record)))
+                try:
+                    yield node
+                finally:
+                    await node._say_goodbye()
+                    nursery.cancel_scope.cancel()
     finally:
         if node is None:
             context.destroy(linger=0)  # Node() failed: close whatever it had opened
