@@ -116,14 +116,19 @@ class Mdns:
             raise
 
     async def _resolve(self, name: str, send: trio.MemorySendChannel[DiscoveryEvent]) -> None:
-        # Abandoned if cancelled (the node closing): the thread gives up on its own within
-        # _RESOLVE_TIMEOUT_MS, and closing must not wait for it.
-        info = await trio.to_thread.run_sync(
-            partial(self._zc.get_service_info, SERVICE_TYPE, name, _RESOLVE_TIMEOUT_MS),
-            abandon_on_cancel=True,
-        )
-        if info is None:
-            return
+        # An announcement carries SRV, TXT and A records, so the cache usually holds them all:
+        # read it here, as zeroconf's own get_service_info does from its caller's thread.
+        info = ServiceInfo(SERVICE_TYPE, name)
+        if not info.load_from_cache(self._zc):
+            # Ask the network. Abandoned if cancelled (the node closing): the thread gives up on
+            # its own within _RESOLVE_TIMEOUT_MS, and closing must not wait for it.
+            asked = await trio.to_thread.run_sync(
+                partial(self._zc.get_service_info, SERVICE_TYPE, name, _RESOLVE_TIMEOUT_MS),
+                abandon_on_cancel=True,
+            )
+            if asked is None:
+                return
+            info = asked
         addresses = [a for a in info.parsed_addresses() if self._on_network(a)]
         try:
             announcement = decode_txt(info.properties, addresses, info.port or 0)

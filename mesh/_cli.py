@@ -58,9 +58,10 @@ def _bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
             continue
+        digits = 0 if result.unit.endswith("/s") else 2
         line = (
-            f"{result.name}: {result.value:,.2f} {result.unit} (min {result.min:,.2f}, "
-            f"max {result.max:,.2f}, {result.runs} runs)"
+            f"{result.name}: {result.value:,.{digits}f} {result.unit} "
+            f"(min {result.min:,.{digits}f}, max {result.max:,.{digits}f}, {result.runs} runs)"
         )
         if result.baseline is not None and result.ratio is not None:
             line += f"; plain pyzmq {result.baseline:,.0f}; ratio {result.ratio:.2f}"
