@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import zmq
 
+from discovery import PeerRecord
+
 
 def zmq_threads() -> int:
     """libzmq's own threads in this process (I/O and reaper threads of live contexts)."""
@@ -54,3 +56,22 @@ def bind_random(sock: zmq.Socket[Any]) -> str:
     endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
     assert isinstance(endpoint, bytes)
     return endpoint.decode()
+
+
+def record_fields(node_id: bytes, **changes: Any) -> dict[str, Any]:
+    """The fields of a valid peer record (for the pure tests), with `changes` applied."""
+    values: dict[str, Any] = {
+        "id": node_id,
+        "name": "node-a",
+        "mesh": "default",
+        "host": "127.0.0.1",
+        "pub_port": 5000,
+        "pull_port": 5001,
+        "services": frozenset({"resize", "thumbnail"}),
+    }
+    values.update(changes)
+    return values
+
+
+def make_record(node_id: bytes, **changes: Any) -> PeerRecord:
+    return PeerRecord(**record_fields(node_id, **changes))

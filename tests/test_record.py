@@ -19,6 +19,8 @@ from discovery import (
     tcp_endpoint,
 )
 
+from .conftest import make_record, record_fields
+
 NODE_ID = bytes(range(16))
 
 FUZZ = settings(
@@ -30,21 +32,11 @@ FUZZ = settings(
 
 
 def fields(**changes: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "id": NODE_ID,
-        "name": "node-a",
-        "mesh": "default",
-        "host": "127.0.0.1",
-        "pub_port": 5000,
-        "pull_port": 5001,
-        "services": frozenset({"resize", "thumbnail"}),
-    }
-    values.update(changes)
-    return values
+    return record_fields(NODE_ID, **changes)
 
 
 def record(**changes: Any) -> PeerRecord:
-    return PeerRecord(**fields(**changes))
+    return make_record(NODE_ID, **changes)
 
 
 WIRE: dict[str, Any] = {

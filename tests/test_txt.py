@@ -25,6 +25,8 @@ from discovery import (
 )
 from discovery._record import MAX_MESH_SIZE
 
+from .conftest import make_record
+
 NODE_ID = bytes(range(16))
 ID_HEX = NODE_ID.hex()
 
@@ -37,17 +39,7 @@ FUZZ = settings(
 
 
 def record(**changes: Any) -> PeerRecord:
-    values: dict[str, Any] = {
-        "id": NODE_ID,
-        "name": "node-a",
-        "mesh": "default",
-        "host": "127.0.0.1",
-        "pub_port": 5000,
-        "pull_port": 5001,
-        "services": frozenset({"thumbnail", "resize"}),
-    }
-    values.update(changes)
-    return PeerRecord(**values)
+    return make_record(NODE_ID, **changes)
 
 
 def as_heard(properties: dict[str, str] | dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:

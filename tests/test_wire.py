@@ -36,6 +36,8 @@ from mesh._wire import (
     topic_channel,
 )
 
+from .conftest import make_record
+
 SENDER = bytes(range(16))
 OTHER = bytes(range(100, 116))
 MIN_INT64 = -(2**63)
@@ -55,17 +57,7 @@ Decoder = Callable[[bytes], Envelope]
 
 
 def record(node_id: bytes = SENDER, **changes: Any) -> PeerRecord:
-    fields: dict[str, Any] = {
-        "id": node_id,
-        "name": "node-a",
-        "mesh": "default",
-        "host": "127.0.0.1",
-        "pub_port": 5000,
-        "pull_port": 5001,
-        "services": frozenset({"resize", "thumbnail"}),
-    }
-    fields.update(changes)
-    return PeerRecord(**fields)
+    return make_record(node_id, **changes)
 
 
 def raw(*items: Any) -> bytes:
