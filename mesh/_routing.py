@@ -6,14 +6,21 @@ Rules:
   names a task in the whole mesh.
 * A task is *in flight* from the moment it is handed to a worker's outbox until that worker acks
   or nacks it. Only the worker it was sent to can settle it: an ack from anyone else is ignored.
-* Each worker holds at most `max_in_flight` of this node's tasks at a time.
-* The next task goes to the candidate with the fewest tasks in flight; ties go round-robin, so an
-  idle mesh still spreads its work.
+* Each worker holds at most `max_in_flight` of this node's tasks at a time, or fewer if it
+  advertised a smaller credit (`set_credit`, its prefetch).
+* The next task goes to the candidate with the most room (credit minus tasks in flight); ties go
+  round-robin, so an idle mesh still spreads its work.
+* With an `ack_timeout`, a task not settled that long after it was sent *expires*: `expired(now)`
+  takes it out of flight, for the caller to send again. `next_deadline()` says when the next one
+  does. Time is passed in.
+* A worker remembers the last `window` tasks it finished (`RecentTasks`), so a redelivered task it
+  already did is acked again without being run again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +40,18 @@ class InFlightTask:
 class Dispatcher:
     """The in-flight table and the choice of worker, for the tasks one node sends."""
 
-    def __init__(self, max_in_flight: int) -> None:
+    def __init__(self, max_in_flight: int, ack_timeout: float | None = None) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if ack_timeout is not None and not ack_timeout > 0:
+            raise ValueError("ack_timeout must be a positive number of seconds, or None")
         self.max_in_flight = max_in_flight
+        self.ack_timeout = ack_timeout
         self._next_id = 1
         self._tasks: dict[int, InFlightTask] = {}
         self._load: dict[bytes, int] = {}
+        self._credit: dict[bytes, int] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped lazily
         self._turn = 0
 
     def new_task_id(self) -> int:
@@ -50,21 +62,27 @@ class Dispatcher:
     def pick(self, candidates: Sequence[bytes]) -> bytes | None:
         """The worker among `candidates` to send the next task to, or None if all are full."""
         best: bytes | None = None
-        best_load = self.max_in_flight
+        best_room = 0
         count = len(candidates)
         if count == 0:
             return None
         start = self._turn % count
         for offset in range(count):
             worker = candidates[(start + offset) % count]
-            load = self._load.get(worker, 0)
-            if load < best_load:
-                best, best_load = worker, load
-                if load == 0:
-                    break
+            room = self.capacity(worker) - self._load.get(worker, 0)
+            if room > best_room:
+                best, best_room = worker, room
         if best is not None:
             self._turn = start + 1
         return best
+
+    def capacity(self, worker: bytes) -> int:
+        """How many of this node's tasks `worker` may hold at once."""
+        return min(self.max_in_flight, self._credit.get(worker, self.max_in_flight))
+
+    def set_credit(self, worker: bytes, credit: int) -> None:
+        """`worker` takes at most `credit` unacked tasks (its prefetch); at least 1 counts."""
+        self._credit[worker] = max(1, credit)
 
     def sent(self, task: InFlightTask) -> None:
         """Record that `task` was handed to `task.worker`."""
@@ -72,6 +90,8 @@ class Dispatcher:
             raise ValueError(f"task {task.task_id} is already in flight")
         self._tasks[task.task_id] = task
         self._load[task.worker] = self._load.get(task.worker, 0) + 1
+        if self.ack_timeout is not None:
+            heapq.heappush(self._deadlines, (task.sent_at + self.ack_timeout, task.task_id))
 
     def settle(self, worker: bytes, task_id: int) -> InFlightTask | None:
         """An ack or nack arrived from `worker`. Returns the task it settled, or None if it names
@@ -79,13 +99,38 @@ class Dispatcher:
         task = self._tasks.get(task_id)
         if task is None or task.worker != worker:
             return None
-        del self._tasks[task_id]
-        remaining = self._load[worker] - 1
-        if remaining:
-            self._load[worker] = remaining
-        else:
-            del self._load[worker]
+        self._take(task)
         return task
+
+    def expired(self, now: float) -> list[InFlightTask]:
+        """Take out of flight, and return, every task whose ack deadline is at or before `now`
+        (oldest first)."""
+        overdue = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, task_id = heapq.heappop(self._deadlines)
+            task = self._tasks.get(task_id)
+            if task is not None and task.sent_at + (self.ack_timeout or 0) == deadline:
+                self._take(task)
+                overdue.append(task)
+        return overdue
+
+    def next_deadline(self) -> float | None:
+        """When the next task in flight expires, or None."""
+        while self._deadlines:
+            deadline, task_id = self._deadlines[0]
+            task = self._tasks.get(task_id)
+            if task is not None and task.sent_at + (self.ack_timeout or 0) == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)  # settled already: drop the stale entry
+        return None
+
+    def _take(self, task: InFlightTask) -> None:
+        del self._tasks[task.task_id]
+        remaining = self._load[task.worker] - 1
+        if remaining:
+            self._load[task.worker] = remaining
+        else:
+            del self._load[task.worker]
 
     def forget_worker(self, worker: bytes) -> list[InFlightTask]:
         """Remove and return every task in flight at `worker` (it left)."""
@@ -93,6 +138,7 @@ class Dispatcher:
         for task in lost:
             del self._tasks[task.task_id]
         self._load.pop(worker, None)
+        self._credit.pop(worker, None)
         return lost
 
     def in_flight(self, worker: bytes | None = None) -> int:
@@ -100,3 +146,26 @@ class Dispatcher:
         if worker is None:
             return len(self._tasks)
         return self._load.get(worker, 0)
+
+
+class RecentTasks:
+    """The last `window` tasks a worker finished, by key (sender id, task id), oldest forgotten
+    first: a redelivered task found here is acked again, not run again."""
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._window = window
+        self._done: dict[Hashable, None] = {}  # insertion-ordered
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def add(self, key: Hashable) -> None:
+        self._done.pop(key, None)
+        self._done[key] = None
+        if len(self._done) > self._window:
+            del self._done[next(iter(self._done))]

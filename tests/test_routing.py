@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from mesh._routing import Dispatcher, InFlightTask
+from mesh._routing import Dispatcher, InFlightTask, RecentTasks
 
 A = b"\xaa" * 16
 B = b"\xbb" * 16
@@ -238,3 +238,106 @@ def test_an_id_can_be_sent_again_once_settled() -> None:
     retry = task(1, B, attempt=2)
     dispatcher.sent(retry)
     assert dispatcher.settle(B, 1) is retry
+
+
+# -- ack deadlines, credit, and the worker's memory of finished tasks ---------------------------
+
+
+def sent_at(task_id: int, worker: bytes, when: float) -> InFlightTask:
+    return InFlightTask(task_id, "resize", task_id, worker, 1, sent_at=when)
+
+
+@pytest.mark.parametrize("ack_timeout", [0.0, -1.0, float("nan")])
+def test_ack_timeout_must_be_positive(ack_timeout: float) -> None:
+    with pytest.raises(ValueError, match="ack_timeout"):
+        Dispatcher(10, ack_timeout=ack_timeout)
+
+
+def test_without_an_ack_timeout_nothing_expires() -> None:
+    dispatcher = Dispatcher(10)
+    dispatcher.sent(sent_at(1, A, 0.0))
+    assert dispatcher.next_deadline() is None
+    assert dispatcher.expired(1e9) == []
+    assert dispatcher.in_flight() == 1
+
+
+def test_tasks_expire_at_their_deadline_in_order() -> None:
+    dispatcher = Dispatcher(10, ack_timeout=5.0)
+    dispatcher.sent(sent_at(1, A, 10.0))
+    dispatcher.sent(sent_at(2, B, 11.0))
+    dispatcher.sent(sent_at(3, A, 12.0))
+    assert dispatcher.next_deadline() == 15.0
+    assert dispatcher.expired(14.999) == []
+    assert [t.task_id for t in dispatcher.expired(15.0)] == [1]
+    assert dispatcher.in_flight(A) == 1
+    assert dispatcher.next_deadline() == 16.0
+    assert [t.task_id for t in dispatcher.expired(100.0)] == [2, 3]
+    assert dispatcher.in_flight() == 0
+    assert dispatcher.next_deadline() is None
+
+
+def test_a_settled_task_never_expires() -> None:
+    dispatcher = Dispatcher(10, ack_timeout=5.0)
+    dispatcher.sent(sent_at(1, A, 10.0))
+    dispatcher.sent(sent_at(2, A, 11.0))
+    assert dispatcher.settle(A, 1) is not None
+    assert dispatcher.next_deadline() == 16.0  # the stale deadline of task 1 is skipped
+    assert [t.task_id for t in dispatcher.expired(20.0)] == [2]
+
+
+def test_a_task_sent_again_gets_a_new_deadline() -> None:
+    dispatcher = Dispatcher(10, ack_timeout=5.0)
+    dispatcher.sent(sent_at(1, A, 10.0))
+    (expired,) = dispatcher.expired(15.0)
+    assert (expired.worker, expired.attempt) == (A, 1)
+    dispatcher.sent(InFlightTask(1, "resize", 1, B, 2, sent_at=15.0))  # redelivered elsewhere
+    assert dispatcher.next_deadline() == 20.0
+    assert dispatcher.expired(19.0) == []
+    (again,) = dispatcher.expired(20.0)
+    assert (again.worker, again.attempt) == (B, 2)
+
+
+def test_a_worker_that_left_takes_its_deadlines_with_it() -> None:
+    dispatcher = Dispatcher(10, ack_timeout=5.0)
+    dispatcher.sent(sent_at(1, A, 10.0))
+    dispatcher.sent(sent_at(2, B, 10.0))
+    assert [t.task_id for t in dispatcher.forget_worker(A)] == [1]
+    assert [t.task_id for t in dispatcher.expired(15.0)] == [2]
+
+
+def test_credit_caps_a_worker_below_max_in_flight() -> None:
+    dispatcher = Dispatcher(10)
+    dispatcher.set_credit(A, 2)
+    assert dispatcher.capacity(A) == 2
+    assert dispatcher.capacity(B) == 10
+    load(dispatcher, A, 2, first_id=1)
+    assert dispatcher.pick([A]) is None  # A used its credit
+    assert dispatcher.pick([A, B]) == B
+    dispatcher.set_credit(A, 50)  # more than max_in_flight: max_in_flight still holds
+    assert dispatcher.capacity(A) == 10
+    dispatcher.set_credit(A, 0)  # a credit below one counts as one
+    assert dispatcher.capacity(A) == 1
+
+
+def test_the_worker_with_the_most_room_gets_the_task() -> None:
+    dispatcher = Dispatcher(10)
+    dispatcher.set_credit(A, 3)
+    load(dispatcher, A, 1, first_id=1)  # room 2
+    load(dispatcher, B, 5, first_id=10)  # room 5
+    assert dispatcher.pick([A, B]) == B
+
+
+def test_recent_tasks_remember_a_bounded_window() -> None:
+    recent = RecentTasks(3)
+    for key in [(A, 1), (A, 2), (B, 1)]:
+        recent.add(key)
+    assert (A, 1) in recent
+    recent.add((A, 1))  # seen again: now the newest
+    recent.add((B, 2))  # the window is full: the oldest, (A, 2), goes
+    assert (A, 2) not in recent
+    assert (A, 1) in recent
+    assert (B, 1) in recent
+    assert (B, 2) in recent
+    assert len(recent) == 3
+    with pytest.raises(ValueError, match="window"):
+        RecentTasks(0)
