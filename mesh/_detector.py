@@ -1,0 +1,341 @@
+"""The failure detector: how alive each peer is, judged from when its heartbeats arrive. Pure: no
+IO, no clock, no randomness; every method takes `now` (seconds, the node's monotonic clock).
+
+Rules:
+
+* A peer is tracked from its first heartbeat, as ALIVE. Its *phi* at a time `now` is
+  -log10 of the chance that a peer beating as it has so far would still be silent at `now`
+  (phi accrual, Hayashibara et al. 2004, with Akka's logistic approximation of the normal
+  distribution). Intervals between heartbeats are taken to be normal with the mean and deviation
+  of the last `window` intervals, the deviation never below `min_std`, the mean lengthened by
+  `acceptable_pause`. The window starts with two made-up intervals, `heartbeat_interval` plus and
+  minus a quarter of it (as Akka does), so that the first real ones do not decide alone.
+* ALIVE -> SUSPECT when phi reaches `phi_suspect`; SUSPECT -> DEAD when it reaches `phi_dead`;
+  DEAD -> FORGOTTEN `forget_after` seconds after the death. A heartbeat brings a SUSPECT or DEAD
+  peer back to ALIVE.
+* A disconnect (a socket monitor's hint) brings the verdict one stage forward: an ALIVE peer is
+  SUSPECT at once, and a disconnected peer is DEAD as soon as phi reaches `phi_suspect`, unless a
+  heartbeat comes first. A disconnect alone never kills: heartbeats may ride another connection.
+* A goodbye makes a peer LEFT. LEFT and FORGOTTEN are final: heartbeats and hints for that id are
+  ignored until the caller `remove`s it, after which a heartbeat tracks it afresh. A restarted
+  process is a new node with a new id, so a final id only hears stragglers.
+* This node's own stalls are not held against its peers. `tick` is told how late it runs; a tick
+  more than `pause_threshold` late means this node was stalled (a GC pause, a starved CPU) and the
+  heartbeats sent meanwhile may still be queued, unread. So nothing changes for silence until
+  `heartbeat_interval` after that tick, time enough to take them in.
+* An interval longer than phi takes to reach `phi_dead` is sampled as that long: a death and
+  revival, or a stall of ours, shows that the peer can be that late, not how late, and one long
+  gap must not blunt detection for the next `window` heartbeats.
+* Silence changes a state only in `tick`; `heartbeat`, `disconnected` and `left` act at once.
+  Every change is returned as a `Transition`, in order. `next_deadline()` is the earliest time at
+  which a tick can change something without new input, and a tick at that time does.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, fields
+
+# Akka's approximation: P(interval > mean + y * std) = 1 / (1 + exp(y * (_B + _A * y * y))).
+_A = 0.070566
+_B = 1.5976
+_LN10 = math.log(10.0)
+
+
+class Liveness(enum.Enum):
+    """Where a tracked peer stands."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"  # late or disconnected: routing should prefer others
+    DEAD = "dead"  # no new work; its unacked work goes elsewhere
+    FORGOTTEN = "forgotten"  # dead long enough: close its sockets (final)
+    LEFT = "left"  # said goodbye (final)
+
+
+_FINAL = (Liveness.FORGOTTEN, Liveness.LEFT)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSettings:
+    """Thresholds of the failure detector. Times in seconds.
+
+    With the defaults a peer beating every 0.2 s that falls silent is SUSPECT 0.46 s and DEAD
+    0.56 s after its last heartbeat (more if its intervals have varied). Raises `ValueError` for
+    a value out of range.
+    """
+
+    heartbeat_interval: float = 0.2  # what peers send at; the mean assumed before any sample
+    phi_suspect: float = 8.0
+    phi_dead: float = 16.0
+    min_std: float = 0.05  # floor on the deviation: one late beat of a metronome is no death
+    window: int = 100  # intervals kept per peer
+    acceptable_pause: float = 0.0  # added to the mean: pauses of a peer to tolerate
+    forget_after: float = 30.0  # from DEAD to FORGOTTEN
+    pause_threshold: float = 0.1  # a tick this late means this node itself was stalled
+
+    def __post_init__(self) -> None:
+        for name in (f.name for f in fields(self)):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
+        for name in ("heartbeat_interval", "phi_suspect", "min_std", "pause_threshold"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("acceptable_pause", "forget_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.phi_dead < self.phi_suspect:
+            raise ValueError("phi_dead must not be below phi_suspect")
+        if self.window < 2:
+            raise ValueError("window must be at least 2")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A peer changed state. `phi` and `last_heard` are the evidence just before the change
+    (None for a peer's first heartbeat, and `old` is None then too). Reasons: "heartbeat",
+    "phi", "disconnect", "goodbye", "forgotten"."""
+
+    peer: bytes
+    old: Liveness | None
+    new: Liveness
+    reason: str
+    phi: float | None
+    last_heard: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One peer as the detector sees it at a given time."""
+
+    state: Liveness
+    since: float  # when it entered `state`
+    last_heard: float
+    phi: float
+
+
+@dataclass(slots=True)
+class _Track:
+    state: Liveness
+    since: float
+    last_heard: float
+    intervals: deque[float]
+    total: float
+    squares: float
+    added: int = 0
+    disconnected: bool = False
+    deadline: float | None = None  # when silence changes `state`, once asked
+
+
+class FailureDetector:
+    """Per-peer liveness from heartbeat arrival times; see the module's rules.
+
+    The node feeds it heartbeats, socket-monitor disconnects and goodbyes as it reads them, and
+    calls `tick` at `next_deadline()`. Each method returns the transitions it caused. Nothing
+    here raises but `phi` (KeyError) and the settings (ValueError).
+    """
+
+    def __init__(self, settings: DetectorSettings | None = None) -> None:
+        self.settings = settings if settings is not None else DetectorSettings()
+        self._peers: dict[bytes, _Track] = {}
+        self._quiet_until = -math.inf  # no verdict for silence before this (our own stall)
+        self._y = {
+            phi: _inverse(phi) for phi in (self.settings.phi_suspect, self.settings.phi_dead)
+        }
+
+    def heartbeat(self, peer: bytes, now: float) -> list[Transition]:
+        """A heartbeat from `peer` was taken in at `now`."""
+        track = self._peers.get(peer)
+        if track is None:
+            interval = self.settings.heartbeat_interval
+            seed = deque((interval * 0.75, interval * 1.25), maxlen=self.settings.window)
+            self._peers[peer] = _Track(
+                Liveness.ALIVE, now, now, seed, sum(seed), sum(x * x for x in seed)
+            )
+            return [Transition(peer, None, Liveness.ALIVE, "heartbeat", None, None)]
+        if track.state in _FINAL:
+            return []
+        phi = self._phi(track, now)
+        if phi < self.settings.phi_dead:
+            self._sample(track, max(now - track.last_heard, 0.0))
+        else:
+            self._sample(track, self._crossing(track, self.settings.phi_dead) - track.last_heard)
+        heard, track.last_heard, track.disconnected = track.last_heard, now, False
+        track.deadline = None
+        if track.state is Liveness.ALIVE:
+            return []
+        return [self._move(peer, track, Liveness.ALIVE, "heartbeat", now, phi, heard)]
+
+    def disconnected(self, peer: bytes, now: float) -> list[Transition]:
+        """The connection to `peer` dropped (a socket monitor's DISCONNECTED)."""
+        track = self._peers.get(peer)
+        if track is None or track.state not in (Liveness.ALIVE, Liveness.SUSPECT):
+            return []
+        track.disconnected, track.deadline = True, None
+        moved = []
+        if track.state is Liveness.ALIVE:
+            phi = self._phi(track, now)
+            moved.append(self._move(peer, track, Liveness.SUSPECT, "disconnect", now, phi))
+        return moved + self._judge(peer, track, now)
+
+    def left(self, peer: bytes, now: float) -> list[Transition]:
+        """`peer` said goodbye."""
+        track = self._peers.get(peer)
+        if track is None or track.state in _FINAL:
+            return []
+        phi = self._phi(track, now)
+        return [self._move(peer, track, Liveness.LEFT, "goodbye", now, phi)]
+
+    def tick(self, now: float, lateness: float = 0.0) -> list[Transition]:
+        """Judge every peer's silence at `now`.
+
+        `lateness` is how much later than planned this tick runs: `now` minus the time the
+        caller meant to tick at. Over `pause_threshold`, this node was stalled: nothing changes
+        for silence until `heartbeat_interval` from `now`, so that queued heartbeats come first.
+        """
+        if lateness > self.settings.pause_threshold:
+            self._quiet_until = max(self._quiet_until, now + self.settings.heartbeat_interval)
+        moved = []
+        for peer, track in self._peers.items():
+            moved.extend(self._judge(peer, track, now))
+        return moved
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which `tick` can change a state without new input, or None."""
+        deadlines = []
+        for track in self._peers.values():
+            if track.deadline is None:  # kept until the track changes: cheap to ask often
+                track.deadline = self._deadline(track)
+            if track.deadline < math.inf:
+                deadlines.append(max(track.deadline, self._quiet_until))
+        return min(deadlines, default=None)
+
+    def phi(self, peer: bytes, now: float) -> float:
+        """How sure the detector is at `now` that `peer` is gone. KeyError if not tracked."""
+        return self._phi(self._peers[peer], now)
+
+    def state(self, peer: bytes) -> Liveness | None:
+        """`peer`'s state, or None if it is not tracked."""
+        track = self._peers.get(peer)
+        return None if track is None else track.state
+
+    def snapshot(self, now: float) -> dict[bytes, PeerStatus]:
+        """Every tracked peer (final ones included) as seen at `now`."""
+        return {
+            peer: PeerStatus(track.state, track.since, track.last_heard, self._phi(track, now))
+            for peer, track in self._peers.items()
+        }
+
+    def remove(self, peer: bytes) -> None:
+        """Stop tracking `peer`; its next heartbeat starts afresh. Unknown ids are ignored."""
+        self._peers.pop(peer, None)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __repr__(self) -> str:
+        counts = {state: 0 for state in Liveness}
+        for track in self._peers.values():
+            counts[track.state] += 1
+        shown = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+        return f"<FailureDetector peers={shown or 0}>"
+
+    def _judge(self, peer: bytes, track: _Track, now: float) -> list[Transition]:
+        if now < self._quiet_until:
+            return []
+        if track.state is Liveness.DEAD:
+            if now < track.since + self.settings.forget_after:
+                return []
+            phi = self._phi(track, now)
+            return [self._move(peer, track, Liveness.FORGOTTEN, "forgotten", now, phi)]
+        if track.state in _FINAL:
+            return []
+        phi = self._phi(track, now)
+        reason = "disconnect" if track.disconnected else "phi"
+        moved = []
+        if track.state is Liveness.ALIVE and phi >= self.settings.phi_suspect:
+            moved.append(self._move(peer, track, Liveness.SUSPECT, reason, now, phi))
+        if track.state is Liveness.SUSPECT and phi >= self._phi_dead(track):
+            moved.append(self._move(peer, track, Liveness.DEAD, reason, now, phi))
+        return moved
+
+    def _move(
+        self,
+        peer: bytes,
+        track: _Track,
+        new: Liveness,
+        reason: str,
+        now: float,
+        phi: float,
+        heard: float | None = None,
+    ) -> Transition:
+        old, track.state, track.since, track.deadline = track.state, new, now, None
+        last_heard = track.last_heard if heard is None else heard
+        return Transition(peer, old, new, reason, phi, last_heard)
+
+    def _deadline(self, track: _Track) -> float:
+        if track.state is Liveness.DEAD:
+            return track.since + self.settings.forget_after
+        if track.state is Liveness.ALIVE:
+            return self._crossing(track, self.settings.phi_suspect)
+        if track.state is Liveness.SUSPECT:
+            return self._crossing(track, self._phi_dead(track))
+        return math.inf
+
+    def _phi_dead(self, track: _Track) -> float:
+        return self.settings.phi_suspect if track.disconnected else self.settings.phi_dead
+
+    def _sample(self, track: _Track, interval: float) -> None:
+        window = track.intervals
+        if len(window) == window.maxlen:
+            oldest = window[0]
+            track.total -= oldest
+            track.squares -= oldest * oldest
+        window.append(interval)
+        track.total += interval
+        track.squares += interval * interval
+        track.added += 1
+        if track.added % self.settings.window == 0:  # sum afresh now and then: no drift
+            track.total = math.fsum(window)
+            track.squares = math.fsum(x * x for x in window)
+
+    def _estimate(self, track: _Track) -> tuple[float, float]:
+        count = len(track.intervals)
+        mean = track.total / count
+        variance = max(track.squares / count - mean * mean, 0.0)
+        std = max(math.sqrt(variance), self.settings.min_std)
+        return mean + self.settings.acceptable_pause, std
+
+    def _phi(self, track: _Track, now: float) -> float:
+        mean, std = self._estimate(track)
+        y = (now - track.last_heard - mean) / std
+        z = y * (_B + _A * y * y)
+        # -log10(1 / (1 + e^z)), written so that neither branch can overflow.
+        return (z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))) / _LN10
+
+    def _crossing(self, track: _Track, threshold: float) -> float:
+        """The first time at which phi reaches `threshold` (from the inverse, then checked)."""
+        mean, std = self._estimate(track)
+        deadline = track.last_heard + mean + self._y[threshold] * std
+        step = max(math.ulp(deadline), 1e-12)
+        while self._phi(track, deadline) < threshold:  # the inverse may miss by a rounding
+            deadline += step
+            step *= 2
+        return deadline
+
+
+def _inverse(phi: float) -> float:
+    """The y of Akka's formula at which phi is reached: solves _A*y^3 + _B*y = ln(10^phi - 1)."""
+    z = phi * _LN10 + math.log1p(-(10.0**-phi))
+    target = abs(z)
+    y = min(target / _B, math.cbrt(target / _A))  # above the root, where Newton only descends
+    for _ in range(60):
+        step = (_A * y * y * y + _B * y - target) / (3 * _A * y * y + _B)
+        if step <= 0:
+            break
+        y -= step
+    return math.copysign(y, z)
