@@ -18,6 +18,7 @@ from ._peers import (
     PeerLeft,
     PeerMap,
     PeerState,
+    PeerStateChanged,
     PeerUpdated,
 )
 from ._record import (
@@ -54,6 +55,7 @@ __all__ = [
     "PeerMap",
     "PeerRecord",
     "PeerState",
+    "PeerStateChanged",
     "PeerUpdated",
     "RecordError",
     "format_address",

@@ -7,8 +7,10 @@ Rules:
 * One inbox address (host and PULL port) belongs to one peer at a time: a record with a new id at
   an address already in the map means that node restarted, so the old peer leaves ("replaced")
   before the new one joins. A node bound to several interfaces has an address on each.
-* Every change is returned as events (`PeerJoined`, `PeerUpdated`, `PeerLeft`), in order, for
-  the caller to act on (wire or unwire sockets, tell the application).
+* Every change is returned as events (`PeerJoined`, `PeerUpdated`, `PeerStateChanged`,
+  `PeerLeft`), in order, for the caller to act on (wire or unwire sockets, tell the application).
+* A peer's state (alive, suspect, dead) is the failure detector's verdict, set with `set_state`;
+  the map only records it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from ._record import PeerRecord
 
 
 class PeerState(enum.Enum):
-    """Where a peer stands. Only ALIVE exists until failure detection arrives."""
+    """Where a peer stands, as this node's failure detector judges it."""
 
     ALIVE = "alive"
+    SUSPECT = "suspect"  # late or disconnected: no new work for now
+    DEAD = "dead"  # silent too long: no new work; forgotten later unless it comes back
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,16 @@ class PeerLeft:
     reason: str
 
 
-PeerEvent = PeerJoined | PeerUpdated | PeerLeft
+@dataclass(frozen=True, slots=True)
+class PeerStateChanged:
+    """The peer's state changed (`peer.state` is the new one); `reason` says on what evidence."""
+
+    peer: Peer
+    previous: PeerState
+    reason: str
+
+
+PeerEvent = PeerJoined | PeerUpdated | PeerLeft | PeerStateChanged
 
 
 class ForeignMeshError(ValueError):
@@ -114,6 +127,17 @@ class PeerMap:
         self._peers[record.id] = peer
         self._index(record)
         return events
+
+    def set_state(
+        self, peer_id: bytes, state: PeerState, reason: str, now: float
+    ) -> list[PeerEvent]:
+        """Record what the failure detector concluded. Unknown ids and no-ops are ignored."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.state is state:
+            return []
+        changed = Peer(peer.record, state, peer.since)
+        self._peers[peer_id] = changed
+        return [PeerStateChanged(changed, peer.state, reason)]
 
     def remove(self, peer_id: bytes, reason: str) -> list[PeerEvent]:
         """Forget a peer (it said goodbye, or was replaced). Unknown ids are ignored."""

@@ -13,8 +13,17 @@ tasks, and wires the rest together; `_streams` and `_types` are what it hands th
 
 from __future__ import annotations
 
-from discovery import Peer, PeerEvent, PeerJoined, PeerLeft, PeerUpdated
+from discovery import (
+    Peer,
+    PeerEvent,
+    PeerJoined,
+    PeerLeft,
+    PeerState,
+    PeerStateChanged,
+    PeerUpdated,
+)
 
+from ._detector import DetectorSettings
 from ._errors import (
     MeshError,
     MissingPeersError,
@@ -30,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALL_INTERFACES",
+    "DetectorSettings",
     "Endpoints",
     "MeshError",
     "Message",
@@ -41,6 +51,8 @@ __all__ = [
     "PeerEvent",
     "PeerJoined",
     "PeerLeft",
+    "PeerState",
+    "PeerStateChanged",
     "PeerUpdated",
     "PeerWatch",
     "PeerUnreachableError",

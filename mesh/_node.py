@@ -41,6 +41,7 @@ from discovery import (
     PeerLeft,
     PeerMap,
     PeerRecord,
+    PeerState,
     PeerUpdated,
     Refused,
     format_address,
@@ -53,6 +54,7 @@ from discovery import (
 from discovery._groups import ungrouped
 
 from . import _wire
+from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask
@@ -169,6 +171,10 @@ class Node:
         self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
         self._synced_tokens: set[int] = set()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
+        self._detector = FailureDetector(settings.detector)
+        self._heartbeats_heard: dict[bytes, int] = {}  # peer -> highest heartbeat number
+        self._heartbeat_count = 0
+        self._liveness_changed = trio.lowlevel.ParkingLot()
         self._next_token = 1
         self._unyielded = 0
         self._counts = dict.fromkeys(
@@ -428,6 +434,8 @@ class Node:
         nursery.start_soon(self._serve_inbox)
         nursery.start_soon(self._serve_events)
         nursery.start_soon(self._serve_control)
+        nursery.start_soon(self._send_heartbeats)
+        nursery.start_soon(self._judge_liveness)
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address not in self._record.addresses:
@@ -479,6 +487,55 @@ class Node:
         if address not in self._seeds and self._peers.by_address(address) is None:
             self._unlink(address)
 
+    async def _send_heartbeats(self) -> None:
+        """Every `heartbeat_interval`, a numbered heartbeat on two independent paths: the PUB
+        (to every peer at once) and each peer's inbox. Either alone can stall: the PUB behind a
+        full subscriber (backpressure), one TCP connection behind lost packets. Peers keep the
+        first copy of each number. Inbox copies go only to peers that send heartbeats themselves
+        (nodes, not third-party tools)."""
+        interval = self._settings.detector.heartbeat_interval
+        next_beat = trio.current_time()
+        while True:
+            self._heartbeat_count += 1
+            body = {"n": self._heartbeat_count}
+            self._publish_nowait(None, Kind.HEARTBEAT, None, body)
+            for peer in self._peers:
+                if peer.record.id in self._heartbeats_heard:
+                    self._send_direct(self._reach(peer.record), Kind.HEARTBEAT, None, body)
+            next_beat = max(next_beat + interval, trio.current_time())
+            await trio.sleep_until(next_beat)
+
+    def _on_heartbeat(self, envelope: Envelope) -> None:
+        number = envelope.body.get("n") if isinstance(envelope.body, dict) else None
+        if type(number) is not int or envelope.sender not in self._peers:
+            return
+        if number <= self._heartbeats_heard.get(envelope.sender, 0):
+            return  # the copy that came the other way
+        self._heartbeats_heard[envelope.sender] = number
+        self._apply_liveness(self._detector.heartbeat(envelope.sender, trio.current_time()))
+        self._liveness_changed.unpark_all()
+
+    async def _judge_liveness(self) -> None:
+        """Tick the failure detector when it next needs to, telling it how late the tick runs
+        (a late tick means this node itself stalled, and its peers are not to blame)."""
+        while True:
+            deadline = self._detector.next_deadline()
+            planned = math.inf if deadline is None else deadline
+            with trio.move_on_at(planned) as timer:
+                await self._liveness_changed.park()  # a heartbeat may move the deadline
+            if timer.cancelled_caught:
+                now = trio.current_time()
+                self._apply_liveness(self._detector.tick(now, lateness=max(0.0, now - planned)))
+
+    def _apply_liveness(self, transitions: Sequence[Transition]) -> None:
+        now = trio.current_time()
+        for transition in transitions:
+            if transition.new is Liveness.FORGOTTEN:
+                self._apply(self._peers.remove(transition.peer, "dead"))
+            elif transition.new is not Liveness.LEFT:
+                state = _PEER_STATES[transition.new]
+                self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
+
     async def _drain_subscription_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application.
 
@@ -500,6 +557,7 @@ class Node:
             Kind.BYE: self._on_bye,
             Kind.SYNC: self._on_sync,
             Kind.READY: self._on_ready,
+            Kind.HEARTBEAT: self._on_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox, "inbox"):
             for envelope in batch:
@@ -535,7 +593,8 @@ class Node:
             for envelope in batch:
                 if envelope.kind is Kind.BYE:
                     self._on_bye(envelope)
-                # HEARTBEAT: read by failure detection (a later protocol feature); ignored here.
+                else:
+                    self._on_heartbeat(envelope)
 
     async def _receive(
         self, sock: AsyncSocket, decode: Callable[[bytes], Envelope], where: str
@@ -598,6 +657,10 @@ class Node:
             self._send_direct(
                 self._reach(hello.record), Kind.WELCOME, None, self._hello().to_wire()
             )
+        elif self._record.services:
+            # Our HELLO may have left before a service was offered, and the UPDATE for it went
+            # only to peers known then: make sure this one has our current record.
+            self._send_direct(self._reach(hello.record), Kind.UPDATE, None, self._record.to_wire())
         for address in hello.peers:
             if address not in self._record.addresses and self._peers.by_address(address) is None:
                 self._introduce(address)
@@ -624,12 +687,14 @@ class Node:
             return
         self._publish_nowait(channel, Kind.SYNCED, [token, envelope.sender])
 
-    def _publish_nowait(self, channel: bytes | None, kind: Kind, meta: list[Any] | None) -> None:
+    def _publish_nowait(
+        self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
+    ) -> None:
         """Publish a SYNCED (on an event channel) or a control message (channel None), unless
         the PUB outbox is full: a SYNC is resent, and a goodbye also goes to each inbox."""
         if self._pub.has_room():
             self._pub_seq += 1
-            envelope = pack(kind, self._id, self._pub_seq, meta, None)
+            envelope = pack(kind, self._id, self._pub_seq, meta, body)
             frame = control_frame(envelope) if channel is None else event_frame(channel, envelope)
             self._pub.send_nowait(frame)
 
@@ -664,6 +729,10 @@ class Node:
                 self._control.call_soon(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
+                # Joining is its first sign of life: a peer that dies before its first heartbeat
+                # arrives is still judged (and one that never sends any is declared dead).
+                self._detector.heartbeat(record.id, trio.current_time())
+                self._liveness_changed.unpark_all()
                 logger.info("peer joined: %s at %s", record.name, record.address)
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
@@ -679,6 +748,8 @@ class Node:
                 self._sub.call_soon(_disconnect(self._pub_endpoint(record)))
                 self._control.call_soon(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
+                self._detector.remove(record.id)
+                self._heartbeats_heard.pop(record.id, None)
                 self._unlink(self._reach(record))
                 lost = self._dispatcher.forget_worker(record.id)
                 self._settled.unpark_all()
@@ -803,7 +874,9 @@ class Node:
         ready = []
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
-            link = None if peer is None else self._links.get(self._reach(peer.record))
+            if peer is None or peer.state is not PeerState.ALIVE:
+                continue  # suspect or dead: no new work
+            link = self._links.get(self._reach(peer.record))
             if link is not None and link.outbox.has_room():
                 ready.append(worker)
         return ready
@@ -970,6 +1043,12 @@ def _check_service(service: str) -> None:
     if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
+
+_PEER_STATES: Final = {
+    Liveness.ALIVE: PeerState.ALIVE,
+    Liveness.SUSPECT: PeerState.SUSPECT,
+    Liveness.DEAD: PeerState.DEAD,
+}
 
 #: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
 #: default, and never in tests: it reaches the machine's real networks).

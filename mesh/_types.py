@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ._detector import DetectorSettings
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -34,6 +36,8 @@ class Settings:
     connect_timeout: float = 5.0
     #: How long closing the node spends saying goodbye to its peers.
     goodbye_timeout: float = 0.2
+    #: The failure detector: heartbeat interval and how silence turns into suspicion and death.
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
 
     def __post_init__(self) -> None:
         for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):

@@ -45,7 +45,7 @@ class Kind(enum.IntEnum):
     """What an envelope carries. New kinds may be added within v1; receivers drop unknown ones."""
 
     EVENT = 1  # PUB, channel E+topic. body: the event.
-    HEARTBEAT = 2  # PUB, channel !. body: map (empty in v1; later issues add fields).
+    HEARTBEAT = 2  # PUB channel ! and direct. body: map {"n": count}; the same n on both paths.
     BYE = 3  # PUB channel ! or direct. The sender is leaving. body: nil.
     HELLO = 4  # direct. body: {"record": record, "peers": [address, ...]}. Answered by WELCOME.
     WELCOME = 5  # direct. Same body as HELLO; not answered.
@@ -60,6 +60,7 @@ class Kind(enum.IntEnum):
 
 _DIRECT_KINDS: Final = frozenset(
     {
+        Kind.HEARTBEAT,
         Kind.BYE,
         Kind.HELLO,
         Kind.WELCOME,

@@ -572,3 +572,16 @@ def test_settings_are_validated() -> None:
         mesh.Settings(max_in_flight=0)
     with pytest.raises(ValueError, match="sync_timeout"):
         mesh.Settings(sync_timeout=math.nan)
+
+
+async def test_a_service_offered_before_peering_reaches_the_peer() -> None:
+    # Regression: the worker's HELLO left before work() began, and the UPDATE went to no one.
+    with trio.fail_after(10):
+        async with open_node("producer") as producer:
+            async with (
+                open_node("worker", seeds=[producer.address]) as worker,
+                worker.work("early") as tasks,
+            ):
+                await producer.push("early", "found", timeout=5)
+                async with await tasks.receive() as task:
+                    assert task.body == "found"

@@ -168,7 +168,7 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.SYNCED: ([3, OTHER], None),
     Kind.READY: (None, None),
 }
-PUB_ONLY = [Kind.EVENT, Kind.HEARTBEAT, Kind.SYNCED]
+PUB_ONLY = [Kind.EVENT, Kind.SYNCED]
 DIRECT_ONLY = [
     Kind.HELLO,
     Kind.WELCOME,
@@ -1275,3 +1275,10 @@ def test_task_round_trip_of_any_body(task_id: int, service: str, attempt: int, b
     assert envelope.kind is Kind.TASK
     assert envelope.meta == (task_id, service, attempt)
     assert same(envelope.body, body)
+
+
+def test_a_heartbeat_is_valid_on_both_paths() -> None:
+    body = {"n": 7}
+    expected = Envelope(Kind.HEARTBEAT, SENDER, 3, None, body, None)
+    assert decode_inbox(pack(Kind.HEARTBEAT, SENDER, 3, None, body)) == expected
+    assert decode_published(control_frame(pack(Kind.HEARTBEAT, SENDER, 3, None, body))) == expected
