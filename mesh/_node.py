@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket as stdlib_socket
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
@@ -57,7 +58,7 @@ from . import _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._ratelimit import RateLimitedLog
-from ._routing import Dispatcher, InFlightTask
+from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
 from ._types import Endpoints, Message, NodeStatistics, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
@@ -162,6 +163,8 @@ class Node:
         self._peers = PeerMap(self._id, mesh)
         self._links: dict[str, _Link] = {}
         self._dispatcher = Dispatcher(settings.max_in_flight)
+        self._redelivery: deque[InFlightTask] = deque()  # tasks waiting to be sent again
+        self._finished = RecentTasks(settings.dedup_window)  # as a worker: (sender, task id)
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
         self._streams: dict[str, TaskStream] = {}
@@ -186,6 +189,9 @@ class Node:
                 "tasks_acked",
                 "tasks_nacked",
                 "tasks_received",
+                "tasks_redelivered",
+                "tasks_given_up",
+                "tasks_duplicate",
                 "acks_sent",
                 "nacks_sent",
                 "bad_frames",
@@ -315,22 +321,61 @@ class Node:
                 self._check_open()
                 continue
             raise NoWorkerError(service, timeout)
-        peer = self._peers.get(worker)
-        assert peer is not None
-        link = self._links[self._reach(peer.record)]
-        task_id = self._dispatcher.new_task_id()
-        frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, 1], body)
-        link.next_seq()  # only now: `pack` may have refused the body
-        sent = link.outbox.send_nowait(frame)
-        assert sent, "picked a worker whose outbox is full"
-        self._dispatcher.sent(InFlightTask(task_id, service, body, worker, 1, trio.current_time()))
+        self._send_task(worker, self._dispatcher.new_task_id(), service, 1, body)
         self._counts["tasks_pushed"] += 1
         await self._maybe_yield()
 
+    def _send_task(
+        self, worker: bytes, task_id: int, service: str, attempt: int, body: Any
+    ) -> None:
+        """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
+        peer = self._peers.get(worker)
+        assert peer is not None
+        link = self._links[self._reach(peer.record)]
+        frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, attempt], body)
+        link.next_seq()  # only now: `pack` may have refused the body
+        sent = link.outbox.send_nowait(frame)
+        assert sent, "picked a worker whose outbox is full"
+        now = trio.current_time()
+        self._dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now))
+
+    def _redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
+        """Queue tasks to be sent again (to whichever live worker has room), or give them up
+        after `Settings.max_attempts`."""
+        for task in tasks:
+            if task.attempt >= self._settings.max_attempts:
+                self._counts["tasks_given_up"] += 1
+                self._log.warning(
+                    "given-up",
+                    trio.current_time(),
+                    "gave up task %d for %r after %d attempts (last: %s)",
+                    task.task_id,
+                    task.service,
+                    task.attempt,
+                    why,
+                )
+            else:
+                self._redelivery.append(task)
+                self._counts["tasks_redelivered"] += 1
+        self._capacity_changed.unpark_all()
+        self._settled.unpark_all()
+
+    async def _serve_redeliveries(self) -> None:
+        while True:
+            while not self._redelivery or (
+                (worker := self._dispatcher.pick(self._ready_workers(self._redelivery[0].service)))
+                is None
+            ):
+                await self._capacity_changed.park()
+            task = self._redelivery.popleft()
+            self._send_task(worker, task.task_id, task.service, task.attempt + 1, task.body)
+            self._settled.unpark_all()
+            await self._maybe_yield()
+
     async def wait_settled(self) -> None:
-        """Wait until every task this node has pushed so far is acked or nacked by its worker."""
+        """Wait until every task this node has pushed so far is acked, or given up on."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self._dispatcher.in_flight():
+        while self._dispatcher.in_flight() or self._redelivery:
             self._check_open()
             await self._settled.park()
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -436,6 +481,7 @@ class Node:
         nursery.start_soon(self._serve_control)
         nursery.start_soon(self._send_heartbeats)
         nursery.start_soon(self._judge_liveness)
+        nursery.start_soon(self._serve_redeliveries)
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address not in self._record.addresses:
@@ -535,6 +581,17 @@ class Node:
             elif transition.new is not Liveness.LEFT:
                 state = _PEER_STATES[transition.new]
                 self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
+                if state is PeerState.DEAD:
+                    self._reclaim(transition.peer)
+
+    def _reclaim(self, worker: bytes) -> None:
+        """A worker died: what it held unacked, and what still waits in its outbox, goes to
+        other workers (if it comes back and acks some of them too, at-least-once allows it)."""
+        peer = self._peers.get(worker)
+        link = None if peer is None else self._links.get(self._reach(peer.record))
+        if link is not None:
+            link.outbox.discard()
+        self._redeliver(self._dispatcher.forget_worker(worker), "worker dead")
 
     async def _drain_subscription_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application.
@@ -621,6 +678,10 @@ class Node:
         assert envelope.meta is not None
         task_id, service, attempt = envelope.meta
         self._counts["tasks_received"] += 1
+        if (envelope.sender, task_id) in self._finished:
+            self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
+            self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
+            return
         stream = self._streams.get(service)
         if stream is None:
             self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
@@ -645,6 +706,7 @@ class Node:
                 envelope.sender.hex()[:8],
                 envelope.meta[1],
             )
+            self._redeliver([task], f"nack: {envelope.meta[1]}")
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
 
@@ -751,15 +813,7 @@ class Node:
                 self._detector.remove(record.id)
                 self._heartbeats_heard.pop(record.id, None)
                 self._unlink(self._reach(record))
-                lost = self._dispatcher.forget_worker(record.id)
-                self._settled.unpark_all()
-                if lost:
-                    logger.warning(
-                        "peer %s left (%s) holding %d unacked tasks",
-                        record.name,
-                        event.reason,
-                        len(lost),
-                    )
+                self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
                 logger.info("peer left: %s %s (%s)", record.name, record.id_hex[:8], event.reason)
         self._capacity_changed.unpark_all()
         self._peers_changed.unpark_all()
@@ -857,6 +911,8 @@ class Node:
                     origin.hex()[:8],
                 )
                 return
+            if kind is Kind.ACK:
+                self._finished.add((origin, meta[0]))
             if link.outbox.has_room():
                 # The sequence number is taken only once there is room, so numbers leave in order.
                 link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, None))

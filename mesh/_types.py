@@ -30,6 +30,12 @@ class Settings:
     peer_queue: int = 10_000
     #: Most of this node's tasks one worker holds unacked at a time.
     max_in_flight: int = 1000
+    #: How many times a task is sent (first send included) before it is given up on: a nack or
+    #: the death of its worker sends it again, to another worker if there is one.
+    max_attempts: int = 5
+    #: How many finished tasks a worker remembers, so that a redelivered one is acked again
+    #: rather than run again.
+    dedup_window: int = 10_000
     #: How long entering `subscribe` waits for the known peers to confirm the subscription.
     sync_timeout: float = 2.0
     #: How long `connect` waits for an answer by default.
@@ -43,8 +49,9 @@ class Settings:
         for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+        for name in ("max_in_flight", "max_attempts", "dedup_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds")
@@ -72,7 +79,9 @@ class Message(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
     """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
-    protocol, by `ProtocolError.reason` in `bad_frame_reasons`."""
+    protocol, by `ProtocolError.reason` in `bad_frame_reasons`. As a sender: `tasks_redelivered`
+    (sent again after a nack or a worker's death), `tasks_given_up` (after `max_attempts`). As a
+    worker: `tasks_duplicate` (received again after it was done, and acked without running)."""
 
     peers: int
     events_published: int
@@ -83,6 +92,9 @@ class NodeStatistics:
     tasks_nacked: int
     tasks_in_flight: int
     tasks_received: int
+    tasks_redelivered: int
+    tasks_given_up: int
+    tasks_duplicate: int
     acks_sent: int
     nacks_sent: int
     bad_frames: int

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
@@ -25,25 +25,29 @@ CHILD = textwrap.dedent(
     """
     import sys, trio, mesh
 
-    async def main(seed):
+    async def main(seed, pause):
         async with mesh.open_node("child", discovery="static", seeds=[seed]) as node:
             async with node.work("job") as tasks:
                 await node.wait_for_peers(1, timeout=10)
                 print("ready", flush=True)
                 async for task in tasks:
                     async with task:
-                        pass
+                        if pause:
+                            await trio.sleep(pause)  # a task takes a moment
 
-    trio.run(main, sys.argv[1])
+    trio.run(main, sys.argv[1], float(sys.argv[2]))
     """
 )
 
 
 @asynccontextmanager
-async def child_node(parent: mesh.Node) -> AsyncIterator[subprocess.Popen[str]]:
-    """A node in a process of its own, peered with `parent`; killed (by its pid) at the end."""
+async def child_node(parent: mesh.Node, pause: float = 0.0) -> AsyncIterator[subprocess.Popen[str]]:
+    """A worker node in a process of its own, peered with `parent`; killed (by its pid) at the
+    end. Each task takes it `pause` seconds."""
     process = subprocess.Popen(  # noqa: ASYNC220 (starting is quick; its line is read in a thread)
-        [sys.executable, "-c", CHILD, parent.address], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD, parent.address, str(pause)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -126,3 +130,33 @@ async def test_idle_peers_are_never_suspected() -> None:
                 assert not [c for c in changes if isinstance(c, PeerStateChanged | PeerLeft)]
             for node in (a, b, c):
                 assert {peer.state for peer in node.peers.values()} == {PeerState.ALIVE}
+
+
+async def test_a_killed_workers_tasks_are_done_by_the_others() -> None:
+    total = 3000
+    with trio.fail_after(40):
+        async with open_node("producer") as producer, AsyncExitStack() as stack:
+            workers = [await stack.enter_async_context(child_node(producer, 0.001)) for _ in "abc"]
+            await producer.wait_for_peers(3, service="job", timeout=10)
+            async with producer.watch_peers() as changes, trio.open_nursery() as nursery:
+
+                async def push_all() -> None:
+                    for i in range(total):
+                        await producer.push("job", i)
+
+                nursery.start_soon(push_all)
+                while producer.statistics().tasks_acked < total // 5:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # let the run get going (a bounded wait, not a sync)
+                os.kill(workers[1].pid, signal.SIGKILL)
+                killed_at = trio.current_time()
+                while (await next_state(changes)).peer.state is not PeerState.DEAD:
+                    pass
+                detected_after = trio.current_time() - killed_at
+            await producer.wait_settled()
+            stats = producer.statistics()
+    assert stats.tasks_pushed == total
+    assert stats.tasks_acked == total  # every task done, the killed worker's by the others
+    assert stats.tasks_given_up == 0
+    assert stats.tasks_redelivered > 0
+    assert stats.tasks_in_flight == 0
+    assert detected_after < 1.0, detected_after

@@ -392,25 +392,35 @@ async def test_push_spreads_tasks_over_three_workers_and_every_ack_arrives() -> 
     assert min(done.values()) > total / 10, done
 
 
-async def test_a_failing_task_is_nacked_and_the_worker_goes_on(
+async def test_a_failing_task_is_nacked_retried_and_given_up_after_max_attempts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    settings = mesh.Settings(max_attempts=3)
+    attempts: dict[int, list[int]] = {}
     with trio.fail_after(10):
-        async with open_mesh(2) as (producer, worker):
-            async with worker.work("flaky") as tasks:
+        async with open_mesh(2, settings=settings) as (producer, worker):
+            async with worker.work("flaky") as tasks, trio.open_nursery() as nursery:
+
+                async def work() -> None:
+                    async for task in tasks:
+                        attempts.setdefault(task.body, []).append(task.attempt)
+                        async with task:  # the worker goes on after a failure
+                            if task.body % 2:
+                                raise RuntimeError("odd")
+
+                nursery.start_soon(work)
                 await producer.wait_for_peers(1, service="flaky")
                 for i in range(4):
                     await producer.push("flaky", i)
-                for _ in range(4):
-                    task = await tasks.receive()
-                    async with task:
-                        if task.body % 2:
-                            raise RuntimeError("odd")
                 await producer.wait_settled()
+                nursery.cancel_scope.cancel()
             stats = producer.statistics()
-            assert (stats.tasks_acked, stats.tasks_nacked) == (2, 2)
-            assert worker.statistics().nacks_sent == 2
+    assert attempts == {0: [1], 1: [1, 2, 3], 2: [1], 3: [1, 2, 3]}
+    assert (stats.tasks_acked, stats.tasks_nacked) == (2, 6)
+    assert (stats.tasks_redelivered, stats.tasks_given_up) == (4, 2)
+    assert worker.statistics().nacks_sent == 6
     assert "RuntimeError: odd" in caplog.text
+    assert "gave up task" in caplog.text
 
 
 async def test_push_waits_for_a_worker_then_gives_up_with_a_clear_error() -> None:
@@ -449,7 +459,7 @@ async def test_in_flight_is_bounded_per_worker() -> None:
                 assert producer.statistics().tasks_in_flight == 5
 
 
-async def test_a_task_for_a_service_not_offered_is_nacked() -> None:
+async def test_a_task_handed_back_waits_for_a_worker_and_is_done_once_one_is_back() -> None:
     with trio.fail_after(10):
         async with open_mesh(2) as (producer, worker):
             async with worker.work("svc") as tasks:
@@ -459,10 +469,17 @@ async def test_a_task_for_a_service_not_offered_is_nacked() -> None:
                 task = await tasks.receive()
                 await task.ack()
                 await task.nack()  # settled already: nothing more is sent
-            # Leaving work() handed back the task that was never taken.
-            await producer.wait_settled()
+            # Leaving work() handed back the task that was never taken: it waits for a worker.
+            with trio.move_on_after(0.2):
+                await producer.wait_settled()
+                pytest.fail("settled with no worker to do the task")
+            async with worker.work("svc") as tasks:
+                again = await tasks.receive()
+                assert (again.body, again.attempt) == (2, 2)
+                await again.ack()
+                await producer.wait_settled()
             stats = producer.statistics()
-            assert (stats.tasks_acked, stats.tasks_nacked) == (1, 1)
+            assert (stats.tasks_acked, stats.tasks_nacked, stats.tasks_redelivered) == (2, 1, 1)
 
 
 # -- cancellation and closing -------------------------------------------------------------------
