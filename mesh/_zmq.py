@@ -139,6 +139,11 @@ class AsyncSocket:
             self._wait_scope.cancel()
         return done
 
+    def disable_monitor(self) -> None:
+        """Stop the socket's monitor (from `get_monitor_socket`), if the socket is open."""
+        if not self._closed:
+            self._socket.disable_monitor()
+
     def close(self, linger: int = 0) -> None:
         """Close the socket; `linger` is in milliseconds. A second call does nothing."""
         if self._closed:

@@ -82,11 +82,16 @@ async def test_a_killed_node_is_declared_dead_then_forgotten() -> None:
                     if isinstance(change, PeerLeft):
                         break
                     states.append((change.peer.state, change.reason))
+                    if len(states) == 1:
+                        suspected_after = trio.current_time() - killed_at
                     if change.peer.state is PeerState.DEAD:
                         dead_after = trio.current_time() - killed_at
-            assert states[-1] == (PeerState.DEAD, "phi")
+            # The kernel closed the dead process's connections: suspected at once, no new work.
+            assert states[0] == (PeerState.SUSPECT, "disconnect")
+            assert suspected_after < 0.1, suspected_after
+            assert states[-1][0] is PeerState.DEAD
             assert change.reason == "dead"
-            assert dead_after < 1.0, dead_after  # a silent peer: under a second
+            assert dead_after < 1.0, dead_after  # and dead, its work taken back, under a second
             assert not parent.peers
 
 
