@@ -408,10 +408,12 @@ class Node:
             yield stream
         finally:
             del self._streams[service]
-            for task in stream._close():
-                self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
+            # Withdraw the service first, then hand back what was not taken: on each link the
+            # UPDATE arrives before the NACKs, so the tasks are not sent straight back here.
             if not self._closing:
                 self._set_services(self._streams)
+            for task in stream._close():
+                self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
         """Peer with the node whose inbox is at `address` (``host:port``), with no discovery.
