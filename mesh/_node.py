@@ -170,8 +170,9 @@ class Node:
         self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
         self._links: dict[str, _Link] = {}
-        self._dispatcher = Dispatcher(settings.max_in_flight)
+        self._dispatcher = Dispatcher(settings.max_in_flight, settings.ack_timeout)
         self._redelivery: deque[InFlightTask] = deque()  # tasks waiting to be sent again
+        self._in_flight_grew = trio.lowlevel.ParkingLot()
         self._finished = RecentTasks(settings.dedup_window)  # as a worker: (sender, task id)
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
@@ -346,6 +347,8 @@ class Node:
         assert sent, "picked a worker whose outbox is full"
         now = trio.current_time()
         self._dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now))
+        if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
+            self._in_flight_grew.unpark_all()
 
     def _redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
         """Queue tasks to be sent again (to whichever live worker has room), or give them up
@@ -367,6 +370,17 @@ class Node:
                 self._counts["tasks_redelivered"] += 1
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
+
+    async def _expire_tasks(self) -> None:
+        """Send again the tasks whose ack deadline (`Settings.ack_timeout`) passed."""
+        while True:
+            deadline = self._dispatcher.next_deadline()
+            if deadline is None:
+                await self._in_flight_grew.park()  # nothing in flight: wait for a task
+                continue
+            # Later tasks expire later (one timeout for all): the deadline cannot move earlier.
+            await trio.sleep_until(deadline)
+            self._redeliver(self._dispatcher.expired(trio.current_time()), "ack deadline")
 
     async def _serve_redeliveries(self) -> None:
         while True:
@@ -492,6 +506,7 @@ class Node:
         nursery.start_soon(self._send_heartbeats)
         nursery.start_soon(self._judge_liveness)
         nursery.start_soon(self._serve_redeliveries)
+        nursery.start_soon(self._expire_tasks)
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address not in self._record.addresses:

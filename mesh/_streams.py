@@ -150,6 +150,12 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.service} {self.sender[:8]}/{self.id} attempt={self.attempt}>"
 
+    @property
+    def redelivered(self) -> bool:
+        """Whether this task was sent before (to this worker or another): it may have been done
+        already, in part or whole, so the work should be safe to repeat."""
+        return self.attempt > 1
+
     async def ack(self) -> None:
         """Tell the sender the task is done."""
         if not self._settled:

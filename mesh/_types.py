@@ -30,9 +30,12 @@ class Settings:
     peer_queue: int = 10_000
     #: Most of this node's tasks one worker holds unacked at a time.
     max_in_flight: int = 1000
-    #: How many times a task is sent (first send included) before it is given up on: a nack or
-    #: the death of its worker sends it again, to another worker if there is one.
+    #: How many times a task is sent (first send included) before it is given up on: a nack,
+    #: the death of its worker or its ack deadline sends it again, to another worker if any.
     max_attempts: int = 5
+    #: How long a worker may hold a task before it is sent elsewhere too (None: no deadline;
+    #: a worker that dies is noticed by the failure detector either way).
+    ack_timeout: float | None = 60.0
     #: How many finished tasks a worker remembers, so that a redelivered one is acked again
     #: rather than run again.
     dedup_window: int = 10_000
@@ -52,6 +55,8 @@ class Settings:
         for name in ("max_in_flight", "max_attempts", "dedup_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.ack_timeout is not None and not self.ack_timeout > 0:
+            raise ValueError("ack_timeout must be a positive number of seconds, or None")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds")

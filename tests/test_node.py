@@ -602,3 +602,36 @@ async def test_a_service_offered_before_peering_reaches_the_peer() -> None:
                 await producer.push("early", "found", timeout=5)
                 async with await tasks.receive() as task:
                     assert task.body == "found"
+
+
+async def test_a_task_held_past_its_ack_deadline_is_sent_again() -> None:
+    settings = mesh.Settings(ack_timeout=0.3)
+    with trio.fail_after(10):
+        async with open_mesh(2, settings=settings) as (producer, worker):
+            async with worker.work("slow") as tasks:
+                await producer.wait_for_peers(1, service="slow")
+                await producer.push("slow", "job")
+                first = await tasks.receive()
+                assert (first.attempt, first.redelivered) == (1, False)
+                again = await tasks.receive()  # not acked in time: sent again
+                assert (again.id, again.attempt, again.redelivered) == (first.id, 2, True)
+                await again.ack()
+                await first.ack()  # late: the task is settled already, this one is ignored
+                await producer.wait_settled()
+            stats = producer.statistics()
+    assert (stats.tasks_acked, stats.tasks_redelivered, stats.tasks_in_flight) == (1, 1, 0)
+
+
+async def test_a_task_done_before_is_acked_again_without_running() -> None:
+    settings = mesh.Settings(ack_timeout=0.3)
+    with trio.fail_after(10):
+        async with open_mesh(2, settings=settings) as (producer, worker):
+            async with worker.work("w") as tasks:
+                await producer.wait_for_peers(1, service="w")
+                await producer.push("w", 1)
+                task = await tasks.receive()
+                # Its ack is "lost": the worker marks it done, but the producer never hears.
+                worker._finished.add((task._origin, task.id))
+                await producer.wait_settled()  # the deadline passes, the duplicate is acked
+            assert worker.statistics().tasks_duplicate == 1
+            assert producer.statistics().tasks_acked == 1
