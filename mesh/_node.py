@@ -568,7 +568,9 @@ class Node:
         next_beat = trio.current_time()
         while True:
             self._heartbeat_count += 1
-            body = {"n": self._heartbeat_count}
+            body: dict[str, int] = {"n": self._heartbeat_count}
+            if self._settings.prefetch is not None:
+                body["credit"] = self._settings.prefetch
             self._publish_nowait(None, Kind.HEARTBEAT, None, body)
             for peer in self._peers:
                 if peer.record.id in self._heartbeats_heard:
@@ -583,6 +585,9 @@ class Node:
         if number <= self._heartbeats_heard.get(envelope.sender, 0):
             return  # the copy that came the other way
         self._heartbeats_heard[envelope.sender] = number
+        credit = envelope.body.get("credit")
+        if type(credit) is int and credit > 0:
+            self._dispatcher.set_credit(envelope.sender, credit)
         self._apply_liveness(self._detector.heartbeat(envelope.sender, trio.current_time()))
         self._liveness_changed.unpark_all()
 

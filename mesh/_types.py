@@ -30,6 +30,10 @@ class Settings:
     peer_queue: int = 10_000
     #: Most of this node's tasks one worker holds unacked at a time.
     max_in_flight: int = 1000
+    #: As a worker: how many unacked tasks this node takes from each sender at a time (its
+    #: credit, like RabbitMQ's prefetch), told to peers in every heartbeat. None: as many as
+    #: the senders' `max_in_flight`.
+    prefetch: int | None = None
     #: How many times a task is sent (first send included) before it is given up on: a nack,
     #: the death of its worker or its ack deadline sends it again, to another worker if any.
     max_attempts: int = 5
@@ -55,6 +59,8 @@ class Settings:
         for name in ("max_in_flight", "max_attempts", "dedup_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.prefetch is not None and self.prefetch < 1:
+            raise ValueError("prefetch must be at least 1, or None")
         if self.ack_timeout is not None and not self.ack_timeout > 0:
             raise ValueError("ack_timeout must be a positive number of seconds, or None")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):

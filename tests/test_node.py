@@ -635,3 +635,24 @@ async def test_a_task_done_before_is_acked_again_without_running() -> None:
                 await producer.wait_settled()  # the deadline passes, the duplicate is acked
             assert worker.statistics().tasks_duplicate == 1
             assert producer.statistics().tasks_acked == 1
+
+
+async def test_a_worker_is_sent_no_more_than_its_prefetch() -> None:
+    with trio.fail_after(10):
+        async with (
+            open_node("producer") as producer,
+            open_node(
+                "worker", seeds=[producer.address], settings=mesh.Settings(prefetch=2)
+            ) as worker,
+            worker.work("w") as tasks,
+        ):
+            await producer.wait_for_peers(1, service="w")
+            while producer._dispatcher.capacity(bytes.fromhex(worker.id)) != 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # its next heartbeat carries the credit
+            await producer.push("w", 1)
+            await producer.push("w", 2)
+            with pytest.raises(mesh.NoWorkerError):
+                await producer.push("w", 3, timeout=0.1)  # two unacked: its credit is used
+            async with await tasks.receive():
+                pass
+            await producer.push("w", 3, timeout=5)
