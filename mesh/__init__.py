@@ -33,12 +33,13 @@ from ._errors import (
 )
 from ._node import ALL_INTERFACES, Node, open_node
 from ._streams import PeerWatch, Subscription, Task, TaskStream
-from ._types import Endpoints, Message, NodeStatistics, Settings
+from ._types import DeadLetter, Endpoints, Message, NodeStatistics, Settings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALL_INTERFACES",
+    "DeadLetter",
     "DetectorSettings",
     "Endpoints",
     "MeshError",

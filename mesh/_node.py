@@ -60,7 +60,7 @@ from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, Pro
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
-from ._types import Endpoints, Message, NodeStatistics, Settings
+from ._types import DeadLetter, Endpoints, Message, NodeStatistics, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
@@ -116,9 +116,11 @@ class Node:
         pub_port: int,
         pull_port: int,
         settings: Settings,
+        dead_letter: Callable[[DeadLetter], None] | None = None,
     ) -> None:
         self._context = context
         self._settings = settings
+        self._dead_letter = dead_letter
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
         self._nursery: trio.Nursery | None = None
@@ -356,15 +358,22 @@ class Node:
         for task in tasks:
             if task.attempt >= self._settings.max_attempts:
                 self._counts["tasks_given_up"] += 1
-                self._log.warning(
-                    "given-up",
-                    trio.current_time(),
-                    "gave up task %d for %r after %d attempts (last: %s)",
-                    task.task_id,
-                    task.service,
-                    task.attempt,
-                    why,
-                )
+                letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
+                if self._dead_letter is None:
+                    self._log.warning(
+                        "given-up",
+                        trio.current_time(),
+                        "gave up task %d for %r after %d attempts (last: %s)",
+                        task.task_id,
+                        task.service,
+                        task.attempt,
+                        why,
+                    )
+                else:
+                    try:
+                        self._dead_letter(letter)
+                    except Exception:
+                        logger.exception("the dead-letter handler failed on %r", letter)
             else:
                 self._redelivery.append(task)
                 self._counts["tasks_redelivered"] += 1
@@ -1230,6 +1239,7 @@ async def open_node(
     seeds: Iterable[str] = (),
     discovery: str | Iterable[str] = "mdns",
     settings: Settings | None = None,
+    dead_letter: Callable[[DeadLetter], None] | None = None,
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
@@ -1243,9 +1253,10 @@ async def open_node(
     (their `Node.address`), honoured either way: each is sent a HELLO in the background,
     delivered whenever that node is up. Raises `ValueError` for a bad name, interface, port,
     seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot start on the
-    interface. On exit the node says goodbye to its peers (bounded by
-    `Settings.goodbye_timeout`), withdraws its mDNS record, stops its tasks, closes every socket
-    and terminates its ZeroMQ context.
+    interface. `dead_letter` is called (in the node's task: it must not block) with each task the
+    node gives up on after `Settings.max_attempts`; by default they are logged. On exit the node
+    says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its mDNS record,
+    stops its tasks, closes every socket and terminates its ZeroMQ context.
     """
     settings = settings or Settings()
     hosts = _check_interfaces(interface)
@@ -1278,6 +1289,7 @@ async def open_node(
                 pub_port=pub_port,
                 pull_port=pull_port,
                 settings=settings,
+                dead_letter=dead_letter,
             )
             async with AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())

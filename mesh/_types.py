@@ -110,3 +110,14 @@ class NodeStatistics:
     nacks_sent: int
     bad_frames: int
     bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task this node gave up on after `attempts` sends; `reason` says what happened last."""
+
+    task_id: int
+    service: str
+    body: Any
+    attempts: int
+    reason: str

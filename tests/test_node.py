@@ -656,3 +656,28 @@ async def test_a_worker_is_sent_no_more_than_its_prefetch() -> None:
             async with await tasks.receive():
                 pass
             await producer.push("w", 3, timeout=5)
+
+
+async def test_given_up_tasks_go_to_the_dead_letter_handler() -> None:
+    letters: list[mesh.DeadLetter] = []
+    settings = mesh.Settings(max_attempts=2)
+    with trio.fail_after(10):
+        async with (
+            open_node("producer", settings=settings, dead_letter=letters.append) as producer,
+            open_node("worker", seeds=[producer.address]) as worker,
+            worker.work("fails") as tasks,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def refuse() -> None:
+                async for task in tasks:
+                    await task.nack("cannot")
+
+            nursery.start_soon(refuse)
+            await producer.wait_for_peers(1, service="fails")
+            await producer.push("fails", {"id": 7})
+            await producer.wait_settled()
+            nursery.cancel_scope.cancel()
+    (letter,) = letters
+    assert (letter.service, letter.body, letter.attempts) == ("fails", {"id": 7}, 2)
+    assert letter.reason == "nack: cannot"
