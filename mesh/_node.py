@@ -187,6 +187,7 @@ class Node:
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._detector = FailureDetector(settings.detector)
         self._heartbeats_heard: dict[bytes, int] = {}  # peer -> highest heartbeat number
+        self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
         self._heartbeat_count = 0
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._next_token = 1
@@ -589,7 +590,13 @@ class Node:
 
     def _on_heartbeat(self, envelope: Envelope) -> None:
         number = envelope.body.get("n") if isinstance(envelope.body, dict) else None
-        if type(number) is not int or envelope.sender not in self._peers:
+        if type(number) is not int:
+            return
+        if envelope.sender not in self._peers:
+            # A peer forgotten while it was frozen, now back: say HELLO again, once.
+            address = self._forgotten.pop(envelope.sender, None)
+            if address is not None:
+                self._introduce(address, again=True)
             return
         if number <= self._heartbeats_heard.get(envelope.sender, 0):
             return  # the copy that came the other way
@@ -616,6 +623,11 @@ class Node:
         now = trio.current_time()
         for transition in transitions:
             if transition.new is Liveness.FORGOTTEN:
+                peer = self._peers.get(transition.peer)
+                if peer is not None:
+                    self._forgotten[transition.peer] = self._reach(peer.record)
+                    while len(self._forgotten) > _FORGOTTEN_KEPT:
+                        del self._forgotten[next(iter(self._forgotten))]
                 self._apply(self._peers.remove(transition.peer, "dead"))
             elif transition.new is not Liveness.LEFT:
                 state = _PEER_STATES[transition.new]
@@ -1157,6 +1169,9 @@ def _check_service(service: str) -> None:
     if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
+
+# How many forgotten peers a node remembers the address of, to greet them if they come back.
+_FORGOTTEN_KEPT: Final = 1024
 
 _PEER_STATES: Final = {
     Liveness.ALIVE: PeerState.ALIVE,

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 import mesh
-from mesh import DetectorSettings, PeerLeft, PeerState, PeerStateChanged
+from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
 
 # Quick to forget, so that a test sees the whole life of a dead peer.
 SETTINGS = mesh.Settings(detector=DetectorSettings(forget_after=0.5))
@@ -25,8 +25,11 @@ CHILD = textwrap.dedent(
     """
     import sys, trio, mesh
 
-    async def main(seed, pause):
-        async with mesh.open_node("child", discovery="static", seeds=[seed]) as node:
+    async def main(seed, pause, prefetch):
+        settings = mesh.Settings(prefetch=prefetch or None)
+        async with mesh.open_node(
+            "child", discovery="static", seeds=[seed], settings=settings
+        ) as node:
             async with node.work("job") as tasks:
                 await node.wait_for_peers(1, timeout=10)
                 print("ready", flush=True)
@@ -34,18 +37,21 @@ CHILD = textwrap.dedent(
                     async with task:
                         if pause:
                             await trio.sleep(pause)  # a task takes a moment
+                        print("done", task.body, flush=True)
 
-    trio.run(main, sys.argv[1], float(sys.argv[2]))
+    trio.run(main, sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
     """
 )
 
 
 @asynccontextmanager
-async def child_node(parent: mesh.Node, pause: float = 0.0) -> AsyncIterator[subprocess.Popen[str]]:
+async def child_node(
+    parent: mesh.Node, pause: float = 0.0, prefetch: int = 0
+) -> AsyncIterator[subprocess.Popen[str]]:
     """A worker node in a process of its own, peered with `parent`; killed (by its pid) at the
-    end. Each task takes it `pause` seconds."""
+    end. Each task takes it `pause` seconds; it prints "done <body>" for each."""
     process = subprocess.Popen(  # noqa: ASYNC220 (starting is quick; its line is read in a thread)
-        [sys.executable, "-c", CHILD, parent.address, str(pause)],
+        [sys.executable, "-c", CHILD, parent.address, str(pause), str(prefetch)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -165,3 +171,93 @@ async def test_a_killed_workers_tasks_are_done_by_the_others() -> None:
     assert stats.tasks_redelivered > 0
     assert stats.tasks_in_flight == 0
     assert detected_after < 1.0, detected_after
+
+
+async def done_by(process: subprocess.Popen[str]) -> list[int]:
+    """Stop a worker process (by its pid) and read which tasks it did."""
+    os.kill(process.pid, signal.SIGCONT)
+    process.kill()
+    assert process.stdout is not None
+    output = await trio.to_thread.run_sync(process.stdout.read)
+    return [int(line.split()[1]) for line in output.splitlines() if line.startswith("done ")]
+
+
+async def push_all(producer: mesh.Node, total: int) -> None:
+    for i in range(total):
+        await producer.push("job", i)
+
+
+async def acked(producer: mesh.Node, count: int) -> None:
+    while producer.statistics().tasks_acked < count:  # noqa: ASYNC110 (a bounded progress wait)
+        await trio.sleep(0.01)
+
+
+async def test_two_of_three_workers_killed_one_after_the_other() -> None:
+    total = 3000
+    with trio.fail_after(40):
+        async with open_node("producer") as producer, AsyncExitStack() as stack:
+            workers = [await stack.enter_async_context(child_node(producer, 0.001)) for _ in "abc"]
+            await producer.wait_for_peers(3, service="job", timeout=10)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push_all, producer, total)
+                await acked(producer, total // 5)
+                os.kill(workers[0].pid, signal.SIGKILL)
+                await acked(producer, total // 2)
+                os.kill(workers[1].pid, signal.SIGKILL)
+            await producer.wait_settled()
+            stats = producer.statistics()
+            done = [await done_by(worker) for worker in workers]
+    assert stats.tasks_acked == total
+    assert stats.tasks_given_up == 0
+    assert set().union(*map(set, done)) == set(range(total))  # every id done somewhere
+
+
+async def test_a_frozen_workers_tasks_move_and_it_comes_back() -> None:
+    total, credit = 2000, 20
+    with trio.fail_after(40):
+        # Not forgotten while frozen (the module's nodes forget the dead after 0.5 s).
+        async with (
+            mesh.open_node("producer", discovery="static") as producer,
+            AsyncExitStack() as stack,
+        ):
+            workers = [
+                await stack.enter_async_context(child_node(producer, 0.002, credit)) for _ in "abc"
+            ]
+            frozen = workers[0]
+            await producer.wait_for_peers(3, service="job", timeout=10)
+            async with producer.watch_peers() as changes, trio.open_nursery() as nursery:
+                nursery.start_soon(push_all, producer, total)
+                await acked(producer, total // 5)
+                os.kill(frozen.pid, signal.SIGSTOP)
+                while (await next_state(changes)).peer.state is not PeerState.DEAD:
+                    pass
+                acked_when_dead = producer.statistics().tasks_acked
+                await trio.sleep(3)  # frozen for 3 s: the others go on with its tasks
+                assert producer.statistics().tasks_acked > acked_when_dead
+                os.kill(frozen.pid, signal.SIGCONT)
+                while (change := await next_state(changes)).peer.state is not PeerState.ALIVE:
+                    pass
+                assert change.reason == "heartbeat"
+            await producer.wait_settled()
+            stats = producer.statistics()
+            done = [await done_by(worker) for worker in workers]
+    assert stats.tasks_acked == total
+    assert set().union(*map(set, done)) == set(range(total))
+    duplicates = sum(map(len, done)) - total
+    assert duplicates <= credit, duplicates  # at most what the frozen worker held
+
+
+async def test_a_peer_forgotten_while_frozen_rejoins_when_it_thaws() -> None:
+    with trio.fail_after(20):
+        async with open_node("parent") as parent, child_node(parent) as child:
+            async with parent.watch_peers() as changes:
+                os.kill(child.pid, signal.SIGSTOP)
+                while not isinstance(await next_state(changes), PeerLeft):
+                    pass  # suspect, dead, then forgotten (after 0.5 s here)
+                assert not parent.peers
+                os.kill(child.pid, signal.SIGCONT)
+                async for change in changes:
+                    if isinstance(change, PeerJoined):
+                        break
+                assert change.peer.name == "child"
+                assert parent.peers[change.peer.id].state is PeerState.ALIVE
