@@ -261,3 +261,63 @@ async def test_a_peer_forgotten_while_frozen_rejoins_when_it_thaws() -> None:
                         break
                 assert change.peer.name == "child"
                 assert parent.peers[change.peer.id].state is PeerState.ALIVE
+
+
+BURN = textwrap.dedent(
+    """
+    import sys, time
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        pass
+    """
+)
+
+
+async def test_no_false_deaths_with_both_cores_saturated() -> None:
+    """Two busy processes keep both cores at 100 % for 30 s while 5 nodes exchange events and
+    tasks: nobody may be declared dead (the detector forgives this node's own lateness, and a
+    starved peer's heartbeats still arrive, only late)."""
+    seconds = 30
+    with trio.fail_after(seconds + 30):
+        burners = [
+            subprocess.Popen([sys.executable, "-c", BURN, str(seconds)])  # noqa: ASYNC220
+            for _ in range(2)
+        ]
+        try:
+            async with AsyncExitStack() as stack:
+                first = await stack.enter_async_context(open_node("n0"))
+                nodes = [first] + [
+                    await stack.enter_async_context(open_node(f"n{i}", seeds=[first.address]))
+                    for i in range(1, 5)
+                ]
+                for node in nodes:
+                    await node.wait_for_peers(4, timeout=20)
+                watches = [node.watch_peers() for node in nodes]
+                async with AsyncExitStack() as work:
+                    for node in nodes[1:]:
+                        await work.enter_async_context(node.work("job"))
+                    async with trio.open_nursery() as nursery:
+
+                        async def traffic() -> None:
+                            for i in range(10**9):
+                                await first.publish("load", i)
+                                with trio.move_on_after(1):
+                                    await first.push("job", i)
+                                await trio.sleep(0.005)
+
+                        nursery.start_soon(traffic)
+                        await trio.sleep(seconds)
+                        nursery.cancel_scope.cancel()
+                deaths = []
+                for watch in watches:
+                    watch.close()
+                    deaths += [
+                        c
+                        async for c in watch
+                        if isinstance(c, PeerStateChanged) and c.peer.state is PeerState.DEAD
+                    ]
+                assert deaths == []
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
