@@ -9,6 +9,7 @@ to plain pyzmq in the same run is what to compare.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -349,3 +350,62 @@ async def _run_joiner(control: Connection, mesh_name: str, peers: int) -> None:
         await node.publish("first", "hello")
         control.send(published_at)
         await trio.to_thread.run_sync(control.recv)
+
+
+# -- failure detection -----------------------------------------------------------------------------
+
+
+def bench_detection(runs: int) -> list[Measurement]:
+    """How fast a peer's failure is seen: a node in a fresh process is killed (SIGKILL) or frozen
+    (SIGSTOP), `runs` times each; time from the signal to the observer's verdicts (suspect: no
+    new work; dead: its work goes elsewhere). Everything on 127.0.0.1."""
+    return trio.run(_bench_detection, runs)
+
+
+async def _bench_detection(runs: int) -> list[Measurement]:
+    import signal
+
+    from . import PeerState, PeerStateChanged, open_node
+
+    results: list[Measurement] = []
+    for name, number in (("kill -9", signal.SIGKILL), ("SIGSTOP", signal.SIGSTOP)):
+        suspected: list[float] = []
+        dead: list[float] = []
+        for _ in range(runs):
+            spawn = multiprocessing.get_context("spawn")
+            async with open_node("observer", discovery="static") as observer:
+                process = spawn.Process(target=_victim, args=(observer.address,), daemon=True)
+                process.start()
+                try:
+                    await observer.wait_for_peers(names=["victim"], timeout=20)
+                    async with observer.watch_peers() as changes:
+                        assert process.pid is not None
+                        os.kill(process.pid, number)
+                        signalled = trio.current_time()
+                        async for change in changes:
+                            if not isinstance(change, PeerStateChanged):
+                                continue
+                            elapsed = trio.current_time() - signalled
+                            if change.peer.state is PeerState.SUSPECT:
+                                suspected.append(elapsed)
+                            elif change.peer.state is PeerState.DEAD:
+                                dead.append(elapsed)
+                                break
+                finally:
+                    if process.is_alive():
+                        process.kill()  # ours, by pid; SIGKILL ends a stopped process too
+                    _reap([process])
+        results.append(_latency(f"failure: {name} to suspect", suspected, runs, 0))
+        results.append(_latency(f"failure: {name} to dead", dead, runs, 0))
+    return results
+
+
+def _victim(seed: str) -> None:
+    trio.run(_run_victim, seed)
+
+
+async def _run_victim(seed: str) -> None:
+    from . import open_node
+
+    async with open_node("victim", discovery="static", seeds=[seed]):
+        await trio.sleep_forever()

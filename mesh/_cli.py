@@ -34,9 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--json", action="store_true", help="print JSON, one object per line")
     bench.add_argument(
         "--suite",
-        choices=["events", "discovery", "all"],
+        choices=["events", "discovery", "detection", "all"],
         default="events",
-        help="what to measure (discovery: open to peer seen, with 2 and 10 nodes)",
+        help="what to measure (discovery: open to peer seen, with 2 and 10 nodes; detection: "
+        "kill -9 and SIGSTOP of a peer process to suspect and dead)",
     )
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench import Measurement, bench_discovery, bench_events
+    from ._bench import Measurement, bench_detection, bench_discovery, bench_events
 
     results: list[Measurement] = []
     if args.suite in ("events", "all"):
@@ -54,6 +55,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.suite in ("discovery", "all"):
         for nodes in (2, 10):
             results.extend(bench_discovery(nodes, args.runs))
+    if args.suite in ("detection", "all"):
+        results.extend(bench_detection(args.runs))
     for result in results:
         if args.json:
             print(json.dumps(result.to_json()), flush=True)

@@ -6,6 +6,11 @@ The node opens on INTERFACE with mDNS discovery and no seeds, subscribes to ``ne
 PEERS peers (at most TIMEOUT seconds), then obeys commands read from stdin, one a line:
 
 * ``publish TOPIC JSON``: publish one event;
+* ``watch``: report every change `watch_peers` sees from now on;
+* ``work SERVICE PAUSE``: work for SERVICE, each task taking PAUSE seconds;
+* ``workers SERVICE COUNT``: wait for COUNT peers offering SERVICE (at most TIMEOUT seconds);
+* ``push SERVICE COUNT MARK``: push tasks 0 to COUNT - 1 to SERVICE in the background, report
+  when MARK of them are acked, then wait until every one is settled;
 * ``quit`` (or end of input): close the node and exit.
 
 It reports on stdout, one JSON object a line, each with ``kind`` and ``t`` (seconds since the
@@ -17,7 +22,11 @@ shares):
   name; ``joined``: the ``clock`` at which each joined, by name; ``wait``: seconds it took, which
   includes confirming the subscription at each peer);
 * ``event``: an event arrived (``topic``, ``body``, ``sender``: the publisher's name);
-* ``published``, ``closed``;
+* ``peer``: a change seen by ``watch`` (``change``: joined, updated, state or left; ``peer``: its
+  name; ``state``: its state now; ``reason``: for state and left);
+* ``progress``: MARK pushed tasks are acked (``acked``);
+* ``settled``: every pushed task is acked or given up on (``statistics``: the node's);
+* ``published``, ``watching``, ``working``, ``workers`` (``peers``: their names), ``closed``;
 * ``error``: something failed (``error``: what); the process then exits with status 1.
 """
 
@@ -27,7 +36,8 @@ import time
 
 STARTED = time.monotonic()
 
-import json  # noqa: E402  (the clock starts before the imports, which take most of a second)
+import dataclasses  # noqa: E402  (the clock starts before the imports, which take most of a second)
+import json  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from contextlib import aclosing  # noqa: E402
@@ -63,15 +73,75 @@ async def print_events(node: mesh.Node, subscription: mesh.Subscription) -> None
         report("event", topic=message.topic, body=message.body, sender=sender)
 
 
-async def obey(node: mesh.Node) -> int:
+async def print_changes(watch: mesh.PeerWatch) -> None:
+    async with watch:
+        async for change in watch:
+            kind = {
+                mesh.PeerJoined: "joined",
+                mesh.PeerUpdated: "updated",
+                mesh.PeerStateChanged: "state",
+                mesh.PeerLeft: "left",
+            }[type(change)]
+            reason = getattr(change, "reason", None)
+            peer = change.peer
+            report("peer", change=kind, peer=peer.name, state=peer.state.value, reason=reason)
+
+
+async def do_work(stream: mesh.TaskStream, pause: float) -> None:
+    async for task in stream:
+        async with task:
+            await trio.sleep(pause)
+
+
+async def work(
+    node: mesh.Node, service: str, pause: float, task_status: trio.TaskStatus[None]
+) -> None:
+    async with node.work(service) as stream:
+        task_status.started()
+        await do_work(stream, pause)
+
+
+async def push(node: mesh.Node, service: str, count: int, mark: int) -> None:
+    async def watch_progress() -> None:
+        while node.statistics().tasks_acked < mark:  # noqa: ASYNC110 (a progress poll)
+            await trio.sleep(0.005)
+        report("progress", acked=node.statistics().tasks_acked)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_progress)
+        for i in range(count):
+            await node.push(service, i)
+        await node.wait_settled()
+    report("settled", statistics=dataclasses.asdict(node.statistics()))
+
+
+async def obey(node: mesh.Node, nursery: trio.Nursery, timeout: float) -> int:
     """Carry out the commands on stdin; the exit status."""
     async with aclosing(commands()) as lines:
         async for command in lines:
             verb, _, rest = command.partition(" ")
+            args = rest.split()
             if verb == "publish":
                 topic, _, body = rest.partition(" ")
                 await node.publish(topic, json.loads(body))
                 report("published", topic=topic)
+            elif verb == "watch":
+                nursery.start_soon(print_changes, node.watch_peers())
+                report("watching")
+            elif verb == "work":
+                await nursery.start(work, node, args[0], float(args[1]))
+                report("working", service=args[0])
+            elif verb == "workers":
+                try:
+                    peers = await node.wait_for_peers(
+                        int(args[1]), service=args[0], timeout=timeout
+                    )
+                except mesh.MissingPeersError as exc:
+                    report("error", error=str(exc))
+                    return 1
+                report("workers", peers=sorted(peer.name for peer in peers))
+            elif verb == "push":
+                nursery.start_soon(push, node, args[0], int(args[1]), int(args[2]))
             elif verb == "quit":
                 break
             elif verb:
@@ -101,7 +171,7 @@ async def main(name: str, mesh_name: str, interface: str, count: int, timeout: f
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(print_events, node, subscription)
-                status = await obey(node)
+                status = await obey(node, nursery, timeout)
                 nursery.cancel_scope.cancel()
     report("closed")
     return status

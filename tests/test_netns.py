@@ -1,5 +1,6 @@
 """Multi-host: three nodes in three network namespaces find each other over mDNS, with no seeds,
-across a bridge, and exchange an event.
+across a bridge, and exchange an event; and a host cut off at the switch (its bridge port set
+down, then up again) is declared dead, its tasks go to the other worker, and it comes back.
 
 The layout (../shared/FIELD-NOTES.md §3): a switch namespace holds the bridge ``br0``; each host
 namespace holds one end of a veth pair (``eth0``, with the host's address on a private /24 inside
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -81,9 +82,15 @@ class NodeProcess:
         self.reader = threading.Thread(target=read, name=f"read-{self.name}", daemon=True)
         self.reader.start()
 
-    def expect(self, kind: str, timeout: float = LINE_TIMEOUT) -> dict[str, Any]:
-        """The next report of `kind` (earlier reports of other kinds are skipped); fails the test
-        on an ``error`` report, the end of the output, or `timeout` seconds."""
+    def expect(
+        self,
+        kind: str,
+        timeout: float = LINE_TIMEOUT,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """The next report of `kind` for which `match` (if given) is true (earlier reports are
+        skipped); fails the test on an ``error`` report, the end of the output, or `timeout`
+        seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -95,7 +102,7 @@ class NodeProcess:
             if report["kind"] == "error":
                 pytest.fail(f"{self.name}: {report}{self.tail()}")
             self.reports[report["kind"]] = report
-            if report["kind"] == kind:
+            if report["kind"] == kind and (match is None or match(report)):
                 return report
 
     def send(self, command: str) -> None:
@@ -276,6 +283,67 @@ def test_nodes_in_three_namespaces_find_each_other_over_mdns_and_exchange_an_eve
             body,
             publisher.name,
         )
+
+    for node in nodes:
+        node.send("quit")
+    for node in nodes:
+        node.expect("closed")
+        assert node.process.wait(timeout=10) == 0, node.tail()
+
+
+CUT_TASKS = 2000  # pushed by h1 to h2 and h3, which take about 1 ms over each
+DEAD_WITHIN = 1.0  # from the cut to h3's death at h1: phi alone, no disconnect is seen
+BACK_WITHIN = 10.0  # from the repair to h3 alive again at h1 (TCP retransmits after backoff)
+
+
+@pytest.mark.timeout(90)
+def test_a_host_cut_off_at_the_switch_is_declared_dead_its_tasks_move_and_it_comes_back(
+    lab: Lab,
+) -> None:
+    mesh = f"netns-{lab.prefix}"
+    names = [f"n{i}" for i in range(1, HOSTS + 1)]
+    producer, *workers = nodes = [lab.start(i, names[i], mesh) for i in range(HOSTS)]
+    cut_off = workers[-1]  # on h3, behind the switch port sw3
+    port = f"sw{HOSTS}"
+    for node in nodes:
+        assert node.expect("peers")["peers"] == sorted(set(names) - {node.name})
+    producer.send("watch")
+    producer.expect("watching")
+    for node in workers:
+        node.send("work job 0.001")
+        node.expect("working")
+    producer.send(f"workers job {len(workers)}")
+    assert producer.expect("workers")["peers"] == [node.name for node in workers]
+
+    def about(state: str, after: float) -> Callable[[dict[str, Any]], bool]:
+        return lambda r: r["peer"] == cut_off.name and r["state"] == state and r["clock"] > after
+
+    producer.send(f"push job {CUT_TASKS} {CUT_TASKS // 4}")
+    progress = producer.expect("progress")
+    cut_at = time.monotonic()  # before the command: the detection time measured is an upper bound
+    ip("-n", lab.switch, "link", "set", port, "down")
+    dead = producer.expect("peer", timeout=5 * DEAD_WITHIN, match=about("dead", cut_at))
+    detected_after = dead["clock"] - cut_at
+    # h2 does what h3 held unacked, while h3 is still cut off.
+    settled = producer.reports.get("settled") or producer.expect("settled")
+    stats = settled["statistics"]
+    repaired_at = time.monotonic()
+    ip("-n", lab.switch, "link", "set", port, "up")
+    back = producer.expect("peer", timeout=BACK_WITHIN, match=about("alive", repaired_at))
+    back_after = back["clock"] - repaired_at
+    print(  # shown with -rP
+        f"{progress['acked']} of {CUT_TASKS} acked at the cut; {cut_off.name} dead at"
+        f" {producer.name} {detected_after * 1000:.0f} ms after it,"
+        f" {stats['tasks_redelivered']} tasks redelivered; alive again"
+        f" {back_after * 1000:.0f} ms after the repair ({back['change']}, {back['reason']})"
+    )
+    assert progress["acked"] < CUT_TASKS  # the cut came part way through
+    assert detected_after < DEAD_WITHIN, detected_after
+    assert stats["tasks_pushed"] == CUT_TASKS
+    assert stats["tasks_acked"] == CUT_TASKS
+    assert stats["tasks_given_up"] == 0
+    assert stats["tasks_in_flight"] == 0
+    assert stats["tasks_redelivered"] > 0  # h3 held some unacked: h2 did them
 
     for node in nodes:
         node.send("quit")
