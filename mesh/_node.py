@@ -173,7 +173,8 @@ class Node:
         self._peers = PeerMap(self._id, mesh)
         self._links: dict[str, _Link] = {}
         self._dispatcher = Dispatcher(settings.max_in_flight, settings.ack_timeout)
-        self._redelivery: deque[InFlightTask] = deque()  # tasks waiting to be sent again
+        # Tasks waiting to be sent again, by service: one with no worker holds up no other.
+        self._redelivery: dict[str, deque[InFlightTask]] = {}
         self._in_flight_grew = trio.lowlevel.ParkingLot()
         self._finished = RecentTasks(settings.dedup_window)  # as a worker: (sender, task id)
         self._subscriptions: list[Subscription] = []
@@ -376,7 +377,7 @@ class Node:
                     except Exception:
                         logger.exception("the dead-letter handler failed on %r", letter)
             else:
-                self._redelivery.append(task)
+                self._redelivery.setdefault(task.service, deque()).append(task)
                 self._counts["tasks_redelivered"] += 1
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
@@ -394,20 +395,24 @@ class Node:
 
     async def _serve_redeliveries(self) -> None:
         while True:
-            while not self._redelivery or (
-                (worker := self._dispatcher.pick(self._ready_workers(self._redelivery[0].service)))
-                is None
-            ):
+            sent = False
+            for service, waiting in list(self._redelivery.items()):
+                while waiting and (worker := self._dispatcher.pick(self._ready_workers(service))):
+                    task = waiting.popleft()
+                    self._send_task(worker, task.task_id, service, task.attempt + 1, task.body)
+                    sent = True
+                if not waiting:
+                    del self._redelivery[service]
+            if sent:
+                self._settled.unpark_all()
+                await trio.lowlevel.checkpoint()
+            else:
                 await self._capacity_changed.park()
-            task = self._redelivery.popleft()
-            self._send_task(worker, task.task_id, task.service, task.attempt + 1, task.body)
-            self._settled.unpark_all()
-            await self._maybe_yield()
 
     async def wait_settled(self) -> None:
         """Wait until every task this node has pushed so far is acked, or given up on."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self._dispatcher.in_flight() or self._redelivery:
+        while self._dispatcher.in_flight() or self._redelivery:  # (empty queues are removed)
             self._check_open()
             await self._settled.park()
         await trio.lowlevel.cancel_shielded_checkpoint()

@@ -681,3 +681,22 @@ async def test_given_up_tasks_go_to_the_dead_letter_handler() -> None:
     (letter,) = letters
     assert (letter.service, letter.body, letter.attempts) == ("fails", {"id": 7}, 2)
     assert letter.reason == "nack: cannot"
+
+
+async def test_a_task_waiting_for_a_worker_holds_up_no_other_service() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(2) as (producer, worker):
+            async with worker.work("gone") as gone:
+                await producer.wait_for_peers(1, service="gone")
+                await producer.push("gone", "stuck")
+                await (await gone.receive()).nack("bye")
+                # Nacked while its worker still offers "gone": it is sent back, and refused
+                # for good once the service is withdrawn, so it waits for a worker.
+            async with worker.work("w") as tasks:
+                await producer.wait_for_peers(1, service="w")
+                await producer.push("w", "through")
+                first = await tasks.receive()
+                await first.nack("once more")  # a redelivery of another service
+                again = await tasks.receive()
+                assert (again.body, again.attempt) == ("through", 2)
+                await again.ack()
