@@ -342,9 +342,8 @@ class Node:
         self, worker: bytes, task_id: int, service: str, attempt: int, body: Any
     ) -> None:
         """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
-        peer = self._peers.get(worker)
-        assert peer is not None
-        link = self._links[self._reach(peer.record)]
+        link = self._link_of(worker)
+        assert link is not None, "picked a worker with no link"
         frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, attempt], body)
         link.next_seq()  # only now: `pack` may have refused the body
         sent = link.outbox.send_nowait(frame)
@@ -643,8 +642,7 @@ class Node:
     def _reclaim(self, worker: bytes) -> None:
         """A worker died: what it held unacked, and what still waits in its outbox, goes to
         other workers (if it comes back and acks some of them too, at-least-once allows it)."""
-        peer = self._peers.get(worker)
-        link = None if peer is None else self._links.get(self._reach(peer.record))
+        link = self._link_of(worker)
         if link is not None:
             link.outbox.discard()
         self._redeliver(self._dispatcher.forget_worker(worker), "worker dead")
@@ -974,8 +972,7 @@ class Node:
     async def _settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
         while True:
-            peer = self._peers.get(origin)
-            link = None if peer is None else self._links.get(self._reach(peer.record))
+            link = self._link_of(origin)
             if link is None or link.outbox.socket.closed:  # it left, or never said HELLO
                 self._log.warning(
                     "unroutable",
@@ -1007,10 +1004,15 @@ class Node:
             peer = self._peers.get(worker)
             if peer is None or peer.state is not PeerState.ALIVE:
                 continue  # suspect or dead: no new work
-            link = self._links.get(self._reach(peer.record))
+            link = self._link_of(worker)
             if link is not None and link.outbox.has_room():
                 ready.append(worker)
         return ready
+
+    def _link_of(self, peer_id: bytes) -> _Link | None:
+        """The link to a known peer's inbox, if there is one."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else self._links.get(self._reach(peer.record))
 
     async def _sync_subscriptions(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
         """Probe each peer (SYNC) for each prefix until it answers on that prefix's own channel
