@@ -1,0 +1,156 @@
+"""What every mesh-cli command shares: the mesh options (each also read from the environment),
+one-line user errors, and opening a node from the options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .._node import ALL_INTERFACES, Node, open_node
+from .._types import Settings
+
+#: The environment variables that give the mesh options their defaults.
+ENVIRONMENT = {"mesh": "MESH_NAME", "interface": "MESH_INTERFACE", "seeds": "MESH_SEEDS"}
+
+
+class UserError(Exception):
+    """Something the user can fix: printed as one line, no traceback; `status` is the exit
+    status (1: the command could not do its job; 2: it was called wrongly)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def mesh_options() -> argparse.ArgumentParser:
+    """The options of every command that joins a mesh (a parent parser)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("mesh options (each also read from the environment)")
+    group.add_argument(
+        "--mesh",
+        default=os.environ.get(ENVIRONMENT["mesh"]) or "default",
+        help="the mesh to join (MESH_NAME; default: default)",
+    )
+    group.add_argument(
+        "--interface",
+        default=os.environ.get(ENVIRONMENT["interface"]) or "127.0.0.1",
+        help="the IP address to bind to and discover on (MESH_INTERFACE; default: 127.0.0.1; "
+        "a LAN needs its address, or 'all' for every interface)",
+    )
+    group.add_argument(
+        "--seed",
+        dest="seeds",
+        action="append",
+        metavar="HOST:PORT",
+        help="a node's inbox address to join through, for networks without multicast; "
+        "repeatable (MESH_SEEDS: comma-separated)",
+    )
+    return parser
+
+
+def json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def seeds_of(args: argparse.Namespace) -> list[str]:
+    if args.seeds is not None:
+        return list(args.seeds)
+    from_environment = os.environ.get(ENVIRONMENT["seeds"], "")
+    return [seed.strip() for seed in from_environment.split(",") if seed.strip()]
+
+
+@asynccontextmanager
+async def open_cli_node(
+    args: argparse.Namespace, name: str | None = None, settings: Settings | None = None
+) -> AsyncIterator[Node]:
+    """`open_node` from the mesh options; a bad interface, seed or busy port is a `UserError`."""
+    interface = ALL_INTERFACES if args.interface in ("all", ALL_INTERFACES) else args.interface
+    opened = False
+    try:
+        async with open_node(
+            name, mesh=args.mesh, interface=interface, seeds=seeds_of(args), settings=settings
+        ) as node:
+            opened = True
+            yield node
+    except (ValueError, OSError) as exc:
+        if opened:
+            raise
+        raise UserError(f"cannot open a node on {args.interface}: {exc}") from None
+
+
+def parse_body(text: str, raw: bool) -> Any:
+    """A task or event body from the command line: JSON, or the text itself with `raw`."""
+    if raw:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UserError(
+            f"the body is not valid JSON ({exc}); pass --raw to send it as text", status=2
+        ) from None
+
+
+def show_body(body: Any) -> str:
+    """A received body as one line: JSON where it can be, else its repr."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode()
+        except UnicodeDecodeError:
+            return repr(body)
+    try:
+        return json.dumps(body, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(body)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def run_trio(main: Callable[..., Any], *args: Any) -> int:
+    """Run an async command; its exit status (an int it returns, else 0)."""
+    status = trio.run(main, *args)
+    return status if isinstance(status, int) else 0
+
+
+def add_command(
+    commands: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    example: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, with its example shown under ``--help``."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"example: {example}",
+        parents=list(parents),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
