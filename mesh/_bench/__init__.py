@@ -1,0 +1,114 @@
+"""Benchmarks (``mesh-cli bench``): the mesh next to plain pyzmq, measured in the same run, with
+every role in a process of its own on 127.0.0.1.
+
+Groups, one module each: throughput (`_throughput`: events/s publish -> subscribe, tasks/s
+push -> work with acks), latency (`_latency`: round trips), discovery (`_discovery`), failures
+(`_failure`: detection of a killed or frozen peer, rerouting of a killed worker's tasks) and
+scale (`_scale`: N node processes in one mesh). Roles run in a `Pool` of spawned (never forked)
+processes that is reused from run to run and always reaped; every wait is bounded. Times are
+taken with CLOCK_MONOTONIC, common to every process of the machine. Absolute figures on a shared
+machine are noisy: compare the ratio to plain pyzmq measured in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ._common import Measurement, Pool
+from ._discovery import bench_discovery
+from ._failure import bench_detection, bench_reroute
+from ._latency import bench_latency
+from ._scale import bench_scale
+from ._throughput import bench_events, bench_tasks
+
+#: The groups of measurements, in the order they run.
+GROUPS = ("events", "tasks", "latency", "discovery", "detection", "reroute")
+#: Names that stand for several groups.
+ALIASES = {"all": GROUPS, "throughput": ("events", "tasks"), "failure": ("detection", "reroute")}
+
+__all__ = [
+    "ALIASES",
+    "GROUPS",
+    "Measurement",
+    "Options",
+    "bench_detection",
+    "bench_discovery",
+    "bench_events",
+    "bench_latency",
+    "bench_reroute",
+    "bench_scale",
+    "bench_tasks",
+    "run_scale",
+    "run_suite",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What to measure and how long: the defaults are the suite `mesh-cli bench` runs (under a
+    minute on 2 cores)."""
+
+    groups: Sequence[str] = GROUPS
+    #: Body sizes in bytes, for events, tasks and round trips.
+    sizes: Sequence[int] = (100, 1024)
+    subscribers: Sequence[int] = (1, 4)
+    workers: Sequence[int] = (1, 3)
+    #: Runs of each measurement (mesh and plain pyzmq alternate); medians are reported.
+    runs: int = 3
+    #: Seconds each throughput or latency run sends for.
+    duration: float = 0.3
+    #: Most messages (or round trips) in one run.
+    count: int = 1_000_000
+    discovery_nodes: Sequence[int] = (2, 10)
+
+
+def run_suite(options: Options) -> Iterator[Measurement]:
+    """Run the groups in `options.groups`, yielding each measurement as soon as it is made."""
+    groups = set(options.groups)
+    unknown = groups - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown benchmark groups: {', '.join(sorted(unknown))}")
+    size = 2
+    if "events" in groups:
+        size = max(size, 1 + max(options.subscribers))
+    if "tasks" in groups:
+        size = max(size, 1 + max(options.workers))
+    if groups & {"events", "tasks", "latency", "discovery"}:
+        with Pool(size) as pool:
+            if "events" in groups:
+                for body in options.sizes:
+                    for subscribers in options.subscribers:
+                        yield bench_events(
+                            pool, body, subscribers, options.runs, options.duration, options.count
+                        )
+            if "tasks" in groups:
+                for body in options.sizes:
+                    for workers in options.workers:
+                        yield bench_tasks(
+                            pool, body, workers, options.runs, options.duration, options.count
+                        )
+            if "latency" in groups:
+                # Round trips are about per-message cost: the smallest size says it.
+                yield from bench_latency(
+                    pool, min(options.sizes), options.runs, options.duration, options.count
+                )
+            if "discovery" in groups:
+                for nodes in options.discovery_nodes:
+                    yield from bench_discovery(pool, nodes, options.runs)
+    victims = 2 * options.runs * ("detection" in groups) + options.runs * ("reroute" in groups)
+    if victims:
+        with Pool(victims) as pool:
+            if "detection" in groups:
+                yield from bench_detection(pool, options.runs)
+            if "reroute" in groups:
+                first = 2 * options.runs if "detection" in groups else 0
+                yield bench_reroute(pool, options.runs, first)
+
+
+def run_scale(
+    nodes: Sequence[int], idle: float = 3.0, duration: float = 0.5, count: int = 1_000_000
+) -> Iterator[Measurement]:
+    """The scale measurements for each number of nodes, in order."""
+    for number in nodes:
+        yield from bench_scale(number, idle, duration, count)

@@ -1,0 +1,171 @@
+"""Scale: N node processes in one mesh (mDNS on 127.0.0.1, a mesh name of their own), for each N:
+time to full mesh, idle CPU and memory per node, and events/s from one publisher to the N - 1
+others.
+
+* Time to full mesh: from the moment every process has been told to open its node (all of them
+  already started and imported) to the moment the last one sees N - 1 peers with subscriptions
+  live both ways (`wait_for_peers`); `min` is the first node to get there.
+* Idle CPU: user + system time of each node process (/proc/PID/stat, every thread: trio,
+  zeroconf's and ZeroMQ's) over `idle` seconds in which the nodes do nothing but heartbeats and
+  discovery, after a settling second; the median node, `min` and `max` over the nodes. The
+  kernel counts in ticks of 10 ms, so over 3 s one tick is 0.33 % of a core.
+* Memory: resident set (VmRSS) of each node process, same statistics.
+* Events/s: node 0 publishes 100-byte events for `duration` seconds to the N - 1 others, each
+  subscribed; events each subscriber received over the time from the first subscriber's first
+  event to the last subscriber's last.
+
+Every process is on one machine: at 32 nodes on 2 cores the processes take turns on the CPU, so
+times grow with N for that reason too.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from multiprocessing.connection import Connection
+
+import trio
+
+from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary, wait_command
+
+_TOPIC = "scale.events"
+_END = b"end"
+_SETTLE = 1.0
+
+
+def bench_scale(nodes: int, idle: float, duration: float, count: int) -> list[Measurement]:
+    """The four scale measurements for `nodes` node processes (at least 2)."""
+    mesh_name = f"bench-scale-{uuid.uuid4().hex[:12]}"
+    timeout = 30.0 + nodes
+    with Pool(nodes) as pool:
+        started = clock()
+        controls = [
+            pool.start(index, _scale_node, mesh_name, index, nodes, timeout)
+            for index in range(nodes)
+        ]
+        full_at = [receive(control, timeout + 30) for control in controls]
+        time.sleep(_SETTLE)
+        pids = pool.pids()
+        before = [_cpu_seconds(pid) for pid in pids]
+        time.sleep(idle)
+        after = [_cpu_seconds(pid) for pid in pids]
+        cpu = [(b - a) / idle * 100 for a, b in zip(before, after, strict=True)]
+        rss = [_rss_mib(pid) for pid in pids]
+        controls[0].send(("publish", duration, count))
+        sent = receive(controls[0], duration + 30)
+        for control in controls[1:]:
+            control.send("report")
+        reports = [receive(control, QUIET * 10) for control in controls[1:]]
+        controls[0].send("done")
+        for index in range(nodes):
+            pool.finish(index)
+    received = [r for r, _, _ in reports]
+    firsts = [f for r, f, _ in reports if r]
+    lasts = [t for r, _, t in reports if r]
+    rate = 0.0
+    if firsts and max(lasts) > min(firsts):
+        rate = (statistics.mean(received) - 1) / (max(lasts) - min(firsts))
+    full = [(at - started) * 1000 for at in full_at]
+    return [
+        _across_nodes(f"scale: time to full mesh, {nodes} nodes", "ms", max(full), full),
+        _across_nodes(
+            f"scale: idle CPU per node, {nodes} nodes", "% of a core", statistics.median(cpu), cpu
+        ),
+        _across_nodes(f"scale: memory per node, {nodes} nodes", "MiB", statistics.median(rss), rss),
+        summary(
+            f"scale: events/s 1 pub -> {nodes - 1} subs 100 B, {nodes} nodes",
+            "events/s",
+            [rate],
+            runs=1,
+            lost=sum(sent - r for r in received),
+        ),
+    ]
+
+
+def _across_nodes(name: str, unit: str, value: float, samples: list[float]) -> Measurement:
+    """One run; `min` and `max` are over the nodes."""
+    return Measurement(
+        name=name,
+        value=round(value, 2),
+        unit=unit,
+        baseline=None,
+        ratio=None,
+        runs=1,
+        min=round(min(samples), 2),
+        max=round(max(samples), 2),
+        lost=0,
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _scale_node(
+    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float
+) -> None:
+    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout)
+
+
+async def _run_scale_node(
+    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float
+) -> None:
+    from .. import open_node
+
+    async with open_node(f"scale{index}", mesh=mesh_name) as node:
+        if index == 0:
+            await node.wait_for_peers(nodes - 1, timeout=timeout)
+            control.send(clock())  # full
+            _, duration, count = await trio.to_thread.run_sync(wait_command, control)
+            body = payload(100)
+            sent = 0
+            deadline = clock() + duration
+            while sent < count and (sent % 64 or clock() < deadline):
+                await node.publish(_TOPIC, body)
+                sent += 1
+            await node.publish(_TOPIC, _END)
+            control.send(sent)
+            await trio.to_thread.run_sync(wait_command, control)  # done: all have counted
+            return
+        async with node.subscribe(_TOPIC) as events:
+            await node.wait_for_peers(nodes - 1, timeout=timeout)
+            control.send(clock())  # full
+            received = 0
+            first = last = 0.0
+            ended = trio.Event()
+
+            async def read() -> None:
+                nonlocal received, first, last
+                async for message in events:
+                    now = clock()
+                    if message.body == _END:
+                        ended.set()
+                        return
+                    if received == 0:
+                        first = now
+                    last = now
+                    received += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.to_thread.run_sync(wait_command, control)  # report
+                seen = -1
+                while not ended.is_set() and received != seen:  # until the end, or quiet
+                    seen = received
+                    with trio.move_on_after(QUIET):
+                        await ended.wait()
+                nursery.cancel_scope.cancel()
+            control.send((received, first, last))

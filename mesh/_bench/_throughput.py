@@ -1,0 +1,382 @@
+"""Throughput: events/s publish -> subscribe and tasks/s push -> work (acked), next to plain pyzmq
+with the same process layout (one sender process, one process per receiver) in the same run.
+
+A run sends for `duration` seconds (at most `count` messages), then an end marker. Times come
+from CLOCK_MONOTONIC, common to every process: events/s is the events each subscriber received
+over the time from the first subscriber's first event to the last subscriber's last one; tasks/s
+is the tasks acked (plain pyzmq: received) over the time from the sender's first send to the
+last ack (plain: the last worker's last receive). Process start-up and peering are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import trio
+import zmq
+
+from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary, wait_command
+
+_TOPIC = "bench.events"
+_SERVICE = "bench"
+_END = b"end"
+_CHECK_EVERY = 64  # messages between two looks at the clock in a sending loop
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def bench_events(
+    pool: Pool, size: int, subscribers: int, runs: int, duration: float, count: int
+) -> Measurement:
+    """Events/s from one publisher to `subscribers` subscribers (each in its own process), mesh vs
+    plain pyzmq PUB/SUB; `pool` has at least `subscribers + 1` processes."""
+    mesh_rates: list[float] = []
+    plain_rates: list[float] = []
+    lost = 0
+    for _ in range(runs):
+        for rates, publisher, subscriber in (
+            (plain_rates, _plain_publisher, _plain_subscriber),
+            (mesh_rates, _mesh_publisher, _mesh_subscriber),
+        ):
+            rate, missing = _run_events(
+                pool, publisher, subscriber, size, subscribers, duration, count
+            )
+            rates.append(rate)
+            if publisher is _mesh_publisher:
+                lost += missing
+    plural = "s" if subscribers > 1 else ""
+    return summary(
+        f"events/s pub->sub {size} B, {subscribers} subscriber{plural}",
+        "events/s",
+        mesh_rates,
+        plain_rates,
+        runs=runs,
+        lost=lost,
+    )
+
+
+def _run_events(
+    pool: Pool,
+    publisher: Callable[..., None],
+    subscriber: Callable[..., None],
+    size: int,
+    subscribers: int,
+    duration: float,
+    count: int,
+) -> tuple[float, int]:
+    """One run; (events/s per subscriber, events lost over all subscribers)."""
+    pub = pool.start(0, publisher, size, subscribers, duration, count)
+    address = receive(pub)
+    subs = [pool.start(1 + i, subscriber, address, i, count) for i in range(subscribers)]
+    for sub in subs:
+        receive(sub)  # subscribed
+    pub.send("go")
+    sent = receive(pub)
+    reports = [receive(sub) for sub in subs]
+    pub.send("done")
+    for index in range(subscribers + 1):
+        pool.finish(index)
+    received = [r for r, _, _ in reports]
+    first = min(f for r, f, _ in reports if r) if any(received) else 0.0
+    last = max(t for r, _, t in reports if r) if any(received) else 0.0
+    rate = (sum(received) / subscribers - 1) / (last - first) if last > first else 0.0
+    return rate, sum(sent - r for r in received)
+
+
+def _plain_publisher(
+    control: Connection, size: int, subscribers: int, duration: float, count: int
+) -> None:
+    context = zmq.Context()
+    # XPUB, so that the publisher knows when every subscription has arrived (no sleep needed).
+    sock = context.socket(zmq.XPUB)
+    try:
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        control.send(f"127.0.0.1:{port}")
+        wait_command(control)  # go
+        for _ in range(subscribers):
+            sock.recv()  # a subscription (zmq.Again after 10 s: the run fails)
+        topic, body = _TOPIC.encode(), payload(size)
+        sent = 0
+        deadline = clock() + duration
+        while sent < count and (sent % _CHECK_EVERY or clock() < deadline):
+            sock.send_multipart([topic, body])
+            sent += 1
+        sock.send_multipart([topic, _END])
+        control.send(sent)
+        wait_command(control)  # done: the subscribers have counted
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def _plain_subscriber(control: Connection, address: str, index: int, count: int) -> None:
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)
+    try:
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, _TOPIC.encode())
+        sock.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
+        sock.connect(f"tcp://{address}")
+        control.send("subscribed")
+        control.send(_count_stream(lambda: sock.recv_multipart()[1], count))
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def _count_stream(receive_one: Callable[[], bytes], count: int) -> tuple[int, float, float]:
+    """Receive until the end marker, `count` messages or `QUIET` seconds of silence;
+    (received, time of the first, time of the last)."""
+    received = 0
+    first = last = 0.0
+    while received < count:
+        try:
+            body = receive_one()
+        except zmq.Again:  # quiet for too long: the rest was lost
+            break
+        now = clock()
+        if body == _END:
+            break
+        if received == 0:
+            first = now
+        last = now
+        received += 1
+    return received, first, last
+
+
+def _mesh_publisher(
+    control: Connection, size: int, subscribers: int, duration: float, count: int
+) -> None:
+    trio.run(_mesh_publish, control, size, subscribers, duration, count)
+
+
+async def _mesh_publish(
+    control: Connection, size: int, subscribers: int, duration: float, count: int
+) -> None:
+    from .. import open_node
+
+    async with open_node("bench-pub", discovery="static") as node:
+        control.send(node.address)
+        await trio.to_thread.run_sync(wait_command, control)  # go
+        names = [f"bench-sub{i}" for i in range(subscribers)]
+        await node.wait_for_peers(names=names, timeout=20)  # their subscriptions are live here
+        body = payload(size)
+        sent = 0
+        deadline = clock() + duration
+        while sent < count and (sent % _CHECK_EVERY or clock() < deadline):
+            await node.publish(_TOPIC, body)
+            sent += 1
+        await node.publish(_TOPIC, _END)
+        control.send(sent)
+        # Stay until the subscribers have everything: a closing PUB drops what it still holds.
+        await trio.to_thread.run_sync(wait_command, control)
+
+
+def _mesh_subscriber(control: Connection, address: str, index: int, count: int) -> None:
+    trio.run(_mesh_subscribe, control, address, index, count)
+
+
+async def _mesh_subscribe(control: Connection, address: str, index: int, count: int) -> None:
+    from .. import open_node
+
+    async with (
+        open_node(f"bench-sub{index}", seeds=[address], discovery="static") as node,
+        node.subscribe(_TOPIC) as events,
+    ):
+        await node.wait_for_peers(names=["bench-pub"], timeout=20)
+        control.send("subscribed")
+        received = 0
+        first = last = 0.0
+
+        async def read() -> None:
+            nonlocal received, first, last
+            async for message in events:  # as an application reads: one event at a time
+                now = clock()
+                if message.body == _END:
+                    return
+                if received == 0:
+                    first = now
+                last = now
+                received += 1
+                if received == count:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_when_quiet, nursery.cancel_scope, lambda: received)
+            await read()
+            nursery.cancel_scope.cancel()
+        control.send((received, first, last))
+
+
+async def stop_when_quiet(scope: trio.CancelScope, progress: Callable[[], int]) -> None:
+    """Cancel `scope` once `progress()` stops growing for `QUIET` seconds (the rest was lost)."""
+    seen = -1
+    while progress() != seen:
+        seen = progress()
+        await trio.sleep(QUIET)
+    scope.cancel()
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+
+def bench_tasks(
+    pool: Pool, size: int, workers: int, runs: int, duration: float, count: int
+) -> Measurement:
+    """Tasks/s from one sender to `workers` workers (each in its own process), each task acked
+    back, vs plain pyzmq PUSH/PULL without acks; `pool` has at least `workers + 1` processes."""
+    mesh_rates: list[float] = []
+    plain_rates: list[float] = []
+    lost = 0
+    for _ in range(runs):
+        rate, _ = _run_plain_tasks(pool, size, workers, duration, count)
+        plain_rates.append(rate)
+        rate, missing = _run_mesh_tasks(pool, size, workers, duration, count)
+        mesh_rates.append(rate)
+        lost += missing
+    plural = "s" if workers > 1 else ""
+    return summary(
+        f"tasks/s push->work+ack {size} B, {workers} worker{plural}",
+        "tasks/s",
+        mesh_rates,
+        plain_rates,
+        runs=runs,
+        lost=lost,
+    )
+
+
+def _run_plain_tasks(
+    pool: Pool, size: int, workers: int, duration: float, count: int
+) -> tuple[float, int]:
+    pulls = [pool.start(1 + i, _plain_worker, count) for i in range(workers)]
+    addresses = [receive(pull) for pull in pulls]
+    push = pool.start(0, _plain_pusher, addresses, size, duration, count)
+    receive(push)  # connected
+    push.send("go")
+    sent, started = receive(push)
+    reports = [receive(pull) for pull in pulls]
+    push.send("done")
+    for index in range(workers + 1):
+        pool.finish(index)
+    received = sum(r for r, _ in reports)
+    last = max(t for _, t in reports)
+    rate = received / (last - started) if received and last > started else 0.0
+    return rate, sent - received
+
+
+def _plain_pusher(
+    control: Connection, addresses: list[str], size: int, duration: float, count: int
+) -> None:
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    try:
+        sock.setsockopt(zmq.SNDHWM, 0)
+        for address in addresses:
+            # Connected pipes exist at once, so round-robin spreads tasks (and one end marker
+            # to each) over every worker from the first send.
+            sock.connect(f"tcp://{address}")
+        control.send("connected")
+        wait_command(control)  # go
+        body = payload(size)
+        sent = 0
+        started = clock()
+        deadline = started + duration
+        while sent < count and (sent % _CHECK_EVERY or clock() < deadline):
+            sock.send(body)
+            sent += 1
+        for _ in addresses:
+            sock.send(_END)
+        control.send((sent, started))
+        wait_command(control)  # done: the workers have counted (closing drops what is queued)
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def _plain_worker(control: Connection, count: int) -> None:
+    context = zmq.Context()
+    sock = context.socket(zmq.PULL)
+    try:
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        control.send(f"127.0.0.1:{port}")
+        received, _, last = _count_stream(sock.recv, count)
+        control.send((received, last))
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def _run_mesh_tasks(
+    pool: Pool, size: int, workers: int, duration: float, count: int
+) -> tuple[float, int]:
+    push = pool.start(0, _mesh_pusher, size, workers, duration, count)
+    address = receive(push)
+    works = [pool.start(1 + i, _mesh_worker, address, i) for i in range(workers)]
+    for work in works:
+        receive(work)  # offering the service
+    push.send("go")
+    pushed, acked, started, settled = receive(push)
+    for work in works:
+        work.send("done")
+    for index in range(workers + 1):
+        pool.finish(index)
+    rate = acked / (settled - started) if settled > started else 0.0
+    return rate, pushed - acked
+
+
+def _mesh_pusher(control: Connection, size: int, workers: int, duration: float, count: int) -> None:
+    trio.run(_mesh_push, control, size, workers, duration, count)
+
+
+async def _mesh_push(
+    control: Connection, size: int, workers: int, duration: float, count: int
+) -> None:
+    from .. import open_node
+
+    async with open_node("bench-pusher", discovery="static") as node:
+        control.send(node.address)
+        await trio.to_thread.run_sync(wait_command, control)  # go
+        await node.wait_for_peers(workers, service=_SERVICE, timeout=20)
+        body = payload(size)
+        pushed = 0
+        started = clock()
+        deadline = started + duration
+        while pushed < count and (pushed % _CHECK_EVERY or clock() < deadline):
+            await node.push(_SERVICE, body)
+            pushed += 1
+        with trio.fail_after(30):
+            await node.wait_settled()
+        settled = clock()
+        control.send((pushed, node.statistics().tasks_acked, started, settled))
+
+
+def _mesh_worker(control: Connection, address: str, index: int) -> None:
+    trio.run(_mesh_work, control, address, index)
+
+
+async def _mesh_work(control: Connection, address: str, index: int) -> None:
+    from .. import open_node
+
+    async with (
+        open_node(f"bench-worker{index}", seeds=[address], discovery="static") as node,
+        node.work(_SERVICE) as tasks,
+    ):
+        await node.wait_for_peers(names=["bench-pusher"], timeout=20)
+        control.send("working")
+
+        async def work() -> None:
+            async for task in tasks:  # as an application works: one task at a time
+                async with task:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work)
+            await trio.to_thread.run_sync(wait_command, control)  # done
+            nursery.cancel_scope.cancel()

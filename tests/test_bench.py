@@ -1,0 +1,179 @@
+"""`mesh-cli bench`: short forms of every group and of `--scale` run, print what they promise
+(JSON with the fields, or an aligned table), lose nothing and leave no process behind. No timing
+is asserted: the machine is shared, only shapes and signs are."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh._bench._common import Pool, percentile, receive, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("name", "value", "unit", "baseline", "ratio", "runs", "min", "max", "lost")
+
+pytestmark = pytest.mark.slow
+
+
+def bench(*args: str, timeout: float = 45) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    return subprocess.run(
+        [sys.executable, "-m", "mesh._cli", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
+def measurements(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    for line in lines:
+        assert tuple(line) == FIELDS
+        assert line["runs"] >= 1
+    return lines
+
+
+def test_throughput_and_latency_short_run() -> None:
+    result = bench(
+        "--suite", "events,tasks,latency", "--size", "100", "--subscribers", "2",
+        "--workers", "2", "--runs", "1", "--duration", "0.05", "--json",
+    )  # fmt: skip
+    lines = measurements(result)
+    assert [line["name"] for line in lines] == [
+        "events/s pub->sub 100 B, 2 subscribers",
+        "tasks/s push->work+ack 100 B, 2 workers",
+        "round trip p50 task+ack 100 B",
+        "round trip p99 task+ack 100 B",
+        "round trip p50 event request/reply 100 B",
+        "round trip p99 event request/reply 100 B",
+    ]
+    for line in lines:
+        assert line["unit"] in ("events/s", "tasks/s", "us")
+        assert line["value"] > 0
+        assert line["baseline"] > 0
+        assert line["ratio"] > 0
+        assert line["min"] <= line["value"] <= line["max"]
+        assert line["lost"] == 0
+
+
+def test_the_old_short_form_still_works() -> None:
+    result = bench("--suite", "events", "--count", "2000", "--runs", "1", "--json")
+    lines = measurements(result)
+    assert len(lines) == 4  # 100 B and 1 KiB, 1 and 4 subscribers
+    assert all(line["value"] > 0 and line["lost"] == 0 for line in lines)
+
+
+def test_discovery_and_failures_short_run() -> None:
+    result = bench(
+        "--suite", "discovery,failure", "--discovery-nodes", "2", "--runs", "1", "--json"
+    )  # fmt: skip
+    lines = measurements(result)
+    assert [line["name"] for line in lines] == [
+        "discovery: open to in every peer map, 2 nodes",
+        "discovery: first event after wait_for_peers, 2 nodes",
+        "failure: kill -9 to suspect",
+        "failure: kill -9 to dead",
+        "failure: SIGSTOP to suspect",
+        "failure: SIGSTOP to dead",
+        "reroute: kill -9 to first task done elsewhere",
+    ]
+    for line in lines:
+        assert line["unit"] == "ms"
+        assert line["baseline"] is None
+        assert line["ratio"] is None
+        assert line["lost"] == 0
+    # Opening to being seen can be slightly negative (peers may hear of a node before its
+    # open_node returns); everything else takes time.
+    assert all(line["value"] > 0 for line in lines[1:])
+
+
+def test_table_output() -> None:
+    result = bench("--suite", "latency", "--runs", "1", "--duration", "0.05")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[:3] == ["measurement", "mesh", "unit"]
+    assert "plain pyzmq" in header
+    assert len(rows) == 4
+    assert all(row.startswith("round trip p") and " us " in row for row in rows)
+
+
+def test_scale_short_run() -> None:
+    result = bench(
+        "--scale", "--nodes", "2,3", "--idle", "0.3", "--duration", "0.05", "--json"
+    )  # fmt: skip
+    lines = measurements(result)
+    names = [line["name"] for line in lines]
+    assert names == [
+        f"scale: {what}, {n} nodes"
+        for n in (2, 3)
+        for what in (
+            "time to full mesh",
+            "idle CPU per node",
+            "memory per node",
+            f"events/s 1 pub -> {n - 1} subs 100 B",
+        )
+    ]
+    for line in lines:
+        assert line["min"] <= line["value"] <= line["max"]
+        if line["unit"] == "% of a core":
+            assert line["value"] >= 0  # ticks of 10 ms: an idle node may show none
+        else:
+            assert line["value"] > 0
+        assert line["lost"] == 0
+
+
+def test_bad_options_are_user_errors() -> None:
+    result = bench("--suite", "events,nonsense")
+    assert result.returncode == 2
+    assert "nonsense" in result.stderr
+    result = bench("--scale", "--nodes", "1")
+    assert result.returncode == 2
+
+
+# -- the pool: every process reaped, a failing role reported --------------------------------------
+
+
+def _fail(control: Connection) -> None:
+    raise ValueError("a role that fails")
+
+
+def _hang(control: Connection) -> None:
+    import time
+
+    control.send("hanging")
+    time.sleep(60)
+
+
+def test_a_failing_role_is_reported_and_every_process_reaped() -> None:
+    with Pool(2) as pool:
+        pids = pool.pids()
+        assert receive(pool.start(1, _hang), 30) == "hanging"
+        failing = pool.start(0, _fail)
+        with pytest.raises(RuntimeError, match="a role that fails"):
+            receive(failing, 30)
+    assert multiprocessing.active_children() == []
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_statistics() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    measurement = summary("x", "events/s", [10.0, 30.0, 20.0], [40.0, 40.0, 40.0], runs=3)
+    assert (measurement.value, measurement.min, measurement.max) == (20, 10, 30)
+    assert (measurement.baseline, measurement.ratio) == (40, 0.5)
+    empty = summary("y", "ms", [], runs=2, lost=2, digits=2)
+    assert empty.value != empty.value  # NaN: no sample
+    assert empty.lost == 2
