@@ -123,6 +123,9 @@ class Node:
         self._dead_letter = dead_letter
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
+        self._draining = False  # `drain` was called: no more work is taken
+        self._held: set[Task] = set()  # as a worker: tasks handed to a stream, not yet settled
+        self._held_changed = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -426,6 +429,8 @@ class Node:
         """
         self._check_open()
         _check_service(service)
+        if self._draining:
+            raise trio.ClosedResourceError("the node is draining: it takes no more work")
         if service in self._streams:
             raise ValueError(f"this node already works for {service!r}")
         stream = TaskStream(service)
@@ -435,13 +440,50 @@ class Node:
             await trio.lowlevel.checkpoint()
             yield stream
         finally:
-            del self._streams[service]
-            # Withdraw the service first, then hand back what was not taken: on each link the
-            # UPDATE arrives before the NACKs, so the tasks are not sent straight back here.
-            if not self._closing:
+            if self._streams.pop(service, None) is not None and not self._closing:
+                # Withdraw the service first, then hand back what was not taken: on each link
+                # the UPDATE arrives before the NACKs, so the tasks are not sent straight back.
                 self._set_services(self._streams)
-            for task in stream._close():
-                self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
+            self._hand_back(stream._close(), "worker stopped")
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Stop taking work and let the tasks in hand finish, as before a graceful exit.
+
+        Every service is withdrawn at once (peers send no more tasks here), each `TaskStream`
+        ends (so ``async for task in stream`` loops finish once the tasks they hold are done),
+        and tasks received but not yet taken go back to their senders, which send them to other
+        workers straight away. Then this waits up to `grace` seconds for the tasks already taken
+        to be settled; those still running after that are nacked, so they move too (a late ack
+        of such a task is ignored). The node stays open: it can still publish, subscribe and
+        push, but `work` raises `trio.ClosedResourceError`. Closing the node afterwards says
+        goodbye as usual. Calling it again waits again.
+        """
+        self._check_open()
+        self._draining = True
+        streams = list(self._streams.values())
+        self._streams.clear()
+        self._set_services(self._streams)  # the UPDATEs leave before the NACKs below
+        for stream in streams:
+            self._hand_back(stream._close(), "worker leaving")
+        with trio.move_on_after(grace):
+            while self._held:
+                await self._held_changed.park()
+        self._hand_back(list(self._held), f"worker leaving: not done within {grace} s")
+        await trio.lowlevel.checkpoint()
+
+    def _hand_back(self, tasks: Iterable[Task], reason: str) -> None:
+        """Nack tasks this worker will not do, so their senders send them elsewhere."""
+        for task in tasks:
+            if not task._settled:
+                task._settled = True
+                self._settle_nowait(task._origin, Kind.NACK, [task.id, reason])
+            self._release(task)
+
+    def _release(self, task: Task) -> None:
+        """`task` is settled (or given back): it is no longer in this worker's hands."""
+        self._held.discard(task)
+        if not self._held:
+            self._held_changed.unpark_all()
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
         """Peer with the node whose inbox is at `address` (``host:port``), with no discovery.
@@ -740,7 +782,9 @@ class Node:
         if stream is None:
             self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
             return
-        stream._put(Task(self, envelope.sender, task_id, service, attempt, envelope.body))
+        task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
+        self._held.add(task)
+        stream._put(task)
 
     def _on_settled(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
@@ -916,12 +960,16 @@ class Node:
 
     async def _watch_link(self, link: _Link) -> None:
         """A dropped connection to a peer's inbox is a hint that it crashed (measured: about 2 ms
-        after a kill -9): the detector suspects it at once; silence then confirms."""
+        after a kill -9): the detector suspects it almost at once; silence then confirms."""
         while True:
             try:
                 batch = await link.monitor.receive_multipart_batch(16)
             except trio.ClosedResourceError:
                 return
+            # A node that leaves closes its sockets right after its goodbye, which travels on
+            # other connections and may be read after this: give it a moment to arrive, so a
+            # graceful leave is not reported as a suspicion first.
+            await trio.sleep(_GOODBYE_GRACE)
             peer = self._peers.by_address(link.address)
             if peer is not None and batch:
                 self._apply_liveness(
@@ -1120,8 +1168,7 @@ class Node:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self._settings.goodbye_timeout
             for stream in list(self._streams.values()):
-                for task in stream._close():
-                    self._settle_nowait(task._origin, Kind.NACK, [task.id, "worker stopped"])
+                self._hand_back(stream._close(), "worker stopped")
             self._publish_nowait(None, Kind.BYE, None)
             for peer in self._peers:
                 self._send_direct(self._reach(peer.record), Kind.BYE, None, None)
@@ -1176,6 +1223,9 @@ def _check_service(service: str) -> None:
     if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
+
+# How long a dropped connection waits for a goodbye that may be on its way (see _watch_link).
+_GOODBYE_GRACE: Final = 0.02
 
 # How many forgotten peers a node remembers the address of, to greet them if they come back.
 _FORGOTTEN_KEPT: Final = 1024

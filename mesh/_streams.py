@@ -160,12 +160,14 @@ class Task:
         """Tell the sender the task is done."""
         if not self._settled:
             self._settled = True
+            self._node._release(self)
             await self._node._settle(self._origin, Kind.ACK, [self.id])
 
     async def nack(self, reason: str = "failed") -> None:
         """Tell the sender the task failed here."""
         if not self._settled:
             self._settled = True
+            self._node._release(self)
             await self._node._settle(self._origin, Kind.NACK, [self.id, reason[:200]])
 
     async def __aenter__(self) -> Self:

@@ -482,6 +482,83 @@ async def test_a_task_handed_back_waits_for_a_worker_and_is_done_once_one_is_bac
             assert (stats.tasks_acked, stats.tasks_nacked, stats.tasks_redelivered) == (2, 1, 1)
 
 
+async def received(node: Node, count: int) -> None:
+    while node.statistics().tasks_received < count:  # noqa: ASYNC110 (a bounded progress wait)
+        await trio.sleep(0.005)
+
+
+async def test_drain_finishes_the_task_in_hand_and_hands_back_the_rest_at_once() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(3) as (producer, leaving, staying):
+            release = trio.Event()
+            done_by_staying = []
+            async with trio.open_nursery() as nursery, leaving.work("job") as tasks:
+                await producer.wait_for_peers(1, service="job")
+                for i in range(5):
+                    await producer.push("job", i)
+                await received(leaving, 5)
+                in_hand = await tasks.receive()  # taken; four more wait in the stream
+
+                async def do_in_hand() -> None:
+                    async with in_hand:
+                        await release.wait()
+
+                async def work_staying(task_status: trio.TaskStatus[None]) -> None:
+                    async with staying.work("job") as others:
+                        task_status.started()
+                        async for task in others:
+                            async with task:
+                                done_by_staying.append(task.body)
+
+                nursery.start_soon(do_in_hand)
+                await nursery.start(work_staying)
+                await producer.wait_for_peers(2, service="job")
+                drained = trio.Event()
+
+                async def drain() -> None:
+                    await leaving.drain(grace=5)
+                    drained.set()
+
+                nursery.start_soon(drain)
+                # The four untaken tasks move at once, while the one in hand still runs.
+                while len(done_by_staying) < 4:  # noqa: ASYNC110 (a bounded progress wait)
+                    await trio.sleep(0.005)
+                assert not drained.is_set()
+                assert [task async for task in tasks] == []  # the stream has ended
+                release.set()
+                await drained.wait()
+                assert not producer.peers[leaving.id].record.services  # withdrawn
+                await producer.wait_settled()
+                nursery.cancel_scope.cancel()
+            stats = producer.statistics()
+            assert sorted(done_by_staying) == [1, 2, 3, 4]
+            assert (stats.tasks_acked, stats.tasks_nacked, stats.tasks_redelivered) == (5, 4, 4)
+            assert (leaving.statistics().acks_sent, leaving.statistics().nacks_sent) == (1, 4)
+            with pytest.raises(trio.ClosedResourceError, match="draining"):
+                async with leaving.work("job"):
+                    pass
+            await leaving.publish("still", "open")  # a drained node can still do the rest
+
+
+async def test_drain_nacks_a_task_not_done_within_the_grace_period() -> None:
+    with trio.fail_after(10):
+        async with open_mesh(3) as (producer, leaving, staying):
+            async with leaving.work("job") as tasks:
+                await producer.wait_for_peers(1, service="job")
+                await producer.push("job", "slow")
+                stuck = await tasks.receive()
+                async with staying.work("job") as others:
+                    await leaving.drain(grace=0.05)  # the task is still in hand: nacked
+                    moved = await others.receive()
+                    assert (moved.body, moved.attempt) == ("slow", 2)
+                    await moved.ack()
+                    await producer.wait_settled()
+                await stuck.ack()  # too late: settled by drain already, nothing is sent
+            assert (leaving.statistics().acks_sent, leaving.statistics().nacks_sent) == (0, 1)
+            stats = producer.statistics()
+            assert (stats.tasks_acked, stats.tasks_nacked) == (1, 1)
+
+
 # -- cancellation and closing -------------------------------------------------------------------
 
 
