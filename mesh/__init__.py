@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._node import ALL_INTERFACES, Node, open_node
 from ._streams import PeerWatch, Subscription, Task, TaskStream
-from ._types import DeadLetter, Endpoints, Message, NodeStatistics, Settings
+from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "NodeStatistics",
     "Peer",
     "PeerEvent",
+    "PeerHealth",
     "PeerJoined",
     "PeerLeft",
     "PeerState",

@@ -5,6 +5,8 @@ Sockets of one node (docs/protocol.md has the frames):
 
 * PUB (an XPUB, for backpressure), bound: events, subscription proofs, goodbyes.
 * PULL, bound: the inbox: HELLO/WELCOME/UPDATE/READY, tasks, acks, subscription probes, goodbyes.
+* UDP, bound at the inbox's port number on each host: heartbeat datagrams, which packet loss can
+  only thin out, never stall as it stalls a TCP stream (docs/decisions.md).
 * Two SUBs connected to every known peer's PUB: events (which a slow reader may hold back) and
   control (which nothing holds back).
 * PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
@@ -60,7 +62,7 @@ from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, Pro
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
-from ._types import DeadLetter, Endpoints, Message, NodeStatistics, Settings
+from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
@@ -126,6 +128,9 @@ class Node:
         self._draining = False  # `drain` was called: no more work is taken
         self._held: set[Task] = set()  # as a worker: tasks handed to a stream, not yet settled
         self._held_changed = trio.lowlevel.ParkingLot()
+        self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
+        self._peer_load: dict[bytes, int] = {}  # tasks each peer holds, from its heartbeats
+        self._rtt: dict[bytes, float] = {}  # round trip to each peer, from heartbeat echoes
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -155,7 +160,22 @@ class Node:
         control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
         actual_pub = _bind(pub, hosts, pub_port)
-        actual_pull = _bind(pull, hosts, pull_port)
+        actual_pull, self._datagrams = _bind_inbox(pull, hosts, pull_port)
+        try:
+            self._record = PeerRecord(
+                id=self._id,
+                name=name,
+                mesh=mesh,
+                host=hosts[0],
+                pub_port=actual_pub,
+                pull_port=actual_pull,
+                extra_hosts=tuple(hosts[1:]),
+            )
+        except BaseException:
+            _close_datagrams(self._datagrams)  # the ZeroMQ sockets go with the context
+            raise
+        # Which of this node's UDP sockets sends to a given peer host (found once per host).
+        self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
 
         self._pub = Outbox(
             AsyncSocket(pub), capacity=settings.peer_queue, retry_interval=_PUB_RETRY_INTERVAL
@@ -163,15 +183,6 @@ class Node:
         self._pull = AsyncSocket(pull)
         self._sub = AsyncSocket(sub)
         self._control = AsyncSocket(control)
-        self._record = PeerRecord(
-            id=self._id,
-            name=name,
-            mesh=mesh,
-            host=hosts[0],
-            pub_port=actual_pub,
-            pull_port=actual_pull,
-            extra_hosts=tuple(hosts[1:]),
-        )
         self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
         self._links: dict[str, _Link] = {}
@@ -210,6 +221,7 @@ class Node:
                 "tasks_duplicate",
                 "acks_sent",
                 "nacks_sent",
+                "heartbeat_datagrams",
                 "bad_frames",
             ),
             0,
@@ -249,6 +261,24 @@ class Node:
     def peers(self) -> dict[str, Peer]:
         """A snapshot of the known peers, by id (hex)."""
         return {peer.id: peer for peer in self._peers}
+
+    def health(self) -> dict[str, PeerHealth]:
+        """How each known peer is doing, by id (hex): when it was last heard, the failure
+        detector's verdict and why, its load and the round trip to it. A snapshot."""
+        now = trio.current_time()
+        tracked = self._detector.snapshot(now)
+        health = {}
+        for peer in self._peers:
+            peer_id = peer.record.id
+            status = tracked.get(peer_id)
+            health[peer.id] = PeerHealth(
+                last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
+                phi=0.0 if status is None else status.phi,
+                reason=self._state_reasons.get(peer_id, "joined"),
+                load=self._peer_load.get(peer_id),
+                rtt=self._rtt.get(peer_id),
+            )
+        return health
 
     def statistics(self) -> NodeStatistics:
         return NodeStatistics(
@@ -560,6 +590,8 @@ class Node:
         nursery.start_soon(self._serve_events)
         nursery.start_soon(self._serve_control)
         nursery.start_soon(self._send_heartbeats)
+        for sock in self._datagrams:
+            nursery.start_soon(self._serve_datagrams, sock)
         nursery.start_soon(self._judge_liveness)
         nursery.start_soon(self._serve_redeliveries)
         nursery.start_soon(self._expire_tasks)
@@ -615,11 +647,13 @@ class Node:
             self._unlink(address)
 
     async def _send_heartbeats(self) -> None:
-        """Every `heartbeat_interval`, a numbered heartbeat on two independent paths: the PUB
-        (to every peer at once) and each peer's inbox. Either alone can stall: the PUB behind a
-        full subscriber (backpressure), one TCP connection behind lost packets. Peers keep the
-        first copy of each number. Inbox copies go only to peers that send heartbeats themselves
-        (nodes, not third-party tools)."""
+        """Every `heartbeat_interval`, a numbered heartbeat on three independent paths: the PUB
+        (to every peer at once), each peer's inbox, and a UDP datagram to each peer's inbox port.
+        Each can fail alone: the PUB stalls behind a full subscriber (backpressure); a TCP
+        connection stalls for as long as its retransmission back-off (0.2 s, then doubling)
+        when packets are lost; a datagram is only ever lost, never late. Peers keep the first
+        copy of each number. Inbox and datagram copies go only to peers that send heartbeats
+        themselves (nodes, not third-party tools)."""
         interval = self._settings.detector.heartbeat_interval
         next_beat = trio.current_time()
         while True:
@@ -628,11 +662,81 @@ class Node:
             if self._settings.prefetch is not None:
                 body["credit"] = self._settings.prefetch
             self._publish_nowait(None, Kind.HEARTBEAT, None, body)
+            # One datagram for all: its own stream, numbered by the heartbeat (protocol §5).
+            datagram = pack(Kind.HEARTBEAT, self._id, self._heartbeat_count, None, body)
             for peer in self._peers:
                 if peer.record.id in self._heartbeats_heard:
                     self._send_direct(self._reach(peer.record), Kind.HEARTBEAT, None, body)
+                    self._send_datagram(peer.record, datagram)
             next_beat = max(next_beat + interval, trio.current_time())
             await trio.sleep_until(next_beat)
+
+    def _send_datagram(self, record: PeerRecord, datagram: bytes) -> None:
+        """Send a heartbeat datagram to the peer's inbox port, or drop it: a full socket buffer
+        or an unreachable network costs one beat, and the next one is 0.2 s away. Only sends,
+        never waits: the socket's receiving task is the only one that waits on it."""
+        host = self._host_for(record)
+        if host not in self._datagram_routes:
+            self._datagram_routes[host] = self._datagram_socket_for(host)
+        sock = self._datagram_routes[host]
+        if sock is None:
+            return
+        try:
+            sock.sendto(datagram, (host, record.pull_port))
+        except OSError as exc:  # BlockingIOError (buffer full) included
+            self._log.warning(
+                "datagram-send",
+                trio.current_time(),
+                "dropped a heartbeat datagram to %s: %s",
+                host,
+                exc,
+            )
+
+    def _datagram_socket_for(self, host: str) -> stdlib_socket.socket | None:
+        """This node's UDP socket bound on `host`'s network, else any of the same family."""
+        ip = ipaddress.ip_address(host)
+        family = stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
+        same_family = [sock for sock in self._datagrams if sock.family == family]
+        for sock, network in zip(self._datagrams, self._networks, strict=True):
+            if sock.family == family and ip in network:
+                return sock
+        return same_family[0] if same_family else None
+
+    async def _serve_datagrams(self, sock: stdlib_socket.socket) -> None:
+        """Take in heartbeat datagrams from one UDP socket (the only task that waits on it)."""
+        batch = self._settings.receive_batch
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return
+            for _ in range(batch):
+                try:
+                    datagram = sock.recv(_DATAGRAM_BUFFER)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # an ICMP error reported late, say: not this node's fault
+                    self._log.warning(
+                        "datagram-receive",
+                        trio.current_time(),
+                        "heartbeat socket: %s",
+                        exc,
+                    )
+                    break
+                self._on_datagram(datagram)
+
+    def _on_datagram(self, datagram: bytes) -> None:
+        try:
+            if len(datagram) > _MAX_DATAGRAM:
+                raise ProtocolError("oversized", f"{len(datagram)} byte datagram")
+            envelope = _wire.decode_inbox(datagram)
+            if envelope.kind is not Kind.HEARTBEAT:
+                raise ProtocolError("kind", f"{envelope.kind.name} in a datagram")
+        except ProtocolError as exc:
+            self._bad_frame(exc, "heartbeat socket")
+            return
+        self._counts["heartbeat_datagrams"] += 1
+        self._on_heartbeat(envelope)
 
     def _on_heartbeat(self, envelope: Envelope) -> None:
         number = envelope.body.get("n") if isinstance(envelope.body, dict) else None
@@ -677,6 +781,7 @@ class Node:
                 self._apply(self._peers.remove(transition.peer, "dead"))
             elif transition.new is not Liveness.LEFT:
                 state = _PEER_STATES[transition.new]
+                self._state_reasons[transition.peer] = transition.reason
                 self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
                 if state is PeerState.DEAD:
                     self._reclaim(transition.peer)
@@ -909,6 +1014,8 @@ class Node:
                 self._control.call_soon(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
                 self._detector.remove(record.id)
+                for table in (self._state_reasons, self._peer_load, self._rtt):
+                    table.pop(record.id, None)
                 self._heartbeats_heard.pop(record.id, None)
                 self._unlink(self._reach(record))
                 self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
@@ -1192,6 +1299,7 @@ class Node:
         self._pull.close()
         self._sub.close()
         self._control.close()
+        _close_datagrams(self._datagrams)
 
 
 def _connect(endpoint: str) -> SocketOp:
@@ -1226,6 +1334,10 @@ def _check_service(service: str) -> None:
 
 # How long a dropped connection waits for a goodbye that may be on its way (see _watch_link).
 _GOODBYE_GRACE: Final = 0.02
+
+# Heartbeat datagrams are a few dozen bytes; anything near this size is not one.
+_MAX_DATAGRAM: Final = 1024
+_DATAGRAM_BUFFER: Final = _MAX_DATAGRAM + 1  # one byte more, to tell an oversized one
 
 # How many forgotten peers a node remembers the address of, to greet them if they come back.
 _FORGOTTEN_KEPT: Final = 1024
@@ -1298,6 +1410,50 @@ def _bind_one(sock: ZmqSocket, host: str, port: int) -> int:
     last = sock.getsockopt(zmq.LAST_ENDPOINT)
     assert isinstance(last, bytes)
     return int(last.rsplit(b":", 1)[1])
+
+
+def _bind_inbox(
+    sock: ZmqSocket, hosts: Sequence[str], port: int
+) -> tuple[int, list[stdlib_socket.socket]]:
+    """Bind the inbox (PULL) on every host, and a UDP socket (for heartbeat datagrams) on each
+    at the same port number: `port`, or one free for both on all of them. Raises `OSError`."""
+    for _attempt in range(20 if port == 0 else 1):
+        actual = _bind(sock, hosts, port)
+        try:
+            return actual, _bind_datagrams(hosts, actual)
+        except OSError:
+            for host in hosts:
+                sock.unbind(tcp_endpoint(host, actual))
+            if port != 0:
+                raise
+    raise OSError(f"found no port free for both TCP and UDP on all of {', '.join(hosts)}")
+
+
+def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socket]:
+    """A non-blocking UDP socket bound to (host, port) for each host; all or none."""
+    made: list[stdlib_socket.socket] = []
+    try:
+        for host in hosts:
+            family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+            sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+            made.append(sock)
+            sock.setblocking(False)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                bracketed = f"[{host}]" if ":" in host else host
+                message = f"cannot bind udp://{bracketed}:{port}: {exc.strerror}"
+                raise OSError(exc.errno, message) from exc
+        return made
+    except BaseException:
+        _close_datagrams(made)
+        raise
+
+
+def _close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
+    for sock in socks:
+        trio.lowlevel.notify_closing(sock)  # a waiter, if any, gets ClosedResourceError
+        sock.close()
 
 
 @asynccontextmanager

@@ -92,7 +92,8 @@ class NodeStatistics:
     """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
     protocol, by `ProtocolError.reason` in `bad_frame_reasons`. As a sender: `tasks_redelivered`
     (sent again after a nack or a worker's death), `tasks_given_up` (after `max_attempts`). As a
-    worker: `tasks_duplicate` (received again after it was done, and acked without running)."""
+    worker: `tasks_duplicate` (received again after it was done, and acked without running).
+    `heartbeat_datagrams` counts valid heartbeats that came by UDP, first copies or not."""
 
     peers: int
     events_published: int
@@ -108,8 +109,27 @@ class NodeStatistics:
     tasks_duplicate: int
     acks_sent: int
     nacks_sent: int
+    heartbeat_datagrams: int
     bad_frames: int
     bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHealth:
+    """How a known peer is doing, as this node sees it (from `Node.health`).
+
+    `last_heard`: seconds since it was last heard from (a heartbeat, or joining). `phi`: the
+    failure detector's suspicion now (`DetectorSettings` says what values mean). `reason`: why
+    it is in its state ("joined", "heartbeat", "phi", "disconnect"). `load`: the tasks it holds
+    unfinished, as its last heartbeat said (None if it does not say). `rtt`: the round trip to
+    it in seconds, measured from heartbeats it echoes (None until measured).
+    """
+
+    last_heard: float
+    phi: float
+    reason: str
+    load: int | None
+    rtt: float | None
 
 
 @dataclass(frozen=True, slots=True)

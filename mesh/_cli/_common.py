@@ -67,21 +67,30 @@ def seeds_of(args: argparse.Namespace) -> list[str]:
 
 @asynccontextmanager
 async def open_cli_node(
-    args: argparse.Namespace, name: str | None = None, settings: Settings | None = None
+    args: argparse.Namespace,
+    name: str | None = None,
+    settings: Settings | None = None,
+    **options: Any,
 ) -> AsyncIterator[Node]:
     """`open_node` from the mesh options; a bad interface, seed or busy port is a `UserError`."""
     interface = ALL_INTERFACES if args.interface in ("all", ALL_INTERFACES) else args.interface
     opened = False
     try:
         async with open_node(
-            name, mesh=args.mesh, interface=interface, seeds=seeds_of(args), settings=settings
+            name,
+            mesh=args.mesh,
+            interface=interface,
+            seeds=seeds_of(args),
+            settings=settings,
+            **options,
         ) as node:
             opened = True
             yield node
     except (ValueError, OSError) as exc:
         if opened:
             raise
-        raise UserError(f"cannot open a node on {args.interface}: {exc}") from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"cannot open a node on {args.interface}: {detail}") from None
 
 
 def parse_body(text: str, raw: bool) -> Any:
@@ -154,3 +163,29 @@ def add_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+async def find_peers(node: Node, timeout: float, quiet: float = 0.3) -> None:
+    """Give discovery time to find the mesh: return once no peer has joined for `quiet`
+    seconds, or after `timeout` seconds in all; then wait (in what is left of `timeout`) until
+    the peers found are wired both ways, so that nothing published from here on is lost."""
+    deadline = trio.current_time() + timeout
+    with trio.move_on_at(deadline):
+        async with node.watch_peers() as changes:
+            while True:
+                with trio.move_on_after(quiet):
+                    await changes.receive()
+                    continue
+                break
+    if node.peers:
+        with trio.move_on_at(deadline):
+            await node.wait_for_peers(len(node.peers))
+
+
+def peer_name(node: Node, sender: str, known: dict[str, str]) -> str:
+    """A sender's name if the node knows it or knew it (`known` keeps the names seen, since a
+    sender that has left is no longer a peer), else the first digits of its id."""
+    peer = node.peers.get(sender)
+    if peer is not None:
+        known[sender] = peer.name
+    return known.get(sender, sender[:8])

@@ -1,0 +1,154 @@
+"""``mesh-cli pub`` and ``mesh-cli sub``: events from and to the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import trio
+
+from ._common import (
+    add_command,
+    find_peers,
+    json_option,
+    mesh_options,
+    open_cli_node,
+    parse_body,
+    peer_name,
+    positive_float,
+    positive_int,
+    run_trio,
+    show_body,
+)
+
+
+def add_to(commands: Any) -> None:
+    pub = add_command(
+        commands,
+        "pub",
+        help="publish events",
+        description="Join the mesh, wait until the peers found are wired (so none of them "
+        "misses an event), publish BODY on TOPIC, and leave. BODY is JSON unless --raw.",
+        example="mesh-cli pub order.created '{\"id\": 42}' --count 10 --rate 5",
+        parents=[mesh_options()],
+    )
+    pub.add_argument("topic", metavar="TOPIC")
+    pub.add_argument("body", metavar="BODY")
+    pub.add_argument("--raw", action="store_true", help="send BODY as text, not JSON")
+    pub.add_argument("--count", type=positive_int, default=1, help="events to publish")
+    pub.add_argument("--rate", type=positive_float, help="events per second (default: at once)")
+    pub.add_argument(
+        "--wait",
+        type=positive_float,
+        default=3.0,
+        metavar="S",
+        help="most seconds to spend finding subscribers before publishing (default 3)",
+    )
+    pub.set_defaults(run=lambda args: run_trio(_pub, args))
+
+    sub = add_command(
+        commands,
+        "sub",
+        help="print events",
+        description="Subscribe to every topic that starts with PREFIX ('' for all) and print "
+        "one line per event: topic, sender, body. Runs until Ctrl-C or --count events.",
+        example="mesh-cli sub order. --count 10 --json",
+        parents=[mesh_options()],
+    )
+    sub.add_argument("prefix", metavar="PREFIX")
+    sub.add_argument("--count", type=positive_int, help="exit after this many events")
+    sub.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="S",
+        help="exit with status 1 if --count events have not arrived after S seconds",
+    )
+    json_option(sub, "one JSON object per event (topic, sender, sender_name, seq, body)")
+    sub.set_defaults(run=lambda args: run_trio(_sub, args))
+
+
+def _name(command: str) -> str:
+    return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
+
+
+async def _pub(args: argparse.Namespace) -> int:
+    body = parse_body(args.body, args.raw)
+    async with open_cli_node(args, _name("pub")) as node:
+        await find_peers(node, args.wait)
+        interval = 0.0 if args.rate is None else 1.0 / args.rate
+        next_at = trio.current_time()
+        for _ in range(args.count):
+            await trio.sleep_until(next_at)
+            await node.publish(args.topic, body)
+            next_at += interval
+        peers = len(node.peers)
+    print(
+        f"published {args.count} event{'s' * (args.count != 1)} on {args.topic!r}"
+        f" with {peers} peer{'s' * (peers != 1)} in the mesh",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _sub(args: argparse.Namespace) -> int:
+    count = args.count if args.count is not None else math.inf
+    received = 0
+    names: dict[str, str] = {}
+    async with open_cli_node(args, _name("sub")) as node, node.subscribe(args.prefix) as events:
+        print(
+            f"subscribed to {args.prefix!r} in mesh {node.mesh!r} as {node.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                with trio.move_on_after(args.timeout or math.inf):
+                    async for message in events:
+                        sender = peer_name(node, message.sender, names)
+                        if args.json:
+                            line = json.dumps(
+                                {
+                                    "topic": message.topic,
+                                    "sender": message.sender,
+                                    "sender_name": sender,
+                                    "seq": message.seq,
+                                    "body": _jsonable(message.body),
+                                }
+                            )
+                        else:
+                            line = f"{message.topic} {sender} {show_body(message.body)}"
+                        print(line, flush=True)
+                        received += 1
+                        if received >= count:
+                            break
+                nursery.cancel_scope.cancel()
+    if received < count and args.timeout is not None:
+        print(
+            f"mesh-cli sub: {received} of {args.count} events in {args.timeout:g} s",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _jsonable(body: Any) -> Any:
+    """`body` if JSON can carry it, else its text (bytes decoded) or repr."""
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError):
+        if isinstance(body, bytes):
+            return body.decode(errors="replace")
+        return repr(body)
+    return body

@@ -1,0 +1,166 @@
+"""``mesh-cli run``: a node that runs until it is told to stop, optionally a worker whose tasks
+are done by any program (``--exec``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from .._node import Node
+from .._streams import Task, TaskStream
+from ._common import (
+    UserError,
+    add_command,
+    mesh_options,
+    open_cli_node,
+    positive_float,
+    positive_int,
+    run_trio,
+    show_body,
+)
+
+_STDERR_KEPT = 300  # characters of a failed command's stderr put in its nack
+
+
+def add_to(commands: Any) -> None:
+    parser = add_command(
+        commands,
+        "run",
+        help="run a node until Ctrl-C or SIGTERM, optionally working for services",
+        description="Run a node until SIGINT or SIGTERM, then leave gracefully: stop taking "
+        "tasks, let those in hand finish (--grace), hand back the rest, say goodbye.\n\n"
+        "With --service and --exec, each task's body goes to CMD on its stdin (a string as "
+        "it is, anything else as JSON) and CMD's exit status acks (0) or nacks it, so any "
+        "program becomes a worker. With --service alone, tasks are printed and acked.",
+        example="mesh-cli run --name thumbs --service thumbnail --exec ./make-thumbnail.sh",
+        parents=[mesh_options()],
+    )
+    parser.add_argument("--name", help="the node's name (default: host name and process id)")
+    parser.add_argument(
+        "--service",
+        dest="services",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="a service to work for; repeatable",
+    )
+    parser.add_argument("--exec", dest="command", metavar="CMD", help="the program to run per task")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        help="tasks run at once per service (default 1)",
+    )
+    parser.add_argument(
+        "--task-timeout",
+        type=positive_float,
+        metavar="S",
+        help="kill CMD and nack the task after S seconds (default: no limit)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds for the tasks in hand to finish (default 10)",
+    )
+    parser.add_argument("--pub-port", type=int, default=0, help="fixed port for events")
+    parser.add_argument("--pull-port", type=int, default=0, help="fixed port for the inbox")
+    parser.set_defaults(run=_check_and_run)
+
+
+def _check_and_run(args: argparse.Namespace) -> int:
+    if args.command is not None:
+        if not args.services:
+            raise UserError("--exec needs a --service to work for", status=2)
+        try:
+            argv = shlex.split(args.command)
+        except ValueError as exc:
+            raise UserError(f"cannot parse --exec: {exc}", status=2) from None
+        if not argv or shutil.which(argv[0]) is None:
+            raise UserError(f"--exec: no such program: {args.command!r}", status=2)
+        args.argv = argv
+    return run_trio(_run, args)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with (
+        open_cli_node(args, args.name, pub_port=args.pub_port, pull_port=args.pull_port) as node,
+        trio.open_nursery() as nursery,
+    ):
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            for service in args.services:
+                await nursery.start(_work, node, service, args)
+            services = f" working for {', '.join(args.services)}" if args.services else ""
+            _say(
+                f"node {node.name} ({node.id[:8]}) at {node.address} in mesh {node.mesh!r}"
+                f"{services}; Ctrl-C to leave"
+            )
+            async for signum in signals:
+                _say(f"{signal.Signals(signum).name}: leaving (up to {args.grace:g} s to finish)")
+                break
+        await node.drain(args.grace)  # the work loops end once their tasks are done
+        nursery.cancel_scope.cancel()
+    _say("left")
+    return 0
+
+
+async def _work(
+    node: Node, service: str, args: argparse.Namespace, task_status: trio.TaskStatus[None]
+) -> None:
+    async with node.work(service) as stream, trio.open_nursery() as workers:
+        for _ in range(args.concurrency):
+            workers.start_soon(_do_tasks, stream, args)
+        task_status.started()
+
+
+async def _do_tasks(stream: TaskStream, args: argparse.Namespace) -> None:
+    async for task in stream:
+        async with task:  # acks at the end; nacks if cancelled or broken
+            if args.command is None:
+                print(f"{task.service} {show_body(task.body)}", flush=True)
+                continue
+            try:
+                await _execute(task, args)
+            except CommandFailed as exc:
+                _say(f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}")
+                await task.nack(str(exc))
+
+
+async def _execute(task: Task, args: argparse.Namespace) -> None:
+    """Run the command with the task's body on stdin; raises `CommandFailed` if it fails."""
+    body = task.body
+    if isinstance(body, str):
+        data = body.encode()
+    elif isinstance(body, bytes):
+        data = body
+    else:
+        data = json.dumps(body).encode()
+    with trio.move_on_after(args.task_timeout or float("inf")) as timer:
+        done = await trio.run_process(
+            args.argv,
+            stdin=data,
+            capture_stderr=True,
+            check=False,
+            stdout=sys.stdout.fileno(),
+        )
+    if timer.cancelled_caught:
+        raise CommandFailed(f"killed after {args.task_timeout:g} s (--task-timeout)")
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip()[-_STDERR_KEPT:]
+        raise CommandFailed(f"exit status {done.returncode}" + (f": {error}" if error else ""))
+
+
+class CommandFailed(Exception):
+    """The --exec command failed on a task (its message goes in the nack)."""
+
+
+def _say(line: str) -> None:
+    print(f"mesh-cli run: {line}", file=sys.stderr, flush=True)

@@ -1,0 +1,168 @@
+"""``mesh-cli push`` and ``mesh-cli work``: tasks from and to the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import trio
+
+from .._errors import NoWorkerError
+from ._common import (
+    UserError,
+    add_command,
+    json_option,
+    mesh_options,
+    open_cli_node,
+    parse_body,
+    peer_name,
+    positive_float,
+    positive_int,
+    run_trio,
+    show_body,
+)
+
+
+def add_to(commands: Any) -> None:
+    push = add_command(
+        commands,
+        "push",
+        help="send tasks to a service and wait for their acks",
+        description="Join the mesh, send BODY to a worker of SERVICE --count times (the "
+        "worker with the most room takes each), and wait until every task is acked. BODY is "
+        "JSON unless --raw. Exits 1 if some task was not done before --timeout.",
+        example='mesh-cli push resize \'{"image": "cat.png"}\' --count 100 --timeout 30',
+        parents=[mesh_options()],
+    )
+    push.add_argument("service", metavar="SERVICE")
+    push.add_argument("body", metavar="BODY")
+    push.add_argument("--raw", action="store_true", help="send BODY as text, not JSON")
+    push.add_argument("--count", type=positive_int, default=1, help="tasks to send")
+    push.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="most seconds for all of it: finding a worker, sending, acks (default 10)",
+    )
+    json_option(push, "the outcome")
+    push.set_defaults(run=lambda args: run_trio(_push, args))
+
+    work = add_command(
+        commands,
+        "work",
+        help="do a service's tasks: print and ack each",
+        description="Offer SERVICE to the mesh, print each task it is given (attempt and body) "
+        "and ack it. Runs until Ctrl-C or --count tasks; on Ctrl-C it hands back what it "
+        "holds and leaves.",
+        example="mesh-cli work resize --count 100",
+        parents=[mesh_options()],
+    )
+    work.add_argument("service", metavar="SERVICE")
+    work.add_argument("--count", type=positive_int, help="exit after this many tasks")
+    json_option(work, "one JSON object per task (service, id, sender, attempt, body)")
+    work.set_defaults(run=lambda args: run_trio(_work, args))
+
+
+def _name(command: str) -> str:
+    return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
+
+
+async def _push(args: argparse.Namespace) -> int:
+    body = parse_body(args.body, args.raw)
+    deadline = trio.current_time() + args.timeout
+    async with open_cli_node(args, _name("push")) as node:
+        try:
+            for _ in range(args.count):
+                await node.push(args.service, body, timeout=deadline - trio.current_time())
+        except NoWorkerError:
+            pass  # reported below, with what was done
+        with trio.move_on_at(deadline):
+            await node.wait_settled()
+        stats = node.statistics()
+    outcome = {
+        "service": args.service,
+        "tasks": args.count,
+        "sent": stats.tasks_pushed,
+        "acked": stats.tasks_acked,
+        "nacked": stats.tasks_nacked,
+        "redelivered": stats.tasks_redelivered,
+        "given_up": stats.tasks_given_up,
+        "not_done": args.count - stats.tasks_acked,
+    }
+    if args.json:
+        print(json.dumps(outcome))
+    else:
+        print(
+            f"{stats.tasks_acked} of {args.count} tasks for {args.service!r} acked"
+            f" ({stats.tasks_nacked} nacked, {stats.tasks_redelivered} redelivered,"
+            f" {stats.tasks_given_up} given up)"
+        )
+    if stats.tasks_pushed == 0:
+        raise UserError(f"no worker offers {args.service!r} (waited {args.timeout:g} s)")
+    if outcome["not_done"]:
+        given_up = f", {stats.tasks_given_up} given up" if stats.tasks_given_up else ""
+        print(
+            f"mesh-cli push: {outcome['not_done']} task(s) not done{given_up}"
+            f" (--timeout {args.timeout:g} s)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _work(args: argparse.Namespace) -> int:
+    count = args.count if args.count is not None else math.inf
+    done = 0
+    names: dict[str, str] = {}
+    async with open_cli_node(args, _name("work")) as node, node.work(args.service) as tasks:
+        print(
+            f"working for {args.service!r} in mesh {node.mesh!r} as {node.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                async for task in tasks:
+                    async with task:
+                        sender = peer_name(node, task.sender, names)
+                        if args.json:
+                            fields = {
+                                "service": task.service,
+                                "id": task.id,
+                                "sender": task.sender,
+                                "sender_name": sender,
+                                "attempt": task.attempt,
+                                "body": task.body if _jsonable(task.body) else show_body(task.body),
+                            }
+                            print(json.dumps(fields), flush=True)
+                        else:
+                            again = f" (attempt {task.attempt})" if task.redelivered else ""
+                            print(
+                                f"{task.service} {sender}{again} {show_body(task.body)}", flush=True
+                            )
+                    done += 1
+                    if done >= count:
+                        break
+                nursery.cancel_scope.cancel()
+    return 0
+
+
+def _jsonable(body: Any) -> bool:
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError):
+        return False
+    return True
