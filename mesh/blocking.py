@@ -1,0 +1,620 @@
+"""A node for code that is not trio: threads, WSGI apps, asyncio programs.
+
+    import mesh.blocking
+
+    with mesh.blocking.start("web", mesh="shop") as node:
+        node.publish("page.viewed", {"path": "/"})
+
+`start` runs a node (`mesh.open_node`, with the same arguments) in a thread of its own and
+returns a `BlockingNode` once it is open. Its methods may be called from any thread, any number at
+once; each call is carried into the node's thread (`trio.from_thread.run`) and blocks the calling
+thread, never the node.
+
+Rules:
+
+* Who runs what. The node's thread runs only the node. A subscription with a callback and a
+  worker's handler each get a thread of their own, so a slow callback holds back its own
+  subscription (and, through backpressure, its publishers) but never the node.
+* Waiting. Every call that can wait takes `timeout` (seconds, relative; None: no limit) and
+  raises `TimeoutError` (or the mesh's own `NoWorkerError`, `MissingPeersError`,
+  `PeerUnreachableError`, which are `TimeoutError`s) when it passes. A wait with no limit still
+  ends when the node stops: it raises `trio.ClosedResourceError`.
+* Closing. `stop()` (or leaving the ``with`` block) says goodbye to the peers, ends the node's
+  thread, closes every socket and the ZeroMQ context, and waits for the callback and handler
+  threads to finish what they are doing; it is bounded by its `timeout`, and a second call does
+  nothing more. A node not stopped is stopped at interpreter exit.
+* Errors. Arguments are checked as `mesh.Node` checks them (`ValueError`, `TypeError`); opening
+  errors (a bad interface, a port in use) are raised by `start` in the caller's thread, with the
+  types `open_node` raises. After `stop()` every call raises `trio.ClosedResourceError`, as the
+  async `Node` does once closed. If the node's thread fails, every later call raises
+  `trio.BrokenResourceError` whose ``__cause__`` is what failed.
+* Never call a `BlockingNode` from inside the node's own thread (from a `dead_letter` handler):
+  that raises `RuntimeError`; `dead_letter` must not block. asyncio code calls the blocking
+  methods through `asyncio.to_thread` (short calls such as `publish` may also be made directly,
+  at the cost of blocking the event loop for their duration), and hands callback events to its
+  loop with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Final, NoReturn, Self, TypeVar, TypeVarTuple, Unpack
+
+import trio
+
+from discovery import Peer
+
+from ._node import Node, open_node
+from ._streams import Subscription, TaskStream
+from ._types import DeadLetter, Message, NodeStatistics, Settings
+
+__all__ = ["BlockingNode", "BlockingSubscription", "BlockingWorker", "start"]
+
+logger = logging.getLogger("mesh")
+R = TypeVar("R")
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+#: How long `stop` and the `close` methods wait by default for the threads to end.
+STOP_TIMEOUT: Final = 5.0
+# Most events one cross-thread call takes from a subscription: enough to make reading cheap
+# (one trip into the node per batch, not per event), few enough to keep backpressure working.
+_BATCH: Final = 256
+
+
+def start(
+    name: str | None = None,
+    *,
+    mesh: str = "default",
+    interface: str | Iterable[str] = "127.0.0.1",
+    pub_port: int = 0,
+    pull_port: int = 0,
+    seeds: Iterable[str] = (),
+    discovery: str | Iterable[str] = "mdns",
+    settings: Settings | None = None,
+    dead_letter: Callable[[DeadLetter], None] | None = None,
+    timeout: float = 30.0,
+) -> BlockingNode:
+    """Open a node in a thread of its own and return it once it is open.
+
+    The arguments are `mesh.open_node`'s (binding to 127.0.0.1 unless told otherwise), and it
+    raises what `open_node` raises (`ValueError` for a bad argument, `OSError` for a port that
+    cannot be bound), here in the caller's thread; `dead_letter` is called in the node's thread
+    and must not block. Raises `TimeoutError` if the node is not open within `timeout` seconds
+    (it is told to stop then). The caller owns the node: `stop()` it, or use it as a
+    context manager (``with mesh.blocking.start(...) as node:``).
+    """
+    options: dict[str, Any] = {
+        "name": name,
+        "mesh": mesh,
+        "interface": interface,
+        "pub_port": pub_port,
+        "pull_port": pull_port,
+        "seeds": list(seeds),
+        "discovery": discovery,
+        "settings": settings,
+        "dead_letter": dead_letter,
+    }
+    node = BlockingNode(options)
+    node._thread.start()
+    if not node._opened.wait(timeout):
+        node._request_stop()
+        node._thread.join(STOP_TIMEOUT)
+        raise TimeoutError(f"the node did not open within {timeout:g} s")
+    if node._node is None:  # opening failed: the thread has ended or is ending
+        node._thread.join(STOP_TIMEOUT)
+        if node._error is not None:
+            raise node._error
+        raise trio.ClosedResourceError("the node was stopped while opening")
+    atexit.register(node.stop)
+    return node
+
+
+class BlockingNode:
+    """A `mesh.Node` running in a thread of its own, for callers that are not trio. Made by
+    `start`; every method is thread-safe. See the module's docstring for the rules."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        """Use `start`: this only prepares the thread."""
+        self._lock = threading.Lock()
+        self._opened = threading.Event()  # set once open, or once opening failed
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope = trio.CancelScope()  # the node's whole life, cancelled by `stop`
+        self._node: Node | None = None
+        self._nursery: trio.Nursery | None = None  # holds subscriptions and services open
+        self._helpers: list[threading.Thread] = []  # callback and handler threads
+        self._id = self._name = self._address = ""
+        label = options["name"] or "node"
+        self._thread = threading.Thread(
+            target=self._run, args=(options,), name=f"mesh-node {label}", daemon=True
+        )
+
+    # -- what the node is ---------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The node's id, 32 hex digits."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the node's inbox: what other nodes pass to `connect` or `seeds`."""
+        return self._address
+
+    @property
+    def running(self) -> bool:
+        """True from `start` until `stop` is called or the node's thread fails."""
+        return not self._stopping and self._error is None and self._thread.is_alive()
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """A snapshot of the known peers, by id (hex)."""
+        return self._call_sync(lambda node: node.peers)
+
+    def statistics(self) -> NodeStatistics:
+        """The node's counters (`mesh.NodeStatistics`)."""
+        return self._call_sync(Node.statistics)
+
+    def __repr__(self) -> str:
+        if self._error is not None:
+            state = "failed"
+        elif self._stopping or not self._thread.is_alive():
+            state = "stopped"
+        else:
+            state = "running"
+        return f"<BlockingNode {self._name} {self._id[:8]} {state}>"
+
+    # -- events -------------------------------------------------------------------------------
+
+    def publish(self, topic: str, body: Any, *, timeout: float | None = None) -> None:
+        """Publish an event (`mesh.Node.publish`). Returns once the node has it. Waits only while
+        a subscriber's connection is full (backpressure); `TimeoutError` after `timeout` seconds
+        of that, and then the event was not published."""
+        node = self._open_node()
+        self._call(_within, timeout, "publish", functools.partial(node.publish, topic, body))
+
+    def subscribe(
+        self, prefix: str, callback: Callable[[Message], object] | None = None
+    ) -> BlockingSubscription:
+        """Receive the events whose topic starts with `prefix` (``""`` for all).
+
+        Returns once the peers known now have confirmed the subscription (`mesh.Node.subscribe`).
+        Without `callback`, read the returned subscription: ``for message in subscription`` or
+        `BlockingSubscription.receive`. With `callback`, a thread of the subscription's own
+        calls ``callback(message)`` for each event, in order; an exception from it is logged and
+        the next event comes. Either way `BlockingSubscription.close` (or `stop`) ends it:
+        close it when done, since one that nobody reads holds its publishers back once its
+        buffer (`Settings.subscription_buffer`) is full.
+        """
+        node = self._open_node()
+        scope, stream = self._call(self._hold, functools.partial(node.subscribe, prefix))
+        subscription = BlockingSubscription(self, prefix, scope, stream, callback)
+        if callback is not None:
+            self._add_helper(
+                threading.Thread(
+                    target=subscription._deliver,
+                    name=f"mesh-subscription {prefix!r}",
+                    daemon=True,
+                ),
+                subscription._threads,
+            )
+        return subscription
+
+    # -- work ---------------------------------------------------------------------------------
+
+    def push(self, service: str, body: Any, *, timeout: float | None = None) -> None:
+        """Send a task to a peer offering `service` (`mesh.Node.push`). Raises `NoWorkerError`
+        when no worker has room for it within `timeout` seconds."""
+        node = self._open_node()
+        self._call(functools.partial(node.push, service, body, timeout=_seconds(timeout)))
+
+    def work(
+        self, service: str, handler: Callable[[Any], object], *, threads: int = 1
+    ) -> BlockingWorker:
+        """Offer `service` to the mesh and run ``handler(body)`` for each of its tasks.
+
+        `threads` threads of the worker's own run the handler, each one task at a time. A
+        handler that returns acks the task; one that raises an `Exception` nacks it (it is
+        logged, and the sender may send the task again, to this node or another). Tasks can
+        come more than once (at-least-once delivery): make the handler safe to repeat.
+        `BlockingWorker.close` (or `stop`) withdraws the service. Raises `ValueError` if this
+        node already works for `service`.
+        """
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        node = self._open_node()
+        scope, stream = self._call(self._hold, functools.partial(node.work, service))
+        worker = BlockingWorker(self, service, scope, stream, handler)
+        for i in range(threads):
+            self._add_helper(
+                threading.Thread(
+                    target=worker._serve, name=f"mesh-worker {service} {i}", daemon=True
+                ),
+                worker._threads,
+            )
+        return worker
+
+    def wait_settled(self, timeout: float | None = None) -> None:
+        """Wait until every task pushed so far is acked or given up on; `TimeoutError` after
+        `timeout` seconds."""
+        node = self._open_node()
+        self._call(_within, timeout, "wait_settled", node.wait_settled)
+
+    # -- peers --------------------------------------------------------------------------------
+
+    def connect(self, address: str, *, timeout: float | None = None) -> Peer:
+        """Peer with the node at `address` (``host:port``), as `mesh.Node.connect` does
+        (`timeout` None: `Settings.connect_timeout`). Raises `PeerUnreachableError`."""
+        node = self._open_node()
+        return self._call(functools.partial(node.connect, address, timeout=timeout))
+
+    def wait_for_peers(
+        self,
+        count: int | None = None,
+        *,
+        names: Iterable[str] = (),
+        service: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Peer]:
+        """Wait for peers as `mesh.Node.wait_for_peers` does; `MissingPeersError` after
+        `timeout` seconds."""
+        node = self._open_node()
+        wait = functools.partial(
+            node.wait_for_peers,
+            count,
+            names=list(names),
+            service=service,
+            timeout=_seconds(timeout),
+        )
+        return self._call(wait)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the node: goodbye to its peers, its thread ended, its sockets and context closed,
+        then the callback and handler threads ended (each once its current call returns).
+
+        Calls waiting in other threads raise `trio.ClosedResourceError`. Raises `TimeoutError`
+        if a thread is still running after `timeout` seconds (a handler that does not return);
+        the node is stopped all the same. A second call only waits again. May be called from a
+        callback or handler, whose own thread then ends when it returns.
+        """
+        deadline = time.monotonic() + timeout
+        self._request_stop()
+        atexit.unregister(self.stop)
+        current = threading.current_thread()
+        with self._lock:
+            threads = [self._thread, *self._helpers]
+        for thread in threads:
+            if thread is not current and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in threads if t is not current and t.is_alive()]
+        if left:
+            raise TimeoutError(f"still running {timeout:g} s after stop: {', '.join(left)}")
+        with self._lock:
+            self._helpers = [t for t in self._helpers if t.is_alive()]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the node's thread --------------------------------------------------------------------
+
+    def _run(self, options: dict[str, Any]) -> None:
+        try:
+            trio.run(self._main, options)
+        except BaseException as exc:
+            self._error = exc
+            if self._node is not None:  # (an error while opening is raised by `start`)
+                logger.error("the node's thread failed", exc_info=exc)
+        finally:
+            self._opened.set()
+
+    async def _main(self, options: dict[str, Any]) -> None:
+        with self._lock:
+            self._token = trio.lowlevel.current_trio_token()
+            if self._stopping:  # `stop` came before there was a token to reach this thread
+                self._scope.cancel()
+        with self._scope:
+            async with open_node(**options) as node, trio.open_nursery() as nursery:
+                self._id, self._name, self._address = node.id, node.name, node.address
+                self._thread.name = f"mesh-node {node.name}"
+                self._node = node
+                self._nursery = nursery
+                self._opened.set()
+                await trio.sleep_forever()
+
+    async def _hold(
+        self, enter: Callable[[], AbstractAsyncContextManager[T]]
+    ) -> tuple[trio.CancelScope, T]:
+        """Enter `enter()` in a task of the node's nursery and keep it open until the returned
+        scope is cancelled (or the node stops)."""
+
+        async def hold(task_status: trio.TaskStatus[tuple[trio.CancelScope, T]]) -> None:
+            with trio.CancelScope() as scope:
+                async with enter() as stream:
+                    task_status.started((scope, stream))
+                    await trio.sleep_forever()
+
+        assert self._nursery is not None
+        if self._stopping:
+            raise trio.ClosedResourceError("the node is closed")
+        try:
+            started: tuple[trio.CancelScope, T] = await self._nursery.start(hold)
+        except RuntimeError:  # the nursery closed: the node is stopping or failed
+            if self._nursery.cancel_scope.cancel_called or self._stopping:
+                self._raise_closed()
+            raise
+        return started
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _call(self, afn: Callable[[Unpack[Ts]], Awaitable[R]], *args: *Ts) -> R:
+        """Run ``afn(*args)`` in the node's thread and return what it returns."""
+        token = self._checked_token()
+        try:
+            return trio.from_thread.run(afn, *args, trio_token=token)
+        except (trio.Cancelled, trio.RunFinishedError):  # the node's thread ended meanwhile
+            self._raise_closed()
+
+    def _call_sync(self, fn: Callable[[Node], R]) -> R:
+        node = self._open_node()
+        token = self._checked_token()
+        try:
+            return trio.from_thread.run_sync(fn, node, trio_token=token)
+        except trio.RunFinishedError:
+            self._raise_closed()
+
+    def _open_node(self) -> Node:
+        if self._node is None or self._stopping or self._error is not None:
+            self._raise_closed()
+        return self._node
+
+    def _checked_token(self) -> trio.lowlevel.TrioToken:
+        if self._token is None or self._stopping or self._error is not None:
+            self._raise_closed()
+        return self._token
+
+    def _raise_closed(self) -> NoReturn:
+        if self._error is not None:
+            raise trio.BrokenResourceError(
+                f"the node's thread failed: {self._error!r}"
+            ) from self._error
+        raise trio.ClosedResourceError("the node is closed")
+
+    def _request_stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            token = self._token
+        if token is not None:
+            self._cancel_soon(self._scope, token)
+
+    def _cancel(self, scope: trio.CancelScope) -> None:
+        """Cancel a scope of the node's thread, from any thread."""
+        with self._lock:
+            token = self._token
+        if token is not None:
+            self._cancel_soon(scope, token)
+
+    @staticmethod
+    def _cancel_soon(scope: trio.CancelScope, token: trio.lowlevel.TrioToken) -> None:
+        # RunFinishedError: the node's thread has ended, nothing is left to cancel.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(scope.cancel)
+
+    def _add_helper(self, thread: threading.Thread, owner: list[threading.Thread]) -> None:
+        with self._lock:
+            self._helpers = [t for t in self._helpers if t.is_alive()]
+            self._helpers.append(thread)
+        owner.append(thread)
+        thread.start()
+
+
+class _Held:
+    """What `BlockingSubscription` and `BlockingWorker` share: the node task that holds the
+    stream open, and the threads of their own."""
+
+    def __init__(
+        self, node: BlockingNode, scope: trio.CancelScope, stream: Subscription | TaskStream
+    ) -> None:
+        self._node = node
+        self._scope = scope
+        self._stream = stream
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+
+    def close(self, timeout: float = STOP_TIMEOUT) -> None:
+        """End it, and wait for its threads to end (each once its current callback or handler
+        returns). Raises `TimeoutError` if one is still running after `timeout` seconds. A second
+        call only waits again; it may be called from its own callback or handler."""
+        self._closed = True
+        self._node._cancel(self._scope)
+        deadline = time.monotonic() + timeout
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in self._threads if t is not current and t.is_alive()]
+        if left:
+            raise TimeoutError(f"still running {timeout:g} s after close: {', '.join(left)}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BlockingSubscription(_Held):
+    """The events of one `BlockingNode.subscribe`, in arrival order.
+
+    Without a callback, read it from any thread: ``for message in subscription`` (which ends when
+    the subscription or the node is closed) or `receive`. It ends with `close` (or with the
+    ``with`` block it is used in, or `BlockingNode.stop`). A reader that falls behind holds the
+    publishers back, as `mesh.Subscription` does; nothing is lost.
+    """
+
+    def __init__(
+        self,
+        node: BlockingNode,
+        prefix: str,
+        scope: trio.CancelScope,
+        stream: Subscription,
+        callback: Callable[[Message], object] | None,
+    ) -> None:
+        super().__init__(node, scope, stream)
+        self.prefix = prefix
+        self._subscription = stream
+        self._callback = callback
+        self._ready: deque[Message] = deque()  # taken from the node, not yet read
+        self._reading = threading.Lock()  # one reader at a time fetches from the node
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<BlockingSubscription {self.prefix!r}{state} ready={len(self._ready)}>"
+
+    def receive(self, timeout: float | None = None) -> Message:
+        """The next event; waits at most `timeout` seconds (None: until one comes), then raises
+        `TimeoutError`. Raises `trio.ClosedResourceError` once the subscription or the node is
+        closed, and `RuntimeError` if the subscription has a callback (which gets the events)."""
+        if self._callback is not None:
+            raise RuntimeError("this subscription hands its events to its callback")
+        return self._receive(timeout)
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        try:
+            return self.receive()
+        except trio.ClosedResourceError:
+            raise StopIteration from None
+
+    def _receive(self, timeout: float | None) -> Message:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reading.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise TimeoutError(f"no event within {timeout:g} s")
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError("the subscription is closed")
+            if not self._ready:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._ready.extend(self._node._call(_take_events, self._subscription, left))
+                if not self._ready:
+                    raise TimeoutError(f"no event within {timeout:g} s")
+            return self._ready.popleft()
+        finally:
+            self._reading.release()
+
+    def _deliver(self) -> None:
+        """The callback's thread."""
+        assert self._callback is not None
+        while True:
+            try:
+                message = self._receive(None)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            try:
+                self._callback(message)
+            except Exception:
+                logger.exception(
+                    "the callback of subscription %r failed on %r", self.prefix, message
+                )
+
+
+class BlockingWorker(_Held):
+    """The worker of one `BlockingNode.work`: its threads run the handler for each task. `close`
+    (or the ``with`` block it is used in, or `BlockingNode.stop`) withdraws the service; tasks
+    not yet taken go back to their senders, tasks being handled are finished and acked."""
+
+    def __init__(
+        self,
+        node: BlockingNode,
+        service: str,
+        scope: trio.CancelScope,
+        stream: TaskStream,
+        handler: Callable[[Any], object],
+    ) -> None:
+        super().__init__(node, scope, stream)
+        self.service = service
+        self._tasks = stream
+        self._handler = handler
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<BlockingWorker {self.service!r}{state} threads={len(self._threads)}>"
+
+    def _serve(self) -> None:
+        """One of the handler's threads."""
+        call = self._node._call
+        while True:
+            try:
+                task = call(self._tasks.receive)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            settle: Callable[[], Awaitable[None]] = task.ack
+            try:
+                self._handler(task.body)
+            except Exception as exc:
+                logger.warning("task %r failed", task, exc_info=True)
+                settle = functools.partial(task.nack, f"{type(exc).__name__}: {exc}")
+            try:
+                call(settle)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return  # unsettled: its sender sends it again when it sees this node leave
+
+
+async def _within(timeout: float | None, what: str, afn: Callable[[], Awaitable[None]]) -> None:
+    if timeout is None:
+        await afn()
+        return
+    with trio.move_on_after(timeout):
+        await afn()
+        return
+    raise TimeoutError(f"{what} did not finish within {timeout:g} s")
+
+
+async def _take_events(subscription: Subscription, timeout: float | None) -> list[Message]:
+    """Wait up to `timeout` for an event, then take the others already buffered (up to a
+    batch). The batch is taken outside the timeout's scope: a deadline passing halfway must not
+    lose the events already taken."""
+    with trio.move_on_after(_seconds(timeout)) as scope:
+        first = await subscription.receive()
+    if scope.cancelled_caught:
+        return []
+    batch = [first]
+    while subscription._buffer and len(batch) < _BATCH:
+        batch.append(await subscription.receive())
+    return batch
+
+
+def _seconds(timeout: float | None) -> float:
+    return math.inf if timeout is None else timeout
