@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _bench, _peers, _pubsub, _run, _tasks
+from . import _bench, _demo, _peers, _pubsub, _run, _tasks
 from ._common import UserError
 
-_COMMANDS = [_peers, _run, _pubsub, _tasks, _bench]
+_COMMANDS = [_demo, _peers, _run, _pubsub, _tasks, _bench]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

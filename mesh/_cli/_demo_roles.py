@@ -1,0 +1,103 @@
+"""The processes of ``mesh-cli demo``: ``python -m mesh._cli._demo_roles ROLE MESH INTERFACE ...``.
+
+Each role is one node. It reports to the demo on stdout, one JSON object a line, each with a
+``kind`` (see the roles below); the demo reads them to draw its view and to count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+import mesh
+
+SERVICE = "demo.job"
+TOPIC = "demo.progress"
+PEERS_TIMEOUT = 15.0
+
+
+def report(kind: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+async def worker(name: str, mesh_name: str, interface: str, pause: str) -> None:
+    """Do `SERVICE` tasks, each taking `pause` seconds; report each one done *before* acking it,
+    so the demo never misses a task done by a worker killed between the two."""
+    async with (
+        mesh.open_node(name, mesh=mesh_name, interface=interface) as node,
+        node.work(SERVICE) as tasks,
+    ):
+        report("ready", id=node.id, address=node.address)
+        async for task in tasks:
+            async with task:
+                await trio.sleep(float(pause))
+                report("done", n=task.body["n"], attempt=task.attempt)
+
+
+async def producer(mesh_name: str, interface: str, count: str, rate: str, peers: str) -> None:
+    """Wait for the `peers` (names, comma-separated), push `count` tasks at `rate` a second,
+    publish progress events, then wait until every task is acked (or given up) and report the
+    statistics."""
+    async with mesh.open_node("producer", mesh=mesh_name, interface=interface) as node:
+        report("ready", id=node.id, address=node.address)
+        await node.wait_for_peers(names=peers.split(","), timeout=PEERS_TIMEOUT)
+        report("started")
+        interval = 1.0 / float(rate)
+        next_at = trio.current_time()
+        for n in range(int(count)):
+            await trio.sleep_until(next_at)
+            next_at += interval
+            await node.push(SERVICE, {"n": n})
+            if n % 50 == 49:
+                stats = node.statistics()
+                await node.publish(TOPIC, {"pushed": n + 1, "acked": stats.tasks_acked})
+                report("stats", **_counts(node))
+        await node.wait_settled()
+        await node.publish(TOPIC, {"pushed": int(count), "acked": node.statistics().tasks_acked})
+        report("finished", **_counts(node))
+        await trio.sleep(0.2)  # let the last event reach the subscriber before leaving
+
+
+def _counts(node: mesh.Node) -> dict[str, Any]:
+    stats = dataclasses.asdict(node.statistics())
+    return {
+        key: stats[key]
+        for key in (
+            "tasks_pushed",
+            "tasks_acked",
+            "tasks_nacked",
+            "tasks_redelivered",
+            "tasks_given_up",
+            "tasks_in_flight",
+        )
+    }
+
+
+async def subscriber(mesh_name: str, interface: str) -> None:
+    """Report every progress event."""
+    async with (
+        mesh.open_node("watcher", mesh=mesh_name, interface=interface) as node,
+        node.subscribe(TOPIC) as events,
+    ):
+        report("ready", id=node.id, address=node.address)
+        async for message in events:
+            report("event", topic=message.topic, body=message.body)
+
+
+ROLES: dict[str, Callable[..., Awaitable[None]]] = {
+    "worker": worker,
+    "producer": producer,
+    "subscriber": subscriber,
+}
+
+if __name__ == "__main__":
+    role, *arguments = sys.argv[1:]
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C at the demo reaches its nodes too
+        trio.run(ROLES[role], *arguments)
