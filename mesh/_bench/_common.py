@@ -185,7 +185,10 @@ class Pool:
 
 def _serve(control: Connection) -> None:
     """A pool process: run each role the benchmark sends, until told to stop."""
-    control.send("up")
+    try:
+        control.send("up")
+    except OSError:  # the benchmark is gone already
+        return
     while True:
         try:
             job = control.recv()
@@ -202,7 +205,10 @@ def _serve(control: Connection) -> None:
             if not isinstance(exc, Exception):
                 return
         else:
-            control.send(_FINISHED)
+            try:
+                control.send(_FINISHED)
+            except OSError:  # the benchmark is gone (Ctrl-C, or it gave up on us)
+                return
 
 
 def receive(control: Connection, timeout: float = ANSWER_TIMEOUT) -> Any:
