@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:  # Ctrl-C that reached trio's tasks
+        if group.split(KeyboardInterrupt)[1] is None:
+            return 130
+        raise
     return status
 
 

@@ -27,7 +27,7 @@ def report(kind: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-async def worker(name: str, mesh_name: str, interface: str, pause: str) -> None:
+async def worker(mesh_name: str, interface: str, name: str, pause: str) -> None:
     """Do `SERVICE` tasks, each taking `pause` seconds; report each one done *before* acking it,
     so the demo never misses a task done by a worker killed between the two."""
     async with (
@@ -91,7 +91,26 @@ async def subscriber(mesh_name: str, interface: str) -> None:
             report("event", topic=message.topic, body=message.body)
 
 
+async def observer(mesh_name: str, interface: str) -> None:
+    """Offer nothing; report every membership change this node sees."""
+    async with (
+        mesh.open_node("demo-view", mesh=mesh_name, interface=interface) as node,
+        node.watch_peers() as changes,
+    ):
+        report("ready", id=node.id, address=node.address)
+        async for change in changes:
+            kind = type(change).__name__.removeprefix("Peer").lower()  # joined, left...
+            report(
+                "peer",
+                change="state" if kind == "statechanged" else kind,
+                name=change.peer.name,
+                state=change.peer.state.value,
+                reason=getattr(change, "reason", None),
+            )
+
+
 ROLES: dict[str, Callable[..., Awaitable[None]]] = {
+    "observer": observer,
     "worker": worker,
     "producer": producer,
     "subscriber": subscriber,
