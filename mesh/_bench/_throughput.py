@@ -349,7 +349,7 @@ async def _mesh_push(
         started = clock()
         deadline = started + duration
         while pushed < count and (pushed % _CHECK_EVERY or clock() < deadline):
-            await node.push(_SERVICE, body)
+            await node.push(_SERVICE, body, timeout=10)
             pushed += 1
         with trio.fail_after(30):
             await node.wait_settled()
