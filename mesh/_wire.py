@@ -12,13 +12,18 @@ The rules (docs/protocol.md is the full text, written for someone with only pyzm
   ``b"E" + topic + b"\x00" + envelope`` for events (and for the SYNCED answer to a subscription
   probe; topics are UTF-8 without NUL), and ``b"!" + envelope`` for control (heartbeat, goodbye).
 * On a PULL socket (a node's inbox) the frame is the envelope alone.
+* A *batch* carries several consecutive messages of one sender in one frame (fewer, larger frames
+  under load): an envelope of kind `BATCH` (13) whose body is the array of their envelopes, in an
+  inbox as it is, on a PUB after the channel of the topic all its events share. It is a container,
+  not a message: it is not a `Kind`, and decoding one (`decode_inbox_many`,
+  `decode_published_many`) gives the envelopes it holds.
 * A receiver never trusts a frame: any deviation raises `ProtocolError` here, and nowhere else.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -39,6 +44,14 @@ MAX_PEERS_LISTED: Final = 4096
 
 EVENT_CHANNEL: Final = b"E"
 CONTROL_CHANNEL: Final = b"!"
+#: The kind number of a batch envelope: body = an array of 1 … MAX_BATCH envelopes.
+BATCH: Final = 13
+MAX_BATCH: Final = 4096
+#: What a sender puts in one batch at most (a message that alone is larger goes alone): large
+#: enough that the cost of a ZeroMQ send is spread thin, small enough to keep a receiver's turn
+#: short.
+BATCH_MESSAGES: Final = 256
+BATCH_BYTES: Final = 256 * 1024
 
 
 class Kind(enum.IntEnum):
@@ -72,6 +85,7 @@ _DIRECT_KINDS: Final = frozenset(
         Kind.READY,
     }
 )
+_EVENT_KINDS: Final = frozenset({Kind.EVENT, Kind.SYNCED})
 _KINDS: Final = {int(k): k for k in Kind}
 _NO_META: Final = frozenset(
     {Kind.EVENT, Kind.HEARTBEAT, Kind.BYE, Kind.HELLO, Kind.WELCOME, Kind.UPDATE, Kind.READY}
@@ -94,6 +108,10 @@ class Envelope(NamedTuple):
     topic: str | None = None
 
 
+# A validated message before it becomes an `Envelope`: kind, sender, seq, meta, body.
+_Message = tuple[Kind, bytes, int, tuple[Any, ...] | None, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The body of HELLO and WELCOME: the sender's record and the inbox addresses of the peers it
@@ -101,9 +119,14 @@ class Hello:
 
     record: PeerRecord
     peers: tuple[str, ...]
+    #: The sender accepts BATCH frames in its inbox (the HELLO body's ``"batch": true``).
+    batch: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"record": self.record.to_wire(), "peers": list(self.peers)}
+        body: dict[str, Any] = {"record": self.record.to_wire(), "peers": list(self.peers)}
+        if self.batch:
+            body["batch"] = True
+        return body
 
 
 # -- encoding --------------------------------------------------------------------------------------
@@ -147,41 +170,173 @@ def control_frame(envelope: bytes) -> bytes:
     return CONTROL_CHANNEL + envelope
 
 
+def batch_envelope(envelopes: Sequence[bytes]) -> bytes:
+    """The BATCH envelope holding `envelopes` (at least one, made by `pack` for one sender, in the
+    order they were numbered): ``[1, 13, sender, seq of the first, nil, [envelope, ...]]``.
+
+    Its head is cut from the first envelope's (`pack` writes version and kind as one byte each
+    and the sender as bin 16), so nothing is packed twice. The caller keeps the result within
+    `MAX_FRAME_SIZE` and `MAX_BATCH`."""
+    first = envelopes[0]
+    assert first[:2] == b"\x96\x01", "not an envelope from pack"
+    assert first[3:5] == b"\xc4\x10", "not an envelope from pack"
+    seq_end = 21 + _UINT_WIDTH[first[21]] if first[21] >= 0xCC else 22
+    count = len(envelopes)
+    items = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+    return b"\x96\x01\x0d" + first[3:seq_end] + b"\xc0" + items + b"".join(envelopes)
+
+
+_UINT_WIDTH: Final = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}  # msgpack uint 8/16/32/64 with marker
+
+
+def coalesce_direct(frames: Iterable[bytes]) -> tuple[bytes, int]:
+    """The next frame to send on an inbox link whose peer takes batches, from the messages
+    (envelopes) queued for it, oldest first: the first alone, or a BATCH of as many of them as
+    `BATCH_MESSAGES` and `BATCH_BYTES` allow. Returns (frame, messages it carries)."""
+    queued = iter(frames)
+    first = next(queued)
+    envelopes = [first]
+    size = len(first)
+    for envelope in queued:
+        size += len(envelope)
+        if size > BATCH_BYTES or len(envelopes) == BATCH_MESSAGES:
+            break
+        envelopes.append(envelope)
+    if len(envelopes) == 1:
+        return first, 1
+    return batch_envelope(envelopes), len(envelopes)
+
+
+def coalesce_published(frames: Iterable[bytes]) -> tuple[bytes, int]:
+    """The next frame to publish, from the published frames queued, oldest first: the first
+    alone, or, when it and the next ones are events of the same topic (the same channel up to
+    and including the NUL, so that every subscriber that takes one takes all), one frame
+    ``channel + NUL + BATCH`` holding their envelopes. Returns (frame, messages it carries)."""
+    queued = iter(frames)
+    first = next(queued)
+    if first[:1] != EVENT_CHANNEL:
+        return first, 1
+    end = first.find(b"\x00", 1, MAX_TOPIC_SIZE + 2) + 1
+    head = first[:end]
+    envelopes = [first[end:]]
+    size = len(first)
+    for frame in queued:
+        size += len(frame) - end
+        if size > BATCH_BYTES or len(envelopes) == BATCH_MESSAGES or not frame.startswith(head):
+            break
+        envelopes.append(frame[end:])
+    if len(envelopes) == 1:
+        return first, 1
+    return head + batch_envelope(envelopes), len(envelopes)
+
+
 # -- decoding --------------------------------------------------------------------------------------
 
 
 def decode_inbox(frame: bytes) -> Envelope:
-    """Decode a frame received on a node's PULL socket. Raises `ProtocolError` and nothing else
-    for any input that is not valid protocol v1."""
-    kind, sender, seq, meta, body = _unpack(frame)
+    """Decode a frame received on a node's PULL socket that holds one message (a BATCH is
+    refused here: `decode_inbox_many` takes both). Raises `ProtocolError` and nothing else for
+    any input that is not valid protocol v1."""
+    kind, sender, seq, meta, body = _check_envelope(_load(frame))
     if kind not in _DIRECT_KINDS:
         raise ProtocolError("kind", f"{kind.name} is not sent to an inbox")
     return Envelope(kind, sender, seq, meta, body, None)
 
 
+def decode_inbox_many(frame: bytes) -> list[Envelope]:
+    """Decode a frame received on a node's PULL socket: one message, or the messages of a BATCH
+    (in order). Raises `ProtocolError` and nothing else for any input that is not valid protocol
+    v1; one bad message in a batch makes the whole frame invalid."""
+    items = _load(frame)
+    if type(items) is list and len(items) == 6 and type(items[1]) is int and items[1] == BATCH:
+        return [Envelope(*message, None) for message in _unbatch(items, _DIRECT_KINDS, "an inbox")]
+    kind, sender, seq, meta, body = _check_envelope(items)
+    if kind not in _DIRECT_KINDS:
+        raise ProtocolError("kind", f"{kind.name} is not sent to an inbox")
+    return [Envelope(kind, sender, seq, meta, body, None)]
+
+
 def decode_published(frame: bytes) -> Envelope:
-    """Decode a frame received on a SUB socket. Raises `ProtocolError` and nothing else for any
-    input that is not valid protocol v1."""
+    """Decode a frame received on a SUB socket that holds one message (a BATCH is refused here:
+    `decode_published_many` takes both). Raises `ProtocolError` and nothing else for any input
+    that is not valid protocol v1."""
+    envelopes = _decode_published(frame, batch=False)
+    return envelopes[0]
+
+
+def decode_published_many(frame: bytes) -> list[Envelope]:
+    """Decode a frame received on a SUB socket: one message, or the events of a BATCH on an
+    event channel (in order). Raises `ProtocolError` and nothing else for any input that is not
+    valid protocol v1; one bad message in a batch makes the whole frame invalid."""
+    return _decode_published(frame, batch=True)
+
+
+def _decode_published(frame: bytes, *, batch: bool) -> list[Envelope]:
     channel = frame[:1]
     if channel == EVENT_CHANNEL:
         end = frame.find(b"\x00", 1, MAX_TOPIC_SIZE + 2)
         if end < 0:
             reason = "oversized" if len(frame) > MAX_TOPIC_SIZE + 1 else "truncated"
             raise ProtocolError(reason, "no end of topic within the topic size limit")
-        kind, sender, seq, meta, body = _unpack(_after(frame, end + 1))
-        if kind is not Kind.EVENT and kind is not Kind.SYNCED:
-            raise ProtocolError("kind", f"{kind.name} on an event channel")
+        items = _load(_after(frame, end + 1))
+        messages: list[_Message]
+        if (
+            batch
+            and type(items) is list
+            and len(items) == 6
+            and type(items[1]) is int
+            and (items[1] == BATCH)
+        ):
+            messages = _unbatch(items, _EVENT_KINDS, "an event channel")
+        else:
+            message = _check_envelope(items)
+            if message[0] is not Kind.EVENT and message[0] is not Kind.SYNCED:
+                raise ProtocolError("kind", f"{message[0].name} on an event channel")
+            messages = [message]
         try:
             topic = frame[1:end].decode()
         except UnicodeDecodeError:
             raise ProtocolError("malformed", "topic is not UTF-8") from None
-        return Envelope(kind, sender, seq, meta, body, topic)
+        return [Envelope(*message, topic) for message in messages]
     if channel == CONTROL_CHANNEL:
-        kind, sender, seq, meta, body = _unpack(_after(frame, 1))
+        kind, sender, seq, meta, body = _check_envelope(_load(_after(frame, 1)))
         if kind is not Kind.HEARTBEAT and kind is not Kind.BYE:
             raise ProtocolError("kind", f"{kind.name} on the control channel")
-        return Envelope(kind, sender, seq, meta, body, None)
+        return [Envelope(kind, sender, seq, meta, body, None)]
     raise ProtocolError("malformed", f"unknown channel {channel!r}")
+
+
+def _unbatch(items: list[Any], allowed: frozenset[Kind], where: str) -> list[_Message]:
+    """The messages of a BATCH whose outer array `items` has six items and kind 13, sent to
+    `where`, which takes the kinds `allowed`."""
+    version, _, sender, seq, meta, body = items
+    if type(version) is not int:
+        raise ProtocolError("malformed", "version is not an integer")
+    if version != VERSION:
+        raise ProtocolError("version", f"protocol version {version} (this node speaks {VERSION})")
+    if type(sender) is not bytes or len(sender) != NODE_ID_SIZE:
+        raise ProtocolError("malformed", "sender is not a 16-byte id")
+    if type(seq) is not int or not 0 < seq <= MAX_UINT64:
+        raise ProtocolError("malformed", "seq is not a positive integer")
+    if meta is not None:
+        raise ProtocolError("malformed", "BATCH takes no meta")
+    if type(body) is not list or not body:
+        raise ProtocolError("malformed", "BATCH body is not a non-empty array")
+    if len(body) > MAX_BATCH:
+        raise ProtocolError("oversized", f"more than {MAX_BATCH} messages in a BATCH")
+    messages = []
+    for item in body:
+        if type(item) is list and len(item) == 6 and type(item[1]) is int and item[1] == BATCH:
+            raise ProtocolError("kind", "a BATCH inside a BATCH")
+        message = _check_envelope(item)
+        if message[0] not in allowed:
+            raise ProtocolError("kind", f"{message[0].name} in a BATCH to {where}")
+        if message[1] != sender:
+            raise ProtocolError("malformed", "a message in a BATCH from another sender")
+        messages.append(message)
+    if messages[0][2] != seq:
+        raise ProtocolError("malformed", "BATCH seq is not its first message's")
+    return messages
 
 
 def _after(frame: bytes, start: int) -> bytes | memoryview:
@@ -189,11 +344,12 @@ def _after(frame: bytes, start: int) -> bytes | memoryview:
     return frame[start:] if len(frame) < 65536 else memoryview(frame)[start:]
 
 
-def _unpack(frame: bytes | memoryview) -> tuple[Kind, bytes, int, tuple[Any, ...] | None, Any]:
+def _load(frame: bytes | memoryview) -> Any:
+    """msgpack-decode a whole frame, mapping every failure to a `ProtocolError`."""
     if len(frame) > MAX_FRAME_SIZE:
         raise ProtocolError("oversized", f"{len(frame)} byte frame")
     try:
-        items = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
     except ProtocolError:
         raise
     except msgpack.StackError:  # msgpack's own depth limit (1024), far past ours
@@ -206,6 +362,10 @@ def _unpack(frame: bytes | memoryview) -> tuple[Kind, bytes, int, tuple[Any, ...
         raise ProtocolError(reason, f"not msgpack: {exc}") from None
     except (TypeError, RecursionError, MemoryError, OverflowError) as exc:  # unhashable map key
         raise ProtocolError("malformed", f"not msgpack: {exc}") from None
+
+
+def _check_envelope(items: Any) -> _Message:
+    """Validate one decoded envelope (a message, not a BATCH: kind 13 is unknown here)."""
     if type(items) is not list or len(items) != 6:
         raise ProtocolError("malformed", "envelope is not an array of six items")
     version, kind_number, sender, seq, meta, body = items
@@ -273,7 +433,7 @@ def _parse_hello(data: Any) -> Hello:
             addresses.append(format_address(*parse_address(address)))
         except ValueError as exc:
             raise ProtocolError("malformed", str(exc)) from None
-    return Hello(_parse_record(data["record"]), tuple(addresses))
+    return Hello(_parse_record(data["record"]), tuple(addresses), data.get("batch") is True)
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

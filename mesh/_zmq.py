@@ -19,7 +19,7 @@ Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_f
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -183,6 +183,11 @@ class AsyncSocket:
             # way, after the pending ops have run (they too may have consumed the edge).
 
 
+#: Turns the messages queued in an `Outbox`, oldest first, into the next frame to send:
+#: (frame, how many of them it carries, at least 1).
+Coalesce = Callable[[Iterable[bytes]], tuple[bytes, int]]
+
+
 class Outbox:
     """A bounded queue of outgoing messages in front of one send-only socket.
 
@@ -190,6 +195,11 @@ class Outbox:
     without a task switch; when ZeroMQ pushes back, messages queue here (up to `capacity`) and
     the `run` task, the socket's owner, feeds them in as ZeroMQ takes them. So a slow or absent
     peer fills only its own outbox, and never blocks the node.
+
+    With `coalesce` set, messages produced in a burst leave in fewer, larger frames: the first
+    goes straight to ZeroMQ as before (no added latency when idle), and those sent after it until
+    the owner task next runs (that is, until the producing task yields to trio) are queued and
+    then handed to ZeroMQ together, `coalesce` deciding how many go in each frame. Order is kept.
     """
 
     def __init__(
@@ -199,20 +209,27 @@ class Outbox:
         on_room: Callable[[], None] | None = None,
         *,
         retry_interval: float | None = None,
+        coalesce: Coalesce | None = None,
     ) -> None:
         """`on_room` is called whenever a full outbox gets room again. `retry_interval` is for
         sockets whose POLLOUT says nothing (an XPUB with XPUB_NODROP reports POLLOUT even while
         it refuses messages): the owner then retries that often instead of waiting on the FD,
-        and only while ZeroMQ refuses."""
+        and only while ZeroMQ refuses. `coalesce` may also be set later (`self.coalesce`)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.socket = socket
+        self.coalesce = coalesce
         self._capacity = capacity
         self._retry_interval = retry_interval
-        self._queue: deque[Message] = deque()
+        self._queue: deque[bytes] = deque()
+        # A message went straight to ZeroMQ and the owner has not run since: later ones queue,
+        # to leave together when it does.
+        self._burst = False
+        self._next: tuple[bytes, int] | None = None  # a frame ZeroMQ refused, and its messages
         self._wake_owner = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._on_room = on_room
+        self.frames_sent = 0  # frames handed to ZeroMQ (each holds one message or more)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -220,10 +237,14 @@ class Outbox:
     def has_room(self) -> bool:
         return len(self._queue) < self._capacity
 
-    def send_nowait(self, message: Message) -> bool:
+    def send_nowait(self, message: bytes) -> bool:
         """Send or queue one message; False (and nothing done) when the outbox is full."""
-        if not self._queue:
+        if not self._queue and not self._burst:
             if self.socket.try_send(message):
+                self.frames_sent += 1
+                if self.coalesce is not None:
+                    self._burst = True
+                    self._wake_owner.unpark_all()
                 return True
             self._queue.append(message)
             self._wake_owner.unpark_all()
@@ -235,7 +256,7 @@ class Outbox:
         self._queue.append(message)
         return True
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: bytes) -> None:
         """Send or queue one message, waiting while the outbox is full."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self.send_nowait(message):
@@ -254,10 +275,11 @@ class Outbox:
         while self._queue:
             await self._room.park()
 
-    def discard(self) -> list[Message]:
+    def discard(self) -> list[bytes]:
         """Empty the outbox and return what it held (for the caller to reroute or count)."""
         dropped = list(self._queue)
         self._queue.clear()
+        self._next = None
         self._room.unpark_all()
         return dropped
 
@@ -266,12 +288,21 @@ class Outbox:
         queue = self._queue
         while True:
             while not queue:
+                self._burst = False
                 await self._wake_owner.park()
             try:
                 while queue:
-                    if self.socket.try_send(queue[0]):
-                        queue.popleft()
-                        if len(queue) == self._capacity - 1 or not queue:
+                    if self._next is None:
+                        coalesce = self.coalesce
+                        self._next = (queue[0], 1) if coalesce is None else coalesce(queue)
+                    frame, count = self._next
+                    if self.socket.try_send(frame):
+                        self._next = None
+                        self.frames_sent += 1
+                        was_full = len(queue) >= self._capacity
+                        for _ in range(count):
+                            queue.popleft()
+                        if was_full or not queue:
                             self._room.unpark_all()
                             if self._on_room is not None:
                                 self._on_room()
