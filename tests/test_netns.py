@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -104,6 +105,21 @@ class NodeProcess:
             self.reports[report["kind"]] = report
             if report["kind"] == kind and (match is None or match(report)):
                 return report
+
+    def reports_so_far(self) -> list[dict[str, Any]]:
+        """Every report received and not yet read, without waiting; fails on an ``error``."""
+        reports = []
+        while True:
+            try:
+                report = self.lines.get_nowait()
+            except queue.Empty:
+                return reports
+            if report is None:
+                pytest.fail(f"{self.name}: exited early{self.tail()}")
+            if report["kind"] == "error":
+                pytest.fail(f"{self.name}: {report}{self.tail()}")
+            self.reports[report["kind"]] = report
+            reports.append(report)
 
     def send(self, command: str) -> None:
         assert self.process.stdin is not None
@@ -345,6 +361,82 @@ def test_a_host_cut_off_at_the_switch_is_declared_dead_its_tasks_move_and_it_com
     assert stats["tasks_in_flight"] == 0
     assert stats["tasks_redelivered"] > 0  # h3 held some unacked: h2 did them
 
+    for node in nodes:
+        node.send("quit")
+    for node in nodes:
+        node.expect("closed")
+        assert node.process.wait(timeout=10) == 0, node.tail()
+
+
+LOSS_PERCENT = 20
+LOSS_SECONDS = 30.0
+
+
+@pytest.mark.timeout(LOSS_SECONDS + 60)
+def test_twenty_percent_packet_loss_on_a_host_kills_nobody_at_default_settings(lab: Lab) -> None:
+    """nftables drops 20 % of a host's packets, both ways, at random (this kernel has no netem),
+    for 30 s of work traffic: every node watches, and none may declare any peer dead."""
+    if shutil.which("nft") is None:
+        pytest.skip("nftables ('nft') is not installed (.ci/run installs it)")
+    mesh = f"netns-{lab.prefix}"
+    names = [f"n{i}" for i in range(1, HOSTS + 1)]
+    producer, *workers = nodes = [lab.start(i, names[i], mesh) for i in range(HOSTS)]
+    lossy = nodes[-1]
+    for node in nodes:
+        assert node.expect("peers")["peers"] == sorted(set(names) - {node.name})
+        node.send("watch")
+        node.expect("watching")
+    for node in workers:
+        node.send("work job 0.005")
+        node.expect("working")
+    producer.send(f"workers job {len(workers)}")
+    producer.expect("workers")
+
+    namespace = lab.hosts[-1][0]
+    rule = f"numgen random mod 100 < {LOSS_PERCENT} counter drop"
+    nft = ["ip", "netns", "exec", namespace, "nft"]
+    ruleset = (
+        "table inet chaos {\n"
+        f"  chain input {{ type filter hook input priority 0; policy accept; {rule}; }}\n"
+        f"  chain output {{ type filter hook output priority 0; policy accept; {rule}; }}\n"
+        "}\n"
+    )
+    subprocess.run([*nft, "-f", "-"], input=ruleset, text=True, check=True, timeout=IP_TIMEOUT)
+
+    # About 300 tasks/s for the whole run, half of them to the lossy host.
+    producer.send(f"push job {int(LOSS_SECONDS * 300)} 1")
+    end = time.monotonic() + LOSS_SECONDS
+    changes: dict[str, list[dict[str, Any]]] = {node.name: [] for node in nodes}
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 1.0))  # the nodes run on their own; this only collects reports
+        for node in nodes:
+            changes[node.name] += [r for r in node.reports_so_far() if r["kind"] == "peer"]
+    listing = subprocess.run(
+        [*nft, "list", "table", "inet", "chaos"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=IP_TIMEOUT,
+    ).stdout
+    subprocess.run([*nft, "delete", "table", "inet", "chaos"], check=True, timeout=IP_TIMEOUT)
+    dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+    states = {
+        name: [(r["peer"], r["state"], r["reason"]) for r in reports if r["change"] == "state"]
+        for name, reports in changes.items()
+    }
+    print(  # shown with -rP
+        f"{LOSS_PERCENT} % loss on {lossy.name} for {LOSS_SECONDS:.0f} s: {dropped} packets"
+        f" dropped; state changes seen: {states}"
+    )
+    deaths = [
+        (name, r["peer"], r["reason"])
+        for name, reports in changes.items()
+        for r in reports
+        if r["state"] == "dead" or r["change"] == "left"
+    ]
+    assert deaths == []
+    assert dropped > 1000  # the loss was real: heartbeats alone are 10 packets/s each way
     for node in nodes:
         node.send("quit")
     for node in nodes:

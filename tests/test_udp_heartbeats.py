@@ -1,0 +1,150 @@
+"""Heartbeat datagrams (docs/protocol.md §11): a third path for heartbeats, over UDP, at the inbox's
+port number, which packet loss can thin out but never stall as it stalls a TCP connection.
+
+Real sockets on 127.0.0.1 (and 127.0.0.2, also the loopback device's) with ephemeral ports; every
+socket is closed, and the third party's datagrams go only to the node under test.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+import mesh
+from mesh._wire import Kind
+
+open_node = functools.partial(mesh.open_node, discovery="static")
+
+VERSION = 1
+HEARTBEAT, BYE, TASK = 2, 3, 7
+
+
+def envelope(kind: int, sender: bytes, seq: int, meta: list[Any] | None, body: Any) -> bytes:
+    """An envelope written from docs/protocol.md §4 alone."""
+    data: bytes = msgpack.packb([VERSION, kind, sender, seq, meta, body], use_bin_type=True)
+    return data
+
+
+def inbox_port(node: mesh.Node) -> int:
+    return node.record.pull_port
+
+
+async def test_a_node_listens_for_datagrams_at_its_inbox_port_on_every_host() -> None:
+    with trio.fail_after(5):
+        async with open_node("a", interface=["127.0.0.1", "127.0.0.2"]) as a:
+            bound = {sock.getsockname() for sock in a._datagrams}
+            assert bound == {("127.0.0.1", inbox_port(a)), ("127.0.0.2", inbox_port(a))}
+            assert all(sock.type == socket.SOCK_DGRAM for sock in a._datagrams)
+    assert all(sock.fileno() == -1 for sock in a._datagrams)
+
+
+async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with trio.fail_after(5):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await b.wait_for_peers(1)
+            port = inbox_port(b)
+    assert all(sock.fileno() == -1 for sock in a._datagrams + b._datagrams)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # free again
+
+
+async def test_a_fixed_inbox_port_taken_for_udp_is_a_clear_oserror() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        port = squatter.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot bind udp://127.0.0.1:{port}"):
+            async with open_node("a", pull_port=port):
+                pass  # pragma: no cover
+    # The TCP side was given back too: the same port now opens.
+    with trio.fail_after(5):
+        async with open_node("a", pull_port=port) as a:
+            assert inbox_port(a) == port
+
+
+async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
+    # a's heartbeats on both TCP paths (its PUB and b's inbox) are cut, as packet loss stalls
+    # them; its datagrams alone keep it alive at b. Then the datagrams stop too, and b declares
+    # it dead in under a second: the first part was no accident of timing.
+    with trio.fail_after(15):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await b.wait_for_peers(1)
+            await a.wait_for_peers(1)
+            peer_a = bytes.fromhex(a.id)
+            while peer_a not in b._heartbeats_heard:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
+                await trio.sleep(0.01)
+            publish, send_direct = a._publish_nowait, a._send_direct
+
+            def publish_no_heartbeat(channel: Any, kind: Any, *args: Any) -> None:
+                if kind is not Kind.HEARTBEAT:
+                    publish(channel, kind, *args)
+
+            def send_direct_no_heartbeat(address: str, kind: Any, *args: Any) -> bool:
+                return kind is not Kind.HEARTBEAT and send_direct(address, kind, *args)
+
+            a._publish_nowait = publish_no_heartbeat  # type: ignore[method-assign,assignment]
+            a._send_direct = send_direct_no_heartbeat  # type: ignore[method-assign,assignment]
+            async with b.watch_peers() as changes:
+                datagrams = b.statistics().heartbeat_datagrams
+                await trio.sleep(2.0)  # ten heartbeat intervals, over three times the death time
+                assert b.statistics().heartbeat_datagrams - datagrams >= 15  # 30 sent: three a beat
+                assert b.peers[a.id].state is mesh.PeerState.ALIVE
+
+                a._send_datagram = lambda record, datagram: None  # type: ignore[method-assign]
+                silent = trio.current_time()
+                seen = []
+                async for change in changes:
+                    if isinstance(change, mesh.PeerStateChanged) and change.peer.id == a.id:
+                        seen.append((change.peer.state, change.reason))
+                        if change.peer.state is mesh.PeerState.DEAD:
+                            break
+                assert trio.current_time() - silent < 1.0
+                assert seen == [(mesh.PeerState.SUSPECT, "phi"), (mesh.PeerState.DEAD, "phi")]
+
+
+async def test_bad_datagrams_are_counted_and_only_heartbeats_are_taken() -> None:
+    sender = os.urandom(16)
+    garbage = [
+        (b"", "truncated"),
+        (b"this is not an envelope", "malformed"),
+        (envelope(HEARTBEAT, sender, 1, None, {"n": 1})[:-2], "truncated"),
+        (envelope(99, sender, 1, None, None), "kind"),
+        (envelope(TASK, sender, 1, [1, "resize", 1], "no tasks by datagram"), "kind"),
+        (envelope(BYE, sender, 1, None, None), "kind"),  # a goodbye by UDP could be forged
+        (envelope(HEARTBEAT, sender, 1, None, "x" * 2000), "oversized"),
+        (envelope(HEARTBEAT, sender, 1, None, [1]), "malformed"),  # the body must be a map
+    ]
+    with trio.fail_after(10):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await a.wait_for_peers(1)
+            peer_b = bytes.fromhex(b.id)
+            inbox = ("127.0.0.1", inbox_port(a))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+                for datagram, _ in garbage:
+                    plain.sendto(datagram, inbox)
+                # A well-formed heartbeat from a stranger is ignored (as on every path), and a
+                # BYE claiming to be from b makes b leave nowhere.
+                plain.sendto(envelope(HEARTBEAT, sender, 2, None, {"n": 1}), inbox)
+                plain.sendto(envelope(BYE, peer_b, 1, None, None), inbox)
+                while a.statistics().bad_frames < len(garbage) + 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            statistics = a.statistics()
+            assert dict(statistics.bad_frame_reasons) == {
+                "truncated": 2,
+                "malformed": 2,
+                "kind": 4,
+                "oversized": 1,
+            }
+            assert b.id in a.peers
+            # ... and the node still takes its peers' datagrams.
+            datagrams = statistics.heartbeat_datagrams
+            while a.statistics().heartbeat_datagrams == datagrams:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert a.peers[b.id].state is mesh.PeerState.ALIVE
