@@ -20,14 +20,14 @@ Rules:
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class InFlightTask:
-    """A task sent and not yet settled."""
+class InFlightTask(NamedTuple):
+    """A task sent and not yet settled. (A named tuple, not a frozen dataclass: one is made per
+    task sent, and a frozen dataclass's __init__ costs several times as much.)"""
 
     task_id: int
     service: str
@@ -156,7 +156,9 @@ class RecentTasks:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._window = window
-        self._done: dict[Hashable, None] = {}  # insertion-ordered
+        # An OrderedDict, not a dict: a dict whose oldest keys are deleted one by one makes
+        # `next(iter(d))` walk over the holes they leave (measured: the largest cost of an ack).
+        self._done: OrderedDict[Hashable, None] = OrderedDict()
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._done
@@ -165,7 +167,10 @@ class RecentTasks:
         return len(self._done)
 
     def add(self, key: Hashable) -> None:
-        self._done.pop(key, None)
-        self._done[key] = None
-        if len(self._done) > self._window:
-            del self._done[next(iter(self._done))]
+        done = self._done
+        if key in done:
+            done.move_to_end(key)
+            return
+        done[key] = None
+        if len(done) > self._window:
+            done.popitem(last=False)

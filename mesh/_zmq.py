@@ -18,9 +18,10 @@ Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_f
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import trio
 import zmq
@@ -183,6 +184,12 @@ class AsyncSocket:
             # way, after the pending ops have run (they too may have consumed the edge).
 
 
+#: Messages an `Outbox` with coalescing gets closer together than this (seconds) are a burst: they
+#: are queued and leave together. Under load a node produces a message every 5 to 30 us; a round
+#: trip between two nodes takes 400 us or more (docs/performance.md), so request/reply traffic
+#: still goes straight out.
+BURST_GAP: Final = 0.0002
+
 #: Turns the messages queued in an `Outbox`, oldest first, into the next frame to send:
 #: (frame, how many of them it carries, at least 1).
 Coalesce = Callable[[Iterable[bytes]], tuple[bytes, int]]
@@ -196,10 +203,12 @@ class Outbox:
     the `run` task, the socket's owner, feeds them in as ZeroMQ takes them. So a slow or absent
     peer fills only its own outbox, and never blocks the node.
 
-    With `coalesce` set, messages produced in a burst leave in fewer, larger frames: the first
-    goes straight to ZeroMQ as before (no added latency when idle), and those sent after it until
-    the owner task next runs (that is, until the producing task yields to trio) are queued and
-    then handed to ZeroMQ together, `coalesce` deciding how many go in each frame. Order is kept.
+    With `coalesce` set, messages produced in a burst leave in fewer, larger frames. A message
+    that finds the outbox quiet (nothing handed to ZeroMQ for `BURST_GAP` seconds) goes straight
+    out, as without coalescing: no added latency, and no task switch, when idle. One that
+    follows closer than that is queued, and the owner task, woken for it, hands everything
+    queued to ZeroMQ once it runs (that is, once the producing task yields to trio), in frames
+    made by `coalesce`. So a producer that keeps producing sends batches only. Order is kept.
     """
 
     def __init__(
@@ -222,9 +231,7 @@ class Outbox:
         self._capacity = capacity
         self._retry_interval = retry_interval
         self._queue: deque[bytes] = deque()
-        # A message went straight to ZeroMQ and the owner has not run since: later ones queue,
-        # to leave together when it does.
-        self._burst = False
+        self._quiet_at = -math.inf  # (coalescing) from then on, a message goes straight out
         self._next: tuple[bytes, int] | None = None  # a frame ZeroMQ refused, and its messages
         self._wake_owner = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
@@ -239,13 +246,20 @@ class Outbox:
 
     def send_nowait(self, message: bytes) -> bool:
         """Send or queue one message; False (and nothing done) when the outbox is full."""
-        if not self._queue and not self._burst:
-            if self.socket.try_send(message):
-                self.frames_sent += 1
-                if self.coalesce is not None:
-                    self._burst = True
-                    self._wake_owner.unpark_all()
-                return True
+        if not self._queue:
+            if self.coalesce is None:
+                if self.socket.try_send(message):
+                    self.frames_sent += 1
+                    return True
+            else:
+                # The clock is read only here, when nothing is queued: once per burst.
+                now = trio.current_time()
+                if now >= self._quiet_at and self.socket.try_send(message):
+                    self.frames_sent += 1
+                    self._quiet_at = now + BURST_GAP
+                    return True
+            if self.socket.closed:
+                raise trio.ClosedResourceError("socket was closed")
             self._queue.append(message)
             self._wake_owner.unpark_all()
             return True
@@ -288,7 +302,6 @@ class Outbox:
         queue = self._queue
         while True:
             while not queue:
-                self._burst = False
                 await self._wake_owner.park()
             try:
                 while queue:
@@ -306,6 +319,9 @@ class Outbox:
                             self._room.unpark_all()
                             if self._on_room is not None:
                                 self._on_room()
+                        if not queue and self.coalesce is not None:
+                            # What the producer sends next, if soon, is part of the same burst.
+                            self._quiet_at = trio.current_time() + BURST_GAP
                     elif self._retry_interval is None:
                         await self.socket.wait_writable()
                     else:
