@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from discovery import parse_address
+
 from .._node import ALL_INTERFACES, Node, open_node
 from .._types import Settings
 
@@ -74,13 +76,20 @@ async def open_cli_node(
 ) -> AsyncIterator[Node]:
     """`open_node` from the mesh options; a bad interface, seed or busy port is a `UserError`."""
     interface = ALL_INTERFACES if args.interface in ("all", ALL_INTERFACES) else args.interface
+    seeds = seeds_of(args)
+    for seed in seeds:  # checked here, so that the message names the seed, not the interface
+        try:
+            parse_address(seed)
+        except ValueError as exc:
+            source = "--seed" if args.seeds is not None else ENVIRONMENT["seeds"]
+            raise UserError(f"bad {source}: {exc}", status=2) from None
     opened = False
     try:
         async with open_node(
             name,
             mesh=args.mesh,
             interface=interface,
-            seeds=seeds_of(args),
+            seeds=seeds,
             settings=settings,
             **options,
         ) as node:
@@ -90,7 +99,9 @@ async def open_cli_node(
         if opened:
             raise
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"cannot open a node on {args.interface}: {detail}") from None
+        # A ValueError is a bad option (status 2); an OSError, a machine that cannot do it.
+        status = 2 if isinstance(exc, ValueError) else 1
+        raise UserError(f"cannot open a node on {args.interface}: {detail}", status) from None
 
 
 def parse_body(text: str, raw: bool) -> Any:
@@ -182,10 +193,27 @@ async def find_peers(node: Node, timeout: float, quiet: float = 0.3) -> None:
             await node.wait_for_peers(len(node.peers))
 
 
-def peer_name(node: Node, sender: str, known: dict[str, str]) -> str:
-    """A sender's name if the node knows it or knew it (`known` keeps the names seen, since a
-    sender that has left is no longer a peer), else the first digits of its id."""
-    peer = node.peers.get(sender)
-    if peer is not None:
-        known[sender] = peer.name
-    return known.get(sender, sender[:8])
+class PeerNames:
+    """The names of a node's peers by id, kept after they leave: an event or task is often
+    read after its sender has said goodbye (``mesh-cli pub`` leaves at once), and is still
+    shown with its sender's name. Run `follow` in a task for as long as names are asked for."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._known: dict[str, str] = {}
+
+    async def follow(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with self._node.watch_peers() as changes:
+            self._known.update((peer.id, peer.name) for peer in self._node.peers.values())
+            task_status.started()
+            async for change in changes:
+                self._known[change.peer.id] = change.peer.name
+
+    def __call__(self, sender: str) -> str:
+        """The sender's name, or the first digits of its id if it was never a peer."""
+        peer = self._node.peers.get(sender)
+        if peer is not None:
+            self._known[sender] = peer.name
+        return self._known.get(sender, sender[:8])

@@ -79,13 +79,15 @@ async def _watch(node: Node, args: argparse.Namespace) -> int:
     log: deque[str] = deque(maxlen=_LOG_LINES)
     async with trio.open_nursery() as nursery:
 
-        async def stop_on_signal() -> None:
+        async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
 
-        async def follow_changes() -> None:
+        async def follow_changes(task_status: trio.TaskStatus[None]) -> None:
             async with node.watch_peers() as changes:
+                task_status.started()
                 async for change in changes:
                     line = _describe(change)
                     if args.json:
@@ -95,8 +97,10 @@ async def _watch(node: Node, args: argparse.Namespace) -> int:
                     else:
                         print(f"{time.strftime('%H:%M:%S')} {line['text']}", flush=True)
 
-        nursery.start_soon(stop_on_signal)
-        nursery.start_soon(follow_changes)
+        # Both started before the table is shown: a peer that joins after it is logged, and
+        # Ctrl-C from then on stops cleanly.
+        await nursery.start(stop_on_signal)
+        await nursery.start(follow_changes)
         if not live and not args.json:
             print(_table(_rows(node)) if node.peers else "no peers yet", flush=True)
         while live:

@@ -14,13 +14,13 @@ from typing import Any
 import trio
 
 from ._common import (
+    PeerNames,
     add_command,
     find_peers,
     json_option,
     mesh_options,
     open_cli_node,
     parse_body,
-    peer_name,
     positive_float,
     positive_int,
     run_trio,
@@ -99,13 +99,7 @@ async def _pub(args: argparse.Namespace) -> int:
 async def _sub(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     received = 0
-    names: dict[str, str] = {}
     async with open_cli_node(args, _name("sub")) as node, node.subscribe(args.prefix) as events:
-        print(
-            f"subscribed to {args.prefix!r} in mesh {node.mesh!r} as {node.name}",
-            file=sys.stderr,
-            flush=True,
-        )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -114,9 +108,17 @@ async def _sub(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
+                names = PeerNames(node)
+                await nursery.start(names.follow)
+                # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
+                print(
+                    f"subscribed to {args.prefix!r} in mesh {node.mesh!r} as {node.name}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 with trio.move_on_after(args.timeout or math.inf):
                     async for message in events:
-                        sender = peer_name(node, message.sender, names)
+                        sender = names(message.sender)
                         if args.json:
                             line = json.dumps(
                                 {

@@ -51,7 +51,10 @@ def add_to(commands: Any) -> None:
         metavar="SERVICE",
         help="a service to work for; repeatable",
     )
-    parser.add_argument("--exec", dest="command", metavar="CMD", help="the program to run per task")
+    # Not dest="command": that is where the top-level parser puts the subcommand's name.
+    parser.add_argument(
+        "--exec", dest="exec_command", metavar="CMD", help="the program to run per task"
+    )
     parser.add_argument(
         "--concurrency",
         type=positive_int,
@@ -77,15 +80,15 @@ def add_to(commands: Any) -> None:
 
 
 def _check_and_run(args: argparse.Namespace) -> int:
-    if args.command is not None:
+    if args.exec_command is not None:
         if not args.services:
             raise UserError("--exec needs a --service to work for", status=2)
         try:
-            argv = shlex.split(args.command)
+            argv = shlex.split(args.exec_command)
         except ValueError as exc:
             raise UserError(f"cannot parse --exec: {exc}", status=2) from None
         if not argv or shutil.which(argv[0]) is None:
-            raise UserError(f"--exec: no such program: {args.command!r}", status=2)
+            raise UserError(f"--exec: no such program: {args.exec_command!r}", status=2)
         args.argv = argv
     return run_trio(_run, args)
 
@@ -124,7 +127,7 @@ async def _work(
 async def _do_tasks(stream: TaskStream, args: argparse.Namespace) -> None:
     async for task in stream:
         async with task:  # acks at the end; nacks if cancelled or broken
-            if args.command is None:
+            if args.exec_command is None:
                 print(f"{task.service} {show_body(task.body)}", flush=True)
                 continue
             try:

@@ -15,13 +15,13 @@ import trio
 
 from .._errors import NoWorkerError
 from ._common import (
+    PeerNames,
     UserError,
     add_command,
     json_option,
     mesh_options,
     open_cli_node,
     parse_body,
-    peer_name,
     positive_float,
     positive_int,
     run_trio,
@@ -120,13 +120,7 @@ async def _push(args: argparse.Namespace) -> int:
 async def _work(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     done = 0
-    names: dict[str, str] = {}
     async with open_cli_node(args, _name("work")) as node, node.work(args.service) as tasks:
-        print(
-            f"working for {args.service!r} in mesh {node.mesh!r} as {node.name}",
-            file=sys.stderr,
-            flush=True,
-        )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -135,9 +129,17 @@ async def _work(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
+                names = PeerNames(node)
+                await nursery.start(names.follow)
+                # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
+                print(
+                    f"working for {args.service!r} in mesh {node.mesh!r} as {node.name}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 async for task in tasks:
                     async with task:
-                        sender = peer_name(node, task.sender, names)
+                        sender = names(task.sender)
                         if args.json:
                             fields = {
                                 "service": task.service,
