@@ -31,6 +31,7 @@ open_node = functools.partial(mesh.open_node, discovery="static")
 VERSION = 1
 EVENT, HEARTBEAT, BYE, HELLO, WELCOME, UPDATE = 1, 2, 3, 4, 5, 6
 TASK, ACK, SYNC, SYNCED, READY = 7, 8, 10, 11, 12
+BATCH = 13  # not a message: a frame holding several (docs/protocol.md section 3, "Batches")
 EVENT_CHANNEL, CONTROL_CHANNEL = b"E", b"!"
 
 
@@ -49,6 +50,23 @@ def open_envelope(data: bytes) -> list[Any]:
     assert len(items) == 6
     assert items[0] == VERSION
     return items
+
+
+def unbatch(items: list[Any]) -> list[list[Any]]:
+    """The envelopes a frame carries: itself, or the items of a BATCH (same sender; its `seq` is
+    its first item's)."""
+    if items[1] != BATCH:
+        return [items]
+    _, _, sender, seq, meta, inner = items
+    assert meta is None
+    assert inner, "a BATCH holds one message or more"
+    assert inner[0][3] == seq
+    for each in inner:
+        assert len(each) == 6
+        assert each[0] == VERSION
+        assert each[2] == sender
+        assert each[1] != BATCH
+    return list(inner)
 
 
 def open_published(frame: bytes) -> tuple[str | None, list[Any]]:
@@ -503,3 +521,118 @@ async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: Thir
     assert statistics.events_received == 2
     assert statistics.bad_frames == sum(expected.values())
     assert dict(statistics.bad_frame_reasons) == expected
+
+
+async def test_plain_subscriber_unpacks_a_burst_of_events_sent_as_batches(
+    plain: ThirdParty,
+) -> None:
+    # docs/protocol.md section 3, "Batches": events of one topic published in a burst share
+    # frames; each frame still starts with the channel of their topic, so prefix filtering holds.
+    with trio.fail_after(10):
+        async with open_node(name="publisher", interface="127.0.0.1") as node:
+            one = plain.socket(zmq.SUB)
+            one.setsockopt(zmq.SUBSCRIBE, b"Esensors.1\x00")  # exactly "sensors.1"
+            one.connect(node.endpoints.pub)
+            two = plain.socket(zmq.SUB)
+            two.setsockopt(zmq.SUBSCRIBE, b"Esensors.2")  # "sensors.2", "sensors.20", ...
+            two.connect(node.endpoints.pub)
+            warmed_up: set[zmq.Socket[Any]] = set()
+            while len(warmed_up) < 2:  # the slow-joiner gap (bounded by fail_after)
+                await node.publish("sensors.1", "warm-up")
+                await node.publish("sensors.2", "warm-up")
+                await trio.sleep(0.01)
+                for sock in (one, two):
+                    while poll(sock) is not None:
+                        warmed_up.add(sock)
+
+            for i in range(200):
+                await node.publish("sensors.1", i)
+            for i in range(50):
+                await node.publish("sensors.20", i)
+            await node.publish("sensors.2", "end")
+
+            async def collect(sock: zmq.Socket[Any], count: int) -> tuple[list[Any], int]:
+                envelopes: list[tuple[str | None, list[Any]]] = []
+                frames = 0
+                while len(envelopes) < count:
+                    topic, items = open_published(await receive(sock))
+                    frames += 1
+                    envelopes += [(topic, each) for each in unbatch(items)]
+                return [e for e in envelopes if e[1][5] != "warm-up"], frames
+
+            first, frames_one = await collect(one, 200)
+            while len(first) < 200:  # warm-ups were dropped: read on
+                more, _ = await collect(one, 200 - len(first))
+                first += more
+            second: list[Any] = []
+            while not second or second[-1][1][5] != "end":
+                more, _ = await collect(two, 1)
+                second += more
+
+    assert [(topic, items[1], items[5]) for topic, items in first] == [
+        ("sensors.1", EVENT, i) for i in range(200)
+    ]
+    seqs = [items[3] for _, items in first]
+    assert seqs == list(range(seqs[0], seqs[0] + 200))  # one stream, nothing in between
+    assert frames_one < 200, "a burst of one topic shares frames"
+    assert [(topic, items[5]) for topic, items in second] == [
+        *(("sensors.20", i) for i in range(50)),
+        ("sensors.2", "end"),
+    ]
+
+
+@pytest.mark.parametrize("takes_batches", [True, False], ids=["batch-peer", "plain-peer"])
+async def test_a_plain_peer_pushes_a_batch_and_gets_acks_as_its_hello_asked(
+    plain: ThirdParty, takes_batches: bool
+) -> None:
+    # A node takes BATCH frames in its inbox from anyone, and sends them only to peers whose
+    # HELLO says "batch": true (docs/protocol.md sections 3 and 8).
+    me = os.urandom(16)
+    inbox, pull_port = plain.bind(zmq.PULL)
+    _pub, pub_port = plain.bind(zmq.PUB)
+    hello: dict[str, Any] = {"record": plain_record(me, pub_port, pull_port), "peers": []}
+    if takes_batches:
+        hello["batch"] = True
+    with trio.fail_after(10):
+        async with open_node(name="worker", interface="127.0.0.1") as node:
+            node_id = bytes.fromhex(node.id)
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            async with node.work("echo") as tasks:
+                push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
+                # (WELCOME and READY may share a frame too, if the node queued them while its
+                # connection to our inbox was coming up.)
+                received = unbatch(await receive_direct(inbox))
+                if len(received) == 1:
+                    received += unbatch(await receive_direct(inbox))
+                (_, kind, _, _, _, welcome), (_, kind_after, _, seq, _, _) = received
+                assert kind == WELCOME
+                assert welcome["batch"] is True  # the node takes batches
+                assert (kind_after, seq) == (READY, 2)
+
+                # 20 tasks in one frame: [1, 13, sender, seq of the first, nil, [envelope, ...]]
+                messages = [[1, TASK, me, 2 + i, [i, "echo", 1], {"n": i}] for i in range(20)]
+                push.send(msgpack.packb([1, BATCH, me, 2, None, messages]), zmq.NOBLOCK)
+                bodies = []
+                for _ in range(20):  # the tasks are all buffered: no yield between the acks
+                    task = await tasks.receive()
+                    bodies.append(task.body)
+                    async with task:
+                        pass
+                assert bodies == [{"n": i} for i in range(20)]
+
+                acks: list[list[Any]] = []
+                frames = []
+                while len(acks) < 20:
+                    frames.append(open_envelope(await receive(inbox)))
+                    acks += unbatch(frames[-1])
+        assert [(a[1], a[2], a[3], a[4], a[5]) for a in acks] == [
+            (ACK, node_id, 3 + i, [i], None) for i in range(20)
+        ]
+        if takes_batches:
+            assert len(frames) < 20
+            assert any(frame[1] == BATCH for frame in frames)
+        else:
+            assert len(frames) == 20
+            assert all(frame[1] == ACK for frame in frames)
+        assert node.statistics().bad_frames == 0

@@ -237,6 +237,64 @@ async def test_prefix_filtering() -> None:
                     pytest.fail(f"unexpected event {extra}")
 
 
+async def test_bursts_of_several_topics_keep_prefix_filtering_and_order() -> None:
+    # Published in bursts, consecutive events of one topic share frames (docs/protocol.md
+    # section 3, "Batches"): each subscriber on another node still gets exactly the events of
+    # its prefixes, in publishing order, with consecutive sequence numbers where it takes all.
+    topics = ["a.x"] * 50 + ["b.x"] * 30 + ["a.b.c"] * 40 + ["a.x", "b.x"] * 20 + ["ab"] * 10
+    with trio.fail_after(20):
+        async with open_mesh(3) as (publisher, first, second):
+            async with (
+                first.subscribe("a.") as only_a,
+                first.subscribe("a.b") as only_ab,
+                second.subscribe("") as everything,
+            ):
+                for i, topic in enumerate(topics):
+                    await publisher.publish(topic, i)
+                await publisher.publish("end", None)
+                seen = []
+                async for message in everything:
+                    if message.topic == "end":
+                        break
+                    seen.append(message)
+                taken_a = [(await only_a.receive()).body for _ in range(110)]
+                taken_ab = [(await only_ab.receive()).body for _ in range(40)]
+                with trio.move_on_after(0.05):
+                    extra = await only_a.receive()
+                    pytest.fail(f"unexpected event {extra}")
+    assert [(m.topic, m.body) for m in seen] == list(zip(topics, range(len(topics)), strict=True))
+    assert [m.seq for m in seen] == list(range(seen[0].seq, seen[0].seq + len(topics)))
+    assert taken_a == [i for i, topic in enumerate(topics) if topic.startswith("a.")]
+    assert taken_ab == [i for i, topic in enumerate(topics) if topic.startswith("a.b")]
+    assert publisher._pub.frames_sent < len(topics)  # some frames carried several events
+
+
+async def test_a_burst_of_tasks_and_their_acks_share_frames() -> None:
+    with trio.fail_after(20):
+        async with open_mesh(2) as (sender, worker), worker.work("sum") as tasks:
+            await sender.wait_for_peers(1, service="sum")
+            done = []
+
+            async def work() -> None:
+                async for task in tasks:
+                    async with task:
+                        done.append(task.body)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work)
+                for i in range(500):
+                    await sender.push("sum", i)
+                await sender.wait_settled()
+                nursery.cancel_scope.cancel()
+            link = sender._links[worker.address]
+            back = worker._links[sender.address]
+    assert done == list(range(500))  # one worker: in order
+    assert sender.statistics().tasks_acked == 500
+    assert worker.statistics().acks_sent == 500
+    assert link.outbox.frames_sent < 500 / 2
+    assert back.outbox.frames_sent < 500 / 2
+
+
 async def test_leaving_one_subscription_keeps_an_overlapping_one() -> None:
     with trio.fail_after(10):
         async with open_mesh(2) as (publisher, subscriber):

@@ -18,8 +18,12 @@ from hypothesis import strategies as st
 from discovery import PeerRecord
 from mesh import ProtocolError
 from mesh._wire import (
+    BATCH,
+    BATCH_BYTES,
+    BATCH_MESSAGES,
     CONTROL_CHANNEL,
     EVENT_CHANNEL,
+    MAX_BATCH,
     MAX_FRAME_SIZE,
     MAX_NESTING,
     MAX_PEERS_LISTED,
@@ -28,9 +32,14 @@ from mesh._wire import (
     Envelope,
     Hello,
     Kind,
+    batch_envelope,
+    coalesce_direct,
+    coalesce_published,
     control_frame,
     decode_inbox,
+    decode_inbox_many,
     decode_published,
+    decode_published_many,
     event_frame,
     pack,
     topic_channel,
@@ -1282,3 +1291,326 @@ def test_a_heartbeat_is_valid_on_both_paths() -> None:
     expected = Envelope(Kind.HEARTBEAT, SENDER, 3, None, body, None)
     assert decode_inbox(pack(Kind.HEARTBEAT, SENDER, 3, None, body)) == expected
     assert decode_published(control_frame(pack(Kind.HEARTBEAT, SENDER, 3, None, body))) == expected
+
+
+# -- batches: several messages of one sender in one frame ------------------------------------------
+
+
+def tasks(count: int, first_seq: int = 1, body: Any = b"x") -> list[bytes]:
+    return [pack(Kind.TASK, SENDER, first_seq + i, [i, "svc", 1], body) for i in range(count)]
+
+
+def events(count: int, topic: str = "orders.new", first_seq: int = 1) -> list[bytes]:
+    return [event(pack(Kind.EVENT, SENDER, first_seq + i, None, i), topic) for i in range(count)]
+
+
+def raw_batch(items: list[Any], seq: int = 1, sender: Any = SENDER, meta: Any = None) -> bytes:
+    return raw(1, BATCH, sender, seq, meta, items)
+
+
+def item(
+    kind: int, seq: int, meta: Any = None, body: Any = None, sender: Any = SENDER
+) -> list[Any]:
+    return [1, kind, sender, seq, meta, body]
+
+
+def many_outcome(
+    decoder: Callable[[bytes], list[Envelope]], frame: bytes
+) -> list[Envelope] | ProtocolError:
+    """What `decoder` makes of `frame`: envelopes, or the ProtocolError it raised (anything else
+    it raises propagates and fails the test)."""
+    try:
+        return decoder(frame)
+    except ProtocolError as exc:
+        return exc
+
+
+def many_reason(decoder: Callable[[bytes], list[Envelope]], frame: bytes) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decoder(frame)
+    return info.value.reason
+
+
+def test_batch_is_the_documented_envelope_of_envelopes() -> None:
+    envelopes = tasks(3, first_seq=300)
+    batch = batch_envelope(envelopes)
+    assert msgpack.unpackb(batch, raw=False) == [
+        1,
+        13,
+        SENDER,
+        300,
+        None,
+        [msgpack.unpackb(e, raw=False) for e in envelopes],
+    ]
+    assert batch == raw(1, 13, SENDER, 300, None, [msgpack.unpackb(e) for e in envelopes])
+    assert BATCH == 13
+    assert BATCH not in set(Kind)  # a container, not a message kind
+
+
+@pytest.mark.parametrize(
+    "first_seq", [1, 127, 128, 255, 256, 65535, 65536, 2**32, MAX_UINT64 - 300]
+)
+@pytest.mark.parametrize("count", [1, 2, 15, 16, 17, 256])
+def test_batch_round_trip_in_an_inbox(first_seq: int, count: int) -> None:
+    envelopes = tasks(count, first_seq)
+    decoded = decode_inbox_many(batch_envelope(envelopes))
+    assert decoded == [decode_inbox(e) for e in envelopes]
+    assert [e.seq for e in decoded] == list(range(first_seq, first_seq + count))
+
+
+def test_a_single_message_decodes_to_a_list_of_one() -> None:
+    envelope = valid_envelope(Kind.ACK)
+    assert decode_inbox_many(envelope) == [decode_inbox(envelope)]
+    frame = event(valid_envelope(Kind.EVENT))
+    assert decode_published_many(frame) == [decode_published(frame)]
+    control = control_frame(valid_envelope(Kind.HEARTBEAT))
+    assert decode_published_many(control) == [decode_published(control)]
+
+
+def test_the_one_message_decoders_refuse_a_batch() -> None:
+    batch = batch_envelope(tasks(2))
+    assert inbox_reason(batch) == "kind"
+    frame, count = coalesce_published(events(2))
+    assert count == 2
+    assert published_reason(frame) == "kind"
+
+
+def test_coalesce_direct_takes_what_fits() -> None:
+    envelopes = tasks(BATCH_MESSAGES + 10)
+    frame, count = coalesce_direct(envelopes)
+    assert count == BATCH_MESSAGES
+    assert decode_inbox_many(frame) == [decode_inbox(e) for e in envelopes[:count]]
+    assert coalesce_direct(envelopes[:1]) == (envelopes[0], 1)
+    # By size: a batch stays within BATCH_BYTES; a message larger than that goes alone.
+    big = tasks(4, body=bytes(BATCH_BYTES // 3))
+    frame, count = coalesce_direct(big)
+    assert count == 2
+    assert len(frame) <= BATCH_BYTES + 64
+    huge = tasks(2, body=bytes(BATCH_BYTES + 1))
+    assert coalesce_direct(huge) == (huge[0], 1)
+
+
+def test_coalesce_published_joins_consecutive_events_of_one_topic_only() -> None:
+    frames = [
+        *events(3, "orders.new", 1),
+        *events(2, "orders.newer", 4),  # a longer topic with the same start: another channel
+        control_frame(pack(Kind.HEARTBEAT, SENDER, 6, None, {"n": 1})),
+        *events(2, "orders.new", 7),
+    ]
+    sent = []
+    while frames:
+        frame, count = coalesce_published(frames)
+        sent.append((frame, count))
+        del frames[:count]
+    assert [count for _, count in sent] == [3, 2, 1, 2]
+    first, second, heartbeat, _ = (frame for frame, _ in sent)
+    assert first.startswith(b"Eorders.new\x00")
+    assert second.startswith(b"Eorders.newer\x00")
+    assert heartbeat.startswith(b"!")
+    decoded = [e for frame, _ in sent for e in decode_published_many(frame)]
+    assert [e.seq for e in decoded] == list(range(1, 9))
+    assert [e.topic for e in decoded] == ["orders.new"] * 3 + ["orders.newer"] * 2 + [None] + [
+        "orders.new"
+    ] * 2
+    assert coalesce_published(events(1)) == (events(1)[0], 1)
+
+
+def test_a_published_batch_filters_like_its_events() -> None:
+    # ZeroMQ matches a subscription against the frame's first bytes: a batch starts with its
+    # events' channel, so exactly the subscriptions that take one of its events take the batch.
+    frame, _ = coalesce_published(events(5, "orders.new"))
+    for subscription, takes in [
+        (b"E", True),
+        (b"Eorders.", True),
+        (b"Eorders.new", True),
+        (b"Eorders.new\x00", True),
+        (b"Eorders.newer", False),
+        (b"Einvoices", False),
+        (b"!", False),
+    ]:
+        assert frame.startswith(subscription) is takes
+
+
+def test_hello_says_whether_its_sender_takes_batches() -> None:
+    hello = Hello(record(), (), batch=True)
+    assert hello.to_wire()["batch"] is True
+    assert decode_inbox(pack(Kind.HELLO, SENDER, 1, None, hello.to_wire())).body == hello
+    assert "batch" not in Hello(record(), ()).to_wire()
+    for value in [False, 1, "true", None, [True]]:  # only true says yes
+        body = {"record": record().to_wire(), "peers": [], "batch": value}
+        assert decode_inbox(pack(Kind.HELLO, SENDER, 1, None, body)).body.batch is False
+
+
+BAD_INBOX_BATCHES = [
+    (raw_batch([]), "malformed"),  # empty
+    (raw_batch([item(8, 1, [1])], meta=[]), "malformed"),  # meta
+    (raw_batch([item(8, 1, [1])], seq=2), "malformed"),  # seq is not the first message's
+    (raw_batch([item(8, 1, [1])], seq=0), "malformed"),
+    (raw_batch([item(8, 1, [1])], sender=b"short"), "malformed"),
+    (raw_batch([item(8, 1, [1]), item(8, 2, [2], sender=OTHER)]), "malformed"),  # two senders
+    (raw_batch([item(8, 1, [1]), item(1, 2)]), "kind"),  # EVENT in an inbox
+    (raw_batch([item(8, 1, [1]), item(11, 2, [1, OTHER])]), "kind"),  # SYNCED in an inbox
+    (raw_batch([item(8, 1, [1]), item(13, 2, None, [item(8, 3, [3])])]), "kind"),  # nested
+    (raw_batch([item(8, 1, [1]), item(99, 2)]), "kind"),
+    (raw_batch([item(8, 1, [1]), [1, 8, SENDER, 2, [2]]]), "malformed"),  # five items
+    (raw_batch([item(8, 1, [1]), "not an envelope"]), "malformed"),
+    (raw_batch([item(8, 1, [1]), item(8, 2, [2], "ACK takes no body")]), "malformed"),
+    (raw_batch([item(8, 1, [1]), item(8, 2, ["x"])]), "malformed"),  # meta types
+    (raw_batch([item(8, 1, [1]), [2, 8, SENDER, 2, [2], None]]), "version"),
+    (raw_batch([item(8, 1, [1]), [True, 8, SENDER, 2, [2], None]]), "malformed"),
+    (raw_batch([item(8, 1, [1]), item(8, 0, [2])]), "malformed"),  # seq 0
+    (raw_batch([item(7, 1, [1, "s", 1], nested_lists(MAX_NESTING + 1))]), "nesting"),
+    (raw_batch([item(8, i + 1, [i]) for i in range(MAX_BATCH + 1)]), "oversized"),
+    (raw(2, BATCH, SENDER, 1, None, [item(8, 1, [1])]), "version"),
+    (raw(1, BATCH, SENDER, 1, None, "not a list"), "malformed"),
+    (raw(1, BATCH, SENDER, 1, None, [item(8, 1, [1])], None), "malformed"),  # seven items
+    (raw(1, 13.0, SENDER, 1, None, [item(8, 1, [1])]), "kind"),  # 13.0 is not 13
+    (raw(1, True, SENDER, 1, None, [item(8, 1, [1])]), "kind"),
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), BAD_INBOX_BATCHES)
+def test_bad_batches_in_an_inbox(frame: bytes, expected: str) -> None:
+    assert many_reason(decode_inbox_many, frame) == expected
+
+
+def test_bad_batches_published() -> None:
+    good = raw_batch([item(1, 1, None, "a"), item(1, 2, None, "b")])
+    assert len(decode_published_many(b"Et\x00" + good)) == 2
+    assert many_reason(decode_published_many, b"!" + good) == "kind"  # no batches on control
+    for items, expected in [
+        ([item(1, 1), item(7, 2, [1, "s", 1])], "kind"),  # a TASK on an event channel
+        ([item(1, 1), item(2, 2, None, {})], "kind"),  # a HEARTBEAT on an event channel
+        ([item(1, 1), item(1, 2, sender=OTHER)], "malformed"),
+        ([item(1, 1), item(11, 2, [1, OTHER])], None),  # SYNCED may share a batch
+    ]:
+        frame = b"Et\x00" + raw_batch(items)
+        if expected is None:
+            assert [e.kind for e in decode_published_many(frame)] == [Kind.EVENT, Kind.SYNCED]
+        else:
+            assert many_reason(decode_published_many, frame) == expected
+    assert many_reason(decode_published_many, b"E\xff\x00" + good) == "malformed"  # topic
+
+
+def test_every_proper_prefix_of_a_batch_is_truncated() -> None:
+    for frame, decoder in [
+        (batch_envelope(tasks(3)), decode_inbox_many),
+        (coalesce_published(events(3))[0], decode_published_many),
+    ]:
+        reasons = {cut: many_reason(decoder, frame[:cut]) for cut in range(1, len(frame))}
+        assert {cut: r for cut, r in reasons.items() if r != "truncated"} == {}
+
+
+def test_trailing_data_after_a_batch() -> None:
+    assert many_reason(decode_inbox_many, batch_envelope(tasks(2)) + b"\xc0") == "malformed"
+
+
+MANY_DECODERS = st.sampled_from([decode_inbox_many, decode_published_many])
+
+
+def _valid_batches() -> st.SearchStrategy[tuple[Callable[[bytes], list[Envelope]], bytes]]:
+    inbox = st.builds(
+        lambda bodies, seq: (
+            decode_inbox_many,
+            batch_envelope(
+                [pack(Kind.TASK, SENDER, seq + i, [i, "s", 1], b) for i, b in enumerate(bodies)]
+            ),
+        ),
+        st.lists(VALUES, min_size=1, max_size=5),
+        st.integers(1, 2**40),
+    )
+    published = st.builds(
+        lambda bodies, topic: (
+            decode_published_many,
+            coalesce_published(
+                [
+                    event(pack(Kind.EVENT, SENDER, i + 1, None, b), topic)
+                    for i, b in enumerate(bodies)
+                ]
+            )[0],
+        ),
+        st.lists(VALUES, min_size=1, max_size=5),
+        st.text(max_size=10).filter(lambda topic: "\x00" not in topic),
+    )
+    return inbox | published
+
+
+@given(message=_valid_batches(), data=st.data())
+@settings(FUZZ, max_examples=300)
+def test_mutated_batches_decode_or_raise_protocol_error(
+    message: tuple[Callable[[bytes], list[Envelope]], bytes], data: st.DataObject
+) -> None:
+    decoder, original = message
+    frame = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4), label="mutations")):
+        operation = data.draw(st.sampled_from(["flip", "set", "insert", "delete"]))
+        if operation == "insert":
+            at = data.draw(st.integers(0, len(frame)))
+            frame[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif frame:
+            at = data.draw(st.integers(0, len(frame) - 1))
+            if operation == "flip":
+                frame[at] ^= 1 << data.draw(st.integers(0, 7))
+            elif operation == "set":
+                frame[at] = data.draw(st.integers(0, 255))
+            else:
+                del frame[at]
+    result = many_outcome(decoder, bytes(frame))
+    if isinstance(result, ProtocolError):
+        assert result.reason in REASONS
+        return
+    assert type(result) is list
+    assert result
+    for envelope in result:
+        assert type(envelope) is Envelope
+        assert type(envelope.kind) is Kind
+        assert envelope.sender == result[0].sender
+        assert 0 < envelope.seq <= MAX_UINT64
+
+
+@given(
+    decoder=MANY_DECODERS,
+    channel=st.sampled_from([b"", b"Et\x00", b"!"]),
+    version=st.just(1) | SCALARS,
+    sender=st.just(SENDER) | st.binary(max_size=17) | SCALARS,
+    seq=st.integers(-1, 3) | SCALARS,
+    meta=st.none() | VALUES,
+    items=st.lists(
+        st.lists(
+            st.just(1) | st.integers(0, 14) | st.just(SENDER) | st.just(OTHER) | VALUES,
+            min_size=5,
+            max_size=7,
+        )
+        | VALUES,
+        max_size=4,
+    )
+    | VALUES,
+)
+@settings(FUZZ, max_examples=300)
+def test_structured_garbage_in_a_batch_only_raises_protocol_error(
+    decoder: Callable[[bytes], list[Envelope]],
+    channel: bytes,
+    version: Any,
+    sender: Any,
+    seq: Any,
+    meta: Any,
+    items: Any,
+) -> None:
+    frame = channel + raw(version, BATCH, sender, seq, meta, items)
+    result = many_outcome(decoder, frame)
+    if isinstance(result, ProtocolError):
+        assert result.reason in REASONS
+    else:
+        assert all(type(envelope.kind) is Kind for envelope in result)
+
+
+@given(bodies=st.lists(VALUES, min_size=1, max_size=8), seq=st.integers(1, MAX_UINT64 - 8))
+@FUZZ
+def test_batch_round_trip_of_any_bodies(bodies: list[Any], seq: int) -> None:
+    envelopes = [pack(Kind.EVENT, SENDER, seq + i, None, b) for i, b in enumerate(bodies)]
+    frame, count = coalesce_published([event(e, "t") for e in envelopes])
+    assert count == len(bodies)
+    decoded = decode_published_many(frame)
+    assert [e.seq for e in decoded] == [seq + i for i in range(len(bodies))]
+    assert all(same(e.body, b) for e, b in zip(decoded, bodies, strict=True))
+    assert all(e.topic == "t" for e in decoded)

@@ -210,3 +210,55 @@ async def test_outbox_send_waits_for_room_and_can_be_cancelled(zsocket: Make) ->
 def test_outbox_capacity_must_be_positive(zsocket: Make) -> None:
     with pytest.raises(ValueError, match="capacity"):
         Outbox(AsyncSocket(zsocket(zmq.PUSH)), capacity=0)
+
+
+def _join(frames: Any) -> tuple[bytes, int]:
+    """A `coalesce` for tests: every queued message in one frame, joined with b"|"."""
+    messages = list(frames)
+    return b"|".join(messages), len(messages)
+
+
+async def test_outbox_coalesces_a_burst_and_sends_a_lone_message_at_once(zsocket: Make) -> None:
+    push, pull = pair(zsocket, zmq.PUSH, zmq.PULL)
+    outbox = Outbox(AsyncSocket(push), capacity=100, coalesce=_join)
+    receiver = AsyncSocket(pull)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run)
+            # A burst, with no yield in between: the first goes straight out, the rest wait
+            # for the owner task, which sends them as one frame once this task yields.
+            for i in range(10):
+                assert outbox.send_nowait(b"%d" % i)
+            assert len(outbox) == 9  # queued, not yet handed to ZeroMQ
+            assert outbox.frames_sent == 1
+            await outbox.wait_empty()
+            frames: list[bytes] = []
+            while len(frames) < 2:
+                frames += await receiver.receive_batch(10)
+            assert frames == [b"0", b"|".join(b"%d" % i for i in range(1, 10))]
+            # Quiet for longer than a burst's gap: the next message leaves on its own, at once.
+            await trio.sleep(0.01)
+            assert outbox.send_nowait(b"alone")
+            assert len(outbox) == 0
+            assert await receiver.receive_batch(10) == [b"alone"]
+            assert outbox.frames_sent == 3
+            nursery.cancel_scope.cancel()
+    receiver.close()
+    outbox.socket.close()
+
+
+async def test_outbox_without_coalesce_sends_each_message_at_once(zsocket: Make) -> None:
+    push, pull = pair(zsocket, zmq.PUSH, zmq.PULL)
+    outbox = Outbox(AsyncSocket(push), capacity=100)
+    receiver = AsyncSocket(pull)
+    with trio.fail_after(5):
+        for i in range(10):
+            assert outbox.send_nowait(b"%d" % i)
+        assert len(outbox) == 0
+        frames: list[bytes] = []
+        while len(frames) < 10:
+            frames += await receiver.receive_batch(10)
+    assert frames == [b"%d" % i for i in range(10)]
+    assert outbox.frames_sent == 10
+    receiver.close()
+    outbox.socket.close()
