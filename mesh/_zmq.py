@@ -11,7 +11,8 @@ Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_f
   it waits. Other tasks hand it work: `call_soon` for socket options, `Outbox` for sends.
 * Receives drain up to a batch of ready messages and hand them over as a list (one scheduling point
   per batch, not per message: this is what makes trio+zmq fast). Sends try NOBLOCK immediately
-  and queue only when ZeroMQ pushes back.
+  and queue only when ZeroMQ pushes back, or, for an `Outbox` that coalesces, when they come in a
+  burst: those leave together, in fewer frames, once the producing task yields.
 * Close order: mark closed, `notify_closing(fd)` (wakes any waiter with `ClosedResourceError`
   instead of leaving it hanging), then `close(linger)`.
 """
