@@ -211,6 +211,16 @@ class FailureDetector:
                 deadlines.append(max(track.deadline, self._quiet_until))
         return min(deadlines, default=None)
 
+    def deadline(self, peer: bytes) -> float:
+        """The earliest time at which silence can change `peer`'s state (math.inf if never).
+        `next_deadline()` is never earlier than the least of these, so a caller that waits for
+        it need be woken after a heartbeat only if that peer's deadline is now earlier than the
+        one it waits for. KeyError if `peer` is not tracked."""
+        track = self._peers[peer]
+        if track.deadline is None:  # the same cache as next_deadline's: no work done twice
+            track.deadline = self._deadline(track)
+        return track.deadline
+
     def phi(self, peer: bytes, now: float) -> float:
         """How sure the detector is at `now` that `peer` is gone. KeyError if not tracked."""
         return self._phi(self._peers[peer], now)

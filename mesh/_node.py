@@ -6,7 +6,8 @@ Sockets of one node (docs/protocol.md has the frames):
 * PUB (an XPUB, for backpressure), bound: events, subscription proofs, goodbyes.
 * PULL, bound: the inbox: HELLO/WELCOME/UPDATE/READY, tasks, acks, subscription probes, goodbyes.
 * UDP, bound at the inbox's port number on each host: heartbeat datagrams, which packet loss can
-  only thin out, never stall as it stalls a TCP stream (docs/decisions.md).
+  only thin out, never stall as it stalls a TCP stream (docs/decisions.md). Read, like the control
+  SUB, by the heartbeat loop at fixed steps rather than at each arrival (the idle cost).
 * Two SUBs connected to every known peer's PUB: events (which a slow reader may hold back) and
   control (which nothing holds back).
 * PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
@@ -26,6 +27,9 @@ import logging
 import math
 import os
 import socket as stdlib_socket
+import struct
+import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -59,6 +63,17 @@ from discovery._groups import ungrouped
 from . import _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
+from ._heartbeat import (
+    COPIES,
+    Beat,
+    DatagramLoss,
+    beat_body,
+    datagram_key,
+    echo_of,
+    read_beat,
+    round_trip_sample,
+    smoothed,
+)
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
@@ -131,6 +146,14 @@ class Node:
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
         self._peer_load: dict[bytes, int] = {}  # tasks each peer holds, from its heartbeats
         self._rtt: dict[bytes, float] = {}  # round trip to each peer, from heartbeat echoes
+        # Per peer: the `t` of its last beat taken here, and when, to echo back (§11).
+        self._beats_taken: dict[bytes, tuple[float, float]] = {}
+        # Per peer, for heartbeat datagrams: the losses of its datagrams to this node (so how
+        # many copies to ask of it), how many copies it asks of this node, and the number of
+        # the last datagram sent to it (§11).
+        self._datagram_loss: dict[bytes, DatagramLoss] = {}
+        self._copies_wanted: dict[bytes, int] = {}
+        self._datagrams_sent: dict[bytes, int] = {}
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -187,11 +210,15 @@ class Node:
         )
         self._pull = AsyncSocket(pull)
         self._sub = AsyncSocket(sub)
+        # Read by polling from the heartbeat loop (`_take_control`): no task waits on its FD, so
+        # it is connected and disconnected directly (`_control_op`), not through `call_soon`.
         self._control = AsyncSocket(control)
+        self._control_socket = control
         self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
         self._links: dict[str, _Link] = {}
         self._batching: set[bytes] = set()  # peers whose inbox takes BATCH frames (their HELLO)
+        self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, _reach)
         self._dispatcher = Dispatcher(settings.max_in_flight, settings.ack_timeout)
         # Tasks waiting to be sent again, by service: one with no worker holds up no other.
         self._redelivery: dict[str, deque[InFlightTask]] = {}
@@ -211,6 +238,7 @@ class Node:
         self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
         self._heartbeat_count = 0
         self._liveness_changed = trio.lowlevel.ParkingLot()
+        self._next_judgement = math.inf  # when `_judge_liveness` means to tick next
         self._next_token = 1
         self._unyielded = 0
         self._counts = dict.fromkeys(
@@ -594,10 +622,7 @@ class Node:
         nursery.start_soon(self._drain_subscription_notices)
         nursery.start_soon(self._serve_inbox)
         nursery.start_soon(self._serve_events)
-        nursery.start_soon(self._serve_control)
-        nursery.start_soon(self._send_heartbeats)
-        for sock in self._datagrams:
-            nursery.start_soon(self._serve_datagrams, sock)
+        nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._judge_liveness)
         nursery.start_soon(self._serve_redeliveries)
         nursery.start_soon(self._expire_tasks)
@@ -652,58 +677,117 @@ class Node:
         if address not in self._seeds and self._peers.by_address(address) is None:
             self._unlink(address)
 
-    async def _send_heartbeats(self) -> None:
-        """Every `heartbeat_interval`, a numbered heartbeat on three independent paths: the PUB
-        (to every peer at once), each peer's inbox, and a UDP datagram to each peer's inbox port.
-        Each can fail alone: the PUB stalls behind a full subscriber (backpressure); a TCP
-        connection stalls for as long as its retransmission back-off (0.2 s, then doubling)
-        when packets are lost; a datagram is only ever lost, never late. Peers keep the first
-        copy of each number. Inbox and datagram copies go only to peers that send heartbeats
-        themselves (nodes, not third-party tools)."""
-        interval = self._settings.detector.heartbeat_interval
-        next_beat = trio.current_time()
-        while True:
-            self._heartbeat_count += 1
-            body: dict[str, int] = {"n": self._heartbeat_count}
-            if self._settings.prefetch is not None:
-                body["credit"] = self._settings.prefetch
-            self._publish_nowait(None, Kind.HEARTBEAT, None, body)
-            for peer in self._peers:
-                if peer.record.id in self._heartbeats_heard:
-                    self._send_direct(self._reach(peer.record), Kind.HEARTBEAT, None, body)
-            # One datagram for all: its own stream, numbered by the heartbeat (protocol §5),
-            # sent _DATAGRAM_COPIES times spread over the interval: a lost one costs a beat only
-            # if every copy is lost, and a late copy still beats the stalled TCP paths.
-            datagram = pack(Kind.HEARTBEAT, self._id, self._heartbeat_count, None, body)
-            for copy in range(_DATAGRAM_COPIES):
-                if copy:
-                    await trio.sleep_until(next_beat + copy * interval / _DATAGRAM_COPIES)
-                for peer in self._peers:
-                    if peer.record.id in self._heartbeats_heard:
-                        self._send_datagram(peer.record, datagram)
-            next_beat = max(next_beat + interval, trio.current_time())
-            await trio.sleep_until(next_beat)
+    async def _serve_heartbeats(self) -> None:
+        """Send this node's heartbeats and take in its peers' (datagrams, and the control SUB's
+        heartbeats and goodbyes), in one loop that wakes `2 * _DATAGRAM_COPIES` times an
+        interval (every 33 ms at the defaults), however many peers there are. It is the only
+        task that uses the UDP sockets and the control SUB, and it never waits on their FDs: it
+        reads what they hold at each wake-up.
 
-    def _send_datagram(self, record: PeerRecord, datagram: bytes) -> None:
-        """Send a heartbeat datagram to the peer's inbox port, or drop it: a full socket buffer
-        or an unreachable network costs one beat, and the next one is 0.2 s away. Only sends,
-        never waits: the socket's receiving task is the only one that waits on it."""
+        Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
+        (to every peer at once) and a UDP datagram to each peer's inbox port, sent
+        `_DATAGRAM_COPIES` times a third of an interval apart. Each path can fail alone: the PUB
+        stalls behind a full subscriber (backpressure) and, like any TCP connection, for its
+        retransmission back-off (0.2 s, then doubling) when packets are lost; a datagram is only
+        ever lost, never late. Peers keep the first copy of each number. Datagrams go only to
+        peers that send heartbeats themselves (nodes, not third-party tools), as many copies as
+        each asked for (one on a clean network, all of them after a loss), and each carries the
+        echo of that peer's last beat, from which the peer learns its round trip (§11).
+
+        No copy goes into peers' inboxes any more: under loss it came seconds late, queued
+        behind tasks on the same connection, and it was the largest part of the idle cost
+        (docs/decisions.md). Reading at fixed times rather than at each arrival cost one wake-up
+        per datagram, three per peer and beat; now a heartbeat is taken up to a step late, which
+        delays a verdict of silence by as much (and the round trip is measured from the kernel's
+        arrival times, so it is not)."""
+        interval = self._settings.detector.heartbeat_interval
+        steps = 2 * _DATAGRAM_COPIES  # wake-ups a beat: a copy goes out every other one
+        credit = self._settings.prefetch
+        wake = trio.current_time()
+        step = 0
+        number = load = 0
+        targets: list[tuple[bytes, stdlib_socket.socket, tuple[str, int], int]] = []
+        while True:
+            self._take_datagrams()
+            self._take_control()
+            now = trio.current_time()
+            if step == 0:
+                self._heartbeat_count += 1
+                number = self._heartbeat_count
+                load = len(self._held)
+                body = beat_body(number, sent=now, load=load, credit=credit)
+                self._publish_nowait(None, Kind.HEARTBEAT, None, body)
+            if step == 0 or (step % 2 == 0 and len(self._heartbeats_heard) > len(targets)):
+                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile costs
+                # a datagram nobody reads), and again for a peer first heard meanwhile.
+                targets.clear()
+                for peer in self._peers:
+                    peer_id = peer.record.id
+                    if peer_id in self._heartbeats_heard:
+                        route = self._datagram_route(peer.record)
+                        if route is not None:
+                            copies = self._copies_wanted.get(peer_id, COPIES)
+                            targets.append((peer_id, *route, copies))
+            if step % 2 == 0:
+                # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a
+                # lost copy costs a beat only if every copy is lost. Copy k goes to the peers
+                # that asked for more than k.
+                self._send_datagrams(targets, step // 2, number, load, credit, now)
+            step = (step + 1) % steps
+            wake = max(wake + interval / steps, now)
+            await trio.sleep_until(wake)
+
+    def _send_datagrams(
+        self,
+        targets: Sequence[tuple[bytes, stdlib_socket.socket, tuple[str, int], int]],
+        copy: int,
+        number: int,
+        load: int,
+        credit: int | None,
+        now: float,
+    ) -> None:
+        """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
+        of that peer's last beat, the datagram's number and the copies asked of that peer."""
+        beats_taken = self._beats_taken
+        sent = self._datagrams_sent
+        for peer_id, sock, destination, copies in targets:
+            if copy >= copies:
+                continue
+            sent[peer_id] = datagram_number = sent.get(peer_id, 0) + 1
+            loss = self._datagram_loss.get(peer_id)
+            body = beat_body(
+                number,
+                sent=now,
+                load=load,
+                credit=credit,
+                echo=echo_of(beats_taken.get(peer_id), now),
+                datagram=datagram_number,
+                want=1 if loss is None else loss.want(now),
+            )
+            datagram = pack(Kind.HEARTBEAT, self._id, number, None, body)
+            try:
+                sock.sendto(datagram, destination)
+            except OSError as exc:  # BlockingIOError (buffer full) included
+                # A full socket buffer or an unreachable network costs one copy of one beat.
+                self._log.warning(
+                    "datagram-send",
+                    now,
+                    "dropped a heartbeat datagram to %s: %s",
+                    destination[0],
+                    exc,
+                )
+
+    def _datagram_route(
+        self, record: PeerRecord
+    ) -> tuple[stdlib_socket.socket, tuple[str, int]] | None:
+        """The UDP socket of this node that sends to `record`'s inbox port, and where to; None
+        if this node has none of that address family. Only sends go through it: the socket's
+        receiving task is the only one that waits on it."""
         host = self._host_for(record)
         if host not in self._datagram_routes:
             self._datagram_routes[host] = self._datagram_socket_for(host)
         sock = self._datagram_routes[host]
-        if sock is None:
-            return
-        try:
-            sock.sendto(datagram, (host, record.pull_port))
-        except OSError as exc:  # BlockingIOError (buffer full) included
-            self._log.warning(
-                "datagram-send",
-                trio.current_time(),
-                "dropped a heartbeat datagram to %s: %s",
-                host,
-                exc,
-            )
+        return None if sock is None else (sock, (host, record.pull_port))
 
     def _datagram_socket_for(self, host: str) -> stdlib_socket.socket | None:
         """This node's UDP socket bound on `host`'s network, else any of the same family."""
@@ -715,30 +799,25 @@ class Node:
                 return sock
         return same_family[0] if same_family else None
 
-    async def _serve_datagrams(self, sock: stdlib_socket.socket) -> None:
-        """Take in heartbeat datagrams from one UDP socket (the only task that waits on it)."""
+    def _take_datagrams(self) -> None:
+        """Read every datagram the UDP sockets hold (at most `receive_batch` each), each decoded
+        in full (copies too: their numbers count losses), and counted if bad."""
         batch = self._settings.receive_batch
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:
-                return
+        # Kernel arrival times are wall-clock times: this is what turns them into this clock's.
+        now = trio.current_time()
+        wall_offset = time.time() - now
+        for sock in self._datagrams:
             for _ in range(batch):
                 try:
-                    datagram = sock.recv(_DATAGRAM_BUFFER)
+                    datagram, ancillary, _, _ = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
                 except BlockingIOError:
                     break
                 except OSError as exc:  # an ICMP error reported late, say: not this node's fault
-                    self._log.warning(
-                        "datagram-receive",
-                        trio.current_time(),
-                        "heartbeat socket: %s",
-                        exc,
-                    )
+                    self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
                     break
-                self._on_datagram(datagram)
+                self._on_datagram(datagram, _arrival(ancillary, wall_offset, now))
 
-    def _on_datagram(self, datagram: bytes) -> None:
+    def _on_datagram(self, datagram: bytes, arrival: float) -> None:
         try:
             if len(datagram) > _MAX_DATAGRAM:
                 raise ProtocolError("oversized", f"{len(datagram)} byte datagram")
@@ -749,35 +828,71 @@ class Node:
             self._bad_frame(exc, "heartbeat socket")
             return
         self._counts["heartbeat_datagrams"] += 1
-        self._on_heartbeat(envelope)
-
-    def _on_heartbeat(self, envelope: Envelope) -> None:
-        number = envelope.body.get("n") if isinstance(envelope.body, dict) else None
-        if type(number) is not int:
+        beat = read_beat(envelope.body)
+        if beat is None:
             return
-        if envelope.sender not in self._peers:
+        sender = envelope.sender
+        if sender in self._peers:
+            # Echoed from datagrams only, any copy: their arrival times are the kernel's.
+            if beat.sent is not None:
+                self._beats_taken[sender] = (beat.sent, arrival)
+            if beat.datagram is not None:
+                loss = self._datagram_loss.get(sender)
+                if loss is None:
+                    loss = self._datagram_loss[sender] = DatagramLoss()
+                loss.datagram(beat.datagram, arrival)
+            self._copies_wanted[sender] = COPIES if beat.want is None else beat.want
+        self._on_heartbeat(envelope, arrival, beat)
+
+    def _on_heartbeat(
+        self, envelope: Envelope, arrival: float | None = None, beat: Beat | None = None
+    ) -> None:
+        """A heartbeat by any path (PUB, datagram, or an inbox, where third-party tools and older
+        nodes may still send them): the first copy of each number feeds the failure detector
+        and tells the peer's load, credit, and the round trip its echo measures. `arrival`: when
+        the kernel took it in, if known (else now); `beat`: its body, if read already."""
+        if beat is None:
+            beat = read_beat(envelope.body)
+        if beat is None:
+            return
+        sender = envelope.sender
+        if sender not in self._peers:
             # A peer forgotten while it was frozen, now back: say HELLO again, once.
-            address = self._forgotten.pop(envelope.sender, None)
+            address = self._forgotten.pop(sender, None)
             if address is not None:
                 self._introduce(address, again=True)
             return
-        if number <= self._heartbeats_heard.get(envelope.sender, 0):
-            return  # the copy that came the other way
-        self._heartbeats_heard[envelope.sender] = number
-        credit = envelope.body.get("credit")
-        if type(credit) is int and credit > 0:
-            self._dispatcher.set_credit(envelope.sender, credit)
-        self._apply_liveness(self._detector.heartbeat(envelope.sender, trio.current_time()))
-        self._liveness_changed.unpark_all()
+        if beat.number <= self._heartbeats_heard.get(sender, 0):
+            return  # a copy that came another way, or later
+        self._heartbeats_heard[sender] = beat.number
+        now = trio.current_time()
+        if arrival is None:
+            arrival = now
+        if beat.load is not None:
+            self._peer_load[sender] = beat.load
+        if beat.echo is not None:
+            sample = round_trip_sample(beat.echo, arrival)
+            if sample is not None:
+                self._rtt[sender] = smoothed(self._rtt.get(sender), sample)
+        if beat.credit is not None:
+            self._dispatcher.set_credit(sender, beat.credit)
+        transitions = self._detector.heartbeat(sender, now)
+        if transitions:
+            self._apply_liveness(transitions)
+        # The judge sleeps until the earliest deadline it knew; a heartbeat almost always puts
+        # its peer's later, and then need not wake it (once per heartbeat was a large part of
+        # the idle cost). It is woken when this one may come sooner.
+        if transitions or self._detector.deadline(sender) < self._next_judgement:
+            self._liveness_changed.unpark_all()
 
     async def _judge_liveness(self) -> None:
         """Tick the failure detector when it next needs to, telling it how late the tick runs
         (a late tick means this node itself stalled, and its peers are not to blame)."""
         while True:
             deadline = self._detector.next_deadline()
-            planned = math.inf if deadline is None else deadline
+            planned = self._next_judgement = math.inf if deadline is None else deadline
             with trio.move_on_at(planned) as timer:
-                await self._liveness_changed.park()  # a heartbeat may move the deadline
+                await self._liveness_changed.park()  # a deadline may have come sooner
             if timer.cancelled_caught:
                 now = trio.current_time()
                 self._apply_liveness(self._detector.tick(now, lateness=max(0.0, now - planned)))
@@ -838,20 +953,32 @@ class Node:
         backpressure = self._settings.event_backpressure
         counts = self._counts
         while batch := await self._receive(self._sub, _wire.decode_published_many, "events"):
+            # Events come in runs of one topic and one sender (a batch is one frame): which
+            # subscriptions take the topic, and the sender's hex id, are worked out once a run.
+            topic_seen: str | None = None
+            matching: list[Subscription] = []
+            sender_seen = b""
+            sender_hex = ""
             for envelope in batch:
                 topic = envelope.topic
                 assert topic is not None
                 if envelope.kind is Kind.EVENT:
                     counts["events_received"] += 1
-                    message = Message(topic, envelope.body, envelope.sender.hex(), envelope.seq)
-                    for subscription in self._subscriptions:
-                        if topic.startswith(subscription.prefix):
-                            if backpressure and subscription._full():
-                                # Stop reading the network until the reader catches up: the
-                                # publisher's XPUB then waits rather than drops.
-                                await self._sub.wait_for(subscription._has_room, subscription._room)
-                            if not subscription._deliver(message):
-                                counts["events_dropped"] += 1
+                    if topic != topic_seen:
+                        matching = [s for s in self._subscriptions if topic.startswith(s.prefix)]
+                        topic_seen = topic
+                    if envelope.sender is not sender_seen:
+                        sender_seen = envelope.sender
+                        sender_hex = sender_seen.hex()
+                    message = Message(topic, envelope.body, sender_hex, envelope.seq)
+                    for subscription in matching:
+                        if backpressure and subscription._full():
+                            # Stop reading the network until the reader catches up: the
+                            # publisher's XPUB then waits rather than drops.
+                            await self._sub.wait_for(subscription._has_room, subscription._room)
+                            topic_seen = None  # subscriptions may have come or gone meanwhile
+                        if not subscription._deliver(message):
+                            counts["events_dropped"] += 1
                 else:  # SYNCED
                     assert envelope.meta is not None
                     token, addressee = envelope.meta
@@ -859,13 +986,37 @@ class Node:
                         self._synced_tokens.add(token)
                         self._synced.unpark_all()
 
-    async def _serve_control(self) -> None:
-        while batch := await self._receive(self._control, _wire.decode_published_many, "control"):
-            for envelope in batch:
+    def _take_control(self) -> None:
+        """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes. Copies of
+        beats already taken (most of them: the datagrams come first) are dropped from their
+        head, undecoded. Called at each step of the heartbeat loop, the SUB's only reader."""
+        heard = self._heartbeats_heard
+        for _ in range(self._settings.receive_batch):
+            try:
+                frame = self._control.receive_nowait()
+            except (zmq.Again, trio.ClosedResourceError):
+                return
+            key = datagram_key(frame, 1)
+            if key is not None:
+                last = heard.get(key[0])
+                if last is not None and key[1] <= last:
+                    continue
+            try:
+                envelopes = _wire.decode_published_many(frame)
+            except ProtocolError as exc:
+                self._bad_frame(exc, "control")
+                continue
+            for envelope in envelopes:
                 if envelope.kind is Kind.BYE:
                     self._on_bye(envelope)
                 else:
                     self._on_heartbeat(envelope)
+
+    def _control_op(self, op: SocketOp) -> None:
+        """Connect or disconnect the control SUB now. Safe from any task, as no task waits on
+        its FD (a waiter could miss the edge such a call consumes)."""
+        if not self._control.closed:
+            op(self._control_socket)
 
     async def _receive(
         self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
@@ -923,8 +1074,11 @@ class Node:
                 envelope.meta[1],
             )
             self._redeliver([task], f"nack: {envelope.meta[1]}")
-        self._capacity_changed.unpark_all()
-        self._settled.unpark_all()
+        # (Checked first: unpark_all costs even when nobody waits, and this runs per ack.)
+        if self._capacity_changed:
+            self._capacity_changed.unpark_all()
+        if self._settled:
+            self._settled.unpark_all()
 
     def _on_hello(self, envelope: Envelope) -> None:
         hello = envelope.body
@@ -1011,7 +1165,7 @@ class Node:
                 record = event.peer.record
                 self._link(self._reach(record))
                 self._sub.call_soon(_connect(self._pub_endpoint(record)))
-                self._control.call_soon(_connect(self._pub_endpoint(record)))
+                self._control_op(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
                 # Joining is its first sign of life: a peer that dies before its first heartbeat
@@ -1022,9 +1176,10 @@ class Node:
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
                 if self._pub_endpoint(old) != self._pub_endpoint(new):
-                    for sock in (self._sub, self._control):
-                        sock.call_soon(_disconnect(self._pub_endpoint(old)))
-                        sock.call_soon(_connect(self._pub_endpoint(new)))
+                    self._sub.call_soon(_disconnect(self._pub_endpoint(old)))
+                    self._sub.call_soon(_connect(self._pub_endpoint(new)))
+                    self._control_op(_disconnect(self._pub_endpoint(old)))
+                    self._control_op(_connect(self._pub_endpoint(new)))
                 if self._reach(old) != self._reach(new):
                     self._unlink(self._reach(old))
                     link = self._link(self._reach(new))
@@ -1033,14 +1188,23 @@ class Node:
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self._sub.call_soon(_disconnect(self._pub_endpoint(record)))
-                self._control.call_soon(_disconnect(self._pub_endpoint(record)))
+                self._control_op(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
                 self._batching.discard(record.id)
                 self._detector.remove(record.id)
-                for table in (self._state_reasons, self._peer_load, self._rtt):
+                for table in (
+                    self._state_reasons,
+                    self._peer_load,
+                    self._rtt,
+                    self._beats_taken,
+                    self._datagram_loss,
+                    self._copies_wanted,
+                    self._datagrams_sent,
+                ):
                     table.pop(record.id, None)
                 self._heartbeats_heard.pop(record.id, None)
                 self._unlink(self._reach(record))
+                self._reach_cache.pop(record.id, None)
                 self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
                 logger.info("peer left: %s %s (%s)", record.name, record.id_hex[:8], event.reason)
         self._capacity_changed.unpark_all()
@@ -1049,7 +1213,12 @@ class Node:
     def _reach(self, record: PeerRecord) -> str:
         """The peer's inbox address to use from here: at its first host on one of this node's
         networks (a node may be bound to several interfaces), else at its main host."""
-        return format_address(self._host_for(record), record.pull_port)
+        cached = self._reach_cache.get(record.id)
+        if cached is not None and cached[0] is record:  # on every push and ack: worth keeping
+            return cached[1]
+        address = format_address(self._host_for(record), record.pull_port)
+        self._reach_cache[record.id] = (record, address)
+        return address
 
     def _pub_endpoint(self, record: PeerRecord) -> str:
         return tcp_endpoint(self._host_for(record), record.pub_port)
@@ -1269,7 +1438,8 @@ class Node:
         return None
 
     def _wake_pushers(self) -> None:
-        self._capacity_changed.unpark_all()
+        if self._capacity_changed:  # (called at every flush of an outbox that was full or is empty)
+            self._capacity_changed.unpark_all()
 
     def _check_open(self) -> None:
         if self._closing:
@@ -1368,6 +1538,11 @@ _DATAGRAM_COPIES: Final = 3
 # Heartbeat datagrams are a few dozen bytes; anything near this size is not one.
 _MAX_DATAGRAM: Final = 1024
 _DATAGRAM_BUFFER: Final = _MAX_DATAGRAM + 1  # one byte more, to tell an oversized one
+# Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
+# trip then leaves out how long a datagram waited to be read. Python does not name the option.
+_SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC: Final = struct.Struct("@ll")
+_STAMP_SPACE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
 
 # How many forgotten peers a node remembers the address of, to greet them if they come back.
 _FORGOTTEN_KEPT: Final = 1024
@@ -1468,6 +1643,9 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
             sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
             made.append(sock)
             sock.setblocking(False)
+            if sys.platform == "linux":
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(stdlib_socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -1478,6 +1656,22 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
     except BaseException:
         _close_datagrams(made)
         raise
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: float) -> float:
+    """When a datagram arrived, on this node's clock: the kernel's stamp (wall-clock time, less
+    `wall_offset`) if there is a plausible one, else `now`."""
+    for level, kind, data in ancillary:
+        if (
+            level == stdlib_socket.SOL_SOCKET
+            and kind == _SO_TIMESTAMPNS
+            and len(data) >= _TIMESPEC.size
+        ):
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            arrival: float = seconds + nanoseconds * 1e-9 - wall_offset
+            if now - 1.0 < arrival <= now:  # a wall clock stepped meanwhile would be way off
+                return arrival
+    return now
 
 
 def _close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:

@@ -476,3 +476,14 @@ def test_snapshot_and_repr() -> None:
     assert (snapshot[A].since, snapshot[A].last_heard) == (0.5, 0.0)
     assert snapshot[A].phi == detector.phi(A, 0.7) > 8.0
     assert repr(detector) == "<FailureDetector peers=1 alive, 1 suspect, 1 left>"
+
+
+def test_a_peers_own_deadline_is_the_one_next_deadline_waits_for() -> None:
+    detector = FailureDetector()
+    detector.heartbeat(b"a", now=0.0)
+    detector.heartbeat(b"b", now=0.1)
+    assert detector.next_deadline() == detector.deadline(b"a") < detector.deadline(b"b")
+    detector.heartbeat(b"a", now=0.2)  # heard again: its deadline moves later
+    assert detector.next_deadline() == detector.deadline(b"b") < detector.deadline(b"a")
+    with pytest.raises(KeyError):
+        detector.deadline(b"c")

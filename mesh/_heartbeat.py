@@ -1,0 +1,195 @@
+"""Heartbeat bodies, and what a node learns from them besides liveness: each peer's load and the
+round trip to it. Pure: no IO, no clock; times are the caller's `now` (seconds).
+
+Rules (docs/protocol.md §11):
+
+* A heartbeat body is a map. `n`, the beat's number (an int from 1), is the only key required;
+  a body without it is ignored. Every other key is optional, read only when it has the right
+  type and range, and otherwise ignored as if absent: a peer that omits or garbles one (an
+  older node, a third-party tool) loses only what that key tells.
+* `t` (float): the sender's clock when this copy left, in seconds from any origin. It is only
+  ever echoed back to the sender, who compares it with its own clock: clocks are never compared
+  across nodes.
+* `load` (int >= 0): the tasks the sender holds unfinished. `credit` (int >= 1): how many unacked
+  tasks it takes from each sender.
+* `echo` ([float, float], datagrams only, as they are the only copies sent to one peer): the `t`
+  of the last heartbeat datagram the sender took from the addressee (any copy: each has its own
+  `t`), and how long the sender had held it when this copy left. The addressee's round trip
+  sample is then `now - t - held`: its own clock at both ends, and the time the echo waited at
+  the peer taken out.
+* `d` (int >= 1, datagrams only): the datagram's number on the path from its sender to its
+  addressee, one more for every copy sent there. A gap in these numbers is datagrams lost.
+* `want` (int 1 to `COPIES`, datagrams only): how many copies of each beat the sender asks of
+  the addressee. A node asks for `COPIES` while it has lost any of that peer's datagrams in the
+  last `LOSSY_FOR` seconds, else for one. A peer that has never asked (or asked out of range)
+  gets `COPIES`. On a clean network that is one datagram a beat instead of three, the largest
+  part of the idle cost; under loss the copies come back within a beat or two of the first
+  datagram lost (docs/decisions.md has the trade-off).
+* Round trips are smoothed as TCP smooths them (RFC 6298): the first sample as it is, then
+  `rtt += (sample - rtt) / 8`. An echo of a time that is in this node's future, older than
+  `ECHO_MAX_AGE`, or held longer than it has been out, is no sample (a forged or garbled one
+  can then skew the figure by no more than that age).
+* A copy of a beat already taken is recognised from its head alone (`datagram_key`): the
+  sender's id and the beat's number, where `pack` writes them. Whatever does not look like that
+  is decoded in full, and so still counted as invalid if it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._wire import NODE_ID_SIZE
+
+#: Echoes of beats sent longer ago than this are not round trip samples (seconds).
+ECHO_MAX_AGE: Final = 10.0
+#: Weight of a new round trip sample (RFC 6298's alpha).
+RTT_GAIN: Final = 1 / 8
+#: Most copies of a beat sent by datagram, and what a peer that does not ask gets.
+COPIES: Final = 3
+#: A node asks a peer for all the copies while it has lost one of its datagrams this recently.
+LOSSY_FOR: Final = 60.0
+
+# `pack` writes a HEARTBEAT envelope as fixarray 6, version 1, kind 2, bin 16 (the sender), then
+# the seq as a msgpack uint.
+_HEAD: Final = b"\x96\x01\x02\xc4\x10"
+_SEQ_AT: Final = len(_HEAD) + NODE_ID_SIZE
+_UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What one heartbeat body says: its number, and each optional field if present and valid
+    (else None)."""
+
+    number: int
+    sent: float | None = None
+    load: int | None = None
+    credit: int | None = None
+    echo: tuple[float, float] | None = None  # (the addressee's `t`, seconds held)
+    datagram: int | None = None  # `d`
+    want: int | None = None
+
+
+def read_beat(body: Any) -> Beat | None:
+    """The beat a heartbeat body describes, or None if it has no valid `n`."""
+    if type(body) is not dict:
+        return None
+    number = body.get("n")
+    if type(number) is not int or number < 1:
+        return None
+    sent = body.get("t")
+    load = body.get("load")
+    credit = body.get("credit")
+    echo = body.get("echo")
+    datagram = body.get("d")
+    want = body.get("want")
+    if (
+        type(echo) is list
+        and len(echo) == 2
+        and type(echo[0]) is float
+        and type(echo[1]) is float
+        and math.isfinite(echo[0])
+        and math.isfinite(echo[1])
+    ):
+        echoed: tuple[float, float] | None = (echo[0], echo[1])
+    else:
+        echoed = None
+    return Beat(
+        number,
+        sent if type(sent) is float and math.isfinite(sent) else None,
+        load if type(load) is int and load >= 0 else None,
+        credit if type(credit) is int and credit > 0 else None,
+        echoed,
+        datagram if type(datagram) is int and datagram > 0 else None,
+        want if type(want) is int and 1 <= want <= COPIES else None,
+    )
+
+
+def beat_body(
+    number: int,
+    *,
+    sent: float,
+    load: int,
+    credit: int | None = None,
+    echo: tuple[float, float] | None = None,
+    datagram: int | None = None,
+    want: int | None = None,
+) -> dict[str, Any]:
+    """The body of a heartbeat (the map `read_beat` reads)."""
+    body: dict[str, Any] = {"n": number, "t": sent, "load": load}
+    if credit is not None:
+        body["credit"] = credit
+    if echo is not None:
+        body["echo"] = list(echo)
+    if datagram is not None:
+        body["d"] = datagram
+    if want is not None:
+        body["want"] = want
+    return body
+
+
+class DatagramLoss:
+    """The datagrams of one peer lost on their way here, from the gaps in their numbers (`d`),
+    and so how many copies of each beat to ask of it."""
+
+    __slots__ = ("last", "lost", "lost_at")
+
+    def __init__(self) -> None:
+        self.last = 0  # the last number taken, 0 before the first
+        self.lost = 0  # datagrams lost since tracking began
+        self.lost_at = -math.inf  # when a loss was last seen
+
+    def datagram(self, number: int, now: float) -> None:
+        """Datagram `number` came in at `now`."""
+        if self.last and number > self.last + 1:
+            self.lost += number - self.last - 1
+            self.lost_at = now
+        # A number at or below the last is a reordered datagram, or a peer that counts afresh
+        # (it forgot this node and met it again): either way, count on from it.
+        self.last = number
+
+    def want(self, now: float) -> int:
+        """The copies a beat to ask of the peer at `now`."""
+        return COPIES if now - self.lost_at < LOSSY_FOR else 1
+
+
+def echo_of(taken: tuple[float, float] | None, now: float) -> tuple[float, float] | None:
+    """The `echo` to send to a peer at `now`, from (its `t`, when that beat was taken here)."""
+    if taken is None:
+        return None
+    sent, at = taken
+    return sent, max(0.0, now - at)
+
+
+def round_trip_sample(echo: tuple[float, float], now: float) -> float | None:
+    """The round trip an echo measures at `now`, or None if it cannot be a real one."""
+    sent, held = echo
+    out = now - sent
+    if not 0.0 <= out <= ECHO_MAX_AGE or not 0.0 <= held <= out:
+        return None
+    return out - held
+
+
+def smoothed(rtt: float | None, sample: float) -> float:
+    """The smoothed round trip after `sample`."""
+    return sample if rtt is None else rtt + (sample - rtt) * RTT_GAIN
+
+
+def datagram_key(frame: bytes, start: int = 0) -> tuple[bytes, int] | None:
+    """(sender, seq) of a HEARTBEAT envelope read from its head, when the envelope (at `start`
+    in `frame`: 0 in a datagram, 1 after a PUB's channel byte) starts the way `pack` writes one;
+    None otherwise (then only a full decode can tell what it is). Checks nothing after the seq:
+    an envelope is taken on this alone only to be dropped as a copy of a beat already taken."""
+    head_end = start + len(_HEAD)
+    seq_at = start + _SEQ_AT
+    if len(frame) <= seq_at or frame[start:head_end] != _HEAD:
+        return None
+    marker = frame[seq_at]
+    if marker < 0x80:  # positive fixint
+        return frame[head_end:seq_at], marker
+    width = _UINT_WIDTH.get(marker)
+    if width is None or len(frame) < seq_at + 1 + width:
+        return None
+    return frame[head_end:seq_at], int.from_bytes(frame[seq_at + 1 : seq_at + 1 + width], "big")
