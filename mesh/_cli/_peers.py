@@ -27,6 +27,7 @@ from ._common import (
 )
 
 _LOG_LINES = 10  # membership changes kept under the live table
+_RTT_WAIT = 0.6  # seconds `peers` waits for round trips to be measured
 
 
 def add_to(commands: Any) -> None:
@@ -61,6 +62,7 @@ async def _peers(args: argparse.Namespace) -> int:
     async with open_cli_node(args, name) as node:
         await find_peers(node, args.timeout)
         if not args.watch:
+            await _measure_round_trips(node)
             rows = _rows(node)
             if args.json:
                 print(json.dumps(rows, indent=2))
@@ -70,6 +72,18 @@ async def _peers(args: argparse.Namespace) -> int:
                 print(f"no peers found in mesh {args.mesh!r} on {args.interface}", file=sys.stderr)
             return 0
         return await _watch(node, args)
+
+
+async def _measure_round_trips(node: Node) -> None:
+    """Wait (briefly: about two heartbeats at most) until the round trip to every live peer is
+    known, so the table has it: the first is measured a beat or two after joining."""
+    with trio.move_on_after(_RTT_WAIT):
+        while any(  # noqa: ASYNC110 (a short bounded poll of a snapshot)
+            health.rtt is None
+            for peer_id, health in node.health().items()
+            if node.peers[peer_id].state.value == "alive"
+        ):
+            await trio.sleep(0.05)
 
 
 async def _watch(node: Node, args: argparse.Namespace) -> int:
