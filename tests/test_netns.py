@@ -436,7 +436,7 @@ def test_twenty_percent_packet_loss_on_a_host_kills_nobody_at_default_settings(l
         if r["state"] == "dead" or r["change"] == "left"
     ]
     assert deaths == []
-    assert dropped > 200  # the loss was real (the work traffic alone is hundreds of packets a second)
+    assert dropped > 200  # the loss was real (work alone is hundreds of packets a second)
     for node in nodes:
         node.send("quit")
     for node in nodes:
