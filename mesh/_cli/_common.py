@@ -176,15 +176,17 @@ def add_command(
     return parser
 
 
-async def find_peers(node: Node, timeout: float, quiet: float = 0.3) -> None:
+async def find_peers(node: Node, timeout: float, quiet: float = 0.3, first: float = 1.0) -> None:
     """Give discovery time to find the mesh: return once no peer has joined for `quiet`
-    seconds, or after `timeout` seconds in all; then wait (in what is left of `timeout`) until
-    the peers found are wired both ways, so that nothing published from here on is lost."""
+    seconds (`first` seconds before the first one: on a busy machine the first answer can take
+    longer than 0.3 s, and a ``pub`` that gives up then publishes to nobody), or after `timeout`
+    seconds in all; then wait (in what is left of `timeout`) until the peers found are wired
+    both ways, so that nothing published from here on is lost."""
     deadline = trio.current_time() + timeout
     with trio.move_on_at(deadline):
         async with node.watch_peers() as changes:
             while True:
-                with trio.move_on_after(quiet):
+                with trio.move_on_after(quiet if node.peers else max(quiet, first)):
                     await changes.receive()
                     continue
                 break
