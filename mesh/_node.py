@@ -143,6 +143,7 @@ class Node:
         self._draining = False  # `drain` was called: no more work is taken
         self._held: set[Task] = set()  # as a worker: tasks handed to a stream, not yet settled
         self._held_changed = trio.lowlevel.ParkingLot()
+        self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
         self._peer_load: dict[bytes, int] = {}  # tasks each peer holds, from its heartbeats
         self._rtt: dict[bytes, float] = {}  # round trip to each peer, from heartbeat echoes
@@ -1008,7 +1009,7 @@ class Node:
                 continue
             for envelope in envelopes:
                 if envelope.kind is Kind.BYE:
-                    self._on_bye(envelope)
+                    self._on_published_bye(envelope)
                 else:
                     self._on_heartbeat(envelope)
 
@@ -1110,7 +1111,28 @@ class Node:
             self._observe(envelope.body)
 
     def _on_bye(self, envelope: Envelope) -> None:
+        """A goodbye in the inbox: it came after everything else the peer sent here (acks,
+        nacks), on the same connection, so the peer can go at once."""
+        self._leaving.discard(envelope.sender)
         self._apply(self._peers.remove(envelope.sender, "goodbye"))
+
+    def _on_published_bye(self, envelope: Envelope) -> None:
+        """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
+        connection: taking its tasks back now would send done work again. So it gets no new
+        work at once, and goes when its inbox goodbye arrives, or after a grace period (the
+        time a leaving node gives its last messages) for a peer that sends none."""
+        if envelope.sender not in self._peers or envelope.sender in self._leaving:
+            return
+        self._leaving.add(envelope.sender)
+        self._capacity_changed.unpark_all()
+        if self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._forget_leaving, envelope.sender)
+
+    async def _forget_leaving(self, peer_id: bytes) -> None:
+        await trio.sleep(self._settings.goodbye_timeout + _GOODBYE_GRACE)
+        if peer_id in self._leaving:
+            self._leaving.discard(peer_id)
+            self._apply(self._peers.remove(peer_id, "goodbye"))
 
     def _on_ready(self, envelope: Envelope) -> None:
         if envelope.sender in self._peers:
@@ -1187,6 +1209,7 @@ class Node:
                         link.outbox.coalesce = _wire.coalesce_direct
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
+                self._leaving.discard(record.id)
                 self._sub.call_soon(_disconnect(self._pub_endpoint(record)))
                 self._control_op(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
@@ -1270,7 +1293,7 @@ class Node:
             # graceful leave is not reported as a suspicion first.
             await trio.sleep(_GOODBYE_GRACE)
             peer = self._peers.by_address(link.address)
-            if peer is not None and batch:
+            if peer is not None and batch and peer.record.id not in self._leaving:
                 self._apply_liveness(
                     self._detector.disconnected(peer.record.id, trio.current_time())
                 )
@@ -1351,8 +1374,8 @@ class Node:
         ready = []
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
-            if peer is None or peer.state is not PeerState.ALIVE:
-                continue  # suspect or dead: no new work
+            if peer is None or peer.state is not PeerState.ALIVE or worker in self._leaving:
+                continue  # suspect, dead or leaving: no new work
             link = self._link_of(worker)
             if link is not None and link.outbox.has_room():
                 ready.append(worker)

@@ -636,3 +636,37 @@ async def test_a_plain_peer_pushes_a_batch_and_gets_acks_as_its_hello_asked(
             assert len(frames) == 20
             assert all(frame[1] == ACK for frame in frames)
         assert node.statistics().bad_frames == 0
+
+
+async def test_a_goodbye_on_the_pub_does_not_overtake_acks_still_on_their_way(
+    plain: ThirdParty,
+) -> None:
+    """A leaving worker's BYE on its PUB can be read before the acks it sent just before on
+    the inbox connection. The sender must not take those tasks back at once (docs/protocol.md
+    section 11): the late ack still counts, and the task is not sent again."""
+    me = os.urandom(16)
+    inbox, pull_port = plain.bind(zmq.PULL)
+    pub, pub_port = plain.bind(zmq.PUB)
+    record = {**plain_record(me, pub_port, pull_port), "services": ["job"]}
+    with trio.fail_after(10):
+        async with open_node(name="producer", interface="127.0.0.1") as node:
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            push.send(envelope(HELLO, me, 1, None, {"record": record, "peers": []}), zmq.NOBLOCK)
+            kinds = []
+            while READY not in kinds:  # the node's SUBs are connected to our PUB
+                kinds.append((await receive_direct(inbox))[1])
+            await node.push("job", "work")
+            while (task := await receive_direct(inbox))[1] != TASK:
+                pass
+            task_id = task[4][0]
+            pub.send(CONTROL_CHANNEL + envelope(BYE, me, 1, None, None))
+            await trio.sleep(0.05)  # the order under test: the BYE is read before the ACK
+            push.send(envelope(ACK, me, 2, [task_id], None), zmq.NOBLOCK)
+            await node.wait_settled()
+            stats = node.statistics()
+            assert (stats.tasks_acked, stats.tasks_redelivered) == (1, 0)
+            with trio.move_on_after(1):  # it leaves after a grace period without an inbox BYE
+                while me.hex() in node.peers:  # noqa: ASYNC110 (a bounded poll of a snapshot)
+                    await trio.sleep(0.01)
+            assert me.hex() not in node.peers
