@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,7 +50,7 @@ def mesh_options() -> argparse.ArgumentParser:
         "--seed",
         dest="seeds",
         action="append",
-        metavar="HOST:PORT",
+        metavar="IP:PORT",
         help="a node's inbox address to join through, for networks without multicast; "
         "repeatable (MESH_SEEDS: comma-separated)",
     )
@@ -219,3 +220,31 @@ class PeerNames:
         if peer is not None:
             self._known[sender] = peer.name
         return self._known.get(sender, sender[:8])
+
+
+@asynccontextmanager
+async def open_signal_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose scope SIGINT or SIGTERM cancels, so that Ctrl-C ends a command that runs
+    until told to stop normally (its node still leaves gracefully, and it exits 0); it is
+    cancelled too when the block ends."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            yield nursery
+            nursery.cancel_scope.cancel()
+
+
+def jsonable(body: Any) -> Any:
+    """`body` if JSON can carry it, else its text (bytes decoded) or repr."""
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError):
+        if isinstance(body, bytes):
+            return body.decode(errors="replace")
+        return repr(body)
+    return body

@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -18,8 +17,10 @@ from ._common import (
     add_command,
     find_peers,
     json_option,
+    jsonable,
     mesh_options,
     open_cli_node,
+    open_signal_nursery,
     parse_body,
     positive_float,
     positive_int,
@@ -99,43 +100,38 @@ async def _pub(args: argparse.Namespace) -> int:
 async def _sub(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     received = 0
-    async with open_cli_node(args, _name("sub")) as node, node.subscribe(args.prefix) as events:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                names = PeerNames(node)
-                await nursery.start(names.follow)
-                # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
-                print(
-                    f"subscribed to {args.prefix!r} in mesh {node.mesh!r} as {node.name}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                with trio.move_on_after(args.timeout or math.inf):
-                    async for message in events:
-                        sender = names(message.sender)
-                        if args.json:
-                            line = json.dumps(
-                                {
-                                    "topic": message.topic,
-                                    "sender": message.sender,
-                                    "sender_name": sender,
-                                    "seq": message.seq,
-                                    "body": _jsonable(message.body),
-                                }
-                            )
-                        else:
-                            line = f"{message.topic} {sender} {show_body(message.body)}"
-                        print(line, flush=True)
-                        received += 1
-                        if received >= count:
-                            break
-                nursery.cancel_scope.cancel()
+    async with (
+        open_cli_node(args, _name("sub")) as node,
+        node.subscribe(args.prefix) as events,
+        open_signal_nursery() as nursery,
+    ):
+        names = PeerNames(node)
+        await nursery.start(names.follow)
+        # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
+        print(
+            f"subscribed to {args.prefix!r} in mesh {node.mesh!r} as {node.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with trio.move_on_after(args.timeout or math.inf):
+            async for message in events:
+                sender = names(message.sender)
+                if args.json:
+                    line = json.dumps(
+                        {
+                            "topic": message.topic,
+                            "sender": message.sender,
+                            "sender_name": sender,
+                            "seq": message.seq,
+                            "body": jsonable(message.body),
+                        }
+                    )
+                else:
+                    line = f"{message.topic} {sender} {show_body(message.body)}"
+                print(line, flush=True)
+                received += 1
+                if received >= count:
+                    break
     if received < count and args.timeout is not None:
         print(
             f"mesh-cli sub: {received} of {args.count} events in {args.timeout:g} s",
@@ -143,14 +139,3 @@ async def _sub(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
-
-
-def _jsonable(body: Any) -> Any:
-    """`body` if JSON can carry it, else its text (bytes decoded) or repr."""
-    try:
-        json.dumps(body)
-    except (TypeError, ValueError):
-        if isinstance(body, bytes):
-            return body.decode(errors="replace")
-        return repr(body)
-    return body

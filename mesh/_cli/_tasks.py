@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -19,8 +18,10 @@ from ._common import (
     UserError,
     add_command,
     json_option,
+    jsonable,
     mesh_options,
     open_cli_node,
+    open_signal_nursery,
     parse_body,
     positive_float,
     positive_int,
@@ -120,51 +121,36 @@ async def _push(args: argparse.Namespace) -> int:
 async def _work(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     done = 0
-    async with open_cli_node(args, _name("work")) as node, node.work(args.service) as tasks:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                names = PeerNames(node)
-                await nursery.start(names.follow)
-                # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
-                print(
-                    f"working for {args.service!r} in mesh {node.mesh!r} as {node.name}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                async for task in tasks:
-                    async with task:
-                        sender = names(task.sender)
-                        if args.json:
-                            fields = {
-                                "service": task.service,
-                                "id": task.id,
-                                "sender": task.sender,
-                                "sender_name": sender,
-                                "attempt": task.attempt,
-                                "body": task.body if _jsonable(task.body) else show_body(task.body),
-                            }
-                            print(json.dumps(fields), flush=True)
-                        else:
-                            again = f" (attempt {task.attempt})" if task.redelivered else ""
-                            print(
-                                f"{task.service} {sender}{again} {show_body(task.body)}", flush=True
-                            )
-                    done += 1
-                    if done >= count:
-                        break
-                nursery.cancel_scope.cancel()
+    async with (
+        open_cli_node(args, _name("work")) as node,
+        node.work(args.service) as tasks,
+        open_signal_nursery() as nursery,
+    ):
+        names = PeerNames(node)
+        await nursery.start(names.follow)
+        # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
+        print(
+            f"working for {args.service!r} in mesh {node.mesh!r} as {node.name}",
+            file=sys.stderr,
+            flush=True,
+        )
+        async for task in tasks:
+            async with task:
+                sender = names(task.sender)
+                if args.json:
+                    fields = {
+                        "service": task.service,
+                        "id": task.id,
+                        "sender": task.sender,
+                        "sender_name": sender,
+                        "attempt": task.attempt,
+                        "body": jsonable(task.body),
+                    }
+                    print(json.dumps(fields), flush=True)
+                else:
+                    again = f" (attempt {task.attempt})" if task.redelivered else ""
+                    print(f"{task.service} {sender}{again} {show_body(task.body)}", flush=True)
+            done += 1
+            if done >= count:
+                break
     return 0
-
-
-def _jsonable(body: Any) -> bool:
-    try:
-        json.dumps(body)
-    except (TypeError, ValueError):
-        return False
-    return True
