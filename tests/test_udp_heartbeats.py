@@ -178,7 +178,8 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             await b.wait_for_peers(1)
             peer_b = bytes.fromhex(b.id)
             # Nothing lost on the loopback: b asks for one copy a beat.
-            while a._copies_wanted.get(peer_b) != 1:  # noqa: ASYNC110
+            # (b may ask before a has sent it a datagram: wait for both.)
+            while a._copies_wanted.get(peer_b) != 1 or peer_b not in a._datagrams_sent:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             a._datagrams_sent[peer_b] += 4  # as if four datagrams to b were lost on the way
             while a._copies_wanted[peer_b] != 3:  # noqa: ASYNC110
