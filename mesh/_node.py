@@ -209,7 +209,8 @@ class Node:
             retry_interval=_PUB_RETRY_INTERVAL,
             coalesce=_wire.coalesce_published,
         )
-        self._pull = AsyncSocket(pull)
+        # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
+        self._pull = AsyncSocket(pull, interruptible=False)
         self._sub = AsyncSocket(sub)
         # Read by polling from the heartbeat loop (`_take_control`): no task waits on its FD, so
         # it is connected and disconnected directly (`_control_op`), not through `call_soon`.
@@ -229,6 +230,7 @@ class Node:
         self._channel_refs: dict[bytes, int] = {}
         self._streams: dict[str, TaskStream] = {}
         self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
+        self._redelivery_queued = trio.lowlevel.ParkingLot()  # `_redelivery` got a task
         self._peers_changed = trio.lowlevel.ParkingLot()
         self._synced = trio.lowlevel.ParkingLot()
         self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
@@ -446,6 +448,7 @@ class Node:
             else:
                 self._redelivery.setdefault(task.service, deque()).append(task)
                 self._counts["tasks_redelivered"] += 1
+                self._redelivery_queued.unpark_all()
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
 
@@ -462,6 +465,11 @@ class Node:
 
     async def _serve_redeliveries(self) -> None:
         while True:
+            if not self._redelivery:
+                # Nothing to send again: wait for that, not for every ack (which changes the
+                # capacity too, and would wake this task at each round trip).
+                await self._redelivery_queued.park()
+                continue
             sent = False
             for service, waiting in list(self._redelivery.items()):
                 while waiting and (worker := self._dispatcher.pick(self._ready_workers(service))):
@@ -479,10 +487,14 @@ class Node:
     async def wait_settled(self) -> None:
         """Wait until every task this node has pushed so far is acked, or given up on."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self._dispatcher.in_flight() or self._redelivery:  # (empty queues are removed)
+        if not (self._dispatcher.in_flight() or self._redelivery):  # (empty queues are removed)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        # Parking yields: no further checkpoint once settled (it would cost a round of the run
+        # loop on every round trip).
+        while self._dispatcher.in_flight() or self._redelivery:
             self._check_open()
             await self._settled.park()
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     @asynccontextmanager
     async def work(self, service: str) -> AsyncIterator[TaskStream]:

@@ -32,18 +32,28 @@ SocketOp = Callable[[ZmqSocket], None]
 Message = bytes | Sequence[bytes]
 T = TypeVar("T")
 
+# As plain ints: pyzmq's enum members cost an enum operation at each use.
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+
 
 class AsyncSocket:
     """A pyzmq socket with awaitable, batched receive and send. One task owns it.
 
     The socket is put in non-blocking use at once; its options should be set before it is wrapped
     or, once an owner task is running, through `call_soon`. `close()` closes the socket.
+    With `interruptible=False`, `call_soon` is refused, and the owner's waits on the FD save
+    the cancel scope that lets an op interrupt them (one per wait, a measurable part of a
+    round trip).
     """
 
-    def __init__(self, socket: ZmqSocket) -> None:
+    def __init__(self, socket: ZmqSocket, *, interruptible: bool = True) -> None:
         self._socket = socket
         self._fd = socket.FD
         self._closed = False
+        self._interruptible = interruptible
         self._ops: list[tuple[SocketOp, trio.Event]] = []
         self._wait_scope: trio.CancelScope | None = None
 
@@ -58,9 +68,9 @@ class AsyncSocket:
             raise trio.ClosedResourceError("socket was closed")
         try:
             if isinstance(message, bytes):
-                self._socket.send(message, zmq.NOBLOCK)
+                self._socket.send(message, _NOBLOCK)
             else:
-                self._socket.send_multipart(message, zmq.NOBLOCK)
+                self._socket.send_multipart(message, _NOBLOCK)
         except zmq.Again:
             return False
         return True
@@ -76,7 +86,7 @@ class AsyncSocket:
         """Receive one frame if one is ready; raises `zmq.Again` if not."""
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
-        frame: bytes = self._socket.recv(zmq.NOBLOCK)
+        frame: bytes = self._socket.recv(_NOBLOCK)
         return frame
 
     async def receive_batch(self, max_messages: int) -> list[bytes]:
@@ -93,26 +103,40 @@ class AsyncSocket:
 
     async def _receive(self, receive: Callable[[int], T], max_messages: int) -> list[T]:
         await trio.lowlevel.checkpoint_if_cancelled()
+        socket = self._socket
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
             batch: list[T] = []
+            # `EVENTS` is read before each message rather than receiving until `zmq.Again`: an
+            # exception per batch costs more than the reads (most batches hold one message).
+            drained = False
             try:
-                for _ in range(max_messages):
-                    batch.append(receive(zmq.NOBLOCK))
+                while True:
+                    if not socket.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                        drained = True
+                        break
+                    batch.append(receive(_NOBLOCK))
+                    if len(batch) >= max_messages:
+                        break
             except zmq.Again:
                 pass
             if batch:
                 # Yield once per batch, shielded so that a cancellation arriving now cannot drop
                 # the messages already taken from ZeroMQ; it is delivered at the next checkpoint.
+                # (Also after a wait on the FD: without it, `mesh-cli sub` missed events.)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
-            await self._wait(zmq.POLLIN)
+            if drained:
+                # `EVENTS` was just read and showed no message: wait for the FD's next signal.
+                await self._wait_fd()
+            else:  # (`Again` despite POLLIN: re-read `EVENTS` before any wait)
+                await self._wait(_POLLIN)
 
     async def wait_writable(self) -> None:
         """Wait until ZeroMQ would take a message. Owner task only."""
-        await self._wait(zmq.POLLOUT)
+        await self._wait(_POLLOUT)
 
     async def wait_for(self, ready: Callable[[], bool], lot: trio.lowlevel.ParkingLot) -> None:
         """Owner only: wait, parked in `lot`, until `ready()` is true, meanwhile still running
@@ -135,6 +159,8 @@ class AsyncSocket:
         FD's edge). Returns an event set once `op` has run."""
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
+        if not self._interruptible:
+            raise RuntimeError("this socket takes no ops (interruptible=False)")
         done = trio.Event()
         self._ops.append((op, done))
         if self._wait_scope is not None:
@@ -172,17 +198,27 @@ class AsyncSocket:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
-            events: int = self._socket.get(zmq.EVENTS)  # type: ignore[assignment]
+            events: int = self._socket.getsockopt(_EVENTS)  # type: ignore[assignment]
             if events & flag:
                 return
-            with trio.CancelScope() as scope:
-                self._wait_scope = scope
-                try:
-                    await trio.lowlevel.wait_readable(self._fd)
-                finally:
-                    self._wait_scope = None
+            await self._wait_fd()
             # Either the FD fired or `call_soon` interrupted the wait; `EVENTS` is re-read either
             # way, after the pending ops have run (they too may have consumed the edge).
+
+    async def _wait_fd(self) -> None:
+        """Wait once on the FD, or until `call_soon` hands over an op. Call only right after
+        `EVENTS` was read (and showed the operation cannot proceed)."""
+        if self._closed:
+            raise trio.ClosedResourceError("socket was closed")
+        if not self._interruptible:
+            await trio.lowlevel.wait_readable(self._fd)
+            return
+        with trio.CancelScope() as scope:
+            self._wait_scope = scope
+            try:
+                await trio.lowlevel.wait_readable(self._fd)
+            finally:
+                self._wait_scope = None
 
 
 #: Messages an `Outbox` with coalescing gets closer together than this (seconds) are a burst: they

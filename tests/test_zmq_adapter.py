@@ -30,15 +30,16 @@ def pair(zsocket: Make, kind_out: int, kind_in: int) -> tuple[Any, Any]:
     return sender, receiver
 
 
-async def test_partial_drains_never_miss_the_edge(zsocket: Make) -> None:
+@pytest.mark.parametrize("interruptible", [True, False])
+async def test_partial_drains_never_miss_the_edge(zsocket: Make, interruptible: bool) -> None:
     # The classic hang: take one of ten queued messages, then wait on the FD while nine are
-    # still queued. Draining with NOBLOCK before every wait is what prevents it.
+    # still queued. Checking `EVENTS` before every wait is what prevents it.
     push, pull = pair(zsocket, zmq.PUSH, zmq.PULL)
-    receiver = AsyncSocket(pull)
+    receiver = AsyncSocket(pull, interruptible=interruptible)
     with trio.fail_after(5):
         for i in range(10):
             push.send(b"%d" % i)
-        received = []
+        received: list[bytes] = []
         while len(received) < 10:
             batch = await receiver.receive_batch(1)
             assert len(batch) == 1
@@ -114,9 +115,44 @@ async def test_cancelled_receive_loses_nothing(zsocket: Make) -> None:
     receiver.close()
 
 
-async def test_close_wakes_a_waiting_task(zsocket: Make) -> None:
+async def test_messages_sent_while_the_owner_waits_arrive(zsocket: Make) -> None:
+    # One message at a time, each sent only once the owner waits on the FD (the round-trip
+    # path): each wakes it, and is returned without waiting for another.
+    push, pull = pair(zsocket, zmq.PUSH, zmq.PULL)
+    receiver = AsyncSocket(pull, interruptible=False)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            got: list[bytes] = []
+            arrived = trio.Event()
+
+            async def owner() -> None:
+                nonlocal arrived
+                while len(got) < 20:
+                    got.extend(await receiver.receive_batch(10))
+                    arrived.set()
+                    arrived = trio.Event()
+
+            nursery.start_soon(owner)
+            for i in range(20):
+                await trio.testing.wait_all_tasks_blocked()
+                waiting = arrived
+                push.send(b"%d" % i)
+                await waiting.wait()
+    assert got == [b"%d" % i for i in range(20)]
+    receiver.close()
+
+
+async def test_a_socket_that_is_not_interruptible_refuses_ops(zsocket: Make) -> None:
+    receiver = AsyncSocket(zsocket(zmq.SUB), interruptible=False)
+    with pytest.raises(RuntimeError):
+        receiver.call_soon(lambda s: s.setsockopt(zmq.SUBSCRIBE, b""))
+    receiver.close()
+
+
+@pytest.mark.parametrize("interruptible", [True, False])
+async def test_close_wakes_a_waiting_task(zsocket: Make, interruptible: bool) -> None:
     _, pull = pair(zsocket, zmq.PUSH, zmq.PULL)
-    receiver = AsyncSocket(pull)
+    receiver = AsyncSocket(pull, interruptible=interruptible)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
 
