@@ -144,6 +144,7 @@ class Node:
         self._held: set[Task] = set()  # as a worker: tasks handed to a stream, not yet settled
         self._held_changed = trio.lowlevel.ParkingLot()
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
+        self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still subscribed to
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
         self._peer_load: dict[bytes, int] = {}  # tasks each peer holds, from its heartbeats
         self._rtt: dict[bytes, float] = {}  # round trip to each peer, from heartbeat echoes
@@ -1128,6 +1129,25 @@ class Node:
         self._leaving.discard(envelope.sender)
         self._apply(self._peers.remove(envelope.sender, "goodbye"))
 
+    def _unsubscribe_later(self, endpoint: str) -> None:
+        """Disconnect the events SUB from a departed peer's PUB, but not at once: its last
+        events may still be on their way on that connection (its goodbye came on another one),
+        and disconnecting drops what ZeroMQ holds for it unread. Until then ZeroMQ only retries
+        the connection now and then; a peer that comes back at that address keeps it."""
+        if self._nursery is None or self._closing:
+            self._sub.call_soon(_disconnect(endpoint))
+            return
+
+        async def later() -> None:
+            with scope:
+                await trio.sleep(_EVENTS_LINGER)
+                del self._lingering[endpoint]
+                self._sub.call_soon(_disconnect(endpoint))
+
+        scope = trio.CancelScope()
+        self._lingering[endpoint] = scope
+        self._nursery.start_soon(later)
+
     def _on_published_bye(self, envelope: Envelope) -> None:
         """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
         connection: taking its tasks back now would send done work again. So it gets no new
@@ -1198,7 +1218,11 @@ class Node:
             if isinstance(event, PeerJoined):
                 record = event.peer.record
                 self._link(self._reach(record))
-                self._sub.call_soon(_connect(self._pub_endpoint(record)))
+                lingering = self._lingering.pop(self._pub_endpoint(record), None)
+                if lingering is None:
+                    self._sub.call_soon(_connect(self._pub_endpoint(record)))
+                else:
+                    lingering.cancel()  # still connected there: keep that connection
                 self._control_op(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
@@ -1222,7 +1246,7 @@ class Node:
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self._leaving.discard(record.id)
-                self._sub.call_soon(_disconnect(self._pub_endpoint(record)))
+                self._unsubscribe_later(self._pub_endpoint(record))
                 self._control_op(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
                 self._batching.discard(record.id)
@@ -1561,6 +1585,9 @@ def _check_service(service: str) -> None:
     if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
+
+# How long the events SUB stays connected to a departed peer (see _unsubscribe_later).
+_EVENTS_LINGER: Final = 2.0
 
 # How long a dropped connection waits for a goodbye that may be on its way (see _watch_link).
 _GOODBYE_GRACE: Final = 0.02
