@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -248,3 +249,8 @@ def jsonable(body: Any) -> Any:
             return body.decode(errors="replace")
         return repr(body)
     return body
+
+
+def command_node_name(command: str) -> str:
+    """The name of the node a command joins with: the command, the host and the process."""
+    return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"

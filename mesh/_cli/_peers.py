@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -18,6 +16,7 @@ from .._node import Node
 from .._types import PeerHealth
 from ._common import (
     add_command,
+    command_node_name,
     find_peers,
     json_option,
     mesh_options,
@@ -58,8 +57,7 @@ def add_to(commands: Any) -> None:
 
 
 async def _peers(args: argparse.Namespace) -> int:
-    name = f"mesh-cli-peers-{socket.gethostname()}-{os.getpid()}"
-    async with open_cli_node(args, name) as node:
+    async with open_cli_node(args, command_node_name("peers")) as node:
         await find_peers(node, args.timeout)
         if not args.watch:
             await _measure_round_trips(node)

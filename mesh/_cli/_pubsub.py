@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import socket
 import sys
 from typing import Any
 
@@ -15,6 +13,7 @@ import trio
 from ._common import (
     PeerNames,
     add_command,
+    command_node_name,
     find_peers,
     json_option,
     jsonable,
@@ -74,13 +73,9 @@ def add_to(commands: Any) -> None:
     sub.set_defaults(run=lambda args: run_trio(_sub, args))
 
 
-def _name(command: str) -> str:
-    return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
-
-
 async def _pub(args: argparse.Namespace) -> int:
     body = parse_body(args.body, args.raw)
-    async with open_cli_node(args, _name("pub")) as node:
+    async with open_cli_node(args, command_node_name("pub")) as node:
         await find_peers(node, args.wait)
         interval = 0.0 if args.rate is None else 1.0 / args.rate
         next_at = trio.current_time()
@@ -101,7 +96,7 @@ async def _sub(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     received = 0
     async with (
-        open_cli_node(args, _name("sub")) as node,
+        open_cli_node(args, command_node_name("sub")) as node,
         node.subscribe(args.prefix) as events,
         open_signal_nursery() as nursery,
     ):

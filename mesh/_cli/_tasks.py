@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import socket
 import sys
 from typing import Any
 
@@ -17,6 +15,7 @@ from ._common import (
     PeerNames,
     UserError,
     add_command,
+    command_node_name,
     json_option,
     jsonable,
     mesh_options,
@@ -71,14 +70,10 @@ def add_to(commands: Any) -> None:
     work.set_defaults(run=lambda args: run_trio(_work, args))
 
 
-def _name(command: str) -> str:
-    return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
-
-
 async def _push(args: argparse.Namespace) -> int:
     body = parse_body(args.body, args.raw)
     deadline = trio.current_time() + args.timeout
-    async with open_cli_node(args, _name("push")) as node:
+    async with open_cli_node(args, command_node_name("push")) as node:
         try:
             for _ in range(args.count):
                 await node.push(args.service, body, timeout=deadline - trio.current_time())
@@ -122,7 +117,7 @@ async def _work(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else math.inf
     done = 0
     async with (
-        open_cli_node(args, _name("work")) as node,
+        open_cli_node(args, command_node_name("work")) as node,
         node.work(args.service) as tasks,
         open_signal_nursery() as nursery,
     ):
