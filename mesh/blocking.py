@@ -298,15 +298,9 @@ class BlockingNode:
         deadline = time.monotonic() + timeout
         self._request_stop()
         atexit.unregister(self.stop)
-        current = threading.current_thread()
         with self._lock:
             threads = [self._thread, *self._helpers]
-        for thread in threads:
-            if thread is not current and thread.ident is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
-        left = [t.name for t in threads if t is not current and t.is_alive()]
-        if left:
-            raise TimeoutError(f"still running {timeout:g} s after stop: {', '.join(left)}")
+        _join(threads, deadline, f"{timeout:g} s after stop")
         with self._lock:
             self._helpers = [t for t in self._helpers if t.is_alive()]
 
@@ -452,14 +446,7 @@ class _Held:
         call only waits again; it may be called from its own callback or handler."""
         self._closed = True
         self._node._cancel(self._scope)
-        deadline = time.monotonic() + timeout
-        current = threading.current_thread()
-        for thread in self._threads:
-            if thread is not current:
-                thread.join(max(0.0, deadline - time.monotonic()))
-        left = [t.name for t in self._threads if t is not current and t.is_alive()]
-        if left:
-            raise TimeoutError(f"still running {timeout:g} s after close: {', '.join(left)}")
+        _join(self._threads, time.monotonic() + timeout, f"{timeout:g} s after close")
 
     def __enter__(self) -> Self:
         return self
@@ -618,3 +605,15 @@ async def _take_events(subscription: Subscription, timeout: float | None) -> lis
 
 def _seconds(timeout: float | None) -> float:
     return math.inf if timeout is None else timeout
+
+
+def _join(threads: Iterable[threading.Thread], deadline: float, when: str) -> None:
+    """Wait until `deadline` (time.monotonic) for each thread but the calling one (which ends
+    once it returns) to end; `TimeoutError` naming those still running `when`."""
+    current = threading.current_thread()
+    waited = [t for t in threads if t is not current and t.ident is not None]
+    for thread in waited:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in waited if t.is_alive()]
+    if left:
+        raise TimeoutError(f"still running {when}: {', '.join(left)}")
