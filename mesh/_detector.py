@@ -145,7 +145,8 @@ class FailureDetector:
         }
 
     def heartbeat(self, peer: bytes, now: float) -> list[Transition]:
-        """A heartbeat from `peer` was taken in at `now`."""
+        """A heartbeat from `peer` arrived at `now` (it may be read later: a time before the
+        peer's last transition counts as that time)."""
         track = self._peers.get(peer)
         if track is None:
             interval = self.settings.heartbeat_interval
@@ -156,6 +157,7 @@ class FailureDetector:
             return [Transition(peer, None, Liveness.ALIVE, "heartbeat", None, None)]
         if track.state in _FINAL:
             return []
+        now = max(now, track.since)
         phi = self._phi(track, now)
         if phi < self.settings.phi_dead:
             self._sample(track, max(now - track.last_heard, 0.0))

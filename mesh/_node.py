@@ -156,6 +156,9 @@ class Node:
         self._datagram_loss: dict[bytes, DatagramLoss] = {}
         self._copies_wanted: dict[bytes, int] = {}
         self._datagrams_sent: dict[bytes, int] = {}
+        # Per peer: the `t` of this node's latest beat that its datagrams echo, that is, the
+        # latest of this node's datagrams known to have reached it (`_datagrams_reach_all`).
+        self._echoed: dict[bytes, float] = {}
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -693,47 +696,47 @@ class Node:
 
     async def _serve_heartbeats(self) -> None:
         """Send this node's heartbeats and take in its peers' (datagrams, and the control SUB's
-        heartbeats and goodbyes), in one loop that wakes `2 * _DATAGRAM_COPIES` times an
-        interval (every 33 ms at the defaults), however many peers there are. It is the only
-        task that uses the UDP sockets and the control SUB, and it never waits on their FDs: it
-        reads what they hold at each wake-up.
+        heartbeats and goodbyes), in one loop that wakes once an interval on a clean network,
+        however many peers there are. It never waits on the UDP sockets' or the control SUB's
+        FDs: it reads what they hold when it wakes, and so does the liveness judge before each
+        verdict (`_take_heartbeats`).
 
         Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
-        (to every peer at once) and a UDP datagram to each peer's inbox port, sent
-        `_DATAGRAM_COPIES` times a third of an interval apart. Each path can fail alone: the PUB
-        stalls behind a full subscriber (backpressure) and, like any TCP connection, for its
-        retransmission back-off (0.2 s, then doubling) when packets are lost; a datagram is only
-        ever lost, never late. Peers keep the first copy of each number. Datagrams go only to
-        peers that send heartbeats themselves (nodes, not third-party tools), as many copies as
-        each asked for (one on a clean network, all of them after a loss), and each carries the
-        echo of that peer's last beat, from which the peer learns its round trip (§11).
+        (to every peer at once; only one beat in `_PUBLISHED_BEAT_EVERY` while every peer echoes
+        this node's datagrams, see `_datagrams_reach_all`) and a UDP datagram to each peer's
+        inbox port. Each path can fail
+        alone: the PUB stalls behind a full subscriber (backpressure) and, like any TCP
+        connection, for its retransmission back-off (0.2 s, then doubling) when packets are
+        lost; a datagram is only ever lost, never late. Peers keep the first copy of each
+        number. Datagrams go only to peers that send heartbeats themselves (nodes, not
+        third-party tools), as many copies as each asked for (one on a clean network,
+        `_DATAGRAM_COPIES` spread over the interval after a loss: only then does the loop wake
+        more than once a beat), and each carries the echo of that peer's last beat, from which
+        the peer learns its round trip (§11).
 
-        No copy goes into peers' inboxes any more: under loss it came seconds late, queued
-        behind tasks on the same connection, and it was the largest part of the idle cost
-        (docs/decisions.md). Reading at fixed times rather than at each arrival cost one wake-up
-        per datagram, three per peer and beat; now a heartbeat is taken up to a step late, which
-        delays a verdict of silence by as much (and the round trip is measured from the kernel's
-        arrival times, so it is not)."""
+        Reading once a beat rather than at each arrival (one wake-up per datagram) or at fixed
+        short steps (six wake-ups a beat, the largest idle cost of a node: about 0.3 ms of CPU
+        per trio wake-up here, docs/performance.md) costs no accuracy: a datagram's arrival
+        time is the kernel's, and the judge reads before it rules. A beat that came only by the
+        PUB is dated when read, up to an interval late; a revival is seen as late."""
         interval = self._settings.detector.heartbeat_interval
-        steps = 2 * _DATAGRAM_COPIES  # wake-ups a beat: a copy goes out every other one
         credit = self._settings.prefetch
-        wake = trio.current_time()
-        step = 0
+        beat_at = trio.current_time()
+        copy = 0
         number = load = 0
         targets: list[tuple[bytes, stdlib_socket.socket, tuple[str, int], int]] = []
         while True:
-            self._take_datagrams()
-            self._take_control()
+            self._take_heartbeats()
             now = trio.current_time()
-            if step == 0:
+            if copy == 0:
                 self._heartbeat_count += 1
                 number = self._heartbeat_count
                 load = len(self._held)
-                body = beat_body(number, sent=now, load=load, credit=credit)
-                self._publish_nowait(None, Kind.HEARTBEAT, None, body)
-            if step == 0 or (step % 2 == 0 and len(self._heartbeats_heard) > len(targets)):
-                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile costs
-                # a datagram nobody reads), and again for a peer first heard meanwhile.
+                if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
+                    body = beat_body(number, sent=now, load=load, credit=credit)
+                    self._publish_nowait(None, Kind.HEARTBEAT, None, body)
+                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile
+                # costs a datagram nobody reads; one first heard meanwhile waits a beat).
                 targets.clear()
                 for peer in self._peers:
                     peer_id = peer.record.id
@@ -742,14 +745,33 @@ class Node:
                         if route is not None:
                             copies = self._copies_wanted.get(peer_id, COPIES)
                             targets.append((peer_id, *route, copies))
-            if step % 2 == 0:
-                # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a
-                # lost copy costs a beat only if every copy is lost. Copy k goes to the peers
-                # that asked for more than k.
-                self._send_datagrams(targets, step // 2, number, load, credit, now)
-            step = (step + 1) % steps
-            wake = max(wake + interval / steps, now)
+            # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a lost
+            # copy costs a beat only if every copy is lost. Copy k goes to the peers that asked
+            # for more than k.
+            self._send_datagrams(targets, copy, number, load, credit, now)
+            copy += 1
+            if any(copies > copy for _, _, _, copies in targets):
+                wake = beat_at + interval * copy / _DATAGRAM_COPIES
+            else:
+                copy = 0
+                beat_at = wake = max(beat_at + interval, now)
             await trio.sleep_until(wake)
+
+    def _datagrams_reach_all(self, now: float) -> bool:
+        """Whether every peer has lately echoed one of this node's heartbeat datagrams: then
+        they carry its beats, and the PUB copy of all but one beat in `_PUBLISHED_BEAT_EVERY`
+        is left out (each costs a TCP frame to and from every peer, in both ZeroMQ I/O threads
+        and in the reader: most of what was left of an idle node's cost). A peer that does not
+        echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
+        every beat on the PUB again, from the next beat on."""
+        fresh_after = now - _ECHO_FRESH_FOR * self._settings.detector.heartbeat_interval
+        echoed = self._echoed
+        return all(echoed.get(peer.record.id, -math.inf) >= fresh_after for peer in self._peers)
+
+    def _take_heartbeats(self) -> None:
+        """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
+        self._take_datagrams()
+        self._take_control()
 
     def _send_datagrams(
         self,
@@ -850,6 +872,8 @@ class Node:
             # Echoed from datagrams only, any copy: their arrival times are the kernel's.
             if beat.sent is not None:
                 self._beats_taken[sender] = (beat.sent, arrival)
+            if beat.echo is not None:
+                self._echoed[sender] = max(beat.echo[0], self._echoed.get(sender, -math.inf))
             if beat.datagram is not None:
                 loss = self._datagram_loss.get(sender)
                 if loss is None:
@@ -890,7 +914,7 @@ class Node:
                 self._rtt[sender] = smoothed(self._rtt.get(sender), sample)
         if beat.credit is not None:
             self._dispatcher.set_credit(sender, beat.credit)
-        transitions = self._detector.heartbeat(sender, now)
+        transitions = self._detector.heartbeat(sender, arrival)
         if transitions:
             self._apply_liveness(transitions)
         # The judge sleeps until the earliest deadline it knew; a heartbeat almost always puts
@@ -909,7 +933,9 @@ class Node:
                 await self._liveness_changed.park()  # a deadline may have come sooner
             if timer.cancelled_caught:
                 now = trio.current_time()
-                self._apply_liveness(self._detector.tick(now, lateness=max(0.0, now - planned)))
+                lateness = max(0.0, now - planned)
+                self._take_heartbeats()  # beats that came since the heartbeat loop last read
+                self._apply_liveness(self._detector.tick(now, lateness=lateness))
 
     def _apply_liveness(self, transitions: Sequence[Transition]) -> None:
         now = trio.current_time()
@@ -1003,7 +1029,7 @@ class Node:
     def _take_control(self) -> None:
         """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes. Copies of
         beats already taken (most of them: the datagrams come first) are dropped from their
-        head, undecoded. Called at each step of the heartbeat loop, the SUB's only reader."""
+        head, undecoded. The SUB's only reader (`_take_heartbeats`)."""
         heard = self._heartbeats_heard
         for _ in range(self._settings.receive_batch):
             try:
@@ -1259,6 +1285,7 @@ class Node:
                     self._datagram_loss,
                     self._copies_wanted,
                     self._datagrams_sent,
+                    self._echoed,
                 ):
                     table.pop(record.id, None)
                 self._heartbeats_heard.pop(record.id, None)
@@ -1328,6 +1355,7 @@ class Node:
             # other connections and may be read after this: give it a moment to arrive, so a
             # graceful leave is not reported as a suspicion first.
             await trio.sleep(_GOODBYE_GRACE)
+            self._take_heartbeats()  # the goodbye on the PUB, if that is the way it came
             peer = self._peers.by_address(link.address)
             if peer is not None and batch and peer.record.id not in self._leaving:
                 self._apply_liveness(
@@ -1592,11 +1620,18 @@ _EVENTS_LINGER: Final = 2.0
 # How long a dropped connection waits for a goodbye that may be on its way (see _watch_link).
 _GOODBYE_GRACE: Final = 0.02
 
-# Each heartbeat goes out this many times by UDP, spread evenly over the interval. Measured at
+# After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
+# Measured at
 # 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so the datagrams
 # carry the beats, and at the default thresholds a peer is declared dead by them only if the
 # eight in a row sent over 0.56 s are all lost (two copies: five, which 20 % loss did now and then).
 _DATAGRAM_COPIES: Final = 3
+# While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
+# falls back on when they stop reaching it, and third-party tools' only one).
+_PUBLISHED_BEAT_EVERY: Final = 5
+# An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
+# here at the next beat after that, so two intervals old in the normal course; one more for jitter.
+_ECHO_FRESH_FOR: Final = 3
 # Heartbeat datagrams are a few dozen bytes; anything near this size is not one.
 _MAX_DATAGRAM: Final = 1024
 _DATAGRAM_BUFFER: Final = _MAX_DATAGRAM + 1  # one byte more, to tell an oversized one
