@@ -158,14 +158,24 @@ class FailureDetector:
         if track.state in _FINAL:
             return []
         now = max(now, track.since)
-        phi = self._phi(track, now)
-        if phi < self.settings.phi_dead:
-            self._sample(track, max(now - track.last_heard, 0.0))
+        alive = track.state is Liveness.ALIVE
+        phi = 0.0 if alive else self._phi(track, now)  # for the transition, as it was
+        elapsed = now - track.last_heard
+        mean, std = self._estimate(track)
+        # Below phi_dead (phi grows with y, so compared by y: one heartbeat's cheapest test),
+        # the gap is a sample; a longer one counts as the gap to phi_dead, so that one long
+        # silence does not blunt detection afterwards.
+        if elapsed < mean + self._y[self.settings.phi_dead] * std:
+            self._sample(track, max(elapsed, 0.0))
         else:
             self._sample(track, self._crossing(track, self.settings.phi_dead) - track.last_heard)
-        heard, track.last_heard, track.disconnected = track.last_heard, now, False
-        track.deadline = None
-        if track.state is Liveness.ALIVE:
+        heard, track.last_heard, track.disconnected, track.deadline = (
+            track.last_heard,
+            now,
+            False,
+            None,
+        )
+        if alive:
             return []
         return [self._move(peer, track, Liveness.ALIVE, "heartbeat", now, phi, heard)]
 

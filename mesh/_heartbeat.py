@@ -29,9 +29,6 @@ Rules (docs/protocol.md §11):
   `rtt += (sample - rtt) / 8`. An echo of a time that is in this node's future, older than
   `ECHO_MAX_AGE`, or held longer than it has been out, is no sample (a forged or garbled one
   can then skew the figure by no more than that age).
-* A copy of a beat already taken is recognised from its head alone (`datagram_key`): the
-  sender's id and the beat's number, where `pack` writes them. Whatever does not look like that
-  is decoded in full, and so still counted as invalid if it is.
 """
 
 from __future__ import annotations
@@ -39,8 +36,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Final
-
-from ._wire import NODE_ID_SIZE
 
 #: Echoes of beats sent longer ago than this are not round trip samples (seconds).
 ECHO_MAX_AGE: Final = 10.0
@@ -50,12 +45,6 @@ RTT_GAIN: Final = 1 / 8
 COPIES: Final = 3
 #: A node asks a peer for all the copies while it has lost one of its datagrams this recently.
 LOSSY_FOR: Final = 60.0
-
-# `pack` writes a HEARTBEAT envelope as fixarray 6, version 1, kind 2, bin 16 (the sender), then
-# the seq as a msgpack uint.
-_HEAD: Final = b"\x96\x01\x02\xc4\x10"
-_SEQ_AT: Final = len(_HEAD) + NODE_ID_SIZE
-_UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,21 +164,3 @@ def round_trip_sample(echo: tuple[float, float], now: float) -> float | None:
 def smoothed(rtt: float | None, sample: float) -> float:
     """The smoothed round trip after `sample`."""
     return sample if rtt is None else rtt + (sample - rtt) * RTT_GAIN
-
-
-def datagram_key(frame: bytes, start: int = 0) -> tuple[bytes, int] | None:
-    """(sender, seq) of a HEARTBEAT envelope read from its head, when the envelope (at `start`
-    in `frame`: 0 in a datagram, 1 after a PUB's channel byte) starts the way `pack` writes one;
-    None otherwise (then only a full decode can tell what it is). Checks nothing after the seq:
-    an envelope is taken on this alone only to be dropped as a copy of a beat already taken."""
-    head_end = start + len(_HEAD)
-    seq_at = start + _SEQ_AT
-    if len(frame) <= seq_at or frame[start:head_end] != _HEAD:
-        return None
-    marker = frame[seq_at]
-    if marker < 0x80:  # positive fixint
-        return frame[head_end:seq_at], marker
-    width = _UINT_WIDTH.get(marker)
-    if width is None or len(frame) < seq_at + 1 + width:
-        return None
-    return frame[head_end:seq_at], int.from_bytes(frame[seq_at + 1 : seq_at + 1 + width], "big")

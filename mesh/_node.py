@@ -68,7 +68,6 @@ from ._heartbeat import (
     Beat,
     DatagramLoss,
     beat_body,
-    datagram_key,
     echo_of,
     read_beat,
     round_trip_sample,
@@ -245,7 +244,7 @@ class Node:
         self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
         self._heartbeat_count = 0
         self._liveness_changed = trio.lowlevel.ParkingLot()
-        self._next_judgement = math.inf  # when `_judge_liveness` means to tick next
+        self._judge_timer: trio.CancelScope | None = None  # `_judge_liveness`'s, while it waits
         self._next_token = 1
         self._unyielded = 0
         self._counts = dict.fromkeys(
@@ -772,6 +771,7 @@ class Node:
         """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
         self._take_datagrams()
         self._take_control()
+        self._reschedule_judge()
 
     def _send_datagrams(
         self,
@@ -917,23 +917,33 @@ class Node:
         transitions = self._detector.heartbeat(sender, arrival)
         if transitions:
             self._apply_liveness(transitions)
-        # The judge sleeps until the earliest deadline it knew; a heartbeat almost always puts
-        # its peer's later, and then need not wake it (once per heartbeat was a large part of
-        # the idle cost). It is woken when this one may come sooner.
-        if transitions or self._detector.deadline(sender) < self._next_judgement:
             self._liveness_changed.unpark_all()
+
+    def _on_inbox_heartbeat(self, envelope: Envelope) -> None:
+        self._on_heartbeat(envelope)
+        self._reschedule_judge()
+
+    def _reschedule_judge(self) -> None:
+        """Set the judge's next tick to the detector's next deadline, after heartbeats were
+        taken: later, mostly (it is not woken for nothing: once a heartbeat, or at each stale
+        deadline, was a large part of the idle cost), or sooner (a peer new to the detector)."""
+        timer = self._judge_timer
+        if timer is not None:
+            deadline = self._detector.next_deadline()
+            timer.deadline = math.inf if deadline is None else deadline
 
     async def _judge_liveness(self) -> None:
         """Tick the failure detector when it next needs to, telling it how late the tick runs
         (a late tick means this node itself stalled, and its peers are not to blame)."""
         while True:
             deadline = self._detector.next_deadline()
-            planned = self._next_judgement = math.inf if deadline is None else deadline
-            with trio.move_on_at(planned) as timer:
-                await self._liveness_changed.park()  # a deadline may have come sooner
+            with trio.move_on_at(math.inf if deadline is None else deadline) as timer:
+                self._judge_timer = timer  # moved by `_reschedule_judge`
+                await self._liveness_changed.park()  # woken by transitions from elsewhere
+            self._judge_timer = None
             if timer.cancelled_caught:
                 now = trio.current_time()
-                lateness = max(0.0, now - planned)
+                lateness = max(0.0, now - timer.deadline)
                 self._take_heartbeats()  # beats that came since the heartbeat loop last read
                 self._apply_liveness(self._detector.tick(now, lateness=lateness))
 
@@ -983,7 +993,7 @@ class Node:
             Kind.BYE: self._on_bye,
             Kind.SYNC: self._on_sync,
             Kind.READY: self._on_ready,
-            Kind.HEARTBEAT: self._on_heartbeat,
+            Kind.HEARTBEAT: self._on_inbox_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
             for envelope in batch:
@@ -1027,20 +1037,14 @@ class Node:
                         self._synced.unpark_all()
 
     def _take_control(self) -> None:
-        """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes. Copies of
-        beats already taken (most of them: the datagrams come first) are dropped from their
-        head, undecoded. The SUB's only reader (`_take_heartbeats`)."""
-        heard = self._heartbeats_heard
+        """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
+        whole (a beat's number is in its body; the envelope's `seq` numbers the peer's PUB
+        stream). The SUB's only reader (`_take_heartbeats`)."""
         for _ in range(self._settings.receive_batch):
             try:
                 frame = self._control.receive_nowait()
             except (zmq.Again, trio.ClosedResourceError):
                 return
-            key = datagram_key(frame, 1)
-            if key is not None:
-                last = heard.get(key[0])
-                if last is not None and key[1] <= last:
-                    continue
             try:
                 envelopes = _wire.decode_published_many(frame)
             except ProtocolError as exc:
@@ -1628,7 +1632,7 @@ _GOODBYE_GRACE: Final = 0.02
 _DATAGRAM_COPIES: Final = 3
 # While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
 # falls back on when they stop reaching it, and third-party tools' only one).
-_PUBLISHED_BEAT_EVERY: Final = 5
+_PUBLISHED_BEAT_EVERY: Final = 2
 # An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
 # here at the next beat after that, so two intervals old in the normal course; one more for jitter.
 _ECHO_FRESH_FOR: Final = 3

@@ -373,6 +373,20 @@ def test_disconnect_makes_a_peer_suspect_at_once_and_a_heartbeat_revives_it() ->
     assert changes(detector.tick(due(detector))) == [(A, ALIVE, SUSPECT, "phi")]
 
 
+def test_a_heartbeat_read_late_counts_from_its_arrival_but_not_before_the_last_verdict() -> None:
+    # The node reads datagrams once a beat and dates each by its kernel arrival time.
+    detector = FailureDetector()
+    beat(detector, A, 0.0, 6)  # last at 1.0
+    detector.heartbeat(A, 1.19)  # arrived at 1.19, read at 1.2 or later: phi counts from 1.19
+    assert due(detector) == pytest.approx(1.19 + SUSPECT_AFTER, abs=0.02)
+    # A disconnect made it suspect at 1.3; a heartbeat that arrived at 1.25 is read after that.
+    [hint] = detector.disconnected(A, 1.3)
+    assert hint.new is SUSPECT
+    [revived] = detector.heartbeat(A, 1.25)
+    assert (revived.old, revived.new) == (SUSPECT, ALIVE)
+    assert detector.snapshot(1.3)[A].since == 1.3  # not back in time, before the verdict
+
+
 def test_disconnected_peer_dies_when_it_would_have_become_suspect() -> None:
     detector = FailureDetector()
     last = beat(detector, A, 0.0, 6)  # 1.0

@@ -15,13 +15,11 @@ from mesh._heartbeat import (
     Beat,
     DatagramLoss,
     beat_body,
-    datagram_key,
     echo_of,
     read_beat,
     round_trip_sample,
     smoothed,
 )
-from mesh._wire import Kind, pack
 
 SENDER = os.urandom(16)
 
@@ -86,28 +84,6 @@ def test_round_trips_are_smoothed_by_an_eighth() -> None:
     rtt = smoothed(None, 0.008)
     assert rtt == 0.008
     assert smoothed(rtt, 0.016) == pytest.approx(0.009)
-
-
-@pytest.mark.parametrize("number", [1, 127, 128, 255, 256, 65_536, 2**32, 2**64 - 1])
-def test_the_sender_and_number_are_read_from_the_head_of_an_envelope(number: int) -> None:
-    envelope = pack(Kind.HEARTBEAT, SENDER, number, None, {"n": number})
-    assert datagram_key(envelope) == (SENDER, number)
-    assert datagram_key(b"!" + envelope, 1) == (SENDER, number)
-
-
-@pytest.mark.parametrize(
-    "frame",
-    [
-        b"",
-        b"\x96\x01\x02",
-        pack(Kind.HEARTBEAT, SENDER, 300, None, {"n": 300})[:22],  # cut inside the seq
-        pack(Kind.BYE, SENDER, 1, None, None),
-        msgpack.packb([1, 2, SENDER, -1, None, {}]),  # not a uint: decoded in full, refused
-        b"this is not an envelope",
-    ],
-)
-def test_anything_else_has_no_key_and_is_left_to_the_decoder(frame: bytes) -> None:
-    assert datagram_key(frame) is None
 
 
 def test_losses_are_the_gaps_in_datagram_numbers() -> None:

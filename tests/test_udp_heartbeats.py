@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import zmq
 
 import mesh
 from mesh._wire import Kind
@@ -186,3 +187,65 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
                 await trio.sleep(0.05)
             assert b._datagram_loss[bytes.fromhex(a.id)].lost == 4
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
+
+
+async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams() -> None:
+    # A raw SUB on a's PUB (a third party, not a peer) sees a's published heartbeats. While b
+    # echoes a's datagrams, a publishes every other beat. Then b's datagrams stop reaching a:
+    # b is judged at a by its PUB beats alone, one in two until b sees a's echoes go stale and
+    # publishes every beat; never two intervals apart, so never dead (nor even suspect on a
+    # quiet machine). a, whose beats b no longer echoes either, publishes every beat again.
+    context = zmq.Context.instance()
+    raw = context.socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, b"!")
+
+    def published_beats() -> list[int]:
+        numbers = []
+        while True:
+            try:
+                frame = raw.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return numbers
+            _, kind, _, _, _, body = msgpack.unpackb(frame[1:], raw=False)
+            if kind == HEARTBEAT:
+                numbers.append(body["n"])
+
+    async def beats_over(node: mesh.Node, count: int) -> list[int]:
+        published_beats()
+        first = node._heartbeat_count
+        while node._heartbeat_count < first + count:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        await trio.sleep(0.05)  # the last beat's frame crosses the loopback
+        return [n for n in published_beats() if first < n <= first + count]
+
+    try:
+        with trio.fail_after(20):
+            async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+                raw.connect(a.endpoints.pub)
+                await a.wait_for_peers(1)
+                await b.wait_for_peers(1)
+                while not a._datagrams_reach_all(trio.current_time()):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                quiet = await beats_over(a, 10)
+                assert quiet, "no beat published at all"
+                assert all(n % 2 == 0 for n in quiet), quiet
+
+                verdicts: list[Any] = []
+                apply_liveness = a._apply_liveness
+
+                def record_verdicts(transitions: Any) -> None:
+                    verdicts.extend(t.new for t in transitions if t.peer == bytes.fromhex(b.id))
+                    apply_liveness(transitions)
+
+                a._apply_liveness = record_verdicts  # type: ignore[method-assign]
+                b._datagram_route = lambda record: None  # type: ignore[method-assign]
+                stale = a._heartbeat_count + 4  # three intervals, and one more beat to notice
+                while a._heartbeat_count < stale:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                loud = await beats_over(a, 6)
+                assert len(loud) == 6, loud
+                assert mesh.PeerState.DEAD.value not in [v.value for v in verdicts], verdicts
+                assert a.peers[b.id].state is mesh.PeerState.ALIVE
+    finally:
+        raw.close()
