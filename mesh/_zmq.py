@@ -104,6 +104,7 @@ class AsyncSocket:
     async def _receive(self, receive: Callable[[int], T], max_messages: int) -> list[T]:
         await trio.lowlevel.checkpoint_if_cancelled()
         socket = self._socket
+        waited = False
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
@@ -123,11 +124,14 @@ class AsyncSocket:
             except zmq.Again:
                 pass
             if batch:
-                # Yield once per batch, shielded so that a cancellation arriving now cannot drop
-                # the messages already taken from ZeroMQ; it is delivered at the next checkpoint.
-                # (Also after a wait on the FD: without it, `mesh-cli sub` missed events.)
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    # Yield once per batch, shielded so that a cancellation arriving now cannot
+                    # drop the messages already taken from ZeroMQ; it is delivered at the next
+                    # checkpoint. After a wait on the FD this task has just yielded: another
+                    # pass of the run loop would only add to the latency (docs/performance.md).
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
+            waited = True
             if drained:
                 # `EVENTS` was just read and showed no message: wait for the FD's next signal.
                 await self._wait_fd()
