@@ -703,15 +703,14 @@ class Node:
         Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
         (to every peer at once; only one beat in `_PUBLISHED_BEAT_EVERY` while every peer echoes
         this node's datagrams, see `_datagrams_reach_all`) and a UDP datagram to each peer's
-        inbox port. Each path can fail
-        alone: the PUB stalls behind a full subscriber (backpressure) and, like any TCP
-        connection, for its retransmission back-off (0.2 s, then doubling) when packets are
-        lost; a datagram is only ever lost, never late. Peers keep the first copy of each
-        number. Datagrams go only to peers that send heartbeats themselves (nodes, not
-        third-party tools), as many copies as each asked for (one on a clean network,
-        `_DATAGRAM_COPIES` spread over the interval after a loss: only then does the loop wake
-        more than once a beat), and each carries the echo of that peer's last beat, from which
-        the peer learns its round trip (§11).
+        inbox port. Each path can fail alone: the PUB stalls behind a full subscriber
+        (backpressure) and, like any TCP connection, for its retransmission back-off (0.2 s,
+        then doubling) when packets are lost; a datagram is only ever lost, never late. Peers
+        keep the first copy of each number. Datagrams go only to peers that send heartbeats
+        themselves (nodes, not third-party tools), as many copies as each asked for (one on a
+        clean network, `_DATAGRAM_COPIES` spread over the interval after a loss: only then does
+        the loop wake more than once a beat), and each carries the echo of that peer's last
+        beat, from which the peer learns its round trip (§11).
 
         Reading once a beat rather than at each arrival (one wake-up per datagram) or at fixed
         short steps (six wake-ups a beat, the largest idle cost of a node: about 0.3 ms of CPU
@@ -1625,10 +1624,10 @@ _EVENTS_LINGER: Final = 2.0
 _GOODBYE_GRACE: Final = 0.02
 
 # After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
-# Measured at
-# 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so the datagrams
-# carry the beats, and at the default thresholds a peer is declared dead by them only if the
-# eight in a row sent over 0.56 s are all lost (two copies: five, which 20 % loss did now and then).
+# Measured at 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so
+# the datagrams carry the beats, and at the default thresholds a peer is declared dead by them
+# only if the eight in a row sent over 0.56 s are all lost (two copies: five, which 20 % loss did
+# now and then).
 _DATAGRAM_COPIES: Final = 3
 # While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
 # falls back on when they stop reaching it, and third-party tools' only one).
