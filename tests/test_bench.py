@@ -122,6 +122,7 @@ def test_scale_short_run() -> None:
         for what in (
             "time to full mesh",
             "idle CPU per node",
+            "of which ZeroMQ's threads",
             "memory per node",
             f"events/s 1 pub -> {n - 1} subs 100 B",
         )

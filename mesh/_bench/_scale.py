@@ -8,7 +8,9 @@ others.
 * Idle CPU: user + system time of each node process (/proc/PID/stat, every thread: trio,
   zeroconf's and ZeroMQ's) over `idle` seconds in which the nodes do nothing but heartbeats and
   discovery, after a settling second; the median node, `min` and `max` over the nodes. The
-  kernel counts in ticks of 10 ms, so over 3 s one tick is 0.33 % of a core.
+  kernel counts in ticks of 10 ms, so over 3 s one tick is 0.33 % of a core. The share of
+  ZeroMQ's threads (named ``ZMQbg/...``, /proc/PID/task) comes next: what published heartbeats
+  cost in ZeroMQ's I/O thread, where the rest is the trio thread's.
 * Memory: resident set (VmRSS) of each node process, same statistics.
 * Events/s: node 0 publishes 100-byte events for `duration` seconds to the N - 1 others, each
   subscribed; events each subscriber received over the time from the first subscriber's first
@@ -33,6 +35,7 @@ from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary,
 _TOPIC = "scale.events"
 _END = b"end"
 _SETTLE = 1.0
+_ZMQ_THREADS = "ZMQbg/"  # libzmq names its I/O and reaper threads so
 
 
 def bench_scale(nodes: int, idle: float, duration: float, count: int) -> list[Measurement]:
@@ -49,9 +52,12 @@ def bench_scale(nodes: int, idle: float, duration: float, count: int) -> list[Me
         time.sleep(_SETTLE)
         pids = pool.pids()
         before = [_cpu_seconds(pid) for pid in pids]
+        before_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
         time.sleep(idle)
         after = [_cpu_seconds(pid) for pid in pids]
+        after_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
         cpu = [(b - a) / idle * 100 for a, b in zip(before, after, strict=True)]
+        cpu_zmq = [(b - a) / idle * 100 for a, b in zip(before_zmq, after_zmq, strict=True)]
         rss = [_rss_mib(pid) for pid in pids]
         controls[0].send(("publish", duration, count))
         sent = receive(controls[0], duration + 30)
@@ -72,6 +78,12 @@ def bench_scale(nodes: int, idle: float, duration: float, count: int) -> list[Me
         _across_nodes(f"scale: time to full mesh, {nodes} nodes", "ms", max(full), full),
         _across_nodes(
             f"scale: idle CPU per node, {nodes} nodes", "% of a core", statistics.median(cpu), cpu
+        ),
+        _across_nodes(
+            f"scale: of which ZeroMQ's threads, {nodes} nodes",
+            "% of a core",
+            statistics.median(cpu_zmq),
+            cpu_zmq,
         ),
         _across_nodes(f"scale: memory per node, {nodes} nodes", "MiB", statistics.median(rss), rss),
         summary(
@@ -99,9 +111,25 @@ def _across_nodes(name: str, unit: str, value: float, samples: list[float]) -> M
     )
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads."""
-    with open(f"/proc/{pid}/stat") as stat:
+def _cpu_seconds(pid: int, thread_prefix: str | None = None) -> float:
+    """User + system CPU time of a process so far: all its threads, or only those whose name
+    starts with `thread_prefix` (threads that ended meanwhile are not counted then)."""
+    if thread_prefix is None:
+        return _stat_seconds(f"/proc/{pid}/stat")
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                if not comm.read().startswith(thread_prefix):
+                    continue
+            total += _stat_seconds(f"/proc/{pid}/task/{tid}/stat")
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    return total
+
+
+def _stat_seconds(path: str) -> float:
+    with open(path) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
