@@ -169,12 +169,8 @@ class FailureDetector:
             self._sample(track, max(elapsed, 0.0))
         else:
             self._sample(track, self._crossing(track, self.settings.phi_dead) - track.last_heard)
-        heard, track.last_heard, track.disconnected, track.deadline = (
-            track.last_heard,
-            now,
-            False,
-            None,
-        )
+        heard = track.last_heard
+        track.last_heard, track.disconnected, track.deadline = now, False, None
         if alive:
             return []
         return [self._move(peer, track, Liveness.ALIVE, "heartbeat", now, phi, heard)]
