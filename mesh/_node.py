@@ -935,9 +935,9 @@ class Node:
         """Tick the failure detector when it next needs to, telling it how late the tick runs
         (a late tick means this node itself stalled, and its peers are not to blame)."""
         while True:
-            deadline = self._detector.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline) as timer:
-                self._judge_timer = timer  # moved by `_reschedule_judge`
+            with trio.CancelScope() as timer:
+                self._judge_timer = timer
+                self._reschedule_judge()  # its deadline, moved again after each read
                 await self._liveness_changed.park()  # woken by transitions from elsewhere
             self._judge_timer = None
             if timer.cancelled_caught:

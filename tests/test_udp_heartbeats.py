@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -18,6 +19,7 @@ import trio
 import zmq
 
 import mesh
+from mesh._detector import Liveness, Transition
 from mesh._wire import Kind
 
 open_node = functools.partial(mesh.open_node, discovery="static")
@@ -235,21 +237,20 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 assert len(odd) <= 2, quiet
                 assert len(quiet) - len(odd) <= 5, quiet
 
-                verdicts: list[Any] = []
+                verdicts: list[Liveness] = []
                 apply_liveness = a._apply_liveness
+                peer_b = bytes.fromhex(b.id)
 
-                def record_verdicts(transitions: Any) -> None:
-                    verdicts.extend(t.new for t in transitions if t.peer == bytes.fromhex(b.id))
+                def record_verdicts(transitions: Sequence[Transition]) -> None:
+                    verdicts.extend(t.new for t in transitions if t.peer == peer_b)
                     apply_liveness(transitions)
 
                 a._apply_liveness = record_verdicts  # type: ignore[method-assign]
                 b._datagram_route = lambda record: None  # type: ignore[method-assign]
-                stale = a._heartbeat_count + 4  # three intervals, and one more beat to notice
-                while a._heartbeat_count < stale:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+                await beats_over(a, 4)  # three intervals for the echoes to go stale, one more
                 loud = await beats_over(a, 6)
                 assert len(loud) == 6, loud
-                assert mesh.PeerState.DEAD.value not in [v.value for v in verdicts], verdicts
+                assert Liveness.DEAD not in verdicts, verdicts
                 assert a.peers[b.id].state is mesh.PeerState.ALIVE
     finally:
         raw.close()
