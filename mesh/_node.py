@@ -63,16 +63,7 @@ from discovery._groups import ungrouped
 from . import _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
-from ._heartbeat import (
-    COPIES,
-    Beat,
-    DatagramLoss,
-    beat_body,
-    echo_of,
-    read_beat,
-    round_trip_sample,
-    smoothed,
-)
+from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
@@ -145,19 +136,9 @@ class Node:
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still subscribed to
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
-        self._peer_load: dict[bytes, int] = {}  # tasks each peer holds, from its heartbeats
-        self._rtt: dict[bytes, float] = {}  # round trip to each peer, from heartbeat echoes
-        # Per peer: the `t` of its last beat taken here, and when, to echo back (§11).
-        self._beats_taken: dict[bytes, tuple[float, float]] = {}
-        # Per peer, for heartbeat datagrams: the losses of its datagrams to this node (so how
-        # many copies to ask of it), how many copies it asks of this node, and the number of
-        # the last datagram sent to it (§11).
-        self._datagram_loss: dict[bytes, DatagramLoss] = {}
-        self._copies_wanted: dict[bytes, int] = {}
-        self._datagrams_sent: dict[bytes, int] = {}
-        # Per peer: the `t` of this node's latest beat that its datagrams echo, that is, the
-        # latest of this node's datagrams known to have reached it (`_datagrams_reach_all`).
-        self._echoed: dict[bytes, float] = {}
+        # Each peer's heartbeats taken here (its load, the round trip to it, its datagrams), and
+        # what this node's datagrams owe it, from its first heartbeat on (§11).
+        self._beats: dict[bytes, PeerBeats] = {}
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -240,7 +221,6 @@ class Node:
         self._synced_tokens: set[int] = set()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._detector = FailureDetector(settings.detector)
-        self._heartbeats_heard: dict[bytes, int] = {}  # peer -> highest heartbeat number
         self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
         self._heartbeat_count = 0
         self._liveness_changed = trio.lowlevel.ParkingLot()
@@ -311,12 +291,13 @@ class Node:
         for peer in self._peers:
             peer_id = peer.record.id
             status = tracked.get(peer_id)
+            beats = self._beats.get(peer_id)
             health[peer.id] = PeerHealth(
                 last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
                 phi=0.0 if status is None else status.phi,
                 reason=self._state_reasons.get(peer_id, "joined"),
-                load=self._peer_load.get(peer_id),
-                rtt=self._rtt.get(peer_id),
+                load=None if beats is None else beats.load,
+                rtt=None if beats is None else beats.rtt,
             )
         return health
 
@@ -722,7 +703,7 @@ class Node:
         beat_at = trio.current_time()
         copy = 0
         number = load = 0
-        targets: list[tuple[bytes, stdlib_socket.socket, tuple[str, int], int]] = []
+        targets: list[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]] = []
         while True:
             self._take_heartbeats()
             now = trio.current_time()
@@ -737,18 +718,17 @@ class Node:
                 # costs a datagram nobody reads; one first heard meanwhile waits a beat).
                 targets.clear()
                 for peer in self._peers:
-                    peer_id = peer.record.id
-                    if peer_id in self._heartbeats_heard:
+                    beats = self._beats.get(peer.record.id)
+                    if beats is not None and beats.heard:
                         route = self._datagram_route(peer.record)
                         if route is not None:
-                            copies = self._copies_wanted.get(peer_id, COPIES)
-                            targets.append((peer_id, *route, copies))
+                            targets.append((beats, *route, beats.wanted))
             # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a lost
             # copy costs a beat only if every copy is lost. Copy k goes to the peers that asked
             # for more than k.
             self._send_datagrams(targets, copy, number, load, credit, now)
             copy += 1
-            if any(copies > copy for _, _, _, copies in targets):
+            if any(copies > copy for *_, copies in targets):
                 wake = beat_at + interval * copy / _DATAGRAM_COPIES
             else:
                 copy = 0
@@ -763,8 +743,12 @@ class Node:
         echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
         every beat on the PUB again, from the next beat on."""
         fresh_after = now - _ECHO_FRESH_FOR * self._settings.detector.heartbeat_interval
-        echoed = self._echoed
-        return all(echoed.get(peer.record.id, -math.inf) >= fresh_after for peer in self._peers)
+        beats = self._beats
+        for peer in self._peers:
+            peer_beats = beats.get(peer.record.id)
+            if peer_beats is None or peer_beats.echoed < fresh_after:
+                return False
+        return True
 
     def _take_heartbeats(self) -> None:
         """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
@@ -774,7 +758,7 @@ class Node:
 
     def _send_datagrams(
         self,
-        targets: Sequence[tuple[bytes, stdlib_socket.socket, tuple[str, int], int]],
+        targets: Sequence[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]],
         copy: int,
         number: int,
         load: int,
@@ -783,25 +767,13 @@ class Node:
     ) -> None:
         """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
         of that peer's last beat, the datagram's number and the copies asked of that peer."""
-        beats_taken = self._beats_taken
-        sent = self._datagrams_sent
-        for peer_id, sock, destination, copies in targets:
+        head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
+        datagrams = BeatDatagrams(head, number, sent=now, load=load, credit=credit)
+        for beats, sock, destination, copies in targets:
             if copy >= copies:
                 continue
-            sent[peer_id] = datagram_number = sent.get(peer_id, 0) + 1
-            loss = self._datagram_loss.get(peer_id)
-            body = beat_body(
-                number,
-                sent=now,
-                load=load,
-                credit=credit,
-                echo=echo_of(beats_taken.get(peer_id), now),
-                datagram=datagram_number,
-                want=1 if loss is None else loss.want(now),
-            )
-            datagram = pack(Kind.HEARTBEAT, self._id, number, None, body)
             try:
-                sock.sendto(datagram, destination)
+                sock.sendto(datagrams.for_peer(*beats.next_datagram(now)), destination)
             except OSError as exc:  # BlockingIOError (buffer full) included
                 # A full socket buffer or an unreachable network costs one copy of one beat.
                 self._log.warning(
@@ -854,11 +826,7 @@ class Node:
 
     def _on_datagram(self, datagram: bytes, arrival: float) -> None:
         try:
-            if len(datagram) > _MAX_DATAGRAM:
-                raise ProtocolError("oversized", f"{len(datagram)} byte datagram")
-            envelope = _wire.decode_inbox(datagram)
-            if envelope.kind is not Kind.HEARTBEAT:
-                raise ProtocolError("kind", f"{envelope.kind.name} in a datagram")
+            envelope = _wire.decode_datagram(datagram)
         except ProtocolError as exc:
             self._bad_frame(exc, "heartbeat socket")
             return
@@ -866,51 +834,37 @@ class Node:
         beat = read_beat(envelope.body)
         if beat is None:
             return
-        sender = envelope.sender
-        if sender in self._peers:
-            # Echoed from datagrams only, any copy: their arrival times are the kernel's.
-            if beat.sent is not None:
-                self._beats_taken[sender] = (beat.sent, arrival)
-            if beat.echo is not None:
-                self._echoed[sender] = max(beat.echo[0], self._echoed.get(sender, -math.inf))
-            if beat.datagram is not None:
-                loss = self._datagram_loss.get(sender)
-                if loss is None:
-                    loss = self._datagram_loss[sender] = DatagramLoss()
-                loss.datagram(beat.datagram, arrival)
-            self._copies_wanted[sender] = COPIES if beat.want is None else beat.want
-        self._on_heartbeat(envelope, arrival, beat)
+        beats = self._beats_of(envelope.sender)
+        if beats is not None:
+            beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
+        self._on_heartbeat(envelope.sender, beat, arrival)
 
-    def _on_heartbeat(
-        self, envelope: Envelope, arrival: float | None = None, beat: Beat | None = None
-    ) -> None:
+    def _beats_of(self, sender: bytes) -> PeerBeats | None:
+        """The heartbeat record of `sender`, made at its first heartbeat; None if not a peer."""
+        beats = self._beats.get(sender)
+        if beats is None and sender in self._peers:
+            beats = self._beats[sender] = PeerBeats()
+        return beats
+
+    def _on_heartbeat(self, sender: bytes, beat: Beat | None, arrival: float | None = None) -> None:
         """A heartbeat by any path (PUB, datagram, or an inbox, where third-party tools and older
         nodes may still send them): the first copy of each number feeds the failure detector
-        and tells the peer's load, credit, and the round trip its echo measures. `arrival`: when
-        the kernel took it in, if known (else now); `beat`: its body, if read already."""
-        if beat is None:
-            beat = read_beat(envelope.body)
+        and tells the peer's load, credit, and the round trip its echo measures. `beat`: its
+        body read (None if it has no valid number); `arrival`: when the kernel took it in, if
+        known (else now)."""
         if beat is None:
             return
-        sender = envelope.sender
-        if sender not in self._peers:
+        beats = self._beats_of(sender)
+        if beats is None:
             # A peer forgotten while it was frozen, now back: say HELLO again, once.
             address = self._forgotten.pop(sender, None)
             if address is not None:
                 self._introduce(address, again=True)
             return
-        if beat.number <= self._heartbeats_heard.get(sender, 0):
-            return  # a copy that came another way, or later
-        self._heartbeats_heard[sender] = beat.number
-        now = trio.current_time()
         if arrival is None:
-            arrival = now
-        if beat.load is not None:
-            self._peer_load[sender] = beat.load
-        if beat.echo is not None:
-            sample = round_trip_sample(beat.echo, arrival)
-            if sample is not None:
-                self._rtt[sender] = smoothed(self._rtt.get(sender), sample)
+            arrival = trio.current_time()
+        if not beats.take(beat, arrival):
+            return  # a copy that came another way, or later
         if beat.credit is not None:
             self._dispatcher.set_credit(sender, beat.credit)
         transitions = self._detector.heartbeat(sender, arrival)
@@ -919,7 +873,7 @@ class Node:
             self._liveness_changed.unpark_all()
 
     def _on_inbox_heartbeat(self, envelope: Envelope) -> None:
-        self._on_heartbeat(envelope)
+        self._on_heartbeat(envelope.sender, read_beat(envelope.body))
         self._reschedule_judge()
 
     def _reschedule_judge(self) -> None:
@@ -1053,7 +1007,7 @@ class Node:
                 if envelope.kind is Kind.BYE:
                     self._on_published_bye(envelope)
                 else:
-                    self._on_heartbeat(envelope)
+                    self._on_heartbeat(envelope.sender, read_beat(envelope.body))
 
     def _control_op(self, op: SocketOp) -> None:
         """Connect or disconnect the control SUB now. Safe from any task, as no task waits on
@@ -1280,18 +1234,8 @@ class Node:
                 self._ready_peers.discard(record.id)
                 self._batching.discard(record.id)
                 self._detector.remove(record.id)
-                for table in (
-                    self._state_reasons,
-                    self._peer_load,
-                    self._rtt,
-                    self._beats_taken,
-                    self._datagram_loss,
-                    self._copies_wanted,
-                    self._datagrams_sent,
-                    self._echoed,
-                ):
-                    table.pop(record.id, None)
-                self._heartbeats_heard.pop(record.id, None)
+                self._state_reasons.pop(record.id, None)
+                self._beats.pop(record.id, None)
                 self._unlink(self._reach(record))
                 self._reach_cache.pop(record.id, None)
                 self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
@@ -1635,9 +1579,8 @@ _PUBLISHED_BEAT_EVERY: Final = 2
 # An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
 # here at the next beat after that, so two intervals old in the normal course; one more for jitter.
 _ECHO_FRESH_FOR: Final = 3
-# Heartbeat datagrams are a few dozen bytes; anything near this size is not one.
-_MAX_DATAGRAM: Final = 1024
-_DATAGRAM_BUFFER: Final = _MAX_DATAGRAM + 1  # one byte more, to tell an oversized one
+# One byte more than a datagram may hold, to tell an oversized one.
+_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + 1
 # Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
 # trip then leaves out how long a datagram waited to be read. Python does not name the option.
 _SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)

@@ -7,19 +7,24 @@ import os
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mesh._heartbeat import (
     COPIES,
     ECHO_MAX_AGE,
     LOSSY_FOR,
     Beat,
+    BeatDatagrams,
     DatagramLoss,
+    PeerBeats,
     beat_body,
     echo_of,
     read_beat,
     round_trip_sample,
     smoothed,
 )
+from mesh._wire import MAX_UINT64, Kind, envelope_head, pack
 
 SENDER = os.urandom(16)
 
@@ -106,3 +111,79 @@ def test_a_peer_that_counts_afresh_is_no_loss() -> None:
     loss.datagram(2, now=0.4)
     assert loss.lost == 0
     assert loss.want(0.4) == 1
+
+
+UINTS = st.integers(0, MAX_UINT64)
+FLOATS = st.floats(allow_nan=False)
+
+
+@given(
+    number=st.integers(1, MAX_UINT64),
+    sent=FLOATS,
+    load=UINTS,
+    credit=st.none() | st.integers(1, MAX_UINT64),
+    echo=st.none() | st.tuples(FLOATS, FLOATS),
+    datagram=st.integers(1, MAX_UINT64),
+    want=st.integers(1, COPIES),
+)
+def test_a_beats_datagrams_are_what_packing_each_whole_makes(
+    number: int,
+    sent: float,
+    load: int,
+    credit: int | None,
+    echo: tuple[float, float] | None,
+    datagram: int,
+    want: int,
+) -> None:
+    datagrams = BeatDatagrams(
+        envelope_head(Kind.HEARTBEAT, SENDER, number), number, sent=sent, load=load, credit=credit
+    )
+    body = beat_body(
+        number, sent=sent, load=load, credit=credit, echo=echo, datagram=datagram, want=want
+    )
+    assert datagrams.for_peer(echo, datagram, want) == pack(
+        Kind.HEARTBEAT, SENDER, number, None, body
+    )
+
+
+def test_a_peers_first_copy_of_each_beat_counts_and_the_others_do_not() -> None:
+    beats = PeerBeats()
+    assert beats.take(Beat(1, load=2), arrival=0.2)
+    assert beats.load == 2
+    assert not beats.take(Beat(1, load=5), arrival=0.25)  # the same beat by another path
+    assert beats.load == 2
+    assert beats.take(Beat(3), arrival=0.6)  # 2 never came: 3 counts all the same
+    assert not beats.take(Beat(2), arrival=0.61)  # late: older than what was taken
+    assert beats.heard == 3
+    assert beats.load == 2  # a beat that does not say keeps what the last one said
+
+
+def test_a_peers_echoes_give_the_round_trip() -> None:
+    beats = PeerBeats()
+    assert beats.take(Beat(1, echo=(10.0, 0.150)), arrival=10.154)
+    assert beats.rtt == pytest.approx(0.004)
+    assert beats.take(Beat(2, echo=(10.2, 0.0)), arrival=10.212)
+    assert beats.rtt == pytest.approx(0.004 + (0.012 - 0.004) / 8)
+    assert beats.take(Beat(3, echo=(99.0, 0.0)), arrival=10.4)  # from the future: no sample
+    assert beats.rtt == pytest.approx(0.005)
+
+
+def test_what_a_peer_is_owed_comes_from_its_datagrams() -> None:
+    beats = PeerBeats()
+    assert beats.next_datagram(now=1.0) == (None, 1, 1)  # nothing taken yet, nothing lost
+    beats.datagram(Beat(1, sent=50.0, echo=(0.9, 0.01), datagram=1, want=1), arrival=1.1)
+    assert beats.wanted == 1
+    assert beats.echoed == 0.9
+    echo, number, want = beats.next_datagram(now=1.3)
+    assert echo == pytest.approx((50.0, 0.2))
+    assert (number, want) == (2, 1)
+    # Datagrams 2 and 3 lost; copies of a beat (any, each with its own `t`) are echoed.
+    beats.datagram(Beat(4, sent=50.6, echo=(0.5, 0.0), datagram=4, want=COPIES), arrival=1.7)
+    assert beats.echoed == 0.9  # an older echo (reordered) does not go back
+    assert beats.wanted == COPIES
+    assert beats.loss.lost == 2
+    echo, number, want = beats.next_datagram(now=1.8)
+    assert echo == pytest.approx((50.6, 0.1))
+    assert (number, want) == (3, COPIES)
+    beats.datagram(Beat(5), arrival=1.9)  # a peer that asks nothing gets every copy
+    assert beats.wanted == COPIES

@@ -81,7 +81,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
             await b.wait_for_peers(1)
             await a.wait_for_peers(1)
             peer_a = bytes.fromhex(a.id)
-            while peer_a not in b._heartbeats_heard:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
+            while peer_a not in b._beats:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
                 await trio.sleep(0.01)
             publish = a._publish_nowait
 
@@ -182,12 +182,12 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             peer_b = bytes.fromhex(b.id)
             # Nothing lost on the loopback: b asks for one copy a beat.
             # (b may ask before a has sent it a datagram: wait for both.)
-            while a._copies_wanted.get(peer_b) != 1 or peer_b not in a._datagrams_sent:  # noqa: ASYNC110
+            while (beats := a._beats.get(peer_b)) is None or beats.wanted != 1 or not beats.sent:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            a._datagrams_sent[peer_b] += 4  # as if four datagrams to b were lost on the way
-            while a._copies_wanted[peer_b] != 3:  # noqa: ASYNC110
+            beats.sent += 4  # as if four datagrams to b were lost on the way
+            while beats.wanted != 3:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            assert b._datagram_loss[bytes.fromhex(a.id)].lost == 4
+            assert b._beats[bytes.fromhex(a.id)].loss.lost == 4
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 

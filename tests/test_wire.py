@@ -24,6 +24,7 @@ from mesh._wire import (
     CONTROL_CHANNEL,
     EVENT_CHANNEL,
     MAX_BATCH,
+    MAX_DATAGRAM_SIZE,
     MAX_FRAME_SIZE,
     MAX_NESTING,
     MAX_PEERS_LISTED,
@@ -36,10 +37,12 @@ from mesh._wire import (
     coalesce_direct,
     coalesce_published,
     control_frame,
+    decode_datagram,
     decode_inbox,
     decode_inbox_many,
     decode_published,
     decode_published_many,
+    envelope_head,
     event_frame,
     pack,
     topic_channel,
@@ -1614,3 +1617,87 @@ def test_batch_round_trip_of_any_bodies(bodies: list[Any], seq: int) -> None:
     assert [e.seq for e in decoded] == [seq + i for i in range(len(bodies))]
     assert all(same(e.body, b) for e, b in zip(decoded, bodies, strict=True))
     assert all(e.topic == "t" for e in decoded)
+
+
+# -- heartbeat datagrams ---------------------------------------------------------------------------
+
+
+def datagram_reference(frame: bytes) -> Envelope:
+    """What protocol §11 says a datagram is, by the general decoder: one HEARTBEAT envelope of at
+    most MAX_DATAGRAM_SIZE bytes (`decode_datagram` has a quicker path for the usual shape)."""
+    if len(frame) > MAX_DATAGRAM_SIZE:
+        raise ProtocolError("oversized", "datagram")
+    envelope = decode_inbox(frame)
+    if envelope.kind is not Kind.HEARTBEAT:
+        raise ProtocolError("kind", "not a heartbeat")
+    return envelope
+
+
+def same_outcome(frame: bytes) -> None:
+    quick, reference = outcome(decode_datagram, frame), outcome(datagram_reference, frame)
+    if isinstance(reference, ProtocolError):
+        assert isinstance(quick, ProtocolError), frame
+        assert quick.reason == reference.reason, frame
+    else:
+        assert repr(quick) == repr(reference), frame  # (repr: a NaN in the body is not == itself)
+        assert type(quick.kind) is Kind
+
+
+def test_a_heartbeat_datagram_decodes() -> None:
+    body = {"n": 3, "t": 1.5, "echo": [1.0, 0.25], "d": 9, "want": 1}
+    frame = pack(Kind.HEARTBEAT, SENDER, 3, None, body)
+    assert decode_datagram(frame) == Envelope(Kind.HEARTBEAT, SENDER, 3, None, body, None)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (pack(Kind.TASK, SENDER, 1, [1, "svc", 1], None), "kind"),
+        (pack(Kind.BYE, SENDER, 1, None, None), "kind"),
+        (pack(Kind.EVENT, SENDER, 1, None, {}), "kind"),
+        (pack(Kind.HEARTBEAT, SENDER, 1, None, [1]), "malformed"),
+        (pack(Kind.HEARTBEAT, SENDER, 1, [1], {}), "malformed"),
+        (pack(Kind.HEARTBEAT, SENDER[:15], 1, None, {}), "malformed"),
+        (pack(Kind.HEARTBEAT, SENDER, 0, None, {}), "malformed"),
+        (pack(Kind.HEARTBEAT, SENDER, 1, None, {"x": msgpack.Timestamp(0)}), "type"),
+        (pack(Kind.HEARTBEAT, SENDER, 1, None, {"n": 1, "pad": bytes(1024)}), "oversized"),
+        (raw(2, Kind.HEARTBEAT, SENDER, 1, None, {}), "version"),
+        (raw(True, Kind.HEARTBEAT, SENDER, 1, None, {}), "malformed"),
+        (raw(1, 2.0, SENDER, 1, None, {}), "kind"),
+        (batch_envelope([pack(Kind.HEARTBEAT, SENDER, 1, None, {})]), "kind"),
+    ],
+)
+def test_a_datagram_that_is_not_one_heartbeat_is_refused(frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        decode_datagram(frame)
+    assert raised.value.reason == reason
+    same_outcome(frame)
+
+
+@given(body=VALUES, seq=st.integers(1, MAX_UINT64), data=st.data())
+@settings(FUZZ, max_examples=300)
+def test_the_quick_datagram_path_decides_as_the_general_decoder(
+    body: Any, seq: int, data: st.DataObject
+) -> None:
+    frame = bytearray(pack(Kind.HEARTBEAT, SENDER, seq, None, {"n": 1, "x": body}))
+    same_outcome(bytes(frame))
+    for _ in range(data.draw(st.integers(0, 3), label="mutations")):
+        at = data.draw(st.integers(0, len(frame) - 1))
+        frame[at] = data.draw(st.integers(0, 255))
+    same_outcome(bytes(frame))
+
+
+@given(frame=st.binary(max_size=200))
+@FUZZ
+def test_arbitrary_datagrams_decide_as_the_general_decoder(frame: bytes) -> None:
+    same_outcome(frame)
+
+
+@given(kind=st.sampled_from(list(Kind)), seq=st.integers(1, MAX_UINT64), body=VALUES)
+@FUZZ
+def test_an_envelope_head_and_a_packed_body_make_the_envelope(
+    kind: Kind, seq: int, body: Any
+) -> None:
+    assert envelope_head(kind, SENDER, seq) + msgpack.packb(body) == pack(
+        kind, SENDER, seq, None, body
+    )
