@@ -330,20 +330,27 @@ class FailureDetector:
 
     def _phi(self, track: _Track, now: float) -> float:
         mean, std = self._estimate(track)
-        y = (now - track.last_heard - mean) / std
-        z = y * (_B + _A * y * y)
-        # -log10(1 / (1 + e^z)), written so that neither branch can overflow.
-        return (z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))) / _LN10
+        return _phi(now - track.last_heard, mean, std)
 
     def _crossing(self, track: _Track, threshold: float) -> float:
         """The first time at which phi reaches `threshold` (from the inverse, then checked)."""
         mean, std = self._estimate(track)
-        deadline = track.last_heard + mean + self._y[threshold] * std
+        last_heard = track.last_heard
+        deadline = last_heard + mean + self._y[threshold] * std
         step = max(math.ulp(deadline), 1e-12)
-        while self._phi(track, deadline) < threshold:  # the inverse may miss by a rounding
+        # The inverse may miss by a rounding.
+        while _phi(deadline - last_heard, mean, std) < threshold:
             deadline += step
             step *= 2
         return deadline
+
+
+def _phi(silence: float, mean: float, std: float) -> float:
+    """Phi after `silence` seconds, for intervals of that mean and deviation."""
+    y = (silence - mean) / std
+    z = y * (_B + _A * y * y)
+    # -log10(1 / (1 + e^z)), written so that neither branch can overflow.
+    return (z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))) / _LN10
 
 
 def _inverse(phi: float) -> float:

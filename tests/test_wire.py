@@ -1633,8 +1633,25 @@ def datagram_reference(frame: bytes) -> Envelope:
     return envelope
 
 
+def control_reference(frame: bytes) -> Envelope:
+    """What §3 says a frame on the control channel is, by the general decoder: `!` and one
+    HEARTBEAT or BYE envelope (`decode_published` has a quicker path for the usual heartbeat)."""
+    assert frame.startswith(CONTROL_CHANNEL)
+    envelope = decode_inbox(frame[1:])
+    if envelope.kind not in (Kind.HEARTBEAT, Kind.BYE):
+        raise ProtocolError("kind", "not on the control channel")
+    return envelope
+
+
 def same_outcome(frame: bytes) -> None:
-    quick, reference = outcome(decode_datagram, frame), outcome(datagram_reference, frame)
+    """The quick paths for heartbeats decide `frame`, as a datagram and on the control channel,
+    as the general decoder does."""
+    decides_as(decode_datagram, datagram_reference, frame)
+    decides_as(decode_published, control_reference, CONTROL_CHANNEL + frame)
+
+
+def decides_as(decoder: Decoder, reference_decoder: Decoder, frame: bytes) -> None:
+    quick, reference = outcome(decoder, frame), outcome(reference_decoder, frame)
     if isinstance(reference, ProtocolError):
         assert isinstance(quick, ProtocolError), frame
         assert quick.reason == reference.reason, frame
@@ -1671,12 +1688,12 @@ def test_a_datagram_that_is_not_one_heartbeat_is_refused(frame: bytes, reason: s
     with pytest.raises(ProtocolError) as raised:
         decode_datagram(frame)
     assert raised.value.reason == reason
-    same_outcome(frame)
+    same_outcome(frame)  # and on the control channel, BYE aside, as the general decoder decides
 
 
 @given(body=VALUES, seq=st.integers(1, MAX_UINT64), data=st.data())
 @settings(FUZZ, max_examples=300)
-def test_the_quick_datagram_path_decides_as_the_general_decoder(
+def test_the_quick_heartbeat_paths_decide_as_the_general_decoder(
     body: Any, seq: int, data: st.DataObject
 ) -> None:
     frame = bytearray(pack(Kind.HEARTBEAT, SENDER, seq, None, {"n": 1, "x": body}))
@@ -1689,7 +1706,7 @@ def test_the_quick_datagram_path_decides_as_the_general_decoder(
 
 @given(frame=st.binary(max_size=200))
 @FUZZ
-def test_arbitrary_datagrams_decide_as_the_general_decoder(frame: bytes) -> None:
+def test_arbitrary_heartbeats_decide_as_the_general_decoder(frame: bytes) -> None:
     same_outcome(frame)
 
 
