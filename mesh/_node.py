@@ -76,6 +76,11 @@ logger = logging.getLogger("mesh")
 # within a few ms (FIELD-NOTES §4: median 1.1 ms after connect).
 _SYNC_FIRST_RESEND: Final = 0.005
 _SYNC_LAST_RESEND: Final = 0.05
+# A peer that has not said READY this long after it joined is said HELLO again, then at doubling
+# intervals up to the last (seconds): on a loaded 2-core machine a 32-node mesh takes 4 to 10 s
+# to wire fully, so the first HELLOs again are often redundant, and harmless.
+_READY_WAIT_FIRST: Final = 3.0
+_READY_WAIT_LAST: Final = 60.0
 # An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
 # 1 ms costs nothing while nothing is blocked, and little while something is.
 _PUB_RETRY_INTERVAL: Final = 0.001
@@ -220,6 +225,7 @@ class Node:
         self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
         self._synced_tokens: set[int] = set()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
+        self._greeting: set[bytes] = set()  # peers this node is making its subscriptions live at
         self._detector = FailureDetector(settings.detector)
         self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
         self._heartbeat_count = 0
@@ -1080,6 +1086,7 @@ class Node:
     def _on_hello(self, envelope: Envelope) -> None:
         hello = envelope.body
         assert isinstance(hello, Hello)
+        known = envelope.sender in self._peers
         if not self._observe(hello.record):
             return
         if hello.batch:
@@ -1093,6 +1100,9 @@ class Node:
             self._send_direct(
                 self._reach(hello.record), Kind.WELCOME, None, self._hello().to_wire()
             )
+            if known and self._nursery is not None and not self._closing:
+                # A peer that says HELLO again has not had this node's READY (`_await_ready`).
+                self._nursery.start_soon(self._greet, envelope.sender)
         elif self._record.services:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
             # only to peers known then: make sure this one has our current record.
@@ -1209,6 +1219,7 @@ class Node:
                 self._control_op(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
+                    self._nursery.start_soon(self._await_ready, record.id)
                 # Joining is its first sign of life: a peer that dies before its first heartbeat
                 # arrives is still judged (and one that never sends any is declared dead).
                 self._detector.heartbeat(record.id, trio.current_time())
@@ -1435,11 +1446,36 @@ class Node:
 
     async def _greet(self, peer_id: bytes) -> None:
         """Make this node's subscriptions live at a new peer, then tell it so (READY): its
-        `wait_for_peers` counts this node only then, so its first events are not lost."""
-        await self._sync_subscriptions(self._prefixes(), [peer_id])
-        peer = self._peers.get(peer_id)
-        if peer is not None:
-            self._send_direct(self._reach(peer.record), Kind.READY, None, None)
+        `wait_for_peers` counts this node only then, so its first events are not lost. Also
+        when a known peer says HELLO again (it may have missed the READY); once at a time."""
+        if peer_id in self._greeting:
+            return
+        self._greeting.add(peer_id)
+        try:
+            await self._sync_subscriptions(self._prefixes(), [peer_id])
+            peer = self._peers.get(peer_id)
+            if peer is not None:
+                self._send_direct(self._reach(peer.record), Kind.READY, None, None)
+        finally:
+            self._greeting.discard(peer_id)
+
+    async def _await_ready(self, peer_id: bytes) -> None:
+        """Say HELLO again, at growing intervals, to a peer that has not said READY: it may not
+        know this node at all. One lost HELLO or WELCOME, with the mDNS announcement missed
+        too, left two nodes of a 32-node mesh under load without each other for good, each
+        known to the other thirty (docs/decisions.md). A HELLO makes a peer that does not know
+        this node join it, and one that does greet it again (`_on_hello`)."""
+        interval = _READY_WAIT_FIRST
+        while True:
+            with trio.move_on_after(interval):
+                while peer_id not in self._ready_peers:
+                    await self._peers_changed.park()
+                return
+            peer = self._peers.get(peer_id)
+            if peer is None:
+                return
+            self._introduce(self._reach(peer.record), again=True)
+            interval = min(2 * interval, _READY_WAIT_LAST)
 
     def _prefixes(self) -> set[str]:
         return {subscription.prefix for subscription in self._subscriptions}
