@@ -1,5 +1,6 @@
 """Heartbeat bodies, and what a node learns from them besides liveness: each peer's load and the
-round trip to it. Pure: no IO, no clock; times are the caller's `now` (seconds).
+round trip to it (`PeerBeats` keeps one peer's; `BeatDatagrams` packs a beat's datagrams). Pure:
+no IO, no clock; times are the caller's `now` (seconds).
 
 Rules (docs/protocol.md §11):
 
