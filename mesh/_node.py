@@ -1469,6 +1469,8 @@ class Node:
         while True:
             with trio.move_on_after(interval):
                 while peer_id not in self._ready_peers:
+                    if peer_id not in self._peers:
+                        return  # gone (and if it comes back, it is awaited afresh)
                     await self._peers_changed.park()
                 return
             peer = self._peers.get(peer_id)
