@@ -1476,6 +1476,7 @@ class Node:
             peer = self._peers.get(peer_id)
             if peer is None:
                 return
+            logger.debug("no READY from %s after %g s: HELLO again", peer.record.name, interval)
             self._introduce(self._reach(peer.record), again=True)
             interval = min(2 * interval, _READY_WAIT_LAST)
 
