@@ -11,7 +11,8 @@ The rules (docs/protocol.md is the full text, written for someone with only pyzm
 * On a PUB socket the envelope follows a *channel*, the prefix SUB sockets filter on:
   ``b"E" + topic + b"\x00" + envelope`` for events (and for the SYNCED answer to a subscription
   probe; topics are UTF-8 without NUL), and ``b"!" + envelope`` for control (heartbeat, goodbye).
-* On a PULL socket (a node's inbox) the frame is the envelope alone.
+* On a PULL socket (a node's inbox) the frame is the envelope alone; so is a heartbeat datagram
+  (UDP, at the inbox's port), which holds one HEARTBEAT of at most `MAX_DATAGRAM_SIZE` bytes.
 * A *batch* carries several consecutive messages of one sender in one frame (fewer, larger frames
   under load): an envelope of kind `BATCH` (13) whose body is the array of their envelopes, in an
   inbox as it is, on a PUB after the channel of the topic all its events share. It is a container,
