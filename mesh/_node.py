@@ -837,36 +837,37 @@ class Node:
             self._bad_frame(exc, "heartbeat socket")
             return
         self._counts["heartbeat_datagrams"] += 1
-        beat = read_beat(envelope.body)
-        if beat is None:
-            return
-        beats = self._beats_of(envelope.sender)
-        if beats is not None:
-            beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
-        self._on_heartbeat(envelope.sender, beat, arrival)
+        self._on_heartbeat(envelope.sender, read_beat(envelope.body), arrival, by_datagram=True)
 
-    def _beats_of(self, sender: bytes) -> PeerBeats | None:
-        """The heartbeat record of `sender`, made at its first heartbeat; None if not a peer."""
-        beats = self._beats.get(sender)
-        if beats is None and sender in self._peers:
-            beats = self._beats[sender] = PeerBeats()
-        return beats
-
-    def _on_heartbeat(self, sender: bytes, beat: Beat | None, arrival: float | None = None) -> None:
+    def _on_heartbeat(
+        self,
+        sender: bytes,
+        beat: Beat | None,
+        arrival: float | None = None,
+        *,
+        by_datagram: bool = False,
+    ) -> None:
         """A heartbeat by any path (PUB, datagram, or an inbox, where third-party tools and older
         nodes may still send them): the first copy of each number feeds the failure detector
-        and tells the peer's load, credit, and the round trip its echo measures. `beat`: its
-        body read (None if it has no valid number); `arrival`: when the kernel took it in, if
-        known (else now)."""
+        and tells the peer's load, credit, and the round trip its echo measures; every copy by
+        datagram also tells what only datagrams do (`PeerBeats.datagram`). `beat`: its body
+        read (None if it has no valid number); `arrival`: when the kernel took it in, if known
+        (else now)."""
         if beat is None:
             return
-        beats = self._beats_of(sender)
+        beats = self._beats.get(sender)
         if beats is None:
-            # A peer forgotten while it was frozen, now back: say HELLO again, once.
-            address = self._forgotten.pop(sender, None)
-            if address is not None:
-                self._introduce(address, again=True)
-            return
+            if sender in self._peers:  # its first heartbeat
+                beats = self._beats[sender] = PeerBeats()
+            else:
+                # A peer forgotten while it was frozen, now back: say HELLO again, once.
+                address = self._forgotten.pop(sender, None)
+                if address is not None:
+                    self._introduce(address, again=True)
+                return
+        if by_datagram:
+            assert arrival is not None
+            beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
         if arrival is None:
             arrival = trio.current_time()
         if not beats.take(beat, arrival):
@@ -1101,7 +1102,7 @@ class Node:
                 self._reach(hello.record), Kind.WELCOME, None, self._hello().to_wire()
             )
             if known and self._nursery is not None and not self._closing:
-                # A peer that says HELLO again has not had this node's READY (`_await_ready`).
+                # A peer that says HELLO again may not have had this node's READY.
                 self._nursery.start_soon(self._greet, envelope.sender)
         elif self._record.services:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
