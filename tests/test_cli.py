@@ -139,7 +139,7 @@ class Cli:
     def stderr(self) -> list[str]:
         """The lines of stderr, but for warnings about other programs' mDNS records."""
         with self._changed:
-            return [line for line in self.lines["stderr"] if not FOREIGN.match(line)]
+            return [line for line in self.lines["stderr"] if not FOREIGN.search(line)]
 
     @property
     def output(self) -> str:
@@ -349,6 +349,24 @@ def test_run_leaves_on_a_signal(spawn: Spawn, signum: int) -> None:
     assert not stdout
 
 
+def test_run_verbose_logs_peers_joining_and_leaving(spawn: Spawn) -> None:
+    watcher = start_node(spawn, "a", "-v")
+    wait_up(watcher)
+    other = start_node(spawn, "b")
+    wait_up(other)
+    watcher.wait_for(r"^mesh-cli run: info: peer joined: b at \S+$")
+    other.send(signal.SIGTERM)
+    assert other.wait() == 0
+    watcher.wait_for(r"^mesh-cli run: info: peer left: b [0-9a-f]{8} \(.+\)$")
+    quiet = start_node(spawn, "c")
+    wait_up(quiet)
+    watcher.wait_for(r"^mesh-cli run: info: peer joined: c at ")
+    quiet.send(signal.SIGTERM)
+    status, _, stderr = finish(quiet)
+    assert status == 0
+    assert not any(": info: " in line for line in stderr), stderr  # not without -v
+
+
 #: A worker for --exec: a shell script (it starts in a millisecond even on a busy machine,
 #: and a failing task runs it five times) that fails the bodies that say "fail".
 WORKER = """\
@@ -392,6 +410,11 @@ def test_run_exec_acks_and_nacks_by_exit_status(spawn: Spawn, tmp_path: Path) ->
     assert outcome["not_done"] == 1
     assert stderr[-1].startswith("mesh-cli push: 1 task(s) not done, 1 given up")
     assert not any("Traceback" in line for line in stderr)
+    # The library's warnings are named lines too, like the command's own.
+    assert any(
+        line.startswith("mesh-cli push: warning: task ") and "was refused by" in line
+        for line in stderr
+    ), stderr
     # The worker says why each attempt failed, with the command's own stderr.
     node.wait_for(r"task \S+ \(jobs, attempt 1\) failed: exit status 3: cannot do")
 

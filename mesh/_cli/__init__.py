@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import _bench, _demo, _peers, _pubsub, _run, _tasks
-from ._common import UserError
+from ._common import UserError, configure_logging
 
 _COMMANDS = [_demo, _peers, _run, _pubsub, _tasks, _bench]
 
@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    configure_logging(args.command, args.verbose)
     try:
         status: int = args.run(args)
     except UserError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -166,7 +167,7 @@ def add_command(
     example: str,
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> argparse.ArgumentParser:
-    """A subcommand's parser, with its example shown under ``--help``."""
+    """A subcommand's parser, with its example shown under ``--help`` and the ``-v`` option."""
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help,
@@ -175,7 +176,48 @@ def add_command(
         parents=list(parents),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more of what the node does: -v peers joining and leaving, -vv debugging "
+        "detail (warnings are always shown)",
+    )
     return parser
+
+
+class _CommandLogFormat(logging.Formatter):
+    """``mesh-cli COMMAND: warning: message``: the library's log lines look like the command's
+    own (one line each, named), not like bare text from nowhere."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self._command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return f"mesh-cli {self._command}: {record.levelname.lower()}: {message}"
+
+
+def configure_logging(command: str, verbosity: int) -> None:
+    """Send log records to stderr, one named line each: every library's warnings, and with
+    ``-v`` the mesh's INFO (peers joining and leaving), with ``-vv`` its DEBUG. Calling it again
+    replaces the earlier set-up."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler.formatter, _CommandLogFormat):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_CommandLogFormat(command))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    for name in _OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+_OWN_LOGGERS = ("mesh", "discovery")
 
 
 async def find_peers(node: Node, timeout: float, quiet: float = 0.3, first: float = 1.0) -> None:

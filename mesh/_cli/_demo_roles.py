@@ -17,6 +17,8 @@ import trio
 
 import mesh
 
+from ._common import configure_logging
+
 SERVICE = "demo.job"
 TOPIC = "demo.progress"
 PEERS_TIMEOUT = 15.0
@@ -118,5 +120,6 @@ ROLES: dict[str, Callable[..., Awaitable[None]]] = {
 
 if __name__ == "__main__":
     role, *arguments = sys.argv[1:]
+    configure_logging(f"demo {role}", 0)  # a node's warnings, named, among the demo's lines
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C at the demo reaches its nodes too
         trio.run(ROLES[role], *arguments)
