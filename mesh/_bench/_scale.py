@@ -5,10 +5,11 @@ others.
 * Time to full mesh: from the moment every process has been told to open its node (all of them
   already started and imported) to the moment the last one sees N - 1 peers with subscriptions
   live both ways (`wait_for_peers`); `min` is the first node to get there.
-* Idle CPU: user + system time of each node process (/proc/PID/stat, every thread: trio,
-  zeroconf's and ZeroMQ's) over `idle` seconds in which the nodes do nothing but heartbeats and
-  discovery, after a settling second; the median node, `min` and `max` over the nodes. The
-  kernel counts in ticks of 10 ms, so over 3 s one tick is 0.33 % of a core. The share of
+* Idle CPU: the CPU time of each node process (every thread: trio, zeroconf's and ZeroMQ's; in
+  nanoseconds from /proc/PID/task/*/schedstat, or where the kernel has no schedstat in 10 ms
+  ticks, 0.33 % of a core over 3 s) over `idle` seconds in which the nodes do nothing but
+  heartbeats and discovery, after a settling second; the median node, `min` and `max` over the
+  nodes. The share of
   ZeroMQ's threads (named ``ZMQbg/...``, /proc/PID/task) comes next: what published heartbeats
   cost in ZeroMQ's I/O thread, where the rest is the trio thread's.
 * Memory: resident set (VmRSS) of each node process, same statistics.
@@ -112,24 +113,32 @@ def _across_nodes(name: str, unit: str, value: float, samples: list[float]) -> M
 
 
 def _cpu_seconds(pid: int, thread_prefix: str | None = None) -> float:
-    """User + system CPU time of a process so far: all its threads, or only those whose name
-    starts with `thread_prefix` (threads that ended meanwhile are not counted then)."""
-    if thread_prefix is None:
-        return _stat_seconds(f"/proc/{pid}/stat")
+    """CPU time of a process so far: the sum over its threads (or those whose name starts with
+    `thread_prefix`) of the nanoseconds each has run (/proc/PID/task/TID/schedstat), or, on a
+    kernel without schedstat, user + system time in clock ticks (/proc/PID/task/TID/stat). A
+    thread that ended meanwhile is not counted."""
     total = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
+        task = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-                if not comm.read().startswith(thread_prefix):
-                    continue
-            total += _stat_seconds(f"/proc/{pid}/task/{tid}/stat")
+            if thread_prefix is not None:
+                with open(f"{task}/comm") as comm:
+                    if not comm.read().startswith(thread_prefix):
+                        continue
+            total += _thread_seconds(task)
         except FileNotFoundError:  # the thread ended meanwhile
             continue
     return total
 
 
-def _stat_seconds(path: str) -> float:
-    with open(path) as stat:
+def _thread_seconds(task: str) -> float:
+    try:
+        with open(f"{task}/schedstat") as schedstat:
+            return int(schedstat.read().split()[0]) / 1e9
+    except FileNotFoundError:
+        if not os.path.exists(task):
+            raise
+    with open(f"{task}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
