@@ -384,26 +384,33 @@ class Node:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         _check_service(service)
-        deadline = trio.current_time() + timeout
-        while True:
-            worker = self._dispatcher.pick(self._ready_workers(service))
-            if worker is not None:
-                break
-            with trio.move_on_at(deadline):
-                await self._capacity_changed.park()
-                self._check_open()
-                continue
-            raise NoWorkerError(service, timeout)
-        self._send_task(worker, self._dispatcher.new_task_id(), service, 1, body)
+        ready = self._ready_workers(service)
+        worker = self._dispatcher.pick(ready)
+        if worker is None:
+            worker, ready = await self._wait_for_worker(service, timeout)
+        self._send_task(worker, ready[worker], self._dispatcher.new_task_id(), service, 1, body)
         self._counts["tasks_pushed"] += 1
         await self._maybe_yield()
 
+    async def _wait_for_worker(
+        self, service: str, timeout: float
+    ) -> tuple[bytes, dict[bytes, _Link]]:
+        """Wait until a worker for `service` has room: it, and `_ready_workers` then. Raises
+        `NoWorkerError` after `timeout` seconds."""
+        with trio.move_on_at(trio.current_time() + timeout):
+            while True:
+                await self._capacity_changed.park()
+                self._check_open()
+                ready = self._ready_workers(service)
+                worker = self._dispatcher.pick(ready)
+                if worker is not None:
+                    return worker, ready
+        raise NoWorkerError(service, timeout)
+
     def _send_task(
-        self, worker: bytes, task_id: int, service: str, attempt: int, body: Any
+        self, worker: bytes, link: _Link, task_id: int, service: str, attempt: int, body: Any
     ) -> None:
         """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
-        link = self._link_of(worker)
-        assert link is not None, "picked a worker with no link"
         frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, attempt], body)
         link.next_seq()  # only now: `pack` may have refused the body
         sent = link.outbox.send_nowait(frame)
@@ -462,9 +469,16 @@ class Node:
                 continue
             sent = False
             for service, waiting in list(self._redelivery.items()):
-                while waiting and (worker := self._dispatcher.pick(self._ready_workers(service))):
+                while waiting:
+                    ready = self._ready_workers(service)
+                    worker = self._dispatcher.pick(ready)
+                    if worker is None:
+                        break
                     task = waiting.popleft()
-                    self._send_task(worker, task.task_id, service, task.attempt + 1, task.body)
+                    link = ready[worker]
+                    self._send_task(
+                        worker, link, task.task_id, service, task.attempt + 1, task.body
+                    )
                     sent = True
                 if not waiting:
                     del self._redelivery[service]
@@ -1393,15 +1407,17 @@ class Node:
         if peer is not None and self._send_direct(self._reach(peer.record), kind, meta, None):
             self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
 
-    def _ready_workers(self, service: str) -> list[bytes]:
-        ready = []
+    def _ready_workers(self, service: str) -> dict[bytes, _Link]:
+        """The live peers offering `service` whose outbox has room, in the order they started
+        offering it, each with its link (`Dispatcher.pick` chooses among them)."""
+        ready = {}
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
             if peer is None or peer.state is not PeerState.ALIVE or worker in self._leaving:
                 continue  # suspect, dead or leaving: no new work
-            link = self._link_of(worker)
+            link = self._links.get(self._reach(peer.record))
             if link is not None and link.outbox.has_room():
-                ready.append(worker)
+                ready[worker] = link
         return ready
 
     def _link_of(self, peer_id: bytes) -> _Link | None:

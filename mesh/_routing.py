@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable
 from typing import Any, NamedTuple
 
 
@@ -59,17 +59,22 @@ class Dispatcher:
         self._next_id += 1
         return task_id
 
-    def pick(self, candidates: Sequence[bytes]) -> bytes | None:
+    def pick(self, candidates: Iterable[bytes]) -> bytes | None:
         """The worker among `candidates` to send the next task to, or None if all are full."""
-        best: bytes | None = None
-        best_room = 0
-        count = len(candidates)
+        order = list(candidates)
+        count = len(order)
         if count == 0:
             return None
+        limit = self.max_in_flight
+        credit = self._credit
+        load = self._load
+        best: bytes | None = None
+        best_room = 0
         start = self._turn % count
         for offset in range(count):
-            worker = candidates[(start + offset) % count]
-            room = self.capacity(worker) - self._load.get(worker, 0)
+            worker = order[(start + offset) % count]
+            # (`capacity`, inlined: this runs once per candidate and task)
+            room = min(limit, credit.get(worker, limit)) - load.get(worker, 0)
             if room > best_room:
                 best, best_room = worker, room
         if best is not None:
