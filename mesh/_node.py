@@ -395,8 +395,8 @@ class Node:
     async def _wait_for_worker(
         self, service: str, timeout: float
     ) -> tuple[bytes, dict[bytes, _Link]]:
-        """Wait until a worker for `service` has room: it, and `_ready_workers` then. Raises
-        `NoWorkerError` after `timeout` seconds."""
+        """Wait until a worker for `service` has room; return it, with the ready workers and
+        their links. Raises `NoWorkerError` when `timeout` seconds pass first."""
         with trio.move_on_at(trio.current_time() + timeout):
             while True:
                 await self._capacity_changed.park()

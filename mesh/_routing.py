@@ -60,7 +60,8 @@ class Dispatcher:
         return task_id
 
     def pick(self, candidates: Iterable[bytes]) -> bytes | None:
-        """The worker among `candidates` to send the next task to, or None if all are full."""
+        """The worker among `candidates` (in a stable order, for the round-robin) to send the
+        next task to, or None if all are full."""
         order = list(candidates)
         count = len(order)
         if count == 0:
