@@ -3,13 +3,17 @@ IO, no clock, no randomness; every method takes `now` (seconds, the node's monot
 
 Rules:
 
-* A peer is tracked from its first heartbeat, as ALIVE. Its *phi* at a time `now` is
-  -log10 of the chance that a peer beating as it has so far would still be silent at `now`
-  (phi accrual, Hayashibara et al. 2004, with Akka's logistic approximation of the normal
-  distribution). Intervals between heartbeats are taken to be normal with the mean and deviation
-  of the last `window` intervals, the deviation never below `min_std`, the mean lengthened by
+* A peer is tracked from its first heartbeat, or from its joining (`joined`), as ALIVE. Its *phi* at
+  a time `now` is -log10 of the chance that a peer beating as it has so far would still be silent at
+  `now` (phi accrual, Hayashibara et al. 2004, with Akka's logistic approximation of the normal
+  distribution). Intervals between heartbeats are taken to be normal with the mean and deviation of
+  the last `window` intervals, the deviation never below `min_std`, the mean lengthened by
   `acceptable_pause`. The window starts with two made-up intervals, `heartbeat_interval` plus and
   minus a quarter of it (as Akka does), so that the first real ones do not decide alone.
+* A peer tracked from its joining has `first_heartbeat_grace` more seconds than that for its
+  first heartbeat (its heartbeats start only once it has wired its own sockets to this node,
+  which a loaded machine can take a while to do), or until it says it has (`wired`), from when
+  its first heartbeat is awaited as usual; the wait is not sampled as an interval.
 * ALIVE -> SUSPECT when phi reaches `phi_suspect`; SUSPECT -> DEAD when it reaches `phi_dead`;
   DEAD -> FORGOTTEN `forget_after` seconds after the death. A heartbeat brings a SUSPECT or DEAD
   peer back to ALIVE.
@@ -74,6 +78,7 @@ class DetectorSettings:
     acceptable_pause: float = 0.0  # added to the mean: pauses of a peer to tolerate
     forget_after: float = 30.0  # from DEAD to FORGOTTEN
     pause_threshold: float = 0.1  # a tick this late means this node itself was stalled
+    first_heartbeat_grace: float = 2.0  # extra time for a peer's first heartbeat after `joined`
 
     def __post_init__(self) -> None:
         for name in (f.name for f in fields(self)):
@@ -82,7 +87,7 @@ class DetectorSettings:
         for name in ("heartbeat_interval", "phi_suspect", "min_std", "pause_threshold"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("acceptable_pause", "forget_after"):
+        for name in ("acceptable_pause", "forget_after", "first_heartbeat_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.phi_dead < self.phi_suspect:
@@ -124,6 +129,7 @@ class _Track:
     total: float
     squares: float
     added: int = 0
+    awaiting_first: bool = False  # tracked from joining: no heartbeat yet
     disconnected: bool = False
     deadline: float | None = None  # when silence changes `state`, once asked
 
@@ -149,31 +155,50 @@ class FailureDetector:
         peer's last transition counts as that time)."""
         track = self._peers.get(peer)
         if track is None:
-            interval = self.settings.heartbeat_interval
-            seed = deque((interval * 0.75, interval * 1.25), maxlen=self.settings.window)
-            self._peers[peer] = _Track(
-                Liveness.ALIVE, now, now, seed, sum(seed), sum(x * x for x in seed)
-            )
+            self._track(peer, now)
             return [Transition(peer, None, Liveness.ALIVE, "heartbeat", None, None)]
         if track.state in _FINAL:
             return []
         now = max(now, track.since)
         alive = track.state is Liveness.ALIVE
         phi = 0.0 if alive else self._phi(track, now)  # for the transition, as it was
-        elapsed = now - track.last_heard
-        mean, std = self._estimate(track)
-        # Below phi_dead (phi grows with y, so compared by y: one heartbeat's cheapest test),
-        # the gap is a sample; a longer one counts as the gap to phi_dead, so that one long
-        # silence does not blunt detection afterwards.
-        if elapsed < mean + self._y[self.settings.phi_dead] * std:
-            self._sample(track, max(elapsed, 0.0))
+        if track.awaiting_first:
+            track.awaiting_first = False  # the wait since joining is no heartbeat interval
         else:
-            self._sample(track, self._crossing(track, self.settings.phi_dead) - track.last_heard)
+            elapsed = now - track.last_heard
+            mean, std = self._estimate(track)
+            # Below phi_dead (phi grows with y, so compared by y: one heartbeat's cheapest
+            # test), the gap is a sample; a longer one counts as the gap to phi_dead, so that
+            # one long silence does not blunt detection afterwards.
+            if elapsed < mean + self._y[self.settings.phi_dead] * std:
+                self._sample(track, max(elapsed, 0.0))
+            else:
+                crossing = self._crossing(track, self.settings.phi_dead)
+                self._sample(track, crossing - track.last_heard)
         heard = track.last_heard
         track.last_heard, track.disconnected, track.deadline = now, False, None
         if alive:
             return []
         return [self._move(peer, track, Liveness.ALIVE, "heartbeat", now, phi, heard)]
+
+    def joined(self, peer: bytes, now: float) -> list[Transition]:
+        """`peer` joined at `now`: track it from then, as ALIVE, with `first_heartbeat_grace`
+        more for its first heartbeat (so a peer that never sends one is still declared dead).
+        A peer already tracked is left as it is."""
+        if peer in self._peers:
+            return []
+        self._track(peer, now).awaiting_first = True
+        return [Transition(peer, None, Liveness.ALIVE, "joined", None, None)]
+
+    def wired(self, peer: bytes, now: float) -> None:
+        """`peer`, tracked from its joining, says at `now` that it has joined this node in turn
+        (the node's READY): its heartbeats start now, so the grace for the first one ends, and
+        it is awaited as a usual one from `now`. Does nothing once a heartbeat has come."""
+        track = self._peers.get(peer)
+        if track is not None and track.awaiting_first:
+            track.awaiting_first = False
+            track.last_heard = max(now, track.last_heard)
+            track.deadline = None
 
     def disconnected(self, peer: bytes, now: float) -> list[Transition]:
         """The connection to `peer` dropped (a socket monitor's DISCONNECTED)."""
@@ -262,6 +287,13 @@ class FailureDetector:
         shown = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
         return f"<FailureDetector peers={shown or 0}>"
 
+    def _track(self, peer: bytes, now: float) -> _Track:
+        interval = self.settings.heartbeat_interval
+        seed = deque((interval * 0.75, interval * 1.25), maxlen=self.settings.window)
+        track = _Track(Liveness.ALIVE, now, now, seed, sum(seed), sum(x * x for x in seed))
+        self._peers[peer] = track
+        return track
+
     def _judge(self, peer: bytes, track: _Track, now: float) -> list[Transition]:
         if now < self._quiet_until:
             return []
@@ -326,7 +358,10 @@ class FailureDetector:
         mean = track.total / count
         variance = max(track.squares / count - mean * mean, 0.0)
         std = max(math.sqrt(variance), self.settings.min_std)
-        return mean + self.settings.acceptable_pause, std
+        mean += self.settings.acceptable_pause
+        if track.awaiting_first:
+            mean += self.settings.first_heartbeat_grace
+        return mean, std
 
     def _phi(self, track: _Track, now: float) -> float:
         mean, std = self._estimate(track)

@@ -939,11 +939,13 @@ class Node:
                     self._reclaim(transition.peer)
 
     def _reclaim(self, worker: bytes) -> None:
-        """A worker died: what it held unacked, and what still waits in its outbox, goes to
-        other workers (if it comes back and acks some of them too, at-least-once allows it)."""
+        """A worker died: what it held unacked, and the tasks still waiting in its outbox, go to
+        other workers (if it comes back and acks some of them too, at-least-once allows it).
+        The rest of its outbox stays: a death can be wrong (the peer may be only slow, as when
+        a loaded mesh forms), and a WELCOME or READY dropped here would not be sent again."""
         link = self._link_of(worker)
         if link is not None:
-            link.outbox.discard()
+            link.outbox.discard(_is_task)
         self._redeliver(self._dispatcher.forget_worker(worker), "worker dead")
 
     async def _drain_subscription_notices(self) -> None:
@@ -1178,6 +1180,9 @@ class Node:
         if envelope.sender in self._peers:
             self._ready_peers.add(envelope.sender)
             self._peers_changed.unpark_all()
+            # Its heartbeats start now: a death from here on is judged as any other.
+            self._detector.wired(envelope.sender, trio.current_time())
+            self._reschedule_judge()
 
     def _on_sync(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
@@ -1236,8 +1241,9 @@ class Node:
                     self._nursery.start_soon(self._greet, record.id)
                     self._nursery.start_soon(self._await_ready, record.id)
                 # Joining is its first sign of life: a peer that dies before its first heartbeat
-                # arrives is still judged (and one that never sends any is declared dead).
-                self._detector.heartbeat(record.id, trio.current_time())
+                # arrives is still judged (and one that never sends any is declared dead), with
+                # time for its heartbeats to start (`first_heartbeat_grace`).
+                self._detector.joined(record.id, trio.current_time())
                 self._liveness_changed.unpark_all()
                 logger.info("peer joined: %s at %s", record.name, record.address)
             elif isinstance(event, PeerUpdated):
@@ -1608,6 +1614,10 @@ def _setsockopt(option: int, value: bytes) -> SocketOp:
         sock.setsockopt(option, value)
 
     return op
+
+
+def _is_task(envelope: bytes) -> bool:
+    return _wire.packed_kind(envelope) == Kind.TASK
 
 
 def _check_service(service: str) -> None:

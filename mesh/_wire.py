@@ -151,6 +151,12 @@ def pack(kind: Kind, sender: bytes, seq: int, meta: Sequence[Any] | None, body: 
     return frame
 
 
+def packed_kind(envelope: bytes) -> int:
+    """The kind (its number) of an envelope made by `pack`, read without decoding it: `pack`
+    writes an array of six whose version and kind take one byte each."""
+    return envelope[2]
+
+
 def envelope_head(kind: Kind, sender: bytes, seq: int) -> bytes:
     """The start of `pack(kind, sender, seq, None, body)` for any body: the envelope without its
     body, which the caller appends already packed."""

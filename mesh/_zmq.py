@@ -330,11 +330,18 @@ class Outbox:
         while self._queue:
             await self._room.park()
 
-    def discard(self) -> list[bytes]:
-        """Empty the outbox and return what it held (for the caller to reroute or count)."""
-        dropped = list(self._queue)
-        self._queue.clear()
-        self._next = None
+    def discard(self, which: Callable[[bytes], bool] | None = None) -> list[bytes]:
+        """Take out of the outbox the queued messages `which` picks (all, by default), and
+        return them (for the caller to reroute or count); the others stay, in order."""
+        if which is None:
+            dropped = list(self._queue)
+            self._queue.clear()
+        else:
+            dropped = [message for message in self._queue if which(message)]
+            kept = [message for message in self._queue if not which(message)]
+            self._queue.clear()
+            self._queue.extend(kept)
+        self._next = None  # (a frame made of the queue as it was)
         self._room.unpark_all()
         return dropped
 

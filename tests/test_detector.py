@@ -69,6 +69,7 @@ def test_default_settings() -> None:
     assert (settings.heartbeat_interval, settings.phi_suspect, settings.phi_dead) == (0.2, 8, 16)
     assert (settings.min_std, settings.window, settings.acceptable_pause) == (0.05, 100, 0.0)
     assert (settings.forget_after, settings.pause_threshold) == (30.0, 0.1)
+    assert settings.first_heartbeat_grace == 2.0
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ def test_default_settings() -> None:
         ("acceptable_pause", -0.1),
         ("forget_after", -1.0),
         ("pause_threshold", 0.0),
+        ("first_heartbeat_grace", -0.5),
     ],
 )
 def test_settings_out_of_range(field: str, value: float) -> None:
@@ -115,6 +117,55 @@ def test_first_heartbeat_starts_tracking() -> None:
     assert A in detector
     assert len(detector) == 1
     assert detector.state(A) is ALIVE
+
+
+def test_a_joined_peer_has_the_grace_for_its_first_heartbeat() -> None:
+    detector = FailureDetector()
+    assert detector.joined(A, 3.0) == [Transition(A, None, ALIVE, "joined", None, None)]
+    assert detector.state(A) is ALIVE
+    assert due(detector) == pytest.approx(3.0 + 2.0 + SUSPECT_AFTER, abs=1e-6)
+    assert tick_until(detector, 4.9) == []
+    assert detector.heartbeat(A, 4.9) == []  # no transition: it was never in doubt
+    # From its first heartbeat on it is judged as any peer: the 1.9 s it took is no interval.
+    assert due(detector) == pytest.approx(4.9 + SUSPECT_AFTER, abs=1e-6)
+    last = beat(detector, A, 5.1, 10)
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER, abs=1e-6)
+
+
+def test_a_joined_peer_that_never_beats_is_declared_dead_after_the_grace() -> None:
+    detector = FailureDetector()
+    detector.joined(A, 0.0)
+    suspect_at = due(detector)
+    assert changes(detector.tick(suspect_at)) == [(A, ALIVE, SUSPECT, "phi")]
+    dead_at = due(detector)
+    assert changes(detector.tick(dead_at)) == [(A, SUSPECT, DEAD, "phi")]
+    assert suspect_at == pytest.approx(2.0 + SUSPECT_AFTER, abs=1e-6)
+    assert dead_at == pytest.approx(2.0 + DEAD_AFTER, abs=1e-6)
+    assert changes(detector.heartbeat(A, 3.0)) == [(A, DEAD, ALIVE, "heartbeat")]
+
+
+def test_a_peer_wired_ends_the_grace() -> None:
+    detector = FailureDetector()
+    detector.joined(A, 1.0)
+    detector.wired(A, 1.3)  # it joined this node in turn: its heartbeats start now
+    assert due(detector) == pytest.approx(1.3 + SUSPECT_AFTER, abs=1e-6)
+    assert changes(detector.disconnected(A, 1.4)) == [(A, ALIVE, SUSPECT, "disconnect")]
+    dead_at = due(detector)  # killed: dead when it would have become suspect
+    assert dead_at == pytest.approx(1.3 + SUSPECT_AFTER, abs=1e-6)
+    assert changes(detector.tick(dead_at)) == [(A, SUSPECT, DEAD, "disconnect")]
+    # Once heartbeats come, `wired` changes nothing.
+    last = beat(detector, B, 0.0, 3)
+    detector.wired(B, last + 0.1)
+    assert detector.deadline(B) == pytest.approx(last + SUSPECT_AFTER, abs=1e-6)
+
+
+def test_joining_again_changes_nothing_for_a_tracked_peer() -> None:
+    detector = FailureDetector(DetectorSettings(first_heartbeat_grace=0.0))
+    last = beat(detector, A, 0.0, 3)
+    assert detector.joined(A, last + 0.1) == []
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER, abs=1e-6)
+    detector.joined(B, 1.0)  # with no grace, judged as if it had sent a heartbeat on joining
+    assert detector.deadline(B) == pytest.approx(1.0 + SUSPECT_AFTER, abs=1e-6)
 
 
 def test_phi_of_a_regular_peer() -> None:

@@ -45,6 +45,7 @@ from mesh._wire import (
     envelope_head,
     event_frame,
     pack,
+    packed_kind,
     topic_channel,
 )
 
@@ -1718,3 +1719,16 @@ def test_an_envelope_head_and_a_packed_body_make_the_envelope(
     assert envelope_head(kind, SENDER, seq) + msgpack.packb(body) == pack(
         kind, SENDER, seq, None, body
     )
+
+
+@given(
+    kind=st.sampled_from(list(Kind)),
+    seq=st.integers(1, MAX_UINT64),
+    meta=st.one_of(st.none(), st.lists(st.integers(0, MAX_UINT64), max_size=3)),
+    body=VALUES,
+)
+@FUZZ
+def test_the_kind_of_a_packed_envelope_is_read_without_decoding_it(
+    kind: Kind, seq: int, meta: list[int] | None, body: Any
+) -> None:
+    assert packed_kind(pack(kind, SENDER, seq, meta, body)) == kind

@@ -243,6 +243,35 @@ async def test_outbox_send_waits_for_room_and_can_be_cancelled(zsocket: Make) ->
     outbox.socket.close()
 
 
+async def test_outbox_discard_takes_out_only_what_it_is_asked_to(zsocket: Make) -> None:
+    pull = zsocket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = zsocket(zmq.PUSH)
+    push.setsockopt(zmq.IMMEDIATE, 1)
+    outbox = Outbox(AsyncSocket(push), capacity=10)
+    with trio.fail_after(5):
+        for message in (b"task 1", b"ready", b"task 2", b"ack"):
+            assert outbox.send_nowait(message)  # queued: not connected yet
+        assert outbox.discard(lambda message: message.startswith(b"task")) == [
+            b"task 1",
+            b"task 2",
+        ]
+        assert len(outbox) == 2
+        # The rest leaves, in order, once the peer is there.
+        push.connect(f"tcp://127.0.0.1:{port}")
+        receiver = AsyncSocket(pull)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run)
+            received: list[bytes] = []
+            while len(received) < 2:
+                received += await receiver.receive_batch(10)
+            nursery.cancel_scope.cancel()
+        assert received == [b"ready", b"ack"]
+        assert len(outbox) == 0
+        receiver.close()
+    outbox.socket.close()
+
+
 def test_outbox_capacity_must_be_positive(zsocket: Make) -> None:
     with pytest.raises(ValueError, match="capacity"):
         Outbox(AsyncSocket(zsocket(zmq.PUSH)), capacity=0)
