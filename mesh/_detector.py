@@ -99,8 +99,8 @@ class DetectorSettings:
 @dataclass(frozen=True, slots=True)
 class Transition:
     """A peer changed state. `phi` and `last_heard` are the evidence just before the change
-    (None for a peer's first heartbeat, and `old` is None then too). Reasons: "heartbeat",
-    "phi", "disconnect", "goodbye", "forgotten"."""
+    (None for a peer's first heartbeat or its joining, and `old` is None then too). Reasons:
+    "heartbeat", "joined", "phi", "disconnect", "goodbye", "forgotten"."""
 
     peer: bytes
     old: Liveness | None
