@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from mesh._bench._common import Pool, percentile, receive, summary
 from mesh._bench._scale import _cpu_seconds
@@ -143,7 +144,6 @@ def test_scale_short_run() -> None:
 
 @pytest.mark.skipif(not SCHEDSTAT, reason="the kernel has no schedstat")
 def test_cpu_time_is_read_in_nanoseconds_per_thread() -> None:
-    zmq = pytest.importorskip("zmq")
     context = zmq.Context()
     context.socket(zmq.PUB).close()  # ZeroMQ's threads exist from the first socket
     try:
