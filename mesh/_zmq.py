@@ -333,14 +333,12 @@ class Outbox:
     def discard(self, which: Callable[[bytes], bool] | None = None) -> list[bytes]:
         """Take out of the outbox the queued messages `which` picks (all, by default), and
         return them (for the caller to reroute or count); the others stay, in order."""
-        if which is None:
-            dropped = list(self._queue)
-            self._queue.clear()
-        else:
-            dropped = [message for message in self._queue if which(message)]
-            kept = [message for message in self._queue if not which(message)]
-            self._queue.clear()
-            self._queue.extend(kept)
+        dropped: list[bytes] = []
+        kept: list[bytes] = []
+        for message in self._queue:
+            (dropped if which is None or which(message) else kept).append(message)
+        self._queue.clear()
+        self._queue.extend(kept)
         self._next = None  # (a frame made of the queue as it was)
         self._room.unpark_all()
         return dropped
