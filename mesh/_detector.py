@@ -23,10 +23,18 @@ Rules:
 * A goodbye makes a peer LEFT. LEFT and FORGOTTEN are final: heartbeats and hints for that id are
   ignored until the caller `remove`s it, after which a heartbeat tracks it afresh. A restarted
   process is a new node with a new id, so a final id only hears stragglers.
-* This node's own stalls are not held against its peers. `tick` is told how late it runs; a tick
-  more than `pause_threshold` late means this node was stalled (a GC pause, a starved CPU) and the
-  heartbeats sent meanwhile may still be queued, unread. So nothing changes for silence until
-  `heartbeat_interval` after that tick, time enough to take them in.
+* This node's own stalls are not held against its peers. The caller says how late its timers run
+  (`tick`'s `lateness`, and `lagged` for its other timers): a timer that ran L late means this
+  node stood still for the L before it ran (a GC pause, a starved CPU). Two things follow:
+  - a tick more than `pause_threshold` late: the heartbeats sent meanwhile may still be queued,
+    unread, so nothing changes for silence until `heartbeat_interval` after it, time enough to
+    take them in;
+  - a node that stands still is likely short of what its peers are short of too (the same
+    machine's CPU, the same network), so every peer gets as much more time before silence
+    changes its state as this node stood still in the last `stall_memory` seconds: the stalls
+    over `stall_threshold` reported in that time, each counted once where two timers saw the
+    same one. This is Lifeguard's argument (Dadgar et al. 2018): a node that sees itself slow
+    trusts its own verdicts less. A node whose timers run on time is never affected.
 * An interval longer than phi takes to reach `phi_dead` is sampled as that long: a death and
   revival, or a stall of ours, shows that the peer can be that late, not how late, and one long
   gap must not blunt detection for the next `window` heartbeats.
@@ -77,7 +85,9 @@ class DetectorSettings:
     window: int = 100  # intervals kept per peer
     acceptable_pause: float = 0.0  # added to the mean: pauses of a peer to tolerate
     forget_after: float = 30.0  # from DEAD to FORGOTTEN
-    pause_threshold: float = 0.1  # a tick this late means this node itself was stalled
+    pause_threshold: float = 0.1  # a tick this late: no verdict for an interval
+    stall_threshold: float = 0.02  # a timer later than this: this node stood still
+    stall_memory: float = 2.0  # peers get the time this node stood still in this long more
     first_heartbeat_grace: float = 2.0  # extra time for a peer's first heartbeat after `joined`
 
     def __post_init__(self) -> None:
@@ -87,7 +97,13 @@ class DetectorSettings:
         for name in ("heartbeat_interval", "phi_suspect", "min_std", "pause_threshold"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("acceptable_pause", "forget_after", "first_heartbeat_grace"):
+        for name in (
+            "acceptable_pause",
+            "forget_after",
+            "first_heartbeat_grace",
+            "stall_threshold",
+            "stall_memory",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.phi_dead < self.phi_suspect:
@@ -146,6 +162,10 @@ class FailureDetector:
         self.settings = settings if settings is not None else DetectorSettings()
         self._peers: dict[bytes, _Track] = {}
         self._quiet_until = -math.inf  # no verdict for silence before this (our own stall)
+        # Our stalls still remembered, oldest first, as (remembered until, the time it added to
+        # what we stood still: its length less what an earlier report already counted).
+        self._stalls: deque[tuple[float, float]] = deque()
+        self._still_until = -math.inf  # the end of the last stall counted
         self._y = {
             phi: _inverse(phi) for phi in (self.settings.phi_suspect, self.settings.phi_dead)
         }
@@ -225,14 +245,32 @@ class FailureDetector:
 
         `lateness` is how much later than planned this tick runs: `now` minus the time the
         caller meant to tick at. Over `pause_threshold`, this node was stalled: nothing changes
-        for silence until `heartbeat_interval` from `now`, so that queued heartbeats come first.
+        for silence until `heartbeat_interval` from `now`, so that queued heartbeats come first,
+        and the time it stood still counts for `stall_memory` seconds (as `lagged`).
         """
         if lateness > self.settings.pause_threshold:
             self._quiet_until = max(self._quiet_until, now + self.settings.heartbeat_interval)
+        self.lagged(now, lateness)
         moved = []
         for peer, track in self._peers.items():
             moved.extend(self._judge(peer, track, now))
         return moved
+
+    def lagged(self, now: float, lateness: float) -> None:
+        """One of this node's timers ran `lateness` seconds later than planned, at `now` (a tick
+        says so itself): this node stood still from `now - lateness` to `now`. Over
+        `stall_threshold`, that time (less any part of it already reported) is added to every
+        peer's allowance for `stall_memory` seconds. Times must not go back."""
+        stalls = self._stalls
+        while stalls and stalls[0][0] <= now:  # forgotten
+            stalls.popleft()
+        if lateness <= self.settings.stall_threshold or now <= self._still_until:
+            return
+        added = min(lateness, now - self._still_until)
+        self._still_until = now
+        stalls.append((now + self.settings.stall_memory, added))
+        for track in self._peers.values():
+            track.deadline = None  # every deadline moves
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` can change a state without new input, or None."""
@@ -331,10 +369,36 @@ class FailureDetector:
         if track.state is Liveness.DEAD:
             return track.since + self.settings.forget_after
         if track.state is Liveness.ALIVE:
-            return self._crossing(track, self.settings.phi_suspect)
-        if track.state is Liveness.SUSPECT:
-            return self._crossing(track, self._phi_dead(track))
-        return math.inf
+            threshold = self.settings.phi_suspect
+        elif track.state is Liveness.SUSPECT:
+            threshold = self._phi_dead(track)
+        else:
+            return math.inf
+        crossing = self._crossing(track, threshold)
+        # The first time t >= crossing + (the time stood still remembered at t), stall by stall:
+        # until a stall is forgotten, it and every later one count.
+        remembered = sum(added for _, added in self._stalls)
+        start = -math.inf
+        for until, added in self._stalls:
+            deadline = max(start, crossing + remembered)
+            if deadline < until:
+                return self._nudged(track, threshold, deadline)
+            start = until
+            remembered -= added
+        return max(start, crossing)
+
+    def _nudged(self, track: _Track, threshold: float, deadline: float) -> float:
+        """`deadline`, or the first float after it at which `_phi` reaches `threshold` (the
+        slack taken off and added back may have missed by a rounding)."""
+        step = max(math.ulp(deadline), 1e-12)
+        while self._phi(track, deadline) < threshold:
+            deadline += step
+            step *= 2
+        return deadline
+
+    def _slack(self, now: float) -> float:
+        """How much more time peers get at `now` for this node's own stalls."""
+        return sum(added for until, added in self._stalls if now < until)
 
     def _phi_dead(self, track: _Track) -> float:
         return self.settings.phi_suspect if track.disconnected else self.settings.phi_dead
@@ -365,10 +429,11 @@ class FailureDetector:
 
     def _phi(self, track: _Track, now: float) -> float:
         mean, std = self._estimate(track)
-        return _phi(now - track.last_heard, mean, std)
+        return _phi(now - track.last_heard - self._slack(now), mean, std)
 
     def _crossing(self, track: _Track, threshold: float) -> float:
-        """The first time at which phi reaches `threshold` (from the inverse, then checked)."""
+        """The first time at which phi reaches `threshold` with no stall of ours remembered
+        (from the inverse, then checked)."""
         mean, std = self._estimate(track)
         last_heard = track.last_heard
         deadline = last_heard + mean + self._y[threshold] * std

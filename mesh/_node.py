@@ -724,7 +724,12 @@ class Node:
         copy = 0
         number = load = 0
         targets: list[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]] = []
+        wake = beat_at
         while True:
+            now = trio.current_time()
+            # How late this loop woke: a node starved of CPU is told so every beat, and gives its
+            # peers as much more time (they are likely starved too: `FailureDetector.lagged`).
+            self._detector.lagged(now, now - wake)
             self._take_heartbeats()
             now = trio.current_time()
             if copy == 0:

@@ -69,7 +69,8 @@ def test_default_settings() -> None:
     assert (settings.heartbeat_interval, settings.phi_suspect, settings.phi_dead) == (0.2, 8, 16)
     assert (settings.min_std, settings.window, settings.acceptable_pause) == (0.05, 100, 0.0)
     assert (settings.forget_after, settings.pause_threshold) == (30.0, 0.1)
-    assert settings.first_heartbeat_grace == 2.0
+    assert (settings.first_heartbeat_grace, settings.stall_memory) == (2.0, 2.0)
+    assert settings.stall_threshold == 0.02
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,9 @@ def test_default_settings() -> None:
         ("forget_after", -1.0),
         ("pause_threshold", 0.0),
         ("first_heartbeat_grace", -0.5),
+        ("stall_threshold", -0.01),
+        ("stall_memory", -0.1),
+        ("stall_memory", math.inf),
     ],
 )
 def test_settings_out_of_range(field: str, value: float) -> None:
@@ -495,8 +499,10 @@ def test_a_pause_of_our_own_accuses_nobody(heartbeats_first: bool) -> None:
     moved = run(detector, [(12.0 + i * 0.2, A) for i in range(1, 50)])
     assert [(t.peer, t.new) for t in moved] == [(B, SUSPECT), (B, DEAD)]
     # B's queued beats gave it intervals of 0.556 s (its 2 s, as long as it takes to die), 0 and
-    # 0: a wider spread, so it dies 0.641 s after them rather than 0.556 s.
-    assert detector.snapshot(22.0)[B].since == pytest.approx(12.6409, abs=1e-4)
+    # 0: a wider spread, so it would die 0.641 s after them rather than 0.556 s. But the stall
+    # is remembered for 2 s (`stall_memory`), and until then every peer has 1.74 s more: B dies
+    # as the stall is forgotten.
+    assert detector.snapshot(22.0)[B].since == 14.0
 
 
 def test_lateness_up_to_the_threshold_is_no_pause() -> None:
@@ -516,8 +522,79 @@ def test_a_disconnect_during_the_grace_suspects_but_does_not_kill() -> None:
     detector.heartbeat(A, 0.0)
     detector.tick(1.0, lateness=0.9)
     assert changes(detector.disconnected(A, 1.0)) == [(A, ALIVE, SUSPECT, "disconnect")]
-    assert detector.next_deadline() == 1.2
-    assert changes(detector.tick(1.2)) == [(A, SUSPECT, DEAD, "disconnect")]
+    # Disconnected, it dies when phi reaches phi_suspect, with 0.9 s more for our stall: past
+    # the grace (1.2).
+    assert detector.next_deadline() == pytest.approx(SUSPECT_AFTER + 0.9)
+    assert changes(detector.tick(due(detector))) == [(A, SUSPECT, DEAD, "disconnect")]
+
+
+def test_a_stall_of_ours_gives_every_peer_as_much_more_for_a_while() -> None:
+    detector = FailureDetector()
+    last = beat(detector, A, 0.0, 6)  # 1.0
+    detector.lagged(1.1, 0.3)  # not a tick: a timer of the node's, say its heartbeat loop's
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER + 0.3)
+    assert detector.tick(due(detector) - HAIR) == []
+    assert changes(detector.tick(due(detector))) == [(A, ALIVE, SUSPECT, "phi")]
+    assert due(detector) == pytest.approx(last + DEAD_AFTER + 0.3)
+    assert changes(detector.tick(due(detector))) == [(A, SUSPECT, DEAD, "phi")]
+
+
+def test_lateness_up_to_the_stall_threshold_gives_peers_nothing() -> None:
+    for lateness, more in ((0.02, 0.0), (0.03, 0.03)):
+        detector = FailureDetector()
+        last = beat(detector, A, 0.0, 6)
+        detector.lagged(1.1, lateness)
+        assert due(detector) == pytest.approx(last + SUSPECT_AFTER + more)
+
+
+def test_a_stall_remembered_for_no_time_changes_nothing() -> None:
+    detector = FailureDetector(DetectorSettings(stall_memory=0.0))
+    last = beat(detector, A, 0.0, 6)
+    detector.lagged(1.1, 0.3)
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER)
+
+
+def test_a_stall_is_forgotten_after_stall_memory() -> None:
+    detector = FailureDetector(DetectorSettings(stall_memory=1.0))
+    last = beat(detector, A, 0.0, 6)  # 1.0: SUSPECT at 1.46, DEAD at 1.56 without a stall
+    detector.lagged(1.0, 0.9)  # 0.9 s more until 2.0: later than the stall is remembered
+    assert due(detector) == 2.0
+    assert detector.tick(2.0 - HAIR) == []
+    assert changes(detector.tick(2.0)) == [(A, ALIVE, SUSPECT, "phi"), (A, SUSPECT, DEAD, "phi")]
+    assert detector.snapshot(2.0)[A].last_heard == last
+
+
+def test_stalls_add_up_and_each_is_counted_once() -> None:
+    detector = FailureDetector(DetectorSettings(stall_memory=1.0))
+    last = beat(detector, A, 0.0, 9)  # 1.6: SUSPECT at 2.06 without a stall
+    detector.lagged(1.0, 0.5)  # still from 0.5 to 1.0, remembered until 2.0
+    detector.tick(1.0, lateness=0.4)  # the same stall, seen by another timer: adds nothing
+    detector.lagged(1.5, 0.2)  # still from 1.3 to 1.5, until 2.5
+    detector.lagged(1.6, 0.3)  # from 1.3 to 1.6: adds only 1.5 to 1.6, until 2.6
+    # Not due before 2.0 (2.06 + 0.8 is past it), then 0.3 s more until 2.5.
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER + 0.3)
+    assert changes(detector.tick(due(detector))) == [(A, ALIVE, SUSPECT, "phi")]
+    assert due(detector) == pytest.approx(last + DEAD_AFTER + 0.3)
+    assert changes(detector.tick(due(detector))) == [(A, SUSPECT, DEAD, "phi")]
+
+
+def test_a_deadline_waits_for_the_stall_that_covers_it_to_be_forgotten() -> None:
+    detector = FailureDetector(DetectorSettings(stall_memory=1.0))
+    beat(detector, A, 0.0, 9)  # 1.6: SUSPECT at 2.06 and DEAD at 2.16 without a stall
+    detector.lagged(1.0, 0.5)  # 0.5 s more until 2.0
+    detector.lagged(1.6, 0.6)  # 0.6 s more (1.0 to 1.6) until 2.6, so 1.1 s more until 2.0
+    # SUSPECT at 2.06 + 0.6 while the second stall is remembered: past 2.6. So both verdicts
+    # come as it is forgotten.
+    assert due(detector) == 2.6
+    assert detector.tick(2.6 - HAIR) == []
+    assert changes(detector.tick(2.6)) == [(A, ALIVE, SUSPECT, "phi"), (A, SUSPECT, DEAD, "phi")]
+
+
+def test_a_late_tick_is_remembered_as_a_stall() -> None:
+    detector = FailureDetector()
+    last = beat(detector, A, 0.0, 6)  # 1.0: SUSPECT at 1.46 without a stall
+    assert detector.tick(1.2, lateness=0.3) == []  # planned at 0.9: the grace holds until 1.4
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER + 0.3)  # past the grace
 
 
 # Views

@@ -10,14 +10,17 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 import mesh
 from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
+from mesh._wire import Kind
 
 # Quick to forget, so that a test sees the whole life of a dead peer.
 SETTINGS = mesh.Settings(detector=DetectorSettings(forget_after=0.5))
@@ -390,3 +393,49 @@ async def test_no_false_deaths_with_both_cores_saturated() -> None:
             for burner in burners:
                 burner.kill()
                 burner.wait()
+
+
+def stall(seconds: float) -> None:
+    """Hold this thread, and with it the trio loop of every node in this process, for `seconds`:
+    the fault injected, as when a process is starved of CPU (not a way to wait for anything)."""
+    time.sleep(seconds)
+
+
+async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
+    """a's loop stalls for 0.45 s just as b falls silent. b's silence crosses the death
+    threshold (0.556 s after its last beat) after a's loop runs again, on time, so the stall's
+    grace for late ticks does not cover it; but a's heartbeat loop woke at least 0.25 s late,
+    and for 2 s after that a gives every peer as much more (`stall_memory`: a node starved of
+    CPU is likely on a machine whose other processes are starved too). So b is not dead 0.75 s
+    after its last beat; with the stall not remembered it was dead at 0.556 s."""
+    # Four intervals per peer, so that the second of steady beats below is all a knows of b's
+    # (a peer's first intervals can be uneven, and its deviation then lets it live longer).
+    settings = mesh.Settings(detector=DetectorSettings(window=4))
+    with trio.fail_after(15):
+        async with (
+            open_node("a", settings=settings) as a,
+            open_node("b", seeds=[a.address], settings=settings) as b,
+        ):
+            await a.wait_for_peers(1, timeout=10)
+            await b.wait_for_peers(1, timeout=10)
+            await trio.sleep(1.0)  # steady beats: b's intervals are learnt
+            send_datagrams, publish = b._send_datagrams, b._publish_nowait
+            last_beat: list[float] = []
+            silent = trio.Event()
+
+            def publish_no_heartbeat(channel: Any, kind: Any, *args: Any) -> None:
+                if kind is not Kind.HEARTBEAT:
+                    publish(channel, kind, *args)
+
+            def send_then_fall_silent(*args: Any) -> None:
+                send_datagrams(*args)  # b's last beat
+                last_beat.append(trio.current_time())
+                b._send_datagrams = lambda *args: None  # type: ignore[method-assign]
+                b._publish_nowait = publish_no_heartbeat  # type: ignore[method-assign]
+                stall(0.45)
+                silent.set()
+
+            b._send_datagrams = send_then_fall_silent  # type: ignore[method-assign]
+            await silent.wait()
+            await trio.sleep_until(last_beat[0] + 0.75)
+            assert a.peers[b.id].state is not PeerState.DEAD  # silent all along: never revived
