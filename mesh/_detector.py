@@ -162,10 +162,10 @@ class FailureDetector:
         self.settings = settings if settings is not None else DetectorSettings()
         self._peers: dict[bytes, _Track] = {}
         self._quiet_until = -math.inf  # no verdict for silence before this (our own stall)
-        # Our stalls still remembered, oldest first, as (remembered until, the time it added to
-        # what we stood still: its length less what an earlier report already counted).
+        # The stretches this node stood still, still remembered: (start, end), apart and in
+        # order (stretches that overlap are merged), each remembered until `stall_memory` after
+        # its end.
         self._stalls: deque[tuple[float, float]] = deque()
-        self._still_until = -math.inf  # the end of the last stall counted
         self._y = {
             phi: _inverse(phi) for phi in (self.settings.phi_suspect, self.settings.phi_dead)
         }
@@ -259,16 +259,19 @@ class FailureDetector:
     def lagged(self, now: float, lateness: float) -> None:
         """One of this node's timers ran `lateness` seconds later than planned, at `now` (a tick
         says so itself): this node stood still from `now - lateness` to `now`. Over
-        `stall_threshold`, that time (less any part of it already reported) is added to every
-        peer's allowance for `stall_memory` seconds. Times must not go back."""
+        `stall_threshold`, that stretch counts in every peer's allowance until `stall_memory`
+        after it (merged with any it overlaps: two timers late together count once). `now`
+        must not go back."""
         stalls = self._stalls
-        while stalls and stalls[0][0] <= now:  # forgotten
+        memory = self.settings.stall_memory
+        while stalls and stalls[0][1] + memory <= now:  # forgotten
             stalls.popleft()
-        if lateness <= self.settings.stall_threshold or now <= self._still_until:
+        if lateness <= self.settings.stall_threshold:
             return
-        added = min(lateness, now - self._still_until)
-        self._still_until = now
-        stalls.append((now + self.settings.stall_memory, added))
+        start = now - lateness
+        while stalls and stalls[-1][1] >= start:  # overlaps this one (whose end is the latest)
+            start = min(start, stalls.pop()[0])
+        stalls.append((start, now))
         for track in self._peers.values():
             track.deadline = None  # every deadline moves
 
@@ -377,15 +380,16 @@ class FailureDetector:
         crossing = self._crossing(track, threshold)
         # The first time t >= crossing + (the time stood still remembered at t), stall by stall:
         # until a stall is forgotten, it and every later one count.
-        remembered = sum(added for _, added in self._stalls)
-        start = -math.inf
-        for until, added in self._stalls:
-            deadline = max(start, crossing + remembered)
-            if deadline < until:
+        memory = self.settings.stall_memory
+        remembered = sum(end - start for start, end in self._stalls)
+        since = -math.inf
+        for start, end in self._stalls:
+            deadline = max(since, crossing + remembered)
+            if deadline < end + memory:
                 return self._nudged(track, threshold, deadline)
-            start = until
-            remembered -= added
-        return max(start, crossing)
+            since = end + memory
+            remembered -= end - start
+        return max(since, crossing)
 
     def _nudged(self, track: _Track, threshold: float, deadline: float) -> float:
         """`deadline`, or the first float after it at which `_phi` reaches `threshold` (the
@@ -398,7 +402,8 @@ class FailureDetector:
 
     def _slack(self, now: float) -> float:
         """How much more time peers get at `now` for this node's own stalls."""
-        return sum(added for until, added in self._stalls if now < until)
+        memory = self.settings.stall_memory
+        return sum(end - start for start, end in self._stalls if now < end + memory)
 
     def _phi_dead(self, track: _Track) -> float:
         return self.settings.phi_suspect if track.disconnected else self.settings.phi_dead

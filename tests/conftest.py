@@ -20,7 +20,7 @@ def zmq_threads() -> int:
             with open(f"/proc/self/task/{task}/comm") as comm:
                 if comm.read().startswith("ZMQbg"):
                     count += 1
-        except FileNotFoundError:  # the thread ended while we looked
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended while we looked
             pass
     return count
 

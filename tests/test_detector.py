@@ -569,13 +569,23 @@ def test_stalls_add_up_and_each_is_counted_once() -> None:
     last = beat(detector, A, 0.0, 9)  # 1.6: SUSPECT at 2.06 without a stall
     detector.lagged(1.0, 0.5)  # still from 0.5 to 1.0, remembered until 2.0
     detector.tick(1.0, lateness=0.4)  # the same stall, seen by another timer: adds nothing
-    detector.lagged(1.5, 0.2)  # still from 1.3 to 1.5, until 2.5
-    detector.lagged(1.6, 0.3)  # from 1.3 to 1.6: adds only 1.5 to 1.6, until 2.6
-    # Not due before 2.0 (2.06 + 0.8 is past it), then 0.3 s more until 2.5.
+    detector.lagged(1.5, 0.2)  # still from 1.3 to 1.5
+    detector.lagged(1.6, 0.3)  # from 1.3 to 1.6: one stretch with the last, until 2.6
+    # Not due before 2.0 (2.06 + 0.8 is past it), then 0.3 s more until 2.6.
     assert due(detector) == pytest.approx(last + SUSPECT_AFTER + 0.3)
     assert changes(detector.tick(due(detector))) == [(A, ALIVE, SUSPECT, "phi")]
     assert due(detector) == pytest.approx(last + DEAD_AFTER + 0.3)
     assert changes(detector.tick(due(detector))) == [(A, SUSPECT, DEAD, "phi")]
+
+
+def test_a_stall_seen_late_by_one_timer_counts_whole_after_another_saw_its_end() -> None:
+    # The judge ticks 30 ms late, then the heartbeat loop, overdue since before, wakes 0.3 s
+    # late: one stretch of 0.3 s, not 0.03 s and what is left after it.
+    detector = FailureDetector()
+    last = beat(detector, A, 0.0, 6)
+    detector.tick(1.1, lateness=0.03)
+    detector.lagged(1.101, 0.3)
+    assert due(detector) == pytest.approx(last + SUSPECT_AFTER + 0.3)
 
 
 def test_a_deadline_waits_for_the_stall_that_covers_it_to_be_forgotten() -> None:

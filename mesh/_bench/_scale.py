@@ -126,7 +126,9 @@ def _cpu_seconds(pid: int, thread_prefix: str | None = None) -> float:
                     if not comm.read().startswith(thread_prefix):
                         continue
             total += _thread_seconds(task)
-        except FileNotFoundError:  # the thread ended meanwhile
+        # The thread ended meanwhile: gone from the listing, or still listed but unreadable
+        # (ESRCH, ProcessLookupError).
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return total
 
