@@ -20,6 +20,9 @@ Rules (docs/protocol.md §11):
   the peer taken out.
 * `d` (int >= 1, datagrams only): the datagram's number on the path from its sender to its
   addressee, one more for every copy sent there. A gap in these numbers is datagrams lost.
+* `rec` (8 bytes): the digest of the sender's current record (`record_digest`). A node that
+  holds a record of the sender with another digest for `RECORD_DIFFERS_FOR` seconds asks for
+  the record again (`PeerBeats.record_differs`): an UPDATE that went missing is repaired.
 * `want` (int 1 to `COPIES`, datagrams only): how many copies of each beat the sender asks of
   the addressee. A node asks for `COPIES` while it has lost any of that peer's datagrams in the
   last `LOSSY_FOR` seconds, else for one. A peer that has never asked (or asked out of range)
@@ -35,11 +38,14 @@ Rules (docs/protocol.md §11):
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 import msgpack
+
+from discovery import PeerRecord
 
 #: Echoes of beats sent longer ago than this are not round trip samples (seconds).
 ECHO_MAX_AGE: Final = 10.0
@@ -49,6 +55,12 @@ RTT_GAIN: Final = 1 / 8
 COPIES: Final = 3
 #: A node asks a peer for all the copies while it has lost one of its datagrams this recently.
 LOSSY_FOR: Final = 60.0
+#: Bytes of a record's digest (`rec`).
+RECORD_DIGEST_SIZE: Final = 8
+#: A peer's beats may tell of a record this node does not hold yet for this long (its UPDATE is
+#: on its way: datagrams overtake it) before this node asks for the record again; and no more
+#: often than that while they still differ.
+RECORD_DIFFERS_FOR: Final = 1.0
 
 
 class Beat(NamedTuple):
@@ -63,6 +75,7 @@ class Beat(NamedTuple):
     echo: tuple[float, float] | None = None  # (the addressee's `t`, seconds held)
     datagram: int | None = None  # `d`
     want: int | None = None
+    record: bytes | None = None  # `rec`: the digest of the sender's record
 
 
 # Beat(*fields) goes through the named tuple's Python-level __new__; this does not.
@@ -82,6 +95,7 @@ def read_beat(body: Any) -> Beat | None:
     echo = body.get("echo")
     datagram = body.get("d")
     want = body.get("want")
+    record = body.get("rec")
     if (
         type(echo) is list
         and len(echo) == 2
@@ -102,6 +116,7 @@ def read_beat(body: Any) -> Beat | None:
             echoed,
             datagram if type(datagram) is int and datagram > 0 else None,
             want if type(want) is int and 1 <= want <= COPIES else None,
+            record if type(record) is bytes and len(record) == RECORD_DIGEST_SIZE else None,
         )
     )
 
@@ -115,11 +130,14 @@ def beat_body(
     echo: tuple[float, float] | None = None,
     datagram: int | None = None,
     want: int | None = None,
+    record: bytes | None = None,
 ) -> dict[str, Any]:
     """The body of a heartbeat (the map `read_beat` reads)."""
     body: dict[str, Any] = {"n": number, "t": sent, "load": load}
     if credit is not None:
         body["credit"] = credit
+    if record is not None:
+        body["rec"] = record
     if echo is not None:
         body["echo"] = list(echo)
     if datagram is not None:
@@ -132,18 +150,27 @@ def beat_body(
 class BeatDatagrams:
     """The datagrams of one copy of one beat, packed as `pack(Kind.HEARTBEAT, sender, number,
     None, beat_body(...))` packs them, byte for byte, but with the part every peer gets (the
-    envelope's head, `n`, `t`, `load`, `credit`) packed once: `for_peer` adds only the fields
+    envelope's head, `n`, `t`, `load`, `credit`, `rec`) packed once: `for_peer` adds only the fields
     each peer gets its own of (`echo`, `d`, `want`). A node sends one datagram to each of its
     peers every beat; packing each whole was most of the cost of sending them."""
 
     __slots__ = ("_common", "_fields", "_head")
 
     def __init__(
-        self, envelope_head: bytes, number: int, *, sent: float, load: int, credit: int | None
+        self,
+        envelope_head: bytes,
+        number: int,
+        *,
+        sent: float,
+        load: int,
+        credit: int | None,
+        record: bytes | None = None,
     ) -> None:
         common: list[Any] = ["n", number, "t", sent, "load", load]
         if credit is not None:
             common += ["credit", credit]
+        if record is not None:
+            common += ["rec", record]
         self._head = envelope_head  # the envelope up to its body (`_wire.envelope_head`)
         self._fields = len(common) // 2
         self._common = _in_a_row(common)
@@ -195,6 +222,14 @@ class DatagramLoss:
         return COPIES if now - self.lost_at < LOSSY_FOR else 1
 
 
+def record_digest(record: PeerRecord) -> bytes:
+    """The digest of `record` that heartbeats carry (`rec`, docs/protocol.md §11): BLAKE2b of
+    its wire map (keys in a fixed order, services sorted), cut to `RECORD_DIGEST_SIZE` bytes.
+    Equal records have equal digests, whichever node computes them."""
+    packed = msgpack.packb(record.to_wire(), use_bin_type=True)
+    return hashlib.blake2b(packed, digest_size=RECORD_DIGEST_SIZE).digest()
+
+
 def echo_of(taken: tuple[float, float] | None, now: float) -> tuple[float, float] | None:
     """The `echo` to send to a peer at `now`, from (its `t`, when that beat was taken here)."""
     if taken is None:
@@ -221,7 +256,18 @@ class PeerBeats:
     """One peer's heartbeats as this node takes them, and what this node owes it in its own
     datagrams (an echo, a number, the copies to ask for). Pure: times are the caller's."""
 
-    __slots__ = ("echoed", "heard", "load", "loss", "rtt", "sent", "taken", "wanted")
+    __slots__ = (
+        "differs_since",
+        "echoed",
+        "heard",
+        "held",
+        "load",
+        "loss",
+        "rtt",
+        "sent",
+        "taken",
+        "wanted",
+    )
 
     def __init__(self) -> None:
         self.heard = 0  # the highest beat number taken, by any path
@@ -232,6 +278,25 @@ class PeerBeats:
         self.loss = DatagramLoss()  # its datagrams lost on their way here
         self.wanted = COPIES  # the copies of each beat it asks of this node
         self.sent = 0  # the datagrams sent to it
+        self.held: tuple[PeerRecord, bytes] | None = None  # its record held here, and digest
+        self.differs_since: float | None = None  # since when its beats' `rec` differs
+
+    def record_differs(self, record: PeerRecord, digest: bytes, now: float) -> bool:
+        """A beat at `now` says the peer's record has `digest`; this node holds `record`.
+        True when this node should ask for the record again: the two have differed for
+        `RECORD_DIFFERS_FOR` seconds, and not more often than that while they differ."""
+        held = self.held
+        if held is None or held[0] is not record:
+            held = self.held = (record, record_digest(record))
+        if held[1] == digest:
+            self.differs_since = None
+            return False
+        if self.differs_since is None:
+            self.differs_since = now
+        if now - self.differs_since < RECORD_DIFFERS_FOR:
+            return False
+        self.differs_since = now  # ask again a while later if that does not mend it
+        return True
 
     def datagram(self, beat: Beat, arrival: float) -> None:
         """Take what only datagrams tell (any copy, not only the first): the `t` to echo, the

@@ -63,7 +63,7 @@ from discovery._groups import ungrouped
 from . import _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
-from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat
+from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat, record_digest
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
@@ -187,6 +187,7 @@ class Node:
         except BaseException:
             _close_datagrams(self._datagrams)  # the ZeroMQ sockets go with the context
             raise
+        self._record_digest = record_digest(self._record)  # what heartbeats say of it (`rec`)
         # Which of this node's UDP sockets sends to a given peer host (found once per host).
         self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
 
@@ -737,7 +738,9 @@ class Node:
                 number = self._heartbeat_count
                 load = len(self._held)
                 if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
-                    body = beat_body(number, sent=now, load=load, credit=credit)
+                    body = beat_body(
+                        number, sent=now, load=load, credit=credit, record=self._record_digest
+                    )
                     self._publish_nowait(None, Kind.HEARTBEAT, None, body)
                 # Where this beat's datagrams go: found once a beat (a peer gone meanwhile
                 # costs a datagram nobody reads; one first heard meanwhile waits a beat).
@@ -793,7 +796,9 @@ class Node:
         """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
         of that peer's last beat, the datagram's number and the copies asked of that peer."""
         head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
-        datagrams = BeatDatagrams(head, number, sent=now, load=load, credit=credit)
+        datagrams = BeatDatagrams(
+            head, number, sent=now, load=load, credit=credit, record=self._record_digest
+        )
         for beats, sock, destination, copies in targets:
             if copy >= copies:
                 continue
@@ -893,10 +898,24 @@ class Node:
             return  # a copy that came another way, or later
         if beat.credit is not None:
             self._dispatcher.set_credit(sender, beat.credit)
+        if beat.record is not None:
+            self._check_record(sender, beats, beat.record, arrival)
         transitions = self._detector.heartbeat(sender, arrival)
         if transitions:
             self._apply_liveness(transitions)
             self._liveness_changed.unpark_all()
+
+    def _check_record(self, sender: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
+        """A peer's beat tells the digest of its record: if the record held here has differed
+        from it for a while, an UPDATE went missing (dropped by a full outbox, say), so say
+        HELLO again: its WELCOME brings the record (docs/protocol.md §11)."""
+        peer = self._peers.get(sender)
+        if peer is not None and beats.record_differs(peer.record, digest, now):
+            logger.info(
+                "%s's heartbeats tell of a record this node does not hold; asking for it",
+                peer.record.name,
+            )
+            self._introduce(self._reach(peer.record), again=True)
 
     def _on_inbox_heartbeat(self, envelope: Envelope) -> None:
         self._on_heartbeat(envelope.sender, read_beat(envelope.body))
@@ -1381,6 +1400,7 @@ class Node:
 
     def _set_services(self, services: Iterable[str]) -> None:
         self._record = self._record.with_services(services)
+        self._record_digest = record_digest(self._record)
         body = self._record.to_wire()
         for peer in self._peers:
             self._send_direct(self._reach(peer.record), Kind.UPDATE, None, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -10,10 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from discovery import PeerRecord
 from mesh._heartbeat import (
     COPIES,
     ECHO_MAX_AGE,
     LOSSY_FOR,
+    RECORD_DIFFERS_FOR,
     Beat,
     BeatDatagrams,
     DatagramLoss,
@@ -21,6 +24,7 @@ from mesh._heartbeat import (
     beat_body,
     echo_of,
     read_beat,
+    record_digest,
     round_trip_sample,
     smoothed,
 )
@@ -30,9 +34,12 @@ SENDER = os.urandom(16)
 
 
 def test_a_body_made_here_reads_back() -> None:
-    body = beat_body(7, sent=12.5, load=3, credit=10, echo=(11.0, 0.25), datagram=4, want=1)
+    digest = bytes(range(8))
+    body = beat_body(
+        7, sent=12.5, load=3, credit=10, echo=(11.0, 0.25), datagram=4, want=1, record=digest
+    )
     assert read_beat(msgpack.unpackb(msgpack.packb(body))) == Beat(
-        7, 12.5, 3, 10, (11.0, 0.25), 4, 1
+        7, 12.5, 3, 10, (11.0, 0.25), 4, 1, digest
     )
 
 
@@ -60,6 +67,8 @@ def test_a_body_without_a_valid_number_is_no_beat(body: object) -> None:
         {"d": 0},
         {"want": 0},
         {"want": COPIES + 1},
+        {"rec": bytes(7)},
+        {"rec": "01234567"},
     ],
 )
 def test_a_garbled_optional_field_is_ignored_and_the_beat_stands(extra: dict[str, object]) -> None:
@@ -125,6 +134,7 @@ FLOATS = st.floats(allow_nan=False)
     echo=st.none() | st.tuples(FLOATS, FLOATS),
     datagram=st.integers(1, MAX_UINT64),
     want=st.integers(1, COPIES),
+    record=st.none() | st.binary(min_size=8, max_size=8),
 )
 def test_a_beats_datagrams_are_what_packing_each_whole_makes(
     number: int,
@@ -134,12 +144,25 @@ def test_a_beats_datagrams_are_what_packing_each_whole_makes(
     echo: tuple[float, float] | None,
     datagram: int,
     want: int,
+    record: bytes | None,
 ) -> None:
     datagrams = BeatDatagrams(
-        envelope_head(Kind.HEARTBEAT, SENDER, number), number, sent=sent, load=load, credit=credit
+        envelope_head(Kind.HEARTBEAT, SENDER, number),
+        number,
+        sent=sent,
+        load=load,
+        credit=credit,
+        record=record,
     )
     body = beat_body(
-        number, sent=sent, load=load, credit=credit, echo=echo, datagram=datagram, want=want
+        number,
+        sent=sent,
+        load=load,
+        credit=credit,
+        echo=echo,
+        datagram=datagram,
+        want=want,
+        record=record,
     )
     assert datagrams.for_peer(echo, datagram, want) == pack(
         Kind.HEARTBEAT, SENDER, number, None, body
@@ -187,3 +210,67 @@ def test_what_a_peer_is_owed_comes_from_its_datagrams() -> None:
     assert (number, want) == (3, COPIES)
     beats.datagram(Beat(5), arrival=1.9)  # a peer that asks nothing gets every copy
     assert beats.wanted == COPIES
+
+
+# Record digests
+
+RECORD = PeerRecord(SENDER, "worker", "default", "127.0.0.1", 5000, 5001)
+
+
+def test_a_record_and_its_copy_off_the_wire_have_one_digest() -> None:
+    record = RECORD.with_services(["resize", "crop"])
+    wired = PeerRecord.from_wire(msgpack.unpackb(msgpack.packb(record.to_wire())))
+    assert wired is not record
+    assert record_digest(wired) == record_digest(record)
+    assert len(record_digest(record)) == 8
+    # Sorted on the wire, so the order the services were given in does not count.
+    assert record_digest(RECORD.with_services(["crop", "resize"])) == record_digest(record)
+
+
+def test_a_digest_is_of_the_encoding_protocol_md_gives() -> None:
+    # §11: BLAKE2b-64 of the map id, name, mesh, host, pub, pull, services, v, key.
+    wire = {
+        "id": SENDER,
+        "name": "worker",
+        "mesh": "default",
+        "host": "127.0.0.1",
+        "pub": 5000,
+        "pull": 5001,
+        "services": ["crop", "resize"],
+        "v": 1,
+        "key": None,
+    }
+    packed = msgpack.packb(wire, use_bin_type=True)
+    expected = hashlib.blake2b(packed, digest_size=8).digest()
+    assert record_digest(RECORD.with_services(["resize", "crop"])) == expected
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        RECORD.with_services(["resize"]),
+        PeerRecord(SENDER, "worker", "default", "127.0.0.1", 5000, 5002),
+        PeerRecord(SENDER, "worker", "default", "127.0.0.1", 5000, 5001, extra_hosts=("::1",)),
+    ],
+)
+def test_a_changed_record_has_another_digest(changed: PeerRecord) -> None:
+    assert record_digest(changed) != record_digest(RECORD)
+
+
+def test_a_record_that_differs_for_a_while_is_asked_for_again_once_a_while() -> None:
+    beats = PeerBeats()
+    theirs = record_digest(RECORD.with_services(["resize"]))  # the peer took up a service
+    assert not beats.record_differs(RECORD, record_digest(RECORD), 10.0)
+    # Its UPDATE may be on its way: heartbeats overtake it.
+    assert not beats.record_differs(RECORD, theirs, 10.2)
+    assert not beats.record_differs(RECORD, theirs, 10.2 + RECORD_DIFFERS_FOR - 0.001)
+    assert beats.record_differs(RECORD, theirs, 10.2 + RECORD_DIFFERS_FOR)
+    # Asked: not again until as long again has passed without the record coming.
+    assert not beats.record_differs(RECORD, theirs, 10.4 + RECORD_DIFFERS_FOR)
+    assert beats.record_differs(RECORD, theirs, 10.2 + 2 * RECORD_DIFFERS_FOR)
+    # The record came (a new object, the peer's current one): they agree, and the clock resets.
+    current = RECORD.with_services(["resize"])
+    assert not beats.record_differs(current, theirs, 13.0)
+    assert not beats.record_differs(current, record_digest(RECORD), 13.2)
+    assert not beats.record_differs(current, record_digest(RECORD), 14.1)
+    assert beats.record_differs(current, record_digest(RECORD), 13.2 + RECORD_DIFFERS_FOR)

@@ -254,3 +254,42 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 assert a.peers[b.id].state is mesh.PeerState.ALIVE
     finally:
         raw.close()
+
+
+async def test_a_lost_update_is_mended_from_the_record_digest_in_heartbeats(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # b takes up a service, and its UPDATE to a is lost (dropped here, as an outbox that is full
+    # drops one). Nothing else would tell a: b's heartbeats carry the digest of its record, a's
+    # copy differs, and a second later a says HELLO again, which b answers with its record.
+    caplog.set_level("INFO", logger="mesh")
+    with trio.fail_after(10):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await a.wait_for_peers(1)
+            await b.wait_for_peers(1)
+            send_direct = b._send_direct
+
+            def drop_updates(address: str, kind: Kind, meta: Any, body: Any) -> bool:
+                if kind is Kind.UPDATE:
+                    return False
+                return send_direct(address, kind, meta, body)
+
+            b._send_direct = drop_updates  # type: ignore[method-assign]
+            async with b.work("resize"):
+                await a.wait_for_peers(1, service="resize", timeout=5)
+    assert "b's heartbeats tell of a record this node does not hold" in caplog.text
+
+
+async def test_an_update_on_its_way_is_not_asked_for_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Datagrams overtake the UPDATE; for so short a time that a does not ask.
+    caplog.set_level("INFO", logger="mesh")
+    with trio.fail_after(10):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await a.wait_for_peers(1)
+            await b.wait_for_peers(1)
+            async with b.work("resize"):
+                await a.wait_for_peers(1, service="resize", timeout=5)
+                await trio.sleep(1.5)  # past the time a record may differ before a asks
+    assert "tell of a record" not in caplog.text
