@@ -74,13 +74,13 @@ class DetectorSettings:
     """Thresholds of the failure detector. Times in seconds.
 
     With the defaults a peer beating every 0.2 s that falls silent is SUSPECT 0.46 s and DEAD
-    0.56 s after its last heartbeat (more if its intervals have varied). Raises `ValueError` for
+    0.69 s after its last heartbeat (more if its intervals have varied). Raises `ValueError` for
     a value out of range.
     """
 
     heartbeat_interval: float = 0.2  # what peers send at; the mean assumed before any sample
     phi_suspect: float = 8.0
-    phi_dead: float = 16.0
+    phi_dead: float = 36.0  # three beats lost in a row, not two (docs/decisions.md)
     min_std: float = 0.05  # floor on the deviation: one late beat of a metronome is no death
     window: int = 100  # intervals kept per peer
     acceptable_pause: float = 0.0  # added to the mean: pauses of a peer to tolerate

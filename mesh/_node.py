@@ -1661,8 +1661,8 @@ _GOODBYE_GRACE: Final = 0.02
 # After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
 # Measured at 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so
 # the datagrams carry the beats, and at the default thresholds a peer is declared dead by them
-# only if the eight in a row sent over 0.56 s are all lost (two copies: five, which 20 % loss did
-# now and then).
+# only if the ten or so in a row sent over 0.69 s are all lost (with two copies and a threshold
+# of 0.56 s: five, which 20 % loss did now and then).
 _DATAGRAM_COPIES: Final = 3
 # While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
 # falls back on when they stop reaching it, and third-party tools' only one).

@@ -403,11 +403,11 @@ def stall(seconds: float) -> None:
 
 async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
     """a's loop stalls for 0.45 s just as b falls silent. b's silence crosses the death
-    threshold (0.556 s after its last beat) after a's loop runs again, on time, so the stall's
+    threshold (0.692 s after its last beat) after a's loop runs again, on time, so the stall's
     grace for late ticks does not cover it; but a's heartbeat loop woke at least 0.25 s late,
     and for 2 s after that a gives every peer as much more (`stall_memory`: a node starved of
     CPU is likely on a machine whose other processes are starved too). So b is not dead 0.75 s
-    after its last beat; with the stall not remembered it was dead at 0.556 s."""
+    after its last beat; with the stall not remembered it was dead at 0.692 s."""
     # Four intervals per peer, so that the second of steady beats below is all a knows of b's
     # (a peer's first intervals can be uneven, and its deviation then lets it live longer).
     settings = mesh.Settings(detector=DetectorSettings(window=4))
