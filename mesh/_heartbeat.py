@@ -20,15 +20,15 @@ Rules (docs/protocol.md §11):
   the peer taken out.
 * `d` (int >= 1, datagrams only): the datagram's number on the path from its sender to its
   addressee, one more for every copy sent there. A gap in these numbers is datagrams lost.
-* `rec` (8 bytes): the digest of the sender's current record (`record_digest`). A node that
-  holds a record of the sender with another digest for `RECORD_DIFFERS_FOR` seconds asks for
-  the record again (`PeerBeats.record_differs`): an UPDATE that went missing is repaired.
 * `want` (int 1 to `COPIES`, datagrams only): how many copies of each beat the sender asks of
   the addressee. A node asks for `COPIES` while it has lost any of that peer's datagrams in the
   last `LOSSY_FOR` seconds, else for one. A peer that has never asked (or asked out of range)
   gets `COPIES`. On a clean network that is one datagram a beat instead of three, the largest
   part of the idle cost; under loss the copies come back within a beat or two of the first
   datagram lost (docs/decisions.md has the trade-off).
+* `rec` (8 bytes): the digest of the sender's current record (`record_digest`). A node that
+  holds a record of the sender with another digest for `RECORD_DIFFERS_FOR` seconds asks for
+  the record again (`PeerBeats.record_differs`): an UPDATE that went missing is repaired.
 * Round trips are smoothed as TCP smooths them (RFC 6298): the first sample as it is, then
   `rtt += (sample - rtt) / 8`. An echo of a time that is in this node's future, older than
   `ECHO_MAX_AGE`, or held longer than it has been out, is no sample (a forged or garbled one
