@@ -60,7 +60,7 @@ from discovery import (
 )
 from discovery._groups import ungrouped
 
-from . import _wire
+from . import _peerlog, _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
 from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat, record_digest
@@ -948,6 +948,7 @@ class Node:
     def _apply_liveness(self, transitions: Sequence[Transition]) -> None:
         now = trio.current_time()
         for transition in transitions:
+            self._log_state(transition, now)
             if transition.new is Liveness.FORGOTTEN:
                 peer = self._peers.get(transition.peer)
                 if peer is not None:
@@ -961,6 +962,16 @@ class Node:
                 self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
                 if state is PeerState.DEAD:
                     self._reclaim(transition.peer)
+
+    def _log_state(self, transition: Transition, now: float) -> None:
+        """Log a liveness change of a known peer (INFO, with its evidence)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        peer = self._peers.get(transition.peer)
+        if peer is not None:
+            line = _peerlog.state_changed(peer.record, transition, now)
+            if line is not None:
+                _log_peer(line)
 
     def _reclaim(self, worker: bytes) -> None:
         """A worker died: what it held unacked, and the tasks still waiting in its outbox, go to
@@ -1269,7 +1280,7 @@ class Node:
                 # time for its heartbeats to start (`first_heartbeat_grace`).
                 self._detector.joined(record.id, trio.current_time())
                 self._liveness_changed.unpark_all()
-                logger.info("peer joined: %s at %s", record.name, record.address)
+                _log_peer(_peerlog.joined(record))
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
                 if self._pub_endpoint(old) != self._pub_endpoint(new):
@@ -1295,7 +1306,7 @@ class Node:
                 self._unlink(self._reach(record))
                 self._reach_cache.pop(record.id, None)
                 self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
-                logger.info("peer left: %s %s (%s)", record.name, record.id_hex[:8], event.reason)
+                _log_peer(_peerlog.left(record, event.reason))
         self._capacity_changed.unpark_all()
         self._peers_changed.unpark_all()
 
@@ -1616,6 +1627,10 @@ class Node:
         self._sub.close()
         self._control.close()
         _close_datagrams(self._datagrams)
+
+
+def _log_peer(line: _peerlog.PeerLogLine) -> None:
+    logger.info("%s", line.message, extra=line.fields)
 
 
 def _connect(endpoint: str) -> SocketOp:

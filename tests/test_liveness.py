@@ -4,7 +4,9 @@ revival. (The detector's own rules are tested exactly, with literal times, in te
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 
 import mesh
@@ -114,7 +117,19 @@ async def next_state(changes: mesh.PeerWatch) -> PeerStateChanged | PeerLeft:
     raise AssertionError("the watch ended")
 
 
-async def test_a_killed_node_is_declared_dead_then_forgotten() -> None:
+def peer_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[tuple[str, str, str]]:
+    """The mesh's log lines about the peer `name`: (its state, the reason, the message)."""
+    return [
+        (record.peer_state, record.reason, record.getMessage())
+        for record in caplog.records
+        if record.name == "mesh" and getattr(record, "peer_name", None) == name
+    ]
+
+
+async def test_a_killed_node_is_declared_dead_then_forgotten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh")
     with trio.fail_after(20):
         async with open_node("parent") as parent, child_node(parent) as child:
             async with parent.watch_peers() as changes:
@@ -137,9 +152,25 @@ async def test_a_killed_node_is_declared_dead_then_forgotten() -> None:
             assert change.reason == "dead"
             assert dead_after < 1.0, dead_after  # and dead, its work taken back, under a second
             assert not parent.peers
+    # The operator is told each step, with its evidence.
+    lines = peer_lines(caplog, "child")
+    assert [(state, reason) for state, reason, _ in lines] == [
+        ("alive", "joined"),
+        ("suspect", "disconnect"),
+        ("dead", "disconnect"),
+        ("left", "dead"),
+    ]
+    assert lines[1][2].startswith("child suspect: its connection dropped, no heartbeat for ")
+    assert re.fullmatch(
+        r"child dead: its connection dropped, no heartbeat for [\d.]+ s \(phi [\d.]+\)", lines[2][2]
+    )
+    assert lines[3][2] == "child left: dead too long, forgotten"
 
 
-async def test_a_frozen_node_dies_and_comes_back_when_it_thaws() -> None:
+async def test_a_frozen_node_dies_and_comes_back_when_it_thaws(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh")
     with trio.fail_after(20):
         settings = mesh.Settings(detector=DetectorSettings(forget_after=30))
         async with mesh.open_node("parent", discovery="static", settings=settings) as parent:
@@ -160,6 +191,17 @@ async def test_a_frozen_node_dies_and_comes_back_when_it_thaws() -> None:
                 await parent.push("job", "thawed")
                 await parent.wait_settled()
                 assert parent.statistics().tasks_acked == 1
+    lines = peer_lines(caplog, "child")
+    assert [(state, reason) for state, reason, _ in lines[:4]] == [
+        ("alive", "joined"),
+        ("suspect", "phi"),
+        ("dead", "phi"),
+        ("alive", "heartbeat"),
+    ]
+    assert re.fullmatch(r"child dead: no heartbeat for [\d.]+ s \(phi [\d.]+\)", lines[2][2])
+    assert re.fullmatch(
+        r"child alive again: a heartbeat after [\d.]+ s of silence \(was dead\)", lines[3][2]
+    )
 
 
 async def test_idle_peers_are_never_suspected() -> None:
