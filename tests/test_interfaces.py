@@ -224,7 +224,7 @@ def test_a_device_with_addresses_of_several_prefixes_in_a_namespace(namespace: s
     ip("-n", namespace, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
     for end in ("v0", "v1"):
         ip("-n", namespace, "link", "set", end, "addrgenmode", "none")
-    # The /24 first: with the ioctl a device showed only its first address, and its netmask.
+    # The /24 first: an ioctl per device (SIOCGIFADDR, SIOCGIFNETMASK) sees only the first address.
     ip("-n", namespace, "addr", "add", f"{a24}/24", "dev", "v0")
     ip("-n", namespace, "addr", "add", f"{a16}/16", "dev", "v0")
     ip("-n", namespace, "addr", "add", f"{labelled}/20", "dev", "v0", "label", "v0:1")
