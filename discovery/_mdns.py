@@ -264,7 +264,9 @@ def _confine(zc: Zeroconf, hosts: Sequence[str]) -> None:
     devices = {device_of(host) for host in hosts}
     if len(devices) != 1 or None in devices:
         if len(hosts) == 1:
-            logger.warning("no network device holds %s: mDNS may hear other interfaces", hosts[0])
+            logger.warning(
+                "no single network device holds %s: mDNS may hear other interfaces", hosts[0]
+            )
         return
     (device,) = devices
     assert device is not None
