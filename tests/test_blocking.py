@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -706,3 +710,48 @@ def test_the_threaded_service_example_runs() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
     assert "audit received 20 events" in result.stdout
+    assert "healthz: 200 ok, peers ['audit']" in result.stdout
+    assert "web did 5 of 5 tasks, then drained" in result.stdout
+
+
+def test_the_threaded_service_answers_health_checks_and_drains_on_sigterm() -> None:
+    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    process = subprocess.Popen(
+        [sys.executable, "examples/threaded_service.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()  # None: the end of its output
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        first = lines.get(timeout=WAIT)
+        assert first is not None
+        assert first.startswith("serving http://"), first
+        url = first.split()[1]
+        with urllib.request.urlopen(f"{url}/healthz", timeout=WAIT) as response:
+            assert response.status == 200
+            assert json.load(response) == {"status": "ok", "peers": {}}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+        rest = []
+        while (line := lines.get(timeout=WAIT)) is not None:
+            rest.append(line)
+        assert rest[-2:] == ["shutting down: draining for up to 10 s", "stopped"], rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+        reader.join(timeout=WAIT)
+        if process.stdout is not None:
+            process.stdout.close()
