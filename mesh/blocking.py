@@ -261,10 +261,10 @@ class BlockingNode:
         """Stop taking work and let the handlers finish the tasks they hold, as before a graceful
         exit (`mesh.Node.drain`): every service is withdrawn at once, tasks received but not yet
         handed to a handler go back to their senders (which send them to other workers straight
-        away), and this waits until each handler that holds a task has returned and its ack (or
-        nack) is sent, for at most `grace` seconds. Tasks still running then are nacked, so they
-        move too; their handlers' threads go on until the handler returns (`stop` waits for
-        them). The worker threads end once their task is done.
+        away), and this waits until each handler that holds a task has returned and the task is
+        settled (acked, or nacked if the handler raised), for at most `grace` seconds. Tasks
+        still running then are nacked, so they move too; their threads go on until the handler
+        returns (`stop` waits for them). Each worker thread ends once its task is done.
 
         `grace` bounds it: it takes no other timeout. The node stays open (publish, subscribe,
         push, `health` all work) but `work` raises `trio.ClosedResourceError`; call `stop` after
@@ -481,10 +481,9 @@ class _Held:
     """What the blocking subscriptions, peer watches and workers share: the node task that holds
     the stream open, and the threads of their own."""
 
-    def __init__(self, node: BlockingNode, scope: trio.CancelScope, stream: _Stream[Any]) -> None:
+    def __init__(self, node: BlockingNode, scope: trio.CancelScope) -> None:
         self._node = node
-        self._scope = scope
-        self._stream = stream
+        self._scope = scope  # the holding task's: cancelling it closes the stream
         self._closed = False
         self._threads: list[threading.Thread] = []
 
@@ -523,7 +522,7 @@ class _Reader(_Held, Generic[T]):
         stream: _Stream[T],
         callback: Callable[[T], object] | None,
     ) -> None:
-        super().__init__(node, scope, stream)
+        super().__init__(node, scope)
         self._source = stream
         self._callback = callback
         self._ready: deque[T] = deque()  # taken from the node, not yet read
@@ -653,7 +652,7 @@ class BlockingWorker(_Held):
         stream: TaskStream,
         handler: Callable[[Any], object],
     ) -> None:
-        super().__init__(node, scope, stream)
+        super().__init__(node, scope)
         self.service = service
         self._tasks = stream
         self._handler = handler

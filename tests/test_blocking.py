@@ -343,6 +343,31 @@ def test_drain_lets_the_task_in_hand_finish_and_hands_back_the_rest() -> None:
         b.drain(0)  # a second drain has nothing left to wait for
 
 
+def test_drain_hands_back_a_task_still_running_after_grace() -> None:
+    started, release = threading.Event(), threading.Event()
+    done_c: list[int] = []
+
+    def stuck(body: int) -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    with two_nodes() as (a, b), start("c", seeds=[a.address]) as c:
+        worker = b.work("w", stuck)
+        a.wait_for_peers(service="w", timeout=WAIT)
+        a.push("w", 1, timeout=WAIT)
+        assert started.wait(WAIT)
+        c.work("w", done_c.append)
+        a.wait_for_peers(2, service="w", timeout=WAIT)
+        b.drain(0.1)  # the handler is still at it: its task is nacked, and goes to c
+        a.wait_settled(timeout=WAIT)
+        assert done_c == [1]
+        release.set()  # the handler returns late: its ack is not sent, its thread ends
+        worker.close(timeout=WAIT)
+        stats = b.statistics()
+        assert (stats.acks_sent, stats.nacks_sent) == (0, 1)
+        assert a.statistics().tasks_acked == 1
+
+
 # -- health and peers ---------------------------------------------------------------------------
 
 
