@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -38,6 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def mesh_threads() -> list[threading.Thread]:
     """The threads the facade made that are still running."""
     return [t for t in threading.enumerate() if t.name.startswith("mesh-")]
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded by WAIT) until `condition()` holds, checking it every 10 ms."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT} s: {what}")
+        threading.Event().wait(0.01)
 
 
 @contextmanager
@@ -277,6 +290,162 @@ async def test_work_between_a_trio_node_and_a_blocking_node() -> None:
                 await in_thread(blocking.stop)
 
 
+def test_drain_lets_the_task_in_hand_finish_and_hands_back_the_rest() -> None:
+    started, release = threading.Event(), threading.Event()
+    done_b: list[int] = []
+    done_c: list[int] = []
+    lock = threading.Lock()
+
+    def slow(body: int) -> None:  # b's one handler thread: stuck on its first task
+        started.set()
+        assert release.wait(WAIT)
+        done_b.append(body)
+
+    def quick(body: int) -> None:
+        with lock:
+            done_c.append(body)
+
+    with (
+        two_nodes() as (a, b),
+        start("c", seeds=[a.address]) as c,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        b.work("w", slow)
+        a.wait_for_peers(service="w", timeout=WAIT)
+        for i in range(4):
+            a.push("w", i, timeout=WAIT)
+        assert started.wait(WAIT)
+        # One task in the handler's hands, three received and waiting behind it.
+        wait_until(lambda: b.statistics().tasks_received == 4, "b received the 4 tasks")
+        c.work("w", quick)
+        a.wait_for_peers(2, service="w", timeout=WAIT)
+
+        draining = pool.submit(b.drain, WAIT)
+        # The three not started go back to a (nacked), and a sends them to c ...
+        wait_until(lambda: a.statistics().tasks_nacked >= 3, "b handed back 3 tasks")
+        assert b.statistics().nacks_sent == 3
+        # ... while drain still waits for the handler that holds the fourth.
+        assert not draining.done()
+        release.set()
+        draining.result(timeout=WAIT)  # returns once that handler's task is acked
+        assert len(done_b) == 1
+        assert b.statistics().acks_sent == 1
+        a.wait_settled(timeout=WAIT)
+        stats = a.statistics()
+        assert stats.tasks_acked == 4
+        assert stats.tasks_given_up == 0
+        assert set(done_b) | set(done_c) == set(range(4))  # none lost
+        assert set(done_c) >= set(range(4)) - set(done_b)
+        # b takes no more work, but is still a node.
+        with pytest.raises(trio.ClosedResourceError, match="draining"):
+            b.work("other", quick)
+        assert b.health().keys() == {a.id, c.id}
+        b.drain(0)  # a second drain has nothing left to wait for
+
+
+def test_drain_hands_back_a_task_still_running_after_grace() -> None:
+    started, release = threading.Event(), threading.Event()
+    done_c: list[int] = []
+
+    def stuck(body: int) -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    with two_nodes() as (a, b), start("c", seeds=[a.address]) as c:
+        worker = b.work("w", stuck)
+        a.wait_for_peers(service="w", timeout=WAIT)
+        a.push("w", 1, timeout=WAIT)
+        assert started.wait(WAIT)
+        c.work("w", done_c.append)
+        a.wait_for_peers(2, service="w", timeout=WAIT)
+        b.drain(0.1)  # the handler is still at it: its task is nacked, and goes to c
+        a.wait_settled(timeout=WAIT)
+        assert done_c == [1]
+        release.set()  # the handler returns late: its ack is not sent, its thread ends
+        worker.close(timeout=WAIT)
+        stats = b.statistics()
+        assert (stats.acks_sent, stats.nacks_sent) == (0, 1)
+        assert a.statistics().tasks_acked == 1
+
+
+# -- health and peers ---------------------------------------------------------------------------
+
+
+def test_health_shows_each_peer() -> None:
+    with two_nodes() as (a, b):
+        health = a.health()
+        assert set(health) == {b.id}
+        peer = health[b.id]
+        assert isinstance(peer, mesh.PeerHealth)
+        assert peer.reason in {"joined", "heartbeat"}
+        assert peer.last_heard >= 0
+        assert set(b.health()) == {a.id}
+
+
+def test_watch_peers_by_iterator_and_by_callback(caplog: pytest.LogCaptureFixture) -> None:
+    by_callback: list[mesh.PeerEvent] = []
+    threads: set[str] = set()
+    left = threading.Event()
+
+    def on_change(change: mesh.PeerEvent) -> None:
+        threads.add(threading.current_thread().name)
+        by_callback.append(change)
+        if isinstance(change, mesh.PeerLeft):
+            left.set()
+        else:
+            raise ValueError("the callback failed")  # logged; the next change still comes
+
+    with start("a") as a:
+        with a.watch_peers() as changes:
+            watch = a.watch_peers(on_change)
+            with pytest.raises(TimeoutError, match="no change"):
+                changes.receive(timeout=0.05)  # nothing happens: nothing comes
+            with pytest.raises(RuntimeError, match="callback"):
+                watch.receive(timeout=0.05)
+            with start("b", seeds=[a.address]) as b:
+                b.wait_for_peers(names=["a"], timeout=WAIT)
+                joined = changes.receive(timeout=WAIT)
+                assert isinstance(joined, mesh.PeerJoined)
+                assert joined.peer.id == b.id
+            assert left.wait(WAIT)
+            # Each watcher got every change, the same ones: the rest are in hand already.
+            by_iterator: list[mesh.PeerEvent] = [joined]
+            for change in changes:
+                by_iterator.append(change)
+                if isinstance(change, mesh.PeerLeft):
+                    break
+            assert by_iterator == by_callback
+            assert isinstance(by_iterator[-1], mesh.PeerLeft)
+            assert by_iterator[-1].peer.id == b.id
+            assert by_iterator[-1].reason == "goodbye"
+            assert threads == {"mesh-peer-watch"}
+            assert watch.dropped == 0
+            watch.close(timeout=WAIT)
+            assert not [t for t in mesh_threads() if t.name == "mesh-peer-watch"]
+        # Closed (the block ended): reading ends, and iteration just stops.
+        with pytest.raises(trio.ClosedResourceError, match="peer watch is closed"):
+            changes.receive(timeout=WAIT)
+        assert list(changes) == []
+    assert "the callback of the peer watch failed" in caplog.text
+
+
+def test_stop_ends_peer_watches() -> None:
+    changes: list[mesh.PeerEvent] = []
+    with ThreadPoolExecutor(2) as pool:
+        node = start("a")
+        watch = node.watch_peers()
+        node.watch_peers(changes.append)
+        reading = pool.submit(watch.receive)  # waits with no limit
+        iterating = pool.submit(list, watch)
+        assert len(mesh_threads()) == 2  # the node's, the callback's
+        node.stop(timeout=WAIT)
+        with pytest.raises(trio.ClosedResourceError):
+            reading.result(timeout=WAIT)
+        assert iterating.result(timeout=WAIT) == []
+        assert not mesh_threads()
+    assert changes == []
+
+
 # -- many threads -------------------------------------------------------------------------------
 
 
@@ -368,6 +537,10 @@ def test_calls_after_stop_raise_closed() -> None:
         lambda: node.wait_for_peers(timeout=1),
         lambda: node.wait_settled(timeout=1),
         lambda: node.connect("127.0.0.1:9", timeout=1),
+        node.health,
+        lambda: node.drain(1),
+        node.watch_peers,
+        lambda: node.watch_peers(print),
     ]
     for call in calls:
         with pytest.raises(trio.ClosedResourceError, match="closed"):
@@ -562,3 +735,48 @@ def test_the_threaded_service_example_runs() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
     assert "audit received 20 events" in result.stdout
+    assert "healthz: 200 ok, peers ['audit']" in result.stdout
+    assert "web did 5 of 5 tasks, then drained" in result.stdout
+
+
+def test_the_threaded_service_answers_health_checks_and_drains_on_sigterm() -> None:
+    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    process = subprocess.Popen(
+        [sys.executable, "examples/threaded_service.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()  # None: the end of its output
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        first = lines.get(timeout=WAIT)
+        assert first is not None
+        assert first.startswith("serving http://"), first
+        url = first.split()[1]
+        with urllib.request.urlopen(f"{url}/healthz", timeout=WAIT) as response:
+            assert response.status == 200
+            assert json.load(response) == {"status": "ok", "peers": {}}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+        rest = []
+        while (line := lines.get(timeout=WAIT)) is not None:
+            rest.append(line)
+        assert rest[-2:] == ["shutting down: draining for up to 10 s", "stopped"], rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+        reader.join(timeout=WAIT)
+        if process.stdout is not None:
+            process.stdout.close()
