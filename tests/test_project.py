@@ -34,6 +34,17 @@ def test_the_readme_example_runs() -> None:
     assert "shipping {'id': 42}" in result.stdout
 
 
+def test_the_readme_blocking_example_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    (block,) = [block for block in blocks if "mesh.blocking.start(" in block]
+    result = run(sys.executable, "-c", block, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "{'path': '/'}" in result.stdout
+    assert "resizing {'image': 7}" in result.stdout
+    assert "audit left: goodbye" in result.stdout
+
+
 def test_the_two_node_example_runs() -> None:
     result = run(sys.executable, "examples/two_nodes.py", timeout=30)
     assert result.returncode == 0, result.stderr
