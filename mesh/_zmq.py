@@ -1,6 +1,6 @@
 """ZeroMQ sockets driven from trio, through libzmq's edge-triggered FD.
 
-Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_future.py`):
+Rules (the same as pyzmq's own `zmq/_future.py`, and each exercised by tests/test_zmq_adapter.py):
 
 * The FD (`zmq.FD`) is not a socket. "Readable" means only "`zmq.EVENTS` may have changed", for
   sends and receives alike, and *any* call into the socket (send, recv, reading `EVENTS`, setting
