@@ -3,8 +3,8 @@ with the same process layout (one sender process, one process per receiver) in t
 
 Plain pyzmq does for tasks what the mesh does at the least: the sender PUSHes each task with an
 id, each worker PUSHes the id back as its ack, and the sender keeps at most `max_in_flight` (1,000
-by default) tasks unacked. Plain PUSH/PULL without acks is measured too, as context: the cost of
-acking itself.
+by default) tasks unacked per worker, as the mesh does. Plain PUSH/PULL without acks is measured
+too, as context: the cost of acking itself.
 
 A run sends for `duration` seconds (at most `count` messages), then an end marker. Times come
 from CLOCK_MONOTONIC, common to every process: events/s is the events each subscriber received
@@ -237,9 +237,9 @@ def bench_tasks(
     pool: Pool, size: int, workers: int, runs: int, duration: float, count: int
 ) -> list[Measurement]:
     """Tasks/s from one sender to `workers` workers (each in its own process), each task acked
-    back, vs plain pyzmq PUSH/PULL with acks and the same window of unacked tasks as the mesh's
-    default `max_in_flight`; then the same mesh figures vs plain PUSH/PULL without acks, as
-    context. `pool` has at least `workers + 1` processes."""
+    back, vs plain pyzmq PUSH/PULL with acks and the same window of unacked tasks per worker as
+    the mesh's default `max_in_flight`; then the same mesh figures vs plain PUSH/PULL without
+    acks, as context. `pool` has at least `workers + 1` processes."""
     mesh_rates: list[float] = []
     acked_rates: list[float] = []
     unacked_rates: list[float] = []
@@ -336,7 +336,8 @@ def _plain_worker(control: Connection, count: int) -> None:
         context.term()
 
 
-#: Most tasks the plain pyzmq sender has sent and not yet seen acked: `Settings.max_in_flight`.
+#: Most tasks per worker the plain pyzmq sender has sent and not yet seen acked, as the mesh's
+#: `Settings.max_in_flight` (round-robin spreads them evenly over the workers).
 _WINDOW = Settings().max_in_flight
 
 
@@ -360,7 +361,7 @@ def _plain_acked_pusher(
     control: Connection, size: int, workers: int, duration: float, count: int
 ) -> None:
     """PUSH tasks ([id, body]) to the workers, PULL their acks (the id back), and keep at most
-    `_WINDOW` tasks unacked, tracking which: the least a sender that retries must do."""
+    `_WINDOW` tasks a worker unacked, tracking which: the least a sender that retries must do."""
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     acks = context.socket(zmq.PULL)
@@ -378,6 +379,7 @@ def _plain_acked_pusher(
         wait_command(control)  # go
         body = payload(size)
         unacked: set[bytes] = set()
+        window = _WINDOW * workers
         sent = acked = 0
         last = started = clock()
         deadline = started + duration
@@ -389,7 +391,7 @@ def _plain_acked_pusher(
             last = clock()
 
         while sent < count and (sent % _CHECK_EVERY or clock() < deadline):
-            if len(unacked) >= _WINDOW:
+            if len(unacked) >= window:
                 take_ack()
                 with contextlib.suppress(zmq.Again):
                     while True:
