@@ -1,6 +1,6 @@
 """mDNS/DNS-SD discovery with python-zeroconf, bridged into trio.
 
-How the two worlds meet (measured in ../shared/FIELD-NOTES.md §2):
+How the two worlds meet:
 
 * python-zeroconf runs its own asyncio loop on a thread of its own, and each `ServiceBrowser` has a
   thread too. Its handlers run there and must never touch trio or ZeroMQ: they only hand the

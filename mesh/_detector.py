@@ -71,24 +71,49 @@ _FINAL = (Liveness.FORGOTTEN, Liveness.LEFT)
 
 @dataclass(frozen=True, slots=True)
 class DetectorSettings:
-    """Thresholds of the failure detector. Times in seconds.
+    """Thresholds of the failure detector (the rules are in this module's docstring).
 
     With the defaults a peer beating every 0.2 s that falls silent is SUSPECT 0.46 s and DEAD
-    0.69 s after its last heartbeat (more if its intervals have varied). Raises `ValueError` for
-    a value out of range.
+    0.69 s after its last heartbeat (more if its intervals have varied).
+
+    Attributes:
+        heartbeat_interval: Seconds between the heartbeats this node sends, and the mean
+            interval assumed for a peer before any sample. Default 0.2.
+        phi_suspect: Phi at which an ALIVE peer becomes SUSPECT (routing prefers others).
+            Default 8.0.
+        phi_dead: Phi at which a SUSPECT peer becomes DEAD (no new work; its unacked work goes
+            elsewhere). Default 36.0: three beats lost in a row, not two, as
+            `docs/decisions.md` explains.
+        min_std: Floor, in seconds, on the deviation of a peer's intervals, so that one late
+            beat of a peer that beats like a metronome is no death. Default 0.05.
+        window: Intervals kept per peer for the mean and deviation. Default 100.
+        acceptable_pause: Seconds added to the mean interval: pauses of a peer to tolerate.
+            Default 0.0.
+        forget_after: Seconds from DEAD to FORGOTTEN (its sockets are closed). Default 30.0.
+        pause_threshold: Seconds late a tick may run before it counts as this node's pause:
+            silence then changes nothing for one `heartbeat_interval`, time enough to read the
+            heartbeats queued meanwhile. Default 0.1.
+        stall_threshold: Seconds late a timer may run before this node counts as having stood
+            still. Default 0.02.
+        stall_memory: Seconds over which this node's stalls are added to every peer's time
+            before silence changes its state. Default 2.0.
+        first_heartbeat_grace: Extra seconds for a peer's first heartbeat after it `joined`.
+            Default 2.0.
+
+    Raises `ValueError` for a value out of range.
     """
 
-    heartbeat_interval: float = 0.2  # what peers send at; the mean assumed before any sample
+    heartbeat_interval: float = 0.2
     phi_suspect: float = 8.0
-    phi_dead: float = 36.0  # three beats lost in a row, not two (docs/decisions.md)
-    min_std: float = 0.05  # floor on the deviation: one late beat of a metronome is no death
-    window: int = 100  # intervals kept per peer
-    acceptable_pause: float = 0.0  # added to the mean: pauses of a peer to tolerate
-    forget_after: float = 30.0  # from DEAD to FORGOTTEN
-    pause_threshold: float = 0.1  # a tick this late: no verdict for an interval
-    stall_threshold: float = 0.02  # a timer later than this: this node stood still
-    stall_memory: float = 2.0  # peers get the time this node stood still in this long more
-    first_heartbeat_grace: float = 2.0  # extra time for a peer's first heartbeat after `joined`
+    phi_dead: float = 36.0
+    min_std: float = 0.05
+    window: int = 100
+    acceptable_pause: float = 0.0
+    forget_after: float = 30.0
+    pause_threshold: float = 0.1
+    stall_threshold: float = 0.02
+    stall_memory: float = 2.0
+    first_heartbeat_grace: float = 2.0
 
     def __post_init__(self) -> None:
         for name in (f.name for f in fields(self)):

@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 # Calls that complete without waiting (publish, receiving a buffered message) check for
 # cancellation every time but give other tasks a turn only this often: a scheduling point per
-# message would cap a node near 50,000 messages/s (FIELD-NOTES §1).
+# message would cap a node near 50,000 messages/s (measured on a 2-core machine).
 YIELD_EVERY: Final = 64
 
 

@@ -11,45 +11,58 @@ from ._detector import DetectorSettings
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Tunables of a node. Every field has a default fit for a LAN; all sizes count messages."""
+    """Tunables of a node. Every field has a default fit for a LAN; all sizes count messages.
 
-    #: Most messages taken from one socket per wake-up before other tasks get a turn.
+    Attributes:
+        receive_batch: Most messages taken from one socket per wake-up before other tasks get a
+            turn. Default 1000.
+        event_hwm: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one
+            subscriber connection that reads slower than this node publishes. Default 100,000.
+        event_backpressure: What a full subscriber connection does to `publish`. True (the
+            default): the publisher waits for room, so nothing is lost in the network, and a
+            subscriber that stops reading but stays connected holds publishing back. False:
+            ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
+        subscription_buffer: Events held for one `Subscription` whose reader is slow before new
+            ones are dropped (and counted in `Subscription.dropped`). Default 100,000.
+        peer_queue: Messages queued in the node for one peer (on top of ZeroMQ's own buffer)
+            before `push` to that peer waits. Default 10,000.
+        max_in_flight: Most of this node's tasks one worker holds unacked at a time. Default
+            1000.
+        prefetch: As a worker: how many unacked tasks this node takes from each sender at a time
+            (its credit, like RabbitMQ's prefetch), told to peers in every heartbeat. Default
+            None: as many as the senders' `max_in_flight`.
+        max_attempts: How many times a task is sent (first send included) before it goes to the
+            dead-letter handler: a nack, the death of its worker or its ack deadline sends it
+            again, to another worker if any. Default 5.
+        ack_timeout: Seconds a worker may hold a task before it is sent elsewhere too. Default
+            60.0; None: no deadline (a worker that dies is noticed by the failure detector
+            either way).
+        dedup_window: How many finished tasks a worker remembers, so that a redelivered one is
+            acked again rather than run again. Default 10,000.
+        sync_timeout: Seconds entering `subscribe` waits for the known peers to confirm the
+            subscription. Default 2.0.
+        connect_timeout: Seconds `connect` waits for an answer by default. Default 5.0.
+        goodbye_timeout: Seconds closing the node spends saying goodbye to its peers. Default
+            0.2.
+        detector: The failure detector's `DetectorSettings`: heartbeat interval and how silence
+            turns into suspicion and death. Default `DetectorSettings()`.
+
+    Raises `ValueError` for a value out of range.
+    """
+
     receive_batch: int = 1000
-    #: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one subscriber
-    #: connection that reads slower than this node publishes.
     event_hwm: int = 100_000
-    #: What a full subscriber connection does to `publish`: True, the publisher waits for room
-    #: (nothing is lost in the network; a subscriber that stops reading but stays connected holds
-    #: publishing back); False, ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
     event_backpressure: bool = True
-    #: Events held for one `Subscription` whose reader is slow before new ones are dropped
-    #: (and counted in `Subscription.dropped`).
     subscription_buffer: int = 100_000
-    #: Messages queued in the node for one peer (on top of ZeroMQ's own buffer) before `push`
-    #: to that peer waits.
     peer_queue: int = 10_000
-    #: Most of this node's tasks one worker holds unacked at a time.
     max_in_flight: int = 1000
-    #: As a worker: how many unacked tasks this node takes from each sender at a time (its
-    #: credit, like RabbitMQ's prefetch), told to peers in every heartbeat. None: as many as
-    #: the senders' `max_in_flight`.
     prefetch: int | None = None
-    #: How many times a task is sent (first send included) before it is given up on: a nack,
-    #: the death of its worker or its ack deadline sends it again, to another worker if any.
     max_attempts: int = 5
-    #: How long a worker may hold a task before it is sent elsewhere too (None: no deadline;
-    #: a worker that dies is noticed by the failure detector either way).
     ack_timeout: float | None = 60.0
-    #: How many finished tasks a worker remembers, so that a redelivered one is acked again
-    #: rather than run again.
     dedup_window: int = 10_000
-    #: How long entering `subscribe` waits for the known peers to confirm the subscription.
     sync_timeout: float = 2.0
-    #: How long `connect` waits for an answer by default.
     connect_timeout: float = 5.0
-    #: How long closing the node spends saying goodbye to its peers.
     goodbye_timeout: float = 0.2
-    #: The failure detector: heartbeat interval and how silence turns into suspicion and death.
     detector: DetectorSettings = field(default_factory=DetectorSettings)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """ZeroMQ sockets driven from trio, through libzmq's edge-triggered FD.
 
-Rules (measured in ../shared/FIELD-NOTES.md, and the same as pyzmq's own `zmq/_future.py`):
+Rules (the same as pyzmq's own `zmq/_future.py`, and each exercised by tests/test_zmq_adapter.py):
 
 * The FD (`zmq.FD`) is not a socket. "Readable" means only "`zmq.EVENTS` may have changed", for
   sends and receives alike, and *any* call into the socket (send, recv, reading `EVENTS`, setting
@@ -128,7 +128,7 @@ class AsyncSocket:
                     # Yield once per batch, shielded so that a cancellation arriving now cannot
                     # drop the messages already taken from ZeroMQ; it is delivered at the next
                     # checkpoint. After a wait on the FD this task has just yielded: another
-                    # pass of the run loop would only add to the latency (docs/performance.md).
+                    # pass of the run loop would only add to the latency (docs/decisions.md).
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
             waited = True
@@ -227,7 +227,7 @@ class AsyncSocket:
 
 #: Messages an `Outbox` with coalescing gets closer together than this (seconds) are a burst: they
 #: are queued and leave together. Under load a node produces a message every 5 to 30 us; a round
-#: trip between two nodes takes 400 us or more (docs/performance.md), so request/reply traffic
+#: trip between two nodes takes 200 us or more (docs/performance.md), so request/reply traffic
 #: still goes straight out.
 BURST_GAP: Final = 0.0002
 

@@ -2,7 +2,7 @@
 across a bridge, and exchange an event; and a host cut off at the switch (its bridge port set
 down, then up again) is declared dead, its tasks go to the other worker, and it comes back.
 
-The layout (../shared/FIELD-NOTES.md §3): a switch namespace holds the bridge ``br0``; each host
+The layout: a switch namespace holds the bridge ``br0``; each host
 namespace holds one end of a veth pair (``eth0``, with the host's address on a private /24 inside
 10.231.0.0/16), whose other end (``swN``) is a port of the bridge. Both ends of each pair are
 born in the switch namespace, one moved to its host at creation: nothing is ever created in the

@@ -77,3 +77,17 @@ def test_code_quality(command: tuple[str, ...]) -> None:
         pytest.skip(f"{command[0]} is not installed (it comes with the test extra)")
     result = run(tool, *command[1:], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("settings", ["Settings", "DetectorSettings"])
+def test_every_settings_field_is_documented(settings: str) -> None:
+    # help() shows the class docstring, not comments: each field must have its entry there.
+    import dataclasses
+
+    import mesh
+
+    cls = getattr(mesh, settings)
+    doc = cls.__doc__ or ""
+    _, _, attributes = doc.partition("Attributes:\n")
+    documented = set(re.findall(r"^        (\w+): \S", attributes, re.MULTILINE))
+    assert documented == {f.name for f in dataclasses.fields(cls)}

@@ -1,7 +1,7 @@
 """The trio adapter for ZeroMQ sockets, on real sockets over 127.0.0.1.
 
-The edge-triggered FD's traps (FIELD-NOTES §1) are each exercised here: a wait after a partial
-drain, a socket option set while the owner waits, a close while a task waits.
+The edge-triggered FD's traps (the rules in mesh/_zmq.py's docstring) are each exercised here: a
+wait after a partial drain, a socket option set while the owner waits, a close while a task waits.
 """
 
 from __future__ import annotations

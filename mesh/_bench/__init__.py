@@ -85,7 +85,7 @@ def run_suite(options: Options) -> Iterator[Measurement]:
             if "tasks" in groups:
                 for body in options.sizes:
                     for workers in options.workers:
-                        yield bench_tasks(
+                        yield from bench_tasks(
                             pool, body, workers, options.runs, options.duration, options.count
                         )
             if "latency" in groups:

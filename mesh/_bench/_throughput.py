@@ -1,21 +1,29 @@
 """Throughput: events/s publish -> subscribe and tasks/s push -> work (acked), next to plain pyzmq
 with the same process layout (one sender process, one process per receiver) in the same run.
 
+Plain pyzmq does for tasks what the mesh does at the least: the sender PUSHes each task with an
+id, each worker PUSHes the id back as its ack, and the sender keeps at most `max_in_flight` (1,000
+by default) tasks unacked per worker, as the mesh does. Plain PUSH/PULL without acks is measured
+too, as context: the cost of acking itself.
+
 A run sends for `duration` seconds (at most `count` messages), then an end marker. Times come
 from CLOCK_MONOTONIC, common to every process: events/s is the events each subscriber received
 over the time from the first subscriber's first event to the last subscriber's last one; tasks/s
-is the tasks acked (plain pyzmq: received) over the time from the sender's first send to the
-last ack (plain: the last worker's last receive). Process start-up and peering are not counted.
+is the tasks acked (plain pyzmq without acks: received) over the time from the sender's first
+send to the last ack (without acks: the last worker's last receive). Process start-up and
+peering are not counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import trio
 import zmq
 
+from .._types import Settings
 from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary, wait_command
 
 _TOPIC = "bench.events"
@@ -227,27 +235,42 @@ async def stop_when_quiet(scope: trio.CancelScope, progress: Callable[[], int]) 
 
 def bench_tasks(
     pool: Pool, size: int, workers: int, runs: int, duration: float, count: int
-) -> Measurement:
+) -> list[Measurement]:
     """Tasks/s from one sender to `workers` workers (each in its own process), each task acked
-    back, vs plain pyzmq PUSH/PULL without acks; `pool` has at least `workers + 1` processes."""
+    back, vs plain pyzmq PUSH/PULL with acks and the same window of unacked tasks per worker as
+    the mesh's default `max_in_flight`; then the same mesh figures vs plain PUSH/PULL without
+    acks, as context. `pool` has at least `workers + 1` processes."""
     mesh_rates: list[float] = []
-    plain_rates: list[float] = []
+    acked_rates: list[float] = []
+    unacked_rates: list[float] = []
     lost = 0
     for _ in range(runs):
         rate, _ = _run_plain_tasks(pool, size, workers, duration, count)
-        plain_rates.append(rate)
+        unacked_rates.append(rate)
+        rate, _ = _run_plain_acked_tasks(pool, size, workers, duration, count)
+        acked_rates.append(rate)
         rate, missing = _run_mesh_tasks(pool, size, workers, duration, count)
         mesh_rates.append(rate)
         lost += missing
     plural = "s" if workers > 1 else ""
-    return summary(
-        f"tasks/s push->work+ack {size} B, {workers} worker{plural}",
-        "tasks/s",
-        mesh_rates,
-        plain_rates,
-        runs=runs,
-        lost=lost,
-    )
+    return [
+        summary(
+            f"tasks/s push->work+ack {size} B, {workers} worker{plural}",
+            "tasks/s",
+            mesh_rates,
+            acked_rates,
+            runs=runs,
+            lost=lost,
+        ),
+        summary(
+            f"tasks/s vs plain without acks {size} B, {workers} worker{plural}",
+            "tasks/s",
+            mesh_rates,
+            unacked_rates,
+            runs=runs,
+            lost=lost,
+        ),
+    ]
 
 
 def _run_plain_tasks(
@@ -310,6 +333,105 @@ def _plain_worker(control: Connection, count: int) -> None:
         control.send((received, last))
     finally:
         sock.close(linger=0)
+        context.term()
+
+
+#: Most tasks per worker the plain pyzmq sender has sent and not yet seen acked, as the mesh's
+#: `Settings.max_in_flight` (round-robin spreads them evenly over the workers).
+_WINDOW = Settings().max_in_flight
+
+
+def _run_plain_acked_tasks(
+    pool: Pool, size: int, workers: int, duration: float, count: int
+) -> tuple[float, int]:
+    push = pool.start(0, _plain_acked_pusher, size, workers, duration, count)
+    ack_address = receive(push)
+    pulls = [pool.start(1 + i, _plain_acking_worker, ack_address) for i in range(workers)]
+    push.send([receive(pull) for pull in pulls])
+    receive(push)  # connected
+    push.send("go")
+    sent, acked, started, last = receive(push)
+    for index in range(workers + 1):
+        pool.finish(index)
+    rate = acked / (last - started) if acked and last > started else 0.0
+    return rate, sent - acked
+
+
+def _plain_acked_pusher(
+    control: Connection, size: int, workers: int, duration: float, count: int
+) -> None:
+    """PUSH tasks ([id, body]) to the workers, PULL their acks (the id back), and keep at most
+    `_WINDOW` tasks a worker unacked, tracking which: the least a sender that retries must do."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    acks = context.socket(zmq.PULL)
+    try:
+        push.setsockopt(zmq.SNDHWM, 0)
+        acks.setsockopt(zmq.RCVHWM, 0)
+        acks.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
+        port = acks.bind_to_random_port("tcp://127.0.0.1")
+        control.send(f"127.0.0.1:{port}")
+        for address in wait_command(control):
+            # Connected pipes exist at once, so round-robin spreads tasks (and one end marker
+            # to each) over every worker from the first send.
+            push.connect(f"tcp://{address}")
+        control.send("connected")
+        wait_command(control)  # go
+        body = payload(size)
+        unacked: set[bytes] = set()
+        window = _WINDOW * workers
+        sent = acked = 0
+        last = started = clock()
+        deadline = started + duration
+
+        def take_ack(flags: int = 0) -> None:
+            nonlocal acked, last
+            unacked.discard(acks.recv(flags))  # zmq.Again after QUIET s: the rest was lost
+            acked += 1
+            last = clock()
+
+        while sent < count and (sent % _CHECK_EVERY or clock() < deadline):
+            if len(unacked) >= window:
+                take_ack()
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        take_ack(zmq.NOBLOCK)
+            task = sent.to_bytes(8, "little")
+            push.send_multipart([task, body])
+            unacked.add(task)
+            sent += 1
+        with contextlib.suppress(zmq.Again):
+            while unacked:
+                take_ack()
+        for _ in range(workers):
+            push.send_multipart([_END, b""])
+        control.send((sent, acked, started, last))
+    finally:
+        push.close(linger=1000)  # the end markers go out before the workers' QUIET runs out
+        acks.close(linger=0)
+        context.term()
+
+
+def _plain_acking_worker(control: Connection, ack_address: str) -> None:
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    acks = context.socket(zmq.PUSH)
+    try:
+        pull.setsockopt(zmq.RCVHWM, 0)
+        pull.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
+        acks.setsockopt(zmq.SNDHWM, 0)
+        acks.connect(f"tcp://{ack_address}")
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        control.send(f"127.0.0.1:{port}")
+        with contextlib.suppress(zmq.Again):  # quiet for too long: the sender is gone
+            while True:
+                task, _ = pull.recv_multipart()
+                if task == _END:
+                    break
+                acks.send(task)
+    finally:
+        pull.close(linger=0)
+        acks.close(linger=1000)
         context.term()
 
 

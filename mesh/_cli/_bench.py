@@ -14,7 +14,8 @@ _DESCRIPTION = """\
 Measure the mesh next to plain pyzmq, every role in a process of its own on 127.0.0.1, plain
 pyzmq with the same process layout in the same run. Groups (--suite):
   events     events/s publish -> subscribe, each size, 1 and 4 subscribers (plain: PUB/SUB)
-  tasks      tasks/s push -> work, acked, each size, 1 and 3 workers (plain: PUSH/PULL, no acks)
+  tasks      tasks/s push -> work, acked, each size, 1 and 3 workers (plain: PUSH/PULL with
+             acks, 1,000 unacked a worker at most; then again vs plain PUSH/PULL without acks)
   latency    round trip p50/p99: a task and its ack, an event request and its reply (plain: REQ/REP)
   discovery  open to in every peer map, and first event, over mDNS with 2 and 10 nodes
   detection  kill -9 and SIGSTOP of a peer to suspect and dead

@@ -1,7 +1,7 @@
 """Network namespaces for ``mesh-cli demo --netns``: hosts on a virtual switch, made and removed
 by the demo (root only).
 
-The layout is the tests' (tests/test_netns.py, ../shared/FIELD-NOTES.md): a switch namespace
+The layout is the tests' (tests/test_netns.py): a switch namespace
 holds a bridge; each host namespace holds one end of a veth pair, the other end a port of the
 bridge. Both ends are born in the switch namespace: nothing is created in the machine's own
 namespace, so no packet can leave through its real interfaces. Names and the private subnet are
