@@ -63,7 +63,31 @@ from discovery._groups import ungrouped
 from . import _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
-from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat, record_digest
+from ._exporter import MetricsServer
+from ._heartbeat import (
+    Beat,
+    BeatDatagrams,
+    PeerBeats,
+    beat_body,
+    read_beat,
+    record_digest,
+    round_trip_sample,
+)
+from ._metrics import (
+    ACK_LATENCY_BUCKETS,
+    ACKED,
+    DONE,
+    GIVEN_UP,
+    NACKED,
+    PUSHED,
+    RECEIVED,
+    REDELIVERED,
+    RTT_BUCKETS,
+    PeerStatistics,
+    ServiceCounts,
+    Tally,
+    cap_peers,
+)
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
@@ -254,6 +278,16 @@ class Node:
             0,
         )
         self._bad_reasons: dict[str, int] = {}
+        # For operators (`statistics`): bytes by socket, as they cross it (sent bytes are
+        # counted by each `Outbox`; those of closed links are added up here).
+        self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
+        self._udp_bytes_sent = 0
+        self._unlinked_bytes_sent = 0
+        self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
+        self._ack_latency = Tally(ACK_LATENCY_BUCKETS)
+        self._rtt = Tally(RTT_BUCKETS)
+        self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
+        self._metrics_address: str | None = None
 
     # -- public surface ----------------------------------------------------------------------
 
@@ -309,12 +343,53 @@ class Node:
         return health
 
     def statistics(self) -> NodeStatistics:
+        """What this node has counted since it opened, and its queues now: a snapshot
+        (`NodeStatistics` describes each figure). Works after the node has closed, too."""
+        dispatcher = self._dispatcher
+        peer_rows = []
+        for peer in self._peers:
+            link = self._links.get(self._reach(peer.record))
+            peer_rows.append(
+                (
+                    peer.id,
+                    PeerStatistics(
+                        peer.record.name,
+                        0 if link is None else len(link.outbox),
+                        dispatcher.in_flight(peer.record.id),
+                    ),
+                )
+            )
+        push_bytes = self._unlinked_bytes_sent
+        for link in self._links.values():
+            push_bytes += link.outbox.bytes_sent
         return NodeStatistics(
             peers=len(self._peers),
-            tasks_in_flight=self._dispatcher.in_flight(),
+            tasks_in_flight=dispatcher.in_flight(),
             bad_frame_reasons=dict(self._bad_reasons),
+            bytes_received=dict(self._bytes_in),
+            bytes_sent={
+                "pub": self._pub.bytes_sent,
+                "push": push_bytes,
+                "udp": self._udp_bytes_sent,
+            },
+            events_queued=len(self._pub),
+            redelivery_queued=sum(map(len, self._redelivery.values())),
+            peer_queues=cap_peers(peer_rows),
+            ack_latency=self._ack_latency.snapshot(),
+            heartbeat_rtt=self._rtt.snapshot(),
+            services=self._services.snapshot(),
             **self._counts,
         )
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` where this node serves ``GET /metrics`` (`open_node`'s
+        `metrics_port`), or None if it does not."""
+        return self._metrics_address
+
+    def _statistics_unless_closing(self) -> NodeStatistics | None:
+        """For the metrics server, in the node's trio thread: None once the node is closing."""
+        return None if self._closing else self.statistics()
 
     def __repr__(self) -> str:
         state = " closed" if self._closing else ""
@@ -391,6 +466,7 @@ class Node:
             worker, ready = await self._wait_for_worker(service, timeout)
         self._send_task(worker, ready[worker], self._dispatcher.new_task_id(), service, 1, body)
         self._counts["tasks_pushed"] += 1
+        self._services.row(service)[PUSHED] += 1
         await self._maybe_yield()
 
     async def _wait_for_worker(
@@ -427,6 +503,7 @@ class Node:
         for task in tasks:
             if task.attempt >= self._settings.max_attempts:
                 self._counts["tasks_given_up"] += 1
+                self._services.row(task.service)[GIVEN_UP] += 1
                 letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
                 if self._dead_letter is None:
                     self._log.warning(
@@ -446,6 +523,7 @@ class Node:
             else:
                 self._redelivery.setdefault(task.service, deque()).append(task)
                 self._counts["tasks_redelivered"] += 1
+                self._services.row(task.service)[REDELIVERED] += 1
                 self._redelivery_queued.unpark_all()
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
@@ -563,8 +641,11 @@ class Node:
 
     def _release(self, task: Task) -> None:
         """`task` is settled (or given back): it is no longer in this worker's hands."""
-        self._held.discard(task)
-        if not self._held:
+        held = self._held
+        if task in held:
+            held.remove(task)
+            self._services.row(task.service)[DONE] += 1
+        if not held:
             self._held_changed.unpark_all()
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
@@ -803,7 +884,9 @@ class Node:
             if copy >= copies:
                 continue
             try:
-                sock.sendto(datagrams.for_peer(*beats.next_datagram(now)), destination)
+                datagram = datagrams.for_peer(*beats.next_datagram(now))
+                sock.sendto(datagram, destination)
+                self._udp_bytes_sent += len(datagram)
             except OSError as exc:  # BlockingIOError (buffer full) included
                 # A full socket buffer or an unreachable network costs one copy of one beat.
                 self._log.warning(
@@ -852,6 +935,7 @@ class Node:
                 except OSError as exc:  # an ICMP error reported late, say: not this node's fault
                     self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
                     break
+                self._bytes_in["udp"] += len(datagram)
                 self._on_datagram(datagram, _arrival(ancillary, wall_offset, now))
 
     def _on_datagram(self, datagram: bytes, arrival: float) -> None:
@@ -896,6 +980,10 @@ class Node:
             arrival = trio.current_time()
         if not beats.take(beat, arrival):
             return  # a copy that came another way, or later
+        if beat.echo is not None:
+            sample = round_trip_sample(beat.echo, arrival)
+            if sample is not None:
+                self._rtt.observe(sample)
         if beat.credit is not None:
             self._dispatcher.set_credit(sender, beat.credit)
         if beat.record is not None:
@@ -996,6 +1084,7 @@ class Node:
             Kind.HEARTBEAT: self._on_inbox_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
+            self._inbox_now = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
 
@@ -1045,6 +1134,7 @@ class Node:
                 frame = self._control.receive_nowait()
             except (zmq.Again, trio.ClosedResourceError):
                 return
+            self._bytes_in["control"] += len(frame)
             try:
                 envelopes = _wire.decode_published_many(frame)
             except ProtocolError as exc:
@@ -1072,6 +1162,7 @@ class Node:
                 frames = await sock.receive_batch(self._settings.receive_batch)
             except trio.ClosedResourceError:
                 return []
+            self._bytes_in[where] += sum(map(len, frames))
             batch: list[Envelope] = []
             for frame in frames:
                 try:
@@ -1087,6 +1178,7 @@ class Node:
         assert envelope.meta is not None
         task_id, service, attempt = envelope.meta
         self._counts["tasks_received"] += 1
+        self._services.row(service)[RECEIVED] += 1
         if (envelope.sender, task_id) in self._finished:
             self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
             self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
@@ -1104,10 +1196,13 @@ class Node:
         task = self._dispatcher.settle(envelope.sender, envelope.meta[0])
         if task is None:
             return
+        self._ack_latency.observe(self._inbox_now - task.sent_at)
         if envelope.kind is Kind.ACK:
             self._counts["tasks_acked"] += 1
+            self._services.row(task.service)[ACKED] += 1
         else:
             self._counts["tasks_nacked"] += 1
+            self._services.row(task.service)[NACKED] += 1
             self._log.warning(
                 "nack",
                 trio.current_time(),
@@ -1369,6 +1464,7 @@ class Node:
     def _unlink(self, address: str) -> None:
         link = self._links.pop(address, None)
         if link is not None:
+            self._unlinked_bytes_sent += link.outbox.bytes_sent
             link.scope.cancel()
             link.outbox.discard()
             link.close(linger=0)
@@ -1826,6 +1922,8 @@ async def open_node(
     discovery: str | Iterable[str] = "mdns",
     settings: Settings | None = None,
     dead_letter: Callable[[DeadLetter], None] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
@@ -1840,9 +1938,13 @@ async def open_node(
     delivered whenever that node is up. Raises `ValueError` for a bad name, interface, port,
     seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot start on the
     interface. `dead_letter` is called (in the node's task: it must not block) with each task the
-    node gives up on after `Settings.max_attempts`; by default they are logged. On exit the node
-    says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its mDNS record,
-    stops its tasks, closes every socket and terminates its ZeroMQ context.
+    node gives up on after `Settings.max_attempts`; by default they are logged. With
+    `metrics_port` (0: an ephemeral one), the node serves its statistics for Prometheus
+    (``GET /metrics``, docs/metrics.md) on `metrics_host` (loopback unless told otherwise) from
+    a thread of its own, at `Node.metrics_address`; `OSError` if that cannot be bound. On exit
+    the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its
+    mDNS record, stops its tasks and its metrics server, closes every socket and terminates its
+    ZeroMQ context.
     """
     settings = settings or Settings()
     hosts = _check_interfaces(interface)
@@ -1863,8 +1965,11 @@ async def open_node(
         parse_address(seed)
     if name is None:
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ValueError(f"metrics_port must be 0 to 65535, not {metrics_port}")
     context: zmq.Context[Any] = zmq.Context()
     node: Node | None = None
+    metrics: MetricsServer | None = None
     try:
         with ungrouped():  # the user's exception comes out as it went in, not in a group
             node = Node(
@@ -1877,6 +1982,15 @@ async def open_node(
                 settings=settings,
                 dead_letter=dead_letter,
             )
+            if metrics_port is not None:
+                metrics = MetricsServer(
+                    metrics_host,
+                    metrics_port,
+                    node._statistics_unless_closing,
+                    trio.lowlevel.current_trio_token(),
+                    {"mesh": mesh, "node": node.name},
+                )
+                node._metrics_address = metrics.address
             async with AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 node._start(nursery, seeds)
@@ -1888,6 +2002,10 @@ async def open_node(
                     await node._say_goodbye()
                     nursery.cancel_scope.cancel()
     finally:
+        if metrics is not None:
+            # In a thread, and shielded: a scrape in progress may be waiting on this one.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(metrics.close)
         if node is None:
             context.destroy(linger=0)  # Node() failed: close whatever it had opened
         else:
