@@ -1904,6 +1904,20 @@ def _arrival(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: f
     return now
 
 
+def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
+    try:
+        return MetricsServer(
+            host,
+            port,
+            node._statistics_unless_closing,
+            trio.lowlevel.current_trio_token(),
+            {"mesh": node.mesh, "node": node.name},
+        )
+    except OSError as exc:  # (socket.gaierror too: a host that is not an address)
+        where = format_address(host, port)
+        raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from exc
+
+
 def _close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
     for sock in socks:
         trio.lowlevel.notify_closing(sock)  # a waiter, if any, gets ClosedResourceError
@@ -1983,13 +1997,7 @@ async def open_node(
                 dead_letter=dead_letter,
             )
             if metrics_port is not None:
-                metrics = MetricsServer(
-                    metrics_host,
-                    metrics_port,
-                    node._statistics_unless_closing,
-                    trio.lowlevel.current_trio_token(),
-                    {"mesh": mesh, "node": node.name},
-                )
+                metrics = _serve_metrics(node, metrics_host, metrics_port)
                 node._metrics_address = metrics.address
             async with AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())

@@ -296,3 +296,37 @@ def jsonable(body: Any) -> Any:
 def command_node_name(command: str) -> str:
     """The name of the node a command joins with: the command, the host and the process."""
     return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` of ``--metrics`` (HOST an IP address, 127.0.0.1 by default; PORT 0 to
+    65535, 0 for an ephemeral one) as (host, port); an `argparse.ArgumentTypeError` if bad."""
+    try:
+        if text.isdigit():
+            host, port = "127.0.0.1", int(text)
+        else:
+            host, port = parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give [HOST:]PORT ({exc})") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 0 to 65535")
+    return host, port
+
+
+def add_metrics_option(parser: argparse.ArgumentParser, who: str = "the node") -> None:
+    """``--metrics [HOST:]PORT``: where `who` serves ``GET /metrics`` for Prometheus."""
+    parser.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="[HOST:]PORT",
+        help=f"serve {who}'s statistics for Prometheus at http://HOST:PORT/metrics "
+        "(HOST default 127.0.0.1)",
+    )
+
+
+def metrics_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`open_node`'s metrics arguments from ``--metrics`` (none if it was not given)."""
+    if args.metrics is None:
+        return {}
+    host, port = args.metrics
+    return {"metrics_host": host, "metrics_port": port}
