@@ -115,7 +115,8 @@ class MetricsServer:
             return 500, b"taking the statistics failed\n"
         if statistics is None:
             return 503, b"the node is closing\n"
-        return 200, format_metrics(statistics, self._labels).encode()
+        # (A name from mDNS may hold lone surrogates: they must not turn every scrape into a 500.)
+        return 200, format_metrics(statistics, self._labels).encode("utf-8", "replace")
 
     def _serve(self) -> None:
         with selectors.DefaultSelector() as selector:

@@ -180,6 +180,10 @@ class ServiceCounts:
         row = rows[service] = [0] * 7
         return row
 
+    def rows(self) -> list[list[int]]:
+        """The running rows (for totals), `OTHER`'s included."""
+        return list(self._rows.values())
+
     def snapshot(self) -> dict[str, ServiceStatistics]:
         return {name: ServiceStatistics(*row) for name, row in self._rows.items()}
 
@@ -317,7 +321,7 @@ _SERVICE_COUNTERS: Final = (
     (
         "done",
         "mesh_service_tasks_done_total",
-        "Tasks that left this worker's hands (acked, nacked or handed back), by service.",
+        "Tasks that left this worker's hands, by service.",
     ),
 )
 

@@ -263,12 +263,6 @@ class Node:
                 "events_published",
                 "events_received",
                 "events_dropped",
-                "tasks_pushed",
-                "tasks_acked",
-                "tasks_nacked",
-                "tasks_received",
-                "tasks_redelivered",
-                "tasks_given_up",
                 "tasks_duplicate",
                 "acks_sent",
                 "nacks_sent",
@@ -359,6 +353,8 @@ class Node:
                     ),
                 )
             )
+        services = self._services.snapshot()
+        totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
         push_bytes = self._unlinked_bytes_sent
         for link in self._links.values():
             push_bytes += link.outbox.bytes_sent
@@ -377,7 +373,14 @@ class Node:
             peer_queues=cap_peers(peer_rows),
             ack_latency=self._ack_latency.snapshot(),
             heartbeat_rtt=self._rtt.snapshot(),
-            services=self._services.snapshot(),
+            services=services,
+            # (The task totals are the per-service table's: counted once, at one place a task.)
+            tasks_pushed=totals[PUSHED],
+            tasks_acked=totals[ACKED],
+            tasks_nacked=totals[NACKED],
+            tasks_redelivered=totals[REDELIVERED],
+            tasks_given_up=totals[GIVEN_UP],
+            tasks_received=totals[RECEIVED],
             **self._counts,
         )
 
@@ -465,7 +468,6 @@ class Node:
         if worker is None:
             worker, ready = await self._wait_for_worker(service, timeout)
         self._send_task(worker, ready[worker], self._dispatcher.new_task_id(), service, 1, body)
-        self._counts["tasks_pushed"] += 1
         self._services.row(service)[PUSHED] += 1
         await self._maybe_yield()
 
@@ -502,7 +504,6 @@ class Node:
         after `Settings.max_attempts`."""
         for task in tasks:
             if task.attempt >= self._settings.max_attempts:
-                self._counts["tasks_given_up"] += 1
                 self._services.row(task.service)[GIVEN_UP] += 1
                 letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
                 if self._dead_letter is None:
@@ -522,7 +523,6 @@ class Node:
                         logger.exception("the dead-letter handler failed on %r", letter)
             else:
                 self._redelivery.setdefault(task.service, deque()).append(task)
-                self._counts["tasks_redelivered"] += 1
                 self._services.row(task.service)[REDELIVERED] += 1
                 self._redelivery_queued.unpark_all()
         self._capacity_changed.unpark_all()
@@ -1177,7 +1177,6 @@ class Node:
     def _on_task(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
         task_id, service, attempt = envelope.meta
-        self._counts["tasks_received"] += 1
         self._services.row(service)[RECEIVED] += 1
         if (envelope.sender, task_id) in self._finished:
             self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
@@ -1198,10 +1197,8 @@ class Node:
             return
         self._ack_latency.observe(self._inbox_now - task.sent_at)
         if envelope.kind is Kind.ACK:
-            self._counts["tasks_acked"] += 1
             self._services.row(task.service)[ACKED] += 1
         else:
-            self._counts["tasks_nacked"] += 1
             self._services.row(task.service)[NACKED] += 1
             self._log.warning(
                 "nack",
