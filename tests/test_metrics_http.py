@@ -8,6 +8,7 @@ import http.client
 import math
 import re
 import secrets
+import select
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import trio
 
 import mesh
+import mesh._exporter
 import mesh.blocking
 from mesh._exporter import MetricsServer
 
@@ -219,6 +221,36 @@ async def test_closing_the_node_cuts_off_a_client_that_sends_nothing() -> None:
         with idle:
             assert await trio.to_thread.run_sync(idle.recv, 100) == b""
         assert refused(address)
+
+
+async def test_a_client_that_sends_slowly_is_cut_off_at_the_request_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mesh._exporter, "REQUEST_TIMEOUT", 0.5)
+    with trio.fail_after(15):
+        async with open_node("target", metrics_port=0) as node:
+            address = node.metrics_address
+            assert address is not None
+
+            def slowloris() -> int:
+                """Bytes of a header sent one every 50 ms until the server hangs up (at most
+                200: 10 s, far past the deadline)."""
+                host, port = address.rsplit(":", 1)
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(b"GET /metrics HTTP/1.0\r\nX-Slow: ")
+                    for sent in range(200):
+                        try:
+                            sock.sendall(b"a")
+                        except OSError:
+                            return sent
+                        readable, _, _ = select.select([sock], [], [], 0.05)
+                        if readable and not sock.recv(100):
+                            return sent
+                return 200
+
+            assert await trio.to_thread.run_sync(slowloris) < 200
+            status, _ = await scrape(address)
+            assert status == 200
 
 
 async def test_a_busy_metrics_port_is_an_oserror_and_nothing_is_left_open() -> None:
