@@ -1952,7 +1952,8 @@ async def open_node(
     node gives up on after `Settings.max_attempts`; by default they are logged. With
     `metrics_port` (0: an ephemeral one), the node serves its statistics for Prometheus
     (``GET /metrics``, docs/metrics.md) on `metrics_host` (loopback unless told otherwise) from
-    a thread of its own, at `Node.metrics_address`; `OSError` if that cannot be bound. On exit
+    a thread of its own, at `Node.metrics_address` (`ValueError` for a port out of range or a
+    host that is not an IP address, `OSError` if the address cannot be bound). On exit
     the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its
     mDNS record, stops its tasks and its metrics server, closes every socket and terminates its
     ZeroMQ context.
@@ -1976,8 +1977,13 @@ async def open_node(
         parse_address(seed)
     if name is None:
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
-    if metrics_port is not None and not 0 <= metrics_port <= 65535:
-        raise ValueError(f"metrics_port must be 0 to 65535, not {metrics_port}")
+    if metrics_port is not None:
+        if not 0 <= metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0 to 65535, not {metrics_port}")
+        try:  # an IP address, never a name: looking one up could send a query off the machine
+            ipaddress.ip_address(metrics_host)
+        except ValueError:
+            raise ValueError(f"metrics_host must be an IP address, not {metrics_host!r}") from None
     context: zmq.Context[Any] = zmq.Context()
     node: Node | None = None
     metrics: MetricsServer | None = None

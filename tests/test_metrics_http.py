@@ -3,6 +3,7 @@ demo's producer scraped while it works."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import http.client
 import math
@@ -24,6 +25,7 @@ import trio
 import mesh
 import mesh._exporter
 import mesh.blocking
+from mesh._cli._common import metrics_address
 from mesh._exporter import MetricsServer
 
 open_node = functools.partial(mesh.open_node, discovery="static")
@@ -264,6 +266,9 @@ async def test_a_busy_metrics_port_is_an_oserror_and_nothing_is_left_open() -> N
         with pytest.raises(ValueError, match="metrics_port"):
             async with open_node("target", metrics_port=70000):
                 pass
+        with pytest.raises(ValueError, match="metrics_host"):
+            async with open_node("target", metrics_port=0, metrics_host="localhost"):
+                pass
 
 
 def test_blocking_start_passes_the_metrics_arguments_on() -> None:
@@ -301,6 +306,15 @@ def _cli(*arguments: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def test_the_metrics_option_takes_host_and_port_or_a_port() -> None:
+    assert metrics_address("9464") == ("127.0.0.1", 9464)
+    assert metrics_address("0.0.0.0:0") == ("0.0.0.0", 0)
+    assert metrics_address("[::1]:9464") == ("::1", 9464)
+    for bad in ("localhost:9464", "::1:9464", "127.0.0.1:70000", "127.0.0.1:", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            metrics_address(bad)
 
 
 def test_run_with_a_bad_or_busy_metrics_address_is_a_one_line_error() -> None:

@@ -4,6 +4,7 @@ one-line user errors, and opening a node from the options."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -299,18 +300,22 @@ def command_node_name(command: str) -> str:
 
 
 def metrics_address(text: str) -> tuple[str, int]:
-    """``[HOST:]PORT`` of ``--metrics`` (HOST an IP address, 127.0.0.1 by default; PORT 0 to
-    65535, 0 for an ephemeral one) as (host, port); an `argparse.ArgumentTypeError` if bad."""
+    """``[HOST:]PORT`` of ``--metrics`` (HOST an IP address, ``[...]`` around IPv6, 127.0.0.1 by
+    default; PORT 0 to 65535, 0 for an ephemeral one) as (host, port); an
+    `argparse.ArgumentTypeError` if bad. (Not `parse_address`: 0.0.0.0 is fine to bind to.)"""
+    host, colon, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host if colon else "127.0.0.1"
     try:
-        if text.isdigit():
-            host, port = "127.0.0.1", int(text)
-        else:
-            host, port = parse_address(text)
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError("the port must be 0 to 65535")
+        if ipaddress.ip_address(host).version == 6 and not bracketed:
+            raise ValueError("an IPv6 host goes in brackets")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: give [HOST:]PORT ({exc})") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 0 to 65535")
-    return host, port
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give [HOST:]PORT, HOST an IP address ({exc})"
+        ) from None
+    return host, int(port_text)
 
 
 def add_metrics_option(parser: argparse.ArgumentParser, who: str = "the node") -> None:

@@ -16,9 +16,8 @@ from typing import Any
 import trio
 
 import mesh
-from discovery import parse_address
 
-from ._common import configure_logging
+from ._common import configure_logging, metrics_address
 
 SERVICE = "demo.job"
 TOPIC = "demo.progress"
@@ -52,7 +51,7 @@ async def producer(
     statistics. With `metrics` (``host:port``), serve ``GET /metrics`` there meanwhile."""
     options: dict[str, Any] = {}
     if metrics:
-        host, port = parse_address(metrics)
+        host, port = metrics_address(metrics)
         options = {"metrics_host": host, "metrics_port": port}
     async with mesh.open_node("producer", mesh=mesh_name, interface=interface, **options) as node:
         report("ready", id=node.id, address=node.address, metrics=node.metrics_address)
