@@ -31,6 +31,7 @@ from ._errors import (
     PeerUnreachableError,
     ProtocolError,
 )
+from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
 from ._node import ALL_INTERFACES, Node, open_node
 from ._streams import PeerWatch, Subscription, Task, TaskStream
 from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
@@ -42,6 +43,7 @@ __all__ = [
     "DeadLetter",
     "DetectorSettings",
     "Endpoints",
+    "Histogram",
     "MeshError",
     "Message",
     "MissingPeersError",
@@ -55,13 +57,16 @@ __all__ = [
     "PeerLeft",
     "PeerState",
     "PeerStateChanged",
+    "PeerStatistics",
     "PeerUpdated",
     "PeerWatch",
     "PeerUnreachableError",
     "ProtocolError",
+    "ServiceStatistics",
     "Settings",
     "Subscription",
     "Task",
     "TaskStream",
+    "format_metrics",
     "open_node",
 ]

@@ -63,7 +63,31 @@ from discovery._groups import ungrouped
 from . import _peerlog, _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
-from ._heartbeat import Beat, BeatDatagrams, PeerBeats, beat_body, read_beat, record_digest
+from ._exporter import MetricsServer
+from ._heartbeat import (
+    Beat,
+    BeatDatagrams,
+    PeerBeats,
+    beat_body,
+    read_beat,
+    record_digest,
+    round_trip_sample,
+)
+from ._metrics import (
+    ACK_LATENCY_BUCKETS,
+    ACKED,
+    DONE,
+    GIVEN_UP,
+    NACKED,
+    PUSHED,
+    RECEIVED,
+    REDELIVERED,
+    RTT_BUCKETS,
+    PeerStatistics,
+    ServiceCounts,
+    Tally,
+    cap_peers,
+)
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, RecentTasks
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
@@ -239,12 +263,6 @@ class Node:
                 "events_published",
                 "events_received",
                 "events_dropped",
-                "tasks_pushed",
-                "tasks_acked",
-                "tasks_nacked",
-                "tasks_received",
-                "tasks_redelivered",
-                "tasks_given_up",
                 "tasks_duplicate",
                 "acks_sent",
                 "nacks_sent",
@@ -254,6 +272,16 @@ class Node:
             0,
         )
         self._bad_reasons: dict[str, int] = {}
+        # For operators (`statistics`): bytes by socket, as they cross it (sent bytes are
+        # counted by each `Outbox`; those of closed links are added up here).
+        self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
+        self._udp_bytes_sent = 0
+        self._unlinked_bytes_sent = 0
+        self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
+        self._ack_latency = Tally(ACK_LATENCY_BUCKETS)
+        self._rtt = Tally(RTT_BUCKETS)
+        self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
+        self._metrics_address: str | None = None
 
     # -- public surface ----------------------------------------------------------------------
 
@@ -309,12 +337,62 @@ class Node:
         return health
 
     def statistics(self) -> NodeStatistics:
+        """What this node has counted since it opened, and its queues now: a snapshot
+        (`NodeStatistics` describes each figure). Works after the node has closed, too."""
+        dispatcher = self._dispatcher
+        peer_rows = []
+        for peer in self._peers:
+            link = self._links.get(self._reach(peer.record))
+            peer_rows.append(
+                (
+                    peer.id,
+                    PeerStatistics(
+                        peer.record.name,
+                        0 if link is None else len(link.outbox),
+                        dispatcher.in_flight(peer.record.id),
+                    ),
+                )
+            )
+        services = self._services.snapshot()
+        totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
+        push_bytes = self._unlinked_bytes_sent
+        for link in self._links.values():
+            push_bytes += link.outbox.bytes_sent
         return NodeStatistics(
             peers=len(self._peers),
-            tasks_in_flight=self._dispatcher.in_flight(),
+            tasks_in_flight=dispatcher.in_flight(),
             bad_frame_reasons=dict(self._bad_reasons),
+            bytes_received=dict(self._bytes_in),
+            bytes_sent={
+                "pub": self._pub.bytes_sent,
+                "push": push_bytes,
+                "udp": self._udp_bytes_sent,
+            },
+            events_queued=len(self._pub),
+            redelivery_queued=sum(map(len, self._redelivery.values())),
+            peer_queues=cap_peers(peer_rows),
+            ack_latency=self._ack_latency.snapshot(),
+            heartbeat_rtt=self._rtt.snapshot(),
+            services=services,
+            # (The task totals are the per-service table's: counted once, at one place a task.)
+            tasks_pushed=totals[PUSHED],
+            tasks_acked=totals[ACKED],
+            tasks_nacked=totals[NACKED],
+            tasks_redelivered=totals[REDELIVERED],
+            tasks_given_up=totals[GIVEN_UP],
+            tasks_received=totals[RECEIVED],
             **self._counts,
         )
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` where this node serves ``GET /metrics`` (`open_node`'s
+        `metrics_port`), or None if it does not."""
+        return self._metrics_address
+
+    def _statistics_unless_closing(self) -> NodeStatistics | None:
+        """For the metrics server, in the node's trio thread: None once the node is closing."""
+        return None if self._closing else self.statistics()
 
     def __repr__(self) -> str:
         state = " closed" if self._closing else ""
@@ -390,7 +468,7 @@ class Node:
         if worker is None:
             worker, ready = await self._wait_for_worker(service, timeout)
         self._send_task(worker, ready[worker], self._dispatcher.new_task_id(), service, 1, body)
-        self._counts["tasks_pushed"] += 1
+        self._services.row(service)[PUSHED] += 1
         await self._maybe_yield()
 
     async def _wait_for_worker(
@@ -426,7 +504,7 @@ class Node:
         after `Settings.max_attempts`."""
         for task in tasks:
             if task.attempt >= self._settings.max_attempts:
-                self._counts["tasks_given_up"] += 1
+                self._services.row(task.service)[GIVEN_UP] += 1
                 letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
                 if self._dead_letter is None:
                     self._log.warning(
@@ -445,7 +523,7 @@ class Node:
                         logger.exception("the dead-letter handler failed on %r", letter)
             else:
                 self._redelivery.setdefault(task.service, deque()).append(task)
-                self._counts["tasks_redelivered"] += 1
+                self._services.row(task.service)[REDELIVERED] += 1
                 self._redelivery_queued.unpark_all()
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
@@ -563,8 +641,11 @@ class Node:
 
     def _release(self, task: Task) -> None:
         """`task` is settled (or given back): it is no longer in this worker's hands."""
-        self._held.discard(task)
-        if not self._held:
+        held = self._held
+        if task in held:
+            held.remove(task)
+            self._services.row(task.service)[DONE] += 1
+        if not held:
             self._held_changed.unpark_all()
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
@@ -803,7 +884,9 @@ class Node:
             if copy >= copies:
                 continue
             try:
-                sock.sendto(datagrams.for_peer(*beats.next_datagram(now)), destination)
+                datagram = datagrams.for_peer(*beats.next_datagram(now))
+                sock.sendto(datagram, destination)
+                self._udp_bytes_sent += len(datagram)
             except OSError as exc:  # BlockingIOError (buffer full) included
                 # A full socket buffer or an unreachable network costs one copy of one beat.
                 self._log.warning(
@@ -852,6 +935,7 @@ class Node:
                 except OSError as exc:  # an ICMP error reported late, say: not this node's fault
                     self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
                     break
+                self._bytes_in["udp"] += len(datagram)
                 self._on_datagram(datagram, _arrival(ancillary, wall_offset, now))
 
     def _on_datagram(self, datagram: bytes, arrival: float) -> None:
@@ -896,6 +980,10 @@ class Node:
             arrival = trio.current_time()
         if not beats.take(beat, arrival):
             return  # a copy that came another way, or later
+        if beat.echo is not None:
+            sample = round_trip_sample(beat.echo, arrival)
+            if sample is not None:
+                self._rtt.observe(sample)
         if beat.credit is not None:
             self._dispatcher.set_credit(sender, beat.credit)
         if beat.record is not None:
@@ -1007,6 +1095,7 @@ class Node:
             Kind.HEARTBEAT: self._on_inbox_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
+            self._inbox_now = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
 
@@ -1056,6 +1145,7 @@ class Node:
                 frame = self._control.receive_nowait()
             except (zmq.Again, trio.ClosedResourceError):
                 return
+            self._bytes_in["control"] += len(frame)
             try:
                 envelopes = _wire.decode_published_many(frame)
             except ProtocolError as exc:
@@ -1083,6 +1173,7 @@ class Node:
                 frames = await sock.receive_batch(self._settings.receive_batch)
             except trio.ClosedResourceError:
                 return []
+            self._bytes_in[where] += sum(map(len, frames))
             batch: list[Envelope] = []
             for frame in frames:
                 try:
@@ -1097,7 +1188,7 @@ class Node:
     def _on_task(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
         task_id, service, attempt = envelope.meta
-        self._counts["tasks_received"] += 1
+        self._services.row(service)[RECEIVED] += 1
         if (envelope.sender, task_id) in self._finished:
             self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
             self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
@@ -1115,10 +1206,11 @@ class Node:
         task = self._dispatcher.settle(envelope.sender, envelope.meta[0])
         if task is None:
             return
+        self._ack_latency.observe(self._inbox_now - task.sent_at)
         if envelope.kind is Kind.ACK:
-            self._counts["tasks_acked"] += 1
+            self._services.row(task.service)[ACKED] += 1
         else:
-            self._counts["tasks_nacked"] += 1
+            self._services.row(task.service)[NACKED] += 1
             self._log.warning(
                 "nack",
                 trio.current_time(),
@@ -1380,6 +1472,7 @@ class Node:
     def _unlink(self, address: str) -> None:
         link = self._links.pop(address, None)
         if link is not None:
+            self._unlinked_bytes_sent += link.outbox.bytes_sent
             link.scope.cancel()
             link.outbox.discard()
             link.close(linger=0)
@@ -1823,6 +1916,20 @@ def _arrival(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: f
     return now
 
 
+def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
+    try:
+        return MetricsServer(
+            host,
+            port,
+            node._statistics_unless_closing,
+            trio.lowlevel.current_trio_token(),
+            {"mesh": node.mesh, "node": node.name},
+        )
+    except OSError as exc:  # (socket.gaierror too: a host that is not an address)
+        where = format_address(host, port)
+        raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from exc
+
+
 def _close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
     for sock in socks:
         trio.lowlevel.notify_closing(sock)  # a waiter, if any, gets ClosedResourceError
@@ -1841,6 +1948,8 @@ async def open_node(
     discovery: str | Iterable[str] = "mdns",
     settings: Settings | None = None,
     dead_letter: Callable[[DeadLetter], None] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
@@ -1855,9 +1964,14 @@ async def open_node(
     delivered whenever that node is up. Raises `ValueError` for a bad name, interface, port,
     seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot start on the
     interface. `dead_letter` is called (in the node's task: it must not block) with each task the
-    node gives up on after `Settings.max_attempts`; by default they are logged. On exit the node
-    says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its mDNS record,
-    stops its tasks, closes every socket and terminates its ZeroMQ context.
+    node gives up on after `Settings.max_attempts`; by default they are logged. With
+    `metrics_port` (0: an ephemeral one), the node serves its statistics for Prometheus
+    (``GET /metrics``, docs/metrics.md) on `metrics_host` (loopback unless told otherwise) from
+    a thread of its own, at `Node.metrics_address` (`ValueError` for a port out of range or a
+    host that is not an IP address, `OSError` if the address cannot be bound). On exit
+    the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its
+    mDNS record, stops its tasks and its metrics server, closes every socket and terminates its
+    ZeroMQ context.
     """
     settings = settings or Settings()
     hosts = _check_interfaces(interface)
@@ -1878,8 +1992,16 @@ async def open_node(
         parse_address(seed)
     if name is None:
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
+    if metrics_port is not None:
+        if not 0 <= metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0 to 65535, not {metrics_port}")
+        try:  # an IP address, never a name: looking one up could send a query off the machine
+            ipaddress.ip_address(metrics_host)
+        except ValueError:
+            raise ValueError(f"metrics_host must be an IP address, not {metrics_host!r}") from None
     context: zmq.Context[Any] = zmq.Context()
     node: Node | None = None
+    metrics: MetricsServer | None = None
     try:
         with ungrouped():  # the user's exception comes out as it went in, not in a group
             node = Node(
@@ -1892,6 +2014,9 @@ async def open_node(
                 settings=settings,
                 dead_letter=dead_letter,
             )
+            if metrics_port is not None:
+                metrics = _serve_metrics(node, metrics_host, metrics_port)
+                node._metrics_address = metrics.address
             async with AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 node._start(nursery, seeds)
@@ -1903,6 +2028,10 @@ async def open_node(
                     await node._say_goodbye()
                     nursery.cancel_scope.cancel()
     finally:
+        if metrics is not None:
+            # In a thread, and shielded: a scrape in progress may be waiting on this one.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(metrics.close)
         if node is None:
             context.destroy(linger=0)  # Node() failed: close whatever it had opened
         else:

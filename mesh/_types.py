@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._detector import DetectorSettings
+from ._metrics import (
+    ACK_LATENCY_BUCKETS,
+    RTT_BUCKETS,
+    Histogram,
+    PeerStatistics,
+    ServiceStatistics,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +109,38 @@ class Message(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
-    """Counters since the node opened. `bad_frames` counts frames dropped for breaking the
-    protocol, by `ProtocolError.reason` in `bad_frame_reasons`. As a sender: `tasks_redelivered`
-    (sent again after a nack or a worker's death), `tasks_given_up` (after `max_attempts`). As a
-    worker: `tasks_duplicate` (received again after it was done, and acked without running).
-    `heartbeat_datagrams` counts valid heartbeats that came by UDP, first copies or not."""
+    """What a node has counted since it opened, and the state of its queues now (a snapshot,
+    from `Node.statistics`; docs/metrics.md names each as Prometheus exports it).
+
+    * `peers`: the peers known now.
+    * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
+      a subscription whose buffer was full, without `Settings.event_backpressure`).
+    * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
+      `tasks_in_flight` (sent, not yet settled, now), `tasks_redelivered` (queued to be sent
+      again after a nack, a worker's death or an ack deadline), `tasks_given_up` (after
+      `Settings.max_attempts`).
+    * As a worker: `tasks_received`, `tasks_duplicate` (received again after it was done, and
+      acked without running), `acks_sent`, `nacks_sent`.
+    * `heartbeat_datagrams`: valid heartbeats that came by UDP, first copies or not.
+    * `bad_frames`: frames dropped for breaking the protocol; by `ProtocolError.reason` in
+      `bad_frame_reasons`.
+    * `bytes_received`, `bytes_sent`: bytes of ZeroMQ frames and UDP datagrams, as they cross
+      the sockets, by socket: received on ``"inbox"`` (the PULL), ``"events"`` (the events SUB),
+      ``"control"`` (the control SUB), ``"udp"`` (heartbeat datagrams); sent on ``"pub"``,
+      ``"push"`` (every peer's inbox) and ``"udp"``. Bytes of ZeroMQ's own framing are not
+      counted.
+    * Queues now: `events_queued` (messages waiting in this node for the PUB socket),
+      `redelivery_queued` (tasks waiting to be sent again), and by peer id (hex) in
+      `peer_queues` its outbox and the tasks it holds (`PeerStatistics`), for at most
+      128 peers, the rest summed under the key ``""``.
+    * `ack_latency`: seconds from each send of a task to its ack or nack, at the producer (a
+      redelivered task's time counts from its last send). `heartbeat_rtt`: round trips to
+      peers, measured from their echoes of this node's heartbeats. Both `Histogram`s.
+    * `services`: task counters by service name (`ServiceStatistics`). Service names come from
+      peers too (a task names its service), so at most 128 names have a row of their
+      own, the first ones seen; tasks of any other service (and of the empty name, which only a
+      misbehaving peer sends) are counted under the key ``""``.
+    """
 
     peers: int
     events_published: int
@@ -125,6 +159,14 @@ class NodeStatistics:
     heartbeat_datagrams: int
     bad_frames: int
     bad_frame_reasons: Mapping[str, int] = field(default_factory=dict)
+    bytes_received: Mapping[str, int] = field(default_factory=dict)
+    bytes_sent: Mapping[str, int] = field(default_factory=dict)
+    events_queued: int = 0
+    redelivery_queued: int = 0
+    peer_queues: Mapping[str, PeerStatistics] = field(default_factory=dict)
+    ack_latency: Histogram = field(default_factory=lambda: Histogram.empty(ACK_LATENCY_BUCKETS))
+    heartbeat_rtt: Histogram = field(default_factory=lambda: Histogram.empty(RTT_BUCKETS))
+    services: Mapping[str, ServiceStatistics] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

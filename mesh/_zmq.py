@@ -278,6 +278,7 @@ class Outbox:
         self._room = trio.lowlevel.ParkingLot()
         self._on_room = on_room
         self.frames_sent = 0  # frames handed to ZeroMQ (each holds one message or more)
+        self.bytes_sent = 0  # their bytes
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -291,12 +292,14 @@ class Outbox:
             if self.coalesce is None:
                 if self.socket.try_send(message):
                     self.frames_sent += 1
+                    self.bytes_sent += len(message)
                     return True
             else:
                 # The clock is read only here, when nothing is queued: once per burst.
                 now = trio.current_time()
                 if now >= self._quiet_at and self.socket.try_send(message):
                     self.frames_sent += 1
+                    self.bytes_sent += len(message)
                     self._quiet_at = now + BURST_GAP
                     return True
             if self.socket.closed:
@@ -358,6 +361,7 @@ class Outbox:
                     if self.socket.try_send(frame):
                         self._next = None
                         self.frames_sent += 1
+                        self.bytes_sent += len(frame)
                         was_full = len(queue) >= self._capacity
                         for _ in range(count):
                             queue.popleft()

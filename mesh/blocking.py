@@ -93,6 +93,8 @@ def start(
     discovery: str | Iterable[str] = "mdns",
     settings: Settings | None = None,
     dead_letter: Callable[[DeadLetter], None] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     timeout: float = 30.0,
 ) -> BlockingNode:
     """Open a node in a thread of its own and return it once it is open.
@@ -103,6 +105,8 @@ def start(
     and must not block. Raises `TimeoutError` if the node is not open within `timeout` seconds
     (it is told to stop then). The caller owns the node: `stop()` it, or use it as a
     context manager (``with mesh.blocking.start(...) as node:``).
+    `metrics_port` and `metrics_host` serve ``GET /metrics`` as `open_node` does (a metrics
+    port that cannot be bound is an `OSError` too).
     """
     options: dict[str, Any] = {
         "name": name,
@@ -114,6 +118,8 @@ def start(
         "discovery": discovery,
         "settings": settings,
         "dead_letter": dead_letter,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
     }
     node = BlockingNode(options)
     node._thread.start()

@@ -4,6 +4,7 @@ one-line user errors, and opening a node from the options."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -296,3 +297,41 @@ def jsonable(body: Any) -> Any:
 def command_node_name(command: str) -> str:
     """The name of the node a command joins with: the command, the host and the process."""
     return f"mesh-cli-{command}-{socket.gethostname()}-{os.getpid()}"
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` of ``--metrics`` (HOST an IP address, ``[...]`` around IPv6, 127.0.0.1 by
+    default; PORT 0 to 65535, 0 for an ephemeral one) as (host, port); an
+    `argparse.ArgumentTypeError` if bad. (Not `parse_address`: 0.0.0.0 is fine to bind to.)"""
+    host, colon, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host if colon else "127.0.0.1"
+    try:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError("the port must be 0 to 65535")
+        if ipaddress.ip_address(host).version == 6 and not bracketed:
+            raise ValueError("an IPv6 host goes in brackets")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give [HOST:]PORT, HOST an IP address ({exc})"
+        ) from None
+    return host, int(port_text)
+
+
+def add_metrics_option(parser: argparse.ArgumentParser, who: str = "the node") -> None:
+    """``--metrics [HOST:]PORT``: where `who` serves ``GET /metrics`` for Prometheus."""
+    parser.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="[HOST:]PORT",
+        help=f"serve {who}'s statistics for Prometheus at http://HOST:PORT/metrics "
+        "(HOST default 127.0.0.1)",
+    )
+
+
+def metrics_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`open_node`'s metrics arguments from ``--metrics`` (none if it was not given)."""
+    if args.metrics is None:
+        return {}
+    host, port = args.metrics
+    return {"metrics_host": host, "metrics_port": port}

@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -27,7 +28,16 @@ from typing import Any, Protocol
 
 import trio
 
-from ._common import add_command, positive_float, positive_int, run_trio
+from discovery import format_address
+
+from ._common import (
+    UserError,
+    add_command,
+    add_metrics_option,
+    positive_float,
+    positive_int,
+    run_trio,
+)
 
 OBSERVER = "demo-view"
 SUBSCRIBER = "watcher"
@@ -68,6 +78,7 @@ def add_to(commands: Any) -> None:
     parser.add_argument(
         "--timeout", type=positive_float, default=28.0, help="give up after this many seconds"
     )
+    add_metrics_option(parser, "the producer")
     parser.set_defaults(run=_run)
 
 
@@ -101,6 +112,10 @@ class Loopback:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.metrics is not None:
+        if args.netns:
+            raise UserError("--metrics is for the demo on 127.0.0.1, not --netns", status=2)
+        _check_bindable(*args.metrics)
     if args.netns:
         from ._netns import Switch
 
@@ -214,7 +229,8 @@ async def _conduct(demo: Demo) -> None:
             demo.note("workers and subscriber are up; starting the producer")
             peers = ",".join((SUBSCRIBER, *WORKERS))
             tasks, rate = str(demo.args.tasks), str(demo.args.rate)
-            await _start(demo, nursery, PRODUCER, "producer", tasks, rate, peers)
+            metrics = "" if demo.args.metrics is None else format_address(*demo.args.metrics)
+            await _start(demo, nursery, PRODUCER, "producer", tasks, rate, peers, metrics)
             await _fail_part_way(demo)
             await demo.finished_event.wait()
             if demo.args.netns and demo.failed_at is not None:
@@ -259,6 +275,19 @@ async def _read_reports(demo: Demo, node: Node) -> None:
         raise NodeFailed(f"{node.name} exited unexpectedly (status {node.process.returncode})")
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Fail now, in one line, if the producer could not serve its metrics there (it binds
+    them itself once the other nodes are up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        where = format_address(host, port)
+        raise UserError(f"--metrics: cannot serve on {where}: {exc.strerror or exc}") from None
+
+
 class NodeFailed(Exception):
     """A node of the demo ended by itself (its stderr, shown above, says why)."""
 
@@ -269,6 +298,8 @@ def _on_report(demo: Demo, node: Node, report: dict[str, Any]) -> None:
     if kind == "ready":
         node.state = "alive"
         node.ready.set()
+        if report.get("metrics"):
+            demo.note(f"{node.name} serves its metrics at http://{report['metrics']}/metrics")
     elif kind == "done":
         node.done[report["n"]] += 1
         if report["attempt"] > 1 and demo.failed_at is not None and demo.rerouted_after is None:

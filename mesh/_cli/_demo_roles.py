@@ -17,7 +17,7 @@ import trio
 
 import mesh
 
-from ._common import configure_logging
+from ._common import configure_logging, metrics_address
 
 SERVICE = "demo.job"
 TOPIC = "demo.progress"
@@ -43,12 +43,18 @@ async def worker(mesh_name: str, interface: str, name: str, pause: str) -> None:
                 report("done", n=task.body["n"], attempt=task.attempt)
 
 
-async def producer(mesh_name: str, interface: str, count: str, rate: str, peers: str) -> None:
+async def producer(
+    mesh_name: str, interface: str, count: str, rate: str, peers: str, metrics: str = ""
+) -> None:
     """Wait for the `peers` (names, comma-separated), push `count` tasks at `rate` a second,
     publish progress events, then wait until every task is acked (or given up) and report the
-    statistics."""
-    async with mesh.open_node("producer", mesh=mesh_name, interface=interface) as node:
-        report("ready", id=node.id, address=node.address)
+    statistics. With `metrics` (``host:port``), serve ``GET /metrics`` there meanwhile."""
+    options: dict[str, Any] = {}
+    if metrics:
+        host, port = metrics_address(metrics)
+        options = {"metrics_host": host, "metrics_port": port}
+    async with mesh.open_node("producer", mesh=mesh_name, interface=interface, **options) as node:
+        report("ready", id=node.id, address=node.address, metrics=node.metrics_address)
         await node.wait_for_peers(names=peers.split(","), timeout=PEERS_TIMEOUT)
         report("started")
         interval = 1.0 / float(rate)

@@ -18,7 +18,9 @@ from .._streams import Task, TaskStream
 from ._common import (
     UserError,
     add_command,
+    add_metrics_option,
     mesh_options,
+    metrics_options,
     open_cli_node,
     positive_float,
     positive_int,
@@ -76,6 +78,7 @@ def add_to(commands: Any) -> None:
     )
     parser.add_argument("--pub-port", type=int, default=0, help="fixed port for events")
     parser.add_argument("--pull-port", type=int, default=0, help="fixed port for the inbox")
+    add_metrics_option(parser)
     parser.set_defaults(run=_check_and_run)
 
 
@@ -95,7 +98,13 @@ def _check_and_run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     async with (
-        open_cli_node(args, args.name, pub_port=args.pub_port, pull_port=args.pull_port) as node,
+        open_cli_node(
+            args,
+            args.name,
+            pub_port=args.pub_port,
+            pull_port=args.pull_port,
+            **metrics_options(args),
+        ) as node,
         trio.open_nursery() as nursery,
     ):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
