@@ -152,6 +152,7 @@ class BlockingNode:
         self._nursery: trio.Nursery | None = None  # holds subscriptions and services open
         self._helpers: list[threading.Thread] = []  # callback and handler threads
         self._id = self._name = self._address = ""
+        self._metrics_address: str | None = None
         label = options["name"] or "node"
         self._thread = threading.Thread(
             target=self._run, args=(options,), name=f"mesh-node {label}", daemon=True
@@ -172,6 +173,12 @@ class BlockingNode:
     def address(self) -> str:
         """``host:port`` of the node's inbox: what other nodes pass to `connect` or `seeds`."""
         return self._address
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` where the node serves ``GET /metrics`` (`start`'s `metrics_port`), or
+        None if it does not."""
+        return self._metrics_address
 
     @property
     def running(self) -> bool:
@@ -382,6 +389,7 @@ class BlockingNode:
         with self._scope:
             async with open_node(**options) as node, trio.open_nursery() as nursery:
                 self._id, self._name, self._address = node.id, node.name, node.address
+                self._metrics_address = node.metrics_address
                 self._thread.name = f"mesh-node {node.name}"
                 self._node = node
                 self._nursery = nursery
