@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -18,6 +19,7 @@ from .._streams import Task, TaskStream
 from ._common import (
     UserError,
     add_command,
+    check_service,
     mesh_options,
     open_cli_node,
     positive_float,
@@ -38,7 +40,15 @@ def add_to(commands: Any) -> None:
         "tasks, let those in hand finish (--grace), hand back the rest, say goodbye.\n\n"
         "With --service and --exec, each task's body goes to CMD on its stdin (a string as "
         "it is, anything else as JSON) and CMD's exit status acks (0) or nacks it, so any "
-        "program becomes a worker. With --service alone, tasks are printed and acked.",
+        "program becomes a worker. With --service alone, tasks are printed and acked.\n\n"
+        "CMD also gets the task in its environment, to make its work idempotent (a task is "
+        "sent again when its worker nacks it or is lost, so it can run more than once):\n"
+        "  MESH_TASK_ID           the task's number, unique per sender\n"
+        "  MESH_TASK_SENDER       the sender's node id (32 hex digits); with MESH_TASK_ID,\n"
+        "                         the task's name in the mesh\n"
+        "  MESH_TASK_ATTEMPT      1 the first time, then 2, 3, ...\n"
+        "  MESH_TASK_REDELIVERED  1 if an earlier attempt was made (attempt > 1), else 0\n"
+        "  MESH_SERVICE           the service the task is for",
         example="mesh-cli run --name thumbs --service thumbnail --exec ./make-thumbnail.sh",
         parents=[mesh_options()],
     )
@@ -80,6 +90,8 @@ def add_to(commands: Any) -> None:
 
 
 def _check_and_run(args: argparse.Namespace) -> int:
+    for service in args.services:
+        check_service(service)
     if args.exec_command is not None:
         if not args.services:
             raise UserError("--exec needs a --service to work for", status=2)
@@ -149,6 +161,7 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
     with trio.move_on_after(args.task_timeout or float("inf")) as timer:
         done = await trio.run_process(
             args.argv,
+            env=_task_environment(task),
             stdin=data,
             capture_stderr=True,
             check=False,
@@ -159,6 +172,18 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
     if done.returncode != 0:
         error = done.stderr.decode(errors="replace").strip()[-_STDERR_KEPT:]
         raise CommandFailed(f"exit status {done.returncode}" + (f": {error}" if error else ""))
+
+
+def _task_environment(task: Task) -> dict[str, str]:
+    """This process's environment and the task's details (documented under ``run --help``)."""
+    return {
+        **os.environ,
+        "MESH_TASK_ID": str(task.id),
+        "MESH_TASK_SENDER": task.sender,
+        "MESH_TASK_ATTEMPT": str(task.attempt),
+        "MESH_TASK_REDELIVERED": "1" if task.redelivered else "0",
+        "MESH_SERVICE": task.service,
+    }
 
 
 class CommandFailed(Exception):
