@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -336,14 +337,10 @@ async def find_peers(
 def unanswered_seeds(node: Node, args: argparse.Namespace) -> list[str]:
     """The seeds given (already checked by `open_cli_node`) that no peer of `node` answers at."""
     answered = {address for peer in node.peers.values() for address in peer.record.addresses}
-    return [
-        seed for seed in seeds_of(args) if format_address(*parse_address(seed)) not in answered
-    ]
+    return [seed for seed in seeds_of(args) if format_address(*parse_address(seed)) not in answered]
 
 
-def no_seed_answered(
-    node: Node, args: argparse.Namespace, waited: float | None
-) -> str | None:
+def no_seed_answered(node: Node, args: argparse.Namespace, waited: float | None) -> str | None:
     """What to say when seeds were given and `node` found no peer at all in `waited` seconds
     (a seed nobody answers at is a mistake to name, not an empty mesh); else None."""
     seeds = unanswered_seeds(node, args)
@@ -395,6 +392,27 @@ async def open_signal_nursery() -> AsyncIterator[trio.Nursery]:
             nursery.start_soon(stop_on_signal)
             yield nursery
             nursery.cancel_scope.cancel()
+
+
+def write_line(line: str) -> bool:
+    """Print `line` to stdout at once; False if stdout's reader has gone away (a task printed
+    that way is not done: the caller nacks it, then raises `BrokenPipeError` outside the task's
+    block, which ends the command quietly)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        return False
+    return True
+
+
+READER_GONE = "the worker's output was closed"
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone away (asked without writing to it)."""
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), 0)  # POLLERR is reported whatever is asked for
+    return any(events & select.POLLERR for _, events in poll.poll(0))
 
 
 def jsonable(body: Any) -> Any:

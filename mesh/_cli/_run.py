@@ -17,6 +17,7 @@ import trio
 from .._node import Node
 from .._streams import Task, TaskStream
 from ._common import (
+    READER_GONE,
     UserError,
     add_command,
     check_service,
@@ -26,6 +27,8 @@ from ._common import (
     positive_int,
     run_trio,
     show_body,
+    stdout_closed,
+    write_line,
 )
 
 _STDERR_KEPT = 300  # characters of a failed command's stderr put in its nack
@@ -138,15 +141,25 @@ async def _work(
 
 async def _do_tasks(stream: TaskStream, args: argparse.Namespace) -> None:
     async for task in stream:
+        reader_gone = False
         async with task:  # acks at the end; nacks if cancelled or broken
             if args.exec_command is None:
-                print(f"{task.service} {show_body(task.body)}", flush=True)
-                continue
-            try:
-                await _execute(task, args)
-            except CommandFailed as exc:
-                _say(f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}")
-                await task.nack(str(exc))
+                reader_gone = not write_line(f"{task.service} {show_body(task.body)}")
+                if reader_gone:
+                    await task.nack(READER_GONE)
+            else:
+                try:
+                    await _execute(task, args)
+                except CommandFailed as exc:
+                    # CMD killed by SIGPIPE as our stdout's reader left: not the task's fault.
+                    reader_gone = exc.signal == signal.SIGPIPE and stdout_closed()
+                    if not reader_gone:
+                        _say(
+                            f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}"
+                        )
+                    await task.nack(READER_GONE if reader_gone else str(exc))
+        if reader_gone:
+            raise BrokenPipeError
 
 
 async def _execute(task: Task, args: argparse.Namespace) -> None:
@@ -171,7 +184,10 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
         raise CommandFailed(f"killed after {args.task_timeout:g} s (--task-timeout)")
     if done.returncode != 0:
         error = done.stderr.decode(errors="replace").strip()[-_STDERR_KEPT:]
-        raise CommandFailed(f"exit status {done.returncode}" + (f": {error}" if error else ""))
+        raise CommandFailed(
+            f"exit status {done.returncode}" + (f": {error}" if error else ""),
+            signal=-done.returncode if done.returncode < 0 else None,
+        )
 
 
 def _task_environment(task: Task) -> dict[str, str]:
@@ -187,7 +203,12 @@ def _task_environment(task: Task) -> dict[str, str]:
 
 
 class CommandFailed(Exception):
-    """The --exec command failed on a task (its message goes in the nack)."""
+    """The --exec command failed on a task (its message goes in the nack); `signal` is the
+    signal that killed it, if one did."""
+
+    def __init__(self, message: str, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 def _say(line: str) -> None:

@@ -14,6 +14,7 @@ from .._errors import NoWorkerError
 from .._types import DeadLetter
 from ._common import (
     BODY_HELP,
+    READER_GONE,
     PeerNames,
     UserError,
     add_command,
@@ -30,6 +31,7 @@ from ._common import (
     positive_int,
     run_trio,
     show_body,
+    write_line,
 )
 
 
@@ -81,9 +83,7 @@ async def _push(args: argparse.Namespace) -> int:
     body = parse_body(args.body, args.raw)
     deadline = trio.current_time() + args.timeout
     given_up: list[DeadLetter] = []
-    async with open_cli_node(
-        args, command_node_name("push"), dead_letter=given_up.append
-    ) as node:
+    async with open_cli_node(args, command_node_name("push"), dead_letter=given_up.append) as node:
         try:
             for _ in range(args.count):
                 await node.push(args.service, body, timeout=deadline - trio.current_time())
@@ -116,7 +116,8 @@ async def _push(args: argparse.Namespace) -> int:
             raise UserError(unanswered)
         raise UserError(f"no worker offers {args.service!r} (waited {args.timeout:g} s)")
     if outcome["not_done"]:
-        print(f"mesh-cli push: {_not_done(args, stats.tasks_pushed, stats.tasks_acked, given_up)}", file=sys.stderr)
+        what = _not_done(args, stats.tasks_pushed, stats.tasks_acked, given_up)
+        print(f"mesh-cli push: {what}", file=sys.stderr)
         return 1
     return 0
 
@@ -175,10 +176,14 @@ async def _work(args: argparse.Namespace) -> int:
                         "attempt": task.attempt,
                         "body": jsonable(task.body),
                     }
-                    print(json.dumps(fields), flush=True)
+                    line = json.dumps(fields)
                 else:
                     again = f" (attempt {task.attempt})" if task.redelivered else ""
-                    print(f"{task.service} {sender}{again} {show_body(task.body)}", flush=True)
+                    line = f"{task.service} {sender}{again} {show_body(task.body)}"
+                if not (printed := write_line(line)):
+                    await task.nack(READER_GONE)
+            if not printed:
+                raise BrokenPipeError
             done += 1
             if done >= count:
                 break
