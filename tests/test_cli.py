@@ -215,7 +215,7 @@ def test_every_command_has_help_with_an_example(
     status, stdout, _ = finish(spawn("--help"))
     assert status == 0
     # The commands, as listed under "positional arguments" (indented by four, then the help).
-    commands = {m.group(1) for line in stdout if (m := re.match(r"^    (\w+)\s", line))}
+    commands = {m.group(1) for line in stdout if (m := re.match(r"^    (\w+)(\s|$)", line))}
     assert {"peers", "wait", "run", "pub", "sub", "push", "work", "bench", "completion"} <= commands
     # Each command's help in this process: the same parser, without a start-up per command.
     for command in sorted(commands):

@@ -24,7 +24,7 @@ def add_to(commands: Any) -> None:
         '  zsh (~/.zshrc):    eval "$(mesh-cli completion zsh)"   (after compinit)\n\n'
         "or save it where the shell looks for completions, e.g. "
         "/etc/bash_completion.d/mesh-cli, or a file _mesh-cli in a directory of zsh's $fpath.",
-        example='eval "$(mesh-cli completion bash)"',
+        example="mesh-cli completion bash > ~/.local/share/bash-completion/completions/mesh-cli",
     )
     parser.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash or zsh")
     parser.set_defaults(run=_run)

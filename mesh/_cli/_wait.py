@@ -29,8 +29,8 @@ def add_to(commands: Any) -> None:
         "--service, if given) are there and wired both ways, so that what the script does next "
         "reaches them. Prints one line and exits 0 then; exits 1 with one line saying how many "
         "it found if --timeout passes first.",
-        example="mesh-cli run --service thumbnail --exec ./thumb.sh & "
-        "mesh-cli wait --service thumbnail && mesh-cli push thumbnail @job.json",
+        example="mesh-cli wait --service thumbnail --count 2 --timeout 30 && "
+        "mesh-cli push thumbnail @job.json",
         parents=[mesh_options()],
     )
     parser.add_argument("--service", metavar="SERVICE", help="count only peers offering it")
