@@ -374,11 +374,14 @@ def test_pub_body_from_a_file_and_stdin(spawn: Spawn, mesh: str, tmp_path: Path)
     assert events == {"e.file": {"id": 42}, "e.stdin": "text\n"}
 
 
-def test_a_body_file_that_is_not_json(spawn: Spawn, tmp_path: Path) -> None:
+def test_a_body_that_is_not_json_says_where_it_came_from(spawn: Spawn, tmp_path: Path) -> None:
     body = tmp_path / "body.txt"
     body.write_text("not json")
     status, _, stderr = finish(spawn("push", "s", f"@{body}"))
-    assert_one_line_error(status, stderr, "mesh-cli push:", "not valid JSON", "--raw")
+    assert_one_line_error(status, stderr, f"the body in '{body}' is not valid JSON", "--raw")
+    assert status == 2
+    done = run_cli(new_mesh(), "pub", "t", "-", input=b"{")
+    assert_one_line_error(done.returncode, lines(done.stderr), "the body on stdin is not valid")
 
 
 # -- wait --------------------------------------------------------------------------------------

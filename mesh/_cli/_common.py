@@ -166,15 +166,19 @@ def parse_body(text: str, raw: bool) -> Any:
             except UnicodeDecodeError:
                 return data
         text_or_data: str | bytes = data
+        where = "on stdin" if text == "-" else f"in {text[1:]!r}"
     else:
         if raw:
             return text
         text_or_data = text
+        where = ""
     try:
         return json.loads(text_or_data)
     except ValueError as exc:  # UnicodeDecodeError too
         raise UserError(
-            f"the body is not valid JSON ({exc}); pass --raw to send it as text", status=2
+            f"the body{' ' * bool(where)}{where} is not valid JSON ({exc}); pass --raw to send"
+            " it as text",
+            status=2,
         ) from None
 
 
