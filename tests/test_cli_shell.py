@@ -80,6 +80,9 @@ def lines(text: str) -> list[str]:
         (("push", "s"), 2, ["required: BODY", "mesh-cli push --help"]),
         (("completion", "fish"), 2, ["invalid choice: 'fish'"]),
         (("wait", "--count", "0"), 2, ["--count", "at least 1"]),
+        (("run", "--grace", "-1"), 2, ["--grace", "0 or more"]),
+        (("run", "--name", ""), 2, ["cannot open a node: name must be 1 to 255 bytes"]),
+        (("peers", "--mesh", "m" * 251), 2, ["cannot open a node: mesh must be 1 to 250 bytes"]),
     ],
     ids=[
         "push-empty-service",
@@ -95,6 +98,9 @@ def lines(text: str) -> list[str]:
         "argument-missing",
         "completion-unknown-shell",
         "wait-count-zero",
+        "grace-negative",
+        "empty-node-name",
+        "mesh-name-too-long",
     ],
 )
 def test_mistakes_are_one_line(

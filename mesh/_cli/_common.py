@@ -114,10 +114,12 @@ async def open_cli_node(
     except (ValueError, OSError) as exc:
         if opened:
             raise
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        # A ValueError is a bad option (status 2); an OSError, a machine that cannot do it.
-        status = 2 if isinstance(exc, ValueError) else 1
-        raise UserError(f"cannot open a node on {args.interface}: {detail}", status) from None
+        # A ValueError is a bad option (status 2; it names what is wrong: the interface, the
+        # name, a port); an OSError, a machine that cannot do it on this interface.
+        if isinstance(exc, ValueError):
+            raise UserError(f"cannot open a node: {exc}", status=2) from None
+        detail = exc.strerror or str(exc)
+        raise UserError(f"cannot open a node on {args.interface}: {detail}") from None
 
 
 def check_service(service: str) -> str:
@@ -222,6 +224,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 

@@ -22,6 +22,7 @@ from ._common import (
     add_command,
     check_service,
     mesh_options,
+    non_negative_float,
     open_cli_node,
     positive_float,
     positive_int,
@@ -82,7 +83,7 @@ def add_to(commands: Any) -> None:
     )
     parser.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, seconds for the tasks in hand to finish (default 10)",
