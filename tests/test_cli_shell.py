@@ -232,15 +232,21 @@ def assert_quiet(piped: Piped) -> None:
         assert "warning" not in line, piped.stderr
 
 
-def test_sub_ends_quietly_when_its_reader_goes(mesh: str) -> None:
+def test_sub_ends_quietly_when_its_reader_goes(spawn: Spawn, mesh: str) -> None:
+    watch = spawn("peers", "--watch", "--timeout", "1")
+    watch.wait_for("^no peers yet$", "stdout")
     sub = Piped(mesh, "sub", "x.")
     try:
         sub.wait_ready()
+        name = re.search(r" as (\S+)$", sub.stderr[0])
+        assert name, sub.stderr
         assert run_cli(mesh, "pub", "x.1", '"one"').returncode == 0
         assert sub.head().startswith(b"x.1 ")
         assert run_cli(mesh, "pub", "x.2", '"two"').returncode == 0
         assert sub.finish() == 141
         assert_quiet(sub)
+        # It left as a node does, saying goodbye.
+        watch.wait_for(rf"^\S+ {re.escape(name[1])} left \(goodbye\)$", "stdout")
     finally:
         sub.kill()
 
