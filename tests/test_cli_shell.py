@@ -262,14 +262,12 @@ def test_a_worker_ends_quietly_and_hands_back_when_its_reader_goes(
         assert run_cli(mesh, "push", "s", "1").returncode == 0
         assert worker.head().startswith(b"s ")
         # The next task cannot be shown: it is handed back, and the worker leaves quietly.
-        second = spawn("push", "s", "2", "--timeout", "5", "--json")
+        second = spawn("push", "s", "2", "--timeout", "30")
         assert worker.finish() == 141
         assert_quiet(worker)
-        status, stdout, _ = finish(second)
-        assert status == 1
-        outcome = json.loads(stdout[0])
-        assert outcome["acked"] == 0
-        assert outcome["nacked"] >= 1
+        second.wait_for(
+            r"warning: task 1 for 's' was refused by \S+: the worker's output was closed"
+        )
     finally:
         worker.kill()
 
