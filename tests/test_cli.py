@@ -408,7 +408,7 @@ def test_run_exec_acks_and_nacks_by_exit_status(spawn: Spawn, tmp_path: Path) ->
     assert outcome["nacked"] >= 1
     assert outcome["given_up"] == 1
     assert outcome["not_done"] == 1
-    assert stderr[-1].startswith("mesh-cli push: 1 task given up after 5 attempts (the last: ")
+    assert stderr[-1].startswith("mesh-cli push: 1 task given up after 5 attempts (last attempt: ")
     assert not any("Traceback" in line for line in stderr)
     # The library's warnings are named lines too, like the command's own.
     assert any(

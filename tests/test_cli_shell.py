@@ -150,7 +150,7 @@ def test_push_says_given_up_not_timeout(spawn: Spawn) -> None:
     assert status == 1
     assert stdout == ["0 of 1 tasks for 'jobs' acked (5 nacked, 4 redelivered, 1 given up)"]
     assert re.fullmatch(
-        r"mesh-cli push: 1 task given up after 5 attempts \(the last: .*exit status 3: no\)",
+        r"mesh-cli push: 1 task given up after 5 attempts \(last attempt: .*exit status 3: no\)",
         stderr[-1],
     ), stderr
     assert "timeout" not in stderr[-1]

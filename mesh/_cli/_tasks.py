@@ -130,7 +130,7 @@ def _not_done(args: argparse.Namespace, sent: int, acked: int, given_up: list[De
         last = given_up[-1]
         parts.append(
             f"{_tasks(len(given_up))} given up after {last.attempts} attempts"
-            f" (the last: {last.reason})"
+            f" (last attempt: {last.reason})"
         )
     waiting = sent - acked - len(given_up)  # a task given up is settled: never waiting
     if waiting > 0:
