@@ -273,8 +273,8 @@ def test_a_worker_ends_quietly_and_hands_back_when_its_reader_goes(
 
 
 def test_peers_watch_ends_quietly_when_its_reader_goes(spawn: Spawn, mesh: str) -> None:
-    wait_up(start_node(spawn, "a"))
-    watch = Piped(mesh, "peers", "--watch", "--json")
+    a = wait_up(start_node(spawn, "a"))
+    watch = Piped(mesh, "peers", "--watch", "--json", "--seed", a["address"])
     try:
         first = json.loads(watch.head())
         assert (first["name"], first["change"]) == ("a", "present")
@@ -290,7 +290,10 @@ def test_peers_watch_ends_quietly_when_its_reader_goes(spawn: Spawn, mesh: str) 
 
 def test_peers_watch_json_lists_the_peers_there_first(spawn: Spawn) -> None:
     up = {node["name"]: node for node in (wait_up(start_node(spawn, n)) for n in ("a", "b"))}
-    watch = spawn("peers", "--watch", "--json", "--timeout", "10")
+    # Seeded as well as found by mDNS, so that both are there before the watch starts however
+    # busy the machine (it waits for a seed's answer up to --timeout).
+    seeds = [arg for node in up.values() for arg in ("--seed", node["address"])]
+    watch = spawn("peers", "--watch", "--json", "--timeout", "10", *seeds)
     watch.wait_for(r'"name": "b"', "stdout")
     c = start_node(spawn, "c")
     wait_up(c)
@@ -398,7 +401,7 @@ def test_a_body_that_is_not_json_says_where_it_came_from(spawn: Spawn, tmp_path:
 
 
 def test_wait_for_workers_of_a_service(spawn: Spawn, mesh: str) -> None:
-    wait_up(start_node(spawn, "a", "--service", "s"))
+    a = wait_up(start_node(spawn, "a", "--service", "s"))
     wait_up(start_node(spawn, "b"))
     status, stdout, stderr = finish(spawn("wait", "--service", "s"))
     assert status == 0, stderr
@@ -407,10 +410,10 @@ def test_wait_for_workers_of_a_service(spawn: Spawn, mesh: str) -> None:
     assert status == 0
     assert stdout == ["2 peers ready: a, b"]
     status, stdout, stderr = finish(
-        spawn("wait", "--service", "s", "--count", "2", "--timeout", "2")
+        spawn("wait", "--service", "s", "--count", "2", "--timeout", "3", "--seed", a["address"])
     )
     assert_one_line_error(status, stderr, "mesh-cli wait:")
-    assert stderr == [f"mesh-cli wait: found 1 of 2 peers offering 's' in mesh {mesh!r} within 2 s"]
+    assert stderr == [f"mesh-cli wait: found 1 of 2 peers offering 's' in mesh {mesh!r} within 3 s"]
     assert status == 1
     assert not stdout
 
