@@ -215,8 +215,8 @@ def test_every_command_has_help_with_an_example(
     status, stdout, _ = finish(spawn("--help"))
     assert status == 0
     # The commands, as listed under "positional arguments" (indented by four, then the help).
-    commands = {m.group(1) for line in stdout if (m := re.match(r"^    (\w+)\s", line))}
-    assert {"peers", "run", "pub", "sub", "push", "work", "bench"} <= commands, stdout
+    commands = {m.group(1) for line in stdout if (m := re.match(r"^    (\w+)(\s|$)", line))}
+    assert {"peers", "wait", "run", "pub", "sub", "push", "work", "bench", "completion"} <= commands
     # Each command's help in this process: the same parser, without a start-up per command.
     for command in sorted(commands):
         with pytest.raises(SystemExit) as exited:
@@ -408,7 +408,7 @@ def test_run_exec_acks_and_nacks_by_exit_status(spawn: Spawn, tmp_path: Path) ->
     assert outcome["nacked"] >= 1
     assert outcome["given_up"] == 1
     assert outcome["not_done"] == 1
-    assert stderr[-1].startswith("mesh-cli push: 1 task(s) not done, 1 given up")
+    assert stderr[-1].startswith("mesh-cli push: 1 task given up after 5 attempts (last attempt: ")
     assert not any("Traceback" in line for line in stderr)
     # The library's warnings are named lines too, like the command's own.
     assert any(

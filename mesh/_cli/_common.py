@@ -8,17 +8,22 @@ import ipaddress
 import json
 import logging
 import os
+import select
 import signal
 import socket
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from discovery import parse_address
+from discovery import format_address, parse_address
 
-from .._node import ALL_INTERFACES, Node, open_node
+from .. import _wire
+from .._node import ALL_INTERFACES, Node, _check_service, open_node
 from .._types import Settings
 
 #: The environment variables that give the mesh options their defaults.
@@ -34,9 +39,17 @@ class UserError(Exception):
         self.status = status
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other mistake: the usage is
+    one ``--help`` away, and a screen of it buries the line that matters."""
+
+    def error(self, message: str) -> Any:  # argparse's own signature says NoReturn
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def mesh_options() -> argparse.ArgumentParser:
     """The options of every command that joins a mesh (a parent parser)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = Parser(add_help=False)
     group = parser.add_argument_group("mesh options (each also read from the environment)")
     group.add_argument(
         "--mesh",
@@ -102,22 +115,84 @@ async def open_cli_node(
     except (ValueError, OSError) as exc:
         if opened:
             raise
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        # A ValueError is a bad option (status 2); an OSError, a machine that cannot do it.
-        status = 2 if isinstance(exc, ValueError) else 1
-        raise UserError(f"cannot open a node on {args.interface}: {detail}", status) from None
+        # A ValueError is a bad option (status 2; it names what is wrong: the interface, the
+        # name, a port); an OSError, a machine that cannot do it on this interface.
+        if isinstance(exc, ValueError):
+            raise UserError(f"cannot open a node: {exc}", status=2) from None
+        detail = exc.strerror or str(exc)
+        raise UserError(f"cannot open a node on {args.interface}: {detail}") from None
+
+
+def check_service(service: str) -> str:
+    """`service` if the mesh accepts it as a service name (the node's own rule), else a
+    `UserError`."""
+    try:
+        _check_service(service)
+    except ValueError as exc:  # UnicodeEncodeError too: a name that is not UTF-8
+        raise UserError(f"bad service name {service!r}: {_reason(exc)}", status=2) from None
+    return service
+
+
+def check_topic(topic: str, what: str = "topic") -> str:
+    """`topic` if the wire can carry it as a topic or prefix (the wire's own rule), else a
+    `UserError`; `what` names it in the message."""
+    try:
+        _wire.topic_channel(topic)
+    except ValueError as exc:
+        shown = topic if len(topic) <= 40 else f"{topic[:37]}..."
+        raise UserError(f"bad {what} {shown!r}: {_reason(exc)}", status=2) from None
+    return topic
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeError):
+        return "not valid UTF-8"
+    return str(exc)
+
+
+BODY_HELP = (
+    "JSON, or text with --raw; '-' reads it from stdin and @PATH from a file (as they are, a "
+    "last newline included; with --raw, bytes that are not UTF-8 are sent as bytes)"
+)
 
 
 def parse_body(text: str, raw: bool) -> Any:
-    """A task or event body from the command line: JSON, or the text itself with `raw`."""
-    if raw:
-        return text
+    """A task or event body from the command line: JSON, or the text itself with `raw`.
+
+    ``-`` reads it from stdin and ``@PATH`` from a file, as curl and redis-cli do: JSON, or with
+    `raw` the text (bytes if it is not UTF-8). A file that cannot be read is a `UserError`."""
+    if text == "-" or text.startswith("@"):
+        data = _read_body(text)
+        if raw:
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                return data
+        text_or_data: str | bytes = data
+        where = "on stdin" if text == "-" else f"in {text[1:]!r}"
+    else:
+        if raw:
+            return text
+        text_or_data = text
+        where = ""
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        return json.loads(text_or_data)
+    except ValueError as exc:  # UnicodeDecodeError too
         raise UserError(
-            f"the body is not valid JSON ({exc}); pass --raw to send it as text", status=2
+            f"the body{' ' * bool(where)}{where} is not valid JSON ({exc}); pass --raw to send"
+            " it as text",
+            status=2,
         ) from None
+
+
+def _read_body(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    path = source[1:]
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the body from {path!r}: {exc.strerror or exc}", 2) from None
 
 
 def show_body(body: Any) -> str:
@@ -153,6 +228,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def run_trio(main: Callable[..., Any], *args: Any) -> int:
     """Run an async command; its exit status (an int it returns, else 0)."""
     status = trio.run(main, *args)
@@ -175,7 +260,7 @@ def add_command(
         description=description,
         epilog=f"example: {example}",
         parents=list(parents),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormat,
     )
     parser.add_argument(
         "-v",
@@ -186,6 +271,27 @@ def add_command(
         "detail (warnings are always shown)",
     )
     return parser
+
+
+class _HelpFormat(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples wrapped paragraph by paragraph; a line that starts with a
+    space (a table, say) is kept as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        for paragraph in text.split("\n\n"):
+            if lines:
+                lines.append("")
+            if paragraph.startswith(" ") or "\n " in paragraph:
+                head, _, table = paragraph.partition("\n ")
+                lines += textwrap.wrap(head, width, initial_indent=indent, subsequent_indent=indent)
+                if table:
+                    lines += [indent + line for line in (" " + table).splitlines()]
+            else:
+                lines += textwrap.wrap(
+                    paragraph, width, initial_indent=indent, subsequent_indent=indent
+                )
+        return "\n".join(lines)
 
 
 class _CommandLogFormat(logging.Formatter):
@@ -221,12 +327,17 @@ def configure_logging(command: str, verbosity: int) -> None:
 _OWN_LOGGERS = ("mesh", "discovery")
 
 
-async def find_peers(node: Node, timeout: float, quiet: float = 0.3, first: float = 1.0) -> None:
+async def find_peers(
+    node: Node, timeout: float, quiet: float = 0.3, first: float = 1.0, seeded: bool = False
+) -> None:
     """Give discovery time to find the mesh: return once no peer has joined for `quiet`
     seconds (`first` seconds before the first one: on a busy machine the first answer can take
     longer than 0.3 s, and a ``pub`` that gives up then publishes to nobody), or after `timeout`
     seconds in all; then wait (in what is left of `timeout`) until the peers found are wired
-    both ways, so that nothing published from here on is lost."""
+    both ways, so that nothing published from here on is lost. A node given seeds waits up to
+    `timeout` for its first peer (`seeded`): a seed is the user saying a node is there."""
+    if seeded:
+        first = timeout
     deadline = trio.current_time() + timeout
     with trio.move_on_at(deadline):
         async with node.watch_peers() as changes:
@@ -238,6 +349,23 @@ async def find_peers(node: Node, timeout: float, quiet: float = 0.3, first: floa
     if node.peers:
         with trio.move_on_at(deadline):
             await node.wait_for_peers(len(node.peers))
+
+
+def unanswered_seeds(node: Node, args: argparse.Namespace) -> list[str]:
+    """The seeds given (already checked by `open_cli_node`) that no peer of `node` answers at."""
+    answered = {address for peer in node.peers.values() for address in peer.record.addresses}
+    return [seed for seed in seeds_of(args) if format_address(*parse_address(seed)) not in answered]
+
+
+def no_seed_answered(node: Node, args: argparse.Namespace, waited: float | None) -> str | None:
+    """What to say when seeds were given and `node` found no peer at all in `waited` seconds
+    (a seed nobody answers at is a mistake to name, not an empty mesh); else None."""
+    seeds = unanswered_seeds(node, args)
+    if node.peers or not seeds:
+        return None
+    source = "--seed" if args.seeds is not None else ENVIRONMENT["seeds"]
+    within = "" if waited is None else f" within {waited:g} s"
+    return f"no node answered at {source} {', '.join(seeds)}{within}"
 
 
 class PeerNames:
@@ -281,6 +409,27 @@ async def open_signal_nursery() -> AsyncIterator[trio.Nursery]:
             nursery.start_soon(stop_on_signal)
             yield nursery
             nursery.cancel_scope.cancel()
+
+
+def write_line(line: str) -> bool:
+    """Print `line` to stdout at once; False if stdout's reader has gone away (a task printed
+    that way is not done: the caller nacks it, then raises `BrokenPipeError` outside the task's
+    block, which ends the command quietly)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        return False
+    return True
+
+
+READER_GONE = "the worker's output was closed"
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone away (asked without writing to it)."""
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), 0)  # POLLERR is reported whatever is asked for
+    return any(events & select.POLLERR for _, events in poll.poll(0))
 
 
 def jsonable(body: Any) -> Any:

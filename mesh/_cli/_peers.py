@@ -15,14 +15,17 @@ import trio
 from .._node import Node
 from .._types import PeerHealth
 from ._common import (
+    UserError,
     add_command,
     command_node_name,
     find_peers,
     json_option,
     mesh_options,
+    no_seed_answered,
     open_cli_node,
     positive_float,
     run_trio,
+    seeds_of,
 )
 
 _LOG_LINES = 10  # membership changes kept under the live table
@@ -52,13 +55,19 @@ def add_to(commands: Any) -> None:
         help="most seconds to spend finding peers (default 3; it stops sooner once no new "
         "peer has appeared for a moment)",
     )
-    json_option(parser, "a JSON list of peers (with --watch: one JSON object per change)")
+    json_option(
+        parser,
+        "a JSON list of peers (with --watch: one JSON object per line, first each peer "
+        "already there as change 'present', then one per change)",
+    )
     parser.set_defaults(run=lambda args: run_trio(_peers, args))
 
 
 async def _peers(args: argparse.Namespace) -> int:
     async with open_cli_node(args, command_node_name("peers")) as node:
-        await find_peers(node, args.timeout)
+        await find_peers(node, args.timeout, seeded=bool(seeds_of(args)))
+        if (unanswered := no_seed_answered(node, args, args.timeout)) is not None:
+            raise UserError(unanswered)
         if not args.watch:
             await _measure_round_trips(node)
             rows = _rows(node)
@@ -99,6 +108,11 @@ async def _watch(node: Node, args: argparse.Namespace) -> int:
 
         async def follow_changes(task_status: trio.TaskStatus[None]) -> None:
             async with node.watch_peers() as changes:
+                if args.json:  # before any change: no checkpoint between watch and snapshot
+                    for peer in sorted(node.peers.values(), key=lambda p: (p.name, p.id)):
+                        line = _describe_peer(peer, "present", None)
+                        print(json.dumps({"time": time.time(), **line}))
+                    sys.stdout.flush()
                 task_status.started()
                 async for change in changes:
                     line = _describe(change)
@@ -135,13 +149,19 @@ def _describe(change: Any) -> dict[str, Any]:
         text = f"{peer.name} is {peer.state.value} ({reason})"
     elif kind == "left":
         text = f"{peer.name} left ({reason})"
+    return _describe_peer(peer, kind, reason, text)
+
+
+def _describe_peer(
+    peer: Any, kind: str, reason: str | None, text: str | None = None
+) -> dict[str, Any]:
     return {
         "change": kind,
         "id": peer.id,
         "name": peer.name,
         "state": peer.state.value,
         "reason": reason,
-        "text": text,
+        "text": text if text is not None else f"{peer.name} {kind}",
     }
 
 

@@ -11,19 +11,24 @@ from typing import Any
 import trio
 
 from ._common import (
+    BODY_HELP,
     PeerNames,
+    UserError,
     add_command,
+    check_topic,
     command_node_name,
     find_peers,
     json_option,
     jsonable,
     mesh_options,
+    no_seed_answered,
     open_cli_node,
     open_signal_nursery,
     parse_body,
     positive_float,
     positive_int,
     run_trio,
+    seeds_of,
     show_body,
 )
 
@@ -34,12 +39,14 @@ def add_to(commands: Any) -> None:
         "pub",
         help="publish events",
         description="Join the mesh, wait until the peers found are wired (so none of them "
-        "misses an event), publish BODY on TOPIC, and leave. BODY is JSON unless --raw.",
+        "misses an event), publish BODY on TOPIC, and leave. BODY is JSON unless --raw; "
+        "'-' reads it from stdin, @PATH from a file. Exits 1 if --seed was given and no node "
+        "answered there.",
         example="mesh-cli pub order.created '{\"id\": 42}' --count 10 --rate 5",
         parents=[mesh_options()],
     )
     pub.add_argument("topic", metavar="TOPIC")
-    pub.add_argument("body", metavar="BODY")
+    pub.add_argument("body", metavar="BODY", help=BODY_HELP)
     pub.add_argument("--raw", action="store_true", help="send BODY as text, not JSON")
     pub.add_argument("--count", type=positive_int, default=1, help="events to publish")
     pub.add_argument("--rate", type=positive_float, help="events per second (default: at once)")
@@ -74,9 +81,12 @@ def add_to(commands: Any) -> None:
 
 
 async def _pub(args: argparse.Namespace) -> int:
+    check_topic(args.topic)
     body = parse_body(args.body, args.raw)
     async with open_cli_node(args, command_node_name("pub")) as node:
-        await find_peers(node, args.wait)
+        await find_peers(node, args.wait, seeded=bool(seeds_of(args)))
+        if (unanswered := no_seed_answered(node, args, args.wait)) is not None:
+            raise UserError(f"{unanswered}; nothing published")
         interval = 0.0 if args.rate is None else 1.0 / args.rate
         next_at = trio.current_time()
         for _ in range(args.count):
@@ -93,6 +103,7 @@ async def _pub(args: argparse.Namespace) -> int:
 
 
 async def _sub(args: argparse.Namespace) -> int:
+    check_topic(args.prefix, "prefix")
     count = args.count if args.count is not None else math.inf
     received = 0
     async with (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -16,16 +17,21 @@ import trio
 from .._node import Node
 from .._streams import Task, TaskStream
 from ._common import (
+    READER_GONE,
     UserError,
     add_command,
     add_metrics_option,
+    check_service,
     mesh_options,
     metrics_options,
+    non_negative_float,
     open_cli_node,
     positive_float,
     positive_int,
     run_trio,
     show_body,
+    stdout_closed,
+    write_line,
 )
 
 _STDERR_KEPT = 300  # characters of a failed command's stderr put in its nack
@@ -40,7 +46,15 @@ def add_to(commands: Any) -> None:
         "tasks, let those in hand finish (--grace), hand back the rest, say goodbye.\n\n"
         "With --service and --exec, each task's body goes to CMD on its stdin (a string as "
         "it is, anything else as JSON) and CMD's exit status acks (0) or nacks it, so any "
-        "program becomes a worker. With --service alone, tasks are printed and acked.",
+        "program becomes a worker. With --service alone, tasks are printed and acked.\n\n"
+        "CMD also gets the task in its environment, to make its work idempotent (a task is "
+        "sent again when its worker nacks it or is lost, so it can run more than once):\n"
+        "  MESH_TASK_ID           the task's number, unique per sender\n"
+        "  MESH_TASK_SENDER       the sender's node id (32 hex digits); with MESH_TASK_ID,\n"
+        "                         the task's name in the mesh\n"
+        "  MESH_TASK_ATTEMPT      1 the first time, then 2, 3, ...\n"
+        "  MESH_TASK_REDELIVERED  1 if an earlier attempt was made (attempt > 1), else 0\n"
+        "  MESH_SERVICE           the service the task is for",
         example="mesh-cli run --name thumbs --service thumbnail --exec ./make-thumbnail.sh",
         parents=[mesh_options()],
     )
@@ -71,7 +85,7 @@ def add_to(commands: Any) -> None:
     )
     parser.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, seconds for the tasks in hand to finish (default 10)",
@@ -83,6 +97,8 @@ def add_to(commands: Any) -> None:
 
 
 def _check_and_run(args: argparse.Namespace) -> int:
+    for service in args.services:
+        check_service(service)
     if args.exec_command is not None:
         if not args.services:
             raise UserError("--exec needs a --service to work for", status=2)
@@ -111,9 +127,14 @@ async def _run(args: argparse.Namespace) -> int:
             for service in args.services:
                 await nursery.start(_work, node, service, args)
             services = f" working for {', '.join(args.services)}" if args.services else ""
+            metrics = (
+                f"; metrics at http://{node.metrics_address}/metrics"
+                if node.metrics_address is not None
+                else ""
+            )
             _say(
                 f"node {node.name} ({node.id[:8]}) at {node.address} in mesh {node.mesh!r}"
-                f"{services}; Ctrl-C to leave"
+                f"{services}{metrics}; Ctrl-C to leave"
             )
             async for signum in signals:
                 _say(f"{signal.Signals(signum).name}: leaving (up to {args.grace:g} s to finish)")
@@ -135,15 +156,25 @@ async def _work(
 
 async def _do_tasks(stream: TaskStream, args: argparse.Namespace) -> None:
     async for task in stream:
+        reader_gone = False
         async with task:  # acks at the end; nacks if cancelled or broken
             if args.exec_command is None:
-                print(f"{task.service} {show_body(task.body)}", flush=True)
-                continue
-            try:
-                await _execute(task, args)
-            except CommandFailed as exc:
-                _say(f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}")
-                await task.nack(str(exc))
+                reader_gone = not write_line(f"{task.service} {show_body(task.body)}")
+                if reader_gone:
+                    await task.nack(READER_GONE)
+            else:
+                try:
+                    await _execute(task, args)
+                except CommandFailed as exc:
+                    # CMD killed by SIGPIPE as our stdout's reader left: not the task's fault.
+                    reader_gone = exc.signal == signal.SIGPIPE and stdout_closed()
+                    if not reader_gone:
+                        _say(
+                            f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}"
+                        )
+                    await task.nack(READER_GONE if reader_gone else str(exc))
+        if reader_gone:
+            raise BrokenPipeError
 
 
 async def _execute(task: Task, args: argparse.Namespace) -> None:
@@ -158,6 +189,7 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
     with trio.move_on_after(args.task_timeout or float("inf")) as timer:
         done = await trio.run_process(
             args.argv,
+            env=_task_environment(task),
             stdin=data,
             capture_stderr=True,
             check=False,
@@ -167,11 +199,31 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
         raise CommandFailed(f"killed after {args.task_timeout:g} s (--task-timeout)")
     if done.returncode != 0:
         error = done.stderr.decode(errors="replace").strip()[-_STDERR_KEPT:]
-        raise CommandFailed(f"exit status {done.returncode}" + (f": {error}" if error else ""))
+        raise CommandFailed(
+            f"exit status {done.returncode}" + (f": {error}" if error else ""),
+            signal=-done.returncode if done.returncode < 0 else None,
+        )
+
+
+def _task_environment(task: Task) -> dict[str, str]:
+    """This process's environment and the task's details (documented under ``run --help``)."""
+    return {
+        **os.environ,
+        "MESH_TASK_ID": str(task.id),
+        "MESH_TASK_SENDER": task.sender,
+        "MESH_TASK_ATTEMPT": str(task.attempt),
+        "MESH_TASK_REDELIVERED": "1" if task.redelivered else "0",
+        "MESH_SERVICE": task.service,
+    }
 
 
 class CommandFailed(Exception):
-    """The --exec command failed on a task (its message goes in the nack)."""
+    """The --exec command failed on a task (its message goes in the nack); `signal` is the
+    signal that killed it, if one did."""
+
+    def __init__(self, message: str, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 def _say(line: str) -> None:

@@ -11,14 +11,19 @@ from typing import Any
 import trio
 
 from .._errors import NoWorkerError
+from .._types import DeadLetter
 from ._common import (
+    BODY_HELP,
+    READER_GONE,
     PeerNames,
     UserError,
     add_command,
+    check_service,
     command_node_name,
     json_option,
     jsonable,
     mesh_options,
+    no_seed_answered,
     open_cli_node,
     open_signal_nursery,
     parse_body,
@@ -26,6 +31,7 @@ from ._common import (
     positive_int,
     run_trio,
     show_body,
+    write_line,
 )
 
 
@@ -36,12 +42,14 @@ def add_to(commands: Any) -> None:
         help="send tasks to a service and wait for their acks",
         description="Join the mesh, send BODY to a worker of SERVICE --count times (the "
         "worker with the most room takes each), and wait until every task is acked. BODY is "
-        "JSON unless --raw. Exits 1 if some task was not done before --timeout.",
+        "JSON unless --raw; '-' reads it from stdin, @PATH from a file. Exits 1 if some task "
+        "was not done: given up after the last attempt (each nacked, or its worker lost), or "
+        "not acked before --timeout.",
         example='mesh-cli push resize \'{"image": "cat.png"}\' --count 100 --timeout 30',
         parents=[mesh_options()],
     )
     push.add_argument("service", metavar="SERVICE")
-    push.add_argument("body", metavar="BODY")
+    push.add_argument("body", metavar="BODY", help=BODY_HELP)
     push.add_argument("--raw", action="store_true", help="send BODY as text, not JSON")
     push.add_argument("--count", type=positive_int, default=1, help="tasks to send")
     push.add_argument(
@@ -71,9 +79,11 @@ def add_to(commands: Any) -> None:
 
 
 async def _push(args: argparse.Namespace) -> int:
+    check_service(args.service)
     body = parse_body(args.body, args.raw)
     deadline = trio.current_time() + args.timeout
-    async with open_cli_node(args, command_node_name("push")) as node:
+    given_up: list[DeadLetter] = []
+    async with open_cli_node(args, command_node_name("push"), dead_letter=given_up.append) as node:
         try:
             for _ in range(args.count):
                 await node.push(args.service, body, timeout=deadline - trio.current_time())
@@ -82,6 +92,7 @@ async def _push(args: argparse.Namespace) -> int:
         with trio.move_on_at(deadline):
             await node.wait_settled()
         stats = node.statistics()
+        unanswered = no_seed_answered(node, args, args.timeout)
     outcome = {
         "service": args.service,
         "tasks": args.count,
@@ -101,19 +112,43 @@ async def _push(args: argparse.Namespace) -> int:
             f" {stats.tasks_given_up} given up)"
         )
     if stats.tasks_pushed == 0:
+        if unanswered is not None:
+            raise UserError(unanswered)
         raise UserError(f"no worker offers {args.service!r} (waited {args.timeout:g} s)")
     if outcome["not_done"]:
-        given_up = f", {stats.tasks_given_up} given up" if stats.tasks_given_up else ""
-        print(
-            f"mesh-cli push: {outcome['not_done']} task(s) not done{given_up}"
-            f" (--timeout {args.timeout:g} s)",
-            file=sys.stderr,
-        )
+        what = _not_done(args, stats.tasks_pushed, stats.tasks_acked, given_up)
+        print(f"mesh-cli push: {what}", file=sys.stderr)
         return 1
     return 0
 
 
+def _not_done(args: argparse.Namespace, sent: int, acked: int, given_up: list[DeadLetter]) -> str:
+    """What became of the tasks that were not acked, in one line: given up after the last
+    attempt (with what happened the last time), not acked before --timeout, not sent at all."""
+    parts = []
+    if given_up:
+        last = given_up[-1]
+        parts.append(
+            f"{_tasks(len(given_up))} given up after {last.attempts} attempts"
+            f" (last attempt: {last.reason})"
+        )
+    waiting = sent - acked - len(given_up)  # a task given up is settled: never waiting
+    if waiting > 0:
+        parts.append(f"{_tasks(waiting)} not acked before --timeout {args.timeout:g} s")
+    if sent < args.count:
+        parts.append(
+            f"{_tasks(args.count - sent)} not sent: no worker had room before --timeout"
+            f" {args.timeout:g} s"
+        )
+    return "; ".join(parts)
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task{'s' * (count != 1)}"
+
+
 async def _work(args: argparse.Namespace) -> int:
+    check_service(args.service)
     count = args.count if args.count is not None else math.inf
     done = 0
     async with (
@@ -141,10 +176,14 @@ async def _work(args: argparse.Namespace) -> int:
                         "attempt": task.attempt,
                         "body": jsonable(task.body),
                     }
-                    print(json.dumps(fields), flush=True)
+                    line = json.dumps(fields)
                 else:
                     again = f" (attempt {task.attempt})" if task.redelivered else ""
-                    print(f"{task.service} {sender}{again} {show_body(task.body)}", flush=True)
+                    line = f"{task.service} {sender}{again} {show_body(task.body)}"
+                if not (printed := write_line(line)):
+                    await task.nack(READER_GONE)
+            if not printed:
+                raise BrokenPipeError
             done += 1
             if done >= count:
                 break
