@@ -248,12 +248,18 @@ async def _conduct(demo: Demo) -> None:
             nursery.cancel_scope.cancel()
 
 
+#: How the demo tells its role processes its own -v.
+_VERBOSITY = "MESH_DEMO_VERBOSITY"
+
+
 async def _start(demo: Demo, nursery: trio.Nursery, name: str, *role: str) -> None:
     prefix, address = demo.network.place(name)
     command = [*prefix, sys.executable, "-m", "mesh._cli._demo_roles", role[0], demo.mesh,
                address, *role[1:]]  # fmt: skip
+    # The roles log as the demo's own -v asks (peers joining, dying, coming back: on stderr).
+    env = {**os.environ, _VERBOSITY: str(demo.args.verbose)}
     process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
     )
     node = Node(name, process)
     demo.nodes[name] = node

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -126,6 +127,8 @@ ROLES: dict[str, Callable[..., Awaitable[None]]] = {
 
 if __name__ == "__main__":
     role, *arguments = sys.argv[1:]
-    configure_logging(f"demo {role}", 0)  # a node's warnings, named, among the demo's lines
+    # A node's warnings, named, among the demo's lines; with the demo's -v, its peers' comings,
+    # goings and deaths too.
+    configure_logging(f"demo {role}", int(os.environ.get("MESH_DEMO_VERBOSITY", "0")))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C at the demo reaches its nodes too
         trio.run(ROLES[role], *arguments)
