@@ -354,13 +354,13 @@ def test_run_verbose_logs_peers_joining_and_leaving(spawn: Spawn) -> None:
     wait_up(watcher)
     other = start_node(spawn, "b")
     wait_up(other)
-    watcher.wait_for(r"^mesh-cli run: info: peer joined: b at \S+$")
+    watcher.wait_for(r"^mesh-cli run: info: b joined: at \S+, id [0-9a-f]{8}$")
     other.send(signal.SIGTERM)
     assert other.wait() == 0
-    watcher.wait_for(r"^mesh-cli run: info: peer left: b [0-9a-f]{8} \(.+\)$")
+    watcher.wait_for(r"^mesh-cli run: info: b left: said goodbye$")
     quiet = start_node(spawn, "c")
     wait_up(quiet)
-    watcher.wait_for(r"^mesh-cli run: info: peer joined: c at ")
+    watcher.wait_for(r"^mesh-cli run: info: c joined: at ")
     quiet.send(signal.SIGTERM)
     status, _, stderr = finish(quiet)
     assert status == 0

@@ -18,10 +18,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +27,8 @@ import pytest
 from ifaddr import IP, Adapter
 
 from discovery._interfaces import addresses_in, device_in, network_in
+
+from .netns_tools import empty_namespace, ip
 
 # -- pure: literal adapter lists ----------------------------------------------------------------
 
@@ -139,7 +139,6 @@ def test_what_is_not_an_address_is_refused(address: str) -> None:
 
 # -- integration: a namespace of the test's own -------------------------------------------------
 
-IP_TIMEOUT = 10.0
 READ_TIMEOUT = 20.0  # the reading process: imports, then a few reads of the address list
 
 # Run inside the namespace: reads with the public functions, and asks mDNS's own acceptance
@@ -164,14 +163,6 @@ print(json.dumps({
 """
 
 
-def ip(*args: str) -> str:
-    """Run ``ip ARGS``; its stdout. Raises `subprocess.CalledProcessError` on failure."""
-    done = subprocess.run(
-        ["ip", *args], check=True, capture_output=True, text=True, timeout=IP_TIMEOUT
-    )
-    return done.stdout
-
-
 @pytest.fixture
 def namespace() -> Iterator[str]:
     """A network namespace of this test's own, with its loopback up; deleted afterwards (on
@@ -189,29 +180,12 @@ def namespace() -> Iterator[str]:
         ip("-n", name, "link", "set", "lo", "up")
         yield name
     finally:
-        stuck = _empty(name)
+        stuck = empty_namespace(name)
         with contextlib.suppress(subprocess.CalledProcessError):
             ip("netns", "del", name)  # its links go with it
         listed = {line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()}
         assert name not in listed, f"network namespace left behind: {name}"
         assert not stuck, f"processes that would not die in {name}: {stuck}"
-
-
-def _empty(namespace: str) -> list[int]:
-    """Kill every process still in `namespace` (only ours can be there); those still alive after
-    a few seconds."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            pids = [int(pid) for pid in ip("netns", "pids", namespace).split()]
-        except subprocess.CalledProcessError:
-            return []
-        if not pids or time.monotonic() > deadline:
-            return pids
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -25,7 +25,6 @@ import queue
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -37,26 +36,14 @@ from typing import Any, TextIO
 
 import pytest
 
+from .netns_tools import IP_TIMEOUT, empty_namespace, ip, namespaces
+
 NODE_SCRIPT = Path(__file__).with_name("netns_node.py")
 HOSTS = 3
 PEERS_TIMEOUT = 10.0  # each node's wait_for_peers; discovery takes milliseconds when it works
 LINE_TIMEOUT = 15.0  # the longest the test waits for any one line from a node
-IP_TIMEOUT = 10.0
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]
-
-
-def ip(*args: str) -> str:
-    """Run ``ip ARGS``; its stdout. Raises `subprocess.CalledProcessError` on failure."""
-    done = subprocess.run(
-        ["ip", *args], check=True, capture_output=True, text=True, timeout=IP_TIMEOUT
-    )
-    return done.stdout
-
-
-def namespaces() -> set[str]:
-    """The names of the network namespaces that exist now."""
-    return {line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()}
 
 
 @dataclass
@@ -230,7 +217,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     finally:
         for node in lab.nodes:
             node.stop()
-        stuck = {namespace: pids for namespace in created if (pids := _empty(namespace))}
+        stuck = {namespace: pids for namespace in created if (pids := empty_namespace(namespace))}
         for namespace in reversed(created):
             # Deleting a namespace also deletes its links: the veths and the bridge.
             with contextlib.suppress(subprocess.CalledProcessError):
@@ -238,23 +225,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         left = namespaces() & set(created)
         assert not left, f"network namespaces left behind: {sorted(left)}"
         assert not stuck, f"processes that would not die, by namespace: {stuck}"
-
-
-def _empty(namespace: str) -> list[int]:
-    """Kill every process still in `namespace` (only ours can be there); those still alive after
-    a few seconds."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            pids = [int(pid) for pid in ip("netns", "pids", namespace).split()]
-        except subprocess.CalledProcessError:
-            return []
-        if not pids or time.monotonic() > deadline:
-            return pids
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 def test_nodes_in_three_namespaces_find_each_other_over_mdns_and_exchange_an_event(
