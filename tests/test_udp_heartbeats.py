@@ -59,9 +59,24 @@ async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
         again.bind(("127.0.0.1", port))  # free again
 
 
-async def test_a_fixed_inbox_port_taken_for_udp_is_a_clear_oserror() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+def udp_squatter() -> socket.socket:
+    """A UDP socket on a port of 127.0.0.1 whose TCP twin is free (checked: an ephemeral UDP
+    port may be taken for TCP by some other program)."""
+    for _ in range(50):
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         squatter.bind(("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", squatter.getsockname()[1]))
+            except OSError:
+                squatter.close()
+                continue
+        return squatter
+    raise AssertionError("found no UDP port whose TCP twin is free")
+
+
+async def test_a_fixed_inbox_port_taken_for_udp_is_a_clear_oserror() -> None:
+    with udp_squatter() as squatter:
         port = squatter.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot bind udp://127.0.0.1:{port}"):
             async with open_node("a", pull_port=port):
