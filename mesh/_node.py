@@ -76,7 +76,6 @@ from ._heartbeat import (
 from ._metrics import (
     ACK_LATENCY_BUCKETS,
     ACKED,
-    DONE,
     GIVEN_UP,
     NACKED,
     PUSHED,
@@ -89,10 +88,11 @@ from ._metrics import (
     cap_peers,
 )
 from ._ratelimit import RateLimitedLog
-from ._routing import Dispatcher, InFlightTask, RecentTasks
-from ._streams import YIELD_EVERY, PeerWatch, Subscription, Task, TaskStream
+from ._routing import Dispatcher, InFlightTask
+from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
+from ._worker import WorkerSide
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
@@ -136,6 +136,30 @@ class _Link:
         return self.seq
 
 
+class _WorkerWiring:
+    """The worker side's view of the node (`WorkerWiring`): its links, its record, its id."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def outbox_to(self, peer_id: bytes) -> tuple[Outbox, Callable[[], int]] | None:
+        link = self._node._link_of(peer_id)
+        return None if link is None else (link.outbox, link.next_seq)
+
+    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any]) -> bool:
+        node = self._node
+        peer = node._peers.get(peer_id)
+        return peer is not None and node._send_direct(node._reach(peer.record), kind, meta, None)
+
+    def offer(self, services: Iterable[str]) -> None:
+        self._node._set_services(services)
+
+    def pack(self, kind: Kind, seq: int, meta: list[Any]) -> bytes:
+        return pack(kind, self._node._id, seq, meta, None)
+
+
 class Node:
     """A member of a mesh. Made only by `open_node`, and usable only inside its ``async with``.
 
@@ -159,9 +183,6 @@ class Node:
         self._dead_letter = dead_letter
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
-        self._draining = False  # `drain` was called: no more work is taken
-        self._held: set[Task] = set()  # as a worker: tasks handed to a stream, not yet settled
-        self._held_changed = trio.lowlevel.ParkingLot()
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still subscribed to
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
@@ -239,10 +260,8 @@ class Node:
         # Tasks waiting to be sent again, by service: one with no worker holds up no other.
         self._redelivery: dict[str, deque[InFlightTask]] = {}
         self._in_flight_grew = trio.lowlevel.ParkingLot()
-        self._finished = RecentTasks(settings.dedup_window)  # as a worker: (sender, task id)
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
-        self._streams: dict[str, TaskStream] = {}
         self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
         self._redelivery_queued = trio.lowlevel.ParkingLot()  # `_redelivery` got a task
         self._peers_changed = trio.lowlevel.ParkingLot()
@@ -282,6 +301,13 @@ class Node:
         self._rtt = Tally(RTT_BUCKETS)
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
+        self._worker = WorkerSide(
+            _WorkerWiring(self),
+            dedup_window=settings.dedup_window,
+            counts=self._counts,
+            services=self._services,
+            log=self._log,
+        )
 
     # -- public surface ----------------------------------------------------------------------
 
@@ -585,26 +611,12 @@ class Node:
 
         Peers learn of the service at once (an UPDATE to each). Leaving the block withdraws it and
         nacks the tasks not yet taken. One stream per service per node: a second raises
-        `ValueError`.
+        `ValueError`; after `drain`, `trio.ClosedResourceError`.
         """
         self._check_open()
         _check_service(service)
-        if self._draining:
-            raise trio.ClosedResourceError("the node is draining: it takes no more work")
-        if service in self._streams:
-            raise ValueError(f"this node already works for {service!r}")
-        stream = TaskStream(service)
-        self._streams[service] = stream
-        self._set_services(self._streams)
-        try:
-            await trio.lowlevel.checkpoint()
+        async with self._worker.work(service, lambda: self._closing) as stream:
             yield stream
-        finally:
-            if self._streams.pop(service, None) is not None and not self._closing:
-                # Withdraw the service first, then hand back what was not taken: on each link
-                # the UPDATE arrives before the NACKs, so the tasks are not sent straight back.
-                self._set_services(self._streams)
-            self._hand_back(stream._close(), "worker stopped")
 
     async def drain(self, grace: float = 10.0) -> None:
         """Stop taking work and let the tasks in hand finish, as before a graceful exit.
@@ -619,34 +631,7 @@ class Node:
         goodbye as usual. Calling it again waits again.
         """
         self._check_open()
-        self._draining = True
-        streams = list(self._streams.values())
-        self._streams.clear()
-        self._set_services(self._streams)  # the UPDATEs leave before the NACKs below
-        for stream in streams:
-            self._hand_back(stream._close(), "worker leaving")
-        with trio.move_on_after(grace):
-            while self._held:
-                await self._held_changed.park()
-        self._hand_back(list(self._held), f"worker leaving: not done within {grace} s")
-        await trio.lowlevel.checkpoint()
-
-    def _hand_back(self, tasks: Iterable[Task], reason: str) -> None:
-        """Nack tasks this worker will not do, so their senders send them elsewhere."""
-        for task in tasks:
-            if not task._settled:
-                task._settled = True
-                self._settle_nowait(task._origin, Kind.NACK, [task.id, reason])
-            self._release(task)
-
-    def _release(self, task: Task) -> None:
-        """`task` is settled (or given back): it is no longer in this worker's hands."""
-        held = self._held
-        if task in held:
-            held.remove(task)
-            self._services.row(task.service)[DONE] += 1
-        if not held:
-            self._held_changed.unpark_all()
+        await self._worker.drain(grace)
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
         """Peer with the node whose inbox is at `address` (``host:port``), with no discovery.
@@ -817,7 +802,7 @@ class Node:
             if copy == 0:
                 self._heartbeat_count += 1
                 number = self._heartbeat_count
-                load = len(self._held)
+                load = self._worker.load
                 if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
                     body = beat_body(
                         number, sent=now, load=load, credit=credit, record=self._record_digest
@@ -1083,7 +1068,7 @@ class Node:
 
     async def _serve_inbox(self) -> None:
         handlers = {
-            Kind.TASK: self._on_task,
+            Kind.TASK: self._worker.on_task,
             Kind.ACK: self._on_settled,
             Kind.NACK: self._on_settled,
             Kind.HELLO: self._on_hello,
@@ -1184,22 +1169,6 @@ class Node:
                 return batch
 
     # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
-
-    def _on_task(self, envelope: Envelope) -> None:
-        assert envelope.meta is not None
-        task_id, service, attempt = envelope.meta
-        self._services.row(service)[RECEIVED] += 1
-        if (envelope.sender, task_id) in self._finished:
-            self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
-            self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
-            return
-        stream = self._streams.get(service)
-        if stream is None:
-            self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
-            return
-        task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
-        self._held.add(task)
-        stream._put(task)
 
     def _on_settled(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
@@ -1511,37 +1480,6 @@ class Node:
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, self._record)
 
-    async def _settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
-        """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
-        while True:
-            link = self._link_of(origin)
-            if link is None or link.outbox.socket.closed:  # it left, or never said HELLO
-                self._log.warning(
-                    "unroutable",
-                    trio.current_time(),
-                    "cannot send %s for task %d: its sender %s is not a known peer",
-                    kind.name,
-                    meta[0],
-                    origin.hex()[:8],
-                )
-                return
-            if kind is Kind.ACK:
-                self._finished.add((origin, meta[0]))
-            if link.outbox.has_room():
-                # The sequence number is taken only once there is room, so numbers leave in order.
-                link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, None))
-                self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
-                # Not a scheduling point per ack: the acks of a worker's burst of tasks then
-                # leave together (the outbox coalesces until this task yields).
-                await self._maybe_yield()
-                return
-            await link.outbox.wait_room()  # a link closed meanwhile wakes this too
-
-    def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
-        peer = self._peers.get(origin)
-        if peer is not None and self._send_direct(self._reach(peer.record), kind, meta, None):
-            self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
-
     def _ready_workers(self, service: str) -> dict[bytes, _Link]:
         """The live peers offering `service` whose outbox has room, in the order they started
         offering it, each with its link (`Dispatcher.pick` chooses among them)."""
@@ -1694,8 +1632,7 @@ class Node:
         self._closing = True
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self._settings.goodbye_timeout
-            for stream in list(self._streams.values()):
-                self._hand_back(stream._close(), "worker stopped")
+            self._worker.stop()
             self._publish_nowait(None, Kind.BYE, None)
             for peer in self._peers:
                 self._send_direct(self._reach(peer.record), Kind.BYE, None, None)

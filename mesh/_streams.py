@@ -17,7 +17,7 @@ from ._types import Message
 from ._wire import Kind
 
 if TYPE_CHECKING:
-    from ._node import Node
+    from ._worker import WorkerSide
 
 logger = logging.getLogger("mesh")
 T = TypeVar("T")
@@ -133,12 +133,12 @@ class Task:
     hand; a task is settled once, later calls do nothing.
     """
 
-    __slots__ = ("_node", "_origin", "_settled", "attempt", "body", "id", "sender", "service")
+    __slots__ = ("_origin", "_owner", "_settled", "attempt", "body", "id", "sender", "service")
 
     def __init__(
-        self, node: Node, origin: bytes, task_id: int, service: str, attempt: int, body: Any
+        self, owner: WorkerSide, origin: bytes, task_id: int, service: str, attempt: int, body: Any
     ) -> None:
-        self._node = node
+        self._owner = owner
         self._origin = origin
         self._settled = False
         self.id = task_id
@@ -160,15 +160,15 @@ class Task:
         """Tell the sender the task is done."""
         if not self._settled:
             self._settled = True
-            self._node._release(self)
-            await self._node._settle(self._origin, Kind.ACK, [self.id])
+            self._owner.release(self)
+            await self._owner.settle(self._origin, Kind.ACK, [self.id])
 
     async def nack(self, reason: str = "failed") -> None:
         """Tell the sender the task failed here."""
         if not self._settled:
             self._settled = True
-            self._node._release(self)
-            await self._node._settle(self._origin, Kind.NACK, [self.id, reason[:200]])
+            self._owner.release(self)
+            await self._owner.settle(self._origin, Kind.NACK, [self.id, reason[:200]])
 
     async def __aenter__(self) -> Self:
         return self

@@ -831,7 +831,7 @@ async def test_a_task_done_before_is_acked_again_without_running() -> None:
                 await producer.push("w", 1)
                 task = await tasks.receive()
                 # Its ack is "lost": the worker marks it done, but the producer never hears.
-                worker._finished.add((task._origin, task.id))
+                worker._worker._finished.add((task._origin, task.id))
                 await producer.wait_settled()  # the deadline passes, the duplicate is acked
             assert worker.statistics().tasks_duplicate == 1
             assert producer.statistics().tasks_acked == 1

@@ -1,0 +1,189 @@
+"""The worker side of work: the services this node offers, the tasks in its hands, and settling
+them (ack, nack, hand back) with their senders.
+
+Rules:
+
+* One `TaskStream` per service offered. A task arrives in the inbox (`on_task`): a repeat of one
+  already done here (by sender and task id, within `Settings.dedup_window`) is acked again
+  without running; one for a service not offered is nacked; any other is *held* from then until
+  it is settled or handed back, and counted in `load`.
+* A held task is settled once: `Task.ack`/`Task.nack` (`settle`, which waits while the sender's
+  outbox is full, so acks are never dropped) or `hand_back` (a nack sent without waiting, for
+  tasks this worker will not do: a stream closed, a drain).
+* Withdrawing a service (a stream closed, `drain`) tells peers first and hands back afterwards:
+  on each link the UPDATE leaves before the NACKs, so the tasks are not sent straight back.
+* After `drain`, no service can be offered again.
+
+The node wires it to its links and its record (`WorkerWiring`); it reads no other component's
+state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+
+from ._metrics import DONE, RECEIVED, ServiceCounts
+from ._ratelimit import RateLimitedLog
+from ._routing import RecentTasks
+from ._streams import YIELD_EVERY, Task, TaskStream
+from ._wire import Envelope, Kind
+from ._zmq import Outbox
+
+
+class WorkerWiring(Protocol):
+    """What the worker side needs of the rest of the node."""
+
+    def outbox_to(self, peer_id: bytes) -> tuple[Outbox, Callable[[], int]] | None:
+        """The outbox to a known peer's inbox and its sequence counter, if there is one."""
+
+    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any]) -> bool:
+        """Send a control message to a known peer now, if its outbox has room."""
+
+    def offer(self, services: Iterable[str]) -> None:
+        """Tell the mesh this node now offers exactly `services`."""
+
+    def pack(self, kind: Kind, seq: int, meta: list[Any]) -> bytes:
+        """An envelope from this node, with no body."""
+
+
+class WorkerSide:
+    """The services this node works for and the tasks it holds (see the module's rules)."""
+
+    def __init__(
+        self,
+        wiring: WorkerWiring,
+        *,
+        dedup_window: int,
+        counts: dict[str, int],
+        services: ServiceCounts,
+        log: RateLimitedLog,
+    ) -> None:
+        self._wiring = wiring
+        self._counts = counts
+        self._services = services
+        self._log = log
+        self._streams: dict[str, TaskStream] = {}
+        self._held: set[Task] = set()  # handed to a stream, not yet settled
+        self._held_changed = trio.lowlevel.ParkingLot()
+        self._finished = RecentTasks(dedup_window)  # (sender, task id) of tasks acked here
+        self._draining = False
+        self._unyielded = 0
+
+    @property
+    def load(self) -> int:
+        """Tasks in this worker's hands (told to peers in heartbeats)."""
+        return len(self._held)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def on_task(self, envelope: Envelope) -> None:
+        """A TASK from the inbox (never blocks)."""
+        assert envelope.meta is not None
+        task_id, service, attempt = envelope.meta
+        self._services.row(service)[RECEIVED] += 1
+        if (envelope.sender, task_id) in self._finished:
+            self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
+            self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
+            return
+        stream = self._streams.get(service)
+        if stream is None:
+            self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
+            return
+        task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
+        self._held.add(task)
+        stream._put(task)
+
+    @asynccontextmanager
+    async def work(self, service: str, closing: Callable[[], bool]) -> AsyncIterator[TaskStream]:
+        """`Node.work`: offer `service` until the block ends (`closing` tells whether the node is
+        closing then, when peers are not told)."""
+        if self._draining:
+            raise trio.ClosedResourceError("the node is draining: it takes no more work")
+        if service in self._streams:
+            raise ValueError(f"this node already works for {service!r}")
+        stream = TaskStream(service)
+        self._streams[service] = stream
+        self._wiring.offer(self._streams)
+        try:
+            await trio.lowlevel.checkpoint()
+            yield stream
+        finally:
+            if self._streams.pop(service, None) is not None and not closing():
+                self._wiring.offer(self._streams)  # first, then the NACKs (module rules)
+            self.hand_back(stream._close(), "worker stopped")
+
+    async def drain(self, grace: float) -> None:
+        """`Node.drain`."""
+        self._draining = True
+        streams = list(self._streams.values())
+        self._streams.clear()
+        self._wiring.offer(self._streams)  # the UPDATEs leave before the NACKs below
+        for stream in streams:
+            self.hand_back(stream._close(), "worker leaving")
+        with trio.move_on_after(grace):
+            while self._held:
+                await self._held_changed.park()
+        self.hand_back(list(self._held), f"worker leaving: not done within {grace} s")
+        await trio.lowlevel.checkpoint()
+
+    def stop(self) -> None:
+        """The node is closing: hand back every task not yet taken from a stream."""
+        for stream in list(self._streams.values()):
+            self.hand_back(stream._close(), "worker stopped")
+
+    def hand_back(self, tasks: Iterable[Task], reason: str) -> None:
+        """Nack tasks this worker will not do, so their senders send them elsewhere."""
+        for task in tasks:
+            if not task._settled:
+                task._settled = True
+                self._settle_nowait(task._origin, Kind.NACK, [task.id, reason])
+            self.release(task)
+
+    def release(self, task: Task) -> None:
+        """`task` is settled (or given back): it is no longer in this worker's hands."""
+        held = self._held
+        if task in held:
+            held.remove(task)
+            self._services.row(task.service)[DONE] += 1
+        if not held:
+            self._held_changed.unpark_all()
+
+    async def settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
+        """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
+        while True:
+            route = self._wiring.outbox_to(origin)
+            if route is None or route[0].socket.closed:  # it left, or never said HELLO
+                self._log.warning(
+                    "unroutable",
+                    trio.current_time(),
+                    "cannot send %s for task %d: its sender %s is not a known peer",
+                    kind.name,
+                    meta[0],
+                    origin.hex()[:8],
+                )
+                return
+            outbox, next_seq = route
+            if kind is Kind.ACK:
+                self._finished.add((origin, meta[0]))
+            if outbox.has_room():
+                # The sequence number is taken only once there is room, so numbers leave in order.
+                outbox.send_nowait(self._wiring.pack(kind, next_seq(), meta))
+                self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+                # Not a scheduling point per ack: the acks of a worker's burst of tasks then
+                # leave together (the outbox coalesces until this task yields).
+                self._unyielded += 1
+                if self._unyielded >= YIELD_EVERY:
+                    self._unyielded = 0
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            await outbox.wait_room()  # a link closed meanwhile wakes this too
+
+    def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
+        if self._wiring.send_to_peer(origin, kind, meta):
+            self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
