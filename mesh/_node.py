@@ -30,7 +30,6 @@ import socket as stdlib_socket
 import struct
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
@@ -62,7 +61,7 @@ from discovery._groups import ungrouped
 
 from . import _peerlog, _wire
 from ._detector import FailureDetector, Liveness, Transition
-from ._errors import MissingPeersError, NoWorkerError, PeerUnreachableError, ProtocolError
+from ._errors import MissingPeersError, PeerUnreachableError, ProtocolError
 from ._exporter import MetricsServer
 from ._heartbeat import (
     Beat,
@@ -74,7 +73,6 @@ from ._heartbeat import (
     round_trip_sample,
 )
 from ._metrics import (
-    ACK_LATENCY_BUCKETS,
     ACKED,
     GIVEN_UP,
     NACKED,
@@ -87,8 +85,8 @@ from ._metrics import (
     Tally,
     cap_peers,
 )
+from ._producer import ProducerSide, Route
 from ._ratelimit import RateLimitedLog
-from ._routing import Dispatcher, InFlightTask
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
@@ -136,6 +134,21 @@ class _Link:
         return self.seq
 
 
+class _ProducerWiring:
+    """The producer side's view of the node (`ProducerWiring`): its peers' links, its id."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def ready_workers(self, service: str) -> dict[bytes, Route]:
+        return self._node._ready_workers(service)
+
+    def pack_task(self, seq: int, meta: list[Any], body: Any) -> bytes:
+        return pack(Kind.TASK, self._node._id, seq, meta, body)
+
+
 class _WorkerWiring:
     """The worker side's view of the node (`WorkerWiring`): its links, its record, its id."""
 
@@ -180,7 +193,6 @@ class Node:
     ) -> None:
         self._context = context
         self._settings = settings
-        self._dead_letter = dead_letter
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
@@ -256,17 +268,10 @@ class Node:
         self._links: dict[str, _Link] = {}
         self._batching: set[bytes] = set()  # peers whose inbox takes BATCH frames (their HELLO)
         self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, _reach)
-        self._dispatcher = Dispatcher(settings.max_in_flight, settings.ack_timeout)
-        # Tasks waiting to be sent again, by service: one with no worker holds up no other.
-        self._redelivery: dict[str, deque[InFlightTask]] = {}
-        self._in_flight_grew = trio.lowlevel.ParkingLot()
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
-        self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
-        self._redelivery_queued = trio.lowlevel.ParkingLot()  # `_redelivery` got a task
         self._peers_changed = trio.lowlevel.ParkingLot()
         self._synced = trio.lowlevel.ParkingLot()
-        self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
         self._synced_tokens: set[int] = set()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._greeting: set[bytes] = set()  # peers this node is making its subscriptions live at
@@ -297,10 +302,18 @@ class Node:
         self._udp_bytes_sent = 0
         self._unlinked_bytes_sent = 0
         self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
-        self._ack_latency = Tally(ACK_LATENCY_BUCKETS)
         self._rtt = Tally(RTT_BUCKETS)
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
+        self._producer = ProducerSide(
+            _ProducerWiring(self),
+            max_in_flight=settings.max_in_flight,
+            ack_timeout=settings.ack_timeout,
+            max_attempts=settings.max_attempts,
+            dead_letter=dead_letter,
+            services=self._services,
+            log=self._log,
+        )
         self._worker = WorkerSide(
             _WorkerWiring(self),
             dedup_window=settings.dedup_window,
@@ -365,7 +378,7 @@ class Node:
     def statistics(self) -> NodeStatistics:
         """What this node has counted since it opened, and its queues now: a snapshot
         (`NodeStatistics` describes each figure). Works after the node has closed, too."""
-        dispatcher = self._dispatcher
+        dispatcher = self._producer.dispatcher
         peer_rows = []
         for peer in self._peers:
             link = self._links.get(self._reach(peer.record))
@@ -395,9 +408,9 @@ class Node:
                 "udp": self._udp_bytes_sent,
             },
             events_queued=len(self._pub),
-            redelivery_queued=sum(map(len, self._redelivery.values())),
+            redelivery_queued=self._producer.redelivery_queued,
             peer_queues=cap_peers(peer_rows),
-            ack_latency=self._ack_latency.snapshot(),
+            ack_latency=self._producer.ack_latency.snapshot(),
             heartbeat_rtt=self._rtt.snapshot(),
             services=services,
             # (The task totals are the per-service table's: counted once, at one place a task.)
@@ -424,7 +437,7 @@ class Node:
         state = " closed" if self._closing else ""
         return (
             f"<Node {self.name} {self.id[:8]}{state} peers={len(self._peers)}"
-            f" inflight={self._dispatcher.in_flight()}>"
+            f" inflight={self._producer.dispatcher.in_flight()}>"
         )
 
     async def publish(self, topic: str, body: Any) -> None:
@@ -489,121 +502,18 @@ class Node:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         _check_service(service)
-        ready = self._ready_workers(service)
-        worker = self._dispatcher.pick(ready)
-        if worker is None:
-            worker, ready = await self._wait_for_worker(service, timeout)
-        self._send_task(worker, ready[worker], self._dispatcher.new_task_id(), service, 1, body)
+        producer = self._producer
+        chosen = producer.pick(service)
+        if chosen is None:
+            chosen = await producer.wait_for_worker(service, timeout, self._check_open)
+        worker, route = chosen
+        producer.send(worker, route, producer.dispatcher.new_task_id(), service, 1, body)
         self._services.row(service)[PUSHED] += 1
         await self._maybe_yield()
 
-    async def _wait_for_worker(
-        self, service: str, timeout: float
-    ) -> tuple[bytes, dict[bytes, _Link]]:
-        """Wait until a worker for `service` has room; return it, with the ready workers and
-        their links. Raises `NoWorkerError` when `timeout` seconds pass first."""
-        with trio.move_on_at(trio.current_time() + timeout):
-            while True:
-                await self._capacity_changed.park()
-                self._check_open()
-                ready = self._ready_workers(service)
-                worker = self._dispatcher.pick(ready)
-                if worker is not None:
-                    return worker, ready
-        raise NoWorkerError(service, timeout)
-
-    def _send_task(
-        self, worker: bytes, link: _Link, task_id: int, service: str, attempt: int, body: Any
-    ) -> None:
-        """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
-        frame = pack(Kind.TASK, self._id, link.seq + 1, [task_id, service, attempt], body)
-        link.next_seq()  # only now: `pack` may have refused the body
-        sent = link.outbox.send_nowait(frame)
-        assert sent, "picked a worker whose outbox is full"
-        now = trio.current_time()
-        self._dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now))
-        if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
-            self._in_flight_grew.unpark_all()
-
-    def _redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
-        """Queue tasks to be sent again (to whichever live worker has room), or give them up
-        after `Settings.max_attempts`."""
-        for task in tasks:
-            if task.attempt >= self._settings.max_attempts:
-                self._services.row(task.service)[GIVEN_UP] += 1
-                letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
-                if self._dead_letter is None:
-                    self._log.warning(
-                        "given-up",
-                        trio.current_time(),
-                        "gave up task %d for %r after %d attempts (last: %s)",
-                        task.task_id,
-                        task.service,
-                        task.attempt,
-                        why,
-                    )
-                else:
-                    try:
-                        self._dead_letter(letter)
-                    except Exception:
-                        logger.exception("the dead-letter handler failed on %r", letter)
-            else:
-                self._redelivery.setdefault(task.service, deque()).append(task)
-                self._services.row(task.service)[REDELIVERED] += 1
-                self._redelivery_queued.unpark_all()
-        self._capacity_changed.unpark_all()
-        self._settled.unpark_all()
-
-    async def _expire_tasks(self) -> None:
-        """Send again the tasks whose ack deadline (`Settings.ack_timeout`) passed."""
-        while True:
-            deadline = self._dispatcher.next_deadline()
-            if deadline is None:
-                await self._in_flight_grew.park()  # nothing in flight: wait for a task
-                continue
-            # Later tasks expire later (one timeout for all): the deadline cannot move earlier.
-            await trio.sleep_until(deadline)
-            self._redeliver(self._dispatcher.expired(trio.current_time()), "ack deadline")
-
-    async def _serve_redeliveries(self) -> None:
-        while True:
-            if not self._redelivery:
-                # Nothing to send again: wait for that, not for every ack (which changes the
-                # capacity too, and would wake this task at each round trip).
-                await self._redelivery_queued.park()
-                continue
-            sent = False
-            for service, waiting in list(self._redelivery.items()):
-                while waiting:
-                    ready = self._ready_workers(service)
-                    worker = self._dispatcher.pick(ready)
-                    if worker is None:
-                        break
-                    task = waiting.popleft()
-                    link = ready[worker]
-                    self._send_task(
-                        worker, link, task.task_id, service, task.attempt + 1, task.body
-                    )
-                    sent = True
-                if not waiting:
-                    del self._redelivery[service]
-            if sent:
-                self._settled.unpark_all()
-                await trio.lowlevel.checkpoint()
-            else:
-                await self._capacity_changed.park()
-
     async def wait_settled(self) -> None:
         """Wait until every task this node has pushed so far is acked, or given up on."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if not (self._dispatcher.in_flight() or self._redelivery):  # (empty queues are removed)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        # Parking yields: no further checkpoint once settled (it would cost a round of the run
-        # loop on every round trip).
-        while self._dispatcher.in_flight() or self._redelivery:
-            self._check_open()
-            await self._settled.park()
+        await self._producer.wait_settled(self._check_open)
 
     @asynccontextmanager
     async def work(self, service: str) -> AsyncIterator[TaskStream]:
@@ -708,8 +618,8 @@ class Node:
         nursery.start_soon(self._serve_events)
         nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._judge_liveness)
-        nursery.start_soon(self._serve_redeliveries)
-        nursery.start_soon(self._expire_tasks)
+        nursery.start_soon(self._producer.serve_redeliveries)
+        nursery.start_soon(self._producer.expire_tasks)
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address not in self._record.addresses:
@@ -970,7 +880,7 @@ class Node:
             if sample is not None:
                 self._rtt.observe(sample)
         if beat.credit is not None:
-            self._dispatcher.set_credit(sender, beat.credit)
+            self._producer.dispatcher.set_credit(sender, beat.credit)
         if beat.record is not None:
             self._check_record(sender, beats, beat.record, arrival)
         transitions = self._detector.heartbeat(sender, arrival)
@@ -1054,7 +964,7 @@ class Node:
         link = self._link_of(worker)
         if link is not None:
             link.outbox.discard(_is_task)
-        self._redeliver(self._dispatcher.forget_worker(worker), "worker dead")
+        self._producer.forget_worker(worker, "worker dead")
 
     async def _drain_subscription_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application.
@@ -1171,30 +1081,7 @@ class Node:
     # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
 
     def _on_settled(self, envelope: Envelope) -> None:
-        assert envelope.meta is not None
-        task = self._dispatcher.settle(envelope.sender, envelope.meta[0])
-        if task is None:
-            return
-        self._ack_latency.observe(self._inbox_now - task.sent_at)
-        if envelope.kind is Kind.ACK:
-            self._services.row(task.service)[ACKED] += 1
-        else:
-            self._services.row(task.service)[NACKED] += 1
-            self._log.warning(
-                "nack",
-                trio.current_time(),
-                "task %d for %r was refused by %s: %s",
-                task.task_id,
-                task.service,
-                envelope.sender.hex()[:8],
-                envelope.meta[1],
-            )
-            self._redeliver([task], f"nack: {envelope.meta[1]}")
-        # (Checked first: unpark_all costs even when nobody waits, and this runs per ack.)
-        if self._capacity_changed:
-            self._capacity_changed.unpark_all()
-        if self._settled:
-            self._settled.unpark_all()
+        self._producer.on_settled(envelope, self._inbox_now)
 
     def _on_hello(self, envelope: Envelope) -> None:
         hello = envelope.body
@@ -1262,7 +1149,7 @@ class Node:
         if envelope.sender not in self._peers or envelope.sender in self._leaving:
             return
         self._leaving.add(envelope.sender)
-        self._capacity_changed.unpark_all()
+        self._producer.capacity_changed()
         if self._nursery is not None and not self._closing:
             self._nursery.start_soon(self._forget_leaving, envelope.sender)
 
@@ -1366,9 +1253,9 @@ class Node:
                 self._beats.pop(record.id, None)
                 self._unlink(self._reach(record))
                 self._reach_cache.pop(record.id, None)
-                self._redeliver(self._dispatcher.forget_worker(record.id), event.reason)
+                self._producer.forget_worker(record.id, event.reason)
                 _log_peer(_peerlog.left(record, event.reason))
-        self._capacity_changed.unpark_all()
+        self._producer.capacity_changed()
         self._peers_changed.unpark_all()
 
     def _reach(self, record: PeerRecord) -> str:
@@ -1480,10 +1367,10 @@ class Node:
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, self._record)
 
-    def _ready_workers(self, service: str) -> dict[bytes, _Link]:
+    def _ready_workers(self, service: str) -> dict[bytes, Route]:
         """The live peers offering `service` whose outbox has room, in the order they started
         offering it, each with its link (`Dispatcher.pick` chooses among them)."""
-        ready = {}
+        ready: dict[bytes, Route] = {}
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
             if peer is None or peer.state is not PeerState.ALIVE or worker in self._leaving:
@@ -1601,8 +1488,8 @@ class Node:
         return None
 
     def _wake_pushers(self) -> None:
-        if self._capacity_changed:  # (called at every flush of an outbox that was full or is empty)
-            self._capacity_changed.unpark_all()
+        # (Called at every flush of an outbox that was full or is empty.)
+        self._producer.capacity_changed()
 
     def _check_open(self) -> None:
         if self._closing:
@@ -1643,9 +1530,8 @@ class Node:
             subscription._close()
         for watch in list(self._watchers):
             watch._end()
-        self._capacity_changed.unpark_all()
+        self._producer.wake_all()
         self._peers_changed.unpark_all()
-        self._settled.unpark_all()
 
     def _close_sockets(self) -> None:
         linger = round(self._settings.goodbye_timeout * 1000)

@@ -847,7 +847,7 @@ async def test_a_worker_is_sent_no_more_than_its_prefetch() -> None:
             worker.work("w") as tasks,
         ):
             await producer.wait_for_peers(1, service="w")
-            while producer._dispatcher.capacity(bytes.fromhex(worker.id)) != 2:  # noqa: ASYNC110
+            while producer._producer.dispatcher.capacity(bytes.fromhex(worker.id)) != 2:  # noqa: ASYNC110
                 await trio.sleep(0.01)  # its next heartbeat carries the credit
             await producer.push("w", 1)
             await producer.push("w", 2)

@@ -1,0 +1,259 @@
+"""The producer side of work: sending tasks to workers, tracking them until they are settled,
+sending them again, and giving up on them.
+
+Rules:
+
+* A task goes to the ready worker `Dispatcher.pick` chooses (live, offering the service, with
+  credit and outbox room); `push` waits while there is none. It is tracked in the in-flight table
+  from its send until its worker acks or nacks it, or is declared dead or leaves, or its ack
+  deadline (`Settings.ack_timeout`) passes.
+* A task that comes back (nack, death, departure, deadline) is queued by service and sent again
+  by one task, `serve_redeliveries`, to whichever worker has room; a task with no worker holds up
+  no other service. After `Settings.max_attempts` sends it is given up: handed to the
+  dead-letter handler, or logged.
+* Everything that can give a waiting `push` a worker (an ack, a peer joining or offering a
+  service, an outbox with room again) calls `capacity_changed`.
+
+The node wires it to its links (`ProducerWiring`); it reads no other component's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import trio
+
+from ._errors import NoWorkerError
+from ._metrics import (
+    ACK_LATENCY_BUCKETS,
+    ACKED,
+    GIVEN_UP,
+    NACKED,
+    REDELIVERED,
+    ServiceCounts,
+    Tally,
+)
+from ._ratelimit import RateLimitedLog
+from ._routing import Dispatcher, InFlightTask
+from ._types import DeadLetter
+from ._wire import Envelope, Kind
+from ._zmq import Outbox
+
+logger = logging.getLogger("mesh")
+
+
+class Route(Protocol):
+    """A link to a worker's inbox: its outbox and the sequence numbers of what goes on it."""
+
+    outbox: Outbox
+    seq: int
+
+    def next_seq(self) -> int: ...
+
+
+class ProducerWiring(Protocol):
+    """What the producer side needs of the rest of the node."""
+
+    def ready_workers(self, service: str) -> dict[bytes, Route]:
+        """The live peers offering `service` whose outbox has room, in the order they started
+        offering it, each with its link."""
+
+    def pack_task(self, seq: int, meta: list[Any], body: Any) -> bytes:
+        """A TASK envelope from this node (raises `TypeError` for a body msgpack cannot carry)."""
+
+
+class ProducerSide:
+    """Tasks this node sent and has not seen settled (see the module's rules)."""
+
+    def __init__(
+        self,
+        wiring: ProducerWiring,
+        *,
+        max_in_flight: int,
+        ack_timeout: float | None,
+        max_attempts: int,
+        dead_letter: Callable[[DeadLetter], None] | None,
+        services: ServiceCounts,
+        log: RateLimitedLog,
+    ) -> None:
+        self._wiring = wiring
+        self._max_attempts = max_attempts
+        self._dead_letter = dead_letter
+        self._services = services
+        self._log = log
+        self.dispatcher = Dispatcher(max_in_flight, ack_timeout)
+        self.ack_latency = Tally(ACK_LATENCY_BUCKETS)
+        # Tasks waiting to be sent again, by service: one with no worker holds up no other.
+        self._redelivery: dict[str, deque[InFlightTask]] = {}
+        self._in_flight_grew = trio.lowlevel.ParkingLot()
+        self._capacity_changed = trio.lowlevel.ParkingLot()  # a worker or room appeared
+        self._redelivery_queued = trio.lowlevel.ParkingLot()  # `_redelivery` got a task
+        self._settled = trio.lowlevel.ParkingLot()  # the in-flight table shrank
+
+    @property
+    def redelivery_queued(self) -> int:
+        """Tasks waiting to be sent again."""
+        return sum(map(len, self._redelivery.values()))
+
+    def pick(self, service: str) -> tuple[bytes, Route] | None:
+        """The worker the next task for `service` goes to, now, if any has room."""
+        ready = self._wiring.ready_workers(service)
+        worker = self.dispatcher.pick(ready)
+        return None if worker is None else (worker, ready[worker])
+
+    async def wait_for_worker(
+        self, service: str, timeout: float, check_open: Callable[[], None]
+    ) -> tuple[bytes, Route]:
+        """Wait until a worker for `service` has room; return it with its link. Raises
+        `NoWorkerError` when `timeout` seconds pass first."""
+        with trio.move_on_at(trio.current_time() + timeout):
+            while True:
+                await self._capacity_changed.park()
+                check_open()
+                chosen = self.pick(service)
+                if chosen is not None:
+                    return chosen
+        raise NoWorkerError(service, timeout)
+
+    def send(
+        self, worker: bytes, route: Route, task_id: int, service: str, attempt: int, body: Any
+    ) -> None:
+        """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
+        frame = self._wiring.pack_task(route.seq + 1, [task_id, service, attempt], body)
+        route.next_seq()  # only now: packing may have refused the body
+        sent = route.outbox.send_nowait(frame)
+        assert sent, "picked a worker whose outbox is full"
+        now = trio.current_time()
+        self.dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now))
+        if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
+            self._in_flight_grew.unpark_all()
+
+    def on_settled(self, envelope: Envelope, arrival: float) -> None:
+        """An ACK or NACK from the inbox, read at `arrival` (never blocks)."""
+        assert envelope.meta is not None
+        task = self.dispatcher.settle(envelope.sender, envelope.meta[0])
+        if task is None:
+            return
+        self.ack_latency.observe(arrival - task.sent_at)
+        if envelope.kind is Kind.ACK:
+            self._services.row(task.service)[ACKED] += 1
+        else:
+            self._services.row(task.service)[NACKED] += 1
+            self._log.warning(
+                "nack",
+                trio.current_time(),
+                "task %d for %r was refused by %s: %s",
+                task.task_id,
+                task.service,
+                envelope.sender.hex()[:8],
+                envelope.meta[1],
+            )
+            self.redeliver([task], f"nack: {envelope.meta[1]}")
+        # (Checked first: unpark_all costs even when nobody waits, and this runs per ack.)
+        if self._capacity_changed:
+            self._capacity_changed.unpark_all()
+        if self._settled:
+            self._settled.unpark_all()
+
+    def redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
+        """Queue tasks to be sent again (to whichever live worker has room), or give them up
+        after `Settings.max_attempts`."""
+        for task in tasks:
+            if task.attempt >= self._max_attempts:
+                self._give_up(task, why)
+            else:
+                self._redelivery.setdefault(task.service, deque()).append(task)
+                self._services.row(task.service)[REDELIVERED] += 1
+                self._redelivery_queued.unpark_all()
+        self._capacity_changed.unpark_all()
+        self._settled.unpark_all()
+
+    def forget_worker(self, worker: bytes, why: str) -> None:
+        """`worker` died or left: what it held unacked goes to other workers."""
+        self.redeliver(self.dispatcher.forget_worker(worker), why)
+
+    def capacity_changed(self) -> None:
+        """A worker or room may have appeared: waiting pushes look again."""
+        if self._capacity_changed:
+            self._capacity_changed.unpark_all()
+
+    def wake_all(self) -> None:
+        """The node is closing: every waiter looks again (and finds it closed)."""
+        self._capacity_changed.unpark_all()
+        self._settled.unpark_all()
+
+    def settled(self) -> bool:
+        """Whether every task sent so far is acked or given up on."""
+        return not (self.dispatcher.in_flight() or self._redelivery)  # (empty queues removed)
+
+    async def wait_settled(self, check_open: Callable[[], None]) -> None:
+        """`Node.wait_settled`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.settled():
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        # Parking yields: no further checkpoint once settled (it would cost a round of the run
+        # loop on every round trip).
+        while not self.settled():
+            check_open()
+            await self._settled.park()
+
+    async def expire_tasks(self) -> None:
+        """Send again the tasks whose ack deadline (`Settings.ack_timeout`) passed. Runs until
+        cancelled."""
+        while True:
+            deadline = self.dispatcher.next_deadline()
+            if deadline is None:
+                await self._in_flight_grew.park()  # nothing in flight: wait for a task
+                continue
+            # Later tasks expire later (one timeout for all): the deadline cannot move earlier.
+            await trio.sleep_until(deadline)
+            self.redeliver(self.dispatcher.expired(trio.current_time()), "ack deadline")
+
+    async def serve_redeliveries(self) -> None:
+        """Send the queued tasks again as workers have room. Runs until cancelled."""
+        while True:
+            if not self._redelivery:
+                # Nothing to send again: wait for that, not for every ack (which changes the
+                # capacity too, and would wake this task at each round trip).
+                await self._redelivery_queued.park()
+                continue
+            sent = False
+            for service, waiting in list(self._redelivery.items()):
+                while waiting:
+                    chosen = self.pick(service)
+                    if chosen is None:
+                        break
+                    task = waiting.popleft()
+                    worker, route = chosen
+                    self.send(worker, route, task.task_id, service, task.attempt + 1, task.body)
+                    sent = True
+                if not waiting:
+                    del self._redelivery[service]
+            if sent:
+                self._settled.unpark_all()
+                await trio.lowlevel.checkpoint()
+            else:
+                await self._capacity_changed.park()
+
+    def _give_up(self, task: InFlightTask, why: str) -> None:
+        self._services.row(task.service)[GIVEN_UP] += 1
+        letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
+        if self._dead_letter is None:
+            self._log.warning(
+                "given-up",
+                trio.current_time(),
+                "gave up task %d for %r after %d attempts (last: %s)",
+                task.task_id,
+                task.service,
+                task.attempt,
+                why,
+            )
+            return
+        try:
+            self._dead_letter(letter)
+        except Exception:
+            logger.exception("the dead-letter handler failed on %r", letter)
