@@ -318,3 +318,55 @@ def import_cycle() -> list[str] | None:
 def test_no_import_cycle() -> None:
     cycle = import_cycle()
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+@pytest.mark.parametrize("package", ["mesh", "discovery"])
+def test_the_packages_export_lazily_what_they_declare(package: str) -> None:
+    # Each public name is imported under `if TYPE_CHECKING:` (what mypy and IDEs read) and loaded
+    # on first use by the package's __getattr__: both must give the same object.
+    import importlib
+    import pydoc
+
+    module = importlib.import_module(package)
+    tree = parse(package)
+    eager = {
+        alias.asname or alias.name
+        for statement in import_statements(tree)
+        for alias in statement.names
+        if not (isinstance(statement, ast.ImportFrom) and statement.module == "__future__")
+    }
+    declared = {
+        alias.asname or alias.name: source_of(package, statement)
+        for statement in import_statements(tree, type_checking=True)
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+    exported = module.__all__
+    assert len(set(exported)) == len(exported)
+    assert not eager & set(exported), "imported when the package is, not on first use"
+    assert set(exported) <= set(declared), "not declared under `if TYPE_CHECKING:`"
+    for name in exported:
+        assert getattr(module, name) is getattr(importlib.import_module(declared[name]), name)
+    namespace: dict[str, object] = {}
+    exec(f"from {package} import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(exported)
+    assert set(exported) <= set(dir(module))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        getattr(module, "no_such_name")  # noqa: B009
+    assert module.__doc__
+    assert module.__doc__.splitlines()[0] in pydoc.render_doc(module, renderer=pydoc.plaintext)
+
+
+def test_the_version_is_read_without_importing() -> None:
+    # setuptools takes `mesh.__version__` from the source when it is a plain string assignment.
+    assignments = [
+        statement.value.value
+        for statement in parse("mesh").body
+        if isinstance(statement, ast.Assign)
+        and [getattr(target, "id", None) for target in statement.targets] == ["__version__"]
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    ]
+    import mesh
+
+    assert assignments == [mesh.__version__]
