@@ -8,28 +8,32 @@ node and reports the `Announced` and `Withdrawn` nodes it hears of.
 
 from __future__ import annotations
 
-from ._interfaces import device_of, interface_addresses, interface_network
-from ._mdns import Announced, DiscoveryEvent, Mdns, Refused, Withdrawn, open_mdns
-from ._peers import (
-    ForeignMeshError,
-    Peer,
-    PeerEvent,
-    PeerJoined,
-    PeerLeft,
-    PeerMap,
-    PeerState,
-    PeerStateChanged,
-    PeerUpdated,
-)
-from ._record import (
-    PROTOCOL_VERSION,
-    PeerRecord,
-    RecordError,
-    format_address,
-    parse_address,
-    tcp_endpoint,
-)
-from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._interfaces import device_of, interface_addresses, interface_network
+    from ._mdns import Announced, DiscoveryEvent, Mdns, Refused, Withdrawn, open_mdns
+    from ._peers import (
+        ForeignMeshError,
+        Peer,
+        PeerEvent,
+        PeerJoined,
+        PeerLeft,
+        PeerMap,
+        PeerState,
+        PeerStateChanged,
+        PeerUpdated,
+    )
+    from ._record import (
+        PROTOCOL_VERSION,
+        PeerRecord,
+        RecordError,
+        format_address,
+        parse_address,
+        tcp_endpoint,
+    )
+    from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -62,3 +66,51 @@ __all__ = [
     "parse_address",
     "tcp_endpoint",
 ]
+
+# Each name is imported on first use (PEP 562), not when the package is: importing a pure module
+# (`discovery._record`) runs this file first, and must not import zeroconf and trio with it. The
+# imports above say the same for type checkers; tests/test_project.py holds the two together.
+_EXPORTS = {
+    "._interfaces": ("device_of", "interface_addresses", "interface_network"),
+    "._mdns": ("Announced", "DiscoveryEvent", "Mdns", "Refused", "Withdrawn", "open_mdns"),
+    "._peers": (
+        "ForeignMeshError",
+        "Peer",
+        "PeerEvent",
+        "PeerJoined",
+        "PeerLeft",
+        "PeerMap",
+        "PeerState",
+        "PeerStateChanged",
+        "PeerUpdated",
+    ),
+    "._record": (
+        "PROTOCOL_VERSION",
+        "PeerRecord",
+        "RecordError",
+        "format_address",
+        "parse_address",
+        "tcp_endpoint",
+    ),
+    "._txt": ("SERVICE_TYPE", "Announcement", "decode_txt", "encode_txt", "instance_name"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def _import_export(name: str) -> object:
+    try:
+        module = _MODULE_OF[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which would otherwise accept any attribute of the package.
+    __getattr__ = _import_export

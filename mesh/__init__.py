@@ -13,28 +13,32 @@ tasks, and wires the rest together; `_streams` and `_types` are what it hands th
 
 from __future__ import annotations
 
-from discovery import (
-    Peer,
-    PeerEvent,
-    PeerJoined,
-    PeerLeft,
-    PeerState,
-    PeerStateChanged,
-    PeerUpdated,
-)
+import importlib
+from typing import TYPE_CHECKING
 
-from ._detector import DetectorSettings
-from ._errors import (
-    MeshError,
-    MissingPeersError,
-    NoWorkerError,
-    PeerUnreachableError,
-    ProtocolError,
-)
-from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
-from ._node import ALL_INTERFACES, Node, open_node
-from ._streams import PeerWatch, Subscription, Task, TaskStream
-from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
+if TYPE_CHECKING:
+    from discovery import (
+        Peer,
+        PeerEvent,
+        PeerJoined,
+        PeerLeft,
+        PeerState,
+        PeerStateChanged,
+        PeerUpdated,
+    )
+
+    from ._detector import DetectorSettings
+    from ._errors import (
+        MeshError,
+        MissingPeersError,
+        NoWorkerError,
+        PeerUnreachableError,
+        ProtocolError,
+    )
+    from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
+    from ._node import ALL_INTERFACES, Node, open_node
+    from ._streams import PeerWatch, Subscription, Task, TaskStream
+    from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 
 __version__ = "0.1.0"
 
@@ -70,3 +74,50 @@ __all__ = [
     "format_metrics",
     "open_node",
 ]
+
+# Each name is imported on first use (PEP 562), not when the package is: importing a pure module
+# (`mesh._wire`) runs this file first, and must not import trio, ZeroMQ and zeroconf with it. The
+# imports above say the same for type checkers; tests/test_project.py holds the two together.
+_EXPORTS = {
+    "discovery": (
+        "Peer",
+        "PeerEvent",
+        "PeerJoined",
+        "PeerLeft",
+        "PeerState",
+        "PeerStateChanged",
+        "PeerUpdated",
+    ),
+    "._detector": ("DetectorSettings",),
+    "._errors": (
+        "MeshError",
+        "MissingPeersError",
+        "NoWorkerError",
+        "PeerUnreachableError",
+        "ProtocolError",
+    ),
+    "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
+    "._node": ("ALL_INTERFACES", "Node", "open_node"),
+    "._streams": ("PeerWatch", "Subscription", "Task", "TaskStream"),
+    "._types": ("DeadLetter", "Endpoints", "Message", "NodeStatistics", "PeerHealth", "Settings"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def _import_export(name: str) -> object:
+    try:
+        module = _MODULE_OF[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which would otherwise accept any attribute of the package.
+    __getattr__ = _import_export
