@@ -72,6 +72,7 @@ from ._heartbeat import (
     record_digest,
     round_trip_sample,
 )
+from ._links import Link, Links
 from ._metrics import (
     ACKED,
     GIVEN_UP,
@@ -108,30 +109,6 @@ _READY_WAIT_LAST: Final = 60.0
 _PUB_RETRY_INTERVAL: Final = 0.001
 # XPUB hands subscription notices up to the application, which must drain them.
 _NOTICE_DRAIN_INTERVAL: Final = 1.0
-
-
-class _Link:
-    """The PUSH socket, outbox and owner task for one peer inbox, and the monitor that tells
-    when its connection drops (a crash: the kernel closes the peer's sockets)."""
-
-    __slots__ = ("address", "monitor", "outbox", "scope", "seq")
-
-    def __init__(self, address: str, outbox: Outbox, monitor: AsyncSocket) -> None:
-        self.address = address
-        self.outbox = outbox
-        self.monitor = monitor
-        self.scope = trio.CancelScope()
-        self.seq = 0
-
-    def close(self, linger: int) -> None:
-        # The monitor first, or its inproc endpoint outlives the socket.
-        self.outbox.socket.disable_monitor()
-        self.monitor.close()
-        self.outbox.socket.close(linger=linger)
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
 
 
 class _ProducerWiring:
@@ -265,7 +242,13 @@ class Node:
         self._control_socket = control
         self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
-        self._links: dict[str, _Link] = {}
+        self._links = Links(
+            self._socket,
+            queue=settings.peer_queue,
+            on_room=self._wake_pushers,
+            on_dropped=self._on_link_dropped,
+            dropped_grace=_GOODBYE_GRACE,
+        )
         self._batching: set[bytes] = set()  # peers whose inbox takes BATCH frames (their HELLO)
         self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, _reach)
         self._subscriptions: list[Subscription] = []
@@ -300,7 +283,6 @@ class Node:
         # counted by each `Outbox`; those of closed links are added up here).
         self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
         self._udp_bytes_sent = 0
-        self._unlinked_bytes_sent = 0
         self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
         self._rtt = Tally(RTT_BUCKETS)
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
@@ -394,9 +376,6 @@ class Node:
             )
         services = self._services.snapshot()
         totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
-        push_bytes = self._unlinked_bytes_sent
-        for link in self._links.values():
-            push_bytes += link.outbox.bytes_sent
         return NodeStatistics(
             peers=len(self._peers),
             tasks_in_flight=dispatcher.in_flight(),
@@ -404,7 +383,7 @@ class Node:
             bytes_received=dict(self._bytes_in),
             bytes_sent={
                 "pub": self._pub.bytes_sent,
-                "push": push_bytes,
+                "push": self._links.bytes_sent,
                 "udp": self._udp_bytes_sent,
             },
             events_queued=len(self._pub),
@@ -612,6 +591,7 @@ class Node:
 
     def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
         self._nursery = nursery
+        self._links.start(nursery)
         nursery.start_soon(self._pub.run)
         nursery.start_soon(self._drain_subscription_notices)
         nursery.start_soon(self._serve_inbox)
@@ -1279,59 +1259,20 @@ class Node:
                     return host
         return record.host
 
-    def _link(self, address: str) -> _Link:
-        link = self._links.get(address)
-        if link is not None:
-            return link
-        host, port = parse_address(address)
-        push = self._socket(zmq.PUSH, ":" in host)
-        push.setsockopt(zmq.IMMEDIATE, 1)  # queue here, not in a pipe to a peer that is not there
-        push.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        push.connect(tcp_endpoint(host, port))
-        link = _Link(
-            address,
-            Outbox(AsyncSocket(push), self._settings.peer_queue, self._wake_pushers),
-            AsyncSocket(monitor),
-        )
-        self._links[address] = link
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_link, link)
-        return link
+    def _on_link_dropped(self, link: Link) -> None:
+        """A dropped connection to a peer's inbox is a hint that it crashed: the detector
+        suspects it almost at once; silence then confirms."""
+        self._take_heartbeats()  # the goodbye on the PUB, if that is the way it came
+        peer = self._peers.by_address(link.address)
+        if peer is not None and peer.record.id not in self._leaving:
+            self._apply_liveness(self._detector.disconnected(peer.record.id, trio.current_time()))
+            self._liveness_changed.unpark_all()
 
-    async def _run_link(self, link: _Link) -> None:
-        with link.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.outbox.run)
-                nursery.start_soon(self._watch_link, link)
-
-    async def _watch_link(self, link: _Link) -> None:
-        """A dropped connection to a peer's inbox is a hint that it crashed (measured: about 2 ms
-        after a kill -9): the detector suspects it almost at once; silence then confirms."""
-        while True:
-            try:
-                batch = await link.monitor.receive_multipart_batch(16)
-            except trio.ClosedResourceError:
-                return
-            # A node that leaves closes its sockets right after its goodbye, which travels on
-            # other connections and may be read after this: give it a moment to arrive, so a
-            # graceful leave is not reported as a suspicion first.
-            await trio.sleep(_GOODBYE_GRACE)
-            self._take_heartbeats()  # the goodbye on the PUB, if that is the way it came
-            peer = self._peers.by_address(link.address)
-            if peer is not None and batch and peer.record.id not in self._leaving:
-                self._apply_liveness(
-                    self._detector.disconnected(peer.record.id, trio.current_time())
-                )
-                self._liveness_changed.unpark_all()
+    def _link(self, address: str) -> Link:
+        return self._links.open(address)
 
     def _unlink(self, address: str) -> None:
-        link = self._links.pop(address, None)
-        if link is not None:
-            self._unlinked_bytes_sent += link.outbox.bytes_sent
-            link.scope.cancel()
-            link.outbox.discard()
-            link.close(linger=0)
+        self._links.close(address)
 
     def _introduce(self, address: str, *, again: bool = False) -> None:
         """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only
@@ -1344,10 +1285,8 @@ class Node:
         return Hello(self._record, known, batch=True)
 
     def _send_direct(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
-        link = self._link(address)
-        if link.outbox.has_room():
-            sent = link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, body))
-            assert sent
+        node_id = self._id
+        if self._links.send(address, lambda seq: pack(kind, node_id, seq, meta, body)):
             return True
         self._log.warning(
             "outbox-full",
@@ -1380,7 +1319,7 @@ class Node:
                 ready[worker] = link
         return ready
 
-    def _link_of(self, peer_id: bytes) -> _Link | None:
+    def _link_of(self, peer_id: bytes) -> Link | None:
         """The link to a known peer's inbox, if there is one."""
         peer = self._peers.get(peer_id)
         return None if peer is None else self._links.get(self._reach(peer.record))
@@ -1536,9 +1475,7 @@ class Node:
     def _close_sockets(self) -> None:
         linger = round(self._settings.goodbye_timeout * 1000)
         self._pub.socket.close(linger=linger)  # so the goodbye still goes out
-        for link in self._links.values():
-            link.close(linger)
-        self._links.clear()
+        self._links.close_all(linger)
         self._pull.close()
         self._sub.close()
         self._control.close()

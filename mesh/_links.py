@@ -1,0 +1,160 @@
+"""Links: one PUSH socket per peer inbox this node sends to, each with its bounded `Outbox`, its
+owner task, and a monitor that tells when the connection drops.
+
+Rules:
+
+* A link is opened for an inbox address on first use (a HELLO to a seed, a peer joining) and
+  closed when the node stops needing it (a peer gone, an announced node that never answered). Its
+  PUSH has `IMMEDIATE` (messages wait in this node's outbox, never in a pipe to a peer that is not
+  there) and reconnects with back-off up to 2 s.
+* Each link's owner task runs its outbox (the only task that touches the PUSH socket) and reads
+  its monitor. A dropped connection is reported (`on_dropped`) after `dropped_grace` seconds: a
+  node that leaves closes its sockets right after its goodbye, which travels on other
+  connections and may be read after the drop, and a graceful leave must not be reported as a
+  failure first.
+* Messages to one link leave in the order they were sent, each numbered by the link (`next_seq`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final
+
+import trio
+import zmq
+
+from discovery import parse_address, tcp_endpoint
+
+from ._zmq import AsyncSocket, Outbox, ZmqSocket
+
+#: Most seconds a PUSH waits between reconnection attempts (milliseconds for ZeroMQ).
+_RECONNECT_IVL_MAX_MS: Final = 2000
+
+
+class Link:
+    """The PUSH socket, outbox and owner task for one peer inbox, and the monitor that tells
+    when its connection drops (a crash: the kernel closes the peer's sockets)."""
+
+    __slots__ = ("address", "monitor", "outbox", "scope", "seq")
+
+    def __init__(self, address: str, outbox: Outbox, monitor: AsyncSocket) -> None:
+        self.address = address
+        self.outbox = outbox
+        self.monitor = monitor
+        self.scope = trio.CancelScope()
+        self.seq = 0
+
+    def close(self, linger: int) -> None:
+        # The monitor first, or its inproc endpoint outlives the socket.
+        self.outbox.socket.disable_monitor()
+        self.monitor.close()
+        self.outbox.socket.close(linger=linger)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class Links(Mapping[str, Link]):
+    """The open links, by inbox address (``host:port``); a read-only mapping."""
+
+    def __init__(
+        self,
+        make_socket: Callable[[int, bool], ZmqSocket],
+        *,
+        queue: int,
+        on_room: Callable[[], None],
+        on_dropped: Callable[[Link], None],
+        dropped_grace: float,
+    ) -> None:
+        self._make_socket = make_socket
+        self._queue = queue
+        self._on_room = on_room
+        self._on_dropped = on_dropped
+        self._dropped_grace = dropped_grace
+        self._links: dict[str, Link] = {}
+        self._nursery: trio.Nursery | None = None
+        self._closed_bytes_sent = 0
+
+    def __getitem__(self, address: str) -> Link:
+        return self._links[address]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._links)
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes sent on every link, closed ones included."""
+        return self._closed_bytes_sent + sum(
+            link.outbox.bytes_sent for link in self._links.values()
+        )
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Links opened from now on run their tasks in `nursery`."""
+        self._nursery = nursery
+
+    def open(self, address: str) -> Link:
+        """The link to the inbox at `address`, opened if it is not yet."""
+        link = self._links.get(address)
+        if link is not None:
+            return link
+        host, port = parse_address(address)
+        push = self._make_socket(zmq.PUSH, ":" in host)
+        push.setsockopt(zmq.IMMEDIATE, 1)  # queue here, not in a pipe to a peer that is not there
+        push.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
+        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        push.connect(tcp_endpoint(host, port))
+        link = Link(
+            address, Outbox(AsyncSocket(push), self._queue, self._on_room), AsyncSocket(monitor)
+        )
+        self._links[address] = link
+        assert self._nursery is not None, "links are opened only once the node runs"
+        self._nursery.start_soon(self._run, link)
+        return link
+
+    def close(self, address: str) -> None:
+        """Close the link to `address`, if open, dropping what its outbox still holds."""
+        link = self._links.pop(address, None)
+        if link is not None:
+            self._closed_bytes_sent += link.outbox.bytes_sent
+            link.scope.cancel()
+            link.outbox.discard()
+            link.close(linger=0)
+
+    def close_all(self, linger: int) -> None:
+        """Close every link's sockets, giving each `linger` milliseconds to send what it holds."""
+        for link in self._links.values():
+            self._closed_bytes_sent += link.outbox.bytes_sent
+            link.close(linger)
+        self._links.clear()
+
+    def send(self, address: str, frame: Callable[[int], bytes]) -> bool:
+        """Queue `frame(seq)` on the link to `address` (opened if need be) if its outbox has
+        room; False if it is full."""
+        link = self.open(address)
+        if not link.outbox.has_room():
+            return False
+        sent = link.outbox.send_nowait(frame(link.next_seq()))
+        assert sent
+        return True
+
+    async def _run(self, link: Link) -> None:
+        with link.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.outbox.run)
+                nursery.start_soon(self._watch, link)
+
+    async def _watch(self, link: Link) -> None:
+        """A dropped connection to a peer's inbox is a hint that it crashed (about 2 ms after a
+        kill -9 on loopback): reported after `dropped_grace` (see the module's rules)."""
+        while True:
+            try:
+                batch = await link.monitor.receive_multipart_batch(16)
+            except trio.ClosedResourceError:
+                return
+            await trio.sleep(self._dropped_grace)
+            if batch:
+                self._on_dropped(link)
