@@ -62,6 +62,7 @@ from discovery._groups import ungrouped
 from . import _peerlog, _wire
 from ._detector import FailureDetector, Liveness, Transition
 from ._errors import MissingPeersError, PeerUnreachableError, ProtocolError
+from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
 from ._heartbeat import (
     Beat,
@@ -89,26 +90,17 @@ from ._metrics import (
 from ._producer import ProducerSide, Route
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
-from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
-from ._wire import Envelope, Hello, Kind, control_frame, event_frame, pack, topic_channel
+from ._types import DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
+from ._wire import Envelope, Hello, Kind, pack, topic_channel
 from ._worker import WorkerSide
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
-# SYNC is resent after 5 ms, then 10, 20, 40 and every 50 ms: a subscription is usually live
-# within a few ms (on 127.0.0.1, a median of about 1 ms after connect).
-_SYNC_FIRST_RESEND: Final = 0.005
-_SYNC_LAST_RESEND: Final = 0.05
 # A peer that has not said READY this long after it joined is said HELLO again, then at doubling
 # intervals up to the last (seconds): on a loaded 2-core machine a 32-node mesh takes 4 to 10 s
 # to wire fully, so the first HELLOs again are often redundant, and harmless.
 _READY_WAIT_FIRST: Final = 3.0
 _READY_WAIT_LAST: Final = 60.0
-# An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
-# 1 ms costs nothing while nothing is blocked, and little while something is.
-_PUB_RETRY_INTERVAL: Final = 0.001
-# XPUB hands subscription notices up to the application, which must drain them.
-_NOTICE_DRAIN_INTERVAL: Final = 1.0
 
 
 class _ProducerWiring:
@@ -173,7 +165,6 @@ class Node:
         self._id = os.urandom(_wire.NODE_ID_SIZE)
         self._closing = False
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
-        self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still subscribed to
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
         # Each peer's heartbeats taken here (its load, the round trip to it, its datagrams), and
         # what this node's datagrams owe it, from its first heartbeat on (§11).
@@ -225,22 +216,14 @@ class Node:
         # Which of this node's UDP sockets sends to a given peer host (found once per host).
         self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
 
-        # Events published in a burst leave in fewer frames: consecutive events of one topic
-        # share one (docs/protocol.md §3, "Batches").
-        self._pub = Outbox(
-            AsyncSocket(pub),
-            capacity=settings.peer_queue,
-            retry_interval=_PUB_RETRY_INTERVAL,
-            coalesce=_wire.coalesce_published,
-        )
+        self._publisher = Publisher(pub, self._id, settings.peer_queue)
+        self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
         self._pull = AsyncSocket(pull, interruptible=False)
-        self._sub = AsyncSocket(sub)
         # Read by polling from the heartbeat loop (`_take_control`): no task waits on its FD, so
         # it is connected and disconnected directly (`_control_op`), not through `call_soon`.
         self._control = AsyncSocket(control)
         self._control_socket = control
-        self._pub_seq = 0
         self._peers = PeerMap(self._id, mesh)
         self._links = Links(
             self._socket,
@@ -251,11 +234,7 @@ class Node:
         )
         self._batching: set[bytes] = set()  # peers whose inbox takes BATCH frames (their HELLO)
         self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, _reach)
-        self._subscriptions: list[Subscription] = []
-        self._channel_refs: dict[bytes, int] = {}
         self._peers_changed = trio.lowlevel.ParkingLot()
-        self._synced = trio.lowlevel.ParkingLot()
-        self._synced_tokens: set[int] = set()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._greeting: set[bytes] = set()  # peers this node is making its subscriptions live at
         self._detector = FailureDetector(settings.detector)
@@ -263,7 +242,6 @@ class Node:
         self._heartbeat_count = 0
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._judge_timer: trio.CancelScope | None = None  # `_judge_liveness`'s, while it waits
-        self._next_token = 1
         self._unyielded = 0
         self._counts = dict.fromkeys(
             (
@@ -287,6 +265,17 @@ class Node:
         self._rtt = Tally(RTT_BUCKETS)
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
+        self._events = Subscriptions(
+            sub,
+            self._id,
+            buffer=settings.subscription_buffer,
+            backpressure=settings.event_backpressure,
+            sync_timeout=settings.sync_timeout,
+            linger=_EVENTS_LINGER,
+            counts=self._counts,
+            receive=self._receive,
+            probe=self._probe,
+        )
         self._producer = ProducerSide(
             _ProducerWiring(self),
             max_in_flight=settings.max_in_flight,
@@ -430,15 +419,7 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        channel = topic_channel(topic)
-        while not self._pub.has_room():
-            await self._pub.wait_room()
-            self._check_open()
-        # From here to the send nothing yields, so sequence numbers leave in order.
-        frame = event_frame(channel, pack(Kind.EVENT, self._id, self._pub_seq + 1, None, body))
-        self._pub_seq += 1
-        sent = self._pub.send_nowait(frame)
-        assert sent
+        await self._publisher.publish(topic_channel(topic), body, self._check_open)
         self._counts["events_published"] += 1
         await self._maybe_yield()
 
@@ -451,24 +432,9 @@ class Node:
         are not lost to ZeroMQ's slow-joiner gap.
         """
         self._check_open()
-        channel = topic_channel(prefix)
-        subscription = Subscription(prefix, self._settings.subscription_buffer)
-        self._subscriptions.append(subscription)
-        refs = self._channel_refs.get(channel, 0)
-        self._channel_refs[channel] = refs + 1
-        try:
-            if refs == 0:
-                await self._sub.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
-            await self._sync_subscriptions([prefix], [peer.record.id for peer in self._peers])
+        peers = [peer.record.id for peer in self._peers]
+        async with self._events.subscribe(prefix, peers) as subscription:
             yield subscription
-        finally:
-            subscription._close()
-            self._subscriptions.remove(subscription)
-            self._channel_refs[channel] -= 1
-            if self._channel_refs[channel] == 0:
-                del self._channel_refs[channel]
-                if not self._sub.closed:
-                    self._sub.call_soon(_setsockopt(zmq.UNSUBSCRIBE, channel))
 
     async def push(self, service: str, body: Any, *, timeout: float = math.inf) -> None:
         """Send one task to a peer that offers `service`.
@@ -572,7 +538,7 @@ class Node:
                 await self._peers_changed.park()
                 self._check_open()
             peers = self._counted(service)
-            await self._sync_subscriptions(self._prefixes(), [peer.record.id for peer in peers])
+            await self._events.sync(self._events.prefixes(), [peer.record.id for peer in peers])
             return peers
         raise MissingPeersError(missing or "subscriptions not confirmed", timeout)
 
@@ -593,9 +559,9 @@ class Node:
         self._nursery = nursery
         self._links.start(nursery)
         nursery.start_soon(self._pub.run)
-        nursery.start_soon(self._drain_subscription_notices)
+        nursery.start_soon(self._publisher.drain_notices)
         nursery.start_soon(self._serve_inbox)
-        nursery.start_soon(self._serve_events)
+        self._events.start(nursery)
         nursery.start_soon(self._serve_heartbeats)
         nursery.start_soon(self._judge_liveness)
         nursery.start_soon(self._producer.serve_redeliveries)
@@ -946,16 +912,6 @@ class Node:
             link.outbox.discard(_is_task)
         self._producer.forget_worker(worker, "worker dead")
 
-    async def _drain_subscription_notices(self) -> None:
-        """Discard the XPUB's subscription notices, which it queues for the application.
-
-        Safe outside the owner task: no task ever waits on the XPUB's FD (see `Outbox`)."""
-        while True:
-            await trio.sleep(_NOTICE_DRAIN_INTERVAL)
-            with contextlib.suppress(zmq.Again, trio.ClosedResourceError):
-                while True:
-                    self._pub.socket.receive_nowait()
-
     async def _serve_inbox(self) -> None:
         handlers = {
             Kind.TASK: self._worker.on_task,
@@ -973,43 +929,6 @@ class Node:
             self._inbox_now = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
-
-    async def _serve_events(self) -> None:
-        backpressure = self._settings.event_backpressure
-        counts = self._counts
-        while batch := await self._receive(self._sub, _wire.decode_published_many, "events"):
-            # Events come in runs of one topic and one sender (a batch is one frame): which
-            # subscriptions take the topic, and the sender's hex id, are worked out once a run.
-            topic_seen: str | None = None
-            matching: list[Subscription] = []
-            sender_seen = b""
-            sender_hex = ""
-            for envelope in batch:
-                topic = envelope.topic
-                assert topic is not None
-                if envelope.kind is Kind.EVENT:
-                    counts["events_received"] += 1
-                    if topic != topic_seen:
-                        matching = [s for s in self._subscriptions if topic.startswith(s.prefix)]
-                        topic_seen = topic
-                    if envelope.sender is not sender_seen:
-                        sender_seen = envelope.sender
-                        sender_hex = sender_seen.hex()
-                    message = Message(topic, envelope.body, sender_hex, envelope.seq)
-                    for subscription in matching:
-                        if backpressure and subscription._full():
-                            # Stop reading the network until the reader catches up: the
-                            # publisher's XPUB then waits rather than drops.
-                            await self._sub.wait_for(subscription._has_room, subscription._room)
-                            topic_seen = None  # subscriptions may have come or gone meanwhile
-                        if not subscription._deliver(message):
-                            counts["events_dropped"] += 1
-                else:  # SYNCED
-                    assert envelope.meta is not None
-                    token, addressee = envelope.meta
-                    if addressee == self._id:
-                        self._synced_tokens.add(token)
-                        self._synced.unpark_all()
 
     def _take_control(self) -> None:
         """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
@@ -1102,25 +1021,6 @@ class Node:
         self._leaving.discard(envelope.sender)
         self._apply(self._peers.remove(envelope.sender, "goodbye"))
 
-    def _unsubscribe_later(self, endpoint: str) -> None:
-        """Disconnect the events SUB from a departed peer's PUB, but not at once: its last
-        events may still be on their way on that connection (its goodbye came on another one),
-        and disconnecting drops what ZeroMQ holds for it unread. Until then ZeroMQ only retries
-        the connection now and then; a peer that comes back at that address keeps it."""
-        if self._nursery is None or self._closing:
-            self._sub.call_soon(_disconnect(endpoint))
-            return
-
-        async def later() -> None:
-            with scope:
-                await trio.sleep(_EVENTS_LINGER)
-                del self._lingering[endpoint]
-                self._sub.call_soon(_disconnect(endpoint))
-
-        scope = trio.CancelScope()
-        self._lingering[endpoint] = scope
-        self._nursery.start_soon(later)
-
     def _on_published_bye(self, envelope: Envelope) -> None:
         """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
         connection: taking its tasks back now would send done work again. So it gets no new
@@ -1161,11 +1061,15 @@ class Node:
     ) -> None:
         """Publish a SYNCED (on an event channel) or a control message (channel None), unless
         the PUB outbox is full: a SYNC is resent, and a goodbye also goes to each inbox."""
-        if self._pub.has_room():
-            self._pub_seq += 1
-            envelope = pack(kind, self._id, self._pub_seq, meta, body)
-            frame = control_frame(envelope) if channel is None else event_frame(channel, envelope)
-            self._pub.send_nowait(frame)
+        self._publisher.publish_nowait(channel, kind, meta, body)
+
+    def _probe(self, peer_id: bytes, token: int, prefix: str) -> bool:
+        """Send a SYNC for `prefix` to a known peer; False if it is gone."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return False
+        self._send_direct(self._reach(peer.record), Kind.SYNC, [token, prefix], None)
+        return True
 
     # -- peers and links -----------------------------------------------------------------------
 
@@ -1194,11 +1098,7 @@ class Node:
             if isinstance(event, PeerJoined):
                 record = event.peer.record
                 self._link(self._reach(record))
-                lingering = self._lingering.pop(self._pub_endpoint(record), None)
-                if lingering is None:
-                    self._sub.call_soon(_connect(self._pub_endpoint(record)))
-                else:
-                    lingering.cancel()  # still connected there: keep that connection
+                self._events.connect(self._pub_endpoint(record))
                 self._control_op(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
@@ -1212,8 +1112,8 @@ class Node:
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
                 if self._pub_endpoint(old) != self._pub_endpoint(new):
-                    self._sub.call_soon(_disconnect(self._pub_endpoint(old)))
-                    self._sub.call_soon(_connect(self._pub_endpoint(new)))
+                    self._events.disconnect(self._pub_endpoint(old))
+                    self._events.connect(self._pub_endpoint(new))
                     self._control_op(_disconnect(self._pub_endpoint(old)))
                     self._control_op(_connect(self._pub_endpoint(new)))
                 if self._reach(old) != self._reach(new):
@@ -1224,7 +1124,7 @@ class Node:
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self._leaving.discard(record.id)
-                self._unsubscribe_later(self._pub_endpoint(record))
+                self._events.disconnect_later(self._pub_endpoint(record), self._closing)
                 self._control_op(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
                 self._batching.discard(record.id)
@@ -1324,42 +1224,6 @@ class Node:
         peer = self._peers.get(peer_id)
         return None if peer is None else self._links.get(self._reach(peer.record))
 
-    async def _sync_subscriptions(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
-        """Probe each peer (SYNC) for each prefix until it answers on that prefix's own channel
-        (SYNCED), resending at growing intervals (the first probes may fall into the very gap
-        they test for). Bounded by `Settings.sync_timeout`; never raises for a silent peer."""
-        waiting: dict[int, tuple[str, bytes]] = {}
-        for prefix in prefixes:
-            for peer_id in peers:
-                waiting[self._next_token] = (prefix, peer_id)
-                self._next_token += 1
-        interval = _SYNC_FIRST_RESEND
-        with trio.move_on_after(self._settings.sync_timeout):
-            while waiting:
-                for token, (prefix, peer_id) in list(waiting.items()):
-                    peer = self._peers.get(peer_id)
-                    if peer is None:
-                        del waiting[token]
-                    else:
-                        self._send_direct(
-                            self._reach(peer.record), Kind.SYNC, [token, prefix], None
-                        )
-                with trio.move_on_after(interval):
-                    while not self._synced_tokens.intersection(waiting):
-                        await self._synced.park()
-                interval = min(interval * 2, _SYNC_LAST_RESEND)
-                for token in self._synced_tokens.intersection(waiting):
-                    del waiting[token]
-                    self._synced_tokens.discard(token)
-        for token in waiting:
-            self._synced_tokens.discard(token)
-        if waiting:
-            logger.warning(
-                "%d subscription(s) not confirmed by their peers within %g s",
-                len(waiting),
-                self._settings.sync_timeout,
-            )
-
     async def _greet(self, peer_id: bytes) -> None:
         """Make this node's subscriptions live at a new peer, then tell it so (READY): its
         `wait_for_peers` counts this node only then, so its first events are not lost. Also
@@ -1368,7 +1232,7 @@ class Node:
             return
         self._greeting.add(peer_id)
         try:
-            await self._sync_subscriptions(self._prefixes(), [peer_id])
+            await self._events.sync(self._events.prefixes(), [peer_id])
             peer = self._peers.get(peer_id)
             if peer is not None:
                 self._send_direct(self._reach(peer.record), Kind.READY, None, None)
@@ -1395,9 +1259,6 @@ class Node:
             logger.debug("no READY from %s after %g s: HELLO again", peer.record.name, interval)
             self._introduce(self._reach(peer.record), again=True)
             interval = min(2 * interval, _READY_WAIT_LAST)
-
-    def _prefixes(self) -> set[str]:
-        return {subscription.prefix for subscription in self._subscriptions}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -1465,8 +1326,7 @@ class Node:
             for link in list(self._links.values()):
                 await link.outbox.wait_empty()
             await self._pub.wait_empty()
-        for subscription in self._subscriptions:
-            subscription._close()
+        self._events.end()
         for watch in list(self._watchers):
             watch._end()
         self._producer.wake_all()
@@ -1477,7 +1337,7 @@ class Node:
         self._pub.socket.close(linger=linger)  # so the goodbye still goes out
         self._links.close_all(linger)
         self._pull.close()
-        self._sub.close()
+        self._events.socket.close()
         self._control.close()
         _close_datagrams(self._datagrams)
 
@@ -1498,13 +1358,6 @@ def _disconnect(endpoint: str) -> SocketOp:
         # A peer that never finished connecting raises ENOENT here; there is nothing to undo.
         with contextlib.suppress(zmq.ZMQError):
             sock.disconnect(endpoint)
-
-    return op
-
-
-def _setsockopt(option: int, value: bytes) -> SocketOp:
-    def op(sock: ZmqSocket) -> None:
-        sock.setsockopt(option, value)
 
     return op
 

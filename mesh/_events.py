@@ -1,0 +1,295 @@
+"""Events: the PUB this node publishes on, the events SUB it reads its peers' PUBs with, the
+subscriptions that SUB feeds, and the SYNC probes that prove a subscription live at a peer.
+
+Rules:
+
+* Everything this node publishes (events, SYNCED answers, heartbeats, goodbyes) is one stream,
+  numbered by `Publisher` in the order it is sent. With backpressure (the default) a full
+  subscriber connection makes `publish` wait rather than drop; control messages never wait:
+  they are skipped when the PUB's outbox is full (a SYNC is resent, a goodbye also goes to each
+  inbox, a heartbeat also goes by datagram).
+* The events SUB is subscribed to a channel while at least one `Subscription` needs it. A
+  reader that falls behind stops the SUB's reading (with backpressure), which holds back the
+  publishers rather than losing events.
+* A subscription is live at a peer once the peer has answered a SYNC for its prefix with a
+  SYNCED on that prefix's channel: the answer travels the very path events take. Probes are
+  resent at growing intervals (the first may fall in the slow-joiner gap they test for), for at
+  most `sync_timeout` seconds; a silent peer is never an error.
+* A departed peer's PUB stays connected for `linger` seconds: its last events may still be on
+  their way (its goodbye came on another connection), and disconnecting drops what ZeroMQ holds
+  unread. A peer that comes back at that address keeps the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+import zmq
+
+from . import _wire
+from ._streams import Subscription
+from ._types import Message
+from ._wire import Envelope, Kind, control_frame, event_frame, pack, topic_channel
+from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
+
+logger = logging.getLogger("mesh")
+
+# SYNC is resent after 5 ms, then 10, 20, 40 and every 50 ms: a subscription is usually live
+# within a few ms (on 127.0.0.1, a median of about 1 ms after connect).
+_SYNC_FIRST_RESEND: Final = 0.005
+_SYNC_LAST_RESEND: Final = 0.05
+# An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
+# 1 ms costs nothing while nothing is blocked, and little while something is.
+_PUB_RETRY_INTERVAL: Final = 0.001
+# XPUB hands subscription notices up to the application, which must drain them.
+_NOTICE_DRAIN_INTERVAL: Final = 1.0
+
+
+class Publisher:
+    """The PUB socket (an XPUB, for backpressure) and the one numbered stream sent on it."""
+
+    def __init__(self, sock: ZmqSocket, node_id: bytes, capacity: int) -> None:
+        self._id = node_id
+        self._seq = 0
+        # Events published in a burst leave in fewer frames: consecutive events of one topic
+        # share one (docs/protocol.md §3, "Batches").
+        self.outbox = Outbox(
+            AsyncSocket(sock),
+            capacity=capacity,
+            retry_interval=_PUB_RETRY_INTERVAL,
+            coalesce=_wire.coalesce_published,
+        )
+
+    async def publish(self, channel: bytes, body: Any, check_open: Callable[[], None]) -> None:
+        """Publish an EVENT on `channel`, waiting while the PUB's outbox is full."""
+        outbox = self.outbox
+        while not outbox.has_room():
+            await outbox.wait_room()
+            check_open()
+        # From here to the send nothing yields, so sequence numbers leave in order.
+        frame = event_frame(channel, pack(Kind.EVENT, self._id, self._seq + 1, None, body))
+        self._seq += 1
+        sent = outbox.send_nowait(frame)
+        assert sent
+
+    def publish_nowait(
+        self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
+    ) -> bool:
+        """Publish a SYNCED (on an event channel) or a control message (channel None), unless
+        the PUB's outbox is full (then False)."""
+        if not self.outbox.has_room():
+            return False
+        self._seq += 1
+        envelope = pack(kind, self._id, self._seq, meta, body)
+        frame = control_frame(envelope) if channel is None else event_frame(channel, envelope)
+        self.outbox.send_nowait(frame)
+        return True
+
+    async def drain_notices(self) -> None:
+        """Discard the XPUB's subscription notices, which it queues for the application. Runs
+        until cancelled. Safe outside the owner task: no task ever waits on the XPUB's FD (see
+        `Outbox`)."""
+        while True:
+            await trio.sleep(_NOTICE_DRAIN_INTERVAL)
+            with contextlib.suppress(zmq.Again, trio.ClosedResourceError):
+                while True:
+                    self.outbox.socket.receive_nowait()
+
+
+#: How a node reads a batch of valid envelopes from a socket (bad frames counted and dropped).
+Receive = Callable[[AsyncSocket, Callable[[bytes], list[Envelope]], str], Awaitable[list[Envelope]]]
+
+
+class Subscriptions:
+    """The events SUB, the subscriptions it feeds, and the probes that prove them live at
+    peers (see the module's rules)."""
+
+    def __init__(
+        self,
+        sock: ZmqSocket,
+        node_id: bytes,
+        *,
+        buffer: int,
+        backpressure: bool,
+        sync_timeout: float,
+        linger: float,
+        counts: dict[str, int],
+        receive: Receive,
+        probe: Callable[[bytes, int, str], bool],
+    ) -> None:
+        self.socket = AsyncSocket(sock)
+        self._id = node_id
+        self._buffer = buffer
+        self._backpressure = backpressure
+        self._sync_timeout = sync_timeout
+        self._linger = linger
+        self._counts = counts
+        self._receive = receive
+        self._probe = probe  # send SYNC [token, prefix] to a peer; False if it is gone
+        self._subscriptions: list[Subscription] = []
+        self._channel_refs: dict[bytes, int] = {}
+        self._synced = trio.lowlevel.ParkingLot()
+        self._synced_tokens: set[int] = set()
+        self._next_token = 1
+        self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still connected
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Reading starts in `nursery` (and lingering disconnections run there)."""
+        self._nursery = nursery
+        nursery.start_soon(self._serve)
+
+    def prefixes(self) -> set[str]:
+        """The prefixes subscribed to now."""
+        return {subscription.prefix for subscription in self._subscriptions}
+
+    @asynccontextmanager
+    async def subscribe(self, prefix: str, peers: Sequence[bytes]) -> AsyncIterator[Subscription]:
+        """`Node.subscribe`, with the peers known now, each probed for the new prefix."""
+        channel = topic_channel(prefix)
+        subscription = Subscription(prefix, self._buffer)
+        self._subscriptions.append(subscription)
+        refs = self._channel_refs.get(channel, 0)
+        self._channel_refs[channel] = refs + 1
+        try:
+            if refs == 0:
+                await self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
+            await self.sync([prefix], peers)
+            yield subscription
+        finally:
+            subscription._close()
+            self._subscriptions.remove(subscription)
+            self._channel_refs[channel] -= 1
+            if self._channel_refs[channel] == 0:
+                del self._channel_refs[channel]
+                if not self.socket.closed:
+                    self.socket.call_soon(_setsockopt(zmq.UNSUBSCRIBE, channel))
+
+    async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
+        """Probe each peer for each prefix until it answers (see the module's rules)."""
+        waiting: dict[int, tuple[str, bytes]] = {}
+        for prefix in prefixes:
+            for peer_id in peers:
+                waiting[self._next_token] = (prefix, peer_id)
+                self._next_token += 1
+        interval = _SYNC_FIRST_RESEND
+        with trio.move_on_after(self._sync_timeout):
+            while waiting:
+                for token, (prefix, peer_id) in list(waiting.items()):
+                    if not self._probe(peer_id, token, prefix):
+                        del waiting[token]  # the peer is gone
+                with trio.move_on_after(interval):
+                    while not self._synced_tokens.intersection(waiting):
+                        await self._synced.park()
+                interval = min(interval * 2, _SYNC_LAST_RESEND)
+                for token in self._synced_tokens.intersection(waiting):
+                    del waiting[token]
+                    self._synced_tokens.discard(token)
+        for token in waiting:
+            self._synced_tokens.discard(token)
+        if waiting:
+            logger.warning(
+                "%d subscription(s) not confirmed by their peers within %g s",
+                len(waiting),
+                self._sync_timeout,
+            )
+
+    def connect(self, endpoint: str) -> None:
+        """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers)."""
+        lingering = self._lingering.pop(endpoint, None)
+        if lingering is None:
+            self.socket.call_soon(_connect(endpoint))
+        else:
+            lingering.cancel()  # still connected there: keep that connection
+
+    def disconnect(self, endpoint: str) -> None:
+        """Stop reading the PUB at `endpoint` now."""
+        self.socket.call_soon(_disconnect(endpoint))
+
+    def disconnect_later(self, endpoint: str, closing: bool) -> None:
+        """Stop reading a departed peer's PUB once its last events had time to arrive (now if
+        the node is `closing`)."""
+        if self._nursery is None or closing:
+            self.disconnect(endpoint)
+            return
+
+        async def later() -> None:
+            with scope:
+                await trio.sleep(self._linger)
+                del self._lingering[endpoint]
+                self.disconnect(endpoint)
+
+        scope = trio.CancelScope()
+        self._lingering[endpoint] = scope
+        self._nursery.start_soon(later)
+
+    def end(self) -> None:
+        """The node is closing: every subscription ends (its reader sees the end)."""
+        for subscription in self._subscriptions:
+            subscription._close()
+
+    async def _serve(self) -> None:
+        backpressure = self._backpressure
+        counts = self._counts
+        sock = self.socket
+        while batch := await self._receive(sock, _wire.decode_published_many, "events"):
+            # Events come in runs of one topic and one sender (a batch is one frame): which
+            # subscriptions take the topic, and the sender's hex id, are worked out once a run.
+            topic_seen: str | None = None
+            matching: list[Subscription] = []
+            sender_seen = b""
+            sender_hex = ""
+            for envelope in batch:
+                topic = envelope.topic
+                assert topic is not None
+                if envelope.kind is Kind.EVENT:
+                    counts["events_received"] += 1
+                    if topic != topic_seen:
+                        matching = [s for s in self._subscriptions if topic.startswith(s.prefix)]
+                        topic_seen = topic
+                    if envelope.sender is not sender_seen:
+                        sender_seen = envelope.sender
+                        sender_hex = sender_seen.hex()
+                    message = Message(topic, envelope.body, sender_hex, envelope.seq)
+                    for subscription in matching:
+                        if backpressure and subscription._full():
+                            # Stop reading the network until the reader catches up: the
+                            # publisher's XPUB then waits rather than drops.
+                            await sock.wait_for(subscription._has_room, subscription._room)
+                            topic_seen = None  # subscriptions may have come or gone meanwhile
+                        if not subscription._deliver(message):
+                            counts["events_dropped"] += 1
+                else:  # SYNCED
+                    assert envelope.meta is not None
+                    token, addressee = envelope.meta
+                    if addressee == self._id:
+                        self._synced_tokens.add(token)
+                        self._synced.unpark_all()
+
+
+def _connect(endpoint: str) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        sock.connect(endpoint)
+
+    return op
+
+
+def _disconnect(endpoint: str) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        # A peer that never finished connecting raises ENOENT here; there is nothing to undo.
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(endpoint)
+
+    return op
+
+
+def _setsockopt(option: int, value: bytes) -> SocketOp:
+    def op(sock: ZmqSocket) -> None:
+        sock.setsockopt(option, value)
+
+    return op
