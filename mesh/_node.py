@@ -27,9 +27,7 @@ import logging
 import math
 import os
 import socket as stdlib_socket
-import struct
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
@@ -60,19 +58,15 @@ from discovery import (
 from discovery._groups import ungrouped
 
 from . import _peerlog, _wire
-from ._detector import FailureDetector, Liveness, Transition
+from ._detector import Liveness, Transition
 from ._errors import MissingPeersError, PeerUnreachableError, ProtocolError
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
 from ._heartbeat import (
-    Beat,
-    BeatDatagrams,
     PeerBeats,
-    beat_body,
-    read_beat,
     record_digest,
-    round_trip_sample,
 )
+from ._heartbeats import SO_TIMESTAMPNS, Heartbeats, close_datagrams
 from ._links import Link, Links
 from ._metrics import (
     ACKED,
@@ -81,10 +75,8 @@ from ._metrics import (
     PUSHED,
     RECEIVED,
     REDELIVERED,
-    RTT_BUCKETS,
     PeerStatistics,
     ServiceCounts,
-    Tally,
     cap_peers,
 )
 from ._producer import ProducerSide, Route
@@ -101,6 +93,54 @@ logger = logging.getLogger("mesh")
 # to wire fully, so the first HELLOs again are often redundant, and harmless.
 _READY_WAIT_FIRST: Final = 3.0
 _READY_WAIT_LAST: Final = 60.0
+
+
+class _HeartbeatWiring:
+    """Heartbeats' view of the node (`HeartbeatWiring`)."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def peers(self) -> Iterable[PeerRecord]:
+        return [peer.record for peer in self._node._peers]
+
+    def is_peer(self, node_id: bytes) -> bool:
+        return node_id in self._node._peers
+
+    def stranger(self, node_id: bytes) -> None:
+        # A peer forgotten while it was frozen, now back: say HELLO again, once.
+        address = self._node._forgotten.pop(node_id, None)
+        if address is not None:
+            self._node._introduce(address, again=True)
+
+    def host_for(self, record: PeerRecord) -> str:
+        return self._node._host_for(record)
+
+    def load(self) -> int:
+        return self._node._worker.load
+
+    def record_digest(self) -> bytes:
+        return self._node._record_digest
+
+    def publish_beat(self, body: Any) -> None:
+        self._node._publish_nowait(None, Kind.HEARTBEAT, None, body)
+
+    def published_bye(self, envelope: Envelope) -> None:
+        self._node._on_published_bye(envelope)
+
+    def set_credit(self, peer_id: bytes, credit: int) -> None:
+        self._node._producer.dispatcher.set_credit(peer_id, credit)
+
+    def check_record(self, peer_id: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
+        self._node._check_record(peer_id, beats, digest, now)
+
+    def verdicts(self, transitions: Sequence[Transition]) -> None:
+        self._node._apply_liveness(transitions)
+
+    def bad_frame(self, exc: ProtocolError, where: str) -> None:
+        self._node._bad_frame(exc, where)
 
 
 class _ProducerWiring:
@@ -166,9 +206,6 @@ class Node:
         self._closing = False
         self._leaving: set[bytes] = set()  # peers that said goodbye on the PUB only, so far
         self._state_reasons: dict[bytes, str] = {}  # why each peer is in its state
-        # Each peer's heartbeats taken here (its load, the round trip to it, its datagrams), and
-        # what this node's datagrams owe it, from its first heartbeat on (§11).
-        self._beats: dict[bytes, PeerBeats] = {}
         self._nursery: trio.Nursery | None = None
         self._mdns: Mdns | None = None
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
@@ -176,7 +213,8 @@ class Node:
         self._watchers: list[PeerWatch] = []
         self._log = RateLimitedLog(logger)
         ipv6 = any(":" in host for host in hosts)
-        self._networks = [interface_network(host) for host in hosts]
+        networks = [interface_network(host) for host in hosts]
+        self._networks = networks
 
         # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
         # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
@@ -198,7 +236,7 @@ class Node:
         control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
         actual_pub = _bind(pub, hosts, pub_port)
-        actual_pull, self._datagrams = _bind_inbox(pull, hosts, pull_port)
+        actual_pull, datagrams = _bind_inbox(pull, hosts, pull_port)
         try:
             self._record = PeerRecord(
                 id=self._id,
@@ -210,20 +248,14 @@ class Node:
                 extra_hosts=tuple(hosts[1:]),
             )
         except BaseException:
-            _close_datagrams(self._datagrams)  # the ZeroMQ sockets go with the context
+            close_datagrams(datagrams)  # the ZeroMQ sockets go with the context
             raise
         self._record_digest = record_digest(self._record)  # what heartbeats say of it (`rec`)
-        # Which of this node's UDP sockets sends to a given peer host (found once per host).
-        self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
 
         self._publisher = Publisher(pub, self._id, settings.peer_queue)
         self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
         self._pull = AsyncSocket(pull, interruptible=False)
-        # Read by polling from the heartbeat loop (`_take_control`): no task waits on its FD, so
-        # it is connected and disconnected directly (`_control_op`), not through `call_soon`.
-        self._control = AsyncSocket(control)
-        self._control_socket = control
         self._peers = PeerMap(self._id, mesh)
         self._links = Links(
             self._socket,
@@ -237,11 +269,7 @@ class Node:
         self._peers_changed = trio.lowlevel.ParkingLot()
         self._ready_peers: set[bytes] = set()  # peers whose subscriptions are live here
         self._greeting: set[bytes] = set()  # peers this node is making its subscriptions live at
-        self._detector = FailureDetector(settings.detector)
         self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
-        self._heartbeat_count = 0
-        self._liveness_changed = trio.lowlevel.ParkingLot()
-        self._judge_timer: trio.CancelScope | None = None  # `_judge_liveness`'s, while it waits
         self._unyielded = 0
         self._counts = dict.fromkeys(
             (
@@ -260,9 +288,7 @@ class Node:
         # For operators (`statistics`): bytes by socket, as they cross it (sent bytes are
         # counted by each `Outbox`; those of closed links are added up here).
         self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
-        self._udp_bytes_sent = 0
         self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
-        self._rtt = Tally(RTT_BUCKETS)
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
         self._events = Subscriptions(
@@ -275,6 +301,21 @@ class Node:
             counts=self._counts,
             receive=self._receive,
             probe=self._probe,
+        )
+        # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,
+        # so it is connected and disconnected directly (`Heartbeats.control_op`).
+        self._heartbeats = Heartbeats(
+            _HeartbeatWiring(self),
+            self._id,
+            detector=settings.detector,
+            credit=settings.prefetch,
+            receive_batch=settings.receive_batch,
+            datagrams=datagrams,
+            networks=networks,
+            control=control,
+            counts=self._counts,
+            bytes_in=self._bytes_in,
+            log=self._log,
         )
         self._producer = ProducerSide(
             _ProducerWiring(self),
@@ -331,12 +372,12 @@ class Node:
         """How each known peer is doing, by id (hex): when it was last heard, the failure
         detector's verdict and why, its load and the round trip to it. A snapshot."""
         now = trio.current_time()
-        tracked = self._detector.snapshot(now)
+        tracked = self._heartbeats.snapshot(now)
         health = {}
         for peer in self._peers:
             peer_id = peer.record.id
             status = tracked.get(peer_id)
-            beats = self._beats.get(peer_id)
+            beats = self._heartbeats.beats.get(peer_id)
             health[peer.id] = PeerHealth(
                 last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
                 phi=0.0 if status is None else status.phi,
@@ -373,13 +414,13 @@ class Node:
             bytes_sent={
                 "pub": self._pub.bytes_sent,
                 "push": self._links.bytes_sent,
-                "udp": self._udp_bytes_sent,
+                "udp": self._heartbeats.udp_bytes_sent,
             },
             events_queued=len(self._pub),
             redelivery_queued=self._producer.redelivery_queued,
             peer_queues=cap_peers(peer_rows),
             ack_latency=self._producer.ack_latency.snapshot(),
-            heartbeat_rtt=self._rtt.snapshot(),
+            heartbeat_rtt=self._heartbeats.rtt.snapshot(),
             services=services,
             # (The task totals are the per-service table's: counted once, at one place a task.)
             tasks_pushed=totals[PUSHED],
@@ -562,8 +603,8 @@ class Node:
         nursery.start_soon(self._publisher.drain_notices)
         nursery.start_soon(self._serve_inbox)
         self._events.start(nursery)
-        nursery.start_soon(self._serve_heartbeats)
-        nursery.start_soon(self._judge_liveness)
+        nursery.start_soon(self._heartbeats.serve)
+        nursery.start_soon(self._heartbeats.judge)
         nursery.start_soon(self._producer.serve_redeliveries)
         nursery.start_soon(self._producer.expire_tasks)
         for seed in seeds:
@@ -617,223 +658,6 @@ class Node:
         if address not in self._seeds and self._peers.by_address(address) is None:
             self._unlink(address)
 
-    async def _serve_heartbeats(self) -> None:
-        """Send this node's heartbeats and take in its peers' (datagrams, and the control SUB's
-        heartbeats and goodbyes), in one loop that wakes once an interval on a clean network,
-        however many peers there are. It never waits on the UDP sockets' or the control SUB's
-        FDs: it reads what they hold when it wakes, and so does the liveness judge before each
-        verdict (`_take_heartbeats`).
-
-        Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
-        (to every peer at once; only one beat in `_PUBLISHED_BEAT_EVERY` while every peer echoes
-        this node's datagrams, see `_datagrams_reach_all`) and a UDP datagram to each peer's
-        inbox port. Each path can fail alone: the PUB stalls behind a full subscriber
-        (backpressure) and, like any TCP connection, for its retransmission back-off (0.2 s,
-        then doubling) when packets are lost; a datagram is only ever lost, never late. Peers
-        keep the first copy of each number. Datagrams go only to peers that send heartbeats
-        themselves (nodes, not third-party tools), as many copies as each asked for (one on a
-        clean network, `_DATAGRAM_COPIES` spread over the interval after a loss: only then does
-        the loop wake more than once a beat), and each carries the echo of that peer's last
-        beat, from which the peer learns its round trip (§11).
-
-        Reading once a beat rather than at each arrival (one wake-up per datagram) or at fixed
-        short steps (six wake-ups a beat, the largest idle cost of a node: about 0.3 ms of CPU
-        per trio wake-up here, docs/performance.md) costs no accuracy: a datagram's arrival
-        time is the kernel's, and the judge reads before it rules. A beat that came only by the
-        PUB is dated when read, up to an interval late; a revival is seen as late."""
-        interval = self._settings.detector.heartbeat_interval
-        credit = self._settings.prefetch
-        beat_at = trio.current_time()
-        copy = 0
-        number = load = 0
-        targets: list[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]] = []
-        wake = beat_at
-        while True:
-            now = trio.current_time()
-            # How late this loop woke: a node starved of CPU is told so every beat, and gives its
-            # peers as much more time (they are likely starved too: `FailureDetector.lagged`).
-            self._detector.lagged(now, now - wake)
-            self._take_heartbeats()
-            now = trio.current_time()
-            if copy == 0:
-                self._heartbeat_count += 1
-                number = self._heartbeat_count
-                load = self._worker.load
-                if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
-                    body = beat_body(
-                        number, sent=now, load=load, credit=credit, record=self._record_digest
-                    )
-                    self._publish_nowait(None, Kind.HEARTBEAT, None, body)
-                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile
-                # costs a datagram nobody reads; one first heard meanwhile waits a beat).
-                targets.clear()
-                for peer in self._peers:
-                    beats = self._beats.get(peer.record.id)
-                    if beats is not None and beats.heard:
-                        route = self._datagram_route(peer.record)
-                        if route is not None:
-                            targets.append((beats, *route, beats.wanted))
-            # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a lost
-            # copy costs a beat only if every copy is lost. Copy k goes to the peers that asked
-            # for more than k.
-            self._send_datagrams(targets, copy, number, load, credit, now)
-            copy += 1
-            if any(copies > copy for *_, copies in targets):
-                wake = beat_at + interval * copy / _DATAGRAM_COPIES
-            else:
-                copy = 0
-                beat_at = wake = max(beat_at + interval, now)
-            await trio.sleep_until(wake)
-
-    def _datagrams_reach_all(self, now: float) -> bool:
-        """Whether every peer has lately echoed one of this node's heartbeat datagrams: then
-        they carry its beats, and the PUB copy of all but one beat in `_PUBLISHED_BEAT_EVERY`
-        is left out (each costs a TCP frame to and from every peer, in both ZeroMQ I/O threads
-        and in the reader: most of what was left of an idle node's cost). A peer that does not
-        echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
-        every beat on the PUB again, from the next beat on."""
-        fresh_after = now - _ECHO_FRESH_FOR * self._settings.detector.heartbeat_interval
-        beats = self._beats
-        for peer in self._peers:
-            peer_beats = beats.get(peer.record.id)
-            if peer_beats is None or peer_beats.echoed < fresh_after:
-                return False
-        return True
-
-    def _take_heartbeats(self) -> None:
-        """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
-        self._take_datagrams()
-        self._take_control()
-        self._reschedule_judge()
-
-    def _send_datagrams(
-        self,
-        targets: Sequence[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]],
-        copy: int,
-        number: int,
-        load: int,
-        credit: int | None,
-        now: float,
-    ) -> None:
-        """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
-        of that peer's last beat, the datagram's number and the copies asked of that peer."""
-        head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
-        datagrams = BeatDatagrams(
-            head, number, sent=now, load=load, credit=credit, record=self._record_digest
-        )
-        for beats, sock, destination, copies in targets:
-            if copy >= copies:
-                continue
-            try:
-                datagram = datagrams.for_peer(*beats.next_datagram(now))
-                sock.sendto(datagram, destination)
-                self._udp_bytes_sent += len(datagram)
-            except OSError as exc:  # BlockingIOError (buffer full) included
-                # A full socket buffer or an unreachable network costs one copy of one beat.
-                self._log.warning(
-                    "datagram-send",
-                    now,
-                    "dropped a heartbeat datagram to %s: %s",
-                    destination[0],
-                    exc,
-                )
-
-    def _datagram_route(
-        self, record: PeerRecord
-    ) -> tuple[stdlib_socket.socket, tuple[str, int]] | None:
-        """The UDP socket of this node that sends to `record`'s inbox port, and where to; None
-        if this node has none of that address family. Only sends go through it: the socket's
-        receiving task is the only one that waits on it."""
-        host = self._host_for(record)
-        if host not in self._datagram_routes:
-            self._datagram_routes[host] = self._datagram_socket_for(host)
-        sock = self._datagram_routes[host]
-        return None if sock is None else (sock, (host, record.pull_port))
-
-    def _datagram_socket_for(self, host: str) -> stdlib_socket.socket | None:
-        """This node's UDP socket bound on `host`'s network, else any of the same family."""
-        ip = ipaddress.ip_address(host)
-        family = stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
-        same_family = [sock for sock in self._datagrams if sock.family == family]
-        for sock, network in zip(self._datagrams, self._networks, strict=True):
-            if sock.family == family and ip in network:
-                return sock
-        return same_family[0] if same_family else None
-
-    def _take_datagrams(self) -> None:
-        """Read every datagram the UDP sockets hold (at most `receive_batch` each), each decoded
-        in full (copies too: their numbers count losses), and counted if bad."""
-        batch = self._settings.receive_batch
-        # Kernel arrival times are wall-clock times: this is what turns them into this clock's.
-        now = trio.current_time()
-        wall_offset = time.time() - now
-        for sock in self._datagrams:
-            for _ in range(batch):
-                try:
-                    datagram, ancillary, _, _ = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # an ICMP error reported late, say: not this node's fault
-                    self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
-                    break
-                self._bytes_in["udp"] += len(datagram)
-                self._on_datagram(datagram, _arrival(ancillary, wall_offset, now))
-
-    def _on_datagram(self, datagram: bytes, arrival: float) -> None:
-        try:
-            envelope = _wire.decode_datagram(datagram)
-        except ProtocolError as exc:
-            self._bad_frame(exc, "heartbeat socket")
-            return
-        self._counts["heartbeat_datagrams"] += 1
-        self._on_heartbeat(envelope.sender, read_beat(envelope.body), arrival, by_datagram=True)
-
-    def _on_heartbeat(
-        self,
-        sender: bytes,
-        beat: Beat | None,
-        arrival: float | None = None,
-        *,
-        by_datagram: bool = False,
-    ) -> None:
-        """A heartbeat by any path (PUB, datagram, or an inbox, where third-party tools and older
-        nodes may still send them): the first copy of each number feeds the failure detector
-        and tells the peer's load, credit, and the round trip its echo measures; every copy by
-        datagram also tells what only datagrams do (`PeerBeats.datagram`). `beat`: its body
-        read (None if it has no valid number); `arrival`: when the kernel took it in, if known
-        (else now)."""
-        if beat is None:
-            return
-        beats = self._beats.get(sender)
-        if beats is None:
-            if sender in self._peers:  # its first heartbeat
-                beats = self._beats[sender] = PeerBeats()
-            else:
-                # A peer forgotten while it was frozen, now back: say HELLO again, once.
-                address = self._forgotten.pop(sender, None)
-                if address is not None:
-                    self._introduce(address, again=True)
-                return
-        if by_datagram:
-            assert arrival is not None
-            beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
-        if arrival is None:
-            arrival = trio.current_time()
-        if not beats.take(beat, arrival):
-            return  # a copy that came another way, or later
-        if beat.echo is not None:
-            sample = round_trip_sample(beat.echo, arrival)
-            if sample is not None:
-                self._rtt.observe(sample)
-        if beat.credit is not None:
-            self._producer.dispatcher.set_credit(sender, beat.credit)
-        if beat.record is not None:
-            self._check_record(sender, beats, beat.record, arrival)
-        transitions = self._detector.heartbeat(sender, arrival)
-        if transitions:
-            self._apply_liveness(transitions)
-            self._liveness_changed.unpark_all()
-
     def _check_record(self, sender: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
         """A peer's beat tells the digest of its record: if the record held here has differed
         from it for a while, an UPDATE went missing (dropped by a full outbox, say), so say
@@ -845,34 +669,6 @@ class Node:
                 peer.record.name,
             )
             self._introduce(self._reach(peer.record), again=True)
-
-    def _on_inbox_heartbeat(self, envelope: Envelope) -> None:
-        self._on_heartbeat(envelope.sender, read_beat(envelope.body))
-        self._reschedule_judge()
-
-    def _reschedule_judge(self) -> None:
-        """Set the judge's next tick to the detector's next deadline, after heartbeats were
-        taken: later, mostly (it is not woken for nothing: once a heartbeat, or at each stale
-        deadline, was a large part of the idle cost), or sooner (a peer new to the detector)."""
-        timer = self._judge_timer
-        if timer is not None:
-            deadline = self._detector.next_deadline()
-            timer.deadline = math.inf if deadline is None else deadline
-
-    async def _judge_liveness(self) -> None:
-        """Tick the failure detector when it next needs to, telling it how late the tick runs
-        (a late tick means this node itself stalled, and its peers are not to blame)."""
-        while True:
-            with trio.CancelScope() as timer:
-                self._judge_timer = timer
-                self._reschedule_judge()  # its deadline, moved again after each read
-                await self._liveness_changed.park()  # woken by transitions from elsewhere
-            self._judge_timer = None
-            if timer.cancelled_caught:
-                now = trio.current_time()
-                lateness = max(0.0, now - timer.deadline)
-                self._take_heartbeats()  # beats that came since the heartbeat loop last read
-                self._apply_liveness(self._detector.tick(now, lateness=lateness))
 
     def _apply_liveness(self, transitions: Sequence[Transition]) -> None:
         now = trio.current_time()
@@ -923,39 +719,12 @@ class Node:
             Kind.BYE: self._on_bye,
             Kind.SYNC: self._on_sync,
             Kind.READY: self._on_ready,
-            Kind.HEARTBEAT: self._on_inbox_heartbeat,
+            Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
             self._inbox_now = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
-
-    def _take_control(self) -> None:
-        """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
-        whole (a beat's number is in its body; the envelope's `seq` numbers the peer's PUB
-        stream). The SUB's only reader (`_take_heartbeats`)."""
-        for _ in range(self._settings.receive_batch):
-            try:
-                frame = self._control.receive_nowait()
-            except (zmq.Again, trio.ClosedResourceError):
-                return
-            self._bytes_in["control"] += len(frame)
-            try:
-                envelopes = _wire.decode_published_many(frame)
-            except ProtocolError as exc:
-                self._bad_frame(exc, "control")
-                continue
-            for envelope in envelopes:
-                if envelope.kind is Kind.BYE:
-                    self._on_published_bye(envelope)
-                else:
-                    self._on_heartbeat(envelope.sender, read_beat(envelope.body))
-
-    def _control_op(self, op: SocketOp) -> None:
-        """Connect or disconnect the control SUB now. Safe from any task, as no task waits on
-        its FD (a waiter could miss the edge such a call consumes)."""
-        if not self._control.closed:
-            op(self._control_socket)
 
     async def _receive(
         self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
@@ -1044,8 +813,7 @@ class Node:
             self._ready_peers.add(envelope.sender)
             self._peers_changed.unpark_all()
             # Its heartbeats start now: a death from here on is judged as any other.
-            self._detector.wired(envelope.sender, trio.current_time())
-            self._reschedule_judge()
+            self._heartbeats.wired(envelope.sender, trio.current_time())
 
     def _on_sync(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
@@ -1099,23 +867,22 @@ class Node:
                 record = event.peer.record
                 self._link(self._reach(record))
                 self._events.connect(self._pub_endpoint(record))
-                self._control_op(_connect(self._pub_endpoint(record)))
+                self._heartbeats.control_op(_connect(self._pub_endpoint(record)))
                 if self._nursery is not None and not self._closing:
                     self._nursery.start_soon(self._greet, record.id)
                     self._nursery.start_soon(self._await_ready, record.id)
                 # Joining is its first sign of life: a peer that dies before its first heartbeat
                 # arrives is still judged (and one that never sends any is declared dead), with
                 # time for its heartbeats to start (`first_heartbeat_grace`).
-                self._detector.joined(record.id, trio.current_time())
-                self._liveness_changed.unpark_all()
+                self._heartbeats.joined(record.id, trio.current_time())
                 _log_peer(_peerlog.joined(record))
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
                 if self._pub_endpoint(old) != self._pub_endpoint(new):
                     self._events.disconnect(self._pub_endpoint(old))
                     self._events.connect(self._pub_endpoint(new))
-                    self._control_op(_disconnect(self._pub_endpoint(old)))
-                    self._control_op(_connect(self._pub_endpoint(new)))
+                    self._heartbeats.control_op(_disconnect(self._pub_endpoint(old)))
+                    self._heartbeats.control_op(_connect(self._pub_endpoint(new)))
                 if self._reach(old) != self._reach(new):
                     self._unlink(self._reach(old))
                     link = self._link(self._reach(new))
@@ -1125,12 +892,11 @@ class Node:
                 record = event.peer.record
                 self._leaving.discard(record.id)
                 self._events.disconnect_later(self._pub_endpoint(record), self._closing)
-                self._control_op(_disconnect(self._pub_endpoint(record)))
+                self._heartbeats.control_op(_disconnect(self._pub_endpoint(record)))
                 self._ready_peers.discard(record.id)
                 self._batching.discard(record.id)
-                self._detector.remove(record.id)
+                self._heartbeats.forget(record.id)
                 self._state_reasons.pop(record.id, None)
-                self._beats.pop(record.id, None)
                 self._unlink(self._reach(record))
                 self._reach_cache.pop(record.id, None)
                 self._producer.forget_worker(record.id, event.reason)
@@ -1162,11 +928,10 @@ class Node:
     def _on_link_dropped(self, link: Link) -> None:
         """A dropped connection to a peer's inbox is a hint that it crashed: the detector
         suspects it almost at once; silence then confirms."""
-        self._take_heartbeats()  # the goodbye on the PUB, if that is the way it came
+        self._heartbeats.take()  # the goodbye on the PUB, if that is the way it came
         peer = self._peers.by_address(link.address)
         if peer is not None and peer.record.id not in self._leaving:
-            self._apply_liveness(self._detector.disconnected(peer.record.id, trio.current_time()))
-            self._liveness_changed.unpark_all()
+            self._heartbeats.disconnected(peer.record.id, trio.current_time())
 
     def _link(self, address: str) -> Link:
         return self._links.open(address)
@@ -1338,8 +1103,7 @@ class Node:
         self._links.close_all(linger)
         self._pull.close()
         self._events.socket.close()
-        self._control.close()
-        _close_datagrams(self._datagrams)
+        self._heartbeats.close()
 
 
 def _log_peer(line: _peerlog.PeerLogLine) -> None:
@@ -1379,25 +1143,6 @@ _EVENTS_LINGER: Final = 2.0
 # How long a dropped connection waits for a goodbye that may be on its way (see _watch_link).
 _GOODBYE_GRACE: Final = 0.02
 
-# After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
-# Measured at 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so
-# the datagrams carry the beats, and at the default thresholds a peer is declared dead by them
-# only if the ten or so in a row sent over 0.69 s are all lost (with two copies and a threshold
-# of 0.56 s: five, which 20 % loss did now and then).
-_DATAGRAM_COPIES: Final = 3
-# While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
-# falls back on when they stop reaching it, and third-party tools' only one).
-_PUBLISHED_BEAT_EVERY: Final = 2
-# An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
-# here at the next beat after that, so two intervals old in the normal course; one more for jitter.
-_ECHO_FRESH_FOR: Final = 3
-# One byte more than a datagram may hold, to tell an oversized one.
-_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + 1
-# Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
-# trip then leaves out how long a datagram waited to be read. Python does not name the option.
-_SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC: Final = struct.Struct("@ll")
-_STAMP_SPACE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
 
 # How many forgotten peers a node remembers the address of, to greet them if they come back.
 _FORGOTTEN_KEPT: Final = 1024
@@ -1500,7 +1245,7 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
             sock.setblocking(False)
             if sys.platform == "linux":
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(stdlib_socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                    sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -1509,24 +1254,8 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
                 raise OSError(exc.errno, message) from exc
         return made
     except BaseException:
-        _close_datagrams(made)
+        close_datagrams(made)
         raise
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: float) -> float:
-    """When a datagram arrived, on this node's clock: the kernel's stamp (wall-clock time, less
-    `wall_offset`) if there is a plausible one, else `now`."""
-    for level, kind, data in ancillary:
-        if (
-            level == stdlib_socket.SOL_SOCKET
-            and kind == _SO_TIMESTAMPNS
-            and len(data) >= _TIMESPEC.size
-        ):
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            arrival: float = seconds + nanoseconds * 1e-9 - wall_offset
-            if now - 1.0 < arrival <= now:  # a wall clock stepped meanwhile would be way off
-                return arrival
-    return now
 
 
 def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
@@ -1541,12 +1270,6 @@ def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
     except OSError as exc:  # (socket.gaierror too: a host that is not an address)
         where = format_address(host, port)
         raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from exc
-
-
-def _close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
-    for sock in socks:
-        trio.lowlevel.notify_closing(sock)  # a waiter, if any, gets ClosedResourceError
-        sock.close()
 
 
 @asynccontextmanager

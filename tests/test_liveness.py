@@ -461,7 +461,7 @@ async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
             await a.wait_for_peers(1, timeout=10)
             await b.wait_for_peers(1, timeout=10)
             await trio.sleep(1.0)  # steady beats: b's intervals are learnt
-            send_datagrams, publish = b._send_datagrams, b._publish_nowait
+            send_datagrams, publish = b._heartbeats._send_datagrams, b._publish_nowait
             last_beat: list[float] = []
             silent = trio.Event()
 
@@ -472,12 +472,12 @@ async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
             def send_then_fall_silent(*args: Any) -> None:
                 send_datagrams(*args)  # b's last beat
                 last_beat.append(trio.current_time())
-                b._send_datagrams = lambda *args: None  # type: ignore[method-assign]
+                b._heartbeats._send_datagrams = lambda *args: None  # type: ignore[method-assign]
                 b._publish_nowait = publish_no_heartbeat  # type: ignore[method-assign]
                 stall(0.45)
                 silent.set()
 
-            b._send_datagrams = send_then_fall_silent  # type: ignore[method-assign]
+            b._heartbeats._send_datagrams = send_then_fall_silent  # type: ignore[method-assign]
             await silent.wait()
             await trio.sleep_until(last_beat[0] + 0.75)
             assert a.peers[b.id].state is not PeerState.DEAD  # silent all along: never revived

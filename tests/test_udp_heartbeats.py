@@ -41,10 +41,10 @@ def inbox_port(node: mesh.Node) -> int:
 async def test_a_node_listens_for_datagrams_at_its_inbox_port_on_every_host() -> None:
     with trio.fail_after(5):
         async with open_node("a", interface=["127.0.0.1", "127.0.0.2"]) as a:
-            bound = {sock.getsockname() for sock in a._datagrams}
+            bound = {sock.getsockname() for sock in a._heartbeats.datagrams}
             assert bound == {("127.0.0.1", inbox_port(a)), ("127.0.0.2", inbox_port(a))}
-            assert all(sock.type == socket.SOCK_DGRAM for sock in a._datagrams)
-    assert all(sock.fileno() == -1 for sock in a._datagrams)
+            assert all(sock.type == socket.SOCK_DGRAM for sock in a._heartbeats.datagrams)
+    assert all(sock.fileno() == -1 for sock in a._heartbeats.datagrams)
 
 
 async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
@@ -53,7 +53,7 @@ async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
         async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
             await b.wait_for_peers(1)
             port = inbox_port(b)
-    assert all(sock.fileno() == -1 for sock in a._datagrams + b._datagrams)
+    assert all(sock.fileno() == -1 for sock in a._heartbeats.datagrams + b._heartbeats.datagrams)
     assert len(os.listdir("/proc/self/fd")) == fds_before
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", port))  # free again
@@ -96,7 +96,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
             await b.wait_for_peers(1)
             await a.wait_for_peers(1)
             peer_a = bytes.fromhex(a.id)
-            while peer_a not in b._beats:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
+            while peer_a not in b._heartbeats.beats:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
                 await trio.sleep(0.01)
             publish = a._publish_nowait
 
@@ -112,7 +112,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
                 assert b.statistics().heartbeat_datagrams - datagrams >= 7
                 assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
-                a._datagram_route = lambda record: None  # type: ignore[method-assign]
+                a._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
                 silent = trio.current_time()
                 seen = []
                 async for change in changes:
@@ -197,12 +197,13 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             peer_b = bytes.fromhex(b.id)
             # Nothing lost on the loopback: b asks for one copy a beat.
             # (b may ask before a has sent it a datagram: wait for both.)
-            while (beats := a._beats.get(peer_b)) is None or beats.wanted != 1 or not beats.sent:  # noqa: ASYNC110
+            beats_of = a._heartbeats.beats.get
+            while (beats := beats_of(peer_b)) is None or beats.wanted != 1 or not beats.sent:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             beats.sent += 4  # as if four datagrams to b were lost on the way
             while beats.wanted != 3:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            assert b._beats[bytes.fromhex(a.id)].loss.lost == 4
+            assert b._heartbeats.beats[bytes.fromhex(a.id)].loss.lost == 4
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 
@@ -230,8 +231,8 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
 
     async def beats_over(node: mesh.Node, count: int) -> list[int]:
         published_beats()
-        first = node._heartbeat_count
-        while node._heartbeat_count < first + count:  # noqa: ASYNC110
+        first = node._heartbeats.count
+        while node._heartbeats.count < first + count:  # noqa: ASYNC110
             await trio.sleep(0.05)
         await trio.sleep(0.05)  # the last beat's frame crosses the loopback
         return [n for n in published_beats() if first < n <= first + count]
@@ -242,7 +243,7 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 raw.connect(a.endpoints.pub)
                 await a.wait_for_peers(1)
                 await b.wait_for_peers(1)
-                while not a._datagrams_reach_all(trio.current_time()):  # noqa: ASYNC110
+                while not a._heartbeats._datagrams_reach_all(trio.current_time()):  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 quiet = await beats_over(a, 10)
                 assert quiet, "no beat published at all"
@@ -261,7 +262,7 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                     apply_liveness(transitions)
 
                 a._apply_liveness = record_verdicts  # type: ignore[method-assign]
-                b._datagram_route = lambda record: None  # type: ignore[method-assign]
+                b._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
                 await beats_over(a, 4)  # three intervals for the echoes to go stale, one more
                 loud = await beats_over(a, 6)
                 assert len(loud) == 6, loud

@@ -1,0 +1,483 @@
+"""Heartbeats and liveness: this node's heartbeats out (on the PUB, and as UDP datagrams to each
+peer's inbox port), its peers' heartbeats in (datagrams, and the control SUB that also carries
+goodbyes), and the failure detector that judges them, ticked by one judge task.
+
+Rules:
+
+* One loop (`serve`) sends and reads: it wakes once a heartbeat interval on a clean network,
+  however many peers there are, and more often only to spread the extra datagram copies asked
+  for after a loss. No task waits on the UDP sockets' or the control SUB's FDs: they are read
+  (`take`) when the loop wakes and before each verdict of the judge.
+* The first copy of each heartbeat number, by whichever path, feeds the detector and tells the
+  peer's load, credit and record digest; every copy by datagram also counts losses and carries
+  the echo from which the round trip is measured (docs/protocol.md §11).
+* The judge (`judge`) ticks the detector at its next deadline, telling it how late the tick ran
+  (a late tick means this node stood still, and its peers are not to blame); every verdict goes
+  to the node (`HeartbeatWiring.verdicts`), which acts on it.
+* This component holds what it learns of each peer's beats (`beats`) from its first heartbeat
+  until the node forgets the peer (`forget`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket as stdlib_socket
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol
+
+import trio
+import zmq
+
+from discovery import PeerRecord
+
+from . import _wire
+from ._detector import DetectorSettings, FailureDetector, PeerStatus, Transition
+from ._errors import ProtocolError
+from ._heartbeat import (
+    Beat,
+    BeatDatagrams,
+    PeerBeats,
+    beat_body,
+    read_beat,
+    round_trip_sample,
+)
+from ._metrics import RTT_BUCKETS, Tally
+from ._ratelimit import RateLimitedLog
+from ._wire import Envelope, Kind
+from ._zmq import AsyncSocket, SocketOp, ZmqSocket
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
+# Measured at 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so
+# the datagrams carry the beats, and at the default thresholds a peer is declared dead by them
+# only if the ten or so in a row sent over 0.69 s are all lost (with two copies and a threshold
+# of 0.56 s: five, which 20 % loss did now and then).
+_DATAGRAM_COPIES: Final = 3
+# While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
+# falls back on when they stop reaching it, and third-party tools' only one).
+_PUBLISHED_BEAT_EVERY: Final = 2
+# An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
+# here at the next beat after that, so two intervals old in the normal course; one more for jitter.
+_ECHO_FRESH_FOR: Final = 3
+# One byte more than a datagram may hold, to tell an oversized one.
+_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + 1
+# Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
+# trip then leaves out how long a datagram waited to be read. Python does not name the option.
+SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC: Final = struct.Struct("@ll")
+_STAMP_SPACE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+class HeartbeatWiring(Protocol):
+    """What heartbeats and liveness need of the rest of the node."""
+
+    def peers(self) -> Iterable[PeerRecord]:
+        """The records of the known peers."""
+
+    def is_peer(self, node_id: bytes) -> bool:
+        """Whether `node_id` is a known peer."""
+
+    def stranger(self, node_id: bytes) -> None:
+        """A heartbeat came from a node that is not a peer (one forgotten while frozen, now
+        back, say)."""
+
+    def host_for(self, record: PeerRecord) -> str:
+        """The peer's host to use from here."""
+
+    def load(self) -> int:
+        """The tasks this node holds as a worker (told in each beat)."""
+
+    def record_digest(self) -> bytes:
+        """The digest of this node's record (told in each beat)."""
+
+    def publish_beat(self, body: Any) -> None:
+        """Publish a heartbeat on the PUB (skipped if its outbox is full)."""
+
+    def published_bye(self, envelope: Envelope) -> None:
+        """A peer's goodbye came on the control SUB."""
+
+    def set_credit(self, peer_id: bytes, credit: int) -> None:
+        """A peer told the credit it gives this node."""
+
+    def check_record(self, peer_id: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
+        """A peer's beat told its record's digest."""
+
+    def verdicts(self, transitions: Sequence[Transition]) -> None:
+        """The detector moved peers between states."""
+
+    def bad_frame(self, exc: ProtocolError, where: str) -> None:
+        """A frame or datagram broke the protocol."""
+
+
+class Heartbeats:
+    """This node's heartbeats, its peers', and the detector that judges them (see the module's
+    rules). Owns the UDP sockets and the control SUB, and closes them (`close`)."""
+
+    def __init__(
+        self,
+        wiring: HeartbeatWiring,
+        node_id: bytes,
+        *,
+        detector: DetectorSettings,
+        credit: int | None,
+        receive_batch: int,
+        datagrams: list[stdlib_socket.socket],
+        networks: list[Network],
+        control: ZmqSocket,
+        counts: dict[str, int],
+        bytes_in: dict[str, int],
+        log: RateLimitedLog,
+    ) -> None:
+        self._wiring = wiring
+        self._id = node_id
+        self._interval = detector.heartbeat_interval
+        self._credit = credit
+        self._receive_batch = receive_batch
+        self.detector = FailureDetector(detector)
+        self.datagrams = datagrams
+        self._networks = networks
+        # Which of this node's UDP sockets sends to a given peer host (found once per host).
+        self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
+        self._control = AsyncSocket(control)
+        self._control_socket = control
+        self._counts = counts
+        self._bytes_in = bytes_in
+        self._log = log
+        # Each peer's heartbeats taken here (its load, the round trip to it, its datagrams), and
+        # what this node's datagrams owe it, from its first heartbeat on (§11).
+        self.beats: dict[bytes, PeerBeats] = {}
+        self.count = 0  # heartbeats sent
+        self.udp_bytes_sent = 0
+        self.rtt = Tally(RTT_BUCKETS)
+        self._liveness_changed = trio.lowlevel.ParkingLot()
+        self._judge_timer: trio.CancelScope | None = None  # `judge`'s, while it waits
+
+    def snapshot(self, now: float) -> dict[bytes, PeerStatus]:
+        """The detector's view of every tracked peer at `now`."""
+        return self.detector.snapshot(now)
+
+    def joined(self, peer_id: bytes, now: float) -> None:
+        """A peer joined: judged from now (its first heartbeat has some grace)."""
+        self.detector.joined(peer_id, now)
+        self._liveness_changed.unpark_all()
+
+    def wired(self, peer_id: bytes, now: float) -> None:
+        """A peer said READY: its heartbeats start now."""
+        self.detector.wired(peer_id, now)
+        self.reschedule_judge()
+
+    def disconnected(self, peer_id: bytes, now: float) -> None:
+        """The connection to a peer's inbox dropped: a hint that it crashed."""
+        self._wiring.verdicts(self.detector.disconnected(peer_id, now))
+        self._liveness_changed.unpark_all()
+
+    def forget(self, peer_id: bytes) -> None:
+        """A peer is gone: stop judging it, and forget its beats."""
+        self.detector.remove(peer_id)
+        self.beats.pop(peer_id, None)
+
+    def close(self) -> None:
+        """Close the control SUB (the node's context closes the rest of ZeroMQ) and the UDP
+        sockets."""
+        self._control.close()
+        close_datagrams(self.datagrams)
+
+    async def serve(self) -> None:
+        """Send this node's heartbeats and take in its peers' (datagrams, and the control SUB's
+        heartbeats and goodbyes), in one loop that wakes once an interval on a clean network,
+        however many peers there are. It never waits on the UDP sockets' or the control SUB's
+        FDs: it reads what they hold when it wakes, and so does the liveness judge before each
+        verdict (`_take_heartbeats`).
+
+        Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
+        (to every peer at once; only one beat in `_PUBLISHED_BEAT_EVERY` while every peer echoes
+        this node's datagrams, see `_datagrams_reach_all`) and a UDP datagram to each peer's
+        inbox port. Each path can fail alone: the PUB stalls behind a full subscriber
+        (backpressure) and, like any TCP connection, for its retransmission back-off (0.2 s,
+        then doubling) when packets are lost; a datagram is only ever lost, never late. Peers
+        keep the first copy of each number. Datagrams go only to peers that send heartbeats
+        themselves (nodes, not third-party tools), as many copies as each asked for (one on a
+        clean network, `_DATAGRAM_COPIES` spread over the interval after a loss: only then does
+        the loop wake more than once a beat), and each carries the echo of that peer's last
+        beat, from which the peer learns its round trip (§11).
+
+        Reading once a beat rather than at each arrival (one wake-up per datagram) or at fixed
+        short steps (six wake-ups a beat, the largest idle cost of a node: about 0.3 ms of CPU
+        per trio wake-up here, docs/performance.md) costs no accuracy: a datagram's arrival
+        time is the kernel's, and the judge reads before it rules. A beat that came only by the
+        PUB is dated when read, up to an interval late; a revival is seen as late."""
+        interval = self._interval
+        credit = self._credit
+        beat_at = trio.current_time()
+        copy = 0
+        number = load = 0
+        targets: list[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]] = []
+        wake = beat_at
+        while True:
+            now = trio.current_time()
+            # How late this loop woke: a node starved of CPU is told so every beat, and gives its
+            # peers as much more time (they are likely starved too: `FailureDetector.lagged`).
+            self.detector.lagged(now, now - wake)
+            self.take()
+            now = trio.current_time()
+            if copy == 0:
+                self.count += 1
+                number = self.count
+                load = self._wiring.load()
+                if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
+                    body = beat_body(
+                        number,
+                        sent=now,
+                        load=load,
+                        credit=credit,
+                        record=self._wiring.record_digest(),
+                    )
+                    self._wiring.publish_beat(body)
+                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile
+                # costs a datagram nobody reads; one first heard meanwhile waits a beat).
+                targets.clear()
+                for record in self._wiring.peers():
+                    beats = self.beats.get(record.id)
+                    if beats is not None and beats.heard:
+                        route = self._datagram_route(record)
+                        if route is not None:
+                            targets.append((beats, *route, beats.wanted))
+            # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a lost
+            # copy costs a beat only if every copy is lost. Copy k goes to the peers that asked
+            # for more than k.
+            self._send_datagrams(targets, copy, number, load, credit, now)
+            copy += 1
+            if any(copies > copy for *_, copies in targets):
+                wake = beat_at + interval * copy / _DATAGRAM_COPIES
+            else:
+                copy = 0
+                beat_at = wake = max(beat_at + interval, now)
+            await trio.sleep_until(wake)
+
+    def _datagrams_reach_all(self, now: float) -> bool:
+        """Whether every peer has lately echoed one of this node's heartbeat datagrams: then
+        they carry its beats, and the PUB copy of all but one beat in `_PUBLISHED_BEAT_EVERY`
+        is left out (each costs a TCP frame to and from every peer, in both ZeroMQ I/O threads
+        and in the reader: most of what was left of an idle node's cost). A peer that does not
+        echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
+        every beat on the PUB again, from the next beat on."""
+        fresh_after = now - _ECHO_FRESH_FOR * self._interval
+        beats = self.beats
+        for record in self._wiring.peers():
+            peer_beats = beats.get(record.id)
+            if peer_beats is None or peer_beats.echoed < fresh_after:
+                return False
+        return True
+
+    def take(self) -> None:
+        """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
+        self._take_datagrams()
+        self._take_control()
+        self.reschedule_judge()
+
+    def _send_datagrams(
+        self,
+        targets: Sequence[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]],
+        copy: int,
+        number: int,
+        load: int,
+        credit: int | None,
+        now: float,
+    ) -> None:
+        """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
+        of that peer's last beat, the datagram's number and the copies asked of that peer."""
+        head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
+        datagrams = BeatDatagrams(
+            head, number, sent=now, load=load, credit=credit, record=self._wiring.record_digest()
+        )
+        for beats, sock, destination, copies in targets:
+            if copy >= copies:
+                continue
+            try:
+                datagram = datagrams.for_peer(*beats.next_datagram(now))
+                sock.sendto(datagram, destination)
+                self.udp_bytes_sent += len(datagram)
+            except OSError as exc:  # BlockingIOError (buffer full) included
+                # A full socket buffer or an unreachable network costs one copy of one beat.
+                self._log.warning(
+                    "datagram-send",
+                    now,
+                    "dropped a heartbeat datagram to %s: %s",
+                    destination[0],
+                    exc,
+                )
+
+    def _datagram_route(
+        self, record: PeerRecord
+    ) -> tuple[stdlib_socket.socket, tuple[str, int]] | None:
+        """The UDP socket of this node that sends to `record`'s inbox port, and where to; None
+        if this node has none of that address family. Only sends go through it: the socket's
+        receiving task is the only one that waits on it."""
+        host = self._wiring.host_for(record)
+        if host not in self._datagram_routes:
+            self._datagram_routes[host] = self._datagram_socket_for(host)
+        sock = self._datagram_routes[host]
+        return None if sock is None else (sock, (host, record.pull_port))
+
+    def _datagram_socket_for(self, host: str) -> stdlib_socket.socket | None:
+        """This node's UDP socket bound on `host`'s network, else any of the same family."""
+        ip = ipaddress.ip_address(host)
+        family = stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
+        same_family = [sock for sock in self.datagrams if sock.family == family]
+        for sock, network in zip(self.datagrams, self._networks, strict=True):
+            if sock.family == family and ip in network:
+                return sock
+        return same_family[0] if same_family else None
+
+    def _take_datagrams(self) -> None:
+        """Read every datagram the UDP sockets hold (at most `receive_batch` each), each decoded
+        in full (copies too: their numbers count losses), and counted if bad."""
+        batch = self._receive_batch
+        # Kernel arrival times are wall-clock times: this is what turns them into this clock's.
+        now = trio.current_time()
+        wall_offset = time.time() - now
+        for sock in self.datagrams:
+            for _ in range(batch):
+                try:
+                    datagram, ancillary, _, _ = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # an ICMP error reported late, say: not this node's fault
+                    self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
+                    break
+                self._bytes_in["udp"] += len(datagram)
+                self._on_datagram(datagram, arrival_time(ancillary, wall_offset, now))
+
+    def _on_datagram(self, datagram: bytes, arrival: float) -> None:
+        try:
+            envelope = _wire.decode_datagram(datagram)
+        except ProtocolError as exc:
+            self._wiring.bad_frame(exc, "heartbeat socket")
+            return
+        self._counts["heartbeat_datagrams"] += 1
+        self._on_heartbeat(envelope.sender, read_beat(envelope.body), arrival, by_datagram=True)
+
+    def _on_heartbeat(
+        self,
+        sender: bytes,
+        beat: Beat | None,
+        arrival: float | None = None,
+        *,
+        by_datagram: bool = False,
+    ) -> None:
+        """A heartbeat by any path (PUB, datagram, or an inbox, where third-party tools and older
+        nodes may still send them): the first copy of each number feeds the failure detector
+        and tells the peer's load, credit, and the round trip its echo measures; every copy by
+        datagram also tells what only datagrams do (`PeerBeats.datagram`). `beat`: its body
+        read (None if it has no valid number); `arrival`: when the kernel took it in, if known
+        (else now)."""
+        if beat is None:
+            return
+        beats = self.beats.get(sender)
+        if beats is None:
+            if self._wiring.is_peer(sender):  # its first heartbeat
+                beats = self.beats[sender] = PeerBeats()
+            else:
+                self._wiring.stranger(sender)  # a forgotten peer back, maybe
+                return
+        if by_datagram:
+            assert arrival is not None
+            beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
+        if arrival is None:
+            arrival = trio.current_time()
+        if not beats.take(beat, arrival):
+            return  # a copy that came another way, or later
+        if beat.echo is not None:
+            sample = round_trip_sample(beat.echo, arrival)
+            if sample is not None:
+                self.rtt.observe(sample)
+        if beat.credit is not None:
+            self._wiring.set_credit(sender, beat.credit)
+        if beat.record is not None:
+            self._wiring.check_record(sender, beats, beat.record, arrival)
+        transitions = self.detector.heartbeat(sender, arrival)
+        if transitions:
+            self._wiring.verdicts(transitions)
+            self._liveness_changed.unpark_all()
+
+    def on_inbox_heartbeat(self, envelope: Envelope) -> None:
+        self._on_heartbeat(envelope.sender, read_beat(envelope.body))
+        self.reschedule_judge()
+
+    def reschedule_judge(self) -> None:
+        """Set the judge's next tick to the detector's next deadline, after heartbeats were
+        taken: later, mostly (it is not woken for nothing: once a heartbeat, or at each stale
+        deadline, was a large part of the idle cost), or sooner (a peer new to the detector)."""
+        timer = self._judge_timer
+        if timer is not None:
+            deadline = self.detector.next_deadline()
+            timer.deadline = math.inf if deadline is None else deadline
+
+    async def judge(self) -> None:
+        """Tick the failure detector when it next needs to, telling it how late the tick runs
+        (a late tick means this node itself stalled, and its peers are not to blame)."""
+        while True:
+            with trio.CancelScope() as timer:
+                self._judge_timer = timer
+                self.reschedule_judge()  # its deadline, moved again after each read
+                await self._liveness_changed.park()  # woken by transitions from elsewhere
+            self._judge_timer = None
+            if timer.cancelled_caught:
+                now = trio.current_time()
+                lateness = max(0.0, now - timer.deadline)
+                self.take()  # beats that came since the heartbeat loop last read
+                self._wiring.verdicts(self.detector.tick(now, lateness=lateness))
+
+    def _take_control(self) -> None:
+        """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
+        whole (a beat's number is in its body; the envelope's `seq` numbers the peer's PUB
+        stream). The SUB's only reader (`_take_heartbeats`)."""
+        for _ in range(self._receive_batch):
+            try:
+                frame = self._control.receive_nowait()
+            except (zmq.Again, trio.ClosedResourceError):
+                return
+            self._bytes_in["control"] += len(frame)
+            try:
+                envelopes = _wire.decode_published_many(frame)
+            except ProtocolError as exc:
+                self._wiring.bad_frame(exc, "control")
+                continue
+            for envelope in envelopes:
+                if envelope.kind is Kind.BYE:
+                    self._wiring.published_bye(envelope)
+                else:
+                    self._on_heartbeat(envelope.sender, read_beat(envelope.body))
+
+    def control_op(self, op: SocketOp) -> None:
+        """Connect or disconnect the control SUB now. Safe from any task, as no task waits on
+        its FD (a waiter could miss the edge such a call consumes)."""
+        if not self._control.closed:
+            op(self._control_socket)
+
+
+def arrival_time(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: float) -> float:
+    """When a datagram arrived, on this node's clock: the kernel's stamp (wall-clock time, less
+    `wall_offset`) if there is a plausible one, else `now`."""
+    for level, kind, data in ancillary:
+        if (
+            level == stdlib_socket.SOL_SOCKET
+            and kind == SO_TIMESTAMPNS
+            and len(data) >= _TIMESPEC.size
+        ):
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            arrival: float = seconds + nanoseconds * 1e-9 - wall_offset
+            if now - 1.0 < arrival <= now:  # a wall clock stepped meanwhile would be way off
+                return arrival
+    return now
+
+
+def close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
+    """Close UDP sockets (a task waiting on one gets `trio.ClosedResourceError`)."""
+    for sock in socks:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
