@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         PeerUpdated,
     )
 
+    from ._binding import ALL_INTERFACES
     from ._detector import DetectorSettings
     from ._errors import (
         MeshError,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
         ProtocolError,
     )
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
-    from ._node import ALL_INTERFACES, Node, open_node
+    from ._node import Node, open_node
     from ._streams import PeerWatch, Subscription, Task, TaskStream
     from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 
@@ -97,7 +98,8 @@ _EXPORTS = {
         "ProtocolError",
     ),
     "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
-    "._node": ("ALL_INTERFACES", "Node", "open_node"),
+    "._binding": ("ALL_INTERFACES",),
+    "._node": ("Node", "open_node"),
     "._streams": ("PeerWatch", "Subscription", "Task", "TaskStream"),
     "._types": ("DeadLetter", "Endpoints", "Message", "NodeStatistics", "PeerHealth", "Settings"),
 }

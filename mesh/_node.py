@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import socket as stdlib_socket
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
@@ -49,7 +48,6 @@ from discovery import (
     PeerUpdated,
     Refused,
     format_address,
-    interface_addresses,
     interface_network,
     open_mdns,
     parse_address,
@@ -58,6 +56,7 @@ from discovery import (
 from discovery._groups import ungrouped
 
 from . import _peerlog, _wire
+from ._binding import bind, bind_inbox, check_interfaces
 from ._detector import Liveness, Transition
 from ._errors import MissingPeersError, PeerUnreachableError, ProtocolError
 from ._events import Publisher, Subscriptions
@@ -66,7 +65,7 @@ from ._heartbeat import (
     PeerBeats,
     record_digest,
 )
-from ._heartbeats import SO_TIMESTAMPNS, Heartbeats, close_datagrams
+from ._heartbeats import Heartbeats, close_datagrams
 from ._links import Link, Links
 from ._metrics import (
     ACKED,
@@ -235,8 +234,8 @@ class Node:
         control = self._socket(zmq.SUB, ipv6)
         control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
         control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
-        actual_pub = _bind(pub, hosts, pub_port)
-        actual_pull, datagrams = _bind_inbox(pull, hosts, pull_port)
+        actual_pub = bind(pub, hosts, pub_port)
+        actual_pull, datagrams = bind_inbox(pull, hosts, pull_port)
         try:
             self._record = PeerRecord(
                 id=self._id,
@@ -1153,110 +1152,6 @@ _PEER_STATES: Final = {
     Liveness.DEAD: PeerState.DEAD,
 }
 
-#: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
-#: default, and never in tests: it reaches the machine's real networks).
-ALL_INTERFACES: Final = "*"
-
-
-def _check_interfaces(interface: str | Iterable[str]) -> list[str]:
-    """The canonical addresses to bind to: one, a list, or `ALL_INTERFACES`."""
-    if interface == ALL_INTERFACES:
-        hosts = interface_addresses()
-        if not hosts:
-            raise ValueError("this machine has no network interface with an IPv4 address")
-        return hosts
-    given = [interface] if isinstance(interface, str) else list(interface)
-    if not given:
-        raise ValueError("give at least one interface address")
-    hosts = []
-    for text in given:
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
-            raise ValueError(f"interface {text!r} is not an IP address") from None
-        if ip.is_unspecified:
-            raise ValueError(
-                f"a node binds to interface addresses, not to {ip}: give the addresses "
-                f"(say 127.0.0.1 or a LAN address), or {ALL_INTERFACES!r} for all of them"
-            )
-        if str(ip) not in hosts:
-            hosts.append(str(ip))
-    return hosts
-
-
-def _bind(sock: ZmqSocket, hosts: Sequence[str], port: int) -> int:
-    """Bind `sock` on every host with one port number (`port`, or one free on all of them)."""
-    if not 0 <= port < 65536:
-        raise ValueError(f"port {port} out of range")
-    for _attempt in range(20 if port == 0 else 1):
-        bound: list[str] = []
-        try:
-            first = _bind_one(sock, hosts[0], port)
-            bound.append(tcp_endpoint(hosts[0], first))
-            for host in hosts[1:]:
-                _bind_one(sock, host, first)
-                bound.append(tcp_endpoint(host, first))
-            return first
-        except OSError:
-            for endpoint in bound:
-                sock.unbind(endpoint)
-            if port != 0 or not bound:
-                raise
-    raise OSError(f"found no port free on all of {', '.join(hosts)}")
-
-
-def _bind_one(sock: ZmqSocket, host: str, port: int) -> int:
-    bracketed = f"[{host}]" if ":" in host else host
-    endpoint = f"tcp://{bracketed}:{port or '*'}"
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise OSError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
-    last = sock.getsockopt(zmq.LAST_ENDPOINT)
-    assert isinstance(last, bytes)
-    return int(last.rsplit(b":", 1)[1])
-
-
-def _bind_inbox(
-    sock: ZmqSocket, hosts: Sequence[str], port: int
-) -> tuple[int, list[stdlib_socket.socket]]:
-    """Bind the inbox (PULL) on every host, and a UDP socket (for heartbeat datagrams) on each
-    at the same port number: `port`, or one free for both on all of them. Raises `OSError`."""
-    for _attempt in range(20 if port == 0 else 1):
-        actual = _bind(sock, hosts, port)
-        try:
-            return actual, _bind_datagrams(hosts, actual)
-        except OSError:
-            for host in hosts:
-                sock.unbind(tcp_endpoint(host, actual))
-            if port != 0:
-                raise
-    raise OSError(f"found no port free for both TCP and UDP on all of {', '.join(hosts)}")
-
-
-def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socket]:
-    """A non-blocking UDP socket bound to (host, port) for each host; all or none."""
-    made: list[stdlib_socket.socket] = []
-    try:
-        for host in hosts:
-            family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
-            sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
-            made.append(sock)
-            sock.setblocking(False)
-            if sys.platform == "linux":
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                bracketed = f"[{host}]" if ":" in host else host
-                message = f"cannot bind udp://{bracketed}:{port}: {exc.strerror}"
-                raise OSError(exc.errno, message) from exc
-        return made
-    except BaseException:
-        close_datagrams(made)
-        raise
-
 
 def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
     try:
@@ -1310,7 +1205,7 @@ async def open_node(
     ZeroMQ context.
     """
     settings = settings or Settings()
-    hosts = _check_interfaces(interface)
+    hosts = check_interfaces(interface)
     methods = {discovery} if isinstance(discovery, str) else set(discovery)
     if not methods or not methods <= {"mdns", "static"}:
         raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")

@@ -23,7 +23,8 @@ import trio
 from discovery import format_address, parse_address
 
 from .. import _wire
-from .._node import ALL_INTERFACES, Node, _check_service, open_node
+from .._binding import ALL_INTERFACES
+from .._node import Node, _check_service, open_node
 from .._types import Settings
 
 #: The environment variables that give the mesh options their defaults.

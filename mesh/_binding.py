@@ -1,0 +1,124 @@
+"""Binding: the addresses a node listens on, and its sockets bound there with one port number
+per kind on every address (the inbox's TCP and the heartbeats' UDP share theirs). Errors are
+raised as `ValueError` (a bad address or port) and `OSError` (an address that cannot be bound),
+with the endpoint in the message."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket as stdlib_socket
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import zmq
+
+from discovery import interface_addresses, tcp_endpoint
+
+from ._heartbeats import SO_TIMESTAMPNS, close_datagrams
+from ._zmq import ZmqSocket
+
+#: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
+#: default, and never in tests: it reaches the machine's real networks).
+ALL_INTERFACES: Final = "*"
+
+
+def check_interfaces(interface: str | Iterable[str]) -> list[str]:
+    """The canonical addresses to bind to: one, a list, or `ALL_INTERFACES`."""
+    if interface == ALL_INTERFACES:
+        hosts = interface_addresses()
+        if not hosts:
+            raise ValueError("this machine has no network interface with an IPv4 address")
+        return hosts
+    given = [interface] if isinstance(interface, str) else list(interface)
+    if not given:
+        raise ValueError("give at least one interface address")
+    hosts = []
+    for text in given:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"interface {text!r} is not an IP address") from None
+        if ip.is_unspecified:
+            raise ValueError(
+                f"a node binds to interface addresses, not to {ip}: give the addresses "
+                f"(say 127.0.0.1 or a LAN address), or {ALL_INTERFACES!r} for all of them"
+            )
+        if str(ip) not in hosts:
+            hosts.append(str(ip))
+    return hosts
+
+
+def bind(sock: ZmqSocket, hosts: Sequence[str], port: int) -> int:
+    """Bind `sock` on every host with one port number (`port`, or one free on all of them)."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range")
+    for _attempt in range(20 if port == 0 else 1):
+        bound: list[str] = []
+        try:
+            first = _bind_one(sock, hosts[0], port)
+            bound.append(tcp_endpoint(hosts[0], first))
+            for host in hosts[1:]:
+                _bind_one(sock, host, first)
+                bound.append(tcp_endpoint(host, first))
+            return first
+        except OSError:
+            for endpoint in bound:
+                sock.unbind(endpoint)
+            if port != 0 or not bound:
+                raise
+    raise OSError(f"found no port free on all of {', '.join(hosts)}")
+
+
+def _bind_one(sock: ZmqSocket, host: str, port: int) -> int:
+    bracketed = f"[{host}]" if ":" in host else host
+    endpoint = f"tcp://{bracketed}:{port or '*'}"
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(last, bytes)
+    return int(last.rsplit(b":", 1)[1])
+
+
+def bind_inbox(
+    sock: ZmqSocket, hosts: Sequence[str], port: int
+) -> tuple[int, list[stdlib_socket.socket]]:
+    """Bind the inbox (PULL) on every host, and a UDP socket (for heartbeat datagrams) on each
+    at the same port number: `port`, or one free for both on all of them. Raises `OSError`."""
+    for _attempt in range(20 if port == 0 else 1):
+        actual = bind(sock, hosts, port)
+        try:
+            return actual, _bind_datagrams(hosts, actual)
+        except OSError:
+            for host in hosts:
+                sock.unbind(tcp_endpoint(host, actual))
+            if port != 0:
+                raise
+    raise OSError(f"found no port free for both TCP and UDP on all of {', '.join(hosts)}")
+
+
+def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socket]:
+    """A non-blocking UDP socket bound to (host, port) for each host; all or none."""
+    made: list[stdlib_socket.socket] = []
+    try:
+        for host in hosts:
+            family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+            sock = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM)
+            made.append(sock)
+            sock.setblocking(False)
+            if sys.platform == "linux":
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                bracketed = f"[{host}]" if ":" in host else host
+                message = f"cannot bind udp://{bracketed}:{port}: {exc.strerror}"
+                raise OSError(exc.errno, message) from exc
+        return made
+    except BaseException:
+        close_datagrams(made)
+        raise
