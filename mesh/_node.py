@@ -1,24 +1,30 @@
-"""The node: owns the ZeroMQ sockets, the mDNS presence and the tasks that drive them, and wires
-the pure parts (wire codec, peer map, dispatcher) to them.
+"""The node: a facade over components, one concern each (docs/architecture.md has the map).
+
+`Node` holds the public API, membership (the peer map, HELLO/WELCOME/UPDATE/BYE, seeds and mDNS,
+READY, `watch_peers`) and the wiring: it creates the components, starts their tasks in its
+nursery, routes the inbox's messages to them by kind, and acts on the failure detector's
+verdicts. The components: `Links` (a PUSH per peer inbox), `Publisher` and `Subscriptions`
+(events), `ProducerSide` and `WorkerSide` (work), `Heartbeats` (heartbeats and liveness); binding
+is `_binding`'s. Each reaches the rest of the node only through the small wiring classes below.
 
 Sockets of one node (docs/protocol.md has the frames):
 
-* PUB (an XPUB, for backpressure), bound: events, subscription proofs, goodbyes.
+* PUB (an XPUB, for backpressure), bound: events, subscription proofs, heartbeats, goodbyes.
 * PULL, bound: the inbox: HELLO/WELCOME/UPDATE/READY, tasks, acks, subscription probes, goodbyes.
 * UDP, bound at the inbox's port number on each host: heartbeat datagrams, which packet loss can
-  only thin out, never stall as it stalls a TCP stream (docs/decisions.md). Read, like the control
-  SUB, by the heartbeat loop at fixed steps rather than at each arrival (the idle cost).
+  only thin out, never stall as it stalls a TCP stream (docs/decisions.md).
 * Two SUBs connected to every known peer's PUB: events (which a slow reader may hold back) and
-  control (which nothing holds back).
+  control (heartbeats and goodbyes, which nothing holds back).
 * PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
   own queue, and the node, not ZeroMQ's blind round robin, picks which peer gets each task.
 
-Every socket has one owner task; other tasks reach it through `Outbox` (sends) or
-`AsyncSocket.call_soon` (SUBSCRIBE, connect, disconnect). Nothing outlives `open_node`: on exit the
-node says goodbye (bounded, shielded), cancels its tasks, closes its sockets and terminates its
-ZeroMQ context.
+Only one task ever waits on a socket's FD: its owner. Other tasks send through an `Outbox` (its
+owner task does the sending), change subscriptions and connections through
+`AsyncSocket.call_soon`, or, for the sockets no task waits on (the control SUB and the UDP
+sockets, read by polling from the heartbeat loop), call them directly. Nothing outlives
+`open_node`: on exit the node says goodbye (bounded, shielded), cancels its tasks, closes its
+sockets and terminates its ZeroMQ context.
 """
-
 from __future__ import annotations
 
 import contextlib
