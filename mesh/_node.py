@@ -25,6 +25,7 @@ sockets, read by polling from the heartbeat loop), call them directly. Nothing o
 `open_node`: on exit the node says goodbye (bounded, shielded), cancels its tasks, closes its
 sockets and terminates its ZeroMQ context.
 """
+
 from __future__ import annotations
 
 import contextlib
