@@ -203,13 +203,13 @@ class Subscriptions:
         """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers)."""
         lingering = self._lingering.pop(endpoint, None)
         if lingering is None:
-            self.socket.call_soon(_connect(endpoint))
+            self.socket.call_soon(connect_op(endpoint))
         else:
             lingering.cancel()  # still connected there: keep that connection
 
     def disconnect(self, endpoint: str) -> None:
         """Stop reading the PUB at `endpoint` now."""
-        self.socket.call_soon(_disconnect(endpoint))
+        self.socket.call_soon(disconnect_op(endpoint))
 
     def disconnect_later(self, endpoint: str, closing: bool) -> None:
         """Stop reading a departed peer's PUB once its last events had time to arrive (now if
@@ -272,14 +272,18 @@ class Subscriptions:
                         self._synced.unpark_all()
 
 
-def _connect(endpoint: str) -> SocketOp:
+def connect_op(endpoint: str) -> SocketOp:
+    """An op that connects a socket to `endpoint`."""
+
     def op(sock: ZmqSocket) -> None:
         sock.connect(endpoint)
 
     return op
 
 
-def _disconnect(endpoint: str) -> SocketOp:
+def disconnect_op(endpoint: str) -> SocketOp:
+    """An op that disconnects a socket from `endpoint` (nothing if it was not connected)."""
+
     def op(sock: ZmqSocket) -> None:
         # A peer that never finished connecting raises ENOENT here; there is nothing to undo.
         with contextlib.suppress(zmq.ZMQError):

@@ -20,6 +20,7 @@ import zmq
 import discovery
 import mesh
 from mesh import Node
+from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
 
 from .conftest import zmq_threads
@@ -74,17 +75,18 @@ async def test_a_node_that_never_heard_of_its_peer_is_greeted_until_it_has(
 ) -> None:
     # b loses the WELCOME that a answers its HELLO with, as when that message and a's mDNS
     # announcement are both lost: a knows b, and b does not know a. a says HELLO again while b
-    # has not said READY, and both end up wired both ways (before, never: seen at 32 nodes).
-    on_hello = Node._on_hello
+    # has not said READY, and both end up wired both ways (without that HELLO again they never
+    # would: seen at 32 nodes).
+    on_hello = Membership.on_hello
     lost: list[object] = []
 
-    def losing_one_welcome(self: Node, envelope: Any) -> None:
-        if self.name == "b" and envelope.kind is Kind.WELCOME and not lost:
+    def losing_one_welcome(self: Membership, envelope: Any) -> None:
+        if self.record.name == "b" and envelope.kind is Kind.WELCOME and not lost:
             lost.append(envelope)
             return
         on_hello(self, envelope)
 
-    monkeypatch.setattr(Node, "_on_hello", losing_one_welcome)
+    monkeypatch.setattr(Membership, "on_hello", losing_one_welcome)
     with trio.fail_after(20):
         async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
             await a.wait_for_peers(names=["b"])
@@ -793,7 +795,7 @@ async def test_a_death_takes_back_the_tasks_queued_for_the_peer_and_keeps_the_re
             a._send_direct(b.address, Kind.READY, None, None)
             await a.push("s", "the task")
             assert [packed_kind(m) for m in link.outbox._queue] == [Kind.READY, Kind.TASK]
-            a._reclaim(b._id)  # as when b is declared dead
+            a._membership.reclaim(b._id)  # as when b is declared dead
             assert [packed_kind(m) for m in link.outbox._queue] == [Kind.READY]
             assert a.statistics().tasks_redelivered == 1
             with trio.fail_after(5):

@@ -254,14 +254,14 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 assert len(quiet) - len(odd) <= 5, quiet
 
                 verdicts: list[Liveness] = []
-                apply_liveness = a._apply_liveness
+                apply_liveness = a._membership.apply_liveness
                 peer_b = bytes.fromhex(b.id)
 
                 def record_verdicts(transitions: Sequence[Transition]) -> None:
                     verdicts.extend(t.new for t in transitions if t.peer == peer_b)
                     apply_liveness(transitions)
 
-                a._apply_liveness = record_verdicts  # type: ignore[method-assign]
+                a._membership.apply_liveness = record_verdicts  # type: ignore[method-assign]
                 b._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
                 await beats_over(a, 4)  # three intervals for the echoes to go stale, one more
                 loud = await beats_over(a, 6)

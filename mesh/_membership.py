@@ -1,0 +1,576 @@
+"""Membership: who this node's peers are, and keeping the node wired to them.
+
+Rules:
+
+* A peer is made only by the HELLO exchange (HELLO, answered by WELCOME; each carries the
+  sender's record and the inbox addresses of the peers it knows, which are greeted in turn).
+  mDNS and seeds only say where to say HELLO. A record's later changes come by UPDATE, or by a
+  WELCOME asked for when a peer's heartbeats tell of a record this node does not hold.
+* A peer leaves by its goodbye: BYE in the inbox ends it at once (it came after everything else
+  the peer sent there); a BYE on the PUB, which may overtake the peer's last acks, only stops new
+  work until the inbox BYE or a grace period. Or it dies (the failure detector's verdicts,
+  `apply_liveness`): dead, it gets no new work and its tasks are taken back; forgotten, it is
+  removed, and its address kept to greet it if it comes back.
+* What the peer map decides is carried out at once (`_apply`): links opened and closed, the SUBs
+  connected and disconnected, the detector told, watchers told.
+* A peer counts for `wait_for_peers` once it has said READY (its subscriptions are live here);
+  this node says READY to a peer once its own subscriptions are live there (`_greet`), and says
+  HELLO again, at growing intervals, to a peer that has not said READY.
+* All that is known of a peer beyond its record lives here, by peer id, and goes when it goes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+import trio
+
+from discovery import (
+    Announced,
+    ForeignMeshError,
+    Mdns,
+    Peer,
+    PeerEvent,
+    PeerJoined,
+    PeerLeft,
+    PeerMap,
+    PeerRecord,
+    PeerState,
+    PeerUpdated,
+    Refused,
+    format_address,
+    parse_address,
+    tcp_endpoint,
+)
+
+from . import _peerlog, _wire
+from ._detector import Liveness, Transition
+from ._errors import MissingPeersError, PeerUnreachableError
+from ._events import Subscriptions, connect_op, disconnect_op
+from ._heartbeat import PeerBeats, record_digest
+from ._heartbeats import Heartbeats, Network
+from ._links import Link, Links
+from ._producer import ProducerSide, Route
+from ._ratelimit import RateLimitedLog
+from ._streams import PeerWatch
+from ._types import Settings
+from ._wire import Envelope, Hello, Kind
+
+logger = logging.getLogger("mesh")
+
+# A peer that has not said READY this long after it joined is said HELLO again, then at doubling
+# intervals up to the last (seconds): on a loaded 2-core machine a 32-node mesh takes 4 to 10 s
+# to wire fully, so the first HELLOs again are often redundant, and harmless.
+_READY_WAIT_FIRST: Final = 3.0
+_READY_WAIT_LAST: Final = 60.0
+# How long a dropped connection waits for a goodbye that may be on its way (see `Links`), and a
+# goodbye on the PUB for the inbox's (added to `Settings.goodbye_timeout`).
+GOODBYE_GRACE: Final = 0.02
+# How many forgotten peers a node remembers the address of, to greet them if they come back.
+_FORGOTTEN_KEPT: Final = 1024
+
+_PEER_STATES: Final = {
+    Liveness.ALIVE: PeerState.ALIVE,
+    Liveness.SUSPECT: PeerState.SUSPECT,
+    Liveness.DEAD: PeerState.DEAD,
+}
+
+#: Sends a message to the inbox at an address: (address, kind, meta, body) -> whether it was
+#: queued (False: that link's outbox is full).
+Send = Callable[[str, Kind, "list[Any] | None", Any], bool]
+
+
+class Membership:
+    """This node's peers and its wiring to them (see the module's rules)."""
+
+    def __init__(
+        self,
+        record: PeerRecord,
+        settings: Settings,
+        networks: list[Network],
+        *,
+        links: Links,
+        events: Subscriptions,
+        heartbeats: Heartbeats,
+        producer: ProducerSide,
+        send: Send,
+        check_open: Callable[[], None],
+        closing: Callable[[], bool],
+        log: RateLimitedLog,
+    ) -> None:
+        self._record = record
+        self.record_digest = record_digest(record)  # what heartbeats say of it (`rec`)
+        self._id = record.id
+        self._settings = settings
+        self._networks = networks
+        self._links = links
+        self._events = events
+        self._heartbeats = heartbeats
+        self._producer = producer
+        self._send = send
+        self._check_open = check_open
+        self._closing = closing
+        self._log = log
+        self._peers = PeerMap(record.id, record.mesh)
+        self._peers_changed = trio.lowlevel.ParkingLot()
+        self._watchers: list[PeerWatch] = []
+        self._nursery: trio.Nursery | None = None
+        self._mdns: Mdns | None = None
+        self._seeds: set[str] = set()
+        self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
+        self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
+        # What is known of each peer beyond its record, by id:
+        self._leaving: set[bytes] = set()  # said goodbye on the PUB only, so far
+        self._ready_peers: set[bytes] = set()  # said READY: its subscriptions are live here
+        self._greeting: set[bytes] = set()  # this node is making its subscriptions live there
+        self._batching: set[bytes] = set()  # its inbox takes BATCH frames (its HELLO said so)
+        self._state_reasons: dict[bytes, str] = {}  # why it is in its state
+        self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, reach)
+
+    @property
+    def record(self) -> PeerRecord:
+        """What this node tells its peers about itself."""
+        return self._record
+
+    @property
+    def peers(self) -> PeerMap:
+        return self._peers
+
+    def reason(self, peer_id: bytes) -> str:
+        """Why a peer is in its state ("joined" until the detector says otherwise)."""
+        return self._state_reasons.get(peer_id, "joined")
+
+    def start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
+        """Greetings and waits run in `nursery` from now on; say HELLO to each seed."""
+        self._nursery = nursery
+        for seed in seeds:
+            address = format_address(*parse_address(seed))
+            if address not in self._record.addresses:
+                self._seeds.add(address)
+                self.introduce(address)
+
+    def discover(self, nursery: trio.Nursery, mdns: Mdns) -> None:
+        """Greet the nodes `mdns` announces, and keep the advertisement up to date."""
+        self._mdns = mdns
+        nursery.start_soon(self.serve_discovery, mdns)
+
+    def stranger(self, node_id: bytes) -> None:
+        """A heartbeat from a node that is not a peer: one forgotten while it was frozen, now
+        back, is said HELLO again, once."""
+        address = self._forgotten.pop(node_id, None)
+        if address is not None:
+            self.introduce(address, again=True)
+
+    def goodbye(self) -> None:
+        """The node is leaving: BYE to each peer's inbox."""
+        for peer in self._peers:
+            self._send(self.reach(peer.record), Kind.BYE, None, None)
+
+    def end(self) -> None:
+        """The node has closed: watchers end, waiters wake (and find it closed)."""
+        for watch in list(self._watchers):
+            watch._end()
+        self._peers_changed.unpark_all()
+
+    async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
+        """`Node.connect`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        address = format_address(*parse_address(address))
+        if address in self._record.addresses:
+            raise ValueError("a node cannot connect to itself")
+        if timeout is None:
+            timeout = self._settings.connect_timeout
+        self.introduce(address)
+        with trio.move_on_after(timeout):
+            while (peer := self._peers.by_address(address)) is None:
+                await self._peers_changed.park()
+            return peer
+        raise PeerUnreachableError(address, timeout)
+
+    async def wait_for_peers(
+        self,
+        count: int | None = None,
+        *,
+        names: Iterable[str] = (),
+        service: str | None = None,
+        timeout: float = math.inf,
+    ) -> list[Peer]:
+        """`Node.wait_for_peers`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        wanted = set(names)
+        if count is None:
+            count = 0 if wanted else 1
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            while (missing := self._missing(count, wanted, service)) is not None:
+                await self._peers_changed.park()
+                self._check_open()
+            peers = self._counted(service)
+            await self._events.sync(self._events.prefixes(), [peer.record.id for peer in peers])
+            return peers
+        raise MissingPeersError(missing or "subscriptions not confirmed", timeout)
+
+    def watch(self) -> PeerWatch:
+        """`Node.watch_peers`."""
+        self._check_open()
+        watch = PeerWatch(self._settings.subscription_buffer, self._watchers.remove)
+        self._watchers.append(watch)
+        return watch
+
+    async def serve_discovery(self, mdns: Mdns) -> None:
+        """Say HELLO to every node of this mesh that mDNS announces. mDNS alone never makes a
+        peer (the HELLO exchange does), nor unmakes one: an mDNS goodbye is unauthenticated
+        multicast that anyone on the link could send, so for a known peer it is only a hint
+        (for failure detection); BYE from the peer itself is what ends it."""
+        async with trio.open_nursery() as nursery:
+            async for event in mdns.events:
+                if isinstance(event, Announced):
+                    announcement = event.announcement
+                    if (
+                        announcement.mesh == self._record.mesh
+                        and announcement.id != self._id
+                        and announcement.address not in self._record.addresses
+                        and announcement.id not in self._peers
+                    ):
+                        self._announced[announcement.id] = announcement.address
+                        self.introduce(announcement.address, again=True)
+                        nursery.start_soon(self._forget_if_unanswered, announcement.address)
+                elif isinstance(event, Refused):
+                    self._log.warning(
+                        "mdns-refused",
+                        trio.current_time(),
+                        "ignoring an mDNS announcement (%s): %s",
+                        event.name,
+                        event.reason,
+                    )
+                elif event.node_id is not None:
+                    address = self._announced.pop(event.node_id, None)
+                    if address is not None:
+                        self._forget_link_without_peer(address)
+
+    async def _forget_if_unanswered(self, address: str) -> None:
+        """An announced node that has not answered HELLO within `Settings.connect_timeout` gets
+        its link closed (it is tried again if announced again); seeds are kept."""
+        await trio.sleep(self._settings.connect_timeout)
+        self._forget_link_without_peer(address)
+
+    def _forget_link_without_peer(self, address: str) -> None:
+        if address not in self._seeds and self._peers.by_address(address) is None:
+            self._links.close(address)
+
+    def check_record(self, sender: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
+        """A peer's beat tells the digest of its record: if the record held here has differed
+        from it for a while, an UPDATE went missing (dropped by a full outbox, say), so say
+        HELLO again: its WELCOME brings the record (docs/protocol.md §11)."""
+        peer = self._peers.get(sender)
+        if peer is not None and beats.record_differs(peer.record, digest, now):
+            logger.info(
+                "%s's heartbeats tell of a record this node does not hold; asking for it",
+                peer.record.name,
+            )
+            self.introduce(self.reach(peer.record), again=True)
+
+    def apply_liveness(self, transitions: Sequence[Transition]) -> None:
+        now = trio.current_time()
+        for transition in transitions:
+            self._log_state(transition, now)
+            if transition.new is Liveness.FORGOTTEN:
+                peer = self._peers.get(transition.peer)
+                if peer is not None:
+                    self._forgotten[transition.peer] = self.reach(peer.record)
+                    while len(self._forgotten) > _FORGOTTEN_KEPT:
+                        del self._forgotten[next(iter(self._forgotten))]
+                self._apply(self._peers.remove(transition.peer, "dead"))
+            elif transition.new is not Liveness.LEFT:
+                state = _PEER_STATES[transition.new]
+                self._state_reasons[transition.peer] = transition.reason
+                self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
+                if state is PeerState.DEAD:
+                    self.reclaim(transition.peer)
+
+    def _log_state(self, transition: Transition, now: float) -> None:
+        """Log a liveness change of a known peer (INFO, with its evidence)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        peer = self._peers.get(transition.peer)
+        if peer is not None:
+            line = _peerlog.state_changed(peer.record, transition, now)
+            if line is not None:
+                _log_peer(line)
+
+    def reclaim(self, worker: bytes) -> None:
+        """A worker died: what it held unacked, and the tasks still waiting in its outbox, go to
+        other workers (if it comes back and acks some of them too, at-least-once allows it).
+        The rest of its outbox stays: a death can be wrong (the peer may be only slow, as when
+        a loaded mesh forms), and a WELCOME or READY dropped here would not be sent again."""
+        link = self.link_of(worker)
+        if link is not None:
+            link.outbox.discard(_is_task)
+        self._producer.forget_worker(worker, "worker dead")
+
+    def on_hello(self, envelope: Envelope) -> None:
+        hello = envelope.body
+        assert isinstance(hello, Hello)
+        known = envelope.sender in self._peers
+        if not self._observe(hello.record):
+            return
+        if hello.batch:
+            self._batching.add(envelope.sender)
+        else:
+            self._batching.discard(envelope.sender)
+        link = self._links.get(self.reach(hello.record))
+        if link is not None:
+            link.outbox.coalesce = _wire.coalesce_direct if hello.batch else None
+        if envelope.kind is Kind.HELLO:
+            self._send(self.reach(hello.record), Kind.WELCOME, None, self._hello().to_wire())
+            if known and self._nursery is not None and not self._closing():
+                # A peer that says HELLO again may not have had this node's READY.
+                self._nursery.start_soon(self._greet, envelope.sender)
+        elif self._record.services:
+            # Our HELLO may have left before a service was offered, and the UPDATE for it went
+            # only to peers known then: make sure this one has our current record.
+            self._send(self.reach(hello.record), Kind.UPDATE, None, self._record.to_wire())
+        for address in hello.peers:
+            if address not in self._record.addresses and self._peers.by_address(address) is None:
+                self.introduce(address)
+
+    def on_update(self, envelope: Envelope) -> None:
+        assert isinstance(envelope.body, PeerRecord)
+        if envelope.sender in self._peers:
+            self._observe(envelope.body)
+
+    def on_bye(self, envelope: Envelope) -> None:
+        """A goodbye in the inbox: it came after everything else the peer sent here (acks,
+        nacks), on the same connection, so the peer can go at once."""
+        self._leaving.discard(envelope.sender)
+        self._apply(self._peers.remove(envelope.sender, "goodbye"))
+
+    def on_published_bye(self, envelope: Envelope) -> None:
+        """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
+        connection: taking its tasks back now would send done work again. So it gets no new
+        work at once, and goes when its inbox goodbye arrives, or after a grace period (the
+        time a leaving node gives its last messages) for a peer that sends none."""
+        if envelope.sender not in self._peers or envelope.sender in self._leaving:
+            return
+        self._leaving.add(envelope.sender)
+        self._producer.capacity_changed()
+        if self._nursery is not None and not self._closing():
+            self._nursery.start_soon(self._forget_leaving, envelope.sender)
+
+    async def _forget_leaving(self, peer_id: bytes) -> None:
+        await trio.sleep(self._settings.goodbye_timeout + GOODBYE_GRACE)
+        if peer_id in self._leaving:
+            self._leaving.discard(peer_id)
+            self._apply(self._peers.remove(peer_id, "goodbye"))
+
+    def on_ready(self, envelope: Envelope) -> None:
+        if envelope.sender in self._peers:
+            self._ready_peers.add(envelope.sender)
+            self._peers_changed.unpark_all()
+            # Its heartbeats start now: a death from here on is judged as any other.
+            self._heartbeats.wired(envelope.sender, trio.current_time())
+
+    def probe(self, peer_id: bytes, token: int, prefix: str) -> bool:
+        """Send a SYNC for `prefix` to a known peer; False if it is gone."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return False
+        self._send(self.reach(peer.record), Kind.SYNC, [token, prefix], None)
+        return True
+
+    def _observe(self, record: PeerRecord) -> bool:
+        try:
+            events = self._peers.observe(record, trio.current_time())
+        except ForeignMeshError:
+            self._log.warning(
+                "foreign-mesh",
+                trio.current_time(),
+                "ignoring node %s at %s: it belongs to mesh %r, this node to %r",
+                record.name,
+                record.address,
+                record.mesh,
+                self._record.mesh,
+            )
+            return False
+        self._apply(events)
+        return True
+
+    def _apply(self, events: Sequence[PeerEvent]) -> None:
+        """Carry out what the peer map decided: wire, rewire or unwire sockets; tell watchers."""
+        for event in events:
+            for watcher in self._watchers:
+                watcher._offer(event)
+            if isinstance(event, PeerJoined):
+                record = event.peer.record
+                self._links.open(self.reach(record))
+                self._events.connect(self.pub_endpoint(record))
+                self._heartbeats.control_op(connect_op(self.pub_endpoint(record)))
+                if self._nursery is not None and not self._closing():
+                    self._nursery.start_soon(self._greet, record.id)
+                    self._nursery.start_soon(self._await_ready, record.id)
+                # Joining is its first sign of life: a peer that dies before its first heartbeat
+                # arrives is still judged (and one that never sends any is declared dead), with
+                # time for its heartbeats to start (`first_heartbeat_grace`).
+                self._heartbeats.joined(record.id, trio.current_time())
+                _log_peer(_peerlog.joined(record))
+            elif isinstance(event, PeerUpdated):
+                old, new = event.previous, event.peer.record
+                if self.pub_endpoint(old) != self.pub_endpoint(new):
+                    self._events.disconnect(self.pub_endpoint(old))
+                    self._events.connect(self.pub_endpoint(new))
+                    self._heartbeats.control_op(disconnect_op(self.pub_endpoint(old)))
+                    self._heartbeats.control_op(connect_op(self.pub_endpoint(new)))
+                if self.reach(old) != self.reach(new):
+                    self._links.close(self.reach(old))
+                    link = self._links.open(self.reach(new))
+                    if new.id in self._batching:
+                        link.outbox.coalesce = _wire.coalesce_direct
+            elif isinstance(event, PeerLeft):
+                record = event.peer.record
+                self._leaving.discard(record.id)
+                self._events.disconnect_later(self.pub_endpoint(record), self._closing())
+                self._heartbeats.control_op(disconnect_op(self.pub_endpoint(record)))
+                self._ready_peers.discard(record.id)
+                self._batching.discard(record.id)
+                self._heartbeats.forget(record.id)
+                self._state_reasons.pop(record.id, None)
+                self._links.close(self.reach(record))
+                self._reach_cache.pop(record.id, None)
+                self._producer.forget_worker(record.id, event.reason)
+                _log_peer(_peerlog.left(record, event.reason))
+        self._producer.capacity_changed()
+        self._peers_changed.unpark_all()
+
+    def reach(self, record: PeerRecord) -> str:
+        """The peer's inbox address to use from here: at its first host on one of this node's
+        networks (a node may be bound to several interfaces), else at its main host."""
+        cached = self._reach_cache.get(record.id)
+        if cached is not None and cached[0] is record:  # on every push and ack: worth keeping
+            return cached[1]
+        address = format_address(self.host_for(record), record.pull_port)
+        self._reach_cache[record.id] = (record, address)
+        return address
+
+    def pub_endpoint(self, record: PeerRecord) -> str:
+        return tcp_endpoint(self.host_for(record), record.pub_port)
+
+    def host_for(self, record: PeerRecord) -> str:
+        if record.extra_hosts:
+            for host in record.hosts:
+                ip = ipaddress.ip_address(host)
+                if any(ip in network for network in self._networks):
+                    return host
+        return record.host
+
+    def on_link_dropped(self, link: Link) -> None:
+        """A dropped connection to a peer's inbox is a hint that it crashed: the detector
+        suspects it almost at once; silence then confirms."""
+        self._heartbeats.take()  # the goodbye on the PUB, if that is the way it came
+        peer = self._peers.by_address(link.address)
+        if peer is not None and peer.record.id not in self._leaving:
+            self._heartbeats.disconnected(peer.record.id, trio.current_time())
+
+    def introduce(self, address: str, *, again: bool = False) -> None:
+        """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only
+        once per link unless `again` (a new node announced itself at a known address)."""
+        if again or address not in self._links:
+            self._send(address, Kind.HELLO, None, self._hello().to_wire())
+
+    def _hello(self) -> Hello:
+        known = tuple(self.reach(peer.record) for peer in self._peers)
+        return Hello(self._record, known, batch=True)
+
+    def set_services(self, services: Iterable[str]) -> None:
+        self._record = self._record.with_services(services)
+        self.record_digest = record_digest(self._record)
+        body = self._record.to_wire()
+        for peer in self._peers:
+            self._send(self.reach(peer.record), Kind.UPDATE, None, body)
+        if self._mdns is not None and self._nursery is not None:
+            self._nursery.start_soon(self._mdns.advertise, self._record)
+
+    def ready_workers(self, service: str) -> dict[bytes, Route]:
+        """The live peers offering `service` whose outbox has room, in the order they started
+        offering it, each with its link (`Dispatcher.pick` chooses among them)."""
+        ready: dict[bytes, Route] = {}
+        for worker in self._peers.offering(service):
+            peer = self._peers.get(worker)
+            if peer is None or peer.state is not PeerState.ALIVE or worker in self._leaving:
+                continue  # suspect, dead or leaving: no new work
+            link = self._links.get(self.reach(peer.record))
+            if link is not None and link.outbox.has_room():
+                ready[worker] = link
+        return ready
+
+    def link_of(self, peer_id: bytes) -> Link | None:
+        """The link to a known peer's inbox, if there is one."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else self._links.get(self.reach(peer.record))
+
+    async def _greet(self, peer_id: bytes) -> None:
+        """Make this node's subscriptions live at a new peer, then tell it so (READY): its
+        `wait_for_peers` counts this node only then, so its first events are not lost. Also
+        when a known peer says HELLO again (it may have missed the READY); once at a time."""
+        if peer_id in self._greeting:
+            return
+        self._greeting.add(peer_id)
+        try:
+            await self._events.sync(self._events.prefixes(), [peer_id])
+            peer = self._peers.get(peer_id)
+            if peer is not None:
+                self._send(self.reach(peer.record), Kind.READY, None, None)
+        finally:
+            self._greeting.discard(peer_id)
+
+    async def _await_ready(self, peer_id: bytes) -> None:
+        """Say HELLO again, at growing intervals, to a peer that has not said READY: it may not
+        know this node at all. One lost HELLO or WELCOME, with the mDNS announcement missed
+        too, left two nodes of a 32-node mesh under load without each other for good, each
+        known to the other thirty (docs/decisions.md). A HELLO makes a peer that does not know
+        this node join it, and one that does greet it again (`_on_hello`)."""
+        interval = _READY_WAIT_FIRST
+        while True:
+            with trio.move_on_after(interval):
+                while peer_id not in self._ready_peers:
+                    if peer_id not in self._peers:
+                        return  # gone (and if it comes back, it is awaited afresh)
+                    await self._peers_changed.park()
+                return
+            peer = self._peers.get(peer_id)
+            if peer is None:
+                return
+            logger.debug("no READY from %s after %g s: HELLO again", peer.record.name, interval)
+            self.introduce(self.reach(peer.record), again=True)
+            interval = min(2 * interval, _READY_WAIT_LAST)
+
+    def _counted(self, service: str | None) -> list[Peer]:
+        """The peers `wait_for_peers` counts: ready ones (READY received), offering `service`."""
+        return [
+            peer
+            for peer in self._peers
+            if peer.record.id in self._ready_peers and (service is None or service in peer.services)
+        ]
+
+    def _missing(self, count: int, names: set[str], service: str | None) -> str | None:
+        peers = self._counted(service)
+        absent = names - {peer.name for peer in peers}
+        offering = "" if service is None else f" offering {service!r}"
+        if absent:
+            return f"no peer named {', '.join(sorted(absent))}{offering}"
+        if len(peers) < count:
+            return f"{len(peers)} of {count} peers{offering}"
+        return None
+
+
+def _log_peer(line: _peerlog.PeerLogLine) -> None:
+    logger.info("%s", line.message, extra=line.fields)
+
+
+def _is_task(envelope: bytes) -> bool:
+    return _wire.packed_kind(envelope) == Kind.TASK
