@@ -9,9 +9,9 @@ Architecture (docs/architecture.md has the map): the pure cores (`_wire` codec, 
 dispatcher, `_detector`, `_heartbeat`, `_metrics`, `_peerlog`, and in `discovery` the peer record,
 peer map and TXT codec) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio and
 `discovery.open_mdns` python-zeroconf; `_node` is a facade over components, one concern each
-(`_links`, `_events`, `_producer`, `_worker`, `_heartbeats`, `_binding`), which it wires
-together; `_streams` and `_types` are what it hands the application. Names are imported from
-their modules on first use, so importing a pure core never imports trio, zmq or zeroconf.
+(`_membership`, `_links`, `_events`, `_producer`, `_worker`, `_heartbeats`, `_binding`), which
+it wires together; `_streams` and `_types` are what it hands the application. Names are imported
+from their modules on first use, so importing a pure core never imports trio, zmq or zeroconf.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The node: a facade over components, one concern each (docs/architecture.md has the map).
 
-`Node` holds the public API, membership (the peer map, HELLO/WELCOME/UPDATE/BYE, seeds and mDNS,
-READY, `watch_peers`) and the wiring: it creates the components, starts their tasks in its
-nursery, routes the inbox's messages to them by kind, and acts on the failure detector's
-verdicts. The components: `Links` (a PUSH per peer inbox), `Publisher` and `Subscriptions`
-(events), `ProducerSide` and `WorkerSide` (work), `Heartbeats` (heartbeats and liveness); binding
-is `_binding`'s. Each reaches the rest of the node only through the small wiring classes below.
+`Node` holds the public API and the wiring: it creates the components, starts their tasks in its
+nursery, and routes the inbox's messages to them by kind. The components: `Membership` (the peers,
+and keeping the rest wired to them), `Links` (a PUSH per peer inbox), `Publisher` and
+`Subscriptions` (events), `ProducerSide` and `WorkerSide` (work), `Heartbeats` (heartbeats and
+liveness); binding is `_binding`'s. Each reaches the rest of the node only through the small
+wiring classes below, or, for `Membership`, the public methods of the components it is given.
 
 Sockets of one node (docs/protocol.md has the frames):
 
