@@ -52,13 +52,9 @@ from discovery._groups import ungrouped
 
 from . import _wire
 from ._binding import bind, bind_inbox, check_interfaces
-from ._detector import Transition
 from ._errors import ProtocolError
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
-from ._heartbeat import (
-    PeerBeats,
-)
 from ._heartbeats import Heartbeats, close_datagrams
 from ._links import Links
 from ._membership import GOODBYE_GRACE, Membership
@@ -73,103 +69,16 @@ from ._metrics import (
     ServiceCounts,
     cap_peers,
 )
-from ._producer import ProducerSide, Route
+from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
 from ._wire import Envelope, Kind, pack, topic_channel
+from ._wiring import HeartbeatView, ProducerView, WorkerView
 from ._worker import WorkerSide
-from ._zmq import AsyncSocket, Outbox, ZmqSocket
+from ._zmq import AsyncSocket, ZmqSocket
 
 logger = logging.getLogger("mesh")
-
-
-class _HeartbeatWiring:
-    """Heartbeats' view of the node (`HeartbeatWiring`). Each call looks the component up anew,
-    so that a test may stand in for one of its methods."""
-
-    __slots__ = ("_node",)
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def peers(self) -> Iterable[PeerRecord]:
-        return [peer.record for peer in self._node._membership.peers]
-
-    def is_peer(self, node_id: bytes) -> bool:
-        return node_id in self._node._membership.peers
-
-    def stranger(self, node_id: bytes) -> None:
-        self._node._membership.stranger(node_id)
-
-    def host_for(self, record: PeerRecord) -> str:
-        return self._node._membership.host_for(record)
-
-    def load(self) -> int:
-        return self._node._worker.load
-
-    def record_digest(self) -> bytes:
-        return self._node._membership.record_digest
-
-    def publish_beat(self, body: Any) -> None:
-        self._node._publish_nowait(None, Kind.HEARTBEAT, None, body)
-
-    def published_bye(self, envelope: Envelope) -> None:
-        self._node._membership.on_published_bye(envelope)
-
-    def set_credit(self, peer_id: bytes, credit: int) -> None:
-        self._node._producer.dispatcher.set_credit(peer_id, credit)
-
-    def check_record(self, peer_id: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
-        self._node._membership.check_record(peer_id, beats, digest, now)
-
-    def verdicts(self, transitions: Sequence[Transition]) -> None:
-        self._node._membership.apply_liveness(transitions)
-
-    def bad_frame(self, exc: ProtocolError, where: str) -> None:
-        self._node._bad_frame(exc, where)
-
-
-class _ProducerWiring:
-    """The producer side's view of the node (`ProducerWiring`): its peers' links, its id."""
-
-    __slots__ = ("_node",)
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def ready_workers(self, service: str) -> dict[bytes, Route]:
-        return self._node._membership.ready_workers(service)
-
-    def pack_task(self, seq: int, meta: list[Any], body: Any) -> bytes:
-        return pack(Kind.TASK, self._node._id, seq, meta, body)
-
-
-class _WorkerWiring:
-    """The worker side's view of the node (`WorkerWiring`): its links, its record, its id."""
-
-    __slots__ = ("_node",)
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def outbox_to(self, peer_id: bytes) -> tuple[Outbox, Callable[[], int]] | None:
-        link = self._node._membership.link_of(peer_id)
-        return None if link is None else (link.outbox, link.next_seq)
-
-    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any]) -> bool:
-        node = self._node
-        membership = node._membership
-        peer = membership.peers.get(peer_id)
-        if peer is None:
-            return False
-        return node._send_direct(membership.reach(peer.record), kind, meta, None)
-
-    def offer(self, services: Iterable[str]) -> None:
-        self._node._membership.set_services(services)
-
-    def pack(self, kind: Kind, seq: int, meta: list[Any]) -> bytes:
-        return pack(kind, self._node._id, seq, meta, None)
 
 
 class Node:
@@ -280,7 +189,7 @@ class Node:
         # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,
         # so it is connected and disconnected directly (`Heartbeats.control_op`).
         self._heartbeats = Heartbeats(
-            _HeartbeatWiring(self),
+            HeartbeatView(self),
             self._id,
             detector=settings.detector,
             credit=settings.prefetch,
@@ -293,7 +202,7 @@ class Node:
             log=self._log,
         )
         self._producer = ProducerSide(
-            _ProducerWiring(self),
+            ProducerView(self),
             max_in_flight=settings.max_in_flight,
             ack_timeout=settings.ack_timeout,
             max_attempts=settings.max_attempts,
@@ -316,7 +225,7 @@ class Node:
             log=self._log,
         )
         self._worker = WorkerSide(
-            _WorkerWiring(self),
+            WorkerView(self),
             dedup_window=settings.dedup_window,
             counts=self._counts,
             services=self._services,
