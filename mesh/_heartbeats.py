@@ -183,7 +183,7 @@ class Heartbeats:
         heartbeats and goodbyes), in one loop that wakes once an interval on a clean network,
         however many peers there are. It never waits on the UDP sockets' or the control SUB's
         FDs: it reads what they hold when it wakes, and so does the liveness judge before each
-        verdict (`_take_heartbeats`).
+        verdict (`take`).
 
         Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
         (to every peer at once; only one beat in `PUBLISHED_BEAT_EVERY` while every peer echoes
@@ -421,7 +421,7 @@ class Heartbeats:
     def _take_control(self) -> None:
         """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
         whole (a beat's number is in its body; the envelope's `seq` numbers the peer's PUB
-        stream). The SUB's only reader (`_take_heartbeats`)."""
+        stream). The SUB's only reader (`take`)."""
         for _ in range(self._receive_batch):
             try:
                 frame = self._control.receive_nowait()
