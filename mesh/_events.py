@@ -14,7 +14,8 @@ Rules:
 * A subscription is live at a peer once the peer has answered a SYNC for its prefix with a
   SYNCED on that prefix's channel: the answer travels the very path events take. Probes are
   resent at growing intervals (the first may fall in the slow-joiner gap they test for), for at
-  most `sync_timeout` seconds; a silent peer is never an error.
+  most `sync_timeout` seconds (`ProbeSchedule`, mesh/_probes.py); a silent peer is never an
+  error.
 * A departed peer's PUB stays connected for `linger` seconds: its last events may still be on
   their way (its goodbye came on another connection), and disconnecting drops what ZeroMQ holds
   unread. A peer that comes back at that address keeps the connection.
@@ -32,6 +33,7 @@ import trio
 import zmq
 
 from . import _wire
+from ._probes import ProbeSchedule
 from ._streams import Subscription
 from ._types import Message
 from ._wire import Envelope, Kind, control_frame, event_frame, pack, topic_channel
@@ -39,10 +41,6 @@ from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
 
-# SYNC is resent after 5 ms, then 10, 20, 40 and every 50 ms: a subscription is usually live
-# within a few ms (on 127.0.0.1, a median of about 1 ms after connect).
-_SYNC_FIRST_RESEND: Final = 0.005
-_SYNC_LAST_RESEND: Final = 0.05
 # An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
 # 1 ms costs nothing while nothing is blocked, and little while something is.
 _PUB_RETRY_INTERVAL: Final = 0.001
@@ -172,30 +170,30 @@ class Subscriptions:
 
     async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
         """Probe each peer for each prefix until it answers (see the module's rules)."""
-        waiting: dict[int, tuple[str, bytes]] = {}
+        probed: dict[int, tuple[str, bytes]] = {}  # by token
         for prefix in prefixes:
             for peer_id in peers:
-                waiting[self._next_token] = (prefix, peer_id)
+                probed[self._next_token] = (prefix, peer_id)
                 self._next_token += 1
-        interval = _SYNC_FIRST_RESEND
-        with trio.move_on_after(self._sync_timeout):
-            while waiting:
-                for token, (prefix, peer_id) in list(waiting.items()):
-                    if not self._probe(peer_id, token, prefix):
-                        del waiting[token]  # the peer is gone
-                with trio.move_on_after(interval):
-                    while not self._synced_tokens.intersection(waiting):
-                        await self._synced.park()
-                interval = min(interval * 2, _SYNC_LAST_RESEND)
-                for token in self._synced_tokens.intersection(waiting):
-                    del waiting[token]
-                    self._synced_tokens.discard(token)
-        for token in waiting:
-            self._synced_tokens.discard(token)
-        if waiting:
+        schedule = ProbeSchedule(probed, trio.current_time(), self._sync_timeout)
+        answered = self._synced_tokens
+        while (probes := schedule.next(trio.current_time())) is not None:
+            for token in probes.send:
+                prefix, peer_id = probed[token]
+                if not self._probe(peer_id, token, prefix):
+                    schedule.stop(token)  # the peer is gone
+            with trio.move_on_at(probes.wake):
+                while schedule.waiting and answered.isdisjoint(schedule.waiting):
+                    await self._synced.park()
+            for token in answered.intersection(schedule.waiting):
+                schedule.stop(token)
+                answered.discard(token)
+        unconfirmed = len(schedule.waiting)
+        answered.difference_update(schedule.waiting)
+        if unconfirmed:
             logger.warning(
                 "%d subscription(s) not confirmed by their peers within %g s",
-                len(waiting),
+                unconfirmed,
                 self._sync_timeout,
             )
 

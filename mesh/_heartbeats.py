@@ -25,7 +25,7 @@ import math
 import socket as stdlib_socket
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 import trio
@@ -34,6 +34,7 @@ import zmq
 from discovery import PeerRecord
 
 from . import _wire
+from ._beatplan import ECHO_FRESH_FOR, BeatPeer, BeatPlan, all_echo
 from ._detector import DetectorSettings, FailureDetector, PeerStatus, Transition
 from ._errors import ProtocolError
 from ._heartbeat import (
@@ -50,19 +51,10 @@ from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Where a heartbeat datagram to a peer goes: its beats (for the echo it is owed), the UDP socket
+# that reaches it, and its address.
+_Route = tuple[PeerBeats, stdlib_socket.socket, tuple[str, int]]
 
-# After a loss, each heartbeat goes out this many times by UDP, spread evenly over the interval.
-# Measured at 20 % loss (docs/decisions.md): the TCP copies then often arrive seconds late, so
-# the datagrams carry the beats, and at the default thresholds a peer is declared dead by them
-# only if the ten or so in a row sent over 0.69 s are all lost (with two copies and a threshold
-# of 0.56 s: five, which 20 % loss did now and then).
-_DATAGRAM_COPIES: Final = 3
-# While datagrams reach every peer, one beat in this many also goes on the PUB (the path a peer
-# falls back on when they stop reaching it, and third-party tools' only one).
-_PUBLISHED_BEAT_EVERY: Final = 2
-# An echo is fresh for this many heartbeat intervals: a peer echoes a beat in its next one, read
-# here at the next beat after that, so two intervals old in the normal course; one more for jitter.
-_ECHO_FRESH_FOR: Final = 3
 # One byte more than a datagram may hold, to tell an oversized one.
 _DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + 1
 # Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
@@ -191,32 +183,36 @@ class Heartbeats:
         heartbeats and goodbyes), in one loop that wakes once an interval on a clean network,
         however many peers there are. It never waits on the UDP sockets' or the control SUB's
         FDs: it reads what they hold when it wakes, and so does the liveness judge before each
-        verdict (`_take_heartbeats`).
+        verdict (`take`).
 
         Every `heartbeat_interval`, a numbered heartbeat goes on two independent paths: the PUB
-        (to every peer at once; only one beat in `_PUBLISHED_BEAT_EVERY` while every peer echoes
-        this node's datagrams, see `_datagrams_reach_all`) and a UDP datagram to each peer's
-        inbox port. Each path can fail alone: the PUB stalls behind a full subscriber
-        (backpressure) and, like any TCP connection, for its retransmission back-off (0.2 s,
-        then doubling) when packets are lost; a datagram is only ever lost, never late. Peers
-        keep the first copy of each number. Datagrams go only to peers that send heartbeats
+        (to every peer at once; only one beat in `PUBLISHED_BEAT_EVERY` while every peer echoes
+        this node's datagrams lately) and a UDP datagram to each peer's inbox port. Each path
+        can fail alone: the PUB stalls behind a full subscriber (backpressure) and, like any
+        TCP connection, for its retransmission back-off (0.2 s, then doubling) when packets are
+        lost; a datagram is only ever lost, never late. Peers keep the first copy of each
+        number. Datagrams go only to peers that send heartbeats
         themselves (nodes, not third-party tools), as many copies as each asked for (one on a
-        clean network, `_DATAGRAM_COPIES` spread over the interval after a loss: only then does
+        clean network, `DATAGRAM_COPIES` spread over the interval after a loss: only then does
         the loop wake more than once a beat), and each carries the echo of that peer's last
-        beat, from which the peer learns its round trip (§11).
+        beat, from which the peer learns its round trip (§11). When each goes, and where, is
+        `BeatPlan`'s decision (mesh/_beatplan.py); this loop reads, sends and sleeps.
+
+        Leaving the PUB copy out of all but one beat in `PUBLISHED_BEAT_EVERY` while datagrams
+        reach every peer saves a TCP frame to and from every peer, in both ZeroMQ I/O threads
+        and in the reader: most of what was left of an idle node's cost. A peer that does not
+        echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
+        every beat on the PUB again, from the next beat on.
 
         Reading once a beat rather than at each arrival (one wake-up per datagram) or at fixed
         short steps (six wake-ups a beat, the largest idle cost of a node: about 0.3 ms of CPU
         per trio wake-up here, docs/performance.md) costs no accuracy: a datagram's arrival
         time is the kernel's, and the judge reads before it rules. A beat that came only by the
         PUB is dated when read, up to an interval late; a revival is seen as late."""
-        interval = self._interval
         credit = self._credit
-        beat_at = trio.current_time()
-        copy = 0
-        number = load = 0
-        targets: list[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]] = []
-        wake = beat_at
+        wake = trio.current_time()
+        plan: BeatPlan[_Route] = BeatPlan(self._interval, wake)
+        load = 0
         while True:
             now = trio.current_time()
             # How late this loop woke: a node starved of CPU is told so every beat, and gives its
@@ -224,54 +220,47 @@ class Heartbeats:
             self.detector.lagged(now, now - wake)
             self.take()
             now = trio.current_time()
-            if copy == 0:
-                self.count += 1
-                number = self.count
+            step = plan.next(now, self._beat_peers())
+            if step.copy == 0:
+                self.count = step.number
                 load = self._wiring.load()
-                if number % _PUBLISHED_BEAT_EVERY == 0 or not self._datagrams_reach_all(now):
+                if step.publish:
                     body = beat_body(
-                        number,
+                        step.number,
                         sent=now,
                         load=load,
                         credit=credit,
                         record=self._wiring.record_digest(),
                     )
                     self._wiring.publish_beat(body)
-                # Where this beat's datagrams go: found once a beat (a peer gone meanwhile
-                # costs a datagram nobody reads; one first heard meanwhile waits a beat).
-                targets.clear()
-                for record in self._wiring.peers():
-                    beats = self.beats.get(record.id)
-                    if beats is not None and beats.heard:
-                        route = self._datagram_route(record)
-                        if route is not None:
-                            targets.append((beats, *route, beats.wanted))
             # Datagrams are their own stream, numbered by the heartbeat (protocol §5): a lost
-            # copy costs a beat only if every copy is lost. Copy k goes to the peers that asked
-            # for more than k.
-            self._send_datagrams(targets, copy, number, load, credit, now)
-            copy += 1
-            if any(copies > copy for *_, copies in targets):
-                wake = beat_at + interval * copy / _DATAGRAM_COPIES
-            else:
-                copy = 0
-                beat_at = wake = max(beat_at + interval, now)
+            # copy costs a beat only if every copy is lost.
+            self._send_datagrams(step.to, step.number, load, credit, now)
+            wake = step.wake
             await trio.sleep_until(wake)
 
     def _datagrams_reach_all(self, now: float) -> bool:
-        """Whether every peer has lately echoed one of this node's heartbeat datagrams: then
-        they carry its beats, and the PUB copy of all but one beat in `_PUBLISHED_BEAT_EVERY`
-        is left out (each costs a TCP frame to and from every peer, in both ZeroMQ I/O threads
-        and in the reader: most of what was left of an idle node's cost). A peer that does not
-        echo (a new one, one that datagrams do not reach, a third-party tool, one dying) gets
-        every beat on the PUB again, from the next beat on."""
-        fresh_after = now - _ECHO_FRESH_FOR * self._interval
+        """Whether every peer has echoed one of this node's datagrams lately (the beat plan's
+        test for leaving beats off the PUB)."""
+        return all_echo(self._beat_peers(), now - ECHO_FRESH_FOR * self._interval)
+
+    def _beat_peers(self) -> Iterator[BeatPeer[_Route]]:
+        """The peers as the beat plan sees them, found when a beat is due (a peer gone
+        meanwhile costs a datagram nobody reads; one first heard meanwhile waits a beat).
+        Datagrams go only to peers that send heartbeats themselves (nodes, not third-party
+        tools)."""
         beats = self.beats
         for record in self._wiring.peers():
             peer_beats = beats.get(record.id)
-            if peer_beats is None or peer_beats.echoed < fresh_after:
-                return False
-        return True
+            if peer_beats is None:
+                yield BeatPeer(-math.inf, None, 0)
+                continue
+            route = self._datagram_route(record) if peer_beats.heard else None
+            yield BeatPeer(
+                peer_beats.echoed,
+                None if route is None else (peer_beats, *route),
+                peer_beats.wanted,
+            )
 
     def take(self) -> None:
         """Take in what the UDP sockets and the control SUB hold (no task waits on them)."""
@@ -281,22 +270,19 @@ class Heartbeats:
 
     def _send_datagrams(
         self,
-        targets: Sequence[tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], int]],
-        copy: int,
+        targets: Sequence[_Route],
         number: int,
         load: int,
         credit: int | None,
         now: float,
     ) -> None:
-        """Copy `copy` of heartbeat `number` to each target that wants that many, with the echo
-        of that peer's last beat, the datagram's number and the copies asked of that peer."""
+        """A copy of heartbeat `number` to each target, with the echo of that peer's last beat,
+        the datagram's number and the copies asked of that peer."""
         head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
         datagrams = BeatDatagrams(
             head, number, sent=now, load=load, credit=credit, record=self._wiring.record_digest()
         )
-        for beats, sock, destination, copies in targets:
-            if copy >= copies:
-                continue
+        for beats, sock, destination in targets:
             try:
                 datagram = datagrams.for_peer(*beats.next_datagram(now))
                 sock.sendto(datagram, destination)
@@ -435,7 +421,7 @@ class Heartbeats:
     def _take_control(self) -> None:
         """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded
         whole (a beat's number is in its body; the envelope's `seq` numbers the peer's PUB
-        stream). The SUB's only reader (`_take_heartbeats`)."""
+        stream). The SUB's only reader (`take`)."""
         for _ in range(self._receive_batch):
             try:
                 frame = self._control.receive_nowait()

@@ -10,7 +10,8 @@ Rules:
 * A task that comes back (nack, death, departure, deadline) is queued by service and sent again
   by one task, `serve_redeliveries`, to whichever worker has room; a task with no worker holds up
   no other service. After `Settings.max_attempts` sends it is given up: handed to the
-  dead-letter handler, or logged.
+  dead-letter handler, or logged. Which (`returned`), and when a task expires
+  (`Dispatcher.expired`, `Dispatcher.next_deadline`), are decided in mesh/_routing.py, pure.
 * Everything that can give a waiting `push` a worker (an ack, a peer joining or offering a
   service, an outbox with room again) calls `capacity_changed`.
 
@@ -37,7 +38,7 @@ from ._metrics import (
     Tally,
 )
 from ._ratelimit import RateLimitedLog
-from ._routing import Dispatcher, InFlightTask
+from ._routing import Dispatcher, InFlightTask, returned
 from ._types import DeadLetter
 from ._wire import Envelope, Kind
 from ._zmq import Outbox
@@ -161,13 +162,14 @@ class ProducerSide:
     def redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
         """Queue tasks to be sent again (to whichever live worker has room), or give them up
         after `Settings.max_attempts`."""
-        for task in tasks:
-            if task.attempt >= self._max_attempts:
-                self._give_up(task, why)
-            else:
-                self._redelivery.setdefault(task.service, deque()).append(task)
-                self._services.row(task.service)[REDELIVERED] += 1
-                self._redelivery_queued.unpark_all()
+        fate = returned(tasks, self._max_attempts)
+        for task in fate.given_up:
+            self._give_up(task, why)
+        for task in fate.again:
+            self._redelivery.setdefault(task.service, deque()).append(task)
+            self._services.row(task.service)[REDELIVERED] += 1
+        if fate.again:
+            self._redelivery_queued.unpark_all()
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
 

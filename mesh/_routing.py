@@ -13,6 +13,8 @@ Rules:
 * With an `ack_timeout`, a task not settled that long after it was sent *expires*: `expired(now)`
   takes it out of flight, for the caller to send again. `next_deadline()` says when the next one
   does. Time is passed in.
+* A task that comes back (nacked, expired, its worker gone) is sent again until it has been sent
+  `max_attempts` times, then given up (`returned`).
 * A worker remembers the last `window` tasks it finished (`RecentTasks`), so a redelivered task it
   already did is acked again without being run again.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 
@@ -35,6 +38,25 @@ class InFlightTask(NamedTuple):
     worker: bytes
     attempt: int
     sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """Tasks that came back, sorted: `again` to be sent again (each as its next attempt),
+    `given_up` after their last; each in the order they came."""
+
+    again: tuple[InFlightTask, ...]
+    given_up: tuple[InFlightTask, ...]
+
+
+def returned(tasks: Iterable[InFlightTask], max_attempts: int) -> Returned:
+    """What becomes of `tasks`, which came back: a task sent `max_attempts` times (or more) is
+    given up, any other is sent again."""
+    again: list[InFlightTask] = []
+    given_up: list[InFlightTask] = []
+    for task in tasks:
+        (given_up if task.attempt >= max_attempts else again).append(task)
+    return Returned(tuple(again), tuple(given_up))
 
 
 class Dispatcher:
