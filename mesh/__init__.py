@@ -6,12 +6,13 @@ goes from a sender's per-peer PUSH to a worker's PULL (`Node.push`, `Node.work`)
 back; `Node.watch_peers` reports who comes and goes. docs/protocol.md specifies the wire protocol.
 
 Architecture (docs/architecture.md has the map): the pure cores (`_wire` codec, `_routing`
-dispatcher, `_detector`, `_heartbeat`, `_metrics`, `_peerlog`, and in `discovery` the peer record,
-peer map and TXT codec) do no IO and read no clock; `_zmq` drives ZeroMQ sockets from trio and
-`discovery.open_mdns` python-zeroconf; `_node` is a facade over components, one concern each
-(`_membership`, `_links`, `_events`, `_producer`, `_worker`, `_heartbeats`, `_binding`), which
-it wires together; `_streams` and `_types` are what it hands the application. Names are imported
-from their modules on first use, so importing a pure core never imports trio, zmq or zeroconf.
+dispatcher, `_detector`, `_heartbeat`, `_beatplan`, `_probes`, `_metrics`, `_peerlog`, and in
+`discovery` the peer record, peer map and TXT codec) do no IO and read no clock; `_zmq` drives
+ZeroMQ sockets from trio and `discovery.open_mdns` python-zeroconf; `_node` is a facade over
+components, one concern each (`_membership`, `_links`, `_events`, `_producer`, `_worker`,
+`_heartbeats`, `_binding`), which it wires together; `_streams` and `_types` are what it hands
+the application. Names are imported from their modules on first use, so importing a pure core
+never imports trio, zmq or zeroconf.
 """
 
 from __future__ import annotations
