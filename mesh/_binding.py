@@ -9,14 +9,17 @@ import contextlib
 import ipaddress
 import socket as stdlib_socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import zmq
 
 from discovery import interface_addresses, tcp_endpoint
 
+from . import _wire
 from ._heartbeats import SO_TIMESTAMPNS, close_datagrams
+from ._types import Settings
 from ._zmq import ZmqSocket
 
 #: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
@@ -122,3 +125,52 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
     except BaseException:
         close_datagrams(made)
         raise
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSockets:
+    """A node's bound sockets: PUB (an XPUB), PULL (the inbox) and the UDP sockets at its port
+    number, and its two SUBs (events and control), not yet connected anywhere."""
+
+    pub: ZmqSocket
+    pull: ZmqSocket
+    sub: ZmqSocket
+    control: ZmqSocket
+    datagrams: list[stdlib_socket.socket]
+    pub_port: int
+    pull_port: int
+
+
+def bind_sockets(
+    make_socket: Callable[[int, bool], ZmqSocket],
+    hosts: Sequence[str],
+    pub_port: int,
+    pull_port: int,
+    settings: Settings,
+) -> NodeSockets:
+    """Make a node's sockets with `make_socket(kind, ipv6)` and bind them on every host (ports:
+    the given ones, or free ones). Raises `OSError` when an address cannot be bound; the ZeroMQ
+    sockets made so far are left to their context."""
+    ipv6 = any(":" in host for host in hosts)
+    # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
+    # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
+    pub = make_socket(zmq.XPUB, ipv6)
+    pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
+    pub.setsockopt(zmq.XPUB_NODROP, int(settings.event_backpressure))
+    # No ZMTP heartbeats here: a subscriber that is only slow stops reading its TCP
+    # connection once its pipe is full, so it would miss the PINGs too, and the heartbeat
+    # would cut it off, losing its queued events (measured; docs/decisions.md).
+    pull = make_socket(zmq.PULL, ipv6)
+    pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
+    # Two SUB sockets, both connected to every peer's PUB: events, which a slow reader may
+    # hold back (backpressure), and control, which nothing may hold back.
+    sub = make_socket(zmq.SUB, ipv6)
+    sub.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
+    control = make_socket(zmq.SUB, ipv6)
+    control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
+    actual_pub = bind(pub, hosts, pub_port)
+    actual_pull, datagrams = bind_inbox(pull, hosts, pull_port)
+    return NodeSockets(pub, pull, sub, control, datagrams, actual_pub, actual_pull)

@@ -51,7 +51,7 @@ from discovery import (
 from discovery._groups import ungrouped
 
 from . import _wire
-from ._binding import bind, bind_inbox, check_interfaces
+from ._binding import bind_sockets, check_interfaces
 from ._errors import ProtocolError
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
@@ -105,48 +105,28 @@ class Node:
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._log = RateLimitedLog(logger)
-        ipv6 = any(":" in host for host in hosts)
         networks = [interface_network(host) for host in hosts]
 
-        # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
-        # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
-        pub = self._socket(zmq.XPUB, ipv6)
-        pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
-        pub.setsockopt(zmq.XPUB_NODROP, int(settings.event_backpressure))
-        # No ZMTP heartbeats here: a subscriber that is only slow stops reading its TCP
-        # connection once its pipe is full, so it would miss the PINGs too, and the heartbeat
-        # would cut it off, losing its queued events (measured; docs/decisions.md).
-        pull = self._socket(zmq.PULL, ipv6)
-        pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
-        pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
-        # Two SUB sockets, both connected to every peer's PUB: events, which a slow reader may
-        # hold back (backpressure), and control, which nothing may hold back.
-        sub = self._socket(zmq.SUB, ipv6)
-        sub.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
-        sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
-        control = self._socket(zmq.SUB, ipv6)
-        control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
-        control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
-        actual_pub = bind(pub, hosts, pub_port)
-        actual_pull, datagrams = bind_inbox(pull, hosts, pull_port)
+        sockets = bind_sockets(self._socket, hosts, pub_port, pull_port, settings)
+        datagrams = sockets.datagrams
         try:
             record = PeerRecord(
                 id=self._id,
                 name=name,
                 mesh=mesh,
                 host=hosts[0],
-                pub_port=actual_pub,
-                pull_port=actual_pull,
+                pub_port=sockets.pub_port,
+                pull_port=sockets.pull_port,
                 extra_hosts=tuple(hosts[1:]),
             )
         except BaseException:
             close_datagrams(datagrams)  # the ZeroMQ sockets go with the context
             raise
 
-        self._publisher = Publisher(pub, self._id, settings.peer_queue)
+        self._publisher = Publisher(sockets.pub, self._id, settings.peer_queue)
         self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
-        self._pull = AsyncSocket(pull, interruptible=False)
+        self._pull = AsyncSocket(sockets.pull, interruptible=False)
         self._links = Links(
             self._socket,
             queue=settings.peer_queue,
@@ -176,7 +156,7 @@ class Node:
         self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
         self._events = Subscriptions(
-            sub,
+            sockets.sub,
             self._id,
             buffer=settings.subscription_buffer,
             backpressure=settings.event_backpressure,
@@ -196,7 +176,7 @@ class Node:
             receive_batch=settings.receive_batch,
             datagrams=datagrams,
             networks=networks,
-            control=control,
+            control=sockets.control,
             counts=self._counts,
             bytes_in=self._bytes_in,
             log=self._log,
