@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -207,15 +207,15 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 
-async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams() -> None:
+async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams(
+    zsocket: Callable[[int], zmq.Socket[Any]],
+) -> None:
     # A raw SUB on a's PUB (a third party, not a peer) sees a's published heartbeats. While b
     # echoes a's datagrams, a publishes every other beat. Then b's datagrams stop reaching a:
     # b is judged at a by its PUB beats alone, one in two until b sees a's echoes go stale and
     # publishes every beat; never two intervals apart, so never dead (nor even suspect on a
     # quiet machine). a, whose beats b no longer echoes either, publishes every beat again.
-    context = zmq.Context.instance()
-    raw = context.socket(zmq.SUB)
-    raw.setsockopt(zmq.LINGER, 0)
+    raw = zsocket(zmq.SUB)  # closed, and its context terminated, when the test ends
     raw.setsockopt(zmq.SUBSCRIBE, b"!")
 
     def published_beats() -> list[int]:
