@@ -132,6 +132,12 @@ def new_mesh_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def new_mesh_env() -> dict[str, str]:
+    """This process's environment with `MESH_NAME` a fresh mesh name, for a node in a child
+    process."""
+    return {**os.environ, "MESH_NAME": new_mesh_name("test")}
+
+
 @pytest.fixture
 def mesh_name() -> str:
     """A fresh mesh name (`new_mesh_name`)."""
