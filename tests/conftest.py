@@ -23,6 +23,8 @@ import zmq
 import mesh
 from discovery import PeerRecord
 
+pytest_plugins = ["pytester"]
+
 WAIT: float = 10
 """Seconds: the default bound of the waits below (a test's own `trio.fail_after` may be shorter)."""
 
