@@ -74,7 +74,9 @@ async def test_a_node_that_never_heard_of_its_peer_is_greeted_until_it_has(
 
     monkeypatch.setattr(Node, "_on_hello", losing_one_welcome)
     with trio.fail_after(20):
-        async with peered_nodes() as (a, b):
+        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
+            await a.wait_for_peers(names=["b"])
+            await b.wait_for_peers(names=["a"])
             assert lost
             assert set(a.peers) == {b.id}
             assert set(b.peers) == {a.id}
