@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import zmq
 from mesh._bench._common import Pool, percentile, receive, summary
 from mesh._bench._scale import _cpu_seconds
 
+from .conftest import new_mesh_env
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDSTAT = Path("/proc/self/schedstat").exists()  # CPU time in nanoseconds, not 10 ms ticks
 FIELDS = ("name", "value", "unit", "baseline", "ratio", "runs", "min", "max", "lost")
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def bench(*args: str, timeout: float = 45) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    env = new_mesh_env()
     return subprocess.run(
         [sys.executable, "-m", "mesh._cli", "bench", *args],
         cwd=ROOT,

@@ -7,7 +7,6 @@ import asyncio
 import functools
 import json
 import math
-import os
 import queue
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,27 +28,17 @@ import mesh
 import mesh.blocking
 from mesh.blocking import BlockingNode
 
-from .conftest import zmq_threads
+from .conftest import WAIT, new_mesh_env, wait_until_blocking, zmq_threads
 
 # Peers come from seeds, not mDNS (tests/test_discovery.py covers that).
 start = functools.partial(mesh.blocking.start, discovery="static", timeout=10)
 open_node = functools.partial(mesh.open_node, discovery="static")
-WAIT: float = 10  # seconds: the bound of every wait below
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def mesh_threads() -> list[threading.Thread]:
     """The threads the facade made that are still running."""
     return [t for t in threading.enumerate() if t.name.startswith("mesh-")]
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded by WAIT) until `condition()` holds, checking it every 10 ms."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT} s: {what}")
-        threading.Event().wait(0.01)
 
 
 @contextmanager
@@ -316,13 +304,13 @@ def test_drain_lets_the_task_in_hand_finish_and_hands_back_the_rest() -> None:
             a.push("w", i, timeout=WAIT)
         assert started.wait(WAIT)
         # One task in the handler's hands, three received and waiting behind it.
-        wait_until(lambda: b.statistics().tasks_received == 4, "b received the 4 tasks")
+        wait_until_blocking(lambda: b.statistics().tasks_received == 4, "b received the 4 tasks")
         c.work("w", quick)
         a.wait_for_peers(2, service="w", timeout=WAIT)
 
         draining = pool.submit(b.drain, WAIT)
         # The three not started go back to a (nacked), and a sends them to c ...
-        wait_until(lambda: a.statistics().tasks_nacked >= 3, "b handed back 3 tasks")
+        wait_until_blocking(lambda: a.statistics().tasks_nacked >= 3, "b handed back 3 tasks")
         assert b.statistics().nacks_sent == 3
         # ... while drain still waits for the handler that holds the fourth.
         assert not draining.done()
@@ -722,7 +710,7 @@ def test_an_asyncio_program_uses_it() -> None:
 
 def test_the_threaded_service_example_runs() -> None:
     # A mesh of its own, so that no other run on this machine shares it over mDNS.
-    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    env = new_mesh_env()
     result = subprocess.run(
         [sys.executable, "examples/threaded_service.py"],
         cwd=ROOT,
@@ -740,7 +728,7 @@ def test_the_threaded_service_example_runs() -> None:
 
 
 def test_the_threaded_service_answers_health_checks_and_drains_on_sigterm() -> None:
-    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    env = new_mesh_env()
     process = subprocess.Popen(
         [sys.executable, "examples/threaded_service.py", "serve"],
         cwd=ROOT,

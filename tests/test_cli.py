@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import pytest
 
 from mesh._cli import main as cli_main
+
+from .conftest import new_mesh_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "mesh._cli"]
@@ -43,7 +44,7 @@ FOREIGN = re.compile(r"ignoring an mDNS announcement \(")
 
 
 def new_mesh() -> str:
-    return f"test-cli-{uuid.uuid4().hex[:12]}"
+    return new_mesh_name("test-cli")
 
 
 def environment(mesh: str, **variables: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,9 +19,7 @@ import trio
 import mesh
 from mesh import Node, PeerJoined, PeerLeft, PeerUpdated
 
-
-def new_mesh() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+from .conftest import new_mesh_name
 
 
 @asynccontextmanager
@@ -36,7 +33,7 @@ async def open_nodes(count: int, mesh_name: str, **options: Any) -> AsyncIterato
 
 async def test_ten_nodes_in_one_process_find_each_other_and_exchange_events() -> None:
     with trio.fail_after(30):
-        async with open_nodes(10, new_mesh()) as nodes:
+        async with open_nodes(10, new_mesh_name()) as nodes:
             async with AsyncExitStack() as stack:
                 subscriptions = [
                     await stack.enter_async_context(node.subscribe("hello")) for node in nodes
@@ -72,8 +69,7 @@ CHILD = textwrap.dedent(
 )
 
 
-async def test_five_nodes_in_separate_processes_find_each_other() -> None:
-    mesh_name = new_mesh()
+async def test_five_nodes_in_separate_processes_find_each_other(mesh_name: str) -> None:
     children = [
         subprocess.Popen(  # noqa: ASYNC220 (starting is quick; lines are read in a thread)
             [sys.executable, "-c", CHILD, mesh_name, f"child{i}", "5"],
@@ -107,8 +103,7 @@ async def test_five_nodes_in_separate_processes_find_each_other() -> None:
                 child.stdout.close()
 
 
-async def test_a_closed_node_leaves_every_peer_map_within_a_second() -> None:
-    mesh_name = new_mesh()
+async def test_a_closed_node_leaves_every_peer_map_within_a_second(mesh_name: str) -> None:
     with trio.fail_after(20):
         async with open_nodes(2, mesh_name) as (a, b):
             async with mesh.open_node("leaving", mesh=mesh_name) as leaving:
@@ -124,8 +119,7 @@ async def test_a_closed_node_leaves_every_peer_map_within_a_second() -> None:
             assert leaving.id not in b.peers
 
 
-async def test_a_restarted_node_comes_back_with_a_new_id() -> None:
-    mesh_name = new_mesh()
+async def test_a_restarted_node_comes_back_with_a_new_id(mesh_name: str) -> None:
     with trio.fail_after(20):
         async with mesh.open_node("stays", mesh=mesh_name) as stays:
             async with mesh.open_node("restarts", mesh=mesh_name) as first:
@@ -141,8 +135,7 @@ async def test_a_restarted_node_comes_back_with_a_new_id() -> None:
                     assert stays.peers[second.id].name == "restarts"
 
 
-async def test_watch_peers_reports_joins_updates_and_leaves_with_reasons() -> None:
-    mesh_name = new_mesh()
+async def test_watch_peers_reports_joins_updates_and_leaves_with_reasons(mesh_name: str) -> None:
     with trio.fail_after(20):
         async with mesh.open_node("watcher", mesh=mesh_name) as watcher:
             async with watcher.watch_peers() as changes:
@@ -167,8 +160,7 @@ async def test_watch_peers_reports_joins_updates_and_leaves_with_reasons() -> No
             await changes.receive()
 
 
-async def test_static_discovery_stays_off_mdns() -> None:
-    mesh_name = new_mesh()
+async def test_static_discovery_stays_off_mdns(mesh_name: str) -> None:
     with trio.fail_after(20):
         async with (
             mesh.open_node("quiet", mesh=mesh_name, discovery="static") as quiet,
@@ -185,19 +177,18 @@ async def test_static_discovery_stays_off_mdns() -> None:
 
 async def test_mdns_on_the_ipv6_loopback_is_refused_with_a_reason() -> None:
     with trio.fail_after(5), pytest.raises(ValueError, match="IPv6 loopback"):
-        async with mesh.open_node("n", mesh=new_mesh(), interface="::1"):
+        async with mesh.open_node("n", mesh=new_mesh_name(), interface="::1"):
             pass
 
 
 @pytest.mark.parametrize("discovery", ["bogus", [], ["mdns", "carrier pigeon"]])
 async def test_bad_discovery_is_refused(discovery: Any) -> None:
     with trio.fail_after(5), pytest.raises(ValueError, match="discovery"):
-        async with mesh.open_node("n", mesh=new_mesh(), discovery=discovery):
+        async with mesh.open_node("n", mesh=new_mesh_name(), discovery=discovery):
             pass
 
 
-async def test_a_node_on_two_interfaces_is_found_over_mdns() -> None:
-    mesh_name = new_mesh()
+async def test_a_node_on_two_interfaces_is_found_over_mdns(mesh_name: str) -> None:
     with trio.fail_after(20):
         async with (
             mesh.open_node("multi", mesh=mesh_name, interface=["127.0.0.1", "127.0.0.2"]) as multi,

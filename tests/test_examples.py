@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from .conftest import new_mesh_env
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def unique_mesh() -> dict[str, str]:
-    return {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
 
 
 def run_example(name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -30,7 +26,7 @@ def run_example(name: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         text=True,
         timeout=timeout,
         check=False,
-        env=unique_mesh(),
+        env=new_mesh_env(),
     )
 
 
@@ -134,7 +130,7 @@ class Chatter:
 
 
 def test_chat_example_two_people_talk_then_leave() -> None:
-    env = unique_mesh()
+    env = new_mesh_env()
     alice = Chatter("alice", env)
     bob = Chatter("bob", env)
     try:

@@ -16,8 +16,7 @@ import logging
 import os
 import random
 import socket
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -32,12 +31,10 @@ import mesh
 from discovery import SERVICE_TYPE, instance_name
 from mesh import Node, PeerJoined, PeerLeft
 
+from .conftest import new_mesh_name, wait_until
+
 OFF_NETWORK = ("10.1.2.3", "192.0.2.1")
 REFUSED = "ignoring mDNS service "
-
-
-def new_mesh() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
 
 
 @asynccontextmanager
@@ -213,14 +210,6 @@ def refused_names(caplog: pytest.LogCaptureFixture) -> dict[str, set[str]]:
     return refusals
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5) -> None:
-    with trio.move_on_after(timeout):
-        while not condition():  # noqa: ASYNC110 (polls state that no event signals)
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"after {timeout} s: {what}")
-
-
 def assert_all_refused(caplog: pytest.LogCaptureFixture, services: list[Hostile]) -> None:
     refusals = refused_names(caplog)
     for service in services:
@@ -248,9 +237,9 @@ def assert_no_link_off_network(node: Node) -> None:
 
 async def test_hostile_services_are_refused_and_good_nodes_still_peer(
     caplog: pytest.LogCaptureFixture,
+    mesh_name: str,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="discovery.mdns")
-    mesh_name = new_mesh()
     with trio.fail_after(14), dead_ports(3) as (dead, dead_huge, dead_foreign):
         services = hostile_services(mesh_name, dead, dead_huge, dead_foreign)
         to_refuse = {s.name for s in services if s.refusal is not None}
@@ -350,7 +339,7 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
 
 
 async def test_two_meshes_side_by_side_stay_apart() -> None:
-    ours, theirs = new_mesh(), new_mesh()
+    ours, theirs = new_mesh_name(), new_mesh_name()
     with trio.fail_after(10):
         async with mesh.open_node("a", mesh=ours) as a:
             async with a.watch_peers() as changes:
@@ -378,8 +367,7 @@ async def test_two_meshes_side_by_side_stay_apart() -> None:
 # -- bugs ---------------------------------------------------------------------------------------
 
 
-async def test_a_node_closes_promptly_while_a_service_cannot_be_resolved() -> None:
-    mesh_name = new_mesh()
+async def test_a_node_closes_promptly_while_a_service_cannot_be_resolved(mesh_name: str) -> None:
     with trio.fail_after(10):
         async with open_zeroconf() as zc:
             unresolvable = hostile("no-address", None, mesh_name=mesh_name, addresses=())
@@ -393,8 +381,7 @@ async def test_a_node_closes_promptly_while_a_service_cannot_be_resolved() -> No
     assert took < 1.5, f"closing took {took:.2f} s"
 
 
-async def test_a_goodbye_for_a_refused_service_does_not_evict_a_live_peer() -> None:
-    mesh_name = new_mesh()
+async def test_a_goodbye_for_a_refused_service_does_not_evict_a_live_peer(mesh_name: str) -> None:
     with trio.fail_after(10):
         async with open_zeroconf() as zc:
             async with (
@@ -422,8 +409,7 @@ async def test_a_goodbye_for_a_refused_service_does_not_evict_a_live_peer() -> N
                 assert b.id in a.peers
 
 
-async def test_a_withdrawn_announcement_that_never_answered_leaves_no_link() -> None:
-    mesh_name = new_mesh()
+async def test_a_withdrawn_announcement_that_never_answered_leaves_no_link(mesh_name: str) -> None:
     with trio.fail_after(10), dead_ports(1) as (dead,):
         async with open_zeroconf() as zc:
             async with mesh.open_node("a", mesh=mesh_name) as a:

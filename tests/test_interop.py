@@ -23,6 +23,8 @@ import zmq
 
 import mesh
 
+from .conftest import wait_until
+
 # These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
 open_node = functools.partial(mesh.open_node, discovery="static")
 
@@ -510,8 +512,7 @@ async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: Thir
                     publish(None, BYE, None, None)
                     # One connection keeps order: once the BYE has made the node forget this
                     # peer, every frame before it was handled. (A node signals no departure.)
-                    while me.hex() in node.peers:  # noqa: ASYNC110
-                        await trio.sleep(0.001)
+                    await wait_until(lambda: me.hex() not in node.peers, "the node forgot me")
                     statistics = node.statistics()
 
     assert [tuple(message) for message in messages] == [
@@ -666,7 +667,5 @@ async def test_a_goodbye_on_the_pub_does_not_overtake_acks_still_on_their_way(
             await node.wait_settled()
             stats = node.statistics()
             assert (stats.tasks_acked, stats.tasks_redelivered) == (1, 0)
-            with trio.move_on_after(1):  # it leaves after a grace period without an inbox BYE
-                while me.hex() in node.peers:  # noqa: ASYNC110 (a bounded poll of a snapshot)
-                    await trio.sleep(0.01)
-            assert me.hex() not in node.peers
+            # It leaves after a grace period without an inbox BYE.
+            await wait_until(lambda: me.hex() not in node.peers, "the node forgot me", timeout=1)

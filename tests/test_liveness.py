@@ -25,6 +25,8 @@ import mesh
 from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
 from mesh._wire import Kind
 
+from .conftest import peered_nodes
+
 # Quick to forget, so that a test sees the whole life of a dead peer.
 SETTINGS = mesh.Settings(detector=DetectorSettings(forget_after=0.5))
 open_node = functools.partial(mesh.open_node, discovery="static", settings=SETTINGS)
@@ -206,13 +208,7 @@ async def test_a_frozen_node_dies_and_comes_back_when_it_thaws(
 
 async def test_idle_peers_are_never_suspected() -> None:
     with trio.fail_after(20):
-        async with (
-            open_node("a") as a,
-            open_node("b", seeds=[a.address]) as b,
-            open_node("c", seeds=[a.address]) as c,
-        ):
-            for node in (a, b, c):
-                await node.wait_for_peers(2, timeout=10)
+        async with peered_nodes("a", "b", "c", timeout=10, settings=SETTINGS) as (a, b, c):
             watches = [node.watch_peers() for node in (a, b, c)]
             await trio.sleep(2)  # watching for false suspicions: ten heartbeat intervals
             for watch in watches:
@@ -398,14 +394,9 @@ async def test_no_false_deaths_with_both_cores_saturated() -> None:
             for _ in range(2)
         ]
         try:
-            async with AsyncExitStack() as stack:
-                first = await stack.enter_async_context(open_node("n0"))
-                nodes = [first] + [
-                    await stack.enter_async_context(open_node(f"n{i}", seeds=[first.address]))
-                    for i in range(1, 5)
-                ]
-                for node in nodes:
-                    await node.wait_for_peers(4, timeout=20)
+            names = [f"n{i}" for i in range(5)]
+            async with peered_nodes(*names, timeout=20, settings=SETTINGS) as nodes:
+                first = nodes[0]
                 watches = [node.watch_peers() for node in nodes]
                 async with AsyncExitStack() as work:
                     for node in nodes[1:]:

@@ -28,6 +28,8 @@ import mesh.blocking
 from mesh._cli._common import metrics_address
 from mesh._exporter import MetricsServer
 
+from .conftest import peered_nodes
+
 open_node = functools.partial(mesh.open_node, discovery="static")
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
@@ -127,14 +129,12 @@ def refused(address: str) -> bool:
 async def test_a_scrape_shows_the_work_done_and_consistent_histograms() -> None:
     with trio.fail_after(15):
         async with (
-            open_node("producer", metrics_port=0) as producer,
-            open_node("worker", seeds=[producer.address], metrics_port=0) as worker,
+            peered_nodes("producer", "worker", metrics_port=0) as (producer, worker),
             worker.work("jobs") as tasks,
         ):
             assert producer.metrics_address is not None
             assert worker.metrics_address is not None
             assert producer.metrics_address.startswith("127.0.0.1:")
-            await producer.wait_for_peers(1)
             status, text = await scrape(producer.metrics_address)
             assert status == 200
             before, _ = parse_exposition(text)

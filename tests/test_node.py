@@ -8,8 +8,7 @@ import ipaddress
 import math
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import pytest
@@ -23,27 +22,16 @@ from mesh import Node
 from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
 
-from .conftest import zmq_threads
+from .conftest import peered_nodes, wait_until, zmq_threads
 
 # These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
 open_node = functools.partial(mesh.open_node, discovery="static")
 
 
-@asynccontextmanager
-async def open_mesh(count: int, **options: Any) -> AsyncIterator[list[Node]]:
-    """`count` nodes, all seeded with the first one only, and fully peered before use."""
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_node("n0", **options))
-        nodes = [first]
-        for i in range(1, count):
-            nodes.append(
-                await stack.enter_async_context(
-                    open_node(f"n{i}", seeds=[first.address], **options)
-                )
-            )
-        for node in nodes:
-            await node.wait_for_peers(count - 1)
-        yield nodes
+def open_mesh(count: int, **options: Any) -> AbstractAsyncContextManager[list[Node]]:
+    """`count` nodes, "n0" to "n<count - 1>", all seeded with the first one only, and fully
+    peered before use."""
+    return peered_nodes(*(f"n{i}" for i in range(count)), **options)
 
 
 # -- peering ------------------------------------------------------------------------------------
@@ -583,11 +571,6 @@ async def test_a_task_handed_back_waits_for_a_worker_and_is_done_once_one_is_bac
             assert (stats.tasks_acked, stats.tasks_nacked, stats.tasks_redelivered) == (2, 1, 1)
 
 
-async def received(node: Node, count: int) -> None:
-    while node.statistics().tasks_received < count:  # noqa: ASYNC110 (a bounded progress wait)
-        await trio.sleep(0.005)
-
-
 async def test_drain_finishes_the_task_in_hand_and_hands_back_the_rest_at_once() -> None:
     with trio.fail_after(10):
         async with open_mesh(3) as (producer, leaving, staying):
@@ -597,7 +580,9 @@ async def test_drain_finishes_the_task_in_hand_and_hands_back_the_rest_at_once()
                 await producer.wait_for_peers(1, service="job")
                 for i in range(5):
                     await producer.push("job", i)
-                await received(leaving, 5)
+                await wait_until(
+                    lambda: leaving.statistics().tasks_received >= 5, "leaving received 5 tasks"
+                )
                 in_hand = await tasks.receive()  # taken; four more wait in the stream
 
                 async def do_in_hand() -> None:
@@ -622,8 +607,7 @@ async def test_drain_finishes_the_task_in_hand_and_hands_back_the_rest_at_once()
 
                 nursery.start_soon(drain)
                 # The four untaken tasks move at once, while the one in hand still runs.
-                while len(done_by_staying) < 4:  # noqa: ASYNC110 (a bounded progress wait)
-                    await trio.sleep(0.005)
+                await wait_until(lambda: len(done_by_staying) >= 4, "staying did the 4 tasks")
                 assert not drained.is_set()
                 assert [task async for task in tasks] == []  # the stream has ended
                 release.set()

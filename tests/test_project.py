@@ -4,23 +4,23 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .conftest import new_mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     # A mesh of its own, so that no other run on this machine shares it over mDNS.
-    env = {**os.environ, "MESH_NAME": f"test-{uuid.uuid4().hex[:12]}"}
+    env = new_mesh_env()
     return subprocess.run(
         args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )

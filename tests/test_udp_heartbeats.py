@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -21,6 +21,8 @@ import zmq
 import mesh
 from mesh._detector import Liveness, Transition
 from mesh._wire import Kind
+
+from .conftest import peered_nodes, wait_until
 
 open_node = functools.partial(mesh.open_node, discovery="static")
 
@@ -137,8 +139,7 @@ async def test_bad_datagrams_are_counted_and_only_heartbeats_are_taken() -> None
         (envelope(HEARTBEAT, sender, 1, None, [1]), "malformed"),  # the body must be a map
     ]
     with trio.fail_after(10):
-        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
-            await a.wait_for_peers(1)
+        async with peered_nodes() as (a, b):
             peer_b = bytes.fromhex(b.id)
             inbox = ("127.0.0.1", inbox_port(a))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
@@ -148,8 +149,9 @@ async def test_bad_datagrams_are_counted_and_only_heartbeats_are_taken() -> None
                 # BYE claiming to be from b makes b leave nowhere.
                 plain.sendto(envelope(HEARTBEAT, sender, 2, None, {"n": 1}), inbox)
                 plain.sendto(envelope(BYE, peer_b, 1, None, None), inbox)
-                while a.statistics().bad_frames < len(garbage) + 1:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
+                await wait_until(
+                    lambda: a.statistics().bad_frames >= len(garbage) + 1, "a refused them all"
+                )
             statistics = a.statistics()
             assert dict(statistics.bad_frame_reasons) == {
                 "truncated": 2,
@@ -160,33 +162,31 @@ async def test_bad_datagrams_are_counted_and_only_heartbeats_are_taken() -> None
             assert b.id in a.peers
             # ... and the node still takes its peers' datagrams.
             datagrams = statistics.heartbeat_datagrams
-            while a.statistics().heartbeat_datagrams == datagrams:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_until(
+                lambda: a.statistics().heartbeat_datagrams != datagrams, "a took a datagram"
+            )
             assert a.peers[b.id].state is mesh.PeerState.ALIVE
 
 
 async def test_health_shows_the_round_trip_and_the_tasks_a_peer_holds() -> None:
     with trio.fail_after(15):
-        async with (
-            open_node("a") as a,
-            open_node("b", seeds=[a.address]) as b,
-            b.work("job") as tasks,
-        ):
+        async with peered_nodes() as (a, b), b.work("job") as tasks:
             await a.wait_for_peers(1, service="job")
-            await b.wait_for_peers(1)
             for body in range(2):
                 await a.push("job", body)
             held = [await tasks.receive(), await tasks.receive()]
-            while (health := a.health()[b.id]).load != 2 or health.rtt is None:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            await wait_until(
+                lambda: a.health()[b.id].load == 2 and a.health()[b.id].rtt is not None,
+                "a's health of b shows its 2 tasks and a round trip",
+            )
+            health = a.health()[b.id]
             # Loopback: well under a millisecond, unless the machine is busy; never negative.
             assert 0 < health.rtt < 0.1
             assert b.health()[a.id].load == 0
             for task in held:
                 async with task:
                     pass
-            while a.health()[b.id].load != 0:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            await wait_until(lambda: a.health()[b.id].load == 0, "a's health of b shows no task")
 
 
 async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
@@ -207,15 +207,15 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 
-async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams() -> None:
+async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams(
+    zsocket: Callable[[int], zmq.Socket[Any]],
+) -> None:
     # A raw SUB on a's PUB (a third party, not a peer) sees a's published heartbeats. While b
     # echoes a's datagrams, a publishes every other beat. Then b's datagrams stop reaching a:
     # b is judged at a by its PUB beats alone, one in two until b sees a's echoes go stale and
     # publishes every beat; never two intervals apart, so never dead (nor even suspect on a
     # quiet machine). a, whose beats b no longer echoes either, publishes every beat again.
-    context = zmq.Context.instance()
-    raw = context.socket(zmq.SUB)
-    raw.setsockopt(zmq.LINGER, 0)
+    raw = zsocket(zmq.SUB)  # closed, and its context terminated, when the test ends
     raw.setsockopt(zmq.SUBSCRIBE, b"!")
 
     def published_beats() -> list[int]:
@@ -302,9 +302,7 @@ async def test_an_update_on_its_way_is_not_asked_for_again(
     # Datagrams overtake the UPDATE; for so short a time that a does not ask.
     caplog.set_level("INFO", logger="mesh")
     with trio.fail_after(10):
-        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
-            await a.wait_for_peers(1)
-            await b.wait_for_peers(1)
+        async with peered_nodes() as (a, b):
             async with b.work("resize"):
                 await a.wait_for_peers(1, service="resize", timeout=5)
                 await trio.sleep(1.5)  # past the time a record may differ before a asks
