@@ -25,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of faults and pushes")
     parser.add_argument("--faults", type=int, help="most faults per schedule")
     parser.add_argument("--interval", type=float, help="heartbeat interval, seconds")
+    parser.add_argument("--drop", type=float, help="chance a message is lost (0.02)")
+    parser.add_argument("--jitter", type=float, help="most random delay, seconds (0.01)")
     args = parser.parse_args(argv)
 
     if args.replay is not None:
@@ -38,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["duration"] = args.duration
     if args.faults is not None:
         changes["max_faults"] = args.faults
+    if args.drop is not None:
+        changes["drop"] = args.drop
+    if args.jitter is not None:
+        changes["jitter"] = args.jitter
     try:
         settings = SimSettings.for_nodes(args.nodes, **changes)
         if args.interval is not None:

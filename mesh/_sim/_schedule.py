@@ -46,9 +46,7 @@ class SimSettings:
     jitter: float = 0.01
     hint_delay: float = 0.005  # from a crash to its peers' socket monitors' DISCONNECTED
     max_faults: int = 4
-    detector: DetectorSettings = field(
-        default_factory=lambda: DetectorSettings(forget_after=120.0)
-    )
+    detector: DetectorSettings = field(default_factory=lambda: DetectorSettings(forget_after=120.0))
     max_in_flight: int = 8
     prefetch: int = 4
     max_attempts: int = 5
@@ -209,7 +207,7 @@ def generate(seed: int, settings: SimSettings) -> Schedule:
             faults.append(Fault(kind, at, rng.randrange(n), length))
         else:
             # A node stops for good: never the last worker or the last pusher standing.
-            pool = [w for w in workers if len(workers) > 1] + [p for p in pushers if len(pushers) > 1]
+            pool = (workers if len(workers) > 1 else []) + (pushers if len(pushers) > 1 else [])
             if not pool:
                 continue
             node = rng.choice(pool)

@@ -638,9 +638,9 @@ class World:
     def _check(self, end: float) -> None:
         bad = self.violations
         # Every task of a pusher still running is acked or given up, never silently gone.
-        for key, state in self.ledger.items():
+        for key, status in self.ledger.items():
             pusher, task_id = key
-            if state != _PUSHED or pusher in self.stopped_at:
+            if status != _PUSHED or pusher in self.stopped_at:
                 continue
             node = self.nodes[pusher]
             queued = any(t.task_id == task_id for t in node.redelivery) or any(
@@ -690,16 +690,16 @@ class World:
         limit = self.stall_bound()
         spells = list(self.dead_spells)
         spells += [(a, b, start, end) for (a, b), start in self.dead_since.items()]
-        for observer, peer, start, stop in spells:
-            for who in (observer, peer):
+        for seer, peer, start, stop in spells:
+            for who in (seer, peer):
                 if who in self.stopped_at:
                     stop = min(stop, self.stopped_at[who][1])
-            healthy = self._unhealthy(observer, peer, start, stop)
+            healthy = self._unhealthy(seer, peer, start, stop)
             if stop - healthy > limit:
                 bad.append(
                     Violation(
                         "false-dead",
-                        f"node {observer} held reachable node {peer} DEAD from {start:.3f} to"
+                        f"node {seer} held reachable node {peer} DEAD from {start:.3f} to"
                         f" {stop:.3f} (reachable from {healthy:.3f}; bound {limit:.3f})",
                     )
                 )
