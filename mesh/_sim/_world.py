@@ -378,8 +378,9 @@ class World:
         self.ledger: dict[tuple[int, int], int] = {}
         self.executed: set[tuple[int, int]] = set()
         self.violations: list[Violation] = []
-        # (observer, peer) -> when the observer last declared the peer DEAD / open false deaths
-        self.declared_dead: dict[tuple[int, int], float] = {}
+        # (observer, crashed peer) -> when the observer last declared it DEAD, and the bound
+        self.declared_dead: dict[tuple[int, int], tuple[float, float]] = {}
+        # (observer, peer) -> since when the observer holds the peer DEAD
         self.dead_since: dict[tuple[int, int], float] = {}
         self.dead_spells: list[tuple[int, int, float, float]] = []
         self.nodes: list[SimNode] = []
@@ -574,7 +575,10 @@ class World:
         )
         pair = (node.index, self.index[transition.peer])
         if transition.new is Liveness.DEAD:
-            self.declared_dead[pair] = now
+            stopped = self.stopped_at.get(pair[1])
+            if stopped is not None and stopped[0] == "crash":
+                # The bound from the evidence as it stands now: forgotten, it is gone.
+                self.declared_dead[pair] = (now, self.crash_bound(node, pair[1], stopped[1]))
             self.dead_since[pair] = now
         elif transition.old is Liveness.DEAD:
             start = self.dead_since.pop(pair, None)
@@ -666,10 +670,9 @@ class World:
             for observer in self.nodes:
                 if observer.stopped:
                     continue
-                bound = self.crash_bound(observer, peer, at)
                 state = observer.detector.state(self.nodes[peer].id)
-                declared = self.declared_dead.get((observer.index, peer))
                 if state in (Liveness.ALIVE, Liveness.SUSPECT):
+                    bound = self.crash_bound(observer, peer, at)
                     if end > bound:
                         bad.append(
                             Violation(
@@ -678,7 +681,9 @@ class World:
                                 f" {state.value} at {end:.3f}, bound {bound:.3f}",
                             )
                         )
-                elif declared is not None and declared > max(bound, at):
+                    continue
+                declared, bound = self.declared_dead.get((observer.index, peer), (at, at))
+                if declared > bound:
                     bad.append(
                         Violation(
                             "crash-late",
