@@ -92,7 +92,8 @@ def _one(schedule: Schedule) -> int:
     wall = time.perf_counter() - started
     print(
         f"{schedule.settings.nodes} nodes: {wall:.2f} s wall, {result.end:.2f} s virtual,"
-        f" {result.events} events, {result.heartbeats} heartbeats taken in;"
+        f" {result.events} events, {result.heartbeats} heartbeats taken in,"
+        f" {result.ticks} detector ticks;"
         f" tasks {result.pushed} pushed, {result.acked} acked, {result.given_up} given up;"
         f" trace {result.trace}"
     )

@@ -68,12 +68,13 @@ class SimSettings:
     def for_nodes(cls, nodes: int, **changes: Any) -> SimSettings:
         """Settings for `nodes` nodes: the defaults up to 64 nodes; above, a scale run that stays
         within a minute or two of CPU (heartbeats are N^2 messages an interval): heartbeats every
-        second, 2 s of faults, a task per pusher."""
+        second, faults and pushes in the first second (faults up to a second long), a task per
+        pusher."""
         if nodes > 64:
             big: dict[str, Any] = {
-                "duration": 2.0,
-                "heal": 4.0,
-                "settle": 6.0,
+                "duration": 1.0,
+                "heal": 3.0,
+                "settle": 5.0,
                 "tasks_per_pusher": 1,
                 "max_faults": 3,
                 "detector": DetectorSettings(heartbeat_interval=1.0, forget_after=120.0),
@@ -165,6 +166,13 @@ class Schedule:
     settings: SimSettings
     faults: tuple[Fault, ...]
 
+    def __post_init__(self) -> None:
+        n = self.settings.nodes
+        for fault in self.faults:
+            nodes = fault.group if fault.kind == "partition" else (fault.node,)
+            if not all(0 <= node < n for node in nodes) or fault.length < 0:
+                raise ValueError(f"fault {fault.to_dict()} does not fit {n} nodes")
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -200,10 +208,10 @@ def generate(seed: int, settings: SimSettings) -> Schedule:
         if kind == "partition":
             size = rng.randint(1, max(1, n // 2))
             group = tuple(sorted(rng.sample(range(n), size)))
-            length = round(rng.uniform(0.1, 2.0), 3)
+            length = round(rng.uniform(0.1, min(2.0, settings.duration)), 3)
             faults.append(Fault(kind, at, length=length, group=group))
         elif kind == "pause":
-            length = round(rng.uniform(0.05, 1.5), 3)
+            length = round(rng.uniform(0.05, min(1.5, settings.duration)), 3)
             faults.append(Fault(kind, at, rng.randrange(n), length))
         else:
             # A node stops for good: never the last worker or the last pusher standing.

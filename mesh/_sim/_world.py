@@ -67,6 +67,7 @@ class Result:
     violations: list[Violation] = field(default_factory=list)
     events: int = 0  # events processed
     heartbeats: int = 0  # heartbeat copies taken in
+    ticks: int = 0  # detector ticks (each judges every peer of one node)
     end: float = 0.0  # virtual time at the end
     pushed: int = 0
     acked: int = 0
@@ -175,6 +176,7 @@ class SimNode:
         if planned != self.judge_at:
             return  # moved since
         self.judge_at = math.inf
+        self.world.ticks += 1
         self.take(now)
         self.apply_liveness(self.detector.tick(now, lateness=max(0.0, now - planned)), now)
         self.reschedule_judge(now)
@@ -371,8 +373,11 @@ class World:
         self.now = 0.0
         self._trace = hashlib.blake2b(digest_size=16)
         self.heartbeats = 0
-        self.partitions = [f for f in schedule.faults if f.kind == "partition"]
-        self._active: list[Fault] = []  # partitions in force at some point: checked per message
+        # (start, end, the cut-off side): checked for every message, so a set for the side
+        self.partitions = [
+            (f.at, f.end, frozenset(f.group)) for f in schedule.faults if f.kind == "partition"
+        ]
+        self.ticks = 0
         self._link_last: dict[tuple[int, int], float] = {}  # FIFO per link for non-heartbeats
         self.stopped_at: dict[int, tuple[str, float]] = {}  # node -> (crash or leave, when)
         self.ledger: dict[tuple[int, int], int] = {}
@@ -475,19 +480,22 @@ class World:
         self.now = min(self.now, limit) if queue else self.now
         end = max(self.now, self.quiet_from)
         self._check(end)
-        result = Result(self.schedule, self.violations, events, self.heartbeats, end)
+        result = Result(
+            self.schedule, self.violations, events=events, heartbeats=self.heartbeats, end=end
+        )
         result.pushed = len(self.ledger)
         result.acked = sum(1 for v in self.ledger.values() if v == _ACKED)
         result.given_up = sum(1 for v in self.ledger.values() if v == _GIVEN_UP)
         result.trace = trace.hexdigest()
+        result.ticks = self.ticks
         return result
 
     # -- the network
 
     def cut(self, a: int, b: int, when: float) -> bool:
         """Whether a partition separates nodes `a` and `b` at `when`."""
-        for fault in self.partitions:
-            if fault.at <= when < fault.end and ((a in fault.group) != (b in fault.group)):
+        for start, end, side in self.partitions:
+            if start <= when < end and ((a in side) != (b in side)):
                 return True
         return False
 
@@ -630,9 +638,9 @@ class World:
         """The last moment in [start, end] at which `a` and `b` could not hear each other (a
         partition between them, or either paused), or `start` if none."""
         last = start
-        for fault in self.partitions:
-            if fault.at < end and fault.end > start and (a in fault.group) != (b in fault.group):
-                last = max(last, min(fault.end, end))
+        for at, until, side in self.partitions:
+            if at < end and until > start and (a in side) != (b in side):
+                last = max(last, min(until, end))
         for node in (a, b):
             for fault in self.pause_of.get(node, ()):
                 if fault.at < end and fault.end > start:
