@@ -52,6 +52,10 @@ def test_schedule_round_trips_through_json() -> None:
     assert schedule.faults
     again = Schedule.from_json(schedule.to_json())
     assert again == schedule
+    with pytest.raises(ValueError, match="does not fit"):
+        Schedule.from_json(
+            '{"seed":1,"settings":{"nodes":4},"faults":[{"kind":"crash","at":1,"node":4}]}'
+        )
     assert (
         run(generate(5, SimSettings())).trace
         == run(Schedule.from_json(generate(5, SimSettings()).to_json())).trace
@@ -123,6 +127,26 @@ def test_no_revival_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run(schedule)
     assert result.violations
     assert {v.kind for v in result.violations} == {"false-dead"}
+
+
+def test_hint_before_earlier_heartbeats_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that applies a disconnect hint before reading the heartbeats that arrived
+    before it lets a stale heartbeat revive the peer and wipe out the hint: the crash is then
+    declared later than the detector's evidence allows (fast heartbeats make it show)."""
+    schedule = Schedule.from_json(
+        '{"seed":5,"settings":{"nodes":8,"jitter":0.002,"detector":'
+        '{"heartbeat_interval":0.05,"min_std":0.01}},'
+        '"faults":[{"kind":"crash","at":0.797,"node":0}]}'
+    )
+    assert run(schedule).ok
+
+    def disconnected(self: _world.SimNode, peer: bytes, now: float) -> None:
+        if peer in self.peers:
+            self.apply_liveness(self.detector.disconnected(peer, now), now)
+            self.reschedule_judge(now)
+
+    monkeypatch.setattr(_world.SimNode, "disconnected", disconnected)
+    assert {v.kind for v in run(schedule).violations} == {"crash-late"}
 
 
 def test_cli_runs_seeds_and_replays(capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,6 +182,9 @@ class SimNode:
         self.reschedule_judge(now)
 
     def disconnected(self, peer: bytes, now: float) -> None:
+        # The heartbeats that came before the connection dropped are read first: one read
+        # after the verdict would revive the peer and wipe out the hint (_watch_link does so).
+        self.take(now)
         if peer in self.peers:
             self.apply_liveness(self.detector.disconnected(peer, now), now)
             self.reschedule_judge(now)
