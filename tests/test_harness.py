@@ -12,7 +12,9 @@ CONFTEST = (Path(__file__).parent / "conftest.py").read_text()
 
 def run(pytester: pytest.Pytester, tests: str) -> pytest.RunResult:
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_inner="import zmq\n\n" + tests)
+    pytester.makepyfile(
+        test_inner="import time\n\nimport zmq\n\nfrom conftest import zmq_thread_names\n\n" + tests
+    )
     return pytester.runpytest_subprocess("-p", "no:cacheprovider")
 
 
@@ -48,6 +50,10 @@ LEFT = []
 def test_leaves_a_context():
     ctx = zmq.Context()
     LEFT.append(ctx.socket(zmq.PUSH))  # a socket starts the context's threads
+    # which name themselves a moment later (on a loaded machine, after the test could end)
+    deadline = time.monotonic() + 10
+    while len(zmq_thread_names()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 def test_terminates_its_context():
     ctx = zmq.Context()
