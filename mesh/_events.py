@@ -63,19 +63,25 @@ class Publisher:
             coalesce=_wire.coalesce_published,
         )
 
-    async def publish(self, channel: bytes, body: Any, check_open: Callable[[], None]) -> None:
-        """Publish an EVENT on `channel`, waiting while the PUB's outbox is full."""
+    def publish_nowait(self, channel: bytes, body: Any) -> bool:
+        """Publish an EVENT on `channel` if the PUB's outbox has room (else False)."""
         outbox = self.outbox
-        while not outbox.has_room():
-            await outbox.wait_room()
-            check_open()
-        # From here to the send nothing yields, so sequence numbers leave in order.
+        if not outbox.has_room():
+            return False
         frame = event_frame(channel, pack(Kind.EVENT, self._id, self._seq + 1, None, body))
         self._seq += 1
         sent = outbox.send_nowait(frame)
         assert sent
+        return True
 
-    def publish_nowait(
+    async def publish(self, channel: bytes, body: Any, check_open: Callable[[], None]) -> None:
+        """Publish an EVENT on `channel`, waiting while the PUB's outbox is full."""
+        # Nothing yields between the room found and the send: sequence numbers leave in order.
+        while not self.publish_nowait(channel, body):
+            await self.outbox.wait_room()
+            check_open()
+
+    def publish_control(
         self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
     ) -> bool:
         """Publish a SYNCED (on an event channel) or a control message (channel None), unless

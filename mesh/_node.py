@@ -153,7 +153,6 @@ class Node:
         # counted by each `Outbox`; those of closed links are added up here).
         self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
         self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
-        self._inbox_now = 0.0  # when the inbox batch being handled was read (acks' arrival)
         self._metrics_address: str | None = None
         self._events = Subscriptions(
             sockets.sub,
@@ -183,6 +182,7 @@ class Node:
         )
         self._producer = ProducerSide(
             ProducerView(self),
+            self._id,
             max_in_flight=settings.max_in_flight,
             ack_timeout=settings.ack_timeout,
             max_attempts=settings.max_attempts,
@@ -206,6 +206,7 @@ class Node:
         )
         self._worker = WorkerSide(
             WorkerView(self),
+            self._id,
             dedup_window=settings.dedup_window,
             counts=self._counts,
             services=self._services,
@@ -340,7 +341,10 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        await self._publisher.publish(topic_channel(topic), body, self._check_open)
+        publisher = self._publisher
+        channel = topic_channel(topic)
+        if not publisher.publish_nowait(channel, body):  # (no coroutine unless it must wait)
+            await publisher.publish(channel, body, self._check_open)
         self._counts["events_published"] += 1
         await self._maybe_yield()
 
@@ -467,8 +471,8 @@ class Node:
     async def _serve_inbox(self) -> None:
         handlers = {
             Kind.TASK: self._worker.on_task,
-            Kind.ACK: self._on_settled,
-            Kind.NACK: self._on_settled,
+            Kind.ACK: self._producer.on_settled,
+            Kind.NACK: self._producer.on_settled,
             Kind.HELLO: self._membership.on_hello,
             Kind.WELCOME: self._membership.on_hello,
             Kind.UPDATE: self._membership.on_update,
@@ -478,7 +482,7 @@ class Node:
             Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
         while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
-            self._inbox_now = trio.current_time()
+            self._producer.arrival = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
 
@@ -504,9 +508,6 @@ class Node:
 
     # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
 
-    def _on_settled(self, envelope: Envelope) -> None:
-        self._producer.on_settled(envelope, self._inbox_now)
-
     def _on_sync(self, envelope: Envelope) -> None:
         assert envelope.meta is not None
         token, prefix = envelope.meta
@@ -521,7 +522,7 @@ class Node:
     ) -> None:
         """Publish a SYNCED (on an event channel) or a control message (channel None), unless
         the PUB outbox is full: a SYNC is resent, and a goodbye also goes to each inbox."""
-        self._publisher.publish_nowait(channel, kind, meta, body)
+        self._publisher.publish_control(channel, kind, meta, body)
 
     # -- peers and links -----------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from ._metrics import (
 from ._ratelimit import RateLimitedLog
 from ._routing import Dispatcher, InFlightTask, returned
 from ._types import DeadLetter
-from ._wire import Envelope, Kind
+from ._wire import Envelope, Kind, pack
 from ._zmq import Outbox
 
 logger = logging.getLogger("mesh")
@@ -62,9 +62,6 @@ class ProducerWiring(Protocol):
         """The live peers offering `service` whose outbox has room, in the order they started
         offering it, each with its link."""
 
-    def pack_task(self, seq: int, meta: list[Any], body: Any) -> bytes:
-        """A TASK envelope from this node (raises `TypeError` for a body msgpack cannot carry)."""
-
 
 class ProducerSide:
     """Tasks this node sent and has not seen settled (see the module's rules)."""
@@ -72,6 +69,7 @@ class ProducerSide:
     def __init__(
         self,
         wiring: ProducerWiring,
+        node_id: bytes,
         *,
         max_in_flight: int,
         ack_timeout: float | None,
@@ -81,12 +79,16 @@ class ProducerSide:
         log: RateLimitedLog,
     ) -> None:
         self._wiring = wiring
+        self._id = node_id
         self._max_attempts = max_attempts
         self._dead_letter = dead_letter
         self._services = services
         self._log = log
         self.dispatcher = Dispatcher(max_in_flight, ack_timeout)
         self.ack_latency = Tally(ACK_LATENCY_BUCKETS)
+        #: When the inbox batch being handled was read: acks' arrival, for their latency (one
+        #: clock read a batch, set by the inbox reader).
+        self.arrival = 0.0
         # Tasks waiting to be sent again, by service: one with no worker holds up no other.
         self._redelivery: dict[str, deque[InFlightTask]] = {}
         self._in_flight_grew = trio.lowlevel.ParkingLot()
@@ -123,7 +125,7 @@ class ProducerSide:
         self, worker: bytes, route: Route, task_id: int, service: str, attempt: int, body: Any
     ) -> None:
         """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
-        frame = self._wiring.pack_task(route.seq + 1, [task_id, service, attempt], body)
+        frame = pack(Kind.TASK, self._id, route.seq + 1, [task_id, service, attempt], body)
         route.next_seq()  # only now: packing may have refused the body
         sent = route.outbox.send_nowait(frame)
         assert sent, "picked a worker whose outbox is full"
@@ -132,13 +134,13 @@ class ProducerSide:
         if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
             self._in_flight_grew.unpark_all()
 
-    def on_settled(self, envelope: Envelope, arrival: float) -> None:
-        """An ACK or NACK from the inbox, read at `arrival` (never blocks)."""
+    def on_settled(self, envelope: Envelope) -> None:
+        """An ACK or NACK from the inbox (never blocks; `arrival` is when its batch was read)."""
         assert envelope.meta is not None
         task = self.dispatcher.settle(envelope.sender, envelope.meta[0])
         if task is None:
             return
-        self.ack_latency.observe(arrival - task.sent_at)
+        self.ack_latency.observe(self.arrival - task.sent_at)
         if envelope.kind is Kind.ACK:
             self._services.row(task.service)[ACKED] += 1
         else:

@@ -13,7 +13,7 @@ from ._detector import Transition
 from ._errors import ProtocolError
 from ._heartbeat import PeerBeats
 from ._producer import Route
-from ._wire import Envelope, Kind, pack
+from ._wire import Envelope, Kind
 from ._zmq import Outbox
 
 if TYPE_CHECKING:
@@ -77,9 +77,6 @@ class ProducerView:
     def ready_workers(self, service: str) -> dict[bytes, Route]:
         return self._node._membership.ready_workers(service)
 
-    def pack_task(self, seq: int, meta: list[Any], body: Any) -> bytes:
-        return pack(Kind.TASK, self._node._id, seq, meta, body)
-
 
 class WorkerView:
     """The worker side's view of the node (`WorkerWiring`): its links, its record, its id."""
@@ -103,6 +100,3 @@ class WorkerView:
 
     def offer(self, services: Iterable[str]) -> None:
         self._node._membership.set_services(services)
-
-    def pack(self, kind: Kind, seq: int, meta: list[Any]) -> bytes:
-        return pack(kind, self._node._id, seq, meta, None)

@@ -30,7 +30,7 @@ from ._metrics import DONE, RECEIVED, ServiceCounts
 from ._ratelimit import RateLimitedLog
 from ._routing import RecentTasks
 from ._streams import YIELD_EVERY, Task, TaskStream
-from ._wire import Envelope, Kind
+from ._wire import Envelope, Kind, pack
 from ._zmq import Outbox
 
 
@@ -46,9 +46,6 @@ class WorkerWiring(Protocol):
     def offer(self, services: Iterable[str]) -> None:
         """Tell the mesh this node now offers exactly `services`."""
 
-    def pack(self, kind: Kind, seq: int, meta: list[Any]) -> bytes:
-        """An envelope from this node, with no body."""
-
 
 class WorkerSide:
     """The services this node works for and the tasks it holds (see the module's rules)."""
@@ -56,6 +53,7 @@ class WorkerSide:
     def __init__(
         self,
         wiring: WorkerWiring,
+        node_id: bytes,
         *,
         dedup_window: int,
         counts: dict[str, int],
@@ -63,6 +61,7 @@ class WorkerSide:
         log: RateLimitedLog,
     ) -> None:
         self._wiring = wiring
+        self._id = node_id
         self._counts = counts
         self._services = services
         self._log = log
@@ -173,7 +172,7 @@ class WorkerSide:
                 self._finished.add((origin, meta[0]))
             if outbox.has_room():
                 # The sequence number is taken only once there is room, so numbers leave in order.
-                outbox.send_nowait(self._wiring.pack(kind, next_seq(), meta))
+                outbox.send_nowait(pack(kind, self._id, next_seq(), meta, None))
                 self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
                 # Not a scheduling point per ack: the acks of a worker's burst of tasks then
                 # leave together (the outbox coalesces until this task yields).
