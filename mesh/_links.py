@@ -79,6 +79,14 @@ class Links(Mapping[str, Link]):
     def __getitem__(self, address: str) -> Link:
         return self._links[address]
 
+    # `get` and `in` straight from the dict: they run on every push and every ack, where
+    # `Mapping`'s versions (a Python call and `__getitem__` each) would cost.
+    def get(self, address: str, default: Link | None = None) -> Link | None:  # type: ignore[override]
+        return self._links.get(address, default)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._links
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._links)
 
