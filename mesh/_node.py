@@ -606,7 +606,7 @@ def _check_service(service: str) -> None:
         raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
 
 
-# How long the events SUB stays connected to a departed peer (see _unsubscribe_later).
+# How long the events SUB stays connected to a departed peer (`Subscriptions.disconnect_later`).
 _EVENTS_LINGER: Final = 2.0
 
 

@@ -114,7 +114,7 @@ class SimNode:
         self.paused_until = -math.inf
         self.stopped = False  # crashed or left
 
-    # -- heartbeats and liveness (the node's _serve_heartbeats, _on_heartbeat, _judge_liveness)
+    # -- heartbeats and liveness (the node's Heartbeats: serve, _on_heartbeat, judge)
 
     def beat(self, now: float, planned: float) -> None:
         self.detector.lagged(now, now - planned)
@@ -183,7 +183,8 @@ class SimNode:
 
     def disconnected(self, peer: bytes, now: float) -> None:
         # The heartbeats that came before the connection dropped are read first: one read
-        # after the verdict would revive the peer and wipe out the hint (_watch_link does so).
+        # after the verdict would revive the peer and wipe out the hint (as the node's
+        # Membership.on_link_dropped does).
         self.take(now)
         if peer in self.peers:
             self.apply_liveness(self.detector.disconnected(peer, now), now)
@@ -224,7 +225,7 @@ class SimNode:
         self.reschedule_judge(now)
         self.pump(now)
 
-    # -- sending work (the node's push, _send_task, _redeliver, _serve_redeliveries, _expire_tasks)
+    # -- sending work (the node's push and ProducerSide: send, redeliver, serve_redeliveries)
 
     def ready_workers(self) -> list[bytes]:
         ready = []
@@ -295,7 +296,7 @@ class SimNode:
             self.in_flight.discard(task.task_id)
         return tasks
 
-    # -- messages (the node's _on_task, _settle, _on_settled, _on_bye, the socket monitor)
+    # -- messages (WorkerSide.on_task and settle, ProducerSide.on_settled, Membership.on_bye, Links)
 
     def on_message(self, sender: int, message: tuple[Any, ...], now: float) -> None:
         kind = message[0]
