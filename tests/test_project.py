@@ -108,6 +108,7 @@ PURE_CORES = (
     "mesh._metrics",
     "mesh._peerlog",
     "mesh._ratelimit",
+    "mesh._sim._schedule",
     "discovery._record",
     "discovery._peers",
     "discovery._txt",
