@@ -140,7 +140,7 @@ class Heartbeats:
         self._bytes_in = bytes_in
         self._log = log
         # Each peer's heartbeats taken here (its load, the round trip to it, its datagrams), and
-        # what this node's datagrams owe it, from its first heartbeat on (§11).
+        # what this node's datagrams owe it, from its first heartbeat on (docs/protocol.md §11).
         self.beats: dict[bytes, PeerBeats] = {}
         self.count = 0  # heartbeats sent
         self.udp_bytes_sent = 0
@@ -191,11 +191,11 @@ class Heartbeats:
         can fail alone: the PUB stalls behind a full subscriber (backpressure) and, like any
         TCP connection, for its retransmission back-off (0.2 s, then doubling) when packets are
         lost; a datagram is only ever lost, never late. Peers keep the first copy of each
-        number. Datagrams go only to peers that send heartbeats
-        themselves (nodes, not third-party tools), as many copies as each asked for (one on a
-        clean network, `DATAGRAM_COPIES` spread over the interval after a loss: only then does
-        the loop wake more than once a beat), and each carries the echo of that peer's last
-        beat, from which the peer learns its round trip (§11). When each goes, and where, is
+        number. Datagrams go only to peers that send heartbeats themselves (nodes, not
+        third-party tools), as many copies as each asked for (one on a clean network,
+        `DATAGRAM_COPIES` spread over the interval after a loss: only then does the loop wake
+        more than once a beat), and each carries the echo of that peer's last beat, from which
+        the peer learns its round trip (docs/protocol.md §11). When each goes, and where, is
         `BeatPlan`'s decision (mesh/_beatplan.py); this loop reads, sends and sleeps.
 
         Leaving the PUB copy out of all but one beat in `PUBLISHED_BEAT_EVERY` while datagrams

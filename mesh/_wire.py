@@ -43,7 +43,7 @@ MAX_TOPIC_SIZE: Final = 1024
 MAX_NAME_SIZE: Final = 255
 MAX_UINT64: Final = 2**64 - 1
 MAX_PEERS_LISTED: Final = 4096
-#: Heartbeat datagrams are a few dozen bytes; a larger one is invalid (§12).
+#: Heartbeat datagrams are a few dozen bytes; a larger one is invalid (docs/protocol.md §12).
 MAX_DATAGRAM_SIZE: Final = 1024
 
 EVENT_CHANNEL: Final = b"E"
@@ -265,8 +265,8 @@ def decode_inbox(frame: bytes) -> Envelope:
 
 def decode_datagram(frame: bytes) -> Envelope:
     """Decode a datagram received on a node's UDP port: one HEARTBEAT envelope of at most
-    `MAX_DATAGRAM_SIZE` bytes (§11). Raises `ProtocolError` and nothing else for anything
-    else."""
+    `MAX_DATAGRAM_SIZE` bytes (docs/protocol.md §11, §12). Raises `ProtocolError` and nothing
+    else for anything else."""
     if len(frame) > MAX_DATAGRAM_SIZE:
         raise ProtocolError("oversized", f"{len(frame)} byte datagram")
     items = _load(frame)
