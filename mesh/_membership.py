@@ -70,6 +70,8 @@ _READY_WAIT_LAST: Final = 60.0
 # How long a dropped connection waits for a goodbye that may be on its way (see `Links`), and a
 # goodbye on the PUB for the inbox's (added to `Settings.goodbye_timeout`).
 GOODBYE_GRACE: Final = 0.02
+#: Seconds between HELLOs to a seed that is not a peer (see `Membership._greet_absent_seeds`).
+SEED_REGREET_INTERVAL: Final = 5.0
 # How many forgotten peers a node remembers the address of, to greet them if they come back.
 _FORGOTTEN_KEPT: Final = 1024
 
@@ -145,13 +147,32 @@ class Membership:
         return self._state_reasons.get(peer_id, "joined")
 
     def start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
-        """Greetings and waits run in `nursery` from now on; say HELLO to each seed."""
+        """Greetings and waits run in `nursery` from now on; say HELLO to each seed, and again
+        now and then to a seed that is not a peer (`_greet_absent_seeds`)."""
         self._nursery = nursery
         for seed in seeds:
             address = format_address(*parse_address(seed))
             if address not in self._record.addresses:
                 self._seeds.add(address)
                 self.introduce(address)
+        if self._seeds:
+            nursery.start_soon(self._greet_absent_seeds)
+
+    async def _greet_absent_seeds(self) -> None:
+        """Say HELLO again, every `SEED_REGREET_INTERVAL`, to each seed at whose address no peer
+        is known. A partition longer than the time to forget a peer leaves both sides without
+        the other, and neither sends the other anything after that (a forgotten peer is greeted
+        again only when one of its heartbeats arrives); the seeds a node was given are what it
+        can always try again. Costs one HELLO per absent seed and interval."""
+        while True:
+            await trio.sleep(SEED_REGREET_INTERVAL)
+            for address in sorted(self._seeds):
+                if self._peers.by_address(address) is not None:
+                    continue
+                link = self._links.get(address)
+                if link is not None and len(link.outbox):
+                    continue  # the last HELLO has not left: nothing listens there yet
+                self.introduce(address, again=True)
 
     def discover(self, nursery: trio.Nursery, mdns: Mdns) -> None:
         """Greet the nodes `mdns` announces, and keep the advertisement up to date."""

@@ -18,7 +18,9 @@ import zmq
 
 import discovery
 import mesh
+import mesh._membership
 from mesh import Node
+from mesh._detector import Liveness, Transition
 from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
 
@@ -886,3 +888,24 @@ async def test_a_task_waiting_for_a_worker_holds_up_no_other_service() -> None:
                 again = await tasks.receive()
                 assert (again.body, again.attempt) == ("through", 2)
                 await again.ack()
+
+
+async def test_two_peers_that_forgot_each_other_meet_again_through_a_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As after a partition longer than it takes to forget a peer: a and b each declared the
+    # other dead and forgot it, and neither hears from the other any more. b was given a as a
+    # seed, and greets it again while a is not its peer.
+    monkeypatch.setattr(mesh._membership, "SEED_REGREET_INTERVAL", 0.2)
+    with trio.fail_after(10):
+        async with peered_nodes() as (a, b):
+            for node, other in ((a, b), (b, a)):
+                other_id = bytes.fromhex(other.id)
+                node._membership.apply_liveness(
+                    [Transition(other_id, Liveness.DEAD, Liveness.FORGOTTEN, "forgotten", 40, 0)]
+                )
+                node._membership._forgotten.clear()  # no heartbeat of the other's is coming
+            assert not a.peers
+            assert not b.peers
+            await a.wait_for_peers(names=["b"])
+            await b.wait_for_peers(names=["a"])
