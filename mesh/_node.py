@@ -649,17 +649,18 @@ async def open_node(
     find each other), ``"static"`` (only `seeds` and `Node.connect`, for networks without
     multicast), or both, as a list. `seeds` are ``host:port`` inbox addresses of other nodes
     (their `Node.address`), honoured either way: each is sent a HELLO in the background,
-    delivered whenever that node is up. Raises `ValueError` for a bad name, interface, port,
-    seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot start on the
-    interface. `dead_letter` is called (in the node's task: it must not block) with each task the
-    node gives up on after `Settings.max_attempts`; by default they are logged. With
-    `metrics_port` (0: an ephemeral one), the node serves its statistics for Prometheus
-    (``GET /metrics``, docs/metrics.md) on `metrics_host` (loopback unless told otherwise) from
-    a thread of its own, at `Node.metrics_address` (`ValueError` for a port out of range or a
-    host that is not an IP address, `OSError` if the address cannot be bound). On exit
-    the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws its
-    mDNS record, stops its tasks and its metrics server, closes every socket and terminates its
-    ZeroMQ context.
+    delivered whenever that node is up, and again every 5 s while no peer is known at its
+    address (so that nodes cut apart for long meet again). Raises `ValueError` for a bad name,
+    interface, port, seed or discovery, and `OSError` when a port cannot be bound or mDNS cannot
+    start on the interface. `dead_letter` is called (in the node's task: it must not block)
+    with each task the node gives up on after `Settings.max_attempts`; by default they are
+    logged. With `metrics_port` (0: an ephemeral one), the node serves its statistics for
+    Prometheus (``GET /metrics``, docs/metrics.md) on `metrics_host` (loopback unless told
+    otherwise) from a thread of its own, at `Node.metrics_address` (`ValueError` for a port out
+    of range or a host that is not an IP address, `OSError` if the address cannot be bound). On
+    exit the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws
+    its mDNS record, stops its tasks and its metrics server, closes every socket and terminates
+    its ZeroMQ context.
     """
     settings = settings or Settings()
     hosts = check_interfaces(interface)
