@@ -8,8 +8,9 @@ node and reports the `Announced` and `Withdrawn` nodes it hears of.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._interfaces import device_of, interface_addresses, interface_network
@@ -94,22 +95,7 @@ _EXPORTS = {
     ),
     "._txt": ("SERVICE_TYPE", "Announcement", "decode_txt", "encode_txt", "instance_name"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-
-def _import_export(name: str) -> object:
-    try:
-        module = _MODULE_OF[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups find it without calling __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
+_import_export, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if not TYPE_CHECKING:
     # Hidden from type checkers, which would otherwise accept any attribute of the package.
