@@ -52,7 +52,8 @@ class MetricsServer:
 
     `snapshot` runs in the trio thread of `token`'s run, and returns the node's statistics, or
     None when it is closing (answered 503). `labels` are added to every sample. Binds at once:
-    raises `OSError` when the address cannot be bound (a busy port, a host not on this machine).
+    raises `OSError` ("cannot serve metrics on HOST:PORT: ...") when the address cannot be bound
+    (a busy port, a host not on this machine).
     The caller closes it (`close`), from a thread other than the trio thread, or while that
     thread keeps running (`trio.to_thread.run_sync`): a request may be waiting on it.
     """
@@ -68,7 +69,11 @@ class MetricsServer:
         self._snapshot = snapshot
         self._token = token
         self._labels = dict(labels or {})
-        self._server = _Server(host, port, self)
+        try:
+            self._server = _Server(host, port, self)
+        except OSError as exc:  # (socket.gaierror too: a host that is not an address)
+            where = format_address(host, port)
+            raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from exc
         self._stopping = False
         self._wake_reader, self._wake_writer = socket.socketpair()
         bound_host, bound_port = self._server.server_address[:2]

@@ -43,7 +43,6 @@ import zmq
 from discovery import (
     Peer,
     PeerRecord,
-    format_address,
     interface_network,
     open_mdns,
     parse_address,
@@ -52,9 +51,9 @@ from discovery._groups import ungrouped
 
 from . import _wire
 from ._binding import bind_sockets, check_interfaces
-from ._errors import ProtocolError
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
+from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
 from ._links import Links
 from ._membership import GOODBYE_GRACE, Membership
@@ -148,10 +147,9 @@ class Node:
             ),
             0,
         )
-        self._bad_reasons: dict[str, int] = {}
-        # For operators (`statistics`): bytes by socket, as they cross it (sent bytes are
-        # counted by each `Outbox`; those of closed links are added up here).
-        self._bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
+        # For operators (`statistics`): bytes received by socket, and bad frames by reason (bytes
+        # sent are counted by each `Outbox`).
+        self._frames = Frames(settings.receive_batch, self._counts, self._log)
         self._services = ServiceCounts(max_name=_wire.MAX_NAME_SIZE)
         self._metrics_address: str | None = None
         self._events = Subscriptions(
@@ -162,7 +160,7 @@ class Node:
             sync_timeout=settings.sync_timeout,
             linger=_EVENTS_LINGER,
             counts=self._counts,
-            receive=self._receive,
+            receive=self._frames.receive,
             probe=lambda peer_id, token, prefix: self._membership.probe(peer_id, token, prefix),
         )
         # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,
@@ -177,7 +175,7 @@ class Node:
             networks=networks,
             control=sockets.control,
             counts=self._counts,
-            bytes_in=self._bytes_in,
+            bytes_in=self._frames.bytes_in,
             log=self._log,
         )
         self._producer = ProducerSide(
@@ -290,8 +288,8 @@ class Node:
         return NodeStatistics(
             peers=len(self._membership.peers),
             tasks_in_flight=dispatcher.in_flight(),
-            bad_frame_reasons=dict(self._bad_reasons),
-            bytes_received=dict(self._bytes_in),
+            bad_frame_reasons=dict(self._frames.bad_reasons),
+            bytes_received=dict(self._frames.bytes_in),
             bytes_sent={
                 "pub": self._pub.bytes_sent,
                 "push": self._links.bytes_sent,
@@ -371,7 +369,7 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        _check_service(service)
+        _wire.check_service(service)
         producer = self._producer
         chosen = producer.pick(service)
         if chosen is None:
@@ -394,7 +392,7 @@ class Node:
         `ValueError`; after `drain`, `trio.ClosedResourceError`.
         """
         self._check_open()
-        _check_service(service)
+        _wire.check_service(service)
         async with self._worker.work(service, lambda: self._closing) as stream:
             yield stream
 
@@ -481,30 +479,10 @@ class Node:
             Kind.READY: self._membership.on_ready,
             Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
-        while batch := await self._receive(self._pull, _wire.decode_inbox_many, "inbox"):
+        while batch := await self._frames.receive(self._pull, _wire.decode_inbox_many, "inbox"):
             self._producer.arrival = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
-
-    async def _receive(
-        self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
-    ) -> list[Envelope]:
-        """The next batch of valid envelopes from `sock`, in order (a frame may carry several; bad
-        frames are counted and dropped whole); an empty list once the socket is closed."""
-        while True:
-            try:
-                frames = await sock.receive_batch(self._settings.receive_batch)
-            except trio.ClosedResourceError:
-                return []
-            self._bytes_in[where] += sum(map(len, frames))
-            batch: list[Envelope] = []
-            for frame in frames:
-                try:
-                    batch += decode(frame)
-                except ProtocolError as exc:
-                    self._bad_frame(exc, where)
-            if batch:
-                return batch
 
     # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
 
@@ -562,17 +540,6 @@ class Node:
             self._unyielded = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _bad_frame(self, exc: ProtocolError, where: str) -> None:
-        self._counts["bad_frames"] += 1
-        self._bad_reasons[exc.reason] = self._bad_reasons.get(exc.reason, 0) + 1
-        self._log.warning(
-            "bad:" + exc.reason,
-            trio.current_time(),
-            "dropped a bad frame on the %s: %s",
-            where,
-            exc,
-        )
-
     async def _say_goodbye(self) -> None:
         """Tell every peer this node is leaving, then stop all its work. Bounded and shielded."""
         if self._closing:
@@ -599,29 +566,8 @@ class Node:
         self._heartbeats.close()
 
 
-def _check_service(service: str) -> None:
-    if not isinstance(service, str):
-        raise TypeError(f"service must be str, not {type(service).__name__}")
-    if not service or len(service.encode()) > _wire.MAX_NAME_SIZE:
-        raise ValueError(f"service name must be 1 to {_wire.MAX_NAME_SIZE} bytes")
-
-
 # How long the events SUB stays connected to a departed peer (`Subscriptions.disconnect_later`).
 _EVENTS_LINGER: Final = 2.0
-
-
-def _serve_metrics(node: Node, host: str, port: int) -> MetricsServer:
-    try:
-        return MetricsServer(
-            host,
-            port,
-            node._statistics_unless_closing,
-            trio.lowlevel.current_trio_token(),
-            {"mesh": node.mesh, "node": node.name},
-        )
-    except OSError as exc:  # (socket.gaierror too: a host that is not an address)
-        where = format_address(host, port)
-        raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from exc
 
 
 @asynccontextmanager
@@ -704,7 +650,13 @@ async def open_node(
                 dead_letter=dead_letter,
             )
             if metrics_port is not None:
-                metrics = _serve_metrics(node, metrics_host, metrics_port)
+                metrics = MetricsServer(
+                    metrics_host,
+                    metrics_port,
+                    node._statistics_unless_closing,
+                    trio.lowlevel.current_trio_token(),
+                    {"mesh": node.mesh, "node": node.name},
+                )
                 node._metrics_address = metrics.address
             async with AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())

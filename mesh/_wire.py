@@ -177,6 +177,15 @@ def topic_channel(topic: str) -> bytes:
     return channel
 
 
+def check_service(service: str) -> None:
+    """Check a service name as this node takes it from its user (`push`, `work`): 1 to
+    `MAX_NAME_SIZE` bytes of UTF-8. Raises `TypeError` or `ValueError`."""
+    if not isinstance(service, str):
+        raise TypeError(f"service must be str, not {type(service).__name__}")
+    if not service or len(service.encode()) > MAX_NAME_SIZE:
+        raise ValueError(f"service name must be 1 to {MAX_NAME_SIZE} bytes")
+
+
 def event_frame(channel: bytes, envelope: bytes) -> bytes:
     """The published frame of an EVENT or SYNCED envelope on `channel` (from `topic_channel`).
     Raises `ValueError` when it would exceed `MAX_FRAME_SIZE`."""

@@ -63,7 +63,7 @@ class HeartbeatView:
         self._node._membership.apply_liveness(transitions)
 
     def bad_frame(self, exc: ProtocolError, where: str) -> None:
-        self._node._bad_frame(exc, where)
+        self._node._frames.bad_frame(exc, where)
 
 
 class ProducerView:

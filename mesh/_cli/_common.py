@@ -24,8 +24,9 @@ from discovery import format_address, parse_address
 
 from .. import _wire
 from .._binding import ALL_INTERFACES
-from .._node import Node, _check_service, open_node
+from .._node import Node, open_node
 from .._types import Settings
+from .._wire import check_service as _check_service_name
 
 #: The environment variables that give the mesh options their defaults.
 ENVIRONMENT = {"mesh": "MESH_NAME", "interface": "MESH_INTERFACE", "seeds": "MESH_SEEDS"}
@@ -128,7 +129,7 @@ def check_service(service: str) -> str:
     """`service` if the mesh accepts it as a service name (the node's own rule), else a
     `UserError`."""
     try:
-        _check_service(service)
+        _check_service_name(service)
     except ValueError as exc:  # UnicodeEncodeError too: a name that is not UTF-8
         raise UserError(f"bad service name {service!r}: {_reason(exc)}", status=2) from None
     return service

@@ -1,0 +1,59 @@
+"""Frames from the network, taken in: a batch of valid envelopes at a time from a socket, each
+frame decoded whole by the wire codec. A frame that breaks the protocol is its sender's problem:
+counted (by `ProtocolError.reason`), logged at a bounded rate, dropped, and never a failure of the
+node. Bytes received are counted by socket, as they cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from ._errors import ProtocolError
+from ._ratelimit import RateLimitedLog
+from ._wire import Envelope
+from ._zmq import AsyncSocket
+
+
+class Frames:
+    """What a node has taken in: `bytes_in` by socket ("inbox", "events", "control", "udp") and
+    `bad_reasons`, the bad frames by reason (their total goes to `counts["bad_frames"]`)."""
+
+    def __init__(self, receive_batch: int, counts: dict[str, int], log: RateLimitedLog) -> None:
+        self._receive_batch = receive_batch
+        self._counts = counts
+        self._log = log
+        self.bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
+        self.bad_reasons: dict[str, int] = {}
+
+    async def receive(
+        self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
+    ) -> list[Envelope]:
+        """The next batch of valid envelopes from `sock`, in order (a frame may carry several; bad
+        frames are counted and dropped whole); an empty list once the socket is closed."""
+        while True:
+            try:
+                frames = await sock.receive_batch(self._receive_batch)
+            except trio.ClosedResourceError:
+                return []
+            self.bytes_in[where] += sum(map(len, frames))
+            batch: list[Envelope] = []
+            for frame in frames:
+                try:
+                    batch += decode(frame)
+                except ProtocolError as exc:
+                    self.bad_frame(exc, where)
+            if batch:
+                return batch
+
+    def bad_frame(self, exc: ProtocolError, where: str) -> None:
+        """A frame or datagram read on `where` broke the protocol: count it, log it (bounded)."""
+        self._counts["bad_frames"] += 1
+        self.bad_reasons[exc.reason] = self.bad_reasons.get(exc.reason, 0) + 1
+        self._log.warning(
+            "bad:" + exc.reason,
+            trio.current_time(),
+            "dropped a bad frame on the %s: %s",
+            where,
+            exc,
+        )
