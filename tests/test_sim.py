@@ -13,6 +13,7 @@ from mesh._sim import (
     Fault,
     Schedule,
     SimSettings,
+    _driver,
     _world,
     count_faults,
     generate,
@@ -88,10 +89,10 @@ def test_each_fault_has_its_effect() -> None:
 def test_broken_reclaim_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A driver that forgets a dead worker's tasks without sending them again loses them."""
 
-    def reclaim(self: _world.SimNode, worker: bytes) -> None:
+    def reclaim(self: _driver.SimNode, worker: bytes) -> None:
         self.forget_worker(worker)
 
-    monkeypatch.setattr(_world.SimNode, "reclaim", reclaim)
+    monkeypatch.setattr(_driver.SimNode, "reclaim", reclaim)
     results = [run(generate(seed, SimSettings())) for seed in range(60)]
     caught = [r for r in results if not r.ok]
     assert caught
@@ -103,7 +104,7 @@ def test_broken_reclaim_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_broken_judge_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A driver that never ticks its detector never declares a crashed node DEAD unless a
     disconnect hint does; with the hints held by a partition, the crash goes unnoticed."""
-    monkeypatch.setattr(_world.SimNode, "judge", lambda self, now, planned: None)
+    monkeypatch.setattr(_driver.SimNode, "judge", lambda self, now, planned: None)
     settings = SimSettings(nodes=4, max_faults=0)
     cut = Fault("partition", 0.9, length=0.2, group=(1,))  # holds the crash's hints
     result = run(Schedule(2, settings, (cut, Fault("crash", 1.0, 1))))
@@ -113,9 +114,9 @@ def test_broken_judge_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_revival_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A driver that stops listening to a peer once it is no longer ALIVE keeps a node that
     came back from a partition DEAD: the stall bound catches it."""
-    on_heartbeat = _world.SimNode.on_heartbeat
+    on_heartbeat = _driver.SimNode.on_heartbeat
 
-    def deaf(self: _world.SimNode, sender: bytes, beat: Beat, arrival: float) -> None:
+    def deaf(self: _driver.SimNode, sender: bytes, beat: Beat, arrival: float) -> None:
         peer = self.peers.get(sender)
         if peer is None or peer.state is PeerState.ALIVE:
             on_heartbeat(self, sender, beat, arrival)
@@ -123,7 +124,7 @@ def test_no_revival_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = SimSettings(nodes=4, max_faults=0)
     schedule = Schedule(3, settings, (Fault("partition", 1.0, length=1.0, group=(0,)),))
     assert run(schedule).ok
-    monkeypatch.setattr(_world.SimNode, "on_heartbeat", deaf)
+    monkeypatch.setattr(_driver.SimNode, "on_heartbeat", deaf)
     result = run(schedule)
     assert result.violations
     assert {v.kind for v in result.violations} == {"false-dead"}
@@ -140,12 +141,12 @@ def test_hint_before_earlier_heartbeats_is_caught(monkeypatch: pytest.MonkeyPatc
     )
     assert run(schedule).ok
 
-    def disconnected(self: _world.SimNode, peer: bytes, now: float) -> None:
+    def disconnected(self: _driver.SimNode, peer: bytes, now: float) -> None:
         if peer in self.peers:
             self.apply_liveness(self.detector.disconnected(peer, now), now)
             self.reschedule_judge(now)
 
-    monkeypatch.setattr(_world.SimNode, "disconnected", disconnected)
+    monkeypatch.setattr(_driver.SimNode, "disconnected", disconnected)
     assert {v.kind for v in run(schedule).violations} == {"crash-late"}
 
 

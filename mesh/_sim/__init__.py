@@ -8,8 +8,9 @@ could start for real. ``python -m mesh._sim --help``; docs/simulation.md says wh
 
 from __future__ import annotations
 
+from ._driver import SimNode
 from ._schedule import FAULT_KINDS, Fault, Schedule, SimSettings, generate
-from ._world import Result, SimNode, Violation, World, count_faults, run
+from ._world import Result, Violation, World, count_faults, run
 
 __all__ = [
     "FAULT_KINDS",
