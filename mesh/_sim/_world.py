@@ -1,6 +1,6 @@
 """A mesh in virtual time: nodes made of the node's pure cores (`FailureDetector`, `Dispatcher`,
 `RecentTasks`, `PeerMap`, `PeerBeats`) and a small synchronous driver that follows the node's
-rules, over an in-memory network that drops, delays and duplicates messages and suffers the
+rules (`SimNode`, in `_driver`), over an in-memory network that drops, delays and duplicates messages and suffers the
 schedule's faults. Deterministic: one event queue (heapq), one `random.Random` per run, no clock,
 no threads, nothing iterated in an order that hashing decides.
 
