@@ -1,8 +1,8 @@
 """A mesh in virtual time: nodes made of the node's pure cores (`FailureDetector`, `Dispatcher`,
 `RecentTasks`, `PeerMap`, `PeerBeats`) and a small synchronous driver that follows the node's
-rules (`SimNode`, in `_driver`), over an in-memory network that drops, delays and duplicates messages and suffers the
-schedule's faults. Deterministic: one event queue (heapq), one `random.Random` per run, no clock,
-no threads, nothing iterated in an order that hashing decides.
+rules (`SimNode`, in `_driver`), over an in-memory network that drops, delays and duplicates
+messages and suffers the schedule's faults. Deterministic: one event queue (heapq), one
+`random.Random` per run, no clock, no threads, nothing iterated in an order that hashing decides.
 
 The driver's rules, and which part of the node each mirrors, are in docs/simulation.md. In short:
 a node beats every `heartbeat_interval` (telling its detector how late the beat ran), takes the
