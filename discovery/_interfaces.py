@@ -62,6 +62,19 @@ def interface_network(address: str) -> Network:
 # -- pure: answers from a list of adapters ------------------------------------------------------
 
 
+def network_of(address: str, networks: Iterable[Network]) -> int | None:
+    """The index of the first of `networks` that `address` is on; None if it is on none of
+    them or is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    for index, network in enumerate(networks):
+        if ip in network:
+            return index
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """One address a device holds, with its prefix length."""

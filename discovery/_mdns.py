@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import socket
@@ -34,7 +33,7 @@ import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from ._groups import ungrouped
-from ._interfaces import device_of, interface_network
+from ._interfaces import device_of, interface_network, network_of
 from ._record import PeerRecord, RecordError
 from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
 
@@ -129,7 +128,9 @@ class Mdns:
             if asked is None:
                 return
             info = asked
-        addresses = [a for a in info.parsed_addresses() if self._on_network(a)]
+        addresses = [
+            a for a in info.parsed_addresses() if network_of(a, self._networks) is not None
+        ]
         try:
             announcement = decode_txt(info.properties, addresses, info.port or 0)
         except RecordError as exc:
@@ -142,13 +143,6 @@ class Mdns:
         self.refused += 1
         logger.debug("ignoring mDNS service %s: %s", name[:80], reason)
         await send.send(Refused(name[:80], reason))
-
-    def _on_network(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
 
 
 def _withdrawn(name: str) -> Withdrawn:

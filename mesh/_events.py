@@ -94,6 +94,17 @@ class Publisher:
         self.outbox.send_nowait(frame)
         return True
 
+    def on_sync(self, envelope: Envelope) -> None:
+        """A SYNC probe in the inbox: answer it with a SYNCED on the probed prefix's channel,
+        which reaches the prober only once its subscription to that prefix is live here."""
+        assert envelope.meta is not None
+        token, prefix = envelope.meta
+        try:
+            channel = topic_channel(prefix)
+        except ValueError:  # a NUL in the prefix: no subscription could match it anyway
+            return
+        self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
+
     async def drain_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application. Runs
         until cancelled. Safe outside the owner task: no task ever waits on the XPUB's FD (see

@@ -20,7 +20,6 @@ Rules:
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import socket as stdlib_socket
 import struct
@@ -34,6 +33,7 @@ import zmq
 from discovery import PeerRecord
 
 from . import _wire
+from ._addresses import Addresses
 from ._beatplan import ECHO_FRESH_FOR, BeatPeer, BeatPlan, all_echo
 from ._detector import DetectorSettings, FailureDetector, PeerStatus, Transition
 from ._errors import ProtocolError
@@ -50,7 +50,6 @@ from ._ratelimit import RateLimitedLog
 from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Where a heartbeat datagram to a peer goes: its beats (for the echo it is owed), the UDP socket
 # that reaches it, and its address.
 _Route = tuple[PeerBeats, stdlib_socket.socket, tuple[str, int]]
@@ -76,9 +75,6 @@ class HeartbeatWiring(Protocol):
     def stranger(self, node_id: bytes) -> None:
         """A heartbeat came from a node that is not a peer (one forgotten while frozen, now
         back, say)."""
-
-    def host_for(self, record: PeerRecord) -> str:
-        """The peer's host to use from here."""
 
     def load(self) -> int:
         """The tasks this node holds as a worker (told in each beat)."""
@@ -118,7 +114,7 @@ class Heartbeats:
         credit: int | None,
         receive_batch: int,
         datagrams: list[stdlib_socket.socket],
-        networks: list[Network],
+        addresses: Addresses,
         control: ZmqSocket,
         counts: dict[str, int],
         bytes_in: dict[str, int],
@@ -131,9 +127,7 @@ class Heartbeats:
         self._receive_batch = receive_batch
         self.detector = FailureDetector(detector)
         self.datagrams = datagrams
-        self._networks = networks
-        # Which of this node's UDP sockets sends to a given peer host (found once per host).
-        self._datagram_routes: dict[str, stdlib_socket.socket | None] = {}
+        self._addresses = addresses
         self._control = AsyncSocket(control)
         self._control_socket = control
         self._counts = counts
@@ -303,21 +297,9 @@ class Heartbeats:
         """The UDP socket of this node that sends to `record`'s inbox port, and where to; None
         if this node has none of that address family. Only sends go through it: the socket's
         receiving task is the only one that waits on it."""
-        host = self._wiring.host_for(record)
-        if host not in self._datagram_routes:
-            self._datagram_routes[host] = self._datagram_socket_for(host)
-        sock = self._datagram_routes[host]
-        return None if sock is None else (sock, (host, record.pull_port))
-
-    def _datagram_socket_for(self, host: str) -> stdlib_socket.socket | None:
-        """This node's UDP socket bound on `host`'s network, else any of the same family."""
-        ip = ipaddress.ip_address(host)
-        family = stdlib_socket.AF_INET6 if ip.version == 6 else stdlib_socket.AF_INET
-        same_family = [sock for sock in self.datagrams if sock.family == family]
-        for sock, network in zip(self.datagrams, self._networks, strict=True):
-            if sock.family == family and ip in network:
-                return sock
-        return same_family[0] if same_family else None
+        host = self._addresses.host(record)
+        index = self._addresses.sender(host)
+        return None if index is None else (self.datagrams[index], (host, record.pull_port))
 
     def _take_datagrams(self) -> None:
         """Read every datagram the UDP sockets hold (at most `receive_batch` each), each decoded

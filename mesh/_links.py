@@ -18,13 +18,15 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
 import trio
 import zmq
 
 from discovery import parse_address, tcp_endpoint
 
+from ._ratelimit import RateLimitedLog
+from ._wire import Kind, pack
 from ._zmq import AsyncSocket, Outbox, ZmqSocket
 
 #: Most seconds a PUSH waits between reconnection attempts (milliseconds for ZeroMQ).
@@ -61,13 +63,17 @@ class Links(Mapping[str, Link]):
     def __init__(
         self,
         make_socket: Callable[[int, bool], ZmqSocket],
+        node_id: bytes,
         *,
         queue: int,
         on_room: Callable[[], None],
         on_dropped: Callable[[Link], None],
         dropped_grace: float,
+        log: RateLimitedLog,
     ) -> None:
         self._make_socket = make_socket
+        self._id = node_id
+        self._log = log
         self._queue = queue
         self._on_room = on_room
         self._on_dropped = on_dropped
@@ -139,13 +145,20 @@ class Links(Mapping[str, Link]):
             link.close(linger)
         self._links.clear()
 
-    def send(self, address: str, frame: Callable[[int], bytes]) -> bool:
-        """Queue `frame(seq)` on the link to `address` (opened if need be) if its outbox has
-        room; False if it is full."""
+    def send(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
+        """Queue a message from this node on the link to `address` (opened if need be) if its
+        outbox has room; else drop it, log that (at a bounded rate) and return False."""
         link = self.open(address)
         if not link.outbox.has_room():
+            self._log.warning(
+                "outbox-full",
+                trio.current_time(),
+                "outbox to %s is full; dropped a %s message",
+                address,
+                kind.name,
+            )
             return False
-        sent = link.outbox.send_nowait(frame(link.next_seq()))
+        sent = link.outbox.send_nowait(pack(kind, self._id, link.next_seq(), meta, body))
         assert sent
         return True
 

@@ -16,16 +16,16 @@ Rules:
 * A peer counts for `wait_for_peers` once it has said READY (its subscriptions are live here);
   this node says READY to a peer once its own subscriptions are live there (`_greet`), and says
   HELLO again, at growing intervals, to a peer that has not said READY.
-* All that is known of a peer beyond its record lives here, by peer id, and goes when it goes.
+* All that is known of a peer beyond its record is its `Session` (mesh/_sessions.py), which goes
+  when it goes; which of its addresses to use is `Addresses`' choice (mesh/_addresses.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -44,18 +44,19 @@ from discovery import (
     Refused,
     format_address,
     parse_address,
-    tcp_endpoint,
 )
 
 from . import _peerlog, _wire
+from ._addresses import Addresses
 from ._detector import Liveness, Transition
 from ._errors import MissingPeersError, PeerUnreachableError
 from ._events import Subscriptions, connect_op, disconnect_op
 from ._heartbeat import PeerBeats, record_digest
-from ._heartbeats import Heartbeats, Network
+from ._heartbeats import Heartbeats
 from ._links import Link, Links
 from ._producer import ProducerSide, Route
 from ._ratelimit import RateLimitedLog
+from ._sessions import Sessions
 from ._streams import PeerWatch
 from ._types import Settings
 from ._wire import Envelope, Hello, Kind
@@ -72,18 +73,12 @@ _READY_WAIT_LAST: Final = 60.0
 GOODBYE_GRACE: Final = 0.02
 #: Seconds between HELLOs to a seed that is not a peer (see `Membership._greet_absent_seeds`).
 SEED_REGREET_INTERVAL: Final = 5.0
-# How many forgotten peers a node remembers the address of, to greet them if they come back.
-_FORGOTTEN_KEPT: Final = 1024
 
 _PEER_STATES: Final = {
     Liveness.ALIVE: PeerState.ALIVE,
     Liveness.SUSPECT: PeerState.SUSPECT,
     Liveness.DEAD: PeerState.DEAD,
 }
-
-#: Sends a message to the inbox at an address: (address, kind, meta, body) -> whether it was
-#: queued (False: that link's outbox is full).
-Send = Callable[[str, Kind, "list[Any] | None", Any], bool]
 
 
 class Membership:
@@ -93,13 +88,12 @@ class Membership:
         self,
         record: PeerRecord,
         settings: Settings,
-        networks: list[Network],
+        addresses: Addresses,
         *,
         links: Links,
         events: Subscriptions,
         heartbeats: Heartbeats,
         producer: ProducerSide,
-        send: Send,
         check_open: Callable[[], None],
         closing: Callable[[], bool],
         log: RateLimitedLog,
@@ -108,12 +102,11 @@ class Membership:
         self.record_digest = record_digest(record)  # what heartbeats say of it (`rec`)
         self._id = record.id
         self._settings = settings
-        self._networks = networks
+        self._addresses = addresses
         self._links = links
         self._events = events
         self._heartbeats = heartbeats
         self._producer = producer
-        self._send = send
         self._check_open = check_open
         self._closing = closing
         self._log = log
@@ -124,14 +117,7 @@ class Membership:
         self._mdns: Mdns | None = None
         self._seeds: set[str] = set()
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
-        self._forgotten: dict[bytes, str] = {}  # dead long enough: id -> inbox address
-        # What is known of each peer beyond its record, by id:
-        self._leaving: set[bytes] = set()  # said goodbye on the PUB only, so far
-        self._ready_peers: set[bytes] = set()  # said READY: its subscriptions are live here
-        self._greeting: set[bytes] = set()  # this node is making its subscriptions live there
-        self._batching: set[bytes] = set()  # its inbox takes BATCH frames (its HELLO said so)
-        self._state_reasons: dict[bytes, str] = {}  # why it is in its state
-        self._reach_cache: dict[bytes, tuple[PeerRecord, str]] = {}  # id -> (record, reach)
+        self.sessions = Sessions(settings.goodbye_timeout + GOODBYE_GRACE)
 
     @property
     def record(self) -> PeerRecord:
@@ -141,10 +127,6 @@ class Membership:
     @property
     def peers(self) -> PeerMap:
         return self._peers
-
-    def reason(self, peer_id: bytes) -> str:
-        """Why a peer is in its state ("joined" until the detector says otherwise)."""
-        return self._state_reasons.get(peer_id, "joined")
 
     def start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
         """Greetings and waits run in `nursery` from now on; say HELLO to each seed, and again
@@ -182,14 +164,14 @@ class Membership:
     def stranger(self, node_id: bytes) -> None:
         """A heartbeat from a node that is not a peer: one forgotten while it was frozen, now
         back, is said HELLO again, once."""
-        address = self._forgotten.pop(node_id, None)
+        address = self.sessions.returned(node_id)
         if address is not None:
             self.introduce(address, again=True)
 
     def goodbye(self) -> None:
         """The node is leaving: BYE to each peer's inbox."""
         for peer in self._peers:
-            self._send(self.reach(peer.record), Kind.BYE, None, None)
+            self._links.send(self.reach(peer.record), Kind.BYE, None, None)
 
     def end(self) -> None:
         """The node has closed: watchers end, waiters wake (and find it closed)."""
@@ -304,13 +286,12 @@ class Membership:
             if transition.new is Liveness.FORGOTTEN:
                 peer = self._peers.get(transition.peer)
                 if peer is not None:
-                    self._forgotten[transition.peer] = self.reach(peer.record)
-                    while len(self._forgotten) > _FORGOTTEN_KEPT:
-                        del self._forgotten[next(iter(self._forgotten))]
+                    self.sessions.forgot(transition.peer, self.reach(peer.record))
                 self._apply(self._peers.remove(transition.peer, "dead"))
             elif transition.new is not Liveness.LEFT:
                 state = _PEER_STATES[transition.new]
-                self._state_reasons[transition.peer] = transition.reason
+                if (session := self.sessions.get(transition.peer)) is not None:
+                    session.reason = transition.reason
                 self._apply(self._peers.set_state(transition.peer, state, transition.reason, now))
                 if state is PeerState.DEAD:
                     self.reclaim(transition.peer)
@@ -341,22 +322,20 @@ class Membership:
         known = envelope.sender in self._peers
         if not self._observe(hello.record):
             return
-        if hello.batch:
-            self._batching.add(envelope.sender)
-        else:
-            self._batching.discard(envelope.sender)
+        if (session := self.sessions.get(envelope.sender)) is not None:
+            session.batching = hello.batch
         link = self._links.get(self.reach(hello.record))
         if link is not None:
             link.outbox.coalesce = _wire.coalesce_direct if hello.batch else None
         if envelope.kind is Kind.HELLO:
-            self._send(self.reach(hello.record), Kind.WELCOME, None, self._hello().to_wire())
+            self._links.send(self.reach(hello.record), Kind.WELCOME, None, self._hello().to_wire())
             if known and self._nursery is not None and not self._closing():
                 # A peer that says HELLO again may not have had this node's READY.
                 self._nursery.start_soon(self._greet, envelope.sender)
         elif self._record.services:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
             # only to peers known then: make sure this one has our current record.
-            self._send(self.reach(hello.record), Kind.UPDATE, None, self._record.to_wire())
+            self._links.send(self.reach(hello.record), Kind.UPDATE, None, self._record.to_wire())
         for address in hello.peers:
             if address not in self._record.addresses and self._peers.by_address(address) is None:
                 self.introduce(address)
@@ -369,7 +348,6 @@ class Membership:
     def on_bye(self, envelope: Envelope) -> None:
         """A goodbye in the inbox: it came after everything else the peer sent here (acks,
         nacks), on the same connection, so the peer can go at once."""
-        self._leaving.discard(envelope.sender)
         self._apply(self._peers.remove(envelope.sender, "goodbye"))
 
     def on_published_bye(self, envelope: Envelope) -> None:
@@ -377,22 +355,21 @@ class Membership:
         connection: taking its tasks back now would send done work again. So it gets no new
         work at once, and goes when its inbox goodbye arrives, or after a grace period (the
         time a leaving node gives its last messages) for a peer that sends none."""
-        if envelope.sender not in self._peers or envelope.sender in self._leaving:
+        deadline = self.sessions.said_goodbye(envelope.sender, trio.current_time())
+        if deadline is None:
             return
-        self._leaving.add(envelope.sender)
         self._producer.capacity_changed()
         if self._nursery is not None and not self._closing():
-            self._nursery.start_soon(self._forget_leaving, envelope.sender)
+            self._nursery.start_soon(self._remove_leaving, deadline)
 
-    async def _forget_leaving(self, peer_id: bytes) -> None:
-        await trio.sleep(self._settings.goodbye_timeout + GOODBYE_GRACE)
-        if peer_id in self._leaving:
-            self._leaving.discard(peer_id)
+    async def _remove_leaving(self, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        for peer_id in self.sessions.overdue(trio.current_time()):
             self._apply(self._peers.remove(peer_id, "goodbye"))
 
     def on_ready(self, envelope: Envelope) -> None:
-        if envelope.sender in self._peers:
-            self._ready_peers.add(envelope.sender)
+        if (session := self.sessions.get(envelope.sender)) is not None:
+            session.ready = True
             self._peers_changed.unpark_all()
             # Its heartbeats start now: a death from here on is judged as any other.
             self._heartbeats.wired(envelope.sender, trio.current_time())
@@ -402,7 +379,7 @@ class Membership:
         peer = self._peers.get(peer_id)
         if peer is None:
             return False
-        self._send(self.reach(peer.record), Kind.SYNC, [token, prefix], None)
+        self._links.send(self.reach(peer.record), Kind.SYNC, [token, prefix], None)
         return True
 
     def _observe(self, record: PeerRecord) -> bool:
@@ -429,9 +406,10 @@ class Membership:
                 watcher._offer(event)
             if isinstance(event, PeerJoined):
                 record = event.peer.record
+                self.sessions.open(record.id)
                 self._links.open(self.reach(record))
-                self._events.connect(self.pub_endpoint(record))
-                self._heartbeats.control_op(connect_op(self.pub_endpoint(record)))
+                self._events.connect(self._addresses.pub_endpoint(record))
+                self._heartbeats.control_op(connect_op(self._addresses.pub_endpoint(record)))
                 if self._nursery is not None and not self._closing():
                     self._nursery.start_soon(self._greet, record.id)
                     self._nursery.start_soon(self._await_ready, record.id)
@@ -442,66 +420,52 @@ class Membership:
                 _log_peer(_peerlog.joined(record))
             elif isinstance(event, PeerUpdated):
                 old, new = event.previous, event.peer.record
-                if self.pub_endpoint(old) != self.pub_endpoint(new):
-                    self._events.disconnect(self.pub_endpoint(old))
-                    self._events.connect(self.pub_endpoint(new))
-                    self._heartbeats.control_op(disconnect_op(self.pub_endpoint(old)))
-                    self._heartbeats.control_op(connect_op(self.pub_endpoint(new)))
-                if self.reach(old) != self.reach(new):
-                    self._links.close(self.reach(old))
+                old_pub, new_pub = (
+                    self._addresses.pub_endpoint(old),
+                    self._addresses.pub_endpoint(new),
+                )
+                if old_pub != new_pub:
+                    self._events.disconnect(old_pub)
+                    self._events.connect(new_pub)
+                    self._heartbeats.control_op(disconnect_op(old_pub))
+                    self._heartbeats.control_op(connect_op(new_pub))
+                old_inbox = self._addresses.inbox(old)
+                if old_inbox != self.reach(new):
+                    self._links.close(old_inbox)
                     link = self._links.open(self.reach(new))
-                    if new.id in self._batching:
+                    if (session := self.sessions.get(new.id)) and session.batching:
                         link.outbox.coalesce = _wire.coalesce_direct
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
-                self._leaving.discard(record.id)
-                self._events.disconnect_later(self.pub_endpoint(record), self._closing())
-                self._heartbeats.control_op(disconnect_op(self.pub_endpoint(record)))
-                self._ready_peers.discard(record.id)
-                self._batching.discard(record.id)
+                self.sessions.close(record.id)
+                pub = self._addresses.pub_endpoint(record)
+                self._events.disconnect_later(pub, self._closing())
+                self._heartbeats.control_op(disconnect_op(pub))
                 self._heartbeats.forget(record.id)
-                self._state_reasons.pop(record.id, None)
                 self._links.close(self.reach(record))
-                self._reach_cache.pop(record.id, None)
+                self._addresses.forget(record.id)
                 self._producer.forget_worker(record.id, event.reason)
                 _log_peer(_peerlog.left(record, event.reason))
         self._producer.capacity_changed()
         self._peers_changed.unpark_all()
 
     def reach(self, record: PeerRecord) -> str:
-        """The peer's inbox address to use from here: at its first host on one of this node's
-        networks (a node may be bound to several interfaces), else at its main host."""
-        cached = self._reach_cache.get(record.id)
-        if cached is not None and cached[0] is record:  # on every push and ack: worth keeping
-            return cached[1]
-        address = format_address(self.host_for(record), record.pull_port)
-        self._reach_cache[record.id] = (record, address)
-        return address
-
-    def pub_endpoint(self, record: PeerRecord) -> str:
-        return tcp_endpoint(self.host_for(record), record.pub_port)
-
-    def host_for(self, record: PeerRecord) -> str:
-        if record.extra_hosts:
-            for host in record.hosts:
-                ip = ipaddress.ip_address(host)
-                if any(ip in network for network in self._networks):
-                    return host
-        return record.host
+        """The peer's inbox address to use from here (`Addresses.inbox`)."""
+        return self._addresses.inbox(record)
 
     def on_link_dropped(self, link: Link) -> None:
         """A dropped connection to a peer's inbox is a hint that it crashed: the detector
         suspects it almost at once; silence then confirms."""
         self._heartbeats.take()  # the goodbye on the PUB, if that is the way it came
         peer = self._peers.by_address(link.address)
-        if peer is not None and peer.record.id not in self._leaving:
+        if peer is not None and not self.sessions.leaving(peer.record.id):
             self._heartbeats.disconnected(peer.record.id, trio.current_time())
 
     def introduce(self, address: str, *, again: bool = False) -> None:
         """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only
         once per link unless `again` (a new node announced itself at a known address)."""
         if again or address not in self._links:
-            self._send(address, Kind.HELLO, None, self._hello().to_wire())
+            self._links.send(address, Kind.HELLO, None, self._hello().to_wire())
 
     def _hello(self) -> Hello:
         known = tuple(self.reach(peer.record) for peer in self._peers)
@@ -512,7 +476,7 @@ class Membership:
         self.record_digest = record_digest(self._record)
         body = self._record.to_wire()
         for peer in self._peers:
-            self._send(self.reach(peer.record), Kind.UPDATE, None, body)
+            self._links.send(self.reach(peer.record), Kind.UPDATE, None, body)
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, self._record)
 
@@ -522,7 +486,7 @@ class Membership:
         ready: dict[bytes, Route] = {}
         for worker in self._peers.offering(service):
             peer = self._peers.get(worker)
-            if peer is None or peer.state is not PeerState.ALIVE or worker in self._leaving:
+            if peer is None or peer.state is not PeerState.ALIVE or self.sessions.leaving(worker):
                 continue  # suspect, dead or leaving: no new work
             link = self._links.get(self.reach(peer.record))
             if link is not None and link.outbox.has_room():
@@ -538,16 +502,17 @@ class Membership:
         """Make this node's subscriptions live at a new peer, then tell it so (READY): its
         `wait_for_peers` counts this node only then, so its first events are not lost. Also
         when a known peer says HELLO again (it may have missed the READY); once at a time."""
-        if peer_id in self._greeting:
+        session = self.sessions.get(peer_id)
+        if session is None or session.greeting:
             return
-        self._greeting.add(peer_id)
+        session.greeting = True
         try:
             await self._events.sync(self._events.prefixes(), [peer_id])
             peer = self._peers.get(peer_id)
             if peer is not None:
-                self._send(self.reach(peer.record), Kind.READY, None, None)
+                self._links.send(self.reach(peer.record), Kind.READY, None, None)
         finally:
-            self._greeting.discard(peer_id)
+            session.greeting = False
 
     async def _await_ready(self, peer_id: bytes) -> None:
         """Say HELLO again, at growing intervals, to a peer that has not said READY: it may not
@@ -558,7 +523,7 @@ class Membership:
         interval = _READY_WAIT_FIRST
         while True:
             with trio.move_on_after(interval):
-                while peer_id not in self._ready_peers:
+                while not self.sessions.is_ready(peer_id):
                     if peer_id not in self._peers:
                         return  # gone (and if it comes back, it is awaited afresh)
                     await self._peers_changed.park()
@@ -575,7 +540,8 @@ class Membership:
         return [
             peer
             for peer in self._peers
-            if peer.record.id in self._ready_peers and (service is None or service in peer.services)
+            if self.sessions.is_ready(peer.record.id)
+            and (service is None or service in peer.services)
         ]
 
     def _missing(self, count: int, names: set[str], service: str | None) -> str | None:

@@ -50,6 +50,7 @@ from discovery import (
 from discovery._groups import ungrouped
 
 from . import _wire
+from ._addresses import Addresses
 from ._binding import bind_sockets, check_interfaces
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
@@ -72,7 +73,7 @@ from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
-from ._wire import Envelope, Kind, pack, topic_channel
+from ._wire import Kind, topic_channel
 from ._wiring import HeartbeatView, ProducerView, WorkerView
 from ._worker import WorkerSide
 from ._zmq import AsyncSocket, ZmqSocket
@@ -104,7 +105,7 @@ class Node:
         self._closing = False
         self._nursery: trio.Nursery | None = None
         self._log = RateLimitedLog(logger)
-        networks = [interface_network(host) for host in hosts]
+        addresses = Addresses([interface_network(host) for host in hosts])
 
         sockets = bind_sockets(self._socket, hosts, pub_port, pull_port, settings)
         datagrams = sockets.datagrams
@@ -128,10 +129,13 @@ class Node:
         self._pull = AsyncSocket(sockets.pull, interruptible=False)
         self._links = Links(
             self._socket,
+            self._id,
             queue=settings.peer_queue,
-            on_room=self._wake_pushers,
+            # (At every flush of an outbox that was full or is empty.)
+            on_room=lambda: self._producer.capacity_changed(),
             on_dropped=lambda link: self._membership.on_link_dropped(link),
             dropped_grace=GOODBYE_GRACE,
+            log=self._log,
         )
         self._unyielded = 0
         self._counts = dict.fromkeys(
@@ -172,7 +176,7 @@ class Node:
             credit=settings.prefetch,
             receive_batch=settings.receive_batch,
             datagrams=datagrams,
-            networks=networks,
+            addresses=addresses,
             control=sockets.control,
             counts=self._counts,
             bytes_in=self._frames.bytes_in,
@@ -191,13 +195,11 @@ class Node:
         self._membership = Membership(
             record,
             settings,
-            networks,
+            addresses,
             links=self._links,
             events=self._events,
             heartbeats=self._heartbeats,
             producer=self._producer,
-            # Looked up at each call (tests stand in for it).
-            send=lambda *message: self._send_direct(*message),
             check_open=self._check_open,
             closing=lambda: self._closing,
             log=self._log,
@@ -260,7 +262,7 @@ class Node:
             health[peer.id] = PeerHealth(
                 last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
                 phi=0.0 if status is None else status.phi,
-                reason=self._membership.reason(peer_id),
+                reason=self._membership.sessions.reason(peer_id),
                 load=None if beats is None else beats.load,
                 rtt=None if beats is None else beats.rtt,
             )
@@ -475,7 +477,7 @@ class Node:
             Kind.WELCOME: self._membership.on_hello,
             Kind.UPDATE: self._membership.on_update,
             Kind.BYE: self._membership.on_bye,
-            Kind.SYNC: self._on_sync,
+            Kind.SYNC: self._publisher.on_sync,
             Kind.READY: self._membership.on_ready,
             Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
@@ -483,39 +485,6 @@ class Node:
             self._producer.arrival = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
-
-    # -- inbox handlers (run in the inbox task; never block) ---------------------------------------
-
-    def _on_sync(self, envelope: Envelope) -> None:
-        assert envelope.meta is not None
-        token, prefix = envelope.meta
-        try:
-            channel = topic_channel(prefix)
-        except ValueError:  # a NUL in the prefix: no subscription could match it anyway
-            return
-        self._publish_nowait(channel, Kind.SYNCED, [token, envelope.sender])
-
-    def _publish_nowait(
-        self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
-    ) -> None:
-        """Publish a SYNCED (on an event channel) or a control message (channel None), unless
-        the PUB outbox is full: a SYNC is resent, and a goodbye also goes to each inbox."""
-        self._publisher.publish_control(channel, kind, meta, body)
-
-    # -- peers and links -----------------------------------------------------------------------
-
-    def _send_direct(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
-        node_id = self._id
-        if self._links.send(address, lambda seq: pack(kind, node_id, seq, meta, body)):
-            return True
-        self._log.warning(
-            "outbox-full",
-            trio.current_time(),
-            "outbox to %s is full; dropped a %s message",
-            address,
-            kind.name,
-        )
-        return False
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -525,10 +494,6 @@ class Node:
         if ipv6:
             sock.setsockopt(zmq.IPV6, 1)
         return sock
-
-    def _wake_pushers(self) -> None:
-        # (Called at every flush of an outbox that was full or is empty.)
-        self._producer.capacity_changed()
 
     def _check_open(self) -> None:
         if self._closing:
@@ -548,7 +513,8 @@ class Node:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self._settings.goodbye_timeout
             self._worker.stop()
-            self._publish_nowait(None, Kind.BYE, None)
+            # Unless the PUB's outbox is full: the goodbye also goes to each inbox.
+            self._publisher.publish_control(None, Kind.BYE, None)
             self._membership.goodbye()
             for link in list(self._links.values()):
                 await link.outbox.wait_empty()

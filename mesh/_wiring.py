@@ -38,9 +38,6 @@ class HeartbeatView:
     def stranger(self, node_id: bytes) -> None:
         self._node._membership.stranger(node_id)
 
-    def host_for(self, record: PeerRecord) -> str:
-        return self._node._membership.host_for(record)
-
     def load(self) -> int:
         return self._node._worker.load
 
@@ -48,7 +45,7 @@ class HeartbeatView:
         return self._node._membership.record_digest
 
     def publish_beat(self, body: Any) -> None:
-        self._node._publish_nowait(None, Kind.HEARTBEAT, None, body)
+        self._node._publisher.publish_control(None, Kind.HEARTBEAT, None, body)
 
     def published_bye(self, envelope: Envelope) -> None:
         self._node._membership.on_published_bye(envelope)
@@ -96,7 +93,7 @@ class WorkerView:
         peer = membership.peers.get(peer_id)
         if peer is None:
             return False
-        return node._send_direct(membership.reach(peer.record), kind, meta, None)
+        return node._links.send(membership.reach(peer.record), kind, meta, None)
 
     def offer(self, services: Iterable[str]) -> None:
         self._node._membership.set_services(services)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from ifaddr import IP, Adapter
 
-from discovery._interfaces import addresses_in, device_in, network_in
+from discovery._interfaces import addresses_in, device_in, network_in, network_of
 
 from .netns_tools import empty_namespace, ip
 
@@ -137,26 +137,40 @@ def test_what_is_not_an_address_is_refused(address: str) -> None:
         device_in(MACHINE, address)
 
 
+def test_the_first_network_an_address_is_on() -> None:
+    networks = [
+        ipaddress.ip_network("10.1.0.0/16"),
+        ipaddress.ip_network("10.1.2.0/24"),
+        ipaddress.ip_network("fd00::/8"),
+    ]
+    assert network_of("10.1.2.3", networks) == 0  # on both: the first
+    assert network_of("10.1.9.9", networks) == 0
+    assert network_of("fd00::5", networks) == 2
+    assert network_of("fe80::1%eth0", networks) is None
+    assert network_of("10.2.0.1", networks) is None
+    assert network_of("not an address", networks) is None
+    assert network_of("10.1.2.3", []) is None
+
+
 # -- integration: a namespace of the test's own -------------------------------------------------
 
 READ_TIMEOUT = 20.0  # the reading process: imports, then a few reads of the address list
 
-# Run inside the namespace: reads with the public functions, and asks mDNS's own acceptance
-# check, for a node bound on each host, which probe addresses it takes (no socket is opened).
+# Run inside the namespace: reads with the public functions, and asks the check by which mDNS
+# accepts an announced address (`network_of` the networks of the node's hosts), for a node bound
+# on each host, which probe addresses it takes (no socket is opened).
 READER = """
 import json, sys
-import trio
 from discovery import device_of, interface_addresses, interface_network
-from discovery._mdns import Mdns
+from discovery._interfaces import network_of
 
 queries, probes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-_, events = trio.open_memory_channel(0)
 print(json.dumps({
     "addresses": interface_addresses(),
     "networks": {a: str(interface_network(a)) for a in queries},
     "devices": {a: device_of(a) for a in queries},
     "accepted": {
-        host: {p: Mdns(None, [host], events)._on_network(p) for p in ps}
+        host: {p: network_of(p, [interface_network(host)]) is not None for p in ps}
         for host, ps in probes.items()
     },
 }))

@@ -16,15 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 import trio
 
 import mesh
 from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
-from mesh._wire import Kind
 
+from . import faults
 from .conftest import peered_nodes
 
 # Quick to forget, so that a test sees the whole life of a dead peer.
@@ -452,23 +451,16 @@ async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
             await a.wait_for_peers(1, timeout=10)
             await b.wait_for_peers(1, timeout=10)
             await trio.sleep(1.0)  # steady beats: b's intervals are learnt
-            send_datagrams, publish = b._heartbeats._send_datagrams, b._publish_nowait
             last_beat: list[float] = []
             silent = trio.Event()
 
-            def publish_no_heartbeat(channel: Any, kind: Any, *args: Any) -> None:
-                if kind is not Kind.HEARTBEAT:
-                    publish(channel, kind, *args)
-
-            def send_then_fall_silent(*args: Any) -> None:
-                send_datagrams(*args)  # b's last beat
+            def fall_silent() -> None:  # right after b's last beat
                 last_beat.append(trio.current_time())
-                b._heartbeats._send_datagrams = lambda *args: None  # type: ignore[method-assign]
-                b._publish_nowait = publish_no_heartbeat  # type: ignore[method-assign]
+                faults.silence_heartbeats(b)
                 stall(0.45)
                 silent.set()
 
-            b._heartbeats._send_datagrams = send_then_fall_silent  # type: ignore[method-assign]
+            faults.after_next_beat(b, fall_silent)
             await silent.wait()
             await trio.sleep_until(last_beat[0] + 0.75)
             assert a.peers[b.id].state is not PeerState.DEAD  # silent all along: never revived

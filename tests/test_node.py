@@ -20,10 +20,10 @@ import discovery
 import mesh
 import mesh._membership
 from mesh import Node
-from mesh._detector import Liveness, Transition
 from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
 
+from . import faults
 from .conftest import peered_nodes, wait_until, zmq_threads
 
 # These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
@@ -776,9 +776,10 @@ async def test_a_death_takes_back_the_tasks_queued_for_the_peer_and_keeps_the_re
     with trio.fail_after(20):
         async with open_mesh(2) as (a, b), b.work("s") as tasks:
             await a.wait_for_peers(1, service="s")
-            link = a._links[b.address]
+            links = faults.links(a)
+            link = links[b.address]
             link.outbox._quiet_at = math.inf  # a burst under way: what comes next is queued
-            a._send_direct(b.address, Kind.READY, None, None)
+            assert links.send(b.address, Kind.READY, None, None)
             await a.push("s", "the task")
             assert [packed_kind(m) for m in link.outbox._queue] == [Kind.READY, Kind.TASK]
             a._membership.reclaim(b._id)  # as when b is declared dead
@@ -899,12 +900,8 @@ async def test_two_peers_that_forgot_each_other_meet_again_through_a_seed(
     monkeypatch.setattr(mesh._membership, "SEED_REGREET_INTERVAL", 0.2)
     with trio.fail_after(10):
         async with peered_nodes() as (a, b):
-            for node, other in ((a, b), (b, a)):
-                other_id = bytes.fromhex(other.id)
-                node._membership.apply_liveness(
-                    [Transition(other_id, Liveness.DEAD, Liveness.FORGOTTEN, "forgotten", 40, 0)]
-                )
-                node._membership._forgotten.clear()  # no heartbeat of the other's is coming
+            faults.forget(a, b)
+            faults.forget(b, a)
             assert not a.peers
             assert not b.peers
             await a.wait_for_peers(names=["b"])

@@ -100,6 +100,8 @@ def test_every_settings_field_is_documented(settings: str) -> None:
 
 PURE_CORES = (
     "mesh._wire",
+    "mesh._addresses",
+    "mesh._sessions",
     "mesh._beatplan",
     "mesh._probes",
     "mesh._routing",

@@ -22,6 +22,7 @@ import mesh
 from mesh._detector import Liveness, Transition
 from mesh._wire import Kind
 
+from . import faults
 from .conftest import peered_nodes, wait_until
 
 open_node = functools.partial(mesh.open_node, discovery="static")
@@ -100,13 +101,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
             peer_a = bytes.fromhex(a.id)
             while peer_a not in b._heartbeats.beats:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
                 await trio.sleep(0.01)
-            publish = a._publish_nowait
-
-            def publish_no_heartbeat(channel: Any, kind: Any, *args: Any) -> None:
-                if kind is not Kind.HEARTBEAT:
-                    publish(channel, kind, *args)
-
-            a._publish_nowait = publish_no_heartbeat  # type: ignore[method-assign,assignment]
+            faults.drop_published(a, Kind.HEARTBEAT)
             async with b.watch_peers() as changes:
                 datagrams = b.statistics().heartbeat_datagrams
                 await trio.sleep(2.0)  # ten heartbeat intervals, over three times the death time
@@ -114,7 +109,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
                 assert b.statistics().heartbeat_datagrams - datagrams >= 7
                 assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
-                a._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
+                faults.drop_datagrams(a)
                 silent = trio.current_time()
                 seen = []
                 async for change in changes:
@@ -283,14 +278,7 @@ async def test_a_lost_update_is_mended_from_the_record_digest_in_heartbeats(
         async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
             await a.wait_for_peers(1)
             await b.wait_for_peers(1)
-            send_direct = b._send_direct
-
-            def drop_updates(address: str, kind: Kind, meta: Any, body: Any) -> bool:
-                if kind is Kind.UPDATE:
-                    return False
-                return send_direct(address, kind, meta, body)
-
-            b._send_direct = drop_updates  # type: ignore[method-assign]
+            faults.drop_direct(b, Kind.UPDATE)
             async with b.work("resize"):
                 await a.wait_for_peers(1, service="resize", timeout=5)
     assert "b's heartbeats tell of a record this node does not hold" in caplog.text
