@@ -11,7 +11,7 @@ import socket as stdlib_socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import zmq
 
@@ -51,6 +51,38 @@ def check_interfaces(interface: str | Iterable[str]) -> list[str]:
         if str(ip) not in hosts:
             hosts.append(str(ip))
     return hosts
+
+
+def check_discovery(discovery: str | Iterable[str], hosts: Sequence[str]) -> set[str]:
+    """The discovery methods asked for (``"mdns"``, ``"static"``), checked against `hosts`."""
+    methods = {discovery} if isinstance(discovery, str) else set(discovery)
+    if not methods or not methods <= {"mdns", "static"}:
+        raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")
+    ips = [ipaddress.ip_address(host) for host in hosts]
+    if (
+        "mdns" in methods
+        and all(ip.is_loopback for ip in ips)
+        and any(ip.version == 6 for ip in ips)
+    ):
+        raise ValueError(
+            "mDNS does not work on the IPv6 loopback (python-zeroconf cannot use ::1): "
+            "use discovery='static' there, or an IPv4 or LAN address"
+        )
+    return methods
+
+
+def socket_maker(context: zmq.Context[Any]) -> Callable[[int, bool], ZmqSocket]:
+    """What makes a node's ZeroMQ sockets in `context`: ``make(kind, ipv6)``. Each lingers not
+    at all unless told when it is closed (only the goodbyes are given time)."""
+
+    def make(kind: int, ipv6: bool) -> ZmqSocket:
+        sock: ZmqSocket = context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if ipv6:
+            sock.setsockopt(zmq.IPV6, 1)
+        return sock
+
+    return make
 
 
 def bind(sock: ZmqSocket, hosts: Sequence[str], port: int) -> int:

@@ -16,9 +16,9 @@ Rules:
   resent at growing intervals (the first may fall in the slow-joiner gap they test for), for at
   most `sync_timeout` seconds (`ProbeSchedule`, mesh/_probes.py); a silent peer is never an
   error.
-* A departed peer's PUB stays connected for `linger` seconds: its last events may still be on
-  their way (its goodbye came on another connection), and disconnecting drops what ZeroMQ holds
-  unread. A peer that comes back at that address keeps the connection.
+* A departed peer's PUB stays connected for `linger` seconds (2 by default): its last events may
+  still be on their way (its goodbye came on another connection), and disconnecting drops what
+  ZeroMQ holds unread. A peer that comes back at that address keeps the connection.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Subscriptions:
         buffer: int,
         backpressure: bool,
         sync_timeout: float,
-        linger: float,
+        linger: float = 2.0,
         counts: dict[str, int],
         receive: Receive,
         probe: Callable[[bytes, int, str], bool],

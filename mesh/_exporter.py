@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import http.server
+import ipaddress
 import logging
 import selectors
 import socket
@@ -80,6 +81,17 @@ class MetricsServer:
         self.address = format_address(str(bound_host), int(bound_port))
         self._thread = threading.Thread(target=self._serve, name="mesh-metrics", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def check_address(host: str, port: int) -> None:
+        """Raise `ValueError` for a port out of range or a host that is not an IP address (never
+        a name: looking one up could send a query off the machine)."""
+        if not 0 <= port <= 65535:
+            raise ValueError(f"metrics_port must be 0 to 65535, not {port}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"metrics_host must be an IP address, not {host!r}") from None
 
     def close(self) -> None:
         """Stop serving: cut off a request in progress, end the thread and join it, close the

@@ -24,7 +24,7 @@ import math
 import socket as stdlib_socket
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 import trio
@@ -35,7 +35,7 @@ from discovery import PeerRecord
 from . import _wire
 from ._addresses import Addresses
 from ._beatplan import ECHO_FRESH_FOR, BeatPeer, BeatPlan, all_echo
-from ._detector import DetectorSettings, FailureDetector, PeerStatus, Transition
+from ._detector import DetectorSettings, FailureDetector, Transition
 from ._errors import ProtocolError
 from ._heartbeat import (
     Beat,
@@ -47,6 +47,7 @@ from ._heartbeat import (
 )
 from ._metrics import RTT_BUCKETS, Tally
 from ._ratelimit import RateLimitedLog
+from ._types import PeerHealth
 from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
@@ -142,9 +143,22 @@ class Heartbeats:
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._judge_timer: trio.CancelScope | None = None  # `judge`'s, while it waits
 
-    def snapshot(self, now: float) -> dict[bytes, PeerStatus]:
-        """The detector's view of every tracked peer at `now`."""
-        return self.detector.snapshot(now)
+    def health(self, now: float) -> Callable[[bytes, str], PeerHealth]:
+        """How a peer is doing at `now`, by id, given why it is in its state (`Node.health`)."""
+        tracked = self.detector.snapshot(now)
+
+        def of(peer_id: bytes, reason: str) -> PeerHealth:
+            status = tracked.get(peer_id)
+            beats = self.beats.get(peer_id)
+            return PeerHealth(
+                last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
+                phi=0.0 if status is None else status.phi,
+                reason=reason,
+                load=None if beats is None else beats.load,
+                rtt=None if beats is None else beats.rtt,
+            )
+
+        return of
 
     def joined(self, peer_id: bytes, now: float) -> None:
         """A peer joined: judged from now (its first heartbeat has some grace)."""

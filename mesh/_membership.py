@@ -4,8 +4,9 @@ Rules:
 
 * A peer is made only by the HELLO exchange (HELLO, answered by WELCOME; each carries the
   sender's record and the inbox addresses of the peers it knows, which are greeted in turn).
-  mDNS and seeds only say where to say HELLO. A record's later changes come by UPDATE, or by a
-  WELCOME asked for when a peer's heartbeats tell of a record this node does not hold.
+  Seeds and mDNS only say where to say HELLO (`Introductions`). A record's later changes come
+  by UPDATE, or by a WELCOME asked for when a peer's heartbeats tell of a record this node does
+  not hold.
 * A peer leaves by its goodbye: BYE in the inbox ends it at once (it came after everything else
   the peer sent there); a BYE on the PUB, which may overtake the peer's last acks, only stops new
   work until the inbox BYE or a grace period. Or it dies (the failure detector's verdicts,
@@ -30,9 +31,7 @@ from typing import Final
 import trio
 
 from discovery import (
-    Announced,
     ForeignMeshError,
-    Mdns,
     Peer,
     PeerEvent,
     PeerJoined,
@@ -41,7 +40,6 @@ from discovery import (
     PeerRecord,
     PeerState,
     PeerUpdated,
-    Refused,
     format_address,
     parse_address,
 )
@@ -71,8 +69,6 @@ _READY_WAIT_LAST: Final = 60.0
 # How long a dropped connection waits for a goodbye that may be on its way (see `Links`), and a
 # goodbye on the PUB for the inbox's (added to `Settings.goodbye_timeout`).
 GOODBYE_GRACE: Final = 0.02
-#: Seconds between HELLOs to a seed that is not a peer (see `Membership._greet_absent_seeds`).
-SEED_REGREET_INTERVAL: Final = 5.0
 
 _PEER_STATES: Final = {
     Liveness.ALIVE: PeerState.ALIVE,
@@ -94,6 +90,7 @@ class Membership:
         events: Subscriptions,
         heartbeats: Heartbeats,
         producer: ProducerSide,
+        advertise: Callable[[PeerRecord], None],
         check_open: Callable[[], None],
         closing: Callable[[], bool],
         log: RateLimitedLog,
@@ -107,6 +104,7 @@ class Membership:
         self._events = events
         self._heartbeats = heartbeats
         self._producer = producer
+        self._advertise = advertise
         self._check_open = check_open
         self._closing = closing
         self._log = log
@@ -114,9 +112,6 @@ class Membership:
         self._peers_changed = trio.lowlevel.ParkingLot()
         self._watchers: list[PeerWatch] = []
         self._nursery: trio.Nursery | None = None
-        self._mdns: Mdns | None = None
-        self._seeds: set[str] = set()
-        self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
         self.sessions = Sessions(settings.goodbye_timeout + GOODBYE_GRACE)
 
     @property
@@ -128,38 +123,9 @@ class Membership:
     def peers(self) -> PeerMap:
         return self._peers
 
-    def start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
-        """Greetings and waits run in `nursery` from now on; say HELLO to each seed, and again
-        now and then to a seed that is not a peer (`_greet_absent_seeds`)."""
+    def start(self, nursery: trio.Nursery) -> None:
+        """Greetings and waits run in `nursery` from now on."""
         self._nursery = nursery
-        for seed in seeds:
-            address = format_address(*parse_address(seed))
-            if address not in self._record.addresses:
-                self._seeds.add(address)
-                self.introduce(address)
-        if self._seeds:
-            nursery.start_soon(self._greet_absent_seeds)
-
-    async def _greet_absent_seeds(self) -> None:
-        """Say HELLO again, every `SEED_REGREET_INTERVAL`, to each seed at whose address no peer
-        is known. A partition longer than the time to forget a peer leaves both sides without
-        the other, and neither sends the other anything after that (a forgotten peer is greeted
-        again only when one of its heartbeats arrives); the seeds a node was given are what it
-        can always try again. Costs one HELLO per absent seed and interval."""
-        while True:
-            await trio.sleep(SEED_REGREET_INTERVAL)
-            for address in sorted(self._seeds):
-                if self._peers.by_address(address) is not None:
-                    continue
-                link = self._links.get(address)
-                if link is not None and len(link.outbox):
-                    continue  # the last HELLO has not left: nothing listens there yet
-                self.introduce(address, again=True)
-
-    def discover(self, nursery: trio.Nursery, mdns: Mdns) -> None:
-        """Greet the nodes `mdns` announces, and keep the advertisement up to date."""
-        self._mdns = mdns
-        nursery.start_soon(self.serve_discovery, mdns)
 
     def stranger(self, node_id: bytes) -> None:
         """A heartbeat from a node that is not a peer: one forgotten while it was frozen, now
@@ -225,47 +191,6 @@ class Membership:
         watch = PeerWatch(self._settings.subscription_buffer, self._watchers.remove)
         self._watchers.append(watch)
         return watch
-
-    async def serve_discovery(self, mdns: Mdns) -> None:
-        """Say HELLO to every node of this mesh that mDNS announces. mDNS alone never makes a
-        peer (the HELLO exchange does), nor unmakes one: an mDNS goodbye is unauthenticated
-        multicast that anyone on the link could send, so for a known peer it is only a hint
-        (for failure detection); BYE from the peer itself is what ends it."""
-        async with trio.open_nursery() as nursery:
-            async for event in mdns.events:
-                if isinstance(event, Announced):
-                    announcement = event.announcement
-                    if (
-                        announcement.mesh == self._record.mesh
-                        and announcement.id != self._id
-                        and announcement.address not in self._record.addresses
-                        and announcement.id not in self._peers
-                    ):
-                        self._announced[announcement.id] = announcement.address
-                        self.introduce(announcement.address, again=True)
-                        nursery.start_soon(self._forget_if_unanswered, announcement.address)
-                elif isinstance(event, Refused):
-                    self._log.warning(
-                        "mdns-refused",
-                        trio.current_time(),
-                        "ignoring an mDNS announcement (%s): %s",
-                        event.name,
-                        event.reason,
-                    )
-                elif event.node_id is not None:
-                    address = self._announced.pop(event.node_id, None)
-                    if address is not None:
-                        self._forget_link_without_peer(address)
-
-    async def _forget_if_unanswered(self, address: str) -> None:
-        """An announced node that has not answered HELLO within `Settings.connect_timeout` gets
-        its link closed (it is tried again if announced again); seeds are kept."""
-        await trio.sleep(self._settings.connect_timeout)
-        self._forget_link_without_peer(address)
-
-    def _forget_link_without_peer(self, address: str) -> None:
-        if address not in self._seeds and self._peers.by_address(address) is None:
-            self._links.close(address)
 
     def check_record(self, sender: bytes, beats: PeerBeats, digest: bytes, now: float) -> None:
         """A peer's beat tells the digest of its record: if the record held here has differed
@@ -477,8 +402,7 @@ class Membership:
         body = self._record.to_wire()
         for peer in self._peers:
             self._links.send(self.reach(peer.record), Kind.UPDATE, None, body)
-        if self._mdns is not None and self._nursery is not None:
-            self._nursery.start_soon(self._mdns.advertise, self._record)
+        self._advertise(self._record)
 
     def ready_workers(self, service: str) -> dict[bytes, Route]:
         """The live peers offering `service` whose outbox has room, in the order they started

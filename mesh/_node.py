@@ -5,18 +5,11 @@ nursery, and routes the inbox's messages to them by kind. The components: `Membe
 and keeping the rest wired to them), `Links` (a PUSH per peer inbox), `Publisher` and
 `Subscriptions` (events), `ProducerSide` and `WorkerSide` (work), `Heartbeats` (heartbeats and
 liveness); binding is `_binding`'s. Each reaches the rest of the node only through the small
-wiring classes below, or, for `Membership`, the public methods of the components it is given.
+views of `_wiring`, or, for `Membership`, the public methods of the components it is given.
 
-Sockets of one node (docs/protocol.md has the frames):
-
-* PUB (an XPUB, for backpressure), bound: events, subscription proofs, heartbeats, goodbyes.
-* PULL, bound: the inbox: HELLO/WELCOME/UPDATE/READY, tasks, acks, subscription probes, goodbyes.
-* UDP, bound at the inbox's port number on each host: heartbeat datagrams, which packet loss can
-  only thin out, never stall as it stalls a TCP stream (docs/decisions.md).
-* Two SUBs connected to every known peer's PUB: events (which a slow reader may hold back) and
-  control (heartbeats and goodbyes, which nothing holds back).
-* PUSH, one per peer inbox, with its own bounded `Outbox`: a slow or absent peer fills only its
-  own queue, and the node, not ZeroMQ's blind round robin, picks which peer gets each task.
+Each node has a PUB, an inbox (PULL), UDP sockets for heartbeats, two SUBs connected to every
+known peer's PUB (events; heartbeats and goodbyes), and a PUSH per peer inbox:
+docs/architecture.md says what each carries and why.
 
 Only one task ever waits on a socket's FD: its owner. Other tasks send through an `Outbox` (its
 owner task does the sending), change subscriptions and connections through
@@ -28,14 +21,13 @@ sockets and terminates its ZeroMQ context.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
 import socket as stdlib_socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 import trio
 import zmq
@@ -51,11 +43,12 @@ from discovery._groups import ungrouped
 
 from . import _wire
 from ._addresses import Addresses
-from ._binding import bind_sockets, check_interfaces
+from ._binding import bind_sockets, check_discovery, check_interfaces, socket_maker
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
 from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
+from ._introductions import Introductions
 from ._links import Links
 from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
@@ -72,11 +65,11 @@ from ._metrics import (
 from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
-from ._types import DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
+from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
 from ._wire import Kind, topic_channel
 from ._wiring import HeartbeatView, ProducerView, WorkerView
 from ._worker import WorkerSide
-from ._zmq import AsyncSocket, ZmqSocket
+from ._zmq import AsyncSocket
 
 logger = logging.getLogger("mesh")
 
@@ -107,8 +100,8 @@ class Node:
         self._log = RateLimitedLog(logger)
         addresses = Addresses([interface_network(host) for host in hosts])
 
-        sockets = bind_sockets(self._socket, hosts, pub_port, pull_port, settings)
-        datagrams = sockets.datagrams
+        make_socket = socket_maker(context)
+        sockets = bind_sockets(make_socket, hosts, pub_port, pull_port, settings)
         try:
             record = PeerRecord(
                 id=self._id,
@@ -120,7 +113,7 @@ class Node:
                 extra_hosts=tuple(hosts[1:]),
             )
         except BaseException:
-            close_datagrams(datagrams)  # the ZeroMQ sockets go with the context
+            close_datagrams(sockets.datagrams)  # the ZeroMQ sockets go with the context
             raise
 
         self._publisher = Publisher(sockets.pub, self._id, settings.peer_queue)
@@ -128,7 +121,7 @@ class Node:
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
         self._pull = AsyncSocket(sockets.pull, interruptible=False)
         self._links = Links(
-            self._socket,
+            make_socket,
             self._id,
             queue=settings.peer_queue,
             # (At every flush of an outbox that was full or is empty.)
@@ -138,19 +131,7 @@ class Node:
             log=self._log,
         )
         self._unyielded = 0
-        self._counts = dict.fromkeys(
-            (
-                "events_published",
-                "events_received",
-                "events_dropped",
-                "tasks_duplicate",
-                "acks_sent",
-                "nacks_sent",
-                "heartbeat_datagrams",
-                "bad_frames",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(COUNTED, 0)
         # For operators (`statistics`): bytes received by socket, and bad frames by reason (bytes
         # sent are counted by each `Outbox`).
         self._frames = Frames(settings.receive_batch, self._counts, self._log)
@@ -162,7 +143,6 @@ class Node:
             buffer=settings.subscription_buffer,
             backpressure=settings.event_backpressure,
             sync_timeout=settings.sync_timeout,
-            linger=_EVENTS_LINGER,
             counts=self._counts,
             receive=self._frames.receive,
             probe=lambda peer_id, token, prefix: self._membership.probe(peer_id, token, prefix),
@@ -175,7 +155,7 @@ class Node:
             detector=settings.detector,
             credit=settings.prefetch,
             receive_batch=settings.receive_batch,
-            datagrams=datagrams,
+            datagrams=sockets.datagrams,
             addresses=addresses,
             control=sockets.control,
             counts=self._counts,
@@ -200,8 +180,17 @@ class Node:
             events=self._events,
             heartbeats=self._heartbeats,
             producer=self._producer,
+            advertise=lambda record: self._introductions.advertise(record),
             check_open=self._check_open,
             closing=lambda: self._closing,
+            log=self._log,
+        )
+        self._introductions = Introductions(
+            lambda: self._membership.record,
+            self._membership.peers,
+            self._links,
+            lambda address, again: self._membership.introduce(address, again=again),
+            connect_timeout=settings.connect_timeout,
             log=self._log,
         )
         self._worker = WorkerSide(
@@ -252,21 +241,11 @@ class Node:
     def health(self) -> dict[str, PeerHealth]:
         """How each known peer is doing, by id (hex): when it was last heard, the failure
         detector's verdict and why, its load and the round trip to it. A snapshot."""
-        now = trio.current_time()
-        tracked = self._heartbeats.snapshot(now)
-        health = {}
-        for peer in self._membership.peers:
-            peer_id = peer.record.id
-            status = tracked.get(peer_id)
-            beats = self._heartbeats.beats.get(peer_id)
-            health[peer.id] = PeerHealth(
-                last_heard=0.0 if status is None else max(0.0, now - status.last_heard),
-                phi=0.0 if status is None else status.phi,
-                reason=self._membership.sessions.reason(peer_id),
-                load=None if beats is None else beats.load,
-                rtt=None if beats is None else beats.rtt,
-            )
-        return health
+        health = self._heartbeats.health(trio.current_time())
+        return {
+            peer.id: health(peer.record.id, self._membership.sessions.reason(peer.record.id))
+            for peer in self._membership.peers
+        }
 
     def statistics(self) -> NodeStatistics:
         """What this node has counted since it opened, and its queues now: a snapshot
@@ -274,17 +253,10 @@ class Node:
         dispatcher = self._producer.dispatcher
         peer_rows = []
         for peer in self._membership.peers:
-            link = self._links.get(self._membership.reach(peer.record))
-            peer_rows.append(
-                (
-                    peer.id,
-                    PeerStatistics(
-                        peer.record.name,
-                        0 if link is None else len(link.outbox),
-                        dispatcher.in_flight(peer.record.id),
-                    ),
-                )
-            )
+            link = self._membership.link_of(peer.record.id)
+            queued = 0 if link is None else len(link.outbox)
+            in_flight = dispatcher.in_flight(peer.record.id)
+            peer_rows.append((peer.id, PeerStatistics(peer.record.name, queued, in_flight)))
         services = self._services.snapshot()
         totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
         return NodeStatistics(
@@ -466,7 +438,8 @@ class Node:
         nursery.start_soon(self._heartbeats.judge)
         nursery.start_soon(self._producer.serve_redeliveries)
         nursery.start_soon(self._producer.expire_tasks)
-        self._membership.start(nursery, seeds)
+        self._membership.start(nursery)
+        self._introductions.start(nursery, seeds)
 
     async def _serve_inbox(self) -> None:
         handlers = {
@@ -487,13 +460,6 @@ class Node:
                 handlers[envelope.kind](envelope)
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _socket(self, kind: int, ipv6: bool) -> ZmqSocket:
-        sock: ZmqSocket = self._context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if ipv6:
-            sock.setsockopt(zmq.IPV6, 1)
-        return sock
 
     def _check_open(self) -> None:
         if self._closing:
@@ -530,10 +496,6 @@ class Node:
         self._pull.close()
         self._events.socket.close()
         self._heartbeats.close()
-
-
-# How long the events SUB stays connected to a departed peer (`Subscriptions.disconnect_later`).
-_EVENTS_LINGER: Final = 2.0
 
 
 @asynccontextmanager
@@ -576,30 +538,14 @@ async def open_node(
     """
     settings = settings or Settings()
     hosts = check_interfaces(interface)
-    methods = {discovery} if isinstance(discovery, str) else set(discovery)
-    if not methods or not methods <= {"mdns", "static"}:
-        raise ValueError(f"discovery must be 'mdns', 'static' or both, not {discovery!r}")
-    if (
-        "mdns" in methods
-        and all(ipaddress.ip_address(host).is_loopback for host in hosts)
-        and (any(":" in host for host in hosts))
-    ):
-        raise ValueError(
-            "mDNS does not work on the IPv6 loopback (python-zeroconf cannot use ::1): "
-            "use discovery='static' there, or an IPv4 or LAN address"
-        )
+    methods = check_discovery(discovery, hosts)
     seeds = list(seeds)
     for seed in seeds:
         parse_address(seed)
     if name is None:
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
     if metrics_port is not None:
-        if not 0 <= metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be 0 to 65535, not {metrics_port}")
-        try:  # an IP address, never a name: looking one up could send a query off the machine
-            ipaddress.ip_address(metrics_host)
-        except ValueError:
-            raise ValueError(f"metrics_host must be an IP address, not {metrics_host!r}") from None
+        MetricsServer.check_address(metrics_host, metrics_port)
     context: zmq.Context[Any] = zmq.Context()
     node: Node | None = None
     metrics: MetricsServer | None = None
@@ -629,7 +575,7 @@ async def open_node(
                 node._start(nursery, seeds)
                 if "mdns" in methods:
                     mdns = await stack.enter_async_context(open_mdns(node.record))
-                    node._membership.discover(nursery, mdns)
+                    node._introductions.discover(mdns)
                 try:
                     yield node
                 finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ._detector import DetectorSettings
 from ._metrics import (
@@ -167,6 +167,19 @@ class NodeStatistics:
     ack_latency: Histogram = field(default_factory=lambda: Histogram.empty(ACK_LATENCY_BUCKETS))
     heartbeat_rtt: Histogram = field(default_factory=lambda: Histogram.empty(RTT_BUCKETS))
     services: Mapping[str, ServiceStatistics] = field(default_factory=dict)
+
+
+#: The `NodeStatistics` figures a node counts as things happen, each in one place.
+COUNTED: Final = (
+    "events_published",
+    "events_received",
+    "events_dropped",
+    "tasks_duplicate",
+    "acks_sent",
+    "nacks_sent",
+    "heartbeat_datagrams",
+    "bad_frames",
+)
 
 
 @dataclass(frozen=True, slots=True)

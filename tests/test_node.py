@@ -18,7 +18,7 @@ import zmq
 
 import discovery
 import mesh
-import mesh._membership
+import mesh._introductions
 from mesh import Node
 from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
@@ -897,7 +897,7 @@ async def test_two_peers_that_forgot_each_other_meet_again_through_a_seed(
     # As after a partition longer than it takes to forget a peer: a and b each declared the
     # other dead and forgot it, and neither hears from the other any more. b was given a as a
     # seed, and greets it again while a is not its peer.
-    monkeypatch.setattr(mesh._membership, "SEED_REGREET_INTERVAL", 0.2)
+    monkeypatch.setattr(mesh._introductions, "SEED_REGREET_INTERVAL", 0.2)
     with trio.fail_after(10):
         async with peered_nodes() as (a, b):
             faults.forget(a, b)

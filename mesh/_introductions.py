@@ -1,0 +1,128 @@
+"""Introductions: where a node says HELLO besides to the peers its peers tell it of.
+
+Rules:
+
+* Each seed is said HELLO once at the start, delivered whenever that node is up, and again every
+  `SEED_REGREET_INTERVAL` while no peer is known at its address (unless the last HELLO has not
+  even left, as when nothing listens there yet). A partition longer than the time to forget a
+  peer leaves both sides without the other, and neither sends the other anything after that;
+  the seeds the user vouched for are what a node can always try again. A HELLO costs one message.
+* Every node of this mesh that mDNS announces, and that is not a peer, is said HELLO. mDNS alone
+  never makes a peer (the HELLO exchange does), nor unmakes one: an mDNS goodbye is
+  unauthenticated multicast that anyone on the link could send, so for a known peer it means
+  nothing, and for an announced node that never answered it closes the link. So does
+  `Settings.connect_timeout` without an answer; a seed's link is kept.
+* This node's own record is advertised on mDNS, again whenever it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import trio
+
+from discovery import Announced, Mdns, PeerMap, PeerRecord, Refused, format_address, parse_address
+
+from ._links import Links
+from ._ratelimit import RateLimitedLog
+
+#: Seconds between HELLOs to a seed at whose address no peer is known.
+SEED_REGREET_INTERVAL: Final = 5.0
+
+#: Says HELLO to the inbox at an address (`again`: even if a link there is open already).
+Introduce = Callable[[str, bool], None]
+
+
+class Introductions:
+    """Seeds and mDNS for one node (see the module's rules)."""
+
+    def __init__(
+        self,
+        record: Callable[[], PeerRecord],
+        peers: PeerMap,
+        links: Links,
+        introduce: Introduce,
+        *,
+        connect_timeout: float,
+        log: RateLimitedLog,
+    ) -> None:
+        self._record = record
+        self._peers = peers
+        self._links = links
+        self._introduce = introduce
+        self._connect_timeout = connect_timeout
+        self._log = log
+        self._seeds: set[str] = set()
+        self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
+        self._mdns: Mdns | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
+        """Say HELLO to each seed, and again now and then while it is not a peer."""
+        self._nursery = nursery
+        for seed in seeds:
+            address = format_address(*parse_address(seed))
+            if address not in self._record().addresses:
+                self._seeds.add(address)
+                self._introduce(address, False)
+        if self._seeds:
+            nursery.start_soon(self._greet_absent_seeds)
+
+    def discover(self, mdns: Mdns) -> None:
+        """Greet the nodes `mdns` announces, and keep this node's advertisement up to date."""
+        assert self._nursery is not None, "introductions start before discovery"
+        self._mdns = mdns
+        self._nursery.start_soon(self._serve_discovery, mdns)
+
+    def advertise(self, record: PeerRecord) -> None:
+        """This node's record changed: advertise it again (if on mDNS)."""
+        if self._mdns is not None and self._nursery is not None:
+            self._nursery.start_soon(self._mdns.advertise, record)
+
+    async def _greet_absent_seeds(self) -> None:
+        while True:
+            await trio.sleep(SEED_REGREET_INTERVAL)
+            for address in sorted(self._seeds):
+                if self._peers.by_address(address) is not None:
+                    continue
+                link = self._links.get(address)
+                if link is not None and len(link.outbox):
+                    continue  # the last HELLO has not left: nothing listens there yet
+                self._introduce(address, True)
+
+    async def _serve_discovery(self, mdns: Mdns) -> None:
+        async with trio.open_nursery() as nursery:
+            async for event in mdns.events:
+                if isinstance(event, Announced):
+                    announcement = event.announcement
+                    record = self._record()
+                    if (
+                        announcement.mesh == record.mesh
+                        and announcement.id != record.id
+                        and announcement.address not in record.addresses
+                        and announcement.id not in self._peers
+                    ):
+                        self._announced[announcement.id] = announcement.address
+                        self._introduce(announcement.address, True)
+                        nursery.start_soon(self._forget_if_unanswered, announcement.address)
+                elif isinstance(event, Refused):
+                    self._log.warning(
+                        "mdns-refused",
+                        trio.current_time(),
+                        "ignoring an mDNS announcement (%s): %s",
+                        event.name,
+                        event.reason,
+                    )
+                elif event.node_id is not None:
+                    address = self._announced.pop(event.node_id, None)
+                    if address is not None:
+                        self._forget_link_without_peer(address)
+
+    async def _forget_if_unanswered(self, address: str) -> None:
+        await trio.sleep(self._connect_timeout)
+        self._forget_link_without_peer(address)
+
+    def _forget_link_without_peer(self, address: str) -> None:
+        if address not in self._seeds and self._peers.by_address(address) is None:
+            self._links.close(address)
