@@ -34,7 +34,7 @@ from discovery import PeerRecord
 
 from . import _wire
 from ._addresses import Addresses
-from ._beatplan import ECHO_FRESH_FOR, BeatPeer, BeatPlan, all_echo
+from ._beatplan import BeatPeer, BeatPlan
 from ._detector import DetectorSettings, FailureDetector, Transition
 from ._errors import ProtocolError
 from ._heartbeat import (
@@ -246,11 +246,6 @@ class Heartbeats:
             self._send_datagrams(step.to, step.number, load, credit, now)
             wake = step.wake
             await trio.sleep_until(wake)
-
-    def _datagrams_reach_all(self, now: float) -> bool:
-        """Whether every peer has echoed one of this node's datagrams lately (the beat plan's
-        test for leaving beats off the PUB)."""
-        return all_echo(self._beat_peers(), now - ECHO_FRESH_FOR * self._interval)
 
     def _beat_peers(self) -> Iterator[BeatPeer[_Route]]:
         """The peers as the beat plan sees them, found when a beat is due (a peer gone

@@ -28,6 +28,7 @@ import mesh
 import mesh.blocking
 from mesh.blocking import BlockingNode
 
+from . import inside
 from .conftest import WAIT, new_mesh_env, wait_until_blocking, zmq_threads
 
 # Peers come from seeds, not mDNS (tests/test_discovery.py covers that).
@@ -564,16 +565,7 @@ def test_a_failed_node_thread_is_reported_not_hung(caplog: pytest.LogCaptureFixt
     with start("n") as node, ThreadPoolExecutor(1) as pool:
         subscription = node.subscribe("t")
         reading = pool.submit(subscription.receive)
-
-        async def crash() -> None:
-            raise RuntimeError("boom")
-
-        # Reach in, as only a bug in the node could: a task of the node's thread fails.
-        assert node._nursery is not None
-        assert node._token is not None
-        trio.from_thread.run_sync(node._nursery.start_soon, crash, trio_token=node._token)
-        node._thread.join(WAIT)
-        assert not node._thread.is_alive()
+        inside.fail_thread(node, RuntimeError("boom"), WAIT)
         assert not node.running
         assert "failed" in repr(node)
         with pytest.raises((trio.ClosedResourceError, trio.BrokenResourceError)):

@@ -31,6 +31,7 @@ import mesh
 from discovery import SERVICE_TYPE, instance_name
 from mesh import Node, PeerJoined, PeerLeft
 
+from . import inside
 from .conftest import new_mesh_name, wait_until
 
 OFF_NETWORK = ("10.1.2.3", "192.0.2.1")
@@ -227,7 +228,7 @@ def assert_only_peer(node: Node, peer: Node) -> None:
 
 
 def assert_no_link_off_network(node: Node) -> None:
-    for address in node._links:
+    for address in inside.links(node):
         assert not address.startswith(OFF_NETWORK), address
         assert address.startswith("127.0.0.1:"), address
 
@@ -251,7 +252,7 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
                     lambda: to_refuse <= set(refused_names(caplog)), "a refused every service"
                 )
                 await wait_until(
-                    lambda: {f"127.0.0.1:{dead}", f"127.0.0.1:{dead_huge}"} <= set(a._links),
+                    lambda: {f"127.0.0.1:{dead}", f"127.0.0.1:{dead_huge}"} <= set(inside.links(a)),
                     "a said HELLO at the dead ports",
                 )
                 assert_all_refused(caplog, services)
@@ -263,7 +264,7 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
                 ]
                 assert len(warnings) == 1
                 assert warnings[0].levelno == logging.WARNING
-                assert f"127.0.0.1:{dead_foreign}" not in a._links  # another mesh: no HELLO
+                assert f"127.0.0.1:{dead_foreign}" not in inside.links(a)  # another mesh: no HELLO
                 assert_no_link_off_network(a)
                 assert a.peers == {}
                 caplog.clear()
@@ -278,7 +279,8 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
                         )
                         await wait_until(
                             lambda: (
-                                {f"127.0.0.1:{dead}", f"127.0.0.1:{dead_huge}"} <= set(b._links)
+                                {f"127.0.0.1:{dead}", f"127.0.0.1:{dead_huge}"}
+                                <= set(inside.links(b))
                             ),
                             "b said HELLO at the dead ports",
                         )
@@ -316,7 +318,7 @@ async def test_hostile_services_are_refused_and_good_nodes_still_peer(
                         for node, peer in ((a, b), (b, a)):
                             assert_only_peer(node, peer)
                             assert_no_link_off_network(node)
-                            assert f"127.0.0.1:{dead_foreign}" not in node._links
+                            assert f"127.0.0.1:{dead_foreign}" not in inside.links(node)
                             assert node.peers[peer.id].name == peer.name
 
                         # Every hostile service says goodbye: nothing a node knows changes.
@@ -360,8 +362,8 @@ async def test_two_meshes_side_by_side_stay_apart() -> None:
                         assert_only_peer(node, peer)
                     for node in (a, b):
                         for other in (foreign, foreign_2):
-                            assert other.address not in node._links
-                            assert node.address not in other._links
+                            assert other.address not in inside.links(node)
+                            assert node.address not in inside.links(other)
 
 
 # -- bugs ---------------------------------------------------------------------------------------
@@ -415,10 +417,10 @@ async def test_a_withdrawn_announcement_that_never_answered_leaves_no_link(mesh_
             async with mesh.open_node("a", mesh=mesh_name) as a:
                 silent = hostile("silent", None, mesh_name=mesh_name, port=dead)
                 await register(zc, silent.info)
-                await wait_until(lambda: f"127.0.0.1:{dead}" in a._links, "a said HELLO")
+                await wait_until(lambda: f"127.0.0.1:{dead}" in inside.links(a), "a said HELLO")
                 await unregister(zc, silent.info)
                 with trio.move_on_after(0.5):
-                    while f"127.0.0.1:{dead}" in a._links:  # noqa: ASYNC110
+                    while f"127.0.0.1:{dead}" in inside.links(a):  # noqa: ASYNC110
                         await trio.sleep(0.02)
-                assert f"127.0.0.1:{dead}" not in a._links
+                assert f"127.0.0.1:{dead}" not in inside.links(a)
                 assert a.peers == {}

@@ -23,7 +23,7 @@ import trio
 import mesh
 from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
 
-from . import faults
+from . import inside
 from .conftest import peered_nodes
 
 # Quick to forget, so that a test sees the whole life of a dead peer.
@@ -456,11 +456,11 @@ async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
 
             def fall_silent() -> None:  # right after b's last beat
                 last_beat.append(trio.current_time())
-                faults.silence_heartbeats(b)
+                inside.silence_heartbeats(b)
                 stall(0.45)
                 silent.set()
 
-            faults.after_next_beat(b, fall_silent)
+            inside.after_next_beat(b, fall_silent)
             await silent.wait()
             await trio.sleep_until(last_beat[0] + 0.75)
             assert a.peers[b.id].state is not PeerState.DEAD  # silent all along: never revived

@@ -20,10 +20,9 @@ import discovery
 import mesh
 import mesh._introductions
 from mesh import Node
-from mesh._membership import Membership
 from mesh._wire import Kind, packed_kind
 
-from . import faults
+from . import inside
 from .conftest import peered_nodes, wait_until, zmq_threads
 
 # These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
@@ -60,30 +59,20 @@ async def test_one_seed_joins_a_node_to_the_whole_mesh() -> None:
                 assert set(node.peers) == ids - {node.id}
 
 
-async def test_a_node_that_never_heard_of_its_peer_is_greeted_until_it_has(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # b loses the WELCOME that a answers its HELLO with, as when that message and a's mDNS
+async def test_a_node_that_never_heard_of_its_peer_is_greeted_until_it_has() -> None:
+    # The WELCOME that a answers b's HELLO with is lost, as when that message and a's mDNS
     # announcement are both lost: a knows b, and b does not know a. a says HELLO again while b
     # has not said READY, and both end up wired both ways (without that HELLO again they never
     # would: seen at 32 nodes).
-    on_hello = Membership.on_hello
-    lost: list[object] = []
-
-    def losing_one_welcome(self: Membership, envelope: Any) -> None:
-        if self.record.name == "b" and envelope.kind is Kind.WELCOME and not lost:
-            lost.append(envelope)
-            return
-        on_hello(self, envelope)
-
-    monkeypatch.setattr(Membership, "on_hello", losing_one_welcome)
     with trio.fail_after(20):
-        async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
-            await a.wait_for_peers(names=["b"])
-            await b.wait_for_peers(names=["a"])
-            assert lost
-            assert set(a.peers) == {b.id}
-            assert set(b.peers) == {a.id}
+        async with open_node("a") as a:
+            lost = inside.drop_direct(a, Kind.WELCOME, count=1)
+            async with open_node("b", seeds=[a.address]) as b:
+                await a.wait_for_peers(names=["b"])
+                await b.wait_for_peers(names=["a"])
+                assert lost == [b.address]
+                assert set(a.peers) == {b.id}
+                assert set(b.peers) == {a.id}
 
 
 async def test_connect_returns_the_peer_and_is_idempotent() -> None:
@@ -299,7 +288,9 @@ async def test_bursts_of_several_topics_keep_prefix_filtering_and_order() -> Non
     assert [m.seq for m in seen] == list(range(seen[0].seq, seen[0].seq + len(topics)))
     assert taken_a == [i for i, topic in enumerate(topics) if topic.startswith("a.")]
     assert taken_ab == [i for i, topic in enumerate(topics) if topic.startswith("a.b")]
-    assert publisher._pub.frames_sent < len(topics)  # some frames carried several events
+    assert inside.pub_outbox(publisher).frames_sent < len(
+        topics
+    )  # some frames carried several events
 
 
 async def test_a_burst_of_tasks_and_their_acks_share_frames() -> None:
@@ -319,8 +310,8 @@ async def test_a_burst_of_tasks_and_their_acks_share_frames() -> None:
                     await sender.push("sum", i)
                 await sender.wait_settled()
                 nursery.cancel_scope.cancel()
-            link = sender._links[worker.address]
-            back = worker._links[sender.address]
+            link = inside.links(sender)[worker.address]
+            back = inside.links(worker)[sender.address]
     assert done == list(range(500))  # one worker: in order
     assert sender.statistics().tasks_acked == 500
     assert worker.statistics().acks_sent == 500
@@ -422,7 +413,7 @@ async def test_a_full_subscription_does_not_block_subscribing_to_more() -> None:
             async with b.subscribe("full") as full:
                 for i in range(6):  # one more than the buffer: b stops reading events
                     await a.publish("full", i)
-                while len(full._buffer) < 5:  # noqa: ASYNC110 (the node fills it)
+                while inside.buffered(full) < 5:  # noqa: ASYNC110 (the node fills it)
                     await trio.sleep(0.001)
                 # The events task is held back by "full", yet the SUBSCRIBE still happens (the
                 # confirmation may time out, as the answer queues behind the held events).
@@ -711,7 +702,7 @@ async def test_closing_mid_traffic_leaves_nothing_behind() -> None:
             ):
                 nursery.start_soon(drain)
                 async with open_node("leaves", seeds=[stays.address]) as leaves:
-                    sender_context = leaves._context
+                    sender_context = inside.context(leaves)
                     await leaves.wait_for_peers(1, service="w")
                     await stays.wait_for_peers(1)
 
@@ -776,13 +767,13 @@ async def test_a_death_takes_back_the_tasks_queued_for_the_peer_and_keeps_the_re
     with trio.fail_after(20):
         async with open_mesh(2) as (a, b), b.work("s") as tasks:
             await a.wait_for_peers(1, service="s")
-            links = faults.links(a)
+            links = inside.links(a)
             link = links[b.address]
             link.outbox._quiet_at = math.inf  # a burst under way: what comes next is queued
             assert links.send(b.address, Kind.READY, None, None)
             await a.push("s", "the task")
             assert [packed_kind(m) for m in link.outbox._queue] == [Kind.READY, Kind.TASK]
-            a._membership.reclaim(b._id)  # as when b is declared dead
+            inside.reclaim(a, b)  # as when b is declared dead
             assert [packed_kind(m) for m in link.outbox._queue] == [Kind.READY]
             assert a.statistics().tasks_redelivered == 1
             with trio.fail_after(5):
@@ -820,7 +811,7 @@ async def test_a_task_done_before_is_acked_again_without_running() -> None:
                 await producer.push("w", 1)
                 task = await tasks.receive()
                 # Its ack is "lost": the worker marks it done, but the producer never hears.
-                worker._worker._finished.add((task._origin, task.id))
+                inside.lose_ack(worker, task)
                 await producer.wait_settled()  # the deadline passes, the duplicate is acked
             assert worker.statistics().tasks_duplicate == 1
             assert producer.statistics().tasks_acked == 1
@@ -836,7 +827,7 @@ async def test_a_worker_is_sent_no_more_than_its_prefetch() -> None:
             worker.work("w") as tasks,
         ):
             await producer.wait_for_peers(1, service="w")
-            while producer._producer.dispatcher.capacity(bytes.fromhex(worker.id)) != 2:  # noqa: ASYNC110
+            while inside.credit(producer, worker) != 2:  # noqa: ASYNC110
                 await trio.sleep(0.01)  # its next heartbeat carries the credit
             await producer.push("w", 1)
             await producer.push("w", 2)
@@ -900,8 +891,8 @@ async def test_two_peers_that_forgot_each_other_meet_again_through_a_seed(
     monkeypatch.setattr(mesh._introductions, "SEED_REGREET_INTERVAL", 0.2)
     with trio.fail_after(10):
         async with peered_nodes() as (a, b):
-            faults.forget(a, b)
-            faults.forget(b, a)
+            inside.forget(a, b)
+            inside.forget(b, a)
             assert not a.peers
             assert not b.peers
             await a.wait_for_peers(names=["b"])

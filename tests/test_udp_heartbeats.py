@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -19,10 +19,10 @@ import trio
 import zmq
 
 import mesh
-from mesh._detector import Liveness, Transition
+from mesh._detector import Liveness
 from mesh._wire import Kind
 
-from . import faults
+from . import inside
 from .conftest import peered_nodes, wait_until
 
 open_node = functools.partial(mesh.open_node, discovery="static")
@@ -44,10 +44,10 @@ def inbox_port(node: mesh.Node) -> int:
 async def test_a_node_listens_for_datagrams_at_its_inbox_port_on_every_host() -> None:
     with trio.fail_after(5):
         async with open_node("a", interface=["127.0.0.1", "127.0.0.2"]) as a:
-            bound = {sock.getsockname() for sock in a._heartbeats.datagrams}
+            bound = {sock.getsockname() for sock in inside.datagram_sockets(a)}
             assert bound == {("127.0.0.1", inbox_port(a)), ("127.0.0.2", inbox_port(a))}
-            assert all(sock.type == socket.SOCK_DGRAM for sock in a._heartbeats.datagrams)
-    assert all(sock.fileno() == -1 for sock in a._heartbeats.datagrams)
+            assert all(sock.type == socket.SOCK_DGRAM for sock in inside.datagram_sockets(a))
+    assert all(sock.fileno() == -1 for sock in inside.datagram_sockets(a))
 
 
 async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
@@ -56,7 +56,9 @@ async def test_closing_leaves_no_datagram_socket_and_frees_the_port() -> None:
         async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
             await b.wait_for_peers(1)
             port = inbox_port(b)
-    assert all(sock.fileno() == -1 for sock in a._heartbeats.datagrams + b._heartbeats.datagrams)
+    assert all(
+        sock.fileno() == -1 for sock in inside.datagram_sockets(a) + inside.datagram_sockets(b)
+    )
     assert len(os.listdir("/proc/self/fd")) == fds_before
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", port))  # free again
@@ -99,9 +101,9 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
             await b.wait_for_peers(1)
             await a.wait_for_peers(1)
             peer_a = bytes.fromhex(a.id)
-            while peer_a not in b._heartbeats.beats:  # noqa: ASYNC110 (b sends datagrams to a once a beats)
+            while peer_a not in inside.beats(b):  # noqa: ASYNC110 (b sends datagrams to a once a beats)
                 await trio.sleep(0.01)
-            faults.drop_published(a, Kind.HEARTBEAT)
+            inside.drop_published(a, Kind.HEARTBEAT)
             async with b.watch_peers() as changes:
                 datagrams = b.statistics().heartbeat_datagrams
                 await trio.sleep(2.0)  # ten heartbeat intervals, over three times the death time
@@ -109,7 +111,7 @@ async def test_heartbeats_by_datagram_alone_keep_a_peer_alive() -> None:
                 assert b.statistics().heartbeat_datagrams - datagrams >= 7
                 assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
-                faults.drop_datagrams(a)
+                inside.drop_datagrams(a)
                 silent = trio.current_time()
                 seen = []
                 async for change in changes:
@@ -192,13 +194,13 @@ async def test_a_peer_that_loses_datagrams_asks_for_every_copy() -> None:
             peer_b = bytes.fromhex(b.id)
             # Nothing lost on the loopback: b asks for one copy a beat.
             # (b may ask before a has sent it a datagram: wait for both.)
-            beats_of = a._heartbeats.beats.get
+            beats_of = inside.beats(a).get
             while (beats := beats_of(peer_b)) is None or beats.wanted != 1 or not beats.sent:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             beats.sent += 4  # as if four datagrams to b were lost on the way
             while beats.wanted != 3:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            assert b._heartbeats.beats[bytes.fromhex(a.id)].loss.lost == 4
+            assert inside.beats(b)[bytes.fromhex(a.id)].loss.lost == 4
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 
@@ -226,8 +228,8 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
 
     async def beats_over(node: mesh.Node, count: int) -> list[int]:
         published_beats()
-        first = node._heartbeats.count
-        while node._heartbeats.count < first + count:  # noqa: ASYNC110
+        first = inside.beats_sent(node)
+        while inside.beats_sent(node) < first + count:  # noqa: ASYNC110
             await trio.sleep(0.05)
         await trio.sleep(0.05)  # the last beat's frame crosses the loopback
         return [n for n in published_beats() if first < n <= first + count]
@@ -238,7 +240,7 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 raw.connect(a.endpoints.pub)
                 await a.wait_for_peers(1)
                 await b.wait_for_peers(1)
-                while not a._heartbeats._datagrams_reach_all(trio.current_time()):  # noqa: ASYNC110
+                while not inside.datagrams_echoed_by_all(a):  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 quiet = await beats_over(a, 10)
                 assert quiet, "no beat published at all"
@@ -248,16 +250,8 @@ async def test_the_pub_carries_one_beat_in_two_while_every_peer_echoes_datagrams
                 assert len(odd) <= 2, quiet
                 assert len(quiet) - len(odd) <= 5, quiet
 
-                verdicts: list[Liveness] = []
-                apply_liveness = a._membership.apply_liveness
-                peer_b = bytes.fromhex(b.id)
-
-                def record_verdicts(transitions: Sequence[Transition]) -> None:
-                    verdicts.extend(t.new for t in transitions if t.peer == peer_b)
-                    apply_liveness(transitions)
-
-                a._membership.apply_liveness = record_verdicts  # type: ignore[method-assign]
-                b._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
+                verdicts = inside.verdicts_on(a, b)
+                inside.drop_datagrams(b)
                 await beats_over(a, 4)  # three intervals for the echoes to go stale, one more
                 loud = await beats_over(a, 6)
                 assert len(loud) == 6, loud
@@ -278,7 +272,7 @@ async def test_a_lost_update_is_mended_from_the_record_digest_in_heartbeats(
         async with open_node("a") as a, open_node("b", seeds=[a.address]) as b:
             await a.wait_for_peers(1)
             await b.wait_for_peers(1)
-            faults.drop_direct(b, Kind.UPDATE)
+            inside.drop_direct(b, Kind.UPDATE)
             async with b.work("resize"):
                 await a.wait_for_peers(1, service="resize", timeout=5)
     assert "b's heartbeats tell of a record this node does not hold" in caplog.text

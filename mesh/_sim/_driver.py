@@ -1,7 +1,7 @@
 """The simulated node: the node's pure cores (`FailureDetector`, `Dispatcher`, `RecentTasks`,
-`PeerMap`, `PeerBeats`) and the small synchronous driver that follows the node's rules with them
-(docs/simulation.md says which part of the node each rule mirrors), and the kinds of event and
-message it exchanges with the `World` that runs it."""
+`PeerMap`, `PeerBeats`, `Sessions`) and the small synchronous driver that follows the node's
+rules with them (docs/simulation.md says which part of the node each rule mirrors), and the
+kinds of event and message it exchanges with the `World` that runs it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from discovery._record import PeerRecord
 from .._detector import FailureDetector, Liveness, Transition
 from .._heartbeat import Beat, PeerBeats
 from .._routing import Dispatcher, InFlightTask, RecentTasks
+from .._sessions import Sessions
 
 if TYPE_CHECKING:
     from ._world import World
@@ -55,8 +56,9 @@ class SimNode:
         self.beats: dict[bytes, PeerBeats] = {}
         self.dispatcher = Dispatcher(settings.max_in_flight, settings.ack_timeout)
         self.finished = RecentTasks(settings.dedup_window)
-        self.forgotten: dict[bytes, PeerRecord] = {}
-        self.leaving: set[bytes] = set()
+        # (Goodbyes are modelled in the inbox only, which ends a peer at once: no leaving peer
+        # waits for a deadline here.)
+        self.sessions = Sessions(goodbye_wait=math.inf)
         self.waiting: deque[tuple[int, Any]] = deque()  # pushes waiting for a worker
         self.redelivery: deque[InFlightTask] = deque()
         self.in_flight: set[int] = set()  # task ids, as the dispatcher's returns tell
@@ -106,8 +108,9 @@ class SimNode:
             if sender in self.peers:
                 beats = self.beats[sender] = PeerBeats()
             else:
-                record = self.forgotten.pop(sender, None)
-                if record is not None:  # forgotten while frozen, now back: HELLO again
+                address = self.sessions.returned(sender)
+                if address is not None:  # forgotten while frozen, now back: HELLO again
+                    record = self.world.at_address[address]
                     self.apply(self.peers.observe(record, arrival), arrival)
                 return
         if not beats.take(beat, arrival):
@@ -150,7 +153,7 @@ class SimNode:
             if transition.new is Liveness.FORGOTTEN:
                 peer = self.peers.get(transition.peer)
                 if peer is not None:
-                    self.forgotten[transition.peer] = peer.record
+                    self.sessions.forgot(transition.peer, peer.record.address)
                 self.apply(self.peers.remove(transition.peer, "dead"), now)
             elif transition.new is not Liveness.LEFT:
                 state = _PEER_STATES[transition.new]
@@ -168,11 +171,12 @@ class SimNode:
         for event in events:
             if isinstance(event, PeerJoined):
                 peer = event.peer.record.id
+                self.sessions.open(peer)
                 self.detector.joined(peer, now)
                 self.detector.wired(peer, now)  # its READY: modelled as coming at once
             elif isinstance(event, PeerLeft):
                 peer = event.peer.record.id
-                self.leaving.discard(peer)
+                self.sessions.close(peer)
                 self.detector.remove(peer)
                 self.beats.pop(peer, None)
                 self.redeliver(self.forget_worker(peer), event.reason)
@@ -185,7 +189,11 @@ class SimNode:
         ready = []
         for worker in self.peers.offering(SERVICE):
             peer = self.peers.get(worker)
-            if peer is not None and peer.state is PeerState.ALIVE and worker not in self.leaving:
+            if (
+                peer is not None
+                and peer.state is PeerState.ALIVE
+                and not self.sessions.leaving(worker)
+            ):
                 ready.append(worker)
         return ready
 
@@ -260,7 +268,6 @@ class SimNode:
         elif kind in (_ACK, _NACK):
             self.on_settled(origin, kind, message[1], now)
         elif kind == _BYE:
-            self.leaving.discard(origin)
             self.apply(self.peers.remove(origin, "goodbye"), now)
         elif kind == _HINT:
             self.disconnected(origin, now)

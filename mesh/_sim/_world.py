@@ -111,6 +111,7 @@ class World:
         self.dead_spells: list[tuple[int, int, float, float]] = []
         self.nodes: list[SimNode] = []
         self.index: dict[bytes, int] = {}
+        self.at_address: dict[str, PeerRecord] = {}  # inbox address -> the record of its node
         for i in range(settings.nodes):
             services = frozenset({SERVICE}) if i < settings.worker_count else frozenset()
             record = PeerRecord(
@@ -123,6 +124,7 @@ class World:
                 services,
             )
             self.index[record.id] = i
+            self.at_address[record.address] = record
             self.nodes.append(SimNode(self, i, record))
         # Every node knows every other from the start (as after discovery), wired at once.
         for node in self.nodes:
