@@ -408,11 +408,13 @@ class Membership:
         """The live peers offering `service` whose outbox has room, in the order they started
         offering it, each with its link (`Dispatcher.pick` chooses among them)."""
         ready: dict[bytes, Route] = {}
-        for worker in self._peers.offering(service):
-            peer = self._peers.get(worker)
-            if peer is None or peer.state is not PeerState.ALIVE or self.sessions.leaving(worker):
+        # (On every task sent: the lookups are bound once.)
+        peers, leaving, inbox = self._peers, self.sessions.leaving_peers, self._addresses.inbox
+        for worker in peers.offering(service):
+            peer = peers.get(worker)
+            if peer is None or peer.state is not PeerState.ALIVE or worker in leaving:
                 continue  # suspect, dead or leaving: no new work
-            link = self._links.get(self.reach(peer.record))
+            link = self._links.get(inbox(peer.record))
             if link is not None and link.outbox.has_room():
                 ready[worker] = link
         return ready
@@ -420,7 +422,7 @@ class Membership:
     def link_of(self, peer_id: bytes) -> Link | None:
         """The link to a known peer's inbox, if there is one."""
         peer = self._peers.get(peer_id)
-        return None if peer is None else self._links.get(self.reach(peer.record))
+        return None if peer is None else self._links.get(self._addresses.inbox(peer.record))
 
     async def _greet(self, peer_id: bytes) -> None:
         """Make this node's subscriptions live at a new peer, then tell it so (READY): its

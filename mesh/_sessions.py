@@ -36,13 +36,16 @@ class Session:
 class Sessions:
     """The sessions of the known peers, and the addresses of forgotten ones."""
 
-    __slots__ = ("_forgotten", "_goodbye_wait", "_kept", "_sessions")
+    __slots__ = ("_forgotten", "_goodbye_wait", "_kept", "_sessions", "leaving_peers")
 
     def __init__(self, goodbye_wait: float, *, kept: int = FORGOTTEN_KEPT) -> None:
         self._goodbye_wait = goodbye_wait
         self._kept = kept
         self._sessions: dict[bytes, Session] = {}
         self._forgotten: dict[bytes, str] = {}  # id -> inbox address, oldest first
+        #: The ids of the peers that said goodbye on their PUB and have not gone yet (read it,
+        #: never change it: a set, for the check on every task sent).
+        self.leaving_peers: set[bytes] = set()
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._sessions)
@@ -59,6 +62,7 @@ class Sessions:
     def close(self, peer_id: bytes) -> None:
         """The peer is gone."""
         self._sessions.pop(peer_id, None)
+        self.leaving_peers.discard(peer_id)
 
     def reason(self, peer_id: bytes) -> str:
         """Why the peer is in its state ("joined" until the detector says otherwise)."""
@@ -71,8 +75,7 @@ class Sessions:
 
     def leaving(self, peer_id: bytes) -> bool:
         """Whether the peer said goodbye on its PUB and has not gone yet."""
-        session = self._sessions.get(peer_id)
-        return session is not None and session.leaving_at is not None
+        return peer_id in self.leaving_peers
 
     def said_goodbye(self, peer_id: bytes, now: float) -> float | None:
         """A goodbye came on the peer's PUB at `now`: the time it goes unless its inbox goodbye
@@ -81,6 +84,7 @@ class Sessions:
         if session is None or session.leaving_at is not None:
             return None
         session.leaving_at = now + self._goodbye_wait
+        self.leaving_peers.add(peer_id)
         return session.leaving_at
 
     def overdue(self, now: float) -> list[bytes]:
@@ -93,7 +97,7 @@ class Sessions:
 
     def forgot(self, peer_id: bytes, address: str) -> None:
         """The detector forgot the peer, last reached at `address` (its session closes)."""
-        self._sessions.pop(peer_id, None)
+        self.close(peer_id)
         self._forgotten.pop(peer_id, None)
         self._forgotten[peer_id] = address
         while len(self._forgotten) > self._kept:

@@ -43,6 +43,11 @@ MAX_TOPIC_SIZE: Final = 1024
 MAX_NAME_SIZE: Final = 255
 MAX_UINT64: Final = 2**64 - 1
 MAX_PEERS_LISTED: Final = 4096
+#: Most msgpack values (each container, string, number, nil...) one frame may hold. A frame's
+#: bytes do not bound what decoding it allocates: each one-byte empty array becomes a list of
+#: 56 bytes and more, so 16 MiB of them would take a gigabyte. A frame up to this many bytes
+#: cannot hold more values than that; a larger one is counted before it is decoded.
+MAX_VALUES: Final = 256 * 1024
 #: Heartbeat datagrams are a few dozen bytes; a larger one is invalid (docs/protocol.md §12).
 MAX_DATAGRAM_SIZE: Final = 1024
 
@@ -141,13 +146,19 @@ class Hello:
 
 def pack(kind: Kind, sender: bytes, seq: int, meta: Sequence[Any] | None, body: Any) -> bytes:
     """Encode an envelope. Raises `TypeError` for a body msgpack cannot carry, `ValueError` when
-    the result is larger than `MAX_FRAME_SIZE` (both are the caller's mistakes, not the peer's)."""
+    the result is larger than `MAX_FRAME_SIZE` or holds more than `MAX_VALUES` values (both are
+    the caller's mistakes, not the peer's)."""
     try:
         frame: bytes = msgpack.packb([VERSION, kind, sender, seq, meta, body], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body cannot be sent: {exc} (bodies are msgpack values)") from exc
     if len(frame) > MAX_FRAME_SIZE:
         raise ValueError(f"message of {len(frame)} bytes exceeds the {MAX_FRAME_SIZE} byte limit")
+    if len(frame) > MAX_VALUES:
+        try:
+            count_values(frame, MAX_VALUES)
+        except ProtocolError:
+            raise ValueError(f"message holds more than {MAX_VALUES} msgpack values") from None
     return frame
 
 
@@ -442,6 +453,8 @@ def _load(frame: bytes | memoryview) -> Any:
     """msgpack-decode a whole frame, mapping every failure to a `ProtocolError`."""
     if len(frame) > MAX_FRAME_SIZE:
         raise ProtocolError("oversized", f"{len(frame)} byte frame")
+    if len(frame) > MAX_VALUES:
+        count_values(frame, MAX_VALUES)
     try:
         return msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
     except ProtocolError:
@@ -528,6 +541,75 @@ def _parse_hello(data: Any) -> Hello:
         except ValueError as exc:
             raise ProtocolError("malformed", str(exc)) from None
     return Hello(_parse_record(data["record"]), tuple(addresses), data.get("batch") is True)
+
+
+def count_values(frame: bytes | memoryview, limit: int) -> int:
+    """How many msgpack values the frame's first value holds, itself included, counted from
+    the headers alone (nothing is decoded). Raises `ProtocolError` ("oversized") as soon as the
+    count passes `limit`, ("truncated") if the frame ends first, ("type") for an extension type
+    (the protocol has none) and ("malformed") for the one byte msgpack never uses. What follows
+    the first value is not looked at (msgpack refuses it)."""
+    size = len(frame)
+    position = 0
+    values = 0
+    pending = 1  # values announced by the headers read so far and not reached yet
+    sizes = _VALUE_SIZES
+    while pending:
+        if position >= size:
+            raise ProtocolError("truncated", "a msgpack value is cut short")
+        values += 1
+        if values > limit:
+            raise ProtocolError("oversized", f"more than {limit} msgpack values in a frame")
+        pending -= 1
+        lead = frame[position]
+        fixed, length_bytes, per_item = sizes[lead]
+        if fixed <= 0:
+            if fixed == _EXTENSION:
+                raise ProtocolError("type", "a msgpack extension type")
+            raise ProtocolError("malformed", f"byte 0x{lead:02x} starts no msgpack value")
+        position += fixed
+        if length_bytes:
+            length = int.from_bytes(frame[position - length_bytes : position], "big")
+            if per_item:
+                pending += per_item * length
+            else:
+                position += length
+        elif per_item:  # fixarray, fixmap: the count is in the lead byte
+            pending += per_item * (lead & 0x0F)
+    return values
+
+
+_UNUSED: Final = -1  # the lead byte msgpack never uses (0xc1)
+_EXTENSION: Final = 0  # the lead bytes of extension types
+
+
+def _value_sizes() -> tuple[tuple[int, int, int], ...]:
+    """For each lead byte: (bytes before the payload, how many of them are a length or count
+    at their end, values per counted item: 0 when the length is of bytes to skip)."""
+    table = [(1, 0, 0)] * 256  # fixints, nil, booleans
+    for lead in range(0x80, 0x90):
+        table[lead] = (1, 0, 2)  # fixmap: 2 values an entry
+    for lead in range(0x90, 0xA0):
+        table[lead] = (1, 0, 1)  # fixarray
+    for lead in range(0xA0, 0xC0):
+        table[lead] = (1 + (lead & 0x1F), 0, 0)  # fixstr
+    table[0xC1] = (_UNUSED, 0, 0)
+    for lead, width in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        table[lead] = (1 + width, width, 0)  # bin, str
+    for lead in (0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8):
+        table[lead] = (_EXTENSION, 0, 0)
+    for lead, total in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
+        table[lead] = (total, 0, 0)  # float, uint
+    for lead, total in ((0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):
+        table[lead] = (total, 0, 0)  # int
+    for lead, width in ((0xDC, 2), (0xDD, 4)):
+        table[lead] = (1 + width, width, 1)  # array
+    for lead, width in ((0xDE, 2), (0xDF, 4)):
+        table[lead] = (1 + width, width, 2)  # map
+    return tuple(table)
+
+
+_VALUE_SIZES: Final = _value_sizes()
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

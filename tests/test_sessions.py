@@ -41,9 +41,13 @@ def test_a_goodbye_on_the_pub_sets_a_deadline_once() -> None:
     assert sessions.overdue(11.9) == []
     assert sessions.overdue(12.0) == [A]
     assert sessions.overdue(14.0) == [A, B]
+    assert sessions.leaving_peers == {A, B}
     sessions.close(A)  # its inbox goodbye came first, or it was removed
     assert sessions.overdue(14.0) == [B]
     assert not sessions.leaving(A)
+    assert sessions.leaving_peers == {B}
+    sessions.forgot(B, "b:1")
+    assert sessions.leaving_peers == set()
 
 
 def test_a_forgotten_peer_is_greeted_again_once_when_it_is_heard() -> None:

@@ -30,6 +30,7 @@ from mesh._wire import (
     MAX_PEERS_LISTED,
     MAX_TOPIC_SIZE,
     MAX_UINT64,
+    MAX_VALUES,
     Envelope,
     Hello,
     Kind,
@@ -37,6 +38,7 @@ from mesh._wire import (
     coalesce_direct,
     coalesce_published,
     control_frame,
+    count_values,
     decode_datagram,
     decode_inbox,
     decode_inbox_many,
@@ -631,6 +633,82 @@ def test_oversized_valid_envelope() -> None:
     assert inbox_reason(envelope) == "oversized"
     envelope = raw(1, Kind.EVENT, SENDER, 1, None, b"x" * MAX_FRAME_SIZE)
     assert published_reason(b"Et\x00" + envelope) == "oversized"
+
+
+def test_a_frame_of_empty_arrays_is_refused_before_it_is_decoded() -> None:
+    # 16 MiB of one-byte empty arrays would decode to a gigabyte of lists: the frame is counted
+    # from its headers and refused at the limit, before anything is built.
+    body = b"\xdd" + (MAX_FRAME_SIZE - 64).to_bytes(4, "big") + b"\x90" * (MAX_FRAME_SIZE - 64)
+    envelope = with_raw_body(Kind.TASK, body, [1, "s", 1])
+    assert inbox_reason(envelope) == "oversized"
+    assert published_reason(b"Et\x00" + with_raw_body(Kind.EVENT, body)) == "oversized"
+    # Within a BATCH too: 4096 tasks of 100 empty arrays each, 1.9 million values in 0.6 MiB.
+    tasks = [item(Kind.TASK, 1 + i, [i, "s", 1], [[]] * 100) for i in range(MAX_BATCH)]
+    batch = raw_batch(tasks)
+    assert len(batch) > MAX_VALUES
+    assert inbox_reason(batch) == "oversized"
+    assert len(decode_inbox_many(raw_batch(tasks[:2000]))) == 2000  # 0.22 million: taken
+
+
+def test_a_large_frame_within_the_value_limit_decodes() -> None:
+    body = [b"x" * 100] * (MAX_VALUES // 2)  # 13 MiB, half the values allowed
+    frame = pack(Kind.TASK, SENDER, 1, [1, "s", 1], body)
+    assert len(frame) > MAX_VALUES
+    assert decode_inbox(frame).body == body
+
+
+def test_the_value_limit_is_exact() -> None:
+    # Besides the body's items: the envelope's array, four header items, meta's array and its
+    # three items, and the body's array: 10 values.
+    at_limit = [0] * (MAX_VALUES - 10)
+    frame = msgpack.packb([1, Kind.TASK, SENDER, 1, [1, "s", 1], at_limit])
+    assert count_values(frame, MAX_VALUES) == MAX_VALUES
+    assert decode_inbox(frame).body == at_limit
+    over = msgpack.packb([1, Kind.TASK, SENDER, 1, [1, "s", 1], [*at_limit, 0]])
+    assert inbox_reason(over) == "oversized"
+
+
+def test_a_node_refuses_to_send_more_values_than_a_frame_may_hold() -> None:
+    with pytest.raises(ValueError, match="msgpack values"):
+        pack(Kind.TASK, SENDER, 1, [1, "s", 1], [None] * MAX_VALUES)
+    assert pack(Kind.TASK, SENDER, 1, [1, "s", 1], [None] * 1000)
+
+
+@pytest.mark.parametrize(
+    ("frame", "values"),
+    [
+        (msgpack.packb(None), 1),
+        (msgpack.packb([]), 1),
+        (msgpack.packb({}), 1),
+        (msgpack.packb([1, [2, [3]], {"a": [None, True]}]), 11),
+        (msgpack.packb({"k" * 40: b"v" * 70_000, 2**40: -(2**40), 1.5: "x" * 300}), 7),
+        (msgpack.packb(list(range(70_000))), 70_001),
+        (msgpack.packb({i: i for i in range(20)}), 41),
+        (msgpack.packb([]) + b"junk after it", 1),
+    ],
+)
+def test_values_are_counted_from_their_headers(frame: bytes, values: int) -> None:
+    assert count_values(frame, 10**9) == values
+    assert count_values(memoryview(frame), values) == values
+    with pytest.raises(ProtocolError, match="more than"):
+        count_values(frame, values - 1)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"", "truncated"),
+        (b"\x92\x01", "truncated"),  # an array of two with one
+        (b"\xdd\xff\xff\xff\xff", "truncated"),  # four billion announced, none there
+        (b"\xc1", "malformed"),
+        (b"\x91\xd6\xff\x00\x00\x00\x00", "type"),  # a timestamp
+        (b"\xc7\x01\x05\x00", "type"),
+    ],
+)
+def test_a_frame_that_cannot_be_counted(frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        count_values(frame, 10**9)
+    assert caught.value.reason == reason
 
 
 @pytest.mark.parametrize(
