@@ -86,7 +86,7 @@ class Introductions:
             for address in sorted(self._seeds):
                 if self._peers.by_address(address) is not None:
                     continue
-                link = self._links.get(address)
+                link = self._links.find(address)
                 if link is not None and len(link.outbox):
                     continue  # the last HELLO has not left: nothing listens there yet
                 self._introduce(address, True)

@@ -249,7 +249,7 @@ class Membership:
             return
         if (session := self.sessions.get(envelope.sender)) is not None:
             session.batching = hello.batch
-        link = self._links.get(self.reach(hello.record))
+        link = self._links.find(self.reach(hello.record))
         if link is not None:
             link.outbox.coalesce = _wire.coalesce_direct if hello.batch else None
         if envelope.kind is Kind.HELLO:
@@ -410,11 +410,12 @@ class Membership:
         ready: dict[bytes, Route] = {}
         # (On every task sent: the lookups are bound once.)
         peers, leaving, inbox = self._peers, self.sessions.leaving_peers, self._addresses.inbox
+        find = self._links.find
         for worker in peers.offering(service):
             peer = peers.get(worker)
             if peer is None or peer.state is not PeerState.ALIVE or worker in leaving:
                 continue  # suspect, dead or leaving: no new work
-            link = self._links.get(inbox(peer.record))
+            link = find(inbox(peer.record))
             if link is not None and link.outbox.has_room():
                 ready[worker] = link
         return ready
@@ -422,7 +423,7 @@ class Membership:
     def link_of(self, peer_id: bytes) -> Link | None:
         """The link to a known peer's inbox, if there is one."""
         peer = self._peers.get(peer_id)
-        return None if peer is None else self._links.get(self._addresses.inbox(peer.record))
+        return None if peer is None else self._links.find(self._addresses.inbox(peer.record))
 
     async def _greet(self, peer_id: bytes) -> None:
         """Make this node's subscriptions live at a new peer, then tell it so (READY): its

@@ -102,6 +102,7 @@ PURE_CORES = (
     "mesh._wire",
     "mesh._addresses",
     "mesh._sessions",
+    "mesh._values",
     "mesh._beatplan",
     "mesh._probes",
     "mesh._routing",

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from discovery import PeerRecord
 from mesh import ProtocolError
+from mesh._values import count_values
 from mesh._wire import (
     BATCH,
     BATCH_BYTES,
@@ -38,7 +39,6 @@ from mesh._wire import (
     coalesce_direct,
     coalesce_published,
     control_frame,
-    count_values,
     decode_datagram,
     decode_inbox,
     decode_inbox_many,
