@@ -21,6 +21,7 @@ sockets and terminates its ZeroMQ context.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -586,10 +587,13 @@ async def open_node(
             # In a thread, and shielded: a scrape in progress may be waiting on this one.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(metrics.close)
-        if node is None:
-            context.destroy(linger=0)  # Node() failed: close whatever it had opened
-        else:
-            node._close_sockets()
-        with trio.CancelScope(shield=True):
-            # Only sockets given a linger (the goodbyes) can keep term() waiting, and no longer.
-            await trio.to_thread.run_sync(context.term)
+        try:
+            if node is not None:
+                node._close_sockets()
+        finally:
+            with trio.CancelScope(shield=True):
+                # Any socket still open (a node that failed halfway through opening one, say)
+                # is closed at once: an open socket would keep term() waiting for ever. Only the
+                # sockets closed above with a linger (the goodbyes) can make it wait, and no
+                # longer than that.
+                await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))

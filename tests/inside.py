@@ -150,6 +150,26 @@ def after_next_beat(node: mesh.Node, then: Callable[[], None]) -> None:
     heartbeats._send_datagrams = send_then  # type: ignore[method-assign,assignment]
 
 
+def fail_next_link(node: mesh.Node, error: Exception) -> None:
+    """The next link the node opens fails halfway, as when the process is out of file
+    descriptors: its PUSH socket is made, then making the monitor of it raises `error`."""
+    links = node._links
+    make_socket = links._make_socket
+
+    def make_failing(kind: int, ipv6: bool) -> Any:
+        sock = make_socket(kind, ipv6)
+        if kind == zmq.PUSH:
+            del links._make_socket
+
+            def fail(*args: Any) -> Any:
+                raise error
+
+            sock.get_monitor_socket = fail  # type: ignore[method-assign,assignment]
+        return sock
+
+    links._make_socket = make_failing
+
+
 def reclaim(node: mesh.Node, worker: mesh.Node) -> None:
     """As when the node declares `worker` dead: the tasks it holds and those queued for it go
     to other workers (its peer state is left as it is)."""
