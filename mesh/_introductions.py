@@ -12,11 +12,17 @@ Rules:
   unauthenticated multicast that anyone on the link could send, so for a known peer it means
   nothing, and for an announced node that never answered it closes the link. So does
   `Settings.connect_timeout` without an answer; a seed's link is kept.
+* The addresses a peer lists in its HELLO or WELCOME are a hint, not a to-do list: they are
+  said HELLO `TRIED_AT_ONCE` at a time, oldest first, each given `Settings.connect_timeout` to
+  answer before its link is closed and the next is tried; at most `HEARD_KEPT` wait their
+  turn, and more are ignored (they are heard of again from other peers). A HELLO listing
+  thousands of addresses costs a few links at a time, not a link (three sockets) each.
 * This node's own record is advertised on mDNS, again whenever it changes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -30,6 +36,11 @@ from ._ratelimit import RateLimitedLog
 #: Seconds between HELLOs to a seed at whose address no peer is known.
 SEED_REGREET_INTERVAL: Final = 5.0
 
+#: How many addresses heard of from peers are said HELLO at once, at most.
+TRIED_AT_ONCE: Final = 16
+#: How many addresses heard of from peers wait their turn, at most.
+HEARD_KEPT: Final = 4096
+
 #: Says HELLO to the inbox at an address (`again`: even if a link there is open already).
 Introduce = Callable[[str, bool], None]
 
@@ -41,6 +52,7 @@ class Introductions:
         self,
         record: Callable[[], PeerRecord],
         peers: PeerMap,
+        peers_changed: trio.lowlevel.ParkingLot,
         links: Links,
         introduce: Introduce,
         *,
@@ -49,12 +61,15 @@ class Introductions:
     ) -> None:
         self._record = record
         self._peers = peers
+        self._changed = peers_changed  # unparked at every change of the peers, and here
         self._links = links
         self._introduce = introduce
         self._connect_timeout = connect_timeout
         self._log = log
         self._seeds: set[str] = set()
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
+        self._heard: dict[str, None] = {}  # addresses heard of, not tried yet, oldest first
+        self._trying: dict[str, float] = {}  # addresses said HELLO -> when to give up on them
         self._mdns: Mdns | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -68,6 +83,7 @@ class Introductions:
                 self._introduce(address, False)
         if self._seeds:
             nursery.start_soon(self._greet_absent_seeds)
+        nursery.start_soon(self._try_heard)
 
     def discover(self, mdns: Mdns) -> None:
         """Greet the nodes `mdns` announces, and keep this node's advertisement up to date."""
@@ -79,6 +95,46 @@ class Introductions:
         """This node's record changed: advertise it again (if on mDNS)."""
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, record)
+
+    def heard_of(self, addresses: Iterable[str]) -> None:
+        """A peer listed these inbox addresses (its peers): say HELLO to those that are not
+        peers yet, a few at a time (see the module's rules)."""
+        own = self._record().addresses
+        added = False
+        for address in addresses:
+            if len(self._heard) >= HEARD_KEPT:
+                break
+            if (
+                address not in own
+                and address not in self._trying
+                and address not in self._heard
+                and self._peers.by_address(address) is None
+            ):
+                self._heard[address] = None
+                added = True
+        if added:
+            self._changed.unpark_all()
+
+    async def _try_heard(self) -> None:
+        """Say HELLO to the addresses heard of, `TRIED_AT_ONCE` at a time: one whose node
+        joins, or that has not answered in `connect_timeout`, makes room for the next."""
+        heard, trying = self._heard, self._trying
+        while True:
+            now = trio.current_time()
+            for address, give_up_at in list(trying.items()):
+                if self._peers.by_address(address) is not None:
+                    del trying[address]
+                elif give_up_at <= now:
+                    del trying[address]
+                    self._forget_link_without_peer(address)
+            while heard and len(trying) < TRIED_AT_ONCE:
+                address = next(iter(heard))
+                del heard[address]
+                if self._peers.by_address(address) is None:
+                    self._introduce(address, False)
+                    trying[address] = now + self._connect_timeout
+            with trio.move_on_at(min(trying.values(), default=math.inf)):
+                await self._changed.park()
 
     async def _greet_absent_seeds(self) -> None:
         while True:

@@ -91,6 +91,7 @@ class Membership:
         heartbeats: Heartbeats,
         producer: ProducerSide,
         advertise: Callable[[PeerRecord], None],
+        heard_of: Callable[[Iterable[str]], None],
         check_open: Callable[[], None],
         closing: Callable[[], bool],
         log: RateLimitedLog,
@@ -105,11 +106,13 @@ class Membership:
         self._heartbeats = heartbeats
         self._producer = producer
         self._advertise = advertise
+        self._heard_of = heard_of
         self._check_open = check_open
         self._closing = closing
         self._log = log
         self._peers = PeerMap(record.id, record.mesh)
-        self._peers_changed = trio.lowlevel.ParkingLot()
+        #: Unparked at every change of the peers (joined, left, updated, ready, state).
+        self.changed = trio.lowlevel.ParkingLot()
         self._watchers: list[PeerWatch] = []
         self._nursery: trio.Nursery | None = None
         self.sessions = Sessions(settings.goodbye_timeout + GOODBYE_GRACE)
@@ -143,7 +146,7 @@ class Membership:
         """The node has closed: watchers end, waiters wake (and find it closed)."""
         for watch in list(self._watchers):
             watch._end()
-        self._peers_changed.unpark_all()
+        self.changed.unpark_all()
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
         """`Node.connect`."""
@@ -157,7 +160,7 @@ class Membership:
         self.introduce(address)
         with trio.move_on_after(timeout):
             while (peer := self._peers.by_address(address)) is None:
-                await self._peers_changed.park()
+                await self.changed.park()
             return peer
         raise PeerUnreachableError(address, timeout)
 
@@ -178,7 +181,7 @@ class Membership:
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline):
             while (missing := self._missing(count, wanted, service)) is not None:
-                await self._peers_changed.park()
+                await self.changed.park()
                 self._check_open()
             peers = self._counted(service)
             await self._events.sync(self._events.prefixes(), [peer.record.id for peer in peers])
@@ -261,9 +264,7 @@ class Membership:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
             # only to peers known then: make sure this one has our current record.
             self._links.send(self.reach(hello.record), Kind.UPDATE, None, self._record.to_wire())
-        for address in hello.peers:
-            if address not in self._record.addresses and self._peers.by_address(address) is None:
-                self.introduce(address)
+        self._heard_of(hello.peers)
 
     def on_update(self, envelope: Envelope) -> None:
         assert isinstance(envelope.body, PeerRecord)
@@ -295,7 +296,7 @@ class Membership:
     def on_ready(self, envelope: Envelope) -> None:
         if (session := self.sessions.get(envelope.sender)) is not None:
             session.ready = True
-            self._peers_changed.unpark_all()
+            self.changed.unpark_all()
             # Its heartbeats start now: a death from here on is judged as any other.
             self._heartbeats.wired(envelope.sender, trio.current_time())
 
@@ -372,7 +373,7 @@ class Membership:
                 self._producer.forget_worker(record.id, event.reason)
                 _log_peer(_peerlog.left(record, event.reason))
         self._producer.capacity_changed()
-        self._peers_changed.unpark_all()
+        self.changed.unpark_all()
 
     def reach(self, record: PeerRecord) -> str:
         """The peer's inbox address to use from here (`Addresses.inbox`)."""
@@ -453,7 +454,7 @@ class Membership:
                 while not self.sessions.is_ready(peer_id):
                     if peer_id not in self._peers:
                         return  # gone (and if it comes back, it is awaited afresh)
-                    await self._peers_changed.park()
+                    await self.changed.park()
                 return
             peer = self._peers.get(peer_id)
             if peer is None:

@@ -182,6 +182,7 @@ class Node:
             heartbeats=self._heartbeats,
             producer=self._producer,
             advertise=lambda record: self._introductions.advertise(record),
+            heard_of=lambda addresses: self._introductions.heard_of(addresses),
             check_open=self._check_open,
             closing=lambda: self._closing,
             log=self._log,
@@ -189,6 +190,7 @@ class Node:
         self._introductions = Introductions(
             lambda: self._membership.record,
             self._membership.peers,
+            self._membership.changed,
             self._links,
             lambda address, again: self._membership.introduce(address, again=again),
             connect_timeout=settings.connect_timeout,

@@ -1,0 +1,66 @@
+"""Nodes against a stranger that writes to their inbox with plain pyzmq and msgpack, on
+127.0.0.1. What a frame can make a node do is bounded: the node stays up, its own peers keep
+working, and what the stranger costs it is a few sockets and some counted bad frames.
+
+Network rule: the addresses a forged HELLO lists are on 127.0.0.0/8 at port 9 (discard), where
+nothing listens: every connection attempt stays on the loopback device and is refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+import zmq
+
+import mesh
+from discovery import PeerRecord
+from mesh._introductions import TRIED_AT_ONCE
+from mesh._wire import MAX_PEERS_LISTED, Hello, Kind, pack
+
+from . import inside
+from .conftest import peered_nodes, wait_until
+
+
+def forged_hello(listing: list[str]) -> bytes:
+    """A HELLO from a node that exists nowhere, listing `listing` as its peers."""
+    stranger = os.urandom(16)
+    record = PeerRecord(stranger, "stranger", "default", "127.0.0.1", 9, 9)
+    return pack(Kind.HELLO, stranger, 1, None, Hello(record, tuple(listing), batch=False).to_wire())
+
+
+async def test_a_hello_listing_thousands_of_addresses_is_tried_a_few_at_a_time() -> None:
+    listing = [f"127.77.{i // 256}.{i % 256}:9" for i in range(MAX_PEERS_LISTED)]
+    settings = mesh.Settings(connect_timeout=0.3)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        with trio.fail_after(20):
+            async with peered_nodes(settings=settings) as (a, b), b.work("s") as tasks:
+                await a.wait_for_peers(1, service="s")
+                push.connect(f"tcp://{a.address}")
+                push.send(forged_hello(listing))
+                await wait_until(
+                    lambda: any(address in listing for address in inside.links(a)),
+                    "a tries the addresses listed",
+                )
+                tried: set[str] = set()
+                # Over four connect timeouts: a few links at a time, each closed unanswered.
+                deadline = trio.current_time() + 4 * settings.connect_timeout
+                while trio.current_time() < deadline:
+                    heard = {address for address in inside.links(a) if address in listing}
+                    assert len(heard) <= TRIED_AT_ONCE
+                    tried |= heard
+                    await trio.sleep(0.02)
+                assert len(tried) > TRIED_AT_ONCE  # the first were given up, the next tried
+                assert len(tried) < len(listing) // 4
+                # The node and its peer are unharmed: a task goes and is acked.
+                await a.push("s", "still working")
+                async with await tasks.receive() as task:
+                    assert task.body == "still working"
+                await a.wait_settled()
+                assert b.id in a.peers
+    finally:
+        push.close()
+        context.term()
