@@ -594,8 +594,6 @@ async def open_node(
                 node._close_sockets()
         finally:
             with trio.CancelScope(shield=True):
-                # Any socket still open (a node that failed halfway through opening one, say)
-                # is closed at once: an open socket would keep term() waiting for ever. Only the
-                # sockets closed above with a linger (the goodbyes) can make it wait, and no
-                # longer than that.
+                # Any socket still open (one a failure left half made) is closed at once, or
+                # term() would wait for ever; only the goodbyes' linger can make it wait.
                 await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))

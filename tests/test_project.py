@@ -376,3 +376,29 @@ def test_the_version_is_read_without_importing() -> None:
     import mesh
 
     assert assignments == [mesh.__version__]
+
+
+# -- sizes: one concern a module ----------------------------------------------------------------
+
+#: Limits that keep the node a set of components a newcomer can read one at a time. The command
+#: line and the benchmarks (`_cli`, `_bench`) are many small commands and are not held to them.
+MAX_MODULE_LINES = 700
+MAX_CLASS_LINES = 450
+MAX_FACADE_LINES = 599  # mesh/_node.py, `Node` and `open_node`: under 600
+
+
+def test_no_module_or_class_outgrows_one_concern() -> None:
+    too_long = []
+    for name, path in MODULES.items():
+        if name.startswith(("mesh._cli", "mesh._bench")):
+            continue
+        lines = len(path.read_text().splitlines())
+        limit = MAX_FACADE_LINES if name == "mesh._node" else MAX_MODULE_LINES
+        if lines > limit:
+            too_long.append(f"{name}: {lines} lines (limit {limit})")
+        for node in ast.walk(parse(name)):
+            if isinstance(node, ast.ClassDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_CLASS_LINES:
+                    too_long.append(f"{name}.{node.name}: {length} lines (limit {MAX_CLASS_LINES})")
+    assert not too_long, too_long
