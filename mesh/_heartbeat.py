@@ -47,6 +47,8 @@ import msgpack
 
 from discovery import PeerRecord
 
+from ._errors import ProtocolError
+
 #: Echoes of beats sent longer ago than this are not round trip samples (seconds).
 ECHO_MAX_AGE: Final = 10.0
 #: Weight of a new round trip sample (RFC 6298's alpha).
@@ -61,6 +63,11 @@ RECORD_DIGEST_SIZE: Final = 8
 #: on its way: datagrams overtake it) before this node asks for the record again; and no more
 #: often than that while they still differ.
 RECORD_DIFFERS_FOR: Final = 1.0
+#: How much further ahead of the highest number taken a beat's number may be than the time
+#: since then allows (a peer beats at most once an interval: twice that many, to spare).
+#: Further ahead is a forgery, which would make every real beat after it look like an old copy;
+#: a restarted node has a new id, so its numbers start afresh in a new `PeerBeats`.
+BEAT_STEP_SLACK: Final = 16
 
 
 class Beat(NamedTuple):
@@ -260,7 +267,9 @@ class PeerBeats:
         "differs_since",
         "echoed",
         "heard",
+        "heard_at",
         "held",
+        "interval",
         "load",
         "loss",
         "rtt",
@@ -269,8 +278,10 @@ class PeerBeats:
         "wanted",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval  # the peer's heartbeat interval (the mesh's)
         self.heard = 0  # the highest beat number taken, by any path
+        self.heard_at = 0.0  # when it came
         self.load: int | None = None  # the tasks it holds, as its latest beat said
         self.rtt: float | None = None  # the smoothed round trip to it, from its echoes
         self.taken: tuple[float, float] | None = None  # its last datagram's `t`, and when
@@ -311,10 +322,18 @@ class PeerBeats:
 
     def take(self, beat: Beat, arrival: float) -> bool:
         """A heartbeat by any path, at `arrival`: True if it is the first of its number to come
-        (then its load and the round trip its echo measures are taken), False for a copy."""
-        if beat.number <= self.heard:
+        (then its load and the round trip its echo measures are taken), False for a copy.
+        Raises `ProtocolError` ("jump") for a number further ahead than the time since the last
+        one allows (`BEAT_STEP_SLACK`); the first number taken may be any."""
+        number, heard = beat.number, self.heard
+        if number <= heard:
             return False
-        self.heard = beat.number
+        if (
+            heard
+            and number - heard > BEAT_STEP_SLACK + 2 * (arrival - self.heard_at) / self.interval
+        ):
+            raise ProtocolError("jump", f"beat {number} after {heard}")
+        self.heard, self.heard_at = number, arrival
         if beat.load is not None:
             self.load = beat.load
         if beat.echo is not None:

@@ -357,7 +357,7 @@ class Heartbeats:
         beats = self.beats.get(sender)
         if beats is None:
             if self._wiring.is_peer(sender):  # its first heartbeat
-                beats = self.beats[sender] = PeerBeats()
+                beats = self.beats[sender] = PeerBeats(self._interval)
             else:
                 self._wiring.stranger(sender)  # a forgotten peer back, maybe
                 return
@@ -366,8 +366,12 @@ class Heartbeats:
             beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
         if arrival is None:
             arrival = trio.current_time()
-        if not beats.take(beat, arrival):
-            return  # a copy that came another way, or later
+        try:
+            if not beats.take(beat, arrival):
+                return  # a copy that came another way, or later
+        except ProtocolError as exc:
+            self._wiring.bad_frame(exc, "heartbeat socket" if by_datagram else "heartbeat")
+            return
         if beat.echo is not None:
             sample = round_trip_sample(beat.echo, arrival)
             if sample is not None:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discovery import PeerRecord
+from mesh._errors import ProtocolError
 from mesh._heartbeat import (
     COPIES,
     ECHO_MAX_AGE,
@@ -170,7 +171,7 @@ def test_a_beats_datagrams_are_what_packing_each_whole_makes(
 
 
 def test_a_peers_first_copy_of_each_beat_counts_and_the_others_do_not() -> None:
-    beats = PeerBeats()
+    beats = PeerBeats(0.2)
     assert beats.take(Beat(1, load=2), arrival=0.2)
     assert beats.load == 2
     assert not beats.take(Beat(1, load=5), arrival=0.25)  # the same beat by another path
@@ -181,8 +182,22 @@ def test_a_peers_first_copy_of_each_beat_counts_and_the_others_do_not() -> None:
     assert beats.load == 2  # a beat that does not say keeps what the last one said
 
 
+def test_a_beat_number_may_move_ahead_only_as_far_as_time_allows() -> None:
+    # 0.2 s a beat: after 1 s, 16 + 2 * 5 = 26 numbers ahead at most.
+    beats = PeerBeats(0.2)
+    assert beats.take(Beat(2**40), arrival=10.0)  # the first may be any: a peer up for long
+    with pytest.raises(ProtocolError) as caught:
+        beats.take(Beat(MAX_UINT64), arrival=10.2)  # a forgery: every real beat would be "old"
+    assert caught.value.reason == "jump"
+    with pytest.raises(ProtocolError):
+        beats.take(Beat(2**40 + 27), arrival=11.0)
+    assert beats.heard == 2**40  # nothing of either was taken
+    assert beats.take(Beat(2**40 + 26), arrival=11.0)
+    assert beats.take(Beat(2**40 + 26 + 16 + 300), arrival=41.0)  # 30 s cut off: 300 beats
+
+
 def test_a_peers_echoes_give_the_round_trip() -> None:
-    beats = PeerBeats()
+    beats = PeerBeats(0.2)
     assert beats.take(Beat(1, echo=(10.0, 0.150)), arrival=10.154)
     assert beats.rtt == pytest.approx(0.004)
     assert beats.take(Beat(2, echo=(10.2, 0.0)), arrival=10.212)
@@ -192,7 +207,7 @@ def test_a_peers_echoes_give_the_round_trip() -> None:
 
 
 def test_what_a_peer_is_owed_comes_from_its_datagrams() -> None:
-    beats = PeerBeats()
+    beats = PeerBeats(0.2)
     assert beats.next_datagram(now=1.0) == (None, 1, 1)  # nothing taken yet, nothing lost
     beats.datagram(Beat(1, sent=50.0, echo=(0.9, 0.01), datagram=1, want=1), arrival=1.1)
     assert beats.wanted == 1
@@ -258,7 +273,7 @@ def test_a_changed_record_has_another_digest(changed: PeerRecord) -> None:
 
 
 def test_a_record_that_differs_for_a_while_is_asked_for_again_once_a_while() -> None:
-    beats = PeerBeats()
+    beats = PeerBeats(0.2)
     theirs = record_digest(RECORD.with_services(["resize"]))  # the peer took up a service
     assert not beats.record_differs(RECORD, record_digest(RECORD), 10.0)
     # Its UPDATE may be on its way: heartbeats overtake it.

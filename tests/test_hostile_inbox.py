@@ -1,6 +1,7 @@
-"""Nodes against a stranger that writes to their inbox with plain pyzmq and msgpack, on
-127.0.0.1. What a frame can make a node do is bounded: the node stays up, its own peers keep
-working, and what the stranger costs it is a few sockets and some counted bad frames.
+"""Nodes against a stranger that writes to their inbox and heartbeat port with plain pyzmq,
+msgpack and `socket`, on 127.0.0.1. What a frame can make a node do is bounded: the node stays
+up, its own peers keep working, and what the stranger costs it is a few sockets and some counted
+bad frames.
 
 Network rule: the addresses a forged HELLO lists are on 127.0.0.0/8 at port 9 (discard), where
 nothing listens: every connection attempt stays on the loopback device and is refused.
@@ -9,6 +10,7 @@ nothing listens: every connection attempt stays on the loopback device and is re
 from __future__ import annotations
 
 import os
+import socket
 
 import trio
 import zmq
@@ -16,7 +18,7 @@ import zmq
 import mesh
 from discovery import PeerRecord
 from mesh._introductions import TRIED_AT_ONCE
-from mesh._wire import MAX_PEERS_LISTED, Hello, Kind, pack
+from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, pack
 
 from . import inside
 from .conftest import peered_nodes, wait_until
@@ -64,3 +66,24 @@ async def test_a_hello_listing_thousands_of_addresses_is_tried_a_few_at_a_time()
     finally:
         push.close()
         context.term()
+
+
+async def test_a_forged_beat_number_far_ahead_does_not_silence_the_real_ones() -> None:
+    # One datagram under a's id, numbered 2**64 - 1, before a's next real beat: taken, it would
+    # make every real beat of a's look like an old copy, and b would declare a dead.
+    settings = mesh.Settings(detector=mesh.DetectorSettings(heartbeat_interval=0.1))
+    with trio.fail_after(10):
+        async with peered_nodes(settings=settings) as (a, b):
+            await wait_until(lambda: bytes.fromhex(a.id) in inside.beats(b), "b takes a's beats")
+            alive_since = b.peers[a.id].since
+            forged = pack(Kind.HEARTBEAT, bytes.fromhex(a.id), 1, None, {"n": MAX_UINT64})
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+                plain.sendto(forged, ("127.0.0.1", b.record.pull_port))
+            await wait_until(
+                lambda: b.statistics().bad_frame_reasons.get("jump") == 1, "b refuses the jump"
+            )
+            beats = inside.beats_sent(a)
+            await wait_until(lambda: inside.beats_sent(a) >= beats + 10, "ten more beats of a's")
+            # Still alive, and never anything else meanwhile.
+            assert b.peers[a.id].state is mesh.PeerState.ALIVE
+            assert b.peers[a.id].since == alive_since

@@ -106,7 +106,9 @@ class SimNode:
         beats = self.beats.get(sender)
         if beats is None:
             if sender in self.peers:
-                beats = self.beats[sender] = PeerBeats()
+                beats = self.beats[sender] = PeerBeats(
+                    self.world.settings.detector.heartbeat_interval
+                )
             else:
                 address = self.sessions.returned(sender)
                 if address is not None:  # forgotten while frozen, now back: HELLO again
