@@ -1,11 +1,18 @@
 """Frames from the network, taken in: a batch of valid envelopes at a time from a socket, each
 frame decoded whole by the wire codec. A frame that breaks the protocol is its sender's problem:
 counted (by `ProtocolError.reason`), logged at a bounded rate, dropped, and never a failure of the
-node. Bytes received are counted by socket, as they cross it."""
+node. Bytes received are counted by socket, as they cross it.
+
+Decoding a batch takes at most `TURN` seconds before the other tasks of the node get a turn (the
+frames not yet decoded wait for the next call): a burst of costly frames (large, or many values
+to count) must not keep the heartbeat loop from running, or the node's peers would declare it
+dead for what a stranger sent it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Final
 
 import trio
 
@@ -13,6 +20,9 @@ from ._errors import ProtocolError
 from ._ratelimit import RateLimitedLog
 from ._wire import Envelope
 from ._zmq import AsyncSocket
+
+#: Seconds of decoding one socket's frames before the node's other tasks get a turn.
+TURN: Final = 0.005
 
 
 class Frames:
@@ -25,6 +35,7 @@ class Frames:
         self._log = log
         self.bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
         self.bad_reasons: dict[str, int] = {}
+        self._undecoded: dict[str, list[bytes]] = {}  # by socket: frames left for the next turn
 
     async def receive(
         self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
@@ -32,17 +43,25 @@ class Frames:
         """The next batch of valid envelopes from `sock`, in order (a frame may carry several; bad
         frames are counted and dropped whole); an empty list once the socket is closed."""
         while True:
-            try:
-                frames = await sock.receive_batch(self._receive_batch)
-            except trio.ClosedResourceError:
-                return []
-            self.bytes_in[where] += sum(map(len, frames))
+            frames = self._undecoded.pop(where, None)
+            if frames is None:
+                try:
+                    frames = await sock.receive_batch(self._receive_batch)
+                except trio.ClosedResourceError:
+                    return []
+                self.bytes_in[where] += sum(map(len, frames))
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # the other tasks' turn
             batch: list[Envelope] = []
-            for frame in frames:
+            started = time.perf_counter()
+            for index, frame in enumerate(frames):
                 try:
                     batch += decode(frame)
                 except ProtocolError as exc:
                     self.bad_frame(exc, where)
+                if time.perf_counter() - started > TURN and index + 1 < len(frames):
+                    self._undecoded[where] = frames[index + 1 :]
+                    break
             if batch:
                 return batch
 

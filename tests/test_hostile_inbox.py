@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import trio
 import zmq
@@ -21,7 +23,9 @@ from mesh._introductions import TRIED_AT_ONCE
 from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, pack
 
 from . import inside
-from .conftest import peered_nodes, wait_until
+from .conftest import new_mesh_env, peered_nodes, wait_until
+
+FINISH = 15.0  # seconds: a child process that is told to end ends
 
 
 def forged_hello(listing: list[str]) -> bytes:
@@ -87,3 +91,45 @@ async def test_a_forged_beat_number_far_ahead_does_not_silence_the_real_ones() -
             # Still alive, and never anything else meanwhile.
             assert b.peers[a.id].state is mesh.PeerState.ALIVE
             assert b.peers[a.id].since == alive_since
+
+
+async def test_a_burst_of_costly_frames_does_not_starve_the_heartbeats() -> None:
+    # Each frame is 1 MiB of one-byte empty arrays, refused only after its values are counted to
+    # the limit: some 45 ms of work. Sixty in a burst are seconds of work for the node in the
+    # child process, done in turns: its heartbeats keep going out meanwhile, so b, here, never
+    # declares it dead. (b must be in another process: a stall of its own is forgiven.)
+    frame = pack(Kind.TASK, os.urandom(16), 1, [1, "s", 1], None)[:-1]  # the body goes last
+    frame += b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x90" * (1 << 20)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    env = new_mesh_env()
+    child: trio.Process | None = None
+    try:
+        with trio.fail_after(40):
+            async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
+                child = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "mesh._cli", "run", "--name", "a", "--seed", b.address],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                (a,) = await b.wait_for_peers(names=["a"], timeout=15)
+                async with b.watch_peers() as changes:
+                    push.connect(f"tcp://{a.record.address}")
+                    for _ in range(60):
+                        push.send(frame)
+                    # About 60 x 45 ms of work for a: watch it for longer than that.
+                    with trio.move_on_after(5):
+                        async for change in changes:
+                            if isinstance(change, mesh.PeerStateChanged):
+                                assert change.peer.state is not mesh.PeerState.DEAD, change
+                assert b.peers[a.id].state is mesh.PeerState.ALIVE
+    finally:
+        push.close()
+        context.term()
+        if child is not None:
+            child.terminate()
+            with trio.fail_after(FINISH):
+                await child.wait()
