@@ -89,12 +89,18 @@ class ForeignMeshError(ValueError):
     """A record of another mesh was offered to the map."""
 
 
-class PeerMap:
-    """The peers one node knows, indexed by id, inbox address and service."""
+class PeerLimitError(ValueError):
+    """A new peer was offered to a map that holds all the peers it may."""
 
-    def __init__(self, own_id: bytes, mesh: str) -> None:
+
+class PeerMap:
+    """The peers one node knows, indexed by id, inbox address and service; at most `max_peers`
+    of them (None: no limit)."""
+
+    def __init__(self, own_id: bytes, mesh: str, max_peers: int | None = None) -> None:
         self._own_id = own_id
         self._mesh = mesh
+        self._max_peers = max_peers
         self._peers: dict[bytes, Peer] = {}
         self._by_address: dict[str, bytes] = {}
         self._by_service: dict[str, dict[bytes, None]] = {}  # dict as an ordered set
@@ -102,7 +108,9 @@ class PeerMap:
     def observe(self, record: PeerRecord, now: float) -> list[PeerEvent]:
         """Take in a record heard from the network. Returns what changed.
 
-        Raises `ForeignMeshError` for a record of another mesh.
+        Raises `ForeignMeshError` for a record of another mesh, `PeerLimitError` for a new peer
+        when the map holds `max_peers` already (unless the record takes the place of a peer at
+        one of its addresses: a node restarted there).
         """
         if record.mesh != self._mesh:
             raise ForeignMeshError(f"record of mesh {record.mesh!r}, this is {self._mesh!r}")
@@ -111,6 +119,13 @@ class PeerMap:
         known = self._peers.get(record.id)
         if known is not None and known.record == record:
             return []
+        if (
+            known is None
+            and self._max_peers is not None
+            and len(self._peers) >= self._max_peers
+            and not any(address in self._by_address for address in record.addresses)
+        ):
+            raise PeerLimitError(f"this node holds {len(self._peers)} peers, all it may")
         events: list[PeerEvent] = []
         for address in record.addresses:
             holder = self._by_address.get(address)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import resource
 import socket as stdlib_socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from discovery import interface_addresses, tcp_endpoint
 
 from . import _wire
 from ._heartbeats import SO_TIMESTAMPNS, close_datagrams
+from ._limits import Limits, limits_for
 from ._types import Settings
 from ._zmq import ZmqSocket
 
@@ -69,6 +71,28 @@ def check_discovery(discovery: str | Iterable[str], hosts: Sequence[str]) -> set
             "use discovery='static' there, or an IPv4 or LAN address"
         )
     return methods
+
+
+def open_context(max_peers: int) -> tuple[zmq.Context[Any], Limits]:
+    """A ZeroMQ context for one node, and the node's limits (`mesh/_limits.py`). The process's
+    soft limit of file descriptors is raised to its hard limit first, the most it may have
+    without privileges, and the context may make as many sockets as the limits allow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # not allowed here: keep the soft limit
+            pass
+    descriptors = _MANY_DESCRIPTORS if soft == resource.RLIM_INFINITY else soft
+    limits = limits_for(descriptors, max_peers)
+    context: zmq.Context[Any] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, limits.sockets)
+    return context, limits
+
+
+# What an unlimited number of file descriptors counts as.
+_MANY_DESCRIPTORS: Final = 1 << 20
 
 
 def socket_maker(context: zmq.Context[Any]) -> Callable[[int, bool], ZmqSocket]:

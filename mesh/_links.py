@@ -69,10 +69,12 @@ class Links(Mapping[str, Link]):
         on_room: Callable[[], None],
         on_dropped: Callable[[Link], None],
         dropped_grace: float,
+        max_links: int,
         log: RateLimitedLog,
     ) -> None:
         self._make_socket = make_socket
         self._id = node_id
+        self._max_links = max_links
         self._log = log
         self._queue = queue
         self._on_room = on_room
@@ -146,8 +148,23 @@ class Links(Mapping[str, Link]):
 
     def send(self, address: str, kind: Kind, meta: list[Any] | None, body: Any) -> bool:
         """Queue a message from this node on the link to `address` (opened if need be) if its
-        outbox has room; else drop it, log that (at a bounded rate) and return False."""
-        link = self.open(address)
+        outbox has room; else drop it, log that (at a bounded rate) and return False. A link is
+        opened here only while fewer than `max_links` are open: links to peers are opened by
+        `open`, whatever the number (the peers are counted apart), and this is how every other
+        address is reached first."""
+        link = self._links.get(address)
+        if link is None:
+            if len(self._links) >= self._max_links:
+                self._log.warning(
+                    "link-limit",
+                    trio.current_time(),
+                    "%d links open, all this node may have: dropped a %s message to %s",
+                    len(self._links),
+                    kind.name,
+                    address,
+                )
+                return False
+            link = self.open(address)
         if not link.outbox.has_room():
             self._log.warning(
                 "outbox-full",

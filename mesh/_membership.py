@@ -36,6 +36,7 @@ from discovery import (
     PeerEvent,
     PeerJoined,
     PeerLeft,
+    PeerLimitError,
     PeerMap,
     PeerRecord,
     PeerState,
@@ -52,6 +53,7 @@ from ._events import Subscriptions, connect_op, disconnect_op
 from ._heartbeat import PeerBeats, record_digest
 from ._heartbeats import Heartbeats
 from ._links import Link, Links
+from ._metrics import PeerStatistics
 from ._producer import ProducerSide, Route
 from ._ratelimit import RateLimitedLog
 from ._sessions import Sessions
@@ -86,6 +88,8 @@ class Membership:
         settings: Settings,
         addresses: Addresses,
         *,
+        max_peers: int,
+        counts: dict[str, int],
         links: Links,
         events: Subscriptions,
         heartbeats: Heartbeats,
@@ -101,6 +105,7 @@ class Membership:
         self._id = record.id
         self._settings = settings
         self._addresses = addresses
+        self._counts = counts
         self._links = links
         self._events = events
         self._heartbeats = heartbeats
@@ -110,7 +115,7 @@ class Membership:
         self._check_open = check_open
         self._closing = closing
         self._log = log
-        self._peers = PeerMap(record.id, record.mesh)
+        self._peers = PeerMap(record.id, record.mesh, max_peers)
         #: Unparked at every change of the peers (joined, left, updated, ready, state).
         self.changed = trio.lowlevel.ParkingLot()
         self._watchers: list[PeerWatch] = []
@@ -322,6 +327,17 @@ class Membership:
                 self._record.mesh,
             )
             return False
+        except PeerLimitError as exc:
+            self._counts["peers_refused"] += 1
+            self._log.warning(
+                "peer-limit",
+                trio.current_time(),
+                "refused node %s at %s as a peer: %s",
+                record.name,
+                record.address,
+                exc,
+            )
+            return False
         self._apply(events)
         return True
 
@@ -420,6 +436,18 @@ class Membership:
             if link is not None and link.outbox.has_room():
                 ready[worker] = link
         return ready
+
+    def peer_rows(self, in_flight: Callable[[bytes], int]) -> list[tuple[str, PeerStatistics]]:
+        """Each peer's outbox and the tasks it holds (`in_flight`), by id (hex): what
+        `Node.statistics` reports of the peers."""
+        rows = []
+        for peer in self._peers:
+            link = self.link_of(peer.record.id)
+            queued = 0 if link is None else len(link.outbox)
+            rows.append(
+                (peer.id, PeerStatistics(peer.record.name, queued, in_flight(peer.record.id)))
+            )
+        return rows
 
     def link_of(self, peer_id: bytes) -> Link | None:
         """The link to a known peer's inbox, if there is one."""

@@ -300,6 +300,11 @@ _COUNTERS: Final = (
         "mesh_heartbeat_datagrams_total",
         "Valid heartbeat datagrams received by UDP.",
     ),
+    (
+        "peers_refused",
+        "mesh_peers_refused_total",
+        "Nodes refused as peers: this node had all the peers it may hold.",
+    ),
 )
 
 # (ServiceStatistics field, metric name, help) of the per-service counters.

@@ -44,12 +44,13 @@ from discovery._groups import ungrouped
 
 from . import _wire
 from ._addresses import Addresses
-from ._binding import bind_sockets, check_discovery, check_interfaces, socket_maker
+from ._binding import bind_sockets, check_discovery, check_interfaces, open_context, socket_maker
 from ._events import Publisher, Subscriptions
 from ._exporter import MetricsServer
 from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
 from ._introductions import Introductions
+from ._limits import Limits
 from ._links import Links
 from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
@@ -59,7 +60,6 @@ from ._metrics import (
     PUSHED,
     RECEIVED,
     REDELIVERED,
-    PeerStatistics,
     ServiceCounts,
     cap_peers,
 )
@@ -91,6 +91,7 @@ class Node:
         pub_port: int,
         pull_port: int,
         settings: Settings,
+        limits: Limits,
         dead_letter: Callable[[DeadLetter], None] | None = None,
     ) -> None:
         self._context = context
@@ -129,6 +130,7 @@ class Node:
             on_room=lambda: self._producer.capacity_changed(),
             on_dropped=lambda link: self._membership.on_link_dropped(link),
             dropped_grace=GOODBYE_GRACE,
+            max_links=limits.links,
             log=self._log,
         )
         self._unyielded = 0
@@ -177,6 +179,8 @@ class Node:
             record,
             settings,
             addresses,
+            max_peers=limits.peers,
+            counts=self._counts,
             links=self._links,
             events=self._events,
             heartbeats=self._heartbeats,
@@ -254,12 +258,6 @@ class Node:
         """What this node has counted since it opened, and its queues now: a snapshot
         (`NodeStatistics` describes each figure). Works after the node has closed, too."""
         dispatcher = self._producer.dispatcher
-        peer_rows = []
-        for peer in self._membership.peers:
-            link = self._membership.link_of(peer.record.id)
-            queued = 0 if link is None else len(link.outbox)
-            in_flight = dispatcher.in_flight(peer.record.id)
-            peer_rows.append((peer.id, PeerStatistics(peer.record.name, queued, in_flight)))
         services = self._services.snapshot()
         totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
         return NodeStatistics(
@@ -274,7 +272,7 @@ class Node:
             },
             events_queued=len(self._pub),
             redelivery_queued=self._producer.redelivery_queued,
-            peer_queues=cap_peers(peer_rows),
+            peer_queues=cap_peers(self._membership.peer_rows(dispatcher.in_flight)),
             ack_latency=self._producer.ack_latency.snapshot(),
             heartbeat_rtt=self._heartbeats.rtt.snapshot(),
             services=services,
@@ -549,7 +547,7 @@ async def open_node(
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
     if metrics_port is not None:
         MetricsServer.check_address(metrics_host, metrics_port)
-    context: zmq.Context[Any] = zmq.Context()
+    context, limits = open_context(settings.max_peers)
     node: Node | None = None
     metrics: MetricsServer | None = None
     try:
@@ -562,6 +560,7 @@ async def open_node(
                 pub_port=pub_port,
                 pull_port=pull_port,
                 settings=settings,
+                limits=limits,
                 dead_letter=dead_letter,
             )
             if metrics_port is not None:

@@ -51,6 +51,10 @@ class Settings:
         connect_timeout: Seconds `connect` waits for an answer by default. Default 5.0.
         goodbye_timeout: Seconds closing the node spends saying goodbye to its peers. Default
             0.2.
+        max_peers: Most peers this node takes; a node past that is refused (not answered, and
+            counted in `NodeStatistics.peers_refused`). The node also takes no more than its
+            file descriptors allow, about nine a peer (it raises its soft limit to the hard one
+            when it opens). Default 1024.
         detector: The failure detector's `DetectorSettings`: heartbeat interval and how silence
             turns into suspicion and death. Default `DetectorSettings()`.
 
@@ -70,13 +74,14 @@ class Settings:
     sync_timeout: float = 2.0
     connect_timeout: float = 5.0
     goodbye_timeout: float = 0.2
+    max_peers: int = 1024
     detector: DetectorSettings = field(default_factory=DetectorSettings)
 
     def __post_init__(self) -> None:
         for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("max_in_flight", "max_attempts", "dedup_window"):
+        for name in ("max_in_flight", "max_attempts", "dedup_window", "max_peers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.prefetch is not None and self.prefetch < 1:
@@ -112,7 +117,8 @@ class NodeStatistics:
     """What a node has counted since it opened, and the state of its queues now (a snapshot,
     from `Node.statistics`; docs/metrics.md names each as Prometheus exports it).
 
-    * `peers`: the peers known now.
+    * `peers`: the peers known now; `peers_refused`: nodes refused as peers because this node
+      had all it may hold (`Settings.max_peers`, or its file descriptors).
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer was full, without `Settings.event_backpressure`).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
@@ -167,6 +173,7 @@ class NodeStatistics:
     ack_latency: Histogram = field(default_factory=lambda: Histogram.empty(ACK_LATENCY_BUCKETS))
     heartbeat_rtt: Histogram = field(default_factory=lambda: Histogram.empty(RTT_BUCKETS))
     services: Mapping[str, ServiceStatistics] = field(default_factory=dict)
+    peers_refused: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -179,6 +186,7 @@ COUNTED: Final = (
     "nacks_sent",
     "heartbeat_datagrams",
     "bad_frames",
+    "peers_refused",
 )
 
 

@@ -10,6 +10,7 @@ nothing listens: every connection attempt stays on the loopback device and is re
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import zmq
 import mesh
 from discovery import PeerRecord
 from mesh._introductions import TRIED_AT_ONCE
+from mesh._limits import STRANGER_LINKS
 from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, pack
 
 from . import inside
@@ -28,10 +30,11 @@ from .conftest import new_mesh_env, peered_nodes, wait_until
 FINISH = 15.0  # seconds: a child process that is told to end ends
 
 
-def forged_hello(listing: list[str]) -> bytes:
-    """A HELLO from a node that exists nowhere, listing `listing` as its peers."""
+def forged_hello(listing: list[str] = [], mesh: str = "default", port: int = 9) -> bytes:  # noqa: B006
+    """A HELLO from a node that exists nowhere (its inbox at 127.0.0.1:`port`, where nothing
+    listens), listing `listing` as its peers."""
     stranger = os.urandom(16)
-    record = PeerRecord(stranger, "stranger", "default", "127.0.0.1", 9, 9)
+    record = PeerRecord(stranger, "stranger", mesh, "127.0.0.1", port, port)
     return pack(Kind.HELLO, stranger, 1, None, Hello(record, tuple(listing), batch=False).to_wire())
 
 
@@ -133,3 +136,80 @@ async def test_a_burst_of_costly_frames_does_not_starve_the_heartbeats() -> None
             child.terminate()
             with trio.fail_after(FINISH):
                 await child.wait()
+
+
+async def test_hellos_from_more_nodes_than_a_node_may_hold_are_refused() -> None:
+    # Each forged HELLO comes from a new id at a port of its own: each would be a new peer.
+    settings = mesh.Settings(max_peers=4)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        with trio.fail_after(20):
+            async with peered_nodes(settings=settings) as (a, b), b.work("s") as tasks:
+                push.connect(f"tcp://{a.address}")
+                for port in range(20):
+                    push.send(forged_hello(port=10_000 + port))
+                await wait_until(lambda: a.statistics().peers_refused == 17, "a refuses 17")
+                assert len(a.peers) == 4  # b and three strangers
+                assert len(inside.links(a)) <= 4 + STRANGER_LINKS
+                await a.push("s", "still working")
+                async with await tasks.receive() as task:
+                    assert task.body == "still working"
+    finally:
+        push.close()
+        context.term()
+
+
+# A node in a child process whose file descriptors are limited, soft and hard, to 256: it must
+# refuse peers before it runs out, not die or hang.
+LIMITED_RUN = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from mesh._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> None:
+    # At 256 descriptors a node used to die between 30 and 40 real peers (about 9 descriptors
+    # each), and crashed or hung under a hundred forged ones.
+    env = new_mesh_env()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    child: trio.Process | None = None
+    try:
+        with trio.fail_after(40):
+            async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
+                child = await trio.lowlevel.open_process(
+                    [sys.executable, "-c", LIMITED_RUN, "run", "--name", "a", "--seed", b.address],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                (a,) = await b.wait_for_peers(names=["a"], timeout=15)
+                push.connect(f"tcp://{a.record.address}")
+                # Forged peers cost less than real ones (nothing answers their links): it takes
+                # a hundred of them to run a node out of 256 descriptors.
+                for port in range(100):
+                    push.send(forged_hello(mesh=env["MESH_NAME"], port=10_000 + port))
+                await trio.sleep(2)  # ample for a hundred HELLOs on loopback
+                assert child.returncode is None, "the node died"
+                await trio.sleep(1)  # a full node keeps beating: b still has it alive
+                assert child.returncode is None, "the node died"
+                assert b.peers[a.id].state is mesh.PeerState.ALIVE
+            child.send_signal(signal.SIGTERM)
+            assert child.stderr is not None
+            with trio.fail_after(FINISH):
+                await child.wait()
+                stderr = await child.stderr.receive_some(1 << 20)
+            assert child.returncode == 0
+            assert b"refused node stranger" in stderr
+    finally:
+        push.close()
+        context.term()
+        if child is not None and child.returncode is None:
+            child.kill()
+            await child.wait()

@@ -97,6 +97,7 @@ def test_statistics_format_exactly() -> None:
         acks_sent=4,
         nacks_sent=0,
         heartbeat_datagrams=9,
+        peers_refused=3,
         bad_frames=2,
         bad_frame_reasons={"truncated": 2},
         bytes_received={"inbox": 100, "udp": 20},
@@ -165,6 +166,9 @@ mesh_nacks_sent_total{node="n\\1"} 0
 # HELP mesh_heartbeat_datagrams_total Valid heartbeat datagrams received by UDP.
 # TYPE mesh_heartbeat_datagrams_total counter
 mesh_heartbeat_datagrams_total{node="n\\1"} 9
+# HELP mesh_peers_refused_total Nodes refused as peers: this node had all the peers it may hold.
+# TYPE mesh_peers_refused_total counter
+mesh_peers_refused_total{node="n\\1"} 3
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.
 # TYPE mesh_bad_frames_total counter
 mesh_bad_frames_total{node="n\\1"} 2

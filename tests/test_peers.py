@@ -11,6 +11,7 @@ from discovery import (
     Peer,
     PeerJoined,
     PeerLeft,
+    PeerLimitError,
     PeerMap,
     PeerRecord,
     PeerState,
@@ -163,6 +164,24 @@ def test_new_id_at_a_known_address_replaces_the_old_peer() -> None:
     assert peers.by_address("127.0.0.1:5001") == Peer(new, PeerState.ALIVE, 9.0)
     assert peers.offering("resize") == []
     assert peers.offering("crop") == [B]
+
+
+def test_a_full_map_refuses_new_peers_and_keeps_the_ones_it_has() -> None:
+    peers = PeerMap(OWN, "default", max_peers=2)
+    peers.observe(rec(A, 5001), now=1.0)
+    peers.observe(rec(B, 5002), now=1.0)
+    with pytest.raises(PeerLimitError):
+        peers.observe(rec(C, 5003), now=2.0)
+    assert C not in peers
+    assert len(peers) == 2
+    # A known peer still changes; a node restarted at a peer's address takes its place.
+    assert peers.observe(rec(A, 5001, "resize"), now=3.0)
+    events = peers.observe(rec(D, 5002), now=4.0)
+    assert [type(event) for event in events] == [PeerLeft, PeerJoined]
+    assert {peer.record.id for peer in peers} == {A, D}
+    peers.remove(A, "goodbye")
+    peers.observe(rec(C, 5003), now=5.0)  # room again
+    assert C in peers
 
 
 def test_same_host_other_port_is_another_peer() -> None:

@@ -103,6 +103,7 @@ PURE_CORES = (
     "mesh._addresses",
     "mesh._sessions",
     "mesh._values",
+    "mesh._limits",
     "mesh._beatplan",
     "mesh._probes",
     "mesh._routing",
