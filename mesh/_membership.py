@@ -328,6 +328,13 @@ class Membership:
             )
             return False
         except PeerLimitError as exc:
+            # A full node makes room by dropping the oldest peer that has not said READY: a
+            # flood of HELLOs from nodes that never follow them up (forged ones) must not keep
+            # out the members that do (they say READY within moments of joining).
+            crowded = self.sessions.oldest_unready()
+            if crowded is not None:
+                self._apply(self._peers.remove(crowded, "crowded out"))
+                return self._observe(record)
             self._counts["peers_refused"] += 1
             self._log.warning(
                 "peer-limit",

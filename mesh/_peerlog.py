@@ -9,8 +9,8 @@ Rules:
   log formatter can use them without parsing the text: `peer_id` (32 hex digits), `peer_name`,
   `peer_address`, `peer_state` (what the peer is now: joined peers are "alive", left ones
   "left"), `reason` (the detector's or the goodbye's word: "joined", "heartbeat", "phi",
-  "disconnect", "goodbye", "dead", "replaced"), and where known the evidence: `silence`
-  (seconds since its last heartbeat) and `phi`.
+  "disconnect", "goodbye", "dead", "replaced", "crowded out"), and where known the evidence:
+  `silence` (seconds since its last heartbeat) and `phi`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def joined(record: PeerRecord) -> PeerLogLine:
 
 def left(record: PeerRecord, reason: str) -> PeerLogLine:
     """`record`'s node is no longer a peer, for `reason` ("goodbye", "dead": forgotten after
-    being dead for `DetectorSettings.forget_after`, "replaced": a new node at its address)."""
+    being dead for `DetectorSettings.forget_after`, "replaced": a new node at its address,
+    "crowded out": it had not said READY when a full node needed its place)."""
     why = _LEFT_BECAUSE.get(reason, reason)
     return PeerLogLine(f"{record.name} left: {why}", _fields(record, "left", reason))
 
@@ -75,6 +76,7 @@ _LEFT_BECAUSE = {
     "goodbye": "said goodbye",
     "dead": "dead too long, forgotten",
     "replaced": "a new node took its address",
+    "crowded out": "it had not said READY, and a new node needed its place",
 }
 
 

@@ -73,6 +73,14 @@ class Sessions:
         session = self._sessions.get(peer_id)
         return session is not None and session.ready
 
+    def oldest_unready(self) -> bytes | None:
+        """The peer that joined longest ago of those that have not said READY (a join still
+        pending, or a node that said HELLO and nothing since), or None."""
+        for peer_id, session in self._sessions.items():
+            if not session.ready:
+                return peer_id
+        return None
+
     def leaving(self, peer_id: bytes) -> bool:
         """Whether the peer said goodbye on its PUB and has not gone yet."""
         return peer_id in self.leaving_peers

@@ -138,8 +138,11 @@ async def test_a_burst_of_costly_frames_does_not_starve_the_heartbeats() -> None
                 await child.wait()
 
 
-async def test_hellos_from_more_nodes_than_a_node_may_hold_are_refused() -> None:
-    # Each forged HELLO comes from a new id at a port of its own: each would be a new peer.
+async def test_a_hello_flood_crowds_out_only_nodes_that_never_said_ready() -> None:
+    # Each forged HELLO comes from a new id at a port of its own, and nothing follows it up. A
+    # node that holds all the peers it may drops the oldest that has not said READY to take the
+    # next: the strangers crowd each other out, never a member, and a member that comes later
+    # gets in.
     settings = mesh.Settings(max_peers=4)
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
@@ -150,15 +153,35 @@ async def test_hellos_from_more_nodes_than_a_node_may_hold_are_refused() -> None
                 push.connect(f"tcp://{a.address}")
                 for port in range(20):
                     push.send(forged_hello(port=10_000 + port))
-                await wait_until(lambda: a.statistics().peers_refused == 17, "a refuses 17")
-                assert len(a.peers) == 4  # b and three strangers
+                await wait_until(
+                    lambda: sum(peer.name == "stranger" for peer in a.peers.values()) == 3,
+                    "the strangers fill a",
+                )
+                await trio.sleep(0.2)  # the rest of the flood
+                assert b.id in a.peers
                 assert len(inside.links(a)) <= 4 + STRANGER_LINKS
+                async with mesh.open_node(
+                    "c", settings=settings, discovery="static", seeds=[a.address]
+                ) as c:
+                    await c.wait_for_peers(names=["a"])
+                    await a.wait_for_peers(names=["b", "c"])
+                    assert a.statistics().peers_refused == 0
                 await a.push("s", "still working")
                 async with await tasks.receive() as task:
                     assert task.body == "still working"
     finally:
         push.close()
         context.term()
+
+
+async def test_a_node_full_of_members_refuses_the_next() -> None:
+    settings = mesh.Settings(max_peers=2)
+    with trio.fail_after(20):
+        async with peered_nodes("a", "b", "c", settings=settings) as (a, _, _):
+            async with mesh.open_node("d", discovery="static", seeds=[a.address]) as d:
+                await wait_until(lambda: a.statistics().peers_refused >= 1, "a refuses d")
+                assert d.id not in a.peers
+                assert sorted(peer.name for peer in a.peers.values()) == ["b", "c"]
 
 
 # A node in a child process whose file descriptors are limited, soft and hard, to 256: it must
@@ -173,7 +196,8 @@ sys.exit(main(sys.argv[1:]))
 
 async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> None:
     # At 256 descriptors a node used to die between 30 and 40 real peers (about 9 descriptors
-    # each), and crashed or hung under a hundred forged ones.
+    # each), and crashed or hung under a hundred forged ones. Now it holds seven: the strangers
+    # crowd each other out.
     env = new_mesh_env()
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
@@ -183,7 +207,17 @@ async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> 
         with trio.fail_after(40):
             async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
                 child = await trio.lowlevel.open_process(
-                    [sys.executable, "-c", LIMITED_RUN, "run", "--name", "a", "--seed", b.address],
+                    [
+                        sys.executable,
+                        "-c",
+                        LIMITED_RUN,
+                        "run",
+                        "-v",
+                        "--name",
+                        "a",
+                        "--seed",
+                        b.address,
+                    ],
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -206,7 +240,7 @@ async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> 
                 await child.wait()
                 stderr = await child.stderr.receive_some(1 << 20)
             assert child.returncode == 0
-            assert b"refused node stranger" in stderr
+            assert b"stranger left: it had not said READY" in stderr
     finally:
         push.close()
         context.term()

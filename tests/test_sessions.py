@@ -76,3 +76,16 @@ def test_only_the_newest_forgotten_addresses_are_kept() -> None:
     assert sessions.returned(B) is None
     assert sessions.returned(A) == "a:2"
     assert sessions.returned(C) == "c:1"
+
+
+def test_the_oldest_peer_not_ready_is_the_one_to_crowd_out() -> None:
+    sessions = Sessions(2.0)
+    assert sessions.oldest_unready() is None
+    sessions.open(A).ready = True
+    sessions.open(B)
+    sessions.open(C)
+    assert sessions.oldest_unready() == B
+    sessions.get(B).ready = True  # type: ignore[union-attr]
+    assert sessions.oldest_unready() == C
+    sessions.close(C)
+    assert sessions.oldest_unready() is None
