@@ -73,6 +73,10 @@ class HeartbeatWiring(Protocol):
     def is_peer(self, node_id: bytes) -> bool:
         """Whether `node_id` is a known peer."""
 
+    def hosts_of(self, node_id: bytes) -> tuple[str, ...] | None:
+        """The hosts of a known peer's record (where its datagrams come from); None if it is not
+        a peer."""
+
     def stranger(self, node_id: bytes) -> None:
         """A heartbeat came from a node that is not a peer (one forgotten while frozen, now
         back, say)."""
@@ -320,18 +324,24 @@ class Heartbeats:
         for sock in self.datagrams:
             for _ in range(batch):
                 try:
-                    datagram, ancillary, _, _ = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
+                    datagram, ancillary, _, source = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
                 except BlockingIOError:
                     break
                 except OSError as exc:  # an ICMP error reported late, say: not this node's fault
                     self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
                     break
                 self._bytes_in["udp"] += len(datagram)
-                self._on_datagram(datagram, arrival_time(ancillary, wall_offset, now))
+                self._on_datagram(datagram, arrival_time(ancillary, wall_offset, now), source[0])
 
-    def _on_datagram(self, datagram: bytes, arrival: float) -> None:
+    def _on_datagram(self, datagram: bytes, arrival: float, source: str) -> None:
+        """A datagram from the host `source`. A peer's counts only from one of its own hosts:
+        anyone can send a datagram under any id, but not from another's address (beyond the
+        machine itself, or the link)."""
         try:
             envelope = _wire.decode_datagram(datagram)
+            hosts = self._wiring.hosts_of(envelope.sender)
+            if hosts is not None and source.partition("%")[0] not in hosts:
+                raise ProtocolError("source", f"a peer's heartbeat from {source}, not its host")
         except ProtocolError as exc:
             self._wiring.bad_frame(exc, "heartbeat socket")
             return

@@ -35,6 +35,10 @@ class HeartbeatView:
     def is_peer(self, node_id: bytes) -> bool:
         return node_id in self._node._membership.peers
 
+    def hosts_of(self, node_id: bytes) -> tuple[str, ...] | None:
+        peer = self._node._membership.peers.get(node_id)
+        return None if peer is None else peer.record.hosts
+
     def stranger(self, node_id: bytes) -> None:
         self._node._membership.stranger(node_id)
 
