@@ -204,6 +204,7 @@ class Node:
             WorkerView(self),
             self._id,
             dedup_window=settings.dedup_window,
+            credit=settings.prefetch,
             counts=self._counts,
             services=self._services,
             log=self._log,

@@ -5,8 +5,11 @@ Rules:
 
 * One `TaskStream` per service offered. A task arrives in the inbox (`on_task`): a repeat of one
   already done here (by sender and task id, within `Settings.dedup_window`) is acked again
-  without running; one for a service not offered is nacked; any other is *held* from then until
-  it is settled or handed back, and counted in `load`.
+  without running; one for a service not offered is nacked, and so is one from a sender whose
+  tasks this worker holds `held_per_sender` of already (twice the credit it gives, or 10,000
+  with no credit: a sender that keeps to its credit never meets the limit, one that does not
+  cannot fill this node's memory); any other is *held* from then until it is settled or handed
+  back, and counted in `load`.
 * A held task is settled once: `Task.ack`/`Task.nack` (`settle`, which waits while the sender's
   outbox is full, so acks are never dropped) or `hand_back` (a nack sent without waiting, for
   tasks this worker will not do: a stream closed, a drain).
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -32,6 +35,9 @@ from ._routing import RecentTasks
 from ._streams import YIELD_EVERY, Task, TaskStream
 from ._wire import Envelope, Kind, pack
 from ._zmq import Outbox
+
+#: Tasks held from one sender at most, when this node gives no credit (`Settings.prefetch`).
+HELD_PER_SENDER: Final = 10_000
 
 
 class WorkerWiring(Protocol):
@@ -56,6 +62,7 @@ class WorkerSide:
         node_id: bytes,
         *,
         dedup_window: int,
+        credit: int | None,
         counts: dict[str, int],
         services: ServiceCounts,
         log: RateLimitedLog,
@@ -67,6 +74,8 @@ class WorkerSide:
         self._log = log
         self._streams: dict[str, TaskStream] = {}
         self._held: set[Task] = set()  # handed to a stream, not yet settled
+        self._held_from: dict[bytes, int] = {}  # how many of them by sender
+        self._held_per_sender = HELD_PER_SENDER if credit is None else 2 * credit
         self._held_changed = trio.lowlevel.ParkingLot()
         self._finished = RecentTasks(dedup_window)  # (sender, task id) of tasks acked here
         self._draining = False
@@ -94,8 +103,14 @@ class WorkerSide:
         if stream is None:
             self._settle_nowait(envelope.sender, Kind.NACK, [task_id, "service not offered here"])
             return
+        held = self._held_from.get(envelope.sender, 0)
+        if held >= self._held_per_sender:
+            reason = f"this worker holds {held} of your tasks already"
+            self._settle_nowait(envelope.sender, Kind.NACK, [task_id, reason])
+            return
         task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
         self._held.add(task)
+        self._held_from[envelope.sender] = held + 1
         stream._put(task)
 
     @asynccontextmanager
@@ -149,6 +164,11 @@ class WorkerSide:
         held = self._held
         if task in held:
             held.remove(task)
+            origin = task._origin
+            if (left := self._held_from[origin] - 1) > 0:
+                self._held_from[origin] = left
+            else:
+                del self._held_from[origin]
             self._services.row(task.service)[DONE] += 1
         if not held:
             self._held_changed.unpark_all()

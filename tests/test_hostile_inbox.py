@@ -22,7 +22,7 @@ import mesh
 from discovery import PeerRecord
 from mesh._introductions import TRIED_AT_ONCE
 from mesh._limits import STRANGER_LINKS
-from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, pack
+from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, decode_inbox_many, pack
 
 from . import inside
 from .conftest import new_mesh_env, peered_nodes, wait_until
@@ -279,3 +279,46 @@ async def test_forged_datagrams_from_another_host_do_not_keep_a_silent_peer_aliv
                             break
                     nursery.cancel_scope.cancel()
             assert b.statistics().bad_frame_reasons.get("source", 0) > 10
+
+
+async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() -> None:
+    # A stranger joins (its forged HELLO names an inbox this test reads), then sends fifty tasks
+    # to a worker that gives a credit of 2. The worker holds twice that and nacks the rest: a
+    # sender that ignores the credit cannot fill the worker's memory.
+    settings = mesh.Settings(prefetch=2)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    inbox = context.socket(zmq.PULL)
+    for sock in (push, inbox):
+        sock.setsockopt(zmq.LINGER, 0)
+    inbox_port = inbox.bind_to_random_port("tcp://127.0.0.1")
+    stranger = os.urandom(16)
+    record = PeerRecord(stranger, "stranger", "default", "127.0.0.1", 9, inbox_port)
+    try:
+        with trio.fail_after(20):
+            async with (
+                mesh.open_node("b", settings=settings, discovery="static") as b,
+                b.work("s"),
+            ):
+                push.connect(f"tcp://{b.address}")
+                push.send(pack(Kind.HELLO, stranger, 1, None, Hello(record, ()).to_wire()))
+                await wait_until(lambda: stranger.hex() in b.peers, "b takes the stranger")
+                for task_id in range(1, 51):
+                    push.send(pack(Kind.TASK, stranger, 1 + task_id, [task_id, "s", 1], None))
+                nacked: list[int] = []
+                while len(nacked) < 46:
+                    try:
+                        frame = inbox.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        await trio.sleep(0.01)
+                        continue
+                    for envelope in decode_inbox_many(frame):
+                        if envelope.kind is Kind.NACK:
+                            assert envelope.meta is not None
+                            nacked.append(envelope.meta[0])
+                assert nacked == list(range(5, 51))
+                assert b.statistics().tasks_received == 50
+    finally:
+        push.close()
+        inbox.close()
+        context.term()
