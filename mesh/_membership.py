@@ -55,7 +55,7 @@ from ._heartbeats import Heartbeats
 from ._links import Link, Links
 from ._metrics import PeerStatistics
 from ._producer import ProducerSide, Route
-from ._ratelimit import RateLimitedLog
+from ._ratelimit import RateLimitedLog, TokenBucket
 from ._sessions import Sessions
 from ._streams import PeerWatch
 from ._types import Settings
@@ -68,6 +68,10 @@ logger = logging.getLogger("mesh")
 # to wire fully, so the first HELLOs again are often redundant, and harmless.
 _READY_WAIT_FIRST: Final = 3.0
 _READY_WAIT_LAST: Final = 60.0
+#: New peers taken a second on average, and at once: a mesh of a few hundred nodes forms at this
+#: rate; a HELLO flood from new ids costs no more.
+JOIN_RATE: Final = 50.0
+JOIN_BURST: Final = 256
 # How long a dropped connection waits for a goodbye that may be on its way (see `Links`), and a
 # goodbye on the PUB for the inbox's (added to `Settings.goodbye_timeout`).
 GOODBYE_GRACE: Final = 0.02
@@ -121,6 +125,7 @@ class Membership:
         self._watchers: list[PeerWatch] = []
         self._nursery: trio.Nursery | None = None
         self.sessions = Sessions(settings.goodbye_timeout + GOODBYE_GRACE)
+        self._joins = TokenBucket(JOIN_RATE, JOIN_BURST)
 
     @property
     def record(self) -> PeerRecord:
@@ -314,6 +319,14 @@ class Membership:
         return True
 
     def _observe(self, record: PeerRecord) -> bool:
+        if record.id not in self._peers and not self._joins.take(trio.current_time()):
+            # New peers cost links, connections and heartbeats: a flood of HELLOs from new ids
+            # is taken at a bounded rate (a node it refuses is told again by other peers).
+            self._counts["peers_refused"] += 1
+            self._log.warning(
+                "join-rate", trio.current_time(), "refused node %s: too many new", record.name
+            )
+            return False
         try:
             events = self._peers.observe(record, trio.current_time())
         except ForeignMeshError:

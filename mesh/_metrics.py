@@ -303,7 +303,7 @@ _COUNTERS: Final = (
     (
         "peers_refused",
         "mesh_peers_refused_total",
-        "Nodes refused as peers: this node had all the peers it may hold.",
+        "Nodes refused as peers (node full, or too many new at once).",
     ),
 )
 

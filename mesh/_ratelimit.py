@@ -1,9 +1,33 @@
-"""Warnings about what peers send, at a bounded rate: a hostile or broken peer must not be able to
-flood the log. Pure apart from the logger: time is passed in."""
+"""What peers make a node do, at a bounded rate: warnings about what they send (a hostile or
+broken peer must not be able to flood the log), and costly work they ask for (`TokenBucket`).
+Pure apart from the logger: time is passed in."""
 
 from __future__ import annotations
 
 import logging
+
+
+class TokenBucket:
+    """At most `burst` at once, and `rate` a second on average: `take` spends one token if
+    there is one. Starts full."""
+
+    __slots__ = ("_burst", "_rate", "_since", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._since: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend a token at `now`; False if none is left."""
+        if self._since is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._since) * self._rate)
+        self._since = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class RateLimitedLog:

@@ -120,7 +120,8 @@ class NodeStatistics:
     from `Node.statistics`; docs/metrics.md names each as Prometheus exports it).
 
     * `peers`: the peers known now; `peers_refused`: nodes refused as peers because this node
-      had all it may hold (`Settings.max_peers`, or its file descriptors).
+      had all it may hold (`Settings.max_peers`, or its file descriptors), or because too many
+      new ones came at once (more than 256, or 50 a second).
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer was full, without `Settings.event_backpressure`).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,

@@ -22,6 +22,7 @@ import mesh
 from discovery import PeerRecord
 from mesh._introductions import TRIED_AT_ONCE
 from mesh._limits import STRANGER_LINKS
+from mesh._membership import JOIN_BURST, JOIN_RATE
 from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, decode_inbox_many, pack
 
 from . import inside
@@ -321,4 +322,42 @@ async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() ->
     finally:
         push.close()
         inbox.close()
+        context.term()
+
+
+async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
+    # Two thousand HELLOs from new ids, as fast as one socket sends them, while a sends b tasks.
+    # New peers are taken at most JOIN_BURST at once and JOIN_RATE a second: the rest are
+    # refused and counted, and not one task is lost.
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        with trio.fail_after(30):
+            async with peered_nodes() as (a, b), b.work("s") as tasks:
+                push.connect(f"tcp://{a.address}")
+                started = trio.current_time()
+                for port in range(2000):
+                    push.send(forged_hello(port=10_000 + port))
+                done: list[int] = []
+
+                async def work() -> None:
+                    async for task in tasks:
+                        async with task:
+                            done.append(task.body)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(work)
+                    for i in range(100):
+                        await a.push("s", i)
+                    await a.wait_settled()
+                    await wait_until(lambda: a.statistics().peers_refused > 0, "a refuses some")
+                    nursery.cancel_scope.cancel()
+                elapsed = trio.current_time() - started
+                assert sorted(done) == list(range(100))
+                assert a.statistics().tasks_acked == 100
+                assert len(a.peers) <= JOIN_BURST + JOIN_RATE * elapsed + 1  # b included
+                assert a.statistics().peers_refused >= 2000 - len(a.peers)
+    finally:
+        push.close()
         context.term()

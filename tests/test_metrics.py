@@ -166,7 +166,7 @@ mesh_nacks_sent_total{node="n\\1"} 0
 # HELP mesh_heartbeat_datagrams_total Valid heartbeat datagrams received by UDP.
 # TYPE mesh_heartbeat_datagrams_total counter
 mesh_heartbeat_datagrams_total{node="n\\1"} 9
-# HELP mesh_peers_refused_total Nodes refused as peers: this node had all the peers it may hold.
+# HELP mesh_peers_refused_total Nodes refused as peers (node full, or too many new at once).
 # TYPE mesh_peers_refused_total counter
 mesh_peers_refused_total{node="n\\1"} 3
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.

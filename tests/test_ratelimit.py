@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mesh._ratelimit import RateLimitedLog
+from mesh._ratelimit import RateLimitedLog, TokenBucket
 
 LOGGER = "mesh.test.ratelimit"
 
@@ -132,3 +132,12 @@ def test_message_args_are_formatted_lazily_with_the_count(
         "task 9 for 'resize': busy (and 1 more like it held back)",
     ]
     assert caplog.records[-1].args == (9, "resize", "busy", 1)
+
+
+def test_a_token_bucket_takes_a_burst_then_its_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take(10.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(10.4)  # 0.8 of a token
+    assert bucket.take(10.5)  # 1.0
+    assert not bucket.take(10.5)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # full, no more
