@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._interfaces import device_of, interface_addresses, interface_network
     from ._mdns import Announced, DiscoveryEvent, Mdns, Refused, Withdrawn, open_mdns
     from ._peers import (
+        AddressTakenError,
         ForeignMeshError,
         Peer,
         PeerEvent,
@@ -53,6 +54,7 @@ __all__ = [
     "interface_addresses",
     "interface_network",
     "open_mdns",
+    "AddressTakenError",
     "ForeignMeshError",
     "Peer",
     "PeerEvent",
@@ -77,6 +79,7 @@ _EXPORTS = {
     "._interfaces": ("device_of", "interface_addresses", "interface_network"),
     "._mdns": ("Announced", "DiscoveryEvent", "Mdns", "Refused", "Withdrawn", "open_mdns"),
     "._peers": (
+        "AddressTakenError",
         "ForeignMeshError",
         "Peer",
         "PeerEvent",

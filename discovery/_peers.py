@@ -6,7 +6,10 @@ Rules:
 * Only peers of this node's mesh are admitted; a record for another mesh is refused.
 * One inbox address (host and PULL port) belongs to one peer at a time: a record with a new id at
   an address already in the map means that node restarted, so the old peer leaves ("replaced")
-  before the new one joins. A node bound to several interfaces has an address on each.
+  before the new one joins; but only once the old peer is suspected or dead. While it is alive
+  the record is refused: anyone can claim an address, and a live peer's is not for the taking
+  (a restarted node is taken when it asks again, its old self dead by then). A node bound to
+  several interfaces has an address on each.
 * Every change is returned as events (`PeerJoined`, `PeerUpdated`, `PeerStateChanged`,
   `PeerLeft`), in order, for the caller to act on (wire or unwire sockets, tell the application).
 * A peer's state (alive, suspect, dead) is the failure detector's verdict, set with `set_state`;
@@ -93,6 +96,10 @@ class PeerLimitError(ValueError):
     """A new peer was offered to a map that holds all the peers it may."""
 
 
+class AddressTakenError(ValueError):
+    """A record claims an inbox address that a live peer holds."""
+
+
 class PeerMap:
     """The peers one node knows, indexed by id, inbox address and service; at most `max_peers`
     of them (None: no limit)."""
@@ -110,7 +117,9 @@ class PeerMap:
 
         Raises `ForeignMeshError` for a record of another mesh, `PeerLimitError` for a new peer
         when the map holds `max_peers` already (unless the record takes the place of a peer at
-        one of its addresses: a node restarted there).
+        one of its addresses: a node restarted there), `AddressTakenError` for a record at an
+        inbox address another peer holds while that peer is alive (a node restarted there takes
+        it once its old self is suspected or dead: until then the claim may be anyone's).
         """
         if record.mesh != self._mesh:
             raise ForeignMeshError(f"record of mesh {record.mesh!r}, this is {self._mesh!r}")
@@ -126,11 +135,18 @@ class PeerMap:
             and not any(address in self._by_address for address in record.addresses)
         ):
             raise PeerLimitError(f"this node holds {len(self._peers)} peers, all it may")
-        events: list[PeerEvent] = []
+        holders: list[Peer] = []
         for address in record.addresses:
             holder = self._by_address.get(address)
             if holder is not None and holder != record.id:
-                events.extend(self.remove(holder, "replaced"))
+                peer = self._peers[holder]
+                if peer.state is PeerState.ALIVE:
+                    raise AddressTakenError(f"{address} is {peer.record.name}'s, alive")
+                if peer not in holders:
+                    holders.append(peer)
+        events: list[PeerEvent] = []
+        for holder_peer in holders:
+            events.extend(self.remove(holder_peer.record.id, "replaced"))
         if known is not None:
             # Unindex only what changed, so a service kept keeps its place in `offering`.
             self._unindex(known.record, keep=record)

@@ -31,6 +31,7 @@ from typing import Final
 import trio
 
 from discovery import (
+    AddressTakenError,
     ForeignMeshError,
     Peer,
     PeerEvent,
@@ -319,47 +320,39 @@ class Membership:
         return True
 
     def _observe(self, record: PeerRecord) -> bool:
-        if record.id not in self._peers and not self._joins.take(trio.current_time()):
+        """Take in a record; False if it was refused (logged, and counted unless foreign)."""
+        now = trio.current_time()
+        if record.id not in self._peers and not self._joins.take(now):
             # New peers cost links, connections and heartbeats: a flood of HELLOs from new ids
-            # is taken at a bounded rate (a node it refuses is told again by other peers).
-            self._counts["peers_refused"] += 1
-            self._log.warning(
-                "join-rate", trio.current_time(), "refused node %s: too many new", record.name
-            )
-            return False
+            # is taken at a bounded rate (a node refused is told again by other peers).
+            return self._refuse(record, "too many new peers at once", now)
         try:
-            events = self._peers.observe(record, trio.current_time())
+            events = self._peers.observe(record, now)
         except ForeignMeshError:
-            self._log.warning(
-                "foreign-mesh",
-                trio.current_time(),
-                "ignoring node %s at %s: it belongs to mesh %r, this node to %r",
-                record.name,
-                record.address,
-                record.mesh,
-                self._record.mesh,
-            )
+            mesh = self._record.mesh
+            why = f"it belongs to mesh {record.mesh!r}, this node to {mesh!r}"
+            self._log.warning("foreign-mesh", now, "ignoring node %s: %s", record.name, why)
             return False
+        except AddressTakenError as exc:
+            return self._refuse(record, str(exc), now)
         except PeerLimitError as exc:
             # A full node makes room by dropping the oldest peer that has not said READY: a
             # flood of HELLOs from nodes that never follow them up (forged ones) must not keep
             # out the members that do (they say READY within moments of joining).
             crowded = self.sessions.oldest_unready()
-            if crowded is not None:
-                self._apply(self._peers.remove(crowded, "crowded out"))
-                return self._observe(record)
-            self._counts["peers_refused"] += 1
-            self._log.warning(
-                "peer-limit",
-                trio.current_time(),
-                "refused node %s at %s as a peer: %s",
-                record.name,
-                record.address,
-                exc,
-            )
-            return False
+            if crowded is None:
+                return self._refuse(record, str(exc), now)
+            self._apply(self._peers.remove(crowded, "crowded out"))
+            return self._observe(record)
         self._apply(events)
         return True
+
+    def _refuse(self, record: PeerRecord, why: str, now: float) -> bool:
+        self._counts["peers_refused"] += 1
+        self._log.warning(
+            "refused", now, "refused node %s at %s: %s", record.name, record.address, why
+        )
+        return False
 
     def _apply(self, events: Sequence[PeerEvent]) -> None:
         """Carry out what the peer map decided: wire, rewire or unwire sockets; tell watchers."""

@@ -361,3 +361,28 @@ async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
     finally:
         push.close()
         context.term()
+
+
+async def test_a_record_claiming_a_live_peers_address_does_not_take_it_over() -> None:
+    # A stranger says HELLO with a record whose inbox is b's. Taken, it would have replaced b
+    # and drawn b's tasks to the stranger; refused, b keeps its place and its work.
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    stranger = os.urandom(16)
+    try:
+        with trio.fail_after(20):
+            async with peered_nodes() as (a, b), b.work("s") as tasks:
+                claim = PeerRecord(
+                    stranger, "b", "default", "127.0.0.1", b.record.pub_port, b.record.pull_port
+                )
+                push.connect(f"tcp://{a.address}")
+                push.send(pack(Kind.HELLO, stranger, 1, None, Hello(claim, ()).to_wire()))
+                await wait_until(lambda: a.statistics().peers_refused == 1, "a refuses it")
+                assert set(a.peers) == {b.id}
+                await a.push("s", "to the real b")
+                async with await tasks.receive() as task:
+                    assert task.body == "to the real b"
+    finally:
+        push.close()
+        context.term()

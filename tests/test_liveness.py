@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,7 @@ import mesh
 from mesh import DetectorSettings, PeerJoined, PeerLeft, PeerState, PeerStateChanged
 
 from . import inside
-from .conftest import peered_nodes
+from .conftest import new_mesh_env, peered_nodes, wait_until
 
 # Quick to forget, so that a test sees the whole life of a dead peer.
 SETTINGS = mesh.Settings(detector=DetectorSettings(forget_after=0.5))
@@ -464,3 +465,41 @@ async def test_a_node_that_stalled_gives_its_peers_as_much_more_time() -> None:
             await silent.wait()
             await trio.sleep_until(last_beat[0] + 0.75)
             assert a.peers[b.id].state is not PeerState.DEAD  # silent all along: never revived
+
+
+async def test_a_node_killed_and_restarted_at_its_address_takes_its_old_place() -> None:
+    # A record at a live peer's address is refused (anyone can claim an address), but a node
+    # killed and started again at its address is taken: its old self's connection dropped, so
+    # the old peer is suspected, and its address is free for the new one.
+    env = new_mesh_env()
+    with socket.socket() as probe:  # a free port for the worker's inbox, both times
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with trio.fail_after(30):
+        async with mesh.open_node("a", mesh=env["MESH_NAME"], discovery="static") as a:
+            command = [sys.executable, "-m", "mesh._cli", "run", "--name", "w"]
+            command += ["--pull-port", str(port), "--seed", a.address]
+            quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
+            first = await trio.lowlevel.open_process(command, env=env, **quiet)
+            try:
+                (old,) = await a.wait_for_peers(names=["w"], timeout=15)
+            finally:
+                first.kill()
+                await first.wait()
+            second = await trio.lowlevel.open_process(command, env=env, **quiet)
+            try:
+                await wait_until(
+                    lambda: (
+                        [peer.id for peer in a.peers.values() if peer.name == "w"]
+                        not in (
+                            [],
+                            [old.id],
+                        )
+                    ),
+                    "the new w takes the old one's place",
+                    timeout=15,
+                )
+                assert old.id not in a.peers
+            finally:
+                second.kill()
+                await second.wait()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from discovery import (
+    AddressTakenError,
     ForeignMeshError,
     Peer,
     PeerJoined,
@@ -148,14 +149,27 @@ def test_own_record_of_another_mesh_is_refused() -> None:
         new_map().observe(rec(OWN, 5001, mesh="other"), now=1.0)
 
 
-def test_new_id_at_a_known_address_replaces_the_old_peer() -> None:
+def test_new_id_at_a_live_peers_address_is_refused() -> None:
+    # Anyone can claim an address: a live peer's is not for the taking.
+    peers = new_map()
+    peers.observe(rec(A, 5001, "resize"), now=1.0)
+    with pytest.raises(AddressTakenError):
+        peers.observe(rec(B, 5001, "crop"), now=9.0)
+    assert B not in peers
+    assert peers.by_address("127.0.0.1:5001") == Peer(rec(A, 5001, "resize"), PeerState.ALIVE, 1.0)
+
+
+@pytest.mark.parametrize("state", [PeerState.SUSPECT, PeerState.DEAD])
+def test_new_id_at_an_address_whose_peer_is_not_alive_replaces_it(state: PeerState) -> None:
+    # A node restarted there: its old self is suspected (its connection dropped) or dead.
     peers = new_map()
     old = rec(A, 5001, "resize")
     new = rec(B, 5001, "crop")
     peers.observe(old, now=1.0)
+    peers.set_state(A, state, "disconnect", now=2.0)
     events = peers.observe(new, now=9.0)
     assert events == [
-        PeerLeft(Peer(old, PeerState.ALIVE, 1.0), "replaced"),
+        PeerLeft(Peer(old, state, 1.0), "replaced"),
         PeerJoined(Peer(new, PeerState.ALIVE, 9.0)),
     ]
     assert A not in peers
@@ -176,6 +190,7 @@ def test_a_full_map_refuses_new_peers_and_keeps_the_ones_it_has() -> None:
     assert len(peers) == 2
     # A known peer still changes; a node restarted at a peer's address takes its place.
     assert peers.observe(rec(A, 5001, "resize"), now=3.0)
+    peers.set_state(B, PeerState.DEAD, "phi", now=3.5)
     events = peers.observe(rec(D, 5002), now=4.0)
     assert [type(event) for event in events] == [PeerLeft, PeerJoined]
     assert {peer.record.id for peer in peers} == {A, D}
@@ -309,13 +324,16 @@ def test_by_address_follows_an_address_change() -> None:
     assert len(peers) == 2
 
 
-def test_a_peer_moving_onto_anothers_address_replaces_it() -> None:
+def test_a_peer_moving_onto_anothers_address_replaces_it_once_it_is_dead() -> None:
     peers = new_map()
     peers.observe(rec(A, 5001), now=1.0)
     peers.observe(rec(B, 5002), now=2.0)
+    with pytest.raises(AddressTakenError):
+        peers.observe(rec(A, 5002), now=2.5)
+    peers.set_state(B, PeerState.DEAD, "phi", now=2.8)
     events = peers.observe(rec(A, 5002), now=3.0)
     assert events == [
-        PeerLeft(Peer(rec(B, 5002), PeerState.ALIVE, 2.0), "replaced"),
+        PeerLeft(Peer(rec(B, 5002), PeerState.DEAD, 2.0), "replaced"),
         PeerUpdated(Peer(rec(A, 5002), PeerState.ALIVE, 1.0), rec(A, 5001)),
     ]
     assert B not in peers
