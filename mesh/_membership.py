@@ -284,16 +284,22 @@ class Membership:
 
     def on_bye(self, envelope: Envelope) -> None:
         """A goodbye in the inbox: it came after everything else the peer sent here (acks,
-        nacks), on the same connection, so the peer can go at once."""
-        self._apply(self._peers.remove(envelope.sender, "goodbye"))
+        nacks), on the same connection, so the peer can go at once, if its PUB said goodbye too
+        (`Sessions.goodbye_in_inbox`: an inbox message may be anyone's)."""
+        if self.sessions.goodbye_in_inbox(envelope.sender):
+            self._apply(self._peers.remove(envelope.sender, "goodbye"))
 
     def on_published_bye(self, envelope: Envelope) -> None:
         """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
         connection: taking its tasks back now would send done work again. So it gets no new
         work at once, and goes when its inbox goodbye arrives, or after a grace period (the
         time a leaving node gives its last messages) for a peer that sends none."""
-        deadline = self.sessions.said_goodbye(envelope.sender, trio.current_time())
+        now = trio.current_time()
+        deadline = self.sessions.said_goodbye(envelope.sender, now)
         if deadline is None:
+            return
+        if deadline <= now:  # its inbox goodbye came first
+            self._apply(self._peers.remove(envelope.sender, "goodbye"))
             return
         self._producer.capacity_changed()
         if self._nursery is not None and not self._closing():
@@ -413,7 +419,12 @@ class Membership:
         suspects it almost at once; silence then confirms."""
         self._heartbeats.take()  # the goodbye on the PUB, if that is the way it came
         peer = self._peers.by_address(link.address)
-        if peer is not None and not self.sessions.leaving(peer.record.id):
+        if peer is None or self.sessions.leaving(peer.record.id):
+            return
+        session = self.sessions.get(peer.record.id)
+        if session is not None and session.bye_in_inbox:  # its goodbye, with the proof
+            self._apply(self._peers.remove(peer.record.id, "goodbye"))
+        else:
             self._heartbeats.disconnected(peer.record.id, trio.current_time())
 
     def introduce(self, address: str, *, again: bool = False) -> None:

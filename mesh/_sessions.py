@@ -7,6 +7,9 @@ of a peer outlives it. The rules for going:
 * A goodbye on a peer's PUB may overtake its last acks, which travel on its inbox connection: the
   peer then gets no new work (`leaving`), and goes when its inbox goodbye arrives, or at the
   deadline `said_goodbye` returns (`overdue` names it then), whichever is first.
+* A goodbye in the inbox alone proves nothing: anyone can send an inbox message under any id,
+  while the PUB is the peer's own. So it is remembered (`goodbye_in_inbox`), and the peer goes
+  when its PUB goodbye confirms it, or when its connection drops.
 * A peer the failure detector forgets goes, and its inbox address is remembered (the newest
   `kept` of them) so that it can be greeted again if one of its heartbeats arrives (a node that
   was frozen, not dead): `returned` gives the address once.
@@ -31,6 +34,7 @@ class Session:
     greeting: bool = False  # this node is making its subscriptions live there
     batching: bool = False  # its inbox takes BATCH frames (its HELLO said so)
     leaving_at: float | None = None  # said goodbye on its PUB only: goes at this time
+    bye_in_inbox: bool = False  # said goodbye in the inbox, not (yet) on its PUB
 
 
 class Sessions:
@@ -87,13 +91,25 @@ class Sessions:
 
     def said_goodbye(self, peer_id: bytes, now: float) -> float | None:
         """A goodbye came on the peer's PUB at `now`: the time it goes unless its inbox goodbye
-        comes first; None if it is not a peer or was already leaving."""
+        comes first (`now` if that came already); None if it is not a peer or was already
+        leaving."""
         session = self._sessions.get(peer_id)
         if session is None or session.leaving_at is not None:
             return None
-        session.leaving_at = now + self._goodbye_wait
+        session.leaving_at = now if session.bye_in_inbox else now + self._goodbye_wait
         self.leaving_peers.add(peer_id)
         return session.leaving_at
+
+    def goodbye_in_inbox(self, peer_id: bytes) -> bool:
+        """A goodbye came in the peer's inbox: True if it goes now (its PUB goodbye came
+        already); else False, and it goes when that comes (see the module's rules)."""
+        session = self._sessions.get(peer_id)
+        if session is None:
+            return False
+        if session.leaving_at is not None:
+            return True
+        session.bye_in_inbox = True
+        return False
 
     def overdue(self, now: float) -> list[bytes]:
         """The leaving peers whose time to go has come."""

@@ -37,9 +37,9 @@ class Settings:
             1000.
         prefetch: As a worker: how many unacked tasks this node takes from each sender at a time
             (its credit, like RabbitMQ's prefetch), told to peers in every heartbeat. Default
-            None: as many as the senders' `max_in_flight`. Tasks past twice the credit (past
-            10,000 with none) held from one sender are nacked: only a sender that ignores the
-            credit meets that.
+            None: as many as the senders' `max_in_flight`. Tasks past ten times the credit (at
+            least 1,000; 10,000 with none) held from one sender are nacked: only a sender that
+            ignores the credit meets that.
         max_attempts: How many times a task is sent (first send included) before it goes to the
             dead-letter handler: a nack, the death of its worker or its ack deadline sends it
             again, to another worker if any. Default 5.

@@ -6,10 +6,11 @@ Rules:
 * One `TaskStream` per service offered. A task arrives in the inbox (`on_task`): a repeat of one
   already done here (by sender and task id, within `Settings.dedup_window`) is acked again
   without running; one for a service not offered is nacked, and so is one from a sender whose
-  tasks this worker holds `held_per_sender` of already (twice the credit it gives, or 10,000
-  with no credit: a sender that keeps to its credit never meets the limit, one that does not
-  cannot fill this node's memory); any other is *held* from then until it is settled or handed
-  back, and counted in `load`.
+  tasks this worker holds `held_per_sender` of already (ten times the credit it gives, at least
+  1,000, or 10,000 with no credit: a sender that keeps to its credit never meets the limit, even
+  across a death and revival of this worker, and one that does not cannot fill this node's
+  memory); any other is *held* from then until it is settled or handed back, and counted in
+  `load`.
 * A held task is settled once: `Task.ack`/`Task.nack` (`settle`, which waits while the sender's
   outbox is full, so acks are never dropped) or `hand_back` (a nack sent without waiting, for
   tasks this worker will not do: a stream closed, a drain).
@@ -75,7 +76,7 @@ class WorkerSide:
         self._streams: dict[str, TaskStream] = {}
         self._held: set[Task] = set()  # handed to a stream, not yet settled
         self._held_from: dict[bytes, int] = {}  # how many of them by sender
-        self._held_per_sender = HELD_PER_SENDER if credit is None else 2 * credit
+        self._held_per_sender = HELD_PER_SENDER if credit is None else max(10 * credit, 1000)
         self._held_changed = trio.lowlevel.ParkingLot()
         self._finished = RecentTasks(dedup_window)  # (sender, task id) of tasks acked here
         self._draining = False

@@ -283,9 +283,10 @@ async def test_forged_datagrams_from_another_host_do_not_keep_a_silent_peer_aliv
 
 
 async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() -> None:
-    # A stranger joins (its forged HELLO names an inbox this test reads), then sends fifty tasks
-    # to a worker that gives a credit of 2. The worker holds twice that and nacks the rest: a
-    # sender that ignores the credit cannot fill the worker's memory.
+    # A stranger joins (its forged HELLO names an inbox this test reads), then sends 1,050
+    # tasks to a worker that gives a credit of 2: the worker holds at most 1,000 from one sender
+    # (ten times the credit, at least 1,000) and nacks the rest, so a sender that ignores the
+    # credit cannot fill the worker's memory.
     settings = mesh.Settings(prefetch=2)
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
@@ -304,10 +305,10 @@ async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() ->
                 push.connect(f"tcp://{b.address}")
                 push.send(pack(Kind.HELLO, stranger, 1, None, Hello(record, ()).to_wire()))
                 await wait_until(lambda: stranger.hex() in b.peers, "b takes the stranger")
-                for task_id in range(1, 51):
+                for task_id in range(1, 1051):
                     push.send(pack(Kind.TASK, stranger, 1 + task_id, [task_id, "s", 1], None))
                 nacked: list[int] = []
-                while len(nacked) < 46:
+                while len(nacked) < 50:
                     try:
                         frame = inbox.recv(zmq.NOBLOCK)
                     except zmq.Again:
@@ -317,8 +318,8 @@ async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() ->
                         if envelope.kind is Kind.NACK:
                             assert envelope.meta is not None
                             nacked.append(envelope.meta[0])
-                assert nacked == list(range(5, 51))
-                assert b.statistics().tasks_received == 50
+                assert nacked == list(range(1001, 1051))
+                assert b.statistics().tasks_received == 1050
     finally:
         push.close()
         inbox.close()
@@ -383,6 +384,28 @@ async def test_a_record_claiming_a_live_peers_address_does_not_take_it_over() ->
                 await a.push("s", "to the real b")
                 async with await tasks.receive() as task:
                     assert task.body == "to the real b"
+    finally:
+        push.close()
+        context.term()
+
+
+async def test_a_forged_goodbye_in_the_inbox_does_not_drop_a_live_peer() -> None:
+    # Anyone can send a's inbox a BYE under b's id; b's own goodbye also comes on b's PUB, which
+    # only b can publish on. Alone, the inbox one drops nobody.
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        with trio.fail_after(20):
+            async with peered_nodes() as (a, b):
+                push.connect(f"tcp://{a.address}")
+                push.send(pack(Kind.BYE, bytes.fromhex(b.id), 99, None, None))
+                push.send(forged_hello(port=10_000))  # read after the BYE: a marker
+                await wait_until(
+                    lambda: any(peer.name == "stranger" for peer in a.peers.values()),
+                    "a reads both",
+                )
+                assert a.peers[b.id].state is mesh.PeerState.ALIVE
     finally:
         push.close()
         context.term()

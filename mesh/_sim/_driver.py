@@ -269,7 +269,9 @@ class SimNode:
             self.on_task(sender, message[1], now)
         elif kind in (_ACK, _NACK):
             self.on_settled(origin, kind, message[1], now)
-        elif kind == _BYE:
+        elif kind == _BYE:  # on the PUB and in the inbox, both (as the node sends it)
+            self.sessions.said_goodbye(origin, now)
+            self.sessions.goodbye_in_inbox(origin)
             self.apply(self.peers.remove(origin, "goodbye"), now)
         elif kind == _HINT:
             self.disconnected(origin, now)
