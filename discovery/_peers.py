@@ -4,6 +4,8 @@ Rules:
 
 * A peer is known by its id. The node itself is never in its own map.
 * Only peers of this node's mesh are admitted; a record for another mesh is refused.
+* A peer's addresses and key are its for life (a node that restarts has a new id): a record
+  under a known id that changes them is refused, since it would redirect the peer's traffic.
 * One inbox address (host and PULL port) belongs to one peer at a time: a record with a new id at
   an address already in the map means that node restarted, so the old peer leaves ("replaced")
   before the new one joins; but only once the old peer is suspected or dead. While it is alive
@@ -100,6 +102,11 @@ class AddressTakenError(ValueError):
     """A record claims an inbox address that a live peer holds."""
 
 
+def _fixed(record: PeerRecord) -> tuple[object, ...]:
+    """What a node keeps for its life: where it is reached, and its key."""
+    return (record.hosts, record.pub_port, record.pull_port, record.public_key)
+
+
 class PeerMap:
     """The peers one node knows, indexed by id, inbox address and service; at most `max_peers`
     of them (None: no limit)."""
@@ -119,7 +126,9 @@ class PeerMap:
         when the map holds `max_peers` already (unless the record takes the place of a peer at
         one of its addresses: a node restarted there), `AddressTakenError` for a record at an
         inbox address another peer holds while that peer is alive (a node restarted there takes
-        it once its old self is suspected or dead: until then the claim may be anyone's).
+        it once its old self is suspected or dead: until then the claim may be anyone's), or
+        for a known peer's record with other addresses or another key (a node keeps both for
+        its life; one that moves or changes its key has a new id).
         """
         if record.mesh != self._mesh:
             raise ForeignMeshError(f"record of mesh {record.mesh!r}, this is {self._mesh!r}")
@@ -128,6 +137,8 @@ class PeerMap:
         known = self._peers.get(record.id)
         if known is not None and known.record == record:
             return []
+        if known is not None and _fixed(known.record) != _fixed(record):
+            raise AddressTakenError(f"{known.record.name}'s addresses and key do not change")
         if (
             known is None
             and self._max_peers is not None

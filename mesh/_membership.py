@@ -41,7 +41,6 @@ from discovery import (
     PeerMap,
     PeerRecord,
     PeerState,
-    PeerUpdated,
     format_address,
     parse_address,
 )
@@ -379,23 +378,6 @@ class Membership:
                 # time for its heartbeats to start (`first_heartbeat_grace`).
                 self._heartbeats.joined(record.id, trio.current_time())
                 _log_peer(_peerlog.joined(record))
-            elif isinstance(event, PeerUpdated):
-                old, new = event.previous, event.peer.record
-                old_pub, new_pub = (
-                    self._addresses.pub_endpoint(old),
-                    self._addresses.pub_endpoint(new),
-                )
-                if old_pub != new_pub:
-                    self._events.disconnect(old_pub)
-                    self._events.connect(new_pub)
-                    self._heartbeats.control_op(disconnect_op(old_pub))
-                    self._heartbeats.control_op(connect_op(new_pub))
-                old_inbox = self._addresses.inbox(old)
-                if old_inbox != self.reach(new):
-                    self._links.close(old_inbox)
-                    link = self._links.open(self.reach(new))
-                    if (session := self.sessions.get(new.id)) and session.batching:
-                        link.outbox.coalesce = _wire.coalesce_direct
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self.sessions.close(record.id)
