@@ -409,3 +409,27 @@ async def test_a_forged_goodbye_in_the_inbox_does_not_drop_a_live_peer() -> None
     finally:
         push.close()
         context.term()
+
+
+async def test_a_forged_update_does_not_move_a_peer() -> None:
+    # An UPDATE under b's id with b's record at another inbox port would have moved a's link to
+    # b there, and b's tasks with it.
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        with trio.fail_after(20):
+            async with peered_nodes() as (a, b), b.work("s") as tasks:
+                moved = PeerRecord(
+                    bytes.fromhex(b.id), "b", "default", "127.0.0.1", b.record.pub_port, 9
+                )
+                push.connect(f"tcp://{a.address}")
+                push.send(pack(Kind.UPDATE, bytes.fromhex(b.id), 99, None, moved.to_wire()))
+                await wait_until(lambda: a.statistics().peers_refused == 1, "a refuses it")
+                assert a.peers[b.id].record == b.record
+                await a.push("s", "to the real b")
+                async with await tasks.receive() as task:
+                    assert task.body == "to the real b"
+    finally:
+        push.close()
+        context.term()
