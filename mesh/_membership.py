@@ -287,6 +287,8 @@ class Membership:
         (`Sessions.goodbye_in_inbox`: an inbox message may be anyone's)."""
         if self.sessions.goodbye_in_inbox(envelope.sender):
             self._apply(self._peers.remove(envelope.sender, "goodbye"))
+        else:
+            self._heartbeats.take()  # its PUB goodbye left first: take it now if it is here
 
     def on_published_bye(self, envelope: Envelope) -> None:
         """A goodbye on the PUB may overtake the peer's last acks, which travel on the inbox
