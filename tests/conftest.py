@@ -194,6 +194,14 @@ def wait_until_blocking(predicate: Callable[[], bool], what: str, timeout: float
         threading.Event().wait(0.01)
 
 
+async def ack_all(tasks: mesh.TaskStream, bodies: list[Any]) -> None:
+    """Take and ack every task of `tasks`, adding its body to `bodies`, until the stream ends
+    or the caller is cancelled."""
+    async for task in tasks:
+        async with task:
+            bodies.append(task.body)
+
+
 # -- records ------------------------------------------------------------------------------------
 
 

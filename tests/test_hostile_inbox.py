@@ -14,6 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import trio
 import zmq
@@ -26,9 +29,47 @@ from mesh._membership import JOIN_BURST, JOIN_RATE
 from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, decode_inbox_many, pack
 
 from . import inside
-from .conftest import new_mesh_env, peered_nodes, wait_until
+from .conftest import ack_all, new_mesh_env, peered_nodes, wait_until
 
 FINISH = 15.0  # seconds: a child process that is told to end ends
+
+
+@contextmanager
+def plain_sockets(*kinds: int) -> Iterator[list[zmq.Socket[Any]]]:
+    """Sockets of `kinds` in a ZeroMQ context of their own, as a stranger's program has them
+    (no linger); closed, and the context terminated, on exit."""
+    context = zmq.Context()
+    sockets = [context.socket(kind) for kind in kinds]
+    try:
+        for sock in sockets:
+            sock.setsockopt(zmq.LINGER, 0)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+        context.term()
+
+
+@asynccontextmanager
+async def node_process(
+    args: list[str], env: dict[str, str], *, stderr: int = subprocess.DEVNULL
+) -> AsyncIterator[trio.Process]:
+    """`python ARGS` (a node: `-m mesh._cli run ...`) in a child process; killed, by its pid, at
+    the end if it is still running."""
+    child = await trio.lowlevel.open_process(
+        [sys.executable, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    try:
+        yield child
+    finally:
+        if child.returncode is None:
+            child.kill()
+        with trio.CancelScope(shield=True), trio.fail_after(FINISH):
+            await child.wait()
 
 
 def forged_hello(listing: list[str] = [], mesh: str = "default", port: int = 9) -> bytes:  # noqa: B006
@@ -42,10 +83,7 @@ def forged_hello(listing: list[str] = [], mesh: str = "default", port: int = 9) 
 async def test_a_hello_listing_thousands_of_addresses_is_tried_a_few_at_a_time() -> None:
     listing = [f"127.77.{i // 256}.{i % 256}:9" for i in range(MAX_PEERS_LISTED)]
     settings = mesh.Settings(connect_timeout=0.3)
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(20):
             async with peered_nodes(settings=settings) as (a, b), b.work("s") as tasks:
                 await a.wait_for_peers(1, service="s")
@@ -71,9 +109,6 @@ async def test_a_hello_listing_thousands_of_addresses_is_tried_a_few_at_a_time()
                     assert task.body == "still working"
                 await a.wait_settled()
                 assert b.id in a.peers
-    finally:
-        push.close()
-        context.term()
 
 
 async def test_a_forged_beat_number_far_ahead_does_not_silence_the_real_ones() -> None:
@@ -104,39 +139,23 @@ async def test_a_burst_of_costly_frames_does_not_starve_the_heartbeats() -> None
     # declares it dead. (b must be in another process: a stall of its own is forgiven.)
     frame = pack(Kind.TASK, os.urandom(16), 1, [1, "s", 1], None)[:-1]  # the body goes last
     frame += b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x90" * (1 << 20)
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
     env = new_mesh_env()
-    child: trio.Process | None = None
-    try:
-        with trio.fail_after(40):
-            async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
-                child = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "mesh._cli", "run", "--name", "a", "--seed", b.address],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                (a,) = await b.wait_for_peers(names=["a"], timeout=15)
-                async with b.watch_peers() as changes:
-                    push.connect(f"tcp://{a.record.address}")
-                    for _ in range(60):
-                        push.send(frame)
-                    # About 60 x 45 ms of work for a: watch it for longer than that.
-                    with trio.move_on_after(5):
-                        async for change in changes:
-                            if isinstance(change, mesh.PeerStateChanged):
-                                assert change.peer.state is not mesh.PeerState.DEAD, change
-                assert b.peers[a.id].state is mesh.PeerState.ALIVE
-    finally:
-        push.close()
-        context.term()
-        if child is not None:
-            child.terminate()
-            with trio.fail_after(FINISH):
-                await child.wait()
+    with plain_sockets(zmq.PUSH) as (push,), trio.fail_after(40):
+        async with (
+            mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b,
+            node_process(["-m", "mesh._cli", "run", "--name", "a", "--seed", b.address], env),
+        ):
+            (a,) = await b.wait_for_peers(names=["a"], timeout=15)
+            async with b.watch_peers() as changes:
+                push.connect(f"tcp://{a.record.address}")
+                for _ in range(60):
+                    push.send(frame)
+                # About 60 x 45 ms of work for a: watch it for longer than that.
+                with trio.move_on_after(5):
+                    async for change in changes:
+                        if isinstance(change, mesh.PeerStateChanged):
+                            assert change.peer.state is not mesh.PeerState.DEAD, change
+            assert b.peers[a.id].state is mesh.PeerState.ALIVE
 
 
 async def test_a_hello_flood_crowds_out_only_nodes_that_never_said_ready() -> None:
@@ -145,10 +164,7 @@ async def test_a_hello_flood_crowds_out_only_nodes_that_never_said_ready() -> No
     # next: the strangers crowd each other out, never a member, and a member that comes later
     # gets in.
     settings = mesh.Settings(max_peers=4)
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(20):
             async with peered_nodes(settings=settings) as (a, b), b.work("s") as tasks:
                 push.connect(f"tcp://{a.address}")
@@ -170,9 +186,6 @@ async def test_a_hello_flood_crowds_out_only_nodes_that_never_said_ready() -> No
                 await a.push("s", "still working")
                 async with await tasks.receive() as task:
                     assert task.body == "still working"
-    finally:
-        push.close()
-        context.term()
 
 
 async def test_a_node_full_of_members_refuses_the_next() -> None:
@@ -200,30 +213,10 @@ async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> 
     # each), and crashed or hung under a hundred forged ones. Now it holds seven: the strangers
     # crowd each other out.
     env = new_mesh_env()
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    child: trio.Process | None = None
-    try:
-        with trio.fail_after(40):
-            async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
-                child = await trio.lowlevel.open_process(
-                    [
-                        sys.executable,
-                        "-c",
-                        LIMITED_RUN,
-                        "run",
-                        "-v",
-                        "--name",
-                        "a",
-                        "--seed",
-                        b.address,
-                    ],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+    with plain_sockets(zmq.PUSH) as (push,), trio.fail_after(40):
+        async with mesh.open_node("b", mesh=env["MESH_NAME"], discovery="static") as b:
+            command = ["-c", LIMITED_RUN, "run", "-v", "--name", "a", "--seed", b.address]
+            async with node_process(command, env, stderr=subprocess.PIPE) as child:
                 (a,) = await b.wait_for_peers(names=["a"], timeout=15)
                 push.connect(f"tcp://{a.record.address}")
                 # Forged peers cost less than real ones (nothing answers their links): it takes
@@ -235,19 +228,13 @@ async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> 
                 await trio.sleep(1)  # a full node keeps beating: b still has it alive
                 assert child.returncode is None, "the node died"
                 assert b.peers[a.id].state is mesh.PeerState.ALIVE
-            child.send_signal(signal.SIGTERM)
-            assert child.stderr is not None
-            with trio.fail_after(FINISH):
-                await child.wait()
-                stderr = await child.stderr.receive_some(1 << 20)
-            assert child.returncode == 0
-            assert b"stranger left: it had not said READY" in stderr
-    finally:
-        push.close()
-        context.term()
-        if child is not None and child.returncode is None:
-            child.kill()
-            await child.wait()
+                child.send_signal(signal.SIGTERM)
+                assert child.stderr is not None
+                with trio.fail_after(FINISH):
+                    await child.wait()
+                    stderr = await child.stderr.receive_some(1 << 20)
+                assert child.returncode == 0
+                assert b"stranger left: it had not said READY" in stderr
 
 
 async def test_forged_datagrams_from_another_host_do_not_keep_a_silent_peer_alive() -> None:
@@ -288,15 +275,10 @@ async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() ->
     # (ten times the credit, at least 1,000) and nacks the rest, so a sender that ignores the
     # credit cannot fill the worker's memory.
     settings = mesh.Settings(prefetch=2)
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    inbox = context.socket(zmq.PULL)
-    for sock in (push, inbox):
-        sock.setsockopt(zmq.LINGER, 0)
-    inbox_port = inbox.bind_to_random_port("tcp://127.0.0.1")
     stranger = os.urandom(16)
-    record = PeerRecord(stranger, "stranger", "default", "127.0.0.1", 9, inbox_port)
-    try:
+    with plain_sockets(zmq.PUSH, zmq.PULL) as (push, inbox):
+        inbox_port = inbox.bind_to_random_port("tcp://127.0.0.1")
+        record = PeerRecord(stranger, "stranger", "default", "127.0.0.1", 9, inbox_port)
         with trio.fail_after(20):
             async with (
                 mesh.open_node("b", settings=settings, discovery="static") as b,
@@ -320,20 +302,13 @@ async def test_a_sender_that_ignores_the_credit_gets_its_extra_tasks_nacked() ->
                             nacked.append(envelope.meta[0])
                 assert nacked == list(range(1001, 1051))
                 assert b.statistics().tasks_received == 1050
-    finally:
-        push.close()
-        inbox.close()
-        context.term()
 
 
 async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
     # Two thousand HELLOs from new ids, as fast as one socket sends them, while a sends b tasks.
     # New peers are taken at most JOIN_BURST at once and JOIN_RATE a second: the rest are
     # refused and counted, and not one task is lost.
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(30):
             async with peered_nodes() as (a, b), b.work("s") as tasks:
                 push.connect(f"tcp://{a.address}")
@@ -341,14 +316,8 @@ async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
                 for port in range(2000):
                     push.send(forged_hello(port=10_000 + port))
                 done: list[int] = []
-
-                async def work() -> None:
-                    async for task in tasks:
-                        async with task:
-                            done.append(task.body)
-
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(work)
+                    nursery.start_soon(ack_all, tasks, done)
                     for i in range(100):
                         await a.push("s", i)
                     await a.wait_settled()
@@ -359,19 +328,13 @@ async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
                 assert a.statistics().tasks_acked == 100
                 assert len(a.peers) <= JOIN_BURST + JOIN_RATE * elapsed + 1  # b included
                 assert a.statistics().peers_refused >= 2000 - len(a.peers)
-    finally:
-        push.close()
-        context.term()
 
 
 async def test_a_record_claiming_a_live_peers_address_does_not_take_it_over() -> None:
     # A stranger says HELLO with a record whose inbox is b's. Taken, it would have replaced b
     # and drawn b's tasks to the stranger; refused, b keeps its place and its work.
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
     stranger = os.urandom(16)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(20):
             async with peered_nodes() as (a, b), b.work("s") as tasks:
                 claim = PeerRecord(
@@ -384,18 +347,12 @@ async def test_a_record_claiming_a_live_peers_address_does_not_take_it_over() ->
                 await a.push("s", "to the real b")
                 async with await tasks.receive() as task:
                     assert task.body == "to the real b"
-    finally:
-        push.close()
-        context.term()
 
 
 async def test_a_forged_goodbye_in_the_inbox_does_not_drop_a_live_peer() -> None:
     # Anyone can send a's inbox a BYE under b's id; b's own goodbye also comes on b's PUB, which
     # only b can publish on. Alone, the inbox one drops nobody.
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(20):
             async with peered_nodes() as (a, b):
                 push.connect(f"tcp://{a.address}")
@@ -406,18 +363,12 @@ async def test_a_forged_goodbye_in_the_inbox_does_not_drop_a_live_peer() -> None
                     "a reads both",
                 )
                 assert a.peers[b.id].state is mesh.PeerState.ALIVE
-    finally:
-        push.close()
-        context.term()
 
 
 async def test_a_forged_update_does_not_move_a_peer() -> None:
     # An UPDATE under b's id with b's record at another inbox port would have moved a's link to
     # b there, and b's tasks with it.
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    try:
+    with plain_sockets(zmq.PUSH) as (push,):
         with trio.fail_after(20):
             async with peered_nodes() as (a, b), b.work("s") as tasks:
                 moved = PeerRecord(
@@ -430,6 +381,3 @@ async def test_a_forged_update_does_not_move_a_peer() -> None:
                 await a.push("s", "to the real b")
                 async with await tasks.receive() as task:
                     assert task.body == "to the real b"
-    finally:
-        push.close()
-        context.term()

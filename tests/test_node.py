@@ -23,7 +23,7 @@ from mesh import Node
 from mesh._wire import Kind, packed_kind
 
 from . import inside
-from .conftest import peered_nodes, wait_until, zmq_threads
+from .conftest import ack_all, peered_nodes, wait_until, zmq_threads
 
 # These tests are about the node core: peers come from seeds, not mDNS (tests/test_discovery.py).
 open_node = functools.partial(mesh.open_node, discovery="static")
@@ -297,15 +297,9 @@ async def test_a_burst_of_tasks_and_their_acks_share_frames() -> None:
     with trio.fail_after(20):
         async with open_mesh(2) as (sender, worker), worker.work("sum") as tasks:
             await sender.wait_for_peers(1, service="sum")
-            done = []
-
-            async def work() -> None:
-                async for task in tasks:
-                    async with task:
-                        done.append(task.body)
-
+            done: list[int] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(work)
+                nursery.start_soon(ack_all, tasks, done)
                 for i in range(500):
                     await sender.push("sum", i)
                 await sender.wait_settled()
