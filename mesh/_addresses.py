@@ -70,10 +70,10 @@ class Addresses:
         return self._senders[host]
 
     def _sender(self, host: str) -> int | None:
-        version = ipaddress.ip_address(host).version
-        on_network = network_of(host, self._networks)
-        if on_network is not None and self._networks[on_network].version == version:
+        on_network = network_of(host, self._networks)  # (a network holds its own family only)
+        if on_network is not None:
             return on_network
+        version = ipaddress.ip_address(host).version
         for index, network in enumerate(self._networks):
             if network.version == version:
                 return index
