@@ -33,7 +33,10 @@ if TYPE_CHECKING:
         PeerRecord,
         RecordError,
         format_address,
+        format_contact,
+        is_public_key,
         parse_address,
+        parse_contact,
         tcp_endpoint,
     )
     from ._txt import SERVICE_TYPE, Announcement, decode_txt, encode_txt, instance_name
@@ -68,7 +71,10 @@ __all__ = [
     "PeerUpdated",
     "RecordError",
     "format_address",
+    "format_contact",
+    "is_public_key",
     "parse_address",
+    "parse_contact",
     "tcp_endpoint",
 ]
 
@@ -96,7 +102,10 @@ _EXPORTS = {
         "PeerRecord",
         "RecordError",
         "format_address",
+        "format_contact",
+        "is_public_key",
         "parse_address",
+        "parse_contact",
         "tcp_endpoint",
     ),
     "._txt": ("SERVICE_TYPE", "Announcement", "decode_txt", "encode_txt", "instance_name"),

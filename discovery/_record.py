@@ -19,6 +19,11 @@ MAX_NAME_SIZE: Final = 255
 MAX_MESH_SIZE: Final = 250
 MAX_SERVICES: Final = 1024
 MAX_EXTRA_HOSTS: Final = 15
+#: A CurveZMQ public key as text: 32 bytes in Z85, 40 characters.
+PUBLIC_KEY_SIZE: Final = 40
+_Z85: Final = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
 
 
 class RecordError(ValueError):
@@ -62,8 +67,8 @@ class PeerRecord:
             _check_name(service, "service")
         if type(self.protocol) is not int or self.protocol != PROTOCOL_VERSION:
             raise RecordError(f"unsupported protocol version {self.protocol!r}")
-        if self.public_key is not None:
-            _check_name(self.public_key, "public_key")
+        if self.public_key is not None and not is_public_key(self.public_key):
+            raise RecordError(f"public_key is not {PUBLIC_KEY_SIZE} characters of Z85")
         if not isinstance(self.extra_hosts, tuple) or len(self.extra_hosts) > MAX_EXTRA_HOSTS:
             raise RecordError(f"extra_hosts must be a tuple of at most {MAX_EXTRA_HOSTS}")
         for host in self.extra_hosts:
@@ -199,6 +204,32 @@ def _check_host(value: object) -> None:
         raise RecordError(f"host {value} is an IPv4-mapped address: give the IPv4 address")
     if str(ip) != value:  # addresses are compared as text: one spelling per address
         raise RecordError(f"host {value} is not in canonical form ({ip})")
+
+
+def is_public_key(value: object) -> bool:
+    """Whether `value` is a CurveZMQ public key as text (Z85, 40 characters)."""
+    return type(value) is str and len(value) == PUBLIC_KEY_SIZE and _Z85.issuperset(value)
+
+
+def parse_contact(contact: str) -> tuple[str, str | None]:
+    """Split a contact, ``host:port`` or ``KEY@host:port`` (KEY: the node's public key, which a
+    keyed node needs to reach it), into the canonical ``host:port`` and the key or None.
+
+    Raises `ValueError` with a message fit for a user."""
+    key: str | None = None
+    text = contact.strip()
+    if len(text) > PUBLIC_KEY_SIZE and text[PUBLIC_KEY_SIZE] == "@":
+        key, text = text[:PUBLIC_KEY_SIZE], text[PUBLIC_KEY_SIZE + 1 :]
+        if not is_public_key(key):
+            raise ValueError(
+                f"contact {contact!r}: {key!r} is not a public key (Z85, 40 characters)"
+            )
+    return format_address(*parse_address(text)), key
+
+
+def format_contact(address: str, key: str | None) -> str:
+    """``KEY@host:port``, or ``host:port`` when there is no key."""
+    return address if key is None else f"{key}@{address}"
 
 
 def format_address(host: str, port: int) -> str:

@@ -28,6 +28,7 @@ from ._record import (
     _check_name,
     _check_port,
     format_address,
+    is_public_key,
 )
 
 SERVICE_TYPE: Final = "_zmesh._tcp.local."
@@ -47,6 +48,8 @@ class Announcement:
     pub_port: int
     pull_port: int
     services: frozenset[str] | None
+    #: The node's public key, if it is keyed (TXT ``key``).
+    public_key: str | None = None
 
     @property
     def address(self) -> str:
@@ -68,6 +71,8 @@ def encode_txt(record: PeerRecord) -> dict[str, str]:
         "name": record.name,
         "pub": str(record.pub_port),
     }
+    if record.public_key is not None:
+        properties["key"] = record.public_key
     services = ",".join(sorted(record.services))
     if "," not in "".join(record.services) and len(f"services={services}".encode()) <= 255:
         properties["services"] = services
@@ -118,10 +123,13 @@ def decode_txt(
         for service in names:
             _check_name(service, "service")
         services = frozenset(names)
+    public_key = text.get("key")
+    if public_key is not None and not is_public_key(public_key):
+        raise RecordError("key is not a public key (Z85, 40 characters)")
     for host in addresses:
         try:
             _check_host(host)
         except RecordError:
             continue
-        return Announcement(node_id, name, mesh, host, pub_port, port, services)
+        return Announcement(node_id, name, mesh, host, pub_port, port, services, public_key)
     raise RecordError("no usable address")

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
         ProtocolError,
     )
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
-    from ._node import Node, open_node
+    from ._node import Node
+    from ._open import open_node
     from ._streams import PeerWatch, Subscription, Task, TaskStream
     from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 
@@ -104,7 +105,8 @@ _EXPORTS = {
     ),
     "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
     "._binding": ("ALL_INTERFACES",),
-    "._node": ("Node", "open_node"),
+    "._node": ("Node",),
+    "._open": ("open_node",),
     "._streams": ("PeerWatch", "Subscription", "Task", "TaskStream"),
     "._types": ("DeadLetter", "Endpoints", "Message", "NodeStatistics", "PeerHealth", "Settings"),
 }

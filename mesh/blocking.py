@@ -71,7 +71,8 @@ from ._blocking_held import (
     _ReaderT,
     _seconds,
 )
-from ._node import Node, open_node
+from ._node import Node
+from ._open import open_node
 from ._types import DeadLetter, Message, NodeStatistics, PeerHealth, Settings
 
 __all__ = ["BlockingNode", "BlockingPeerWatch", "BlockingSubscription", "BlockingWorker", "start"]

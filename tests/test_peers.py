@@ -327,7 +327,7 @@ def test_by_address_frees_an_address_when_its_peer_leaves() -> None:
         {"pull_port": 5009},
         {"pub_port": 9999},
         {"extra_hosts": ("127.0.0.3",)},
-        {"public_key": "ed25519:k"},
+        {"public_key": "k" * 40},
     ],
     ids=repr,
 )

@@ -15,13 +15,19 @@ from discovery import (
     PeerRecord,
     RecordError,
     format_address,
+    format_contact,
+    is_public_key,
     parse_address,
+    parse_contact,
     tcp_endpoint,
 )
 
 from .conftest import make_record, record_fields
 
 NODE_ID = bytes(range(16))
+#: A public key as a keyed node has one (Z85, 40 characters; '@' and ':' are Z85 too).
+Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 
 FUZZ = settings(
     max_examples=300,
@@ -114,7 +120,7 @@ def test_a_name_may_be_255_bytes_a_mesh_250() -> None:
         record(mesh="x" * 251)
 
 
-@pytest.mark.parametrize("field", ["name", "mesh", "public_key"])
+@pytest.mark.parametrize("field", ["name", "mesh"])
 @pytest.mark.parametrize("value", ["node\ud800", "\udfff", "a\udc80b"], ids=repr)
 def test_lone_surrogate_in_a_name_is_refused(field: str, value: str) -> None:
     """Regression: a lone surrogate passed (it was measured with 'surrogatepass'), and then the
@@ -228,7 +234,11 @@ def test_bad_protocol(value: Any) -> None:
         record(protocol=value)
 
 
-@pytest.mark.parametrize("value", ["", "k" * 256, 1, b"key", ["key"]], ids=repr)
+@pytest.mark.parametrize(
+    "value",
+    ["", "k" * 39, "k" * 41, "k" * 39 + "~", "k" * 39 + "\u00e9", 1, b"k" * 40, ["key"]],
+    ids=repr,
+)
 def test_bad_public_key(value: Any) -> None:
     with pytest.raises(RecordError, match="public_key"):
         record(public_key=value)
@@ -244,12 +254,10 @@ def test_record_is_frozen_and_hashable() -> None:
 
 
 def test_with_services() -> None:
-    rec = record(public_key="ed25519:abc", host="::1")
+    rec = record(public_key=KEY, host="::1")
     changed = rec.with_services(["b", "a", "b"])
     assert changed.services == frozenset({"a", "b"})
-    assert changed == PeerRecord(
-        **fields(host="::1", public_key="ed25519:abc", services=changed.services)
-    )
+    assert changed == PeerRecord(**fields(host="::1", public_key=KEY, services=changed.services))
     assert rec.services == frozenset({"resize", "thumbnail"})
     with pytest.raises(RecordError):
         rec.with_services([""])
@@ -370,7 +378,7 @@ def test_parse_address_only_raises_value_error(text: str) -> None:
 
 def test_to_wire() -> None:
     assert record().to_wire() == WIRE
-    assert record(public_key="ed25519:abc").to_wire() == wire(key="ed25519:abc")
+    assert record(public_key=KEY).to_wire() == wire(key=KEY)
 
 
 def test_to_wire_sorts_services() -> None:
@@ -380,7 +388,7 @@ def test_to_wire_sorts_services() -> None:
 def test_wire_round_trip() -> None:
     for rec in (
         record(),
-        record(host="::1", public_key="ed25519:abc"),
+        record(host="::1", public_key=KEY),
         record(services=frozenset()),
         record(name="ünï 🚀", mesh="m" * 250),
     ):
@@ -539,7 +547,7 @@ def test_from_wire_of_any_value_only_raises_record_error(data: Any) -> None:
     ),
     ports=st.tuples(st.integers(1, 65535), st.integers(1, 65535)),
     services=st.frozensets(st.text(min_size=1, max_size=20), max_size=5),
-    public_key=st.none() | st.text(min_size=1, max_size=40),
+    public_key=st.none() | st.text(alphabet=sorted(Z85), min_size=40, max_size=40),
 )
 @FUZZ
 def test_any_valid_record_round_trips_through_msgpack(
@@ -559,3 +567,32 @@ def test_an_ipv4_mapped_host_is_refused() -> None:
     # Python versions spell ::ffff:10.0.0.1 differently; the IPv4 form is the one spelling.
     with pytest.raises(RecordError, match="IPv4-mapped"):
         record(host="::ffff:10.0.0.1")
+
+
+# -- keys and contacts ---------------------------------------------------------------------------
+
+
+def test_is_public_key() -> None:
+    assert is_public_key(KEY)
+    assert not is_public_key(KEY[:-1])
+    assert not is_public_key(KEY + "a")
+    assert not is_public_key(KEY[:-1] + "~")  # not in Z85's alphabet
+    assert not is_public_key(KEY.encode())
+
+
+def test_contact_with_and_without_a_key() -> None:
+    assert parse_contact("127.0.0.1:5000") == ("127.0.0.1:5000", None)
+    assert parse_contact(f"{KEY}@127.0.0.1:5000") == ("127.0.0.1:5000", KEY)
+    assert parse_contact(f" {KEY}@[::1]:7 ") == ("[::1]:7", KEY)
+    assert format_contact("127.0.0.1:5000", KEY) == f"{KEY}@127.0.0.1:5000"
+    assert format_contact("127.0.0.1:5000", None) == "127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    "contact",
+    ["~" * 40 + "@127.0.0.1:5", KEY + "@127.0.0.1", KEY + "@host:5", KEY[:39] + "@127.0.0.1:5"],
+    ids=repr,
+)
+def test_bad_contact(contact: str) -> None:
+    with pytest.raises(ValueError, match=r"contact|address"):
+        parse_contact(contact)

@@ -24,7 +24,8 @@ from discovery import format_address, parse_address
 
 from .. import _wire
 from .._binding import ALL_INTERFACES
-from .._node import Node, open_node
+from .._node import Node
+from .._open import open_node
 from .._types import Settings
 from .._wire import check_service as _check_service_name
 
