@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         PeerUnreachableError,
         ProtocolError,
     )
+    from ._keys import KeyPair
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
     from ._node import Node
     from ._open import open_node
@@ -55,6 +56,7 @@ __all__ = [
     "DetectorSettings",
     "Endpoints",
     "Histogram",
+    "KeyPair",
     "MeshError",
     "Message",
     "MissingPeersError",
@@ -105,6 +107,7 @@ _EXPORTS = {
     ),
     "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
     "._binding": ("ALL_INTERFACES",),
+    "._keys": ("KeyPair",),
     "._node": ("Node",),
     "._open": ("open_node",),
     "._streams": ("PeerWatch", "Subscription", "Task", "TaskStream"),

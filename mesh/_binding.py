@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import resource
 import socket as stdlib_socket
 import sys
@@ -20,9 +21,13 @@ from discovery import interface_addresses, tcp_endpoint
 
 from . import _wire
 from ._heartbeats import SO_TIMESTAMPNS, close_datagrams
+from ._keys import KeyPair
 from ._limits import Limits, limits_for
+from ._members import Members
 from ._types import Settings
 from ._zmq import ZmqSocket
+
+logger = logging.getLogger("mesh")
 
 #: Pass as `interface` to bind to every interface of the machine (for a real LAN; never the
 #: default, and never in tests: it reaches the machine's real networks).
@@ -73,6 +78,29 @@ def check_discovery(discovery: str | Iterable[str], hosts: Sequence[str]) -> set
     return methods
 
 
+def check_keyed(hosts: Sequence[str], key: KeyPair | None, allow: object, insecure: bool) -> None:
+    """Refuse an open node (no key) on any address but loopback, unless `insecure`, which is
+    then logged as a warning; and an allow list without a key."""
+    if key is None:
+        if allow not in ((), None):
+            raise ValueError("an allow list needs a key: give key= (or --key) too")
+        exposed = [host for host in hosts if not ipaddress.ip_address(host).is_loopback]
+        if exposed and not insecure:
+            raise ValueError(
+                f"refusing to run open (no key) on {', '.join(exposed)}: anyone who can reach "
+                "it could join the mesh. Make keys with 'mesh-cli keygen PATH' and pass "
+                "key=/--key (and allow=/--allow), or insecure=True/--insecure to run open anyway"
+            )
+        if exposed:
+            logger.warning(
+                "running open (no key) on %s: anyone who can reach it can join the mesh, "
+                "take its tasks and read its events",
+                ", ".join(exposed),
+            )
+    elif insecure:
+        raise ValueError("insecure asks to run open, but a key was given: give one or the other")
+
+
 def open_context(max_peers: int) -> tuple[zmq.Context[Any], Limits]:
     """A ZeroMQ context for one node, and the node's limits (`mesh/_limits.py`). The process's
     soft limit of file descriptors is raised to its hard limit first, the most it may have
@@ -91,19 +119,30 @@ def open_context(max_peers: int) -> tuple[zmq.Context[Any], Limits]:
     return context, limits
 
 
+_BOUND_KINDS: Final = frozenset({zmq.XPUB, zmq.PULL})
+
 # What an unlimited number of file descriptors counts as.
 _MANY_DESCRIPTORS: Final = 1 << 20
 
 
-def socket_maker(context: zmq.Context[Any]) -> Callable[[int, bool], ZmqSocket]:
+def socket_maker(
+    context: zmq.Context[Any], members: Members | None
+) -> Callable[[int, bool], ZmqSocket]:
     """What makes a node's ZeroMQ sockets in `context`: ``make(kind, ipv6)``. Each lingers not
-    at all unless told when it is closed (only the goodbyes are given time)."""
+    at all unless told when it is closed (only the goodbyes are given time). With `members`
+    (a keyed node), each speaks CurveZMQ: the bound kinds (PUB, PULL) as servers, the
+    connecting ones (PUSH, SUB) as clients."""
 
     def make(kind: int, ipv6: bool) -> ZmqSocket:
         sock: ZmqSocket = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if ipv6:
             sock.setsockopt(zmq.IPV6, 1)
+        if members is not None:
+            if kind in _BOUND_KINDS:
+                members.secure_server(sock)
+            else:
+                members.secure_client(sock)
         return sock
 
     return make

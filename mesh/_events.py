@@ -54,6 +54,7 @@ class Publisher:
     def __init__(self, sock: ZmqSocket, node_id: bytes, capacity: int) -> None:
         self._id = node_id
         self._seq = 0
+        self._socket = sock
         # Events published in a burst leave in fewer frames: consecutive events of one topic
         # share one (docs/protocol.md §3, "Batches").
         self.outbox = Outbox(
@@ -104,6 +105,15 @@ class Publisher:
         except ValueError:  # a NUL in the prefix: no subscription could match it anyway
             return
         self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
+
+    def rebind(self, endpoints: Iterable[str]) -> None:
+        """Unbind the XPUB from each endpoint, which ends every connection accepted there, and
+        bind it again: each subscriber reconnects and is checked anew (a keyed node's ZAP
+        handler, against its allow list as it is now). Events published meanwhile reach none
+        of them. Safe outside the owner task: no task ever waits on the XPUB's FD."""
+        for endpoint in endpoints:
+            self._socket.unbind(endpoint)
+            self._socket.bind(endpoint)
 
     async def drain_notices(self) -> None:
         """Discard the XPUB's subscription notices, which it queues for the application. Runs
@@ -214,11 +224,11 @@ class Subscriptions:
                 self._sync_timeout,
             )
 
-    def connect(self, endpoint: str) -> None:
+    def connect(self, endpoint: str, server_key: str | None = None) -> None:
         """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers)."""
         lingering = self._lingering.pop(endpoint, None)
         if lingering is None:
-            self.socket.call_soon(connect_op(endpoint))
+            self.socket.call_soon(connect_op(endpoint, server_key))
         else:
             lingering.cancel()  # still connected there: keep that connection
 
@@ -287,10 +297,13 @@ class Subscriptions:
                         self._synced.unpark_all()
 
 
-def connect_op(endpoint: str) -> SocketOp:
-    """An op that connects a socket to `endpoint`."""
+def connect_op(endpoint: str, server_key: str | None = None) -> SocketOp:
+    """An op that connects a socket to `endpoint` (a keyed node's: to the CURVE server whose
+    public key is `server_key`; ZeroMQ takes the key for the connection made next)."""
 
     def op(sock: ZmqSocket) -> None:
+        if server_key is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode())
         sock.connect(endpoint)
 
     return op

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
+import zmq
 
 from ._errors import ProtocolError
 from ._ratelimit import RateLimitedLog
@@ -35,18 +36,28 @@ class Frames:
         self._log = log
         self.bytes_in = dict.fromkeys(("inbox", "events", "control", "udp"), 0)
         self.bad_reasons: dict[str, int] = {}
-        self._undecoded: dict[str, list[bytes]] = {}  # by socket: frames left for the next turn
+        # By socket: frames left for the next turn (`bytes`, or `zmq.Frame` where keys matter).
+        self._undecoded: dict[str, list[Any]] = {}
 
     async def receive(
-        self, sock: AsyncSocket, decode: Callable[[bytes], list[Envelope]], where: str
+        self,
+        sock: AsyncSocket,
+        decode: Callable[[bytes], list[Envelope]],
+        where: str,
+        bound: Callable[[Envelope, str], bool] | None = None,
     ) -> list[Envelope]:
         """The next batch of valid envelopes from `sock`, in order (a frame may carry several; bad
-        frames are counted and dropped whole); an empty list once the socket is closed."""
+        frames are counted and dropped whole); an empty list once the socket is closed. With
+        `bound` (a keyed node's inbox), an envelope counts only if `bound(envelope, key)`, key
+        being the one that authenticated its connection: the others are an impostor's."""
         while True:
-            frames = self._undecoded.pop(where, None)
+            frames: list[Any] | None = self._undecoded.pop(where, None)
             if frames is None:
                 try:
-                    frames = await sock.receive_batch(self._receive_batch)
+                    if bound is None:
+                        frames = await sock.receive_batch(self._receive_batch)
+                    else:
+                        frames = await sock.receive_frame_batch(self._receive_batch)
                 except trio.ClosedResourceError:
                     return []
                 self.bytes_in[where] += sum(map(len, frames))
@@ -56,7 +67,10 @@ class Frames:
             started = time.perf_counter()
             for index, frame in enumerate(frames):
                 try:
-                    batch += decode(frame)
+                    if bound is None:
+                        batch += decode(frame)
+                    else:
+                        batch += self._authenticated(frame, decode, bound)
                 except ProtocolError as exc:
                     self.bad_frame(exc, where)
                 if time.perf_counter() - started > TURN and index + 1 < len(frames):
@@ -64,6 +78,18 @@ class Frames:
                     break
             if batch:
                 return batch
+
+    @staticmethod
+    def _authenticated(
+        frame: zmq.Frame,
+        decode: Callable[[bytes], list[Envelope]],
+        bound: Callable[[Envelope, str], bool],
+    ) -> list[Envelope]:
+        key = str(frame.get("User-Id"))
+        envelopes = decode(frame.bytes)
+        if not all(bound(envelope, key) for envelope in envelopes):
+            raise ProtocolError("impostor", f"a message under another node's id, from key {key}")
+        return envelopes
 
     def bad_frame(self, exc: ProtocolError, where: str) -> None:
         """A frame or datagram read on `where` broke the protocol: count it, log it (bounded)."""

@@ -34,6 +34,7 @@ from discovery import PeerRecord
 
 from . import _wire
 from ._addresses import Addresses
+from ._beatkeys import MAC_SIZE, BeatKeys
 from ._beatplan import BeatPeer, BeatPlan
 from ._detector import DetectorSettings, FailureDetector, Transition
 from ._errors import ProtocolError
@@ -52,11 +53,11 @@ from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
 # Where a heartbeat datagram to a peer goes: its beats (for the echo it is owed), the UDP socket
-# that reaches it, and its address.
-_Route = tuple[PeerBeats, stdlib_socket.socket, tuple[str, int]]
+# that reaches it, its address, and its id.
+_Route = tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], bytes]
 
-# One byte more than a datagram may hold, to tell an oversized one.
-_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + 1
+# One byte more than a datagram (and its MAC) may hold, to tell an oversized one.
+_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + MAC_SIZE + 1
 # Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
 # trip then leaves out how long a datagram waited to be read. Python does not name the option.
 SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
@@ -124,8 +125,10 @@ class Heartbeats:
         counts: dict[str, int],
         bytes_in: dict[str, int],
         log: RateLimitedLog,
+        beat_keys: BeatKeys | None = None,
     ) -> None:
         self._wiring = wiring
+        self._keys = beat_keys  # a keyed node's: the MACs on its datagrams
         self._id = node_id
         self._interval = detector.heartbeat_interval
         self._credit = credit
@@ -183,6 +186,18 @@ class Heartbeats:
         """A peer is gone: stop judging it, and forget its beats."""
         self.detector.remove(peer_id)
         self.beats.pop(peer_id, None)
+        if self._keys is not None:
+            self._keys.forget(peer_id)
+
+    def ready_body(self, peer_id: bytes) -> dict[str, bytes] | None:
+        """What this node's READY to a peer carries: a keyed node's the key of the MACs on its
+        datagrams to that peer."""
+        return None if self._keys is None else {"beat": self._keys.given(peer_id)}
+
+    def on_ready(self, peer_id: bytes, beat_key: bytes | None) -> None:
+        """A peer said READY (with the key of its datagrams' MACs, if keyed)."""
+        if self._keys is not None and beat_key is not None:
+            self._keys.take(peer_id, beat_key)
 
     def close(self) -> None:
         """Close the control SUB (the node's context closes the rest of ZeroMQ) and the UDP
@@ -265,7 +280,7 @@ class Heartbeats:
             route = self._datagram_route(record) if peer_beats.heard else None
             yield BeatPeer(
                 peer_beats.echoed,
-                None if route is None else (peer_beats, *route),
+                None if route is None else (peer_beats, *route, record.id),
                 peer_beats.wanted,
             )
 
@@ -289,9 +304,12 @@ class Heartbeats:
         datagrams = BeatDatagrams(
             head, number, sent=now, load=load, credit=credit, record=self._wiring.record_digest()
         )
-        for beats, sock, destination in targets:
+        keys = self._keys
+        for beats, sock, destination, peer_id in targets:
             try:
                 datagram = datagrams.for_peer(*beats.next_datagram(now))
+                if keys is not None:
+                    datagram = keys.sign(datagram, peer_id)
                 sock.sendto(datagram, destination)
                 self.udp_bytes_sent += len(datagram)
             except OSError as exc:  # BlockingIOError (buffer full) included
@@ -338,7 +356,17 @@ class Heartbeats:
         anyone can send a datagram under any id, but not from another's address (beyond the
         machine itself, or the link)."""
         try:
-            envelope = _wire.decode_datagram(datagram)
+            if self._keys is None:
+                envelope = _wire.decode_datagram(datagram)
+            else:
+                body, mac = datagram[:-MAC_SIZE], datagram[-MAC_SIZE:]
+                envelope = _wire.decode_datagram(body)
+                if not self._keys.verify(envelope.sender, body, mac):
+                    if self._keys.knows(envelope.sender) or not self._wiring.is_peer(
+                        envelope.sender
+                    ):
+                        raise ProtocolError("mac", "a heartbeat datagram whose MAC does not check")
+                    return  # a new peer's: the key is in its READY, still on its way
             hosts = self._wiring.hosts_of(envelope.sender)
             if hosts is not None and source.partition("%")[0] not in hosts:
                 raise ProtocolError("source", f"a peer's heartbeat from {source}, not its host")

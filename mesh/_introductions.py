@@ -17,6 +17,8 @@ Rules:
   answer before its link is closed and the next is tried; at most `HEARD_KEPT` wait their
   turn, and more are ignored (they are heard of again from other peers). A HELLO listing
   thousands of addresses costs a few links at a time, not a link (three sockets) each.
+* A keyed node says HELLO only where it knows the node's key (a seed or peer list entry
+  ``KEY@host:port``, an announcement's TXT) and that key is allowed (`learn`).
 * This node's own record is advertised on mDNS, again whenever it changes.
 """
 
@@ -28,7 +30,7 @@ from typing import Final
 
 import trio
 
-from discovery import Announced, Mdns, PeerMap, PeerRecord, Refused, format_address, parse_address
+from discovery import Announced, Mdns, PeerMap, PeerRecord, Refused, parse_contact
 
 from ._links import Links
 from ._ratelimit import RateLimitedLog
@@ -43,6 +45,8 @@ HEARD_KEPT: Final = 4096
 
 #: Says HELLO to the inbox at an address (`again`: even if a link there is open already).
 Introduce = Callable[[str, bool], None]
+#: Takes in the key given for an address; False if it cannot be reached so (`Members.learn`).
+Learn = Callable[[str, "str | None"], bool]
 
 
 class Introductions:
@@ -58,6 +62,7 @@ class Introductions:
         *,
         connect_timeout: float,
         log: RateLimitedLog,
+        learn: Learn | None = None,
     ) -> None:
         self._record = record
         self._peers = peers
@@ -66,6 +71,7 @@ class Introductions:
         self._introduce = introduce
         self._connect_timeout = connect_timeout
         self._log = log
+        self._learn: Learn = learn or (lambda address, key: True)
         self._seeds: set[str] = set()
         self._announced: dict[bytes, str] = {}  # node id -> inbox address, as mDNS announced
         self._heard: dict[str, None] = {}  # addresses heard of, not tried yet, oldest first
@@ -77,8 +83,8 @@ class Introductions:
         """Say HELLO to each seed, and again now and then while it is not a peer."""
         self._nursery = nursery
         for seed in seeds:
-            address = format_address(*parse_address(seed))
-            if address not in self._record().addresses:
+            address, key = parse_contact(seed)
+            if address not in self._record().addresses and self._learn(address, key):
                 self._seeds.add(address)
                 self._introduce(address, False)
         if self._seeds:
@@ -96,19 +102,21 @@ class Introductions:
         if self._mdns is not None and self._nursery is not None:
             self._nursery.start_soon(self._mdns.advertise, record)
 
-    def heard_of(self, addresses: Iterable[str]) -> None:
-        """A peer listed these inbox addresses (its peers): say HELLO to those that are not
-        peers yet, a few at a time (see the module's rules)."""
+    def heard_of(self, contacts: Iterable[str]) -> None:
+        """A peer listed these inbox addresses (its peers, ``[KEY@]host:port``, checked): say
+        HELLO to those that are not peers yet, a few at a time (see the module's rules)."""
         own = self._record().addresses
         added = False
-        for address in addresses:
+        for contact in contacts:
             if len(self._heard) >= HEARD_KEPT:
                 break
+            address, key = parse_contact(contact)
             if (
                 address not in own
                 and address not in self._trying
                 and address not in self._heard
                 and self._peers.by_address(address) is None
+                and self._learn(address, key)
             ):
                 self._heard[address] = None
                 added = True
@@ -158,6 +166,7 @@ class Introductions:
                         and announcement.id != record.id
                         and announcement.address not in record.addresses
                         and announcement.id not in self._peers
+                        and self._learn(announcement.address, announcement.public_key)
                     ):
                         self._announced[announcement.id] = announcement.address
                         self._introduce(announcement.address, True)

@@ -71,8 +71,10 @@ class Links(Mapping[str, Link]):
         dropped_grace: float,
         max_links: int,
         log: RateLimitedLog,
+        server_key: Callable[[str], str | None] | None = None,
     ) -> None:
         self._make_socket = make_socket
+        self._server_key = server_key
         self._id = node_id
         self._max_links = max_links
         self._log = log
@@ -111,13 +113,21 @@ class Links(Mapping[str, Link]):
         """Links opened from now on run their tasks in `nursery`."""
         self._nursery = nursery
 
-    def open(self, address: str) -> Link:
-        """The link to the inbox at `address`, opened if it is not yet."""
+    def open(self, address: str, key: str | None = None) -> Link | None:
+        """The link to the inbox at `address`, opened if it is not yet. A keyed node's links
+        are CURVE clients: the server's `key`, or the one `server_key` knows for `address`;
+        without one the link is not opened (None; logged where the key was missing)."""
         link = self._links.get(address)
         if link is not None:
             return link
+        if self._server_key is not None:
+            key = key or self._server_key(address)
+            if key is None:
+                return None
         host, port = parse_address(address)
         push = self._make_socket(zmq.PUSH, ":" in host)
+        if key is not None:
+            push.setsockopt(zmq.CURVE_SERVERKEY, key.encode())
         push.setsockopt(zmq.IMMEDIATE, 1)  # queue here, not in a pipe to a peer that is not there
         push.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
         monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -165,6 +175,8 @@ class Links(Mapping[str, Link]):
                 )
                 return False
             link = self.open(address)
+            if link is None:
+                return False
         if not link.outbox.has_room():
             self._log.warning(
                 "outbox-full",

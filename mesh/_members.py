@@ -137,7 +137,8 @@ class Members:
     def bound(self, key_of: Callable[[bytes], str | None]) -> Callable[[Envelope, str], bool]:
         """Whether an inbox envelope came on a connection authenticated by the key its sender
         is bound to: a known peer's record's key (`key_of`), or for a node not known yet, the key
-        in the HELLO or WELCOME that introduces it."""
+        in the HELLO or WELCOME that introduces it. A key taken off the allow list binds
+        nothing."""
 
         def check(envelope: Envelope, key: str) -> bool:
             if key not in self.allowed:
@@ -145,8 +146,10 @@ class Members:
             bound_to = key_of(envelope.sender)
             if bound_to is not None:
                 return bound_to == key
+            # Not a peer: what it says is a stranger's (and ignored as such), but the record
+            # that would make it a peer must carry the key of the connection that brought it.
             body = envelope.body
-            return isinstance(body, Hello) and body.record.public_key == key
+            return not isinstance(body, Hello) or body.record.public_key == key
 
         return check
 

@@ -41,8 +41,8 @@ from discovery import (
     PeerMap,
     PeerRecord,
     PeerState,
-    format_address,
-    parse_address,
+    format_contact,
+    parse_contact,
 )
 
 from . import _peerlog, _wire
@@ -53,6 +53,7 @@ from ._events import Subscriptions, connect_op, disconnect_op
 from ._heartbeat import PeerBeats, record_digest
 from ._heartbeats import Heartbeats
 from ._links import Link, Links
+from ._members import Members
 from ._metrics import PeerStatistics
 from ._producer import ProducerSide, Route
 from ._ratelimit import RateLimitedLog, TokenBucket
@@ -103,6 +104,7 @@ class Membership:
         check_open: Callable[[], None],
         closing: Callable[[], bool],
         log: RateLimitedLog,
+        members: Members | None = None,
     ) -> None:
         self._record = record
         self.record_digest = record_digest(record)  # what heartbeats say of it (`rec`)
@@ -119,6 +121,7 @@ class Membership:
         self._check_open = check_open
         self._closing = closing
         self._log = log
+        self._members = members
         self._peers = PeerMap(record.id, record.mesh, max_peers)
         #: Unparked at every change of the peers (joined, left, updated, ready, state).
         self.changed = trio.lowlevel.ParkingLot()
@@ -162,9 +165,12 @@ class Membership:
         """`Node.connect`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        address = format_address(*parse_address(address))
+        address, key = parse_contact(address)
         if address in self._record.addresses:
             raise ValueError("a node cannot connect to itself")
+        if self._members is not None and not self._members.learn(address, key):
+            why = "not on this node's allow list" if key else f"needed: give KEY@{address}"
+            raise ValueError(f"this node is keyed: the node's key is {why}")
         if timeout is None:
             timeout = self._settings.connect_timeout
         self.introduce(address)
@@ -314,6 +320,7 @@ class Membership:
     def on_ready(self, envelope: Envelope) -> None:
         if (session := self.sessions.get(envelope.sender)) is not None:
             session.ready = True
+            self._heartbeats.on_ready(envelope.sender, envelope.body)
             self.changed.unpark_all()
             # Its heartbeats start now: a death from here on is judged as any other.
             self._heartbeats.wired(envelope.sender, trio.current_time())
@@ -329,6 +336,8 @@ class Membership:
     def _observe(self, record: PeerRecord) -> bool:
         """Take in a record; False if it was refused (logged, and counted unless foreign)."""
         now = trio.current_time()
+        if self._members is not None and (why := self._members.refuses(record)):
+            return self._refuse(record, why, now)
         if record.id not in self._peers and not self._joins.take(now):
             # New peers cost links, connections and heartbeats: a flood of HELLOs from new ids
             # is taken at a bounded rate (a node refused is told again by other peers).
@@ -369,9 +378,10 @@ class Membership:
             if isinstance(event, PeerJoined):
                 record = event.peer.record
                 self.sessions.open(record.id)
-                self._links.open(self.reach(record))
-                self._events.connect(self._addresses.pub_endpoint(record))
-                self._heartbeats.control_op(connect_op(self._addresses.pub_endpoint(record)))
+                key, pub = record.public_key, self._addresses.pub_endpoint(record)
+                self._links.open(self.reach(record), key)
+                self._events.connect(pub, key)
+                self._heartbeats.control_op(connect_op(pub, key))
                 if self._nursery is not None and not self._closing():
                     self._nursery.start_soon(self._greet, record.id)
                     self._nursery.start_soon(self._await_ready, record.id)
@@ -393,6 +403,11 @@ class Membership:
                 _log_peer(_peerlog.left(record, event.reason))
         self._producer.capacity_changed()
         self.changed.unpark_all()
+
+    def drop_keys(self, keys: frozenset[str]) -> None:
+        """Remove the peers whose key is one of `keys` (no longer allowed)."""
+        for peer in [p for p in self._peers if p.record.public_key in keys]:
+            self._apply(self._peers.remove(peer.record.id, "key no longer allowed"))
 
     def reach(self, record: PeerRecord) -> str:
         """The peer's inbox address to use from here (`Addresses.inbox`)."""
@@ -418,8 +433,9 @@ class Membership:
             self._links.send(address, Kind.HELLO, None, self._hello().to_wire())
 
     def _hello(self) -> Hello:
-        known = tuple(self.reach(peer.record) for peer in self._peers)
-        return Hello(self._record, known, batch=True)
+        known = (peer.record for peer in self._peers)
+        contacts = tuple(format_contact(self.reach(r), r.public_key) for r in known)
+        return Hello(self._record, contacts, batch=True)
 
     def set_services(self, services: Iterable[str]) -> None:
         self._record = self._record.with_services(services)
@@ -474,7 +490,8 @@ class Membership:
             await self._events.sync(self._events.prefixes(), [peer_id])
             peer = self._peers.get(peer_id)
             if peer is not None:
-                self._links.send(self.reach(peer.record), Kind.READY, None, None)
+                ready = self._heartbeats.ready_body(peer_id)
+                self._links.send(self.reach(peer.record), Kind.READY, None, ready)
         finally:
             session.greeting = False
 

@@ -303,7 +303,12 @@ _COUNTERS: Final = (
     (
         "peers_refused",
         "mesh_peers_refused_total",
-        "Nodes refused as peers (node full, or too many new at once).",
+        "Nodes refused as peers (full, too many at once, key not allowed).",
+    ),
+    (
+        "handshakes_refused",
+        "mesh_handshakes_refused_total",
+        "Connections refused: a key not allowed, or no CURVE.",
     ),
 )
 

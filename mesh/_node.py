@@ -31,38 +31,31 @@ from typing import Any
 import trio
 import zmq
 
-from discovery import (
-    Peer,
-    PeerRecord,
-    interface_network,
-)
+from discovery import Peer, PeerRecord, format_contact, interface_network, tcp_endpoint
 
 from . import _wire
 from ._addresses import Addresses
+from ._beatkeys import KEY_SIZE, BeatKeys
 from ._binding import bind_sockets, socket_maker
 from ._events import Publisher, Subscriptions
 from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
 from ._introductions import Introductions
+from ._keys import KeyPair
 from ._limits import Limits
 from ._links import Links
+from ._members import AllowSource, Members
 from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
-    ACKED,
-    GIVEN_UP,
-    NACKED,
     PUSHED,
-    RECEIVED,
-    REDELIVERED,
     ServiceCounts,
-    cap_peers,
 )
 from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
 from ._wire import Kind, topic_channel
-from ._wiring import HeartbeatView, ProducerView, WorkerView
+from ._wiring import HeartbeatView, ProducerView, WorkerView, statistics_of
 from ._worker import WorkerSide
 from ._zmq import AsyncSocket
 
@@ -87,6 +80,8 @@ class Node:
         settings: Settings,
         limits: Limits,
         dead_letter: Callable[[DeadLetter], None] | None = None,
+        key: KeyPair | None = None,
+        allow: AllowSource = (),
     ) -> None:
         self._context = context
         self._settings = settings
@@ -95,8 +90,12 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._log = RateLimitedLog(logger)
         addresses = Addresses([interface_network(host) for host in hosts])
+        self._counts = dict.fromkeys(COUNTED, 0)
+        # Keyed: the ZAP handler is bound before any socket that asks it.
+        members = None if key is None else Members(context, key, allow, self._counts, self._log)
+        self._members = members
 
-        make_socket = socket_maker(context)
+        make_socket = socket_maker(context, members)
         sockets = bind_sockets(make_socket, hosts, pub_port, pull_port, settings)
         try:
             record = PeerRecord(
@@ -107,6 +106,7 @@ class Node:
                 pub_port=sockets.pub_port,
                 pull_port=sockets.pull_port,
                 extra_hosts=tuple(hosts[1:]),
+                public_key=None if key is None else key.public,
             )
         except BaseException:
             close_datagrams(sockets.datagrams)  # the ZeroMQ sockets go with the context
@@ -126,9 +126,9 @@ class Node:
             dropped_grace=GOODBYE_GRACE,
             max_links=limits.links,
             log=self._log,
+            server_key=None if members is None else members.key_at,
         )
         self._unyielded = 0
-        self._counts = dict.fromkeys(COUNTED, 0)
         # For operators (`statistics`): bytes received by socket, and bad frames by reason (bytes
         # sent are counted by each `Outbox`).
         self._frames = Frames(settings.receive_batch, self._counts, self._log)
@@ -158,6 +158,7 @@ class Node:
             counts=self._counts,
             bytes_in=self._frames.bytes_in,
             log=self._log,
+            beat_keys=None if members is None else BeatKeys(os.urandom(KEY_SIZE)),
         )
         self._producer = ProducerSide(
             ProducerView(self),
@@ -184,6 +185,7 @@ class Node:
             check_open=self._check_open,
             closing=lambda: self._closing,
             log=self._log,
+            members=members,
         )
         self._introductions = Introductions(
             lambda: self._membership.record,
@@ -193,6 +195,7 @@ class Node:
             lambda address, again: self._membership.introduce(address, again=again),
             connect_timeout=settings.connect_timeout,
             log=self._log,
+            learn=None if members is None else members.learn,
         )
         self._worker = WorkerSide(
             WorkerView(self),
@@ -236,6 +239,26 @@ class Node:
         return self._membership.record.address
 
     @property
+    def contact(self) -> str:
+        """`address`, and for a keyed node its public key in front (``KEY@host:port``): what
+        another node passes to `connect` or `seeds`."""
+        record = self._membership.record
+        return format_contact(record.address, record.public_key)
+
+    def reload_allow(self) -> None:
+        """Read the allow list again (a keyed node's; `ValueError` or `OSError` if it cannot be
+        read, and then nothing changes). Peers whose keys it no longer holds are dropped, and
+        every connection made under the old list is cut: the node binds its listening sockets
+        anew, and its members reconnect and are checked again."""
+        self._check_open()
+        if self._members is None:
+            raise ValueError("this node is not keyed: it has no allow list")
+        removed = self._members.reload()
+        if removed:
+            self._membership.drop_keys(removed)
+            self._rebind()
+
+    @property
     def peers(self) -> dict[str, Peer]:
         """A snapshot of the known peers, by id (hex)."""
         return {peer.id: peer for peer in self._membership.peers}
@@ -252,34 +275,7 @@ class Node:
     def statistics(self) -> NodeStatistics:
         """What this node has counted since it opened, and its queues now: a snapshot
         (`NodeStatistics` describes each figure). Works after the node has closed, too."""
-        dispatcher = self._producer.dispatcher
-        services = self._services.snapshot()
-        totals = [sum(column) for column in zip(*self._services.rows(), strict=True)] or [0] * 7
-        return NodeStatistics(
-            peers=len(self._membership.peers),
-            tasks_in_flight=dispatcher.in_flight(),
-            bad_frame_reasons=dict(self._frames.bad_reasons),
-            bytes_received=dict(self._frames.bytes_in),
-            bytes_sent={
-                "pub": self._pub.bytes_sent,
-                "push": self._links.bytes_sent,
-                "udp": self._heartbeats.udp_bytes_sent,
-            },
-            events_queued=len(self._pub),
-            redelivery_queued=self._producer.redelivery_queued,
-            peer_queues=cap_peers(self._membership.peer_rows(dispatcher.in_flight)),
-            ack_latency=self._producer.ack_latency.snapshot(),
-            heartbeat_rtt=self._heartbeats.rtt.snapshot(),
-            services=services,
-            # (The task totals are the per-service table's: counted once, at one place a task.)
-            tasks_pushed=totals[PUSHED],
-            tasks_acked=totals[ACKED],
-            tasks_nacked=totals[NACKED],
-            tasks_redelivered=totals[REDELIVERED],
-            tasks_given_up=totals[GIVEN_UP],
-            tasks_received=totals[RECEIVED],
-            **self._counts,
-        )
+        return statistics_of(self)
 
     @property
     def metrics_address(self) -> str | None:
@@ -382,7 +378,8 @@ class Node:
         await self._worker.drain(grace)
 
     async def connect(self, address: str, *, timeout: float | None = None) -> Peer:
-        """Peer with the node whose inbox is at `address` (``host:port``), with no discovery.
+        """Peer with the node whose inbox is at `address` (``host:port``; ``KEY@host:port`` for
+        a keyed node, KEY being that node's public key), with no discovery.
 
         The two exchange records (HELLO/WELCOME) and the peers each knows, so one address joins
         this node to the whole mesh. Returns the peer once it is known. Raises `ValueError` for
@@ -425,6 +422,8 @@ class Node:
 
     def _start(self, nursery: trio.Nursery, seeds: Iterable[str]) -> None:
         self._nursery = nursery
+        if self._members is not None:
+            nursery.start_soon(self._members.serve)
         self._links.start(nursery)
         nursery.start_soon(self._pub.run)
         nursery.start_soon(self._publisher.drain_notices)
@@ -450,7 +449,14 @@ class Node:
             Kind.READY: self._membership.on_ready,
             Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
-        while batch := await self._frames.receive(self._pull, _wire.decode_inbox_many, "inbox"):
+        bound = None
+        if self._members is not None:
+            get = self._membership.peers.get
+            bound = self._members.bound(
+                lambda sender: None if (peer := get(sender)) is None else peer.record.public_key
+            )
+        decode = _wire.decode_inbox_many
+        while batch := await self._frames.receive(self._pull, decode, "inbox", bound):
             self._producer.arrival = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)
@@ -485,6 +491,13 @@ class Node:
         self._producer.wake_all()
         self._membership.end()
 
+    def _rebind(self) -> None:
+        """Cut every subscriber's connection, to be made again and checked against the allow
+        list as it is now (`Publisher.rebind`). The inbox needs none of this: each of its
+        messages is checked against the list as it is now."""
+        record = self._membership.record
+        self._publisher.rebind(tcp_endpoint(host, record.pub_port) for host in record.hosts)
+
     def _close_sockets(self) -> None:
         linger = round(self._settings.goodbye_timeout * 1000)
         self._pub.socket.close(linger=linger)  # so the goodbye still goes out
@@ -492,3 +505,5 @@ class Node:
         self._pull.close()
         self._events.socket.close()
         self._heartbeats.close()
+        if self._members is not None:
+            self._members.close()

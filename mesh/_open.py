@@ -13,11 +13,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from discovery import open_mdns, parse_address
+from discovery import open_mdns, parse_contact
 from discovery._groups import ungrouped
 
-from ._binding import check_discovery, check_interfaces, open_context
+from ._binding import check_discovery, check_interfaces, check_keyed, open_context
 from ._exporter import MetricsServer
+from ._keys import KeyPair, as_key_pair
+from ._members import AllowSource
 from ._node import Node
 from ._types import DeadLetter, Settings
 
@@ -36,6 +38,9 @@ async def open_node(
     dead_letter: Callable[[DeadLetter], None] | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    key: KeyPair | str | os.PathLike[str] | None = None,
+    allow: AllowSource = (),
+    insecure: bool = False,
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
@@ -59,13 +64,24 @@ async def open_node(
     exit the node says goodbye to its peers (bounded by `Settings.goodbye_timeout`), withdraws
     its mDNS record, stops its tasks and its metrics server, closes every socket and terminates
     its ZeroMQ context.
+
+    Members only (docs/security.md): with `key` (a `KeyPair`, or the path of one that ``mesh-cli
+    keygen`` wrote), the node speaks CurveZMQ on every socket and peers only with nodes whose
+    public key `allow` holds (a file of keys, one a line; a directory of ``*.pub`` files; or the
+    keys themselves), or that share its own key pair; `Node.reload_allow` reads the list again.
+    Its seeds are then written ``KEY@host:port`` (`Node.contact`). Without a key the mesh is
+    open to anyone who can reach it, which only loopback is fit for: a node bound to any other
+    address refuses to start without a key (`ValueError`) unless `insecure` is true, and then
+    logs a warning.
     """
     settings = settings or Settings()
     hosts = check_interfaces(interface)
     methods = check_discovery(discovery, hosts)
     seeds = list(seeds)
     for seed in seeds:
-        parse_address(seed)
+        parse_contact(seed)
+    key_pair = None if key is None else as_key_pair(key)
+    check_keyed(hosts, key_pair, allow, insecure)
     if name is None:
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
     if metrics_port is not None:
@@ -85,6 +101,8 @@ async def open_node(
                 settings=settings,
                 limits=limits,
                 dead_letter=dead_letter,
+                key=key_pair,
+                allow=allow,
             )
             if metrics_port is not None:
                 metrics = MetricsServer(

@@ -121,7 +121,9 @@ class NodeStatistics:
 
     * `peers`: the peers known now; `peers_refused`: nodes refused as peers because this node
       had all it may hold (`Settings.max_peers`, or its file descriptors), or because too many
-      new ones came at once (more than 256, or 50 a second).
+      new ones came at once (more than 256, or 50 a second), or (keyed) because their key is
+      not allowed. `handshakes_refused`: connections a keyed node refused (CURVE with a key not
+      allowed, or no CURVE at all).
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer was full, without `Settings.event_backpressure`).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
@@ -177,6 +179,7 @@ class NodeStatistics:
     heartbeat_rtt: Histogram = field(default_factory=lambda: Histogram.empty(RTT_BUCKETS))
     services: Mapping[str, ServiceStatistics] = field(default_factory=dict)
     peers_refused: int = 0
+    handshakes_refused: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -190,6 +193,7 @@ COUNTED: Final = (
     "heartbeat_datagrams",
     "bad_frames",
     "peers_refused",
+    "handshakes_refused",
 )
 
 

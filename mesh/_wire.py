@@ -31,7 +31,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from discovery import PeerRecord, RecordError, format_address, parse_address
+from discovery import PeerRecord, RecordError, format_contact, parse_contact
 
 from ._errors import ProtocolError
 from ._values import count_values
@@ -70,7 +70,7 @@ class Kind(enum.IntEnum):
     EVENT = 1  # PUB, channel E+topic. body: the event.
     HEARTBEAT = 2  # PUB channel ! and direct. body: map {"n": count}; the same n on both paths.
     BYE = 3  # PUB channel ! or direct. The sender is leaving. body: nil.
-    HELLO = 4  # direct. body: {"record": record, "peers": [address, ...]}. Answered by WELCOME.
+    HELLO = 4  # direct. body: {"record": record, "peers": [contact, ...]}. Answered by WELCOME.
     WELCOME = 5  # direct. Same body as HELLO; not answered.
     UPDATE = 6  # direct. body: the sender's new record.
     TASK = 7  # direct. meta: [task_id, service, attempt]. body: the task.
@@ -78,7 +78,8 @@ class Kind(enum.IntEnum):
     NACK = 9  # direct. meta: [task_id, reason]. The task failed or was refused.
     SYNC = 10  # direct. meta: [token, prefix]. "Answer on channel E+prefix once you see this."
     SYNCED = 11  # PUB, channel E+prefix. meta: [token, to]. Proves a subscription is live.
-    READY = 12  # direct. The sender's subscriptions are live at the receiver's PUB.
+    READY = 12  # direct. The sender's subscriptions are live at the receiver's PUB. body: nil,
+    # or from a keyed node {"beat": 32 bytes}: the key of the MAC on its datagrams to the receiver.
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -128,7 +129,7 @@ _new_envelope: Callable[[tuple[Any, ...]], Envelope] = functools.partial(tuple._
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The body of HELLO and WELCOME: the sender's record and the inbox addresses of the peers it
-    knows (peer exchange)."""
+    knows (peer exchange), each ``host:port`` or, for a keyed peer, ``KEY@host:port``."""
 
     record: PeerRecord
     peers: tuple[str, ...]
@@ -508,6 +509,23 @@ def _map_body(kind: Kind, sender: bytes, body: Any) -> Any:
     return body
 
 
+#: Bytes of the key a keyed node's heartbeat datagrams to a peer are authenticated with.
+BEAT_KEY_SIZE: Final = 32
+
+
+def _ready_body(kind: Kind, sender: bytes, body: Any) -> bytes | None:
+    """READY's body: nothing, or (from a keyed node) ``{"beat": key}``, the key of the MAC on
+    its heartbeat datagrams to the receiver; decoded to the key or None."""
+    if body is None:
+        return None
+    key = body.get("beat") if type(body) is dict else None
+    if type(key) is not bytes or len(key) != BEAT_KEY_SIZE:
+        raise ProtocolError(
+            "malformed", f"READY body is not nil or {{beat: {BEAT_KEY_SIZE} bytes}}"
+        )
+    return key
+
+
 def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
     parsed: PeerRecord | Hello
     if kind is Kind.UPDATE:
@@ -533,15 +551,15 @@ def _parse_hello(data: Any) -> Hello:
     peers = data["peers"]
     if len(peers) > MAX_PEERS_LISTED:
         raise ProtocolError("oversized", f"more than {MAX_PEERS_LISTED} peers listed")
-    addresses = []
-    for address in peers:
-        if type(address) is not str:
+    contacts = []
+    for contact in peers:
+        if type(contact) is not str:
             raise ProtocolError("malformed", "a listed peer address is not a string")
         try:
-            addresses.append(format_address(*parse_address(address)))
+            contacts.append(format_contact(*parse_contact(contact)))
         except ValueError as exc:
             raise ProtocolError("malformed", str(exc)) from None
-    return Hello(_parse_record(data["record"]), tuple(addresses), data.get("batch") is True)
+    return Hello(_parse_record(data["record"]), tuple(contacts), data.get("batch") is True)
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -603,7 +621,7 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.NACK: _nil_body,
     Kind.SYNC: _nil_body,
     Kind.SYNCED: _nil_body,
-    Kind.READY: _nil_body,
+    Kind.READY: _ready_body,
 }
 
 _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {

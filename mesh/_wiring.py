@@ -12,7 +12,9 @@ from discovery import PeerRecord
 from ._detector import Transition
 from ._errors import ProtocolError
 from ._heartbeat import PeerBeats
+from ._metrics import ACKED, GIVEN_UP, NACKED, PUSHED, RECEIVED, REDELIVERED, cap_peers
 from ._producer import Route
+from ._types import NodeStatistics
 from ._wire import Envelope, Kind
 from ._zmq import Outbox
 
@@ -101,3 +103,35 @@ class WorkerView:
 
     def offer(self, services: Iterable[str]) -> None:
         self._node._membership.set_services(services)
+
+
+def statistics_of(node: Node) -> NodeStatistics:
+    """`Node.statistics`: the node's counts and its components' figures, gathered."""
+    dispatcher = node._producer.dispatcher
+    services = node._services.snapshot()
+    totals = [sum(column) for column in zip(*node._services.rows(), strict=True)] or [0] * 7
+    return NodeStatistics(
+        peers=len(node._membership.peers),
+        tasks_in_flight=dispatcher.in_flight(),
+        bad_frame_reasons=dict(node._frames.bad_reasons),
+        bytes_received=dict(node._frames.bytes_in),
+        bytes_sent={
+            "pub": node._pub.bytes_sent,
+            "push": node._links.bytes_sent,
+            "udp": node._heartbeats.udp_bytes_sent,
+        },
+        events_queued=len(node._pub),
+        redelivery_queued=node._producer.redelivery_queued,
+        peer_queues=cap_peers(node._membership.peer_rows(dispatcher.in_flight)),
+        ack_latency=node._producer.ack_latency.snapshot(),
+        heartbeat_rtt=node._heartbeats.rtt.snapshot(),
+        services=services,
+        # (The task totals are the per-service table's: counted once, at one place a task.)
+        tasks_pushed=totals[PUSHED],
+        tasks_acked=totals[ACKED],
+        tasks_nacked=totals[NACKED],
+        tasks_redelivered=totals[REDELIVERED],
+        tasks_given_up=totals[GIVEN_UP],
+        tasks_received=totals[RECEIVED],
+        **node._counts,
+    )

@@ -97,6 +97,16 @@ class AsyncSocket:
         """
         return await self._receive(self._socket.recv, max_messages)
 
+    async def receive_frame_batch(self, max_messages: int) -> list[zmq.Frame]:
+        """Like `receive_batch`, each message as a `zmq.Frame`, which also says who sent it
+        (``frame.get("User-Id")``: the key a CURVE server's ZAP handler accepted)."""
+        socket = self._socket
+
+        def receive(flags: int) -> zmq.Frame:
+            return socket.recv(flags, copy=False)
+
+        return await self._receive(receive, max_messages)
+
     async def receive_multipart_batch(self, max_messages: int) -> list[list[bytes]]:
         """Like `receive_batch`, for multipart messages: each is a list of frames."""
         return await self._receive(self._socket.recv_multipart, max_messages)

@@ -162,7 +162,7 @@ async def peered_nodes(
         for name in names[1:]:
             nodes.append(
                 await stack.enter_async_context(
-                    mesh.open_node(name, seeds=[first.address], **options)
+                    mesh.open_node(name, seeds=[first.contact], **options)
                 )
             )
         for node in nodes:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from mesh import KeyPair
 from mesh._cli import main as cli_main
 
 from .conftest import new_mesh_name
@@ -594,7 +595,8 @@ def is_local(address: str) -> bool:
     ("args", "status", "words"),
     [
         (("peers", "--interface", "not-an-ip"), 2, ["'not-an-ip'"]),
-        (("run", "--interface", "10.255.255.1"), 1, ["10.255.255.1"]),
+        (("run", "--interface", "10.255.255.1"), 2, ["refusing to run open", "mesh-cli keygen"]),
+        (("run", "--key", "/no/such/key"), 2, ["/no/such/key"]),
         (("pub", "t", "{not json"), 2, ["not valid JSON", "--raw"]),
         (("push", "s", "{not json"), 2, ["not valid JSON", "--raw"]),
         (("run", "--seed", "no-port"), 2, ["bad --seed", "'no-port'"]),
@@ -603,7 +605,8 @@ def is_local(address: str) -> bool:
     ],
     ids=[
         "interface-not-an-ip",
-        "interface-not-here",
+        "open-off-loopback",
+        "key-not-there",
         "pub-body-not-json",
         "push-body-not-json",
         "seed-without-port",
@@ -632,3 +635,12 @@ def test_a_port_in_use_is_one_line(spawn: Spawn, option: str) -> None:
         status, stdout, stderr = finish(spawn("run", option, str(port)))
     assert_one_line_error(status, stderr, "mesh-cli run:", str(port), "in use")
     assert not stdout
+
+
+def test_keygen_writes_a_pair_and_never_overwrites(spawn: Spawn, tmp_path: Path) -> None:
+    status, stdout, _ = finish(spawn("keygen", str(tmp_path / "k")))
+    assert status == 0
+    pair = KeyPair.load(tmp_path / "k")
+    assert stdout == [pair.public]
+    status, _, stderr = finish(spawn("keygen", str(tmp_path / "k")))
+    assert_one_line_error(status, stderr, "not overwriting")

@@ -166,9 +166,12 @@ mesh_nacks_sent_total{node="n\\1"} 0
 # HELP mesh_heartbeat_datagrams_total Valid heartbeat datagrams received by UDP.
 # TYPE mesh_heartbeat_datagrams_total counter
 mesh_heartbeat_datagrams_total{node="n\\1"} 9
-# HELP mesh_peers_refused_total Nodes refused as peers (node full, or too many new at once).
+# HELP mesh_peers_refused_total Nodes refused as peers (full, too many at once, key not allowed).
 # TYPE mesh_peers_refused_total counter
 mesh_peers_refused_total{node="n\\1"} 3
+# HELP mesh_handshakes_refused_total Connections refused: a key not allowed, or no CURVE.
+# TYPE mesh_handshakes_refused_total counter
+mesh_handshakes_refused_total{node="n\\1"} 0
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.
 # TYPE mesh_bad_frames_total counter
 mesh_bad_frames_total{node="n\\1"} 2

@@ -36,6 +36,8 @@ from typing import Any, TextIO
 
 import pytest
 
+from mesh import KeyPair
+
 from .netns_tools import IP_TIMEOUT, empty_namespace, ip, namespaces
 
 NODE_SCRIPT = Path(__file__).with_name("netns_node.py")
@@ -161,6 +163,11 @@ class Lab:
             str(len(self.hosts) - 1),
             str(PEERS_TIMEOUT),
         ]
+        # Off loopback a node runs keyed: the lab's nodes share one key pair (a node always
+        # allows its own key), so nodes started later need no allow list read again.
+        key = self.logs / "lab.key"
+        if not key.exists():
+            KeyPair.generate().save(key)
         try:
             process = subprocess.Popen(
                 command,
@@ -169,7 +176,7 @@ class Lab:
                 stderr=stderr,
                 text=True,
                 bufsize=1,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KEY": str(key)},
             )
         except BaseException:
             stderr.close()

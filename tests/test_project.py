@@ -104,6 +104,7 @@ PURE_CORES = (
     "mesh._sessions",
     "mesh._values",
     "mesh._limits",
+    "mesh._beatkeys",
     "mesh._beatplan",
     "mesh._probes",
     "mesh._routing",

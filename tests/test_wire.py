@@ -300,7 +300,7 @@ def test_hello_ignores_unknown_keys() -> None:
 
 
 def test_update_round_trip_gives_a_record() -> None:
-    rec = record(public_key="ed25519:abc", host="::1")
+    rec = record(public_key="rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7", host="::1")
     envelope = decode_inbox(pack(Kind.UPDATE, SENDER, 4, None, rec.to_wire()))
     assert envelope == Envelope(Kind.UPDATE, SENDER, 4, None, rec, None)
     assert type(envelope.body) is PeerRecord

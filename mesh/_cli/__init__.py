@@ -1,12 +1,13 @@
 """mesh-cli: inspect and drive a mesh from the shell.
 
 Commands, one module each: ``peers``, ``wait``, ``run``, ``pub``/``sub``, ``push``/``work``,
-``demo``, ``bench`` and ``completion``. Every command that joins a mesh takes the options of
-`_common.mesh_options` (``--mesh``, ``--interface``, ``--seed``, each also read from the
-environment). A mistake the user can fix (`_common.UserError`, or a bad option) prints one line
-and exits non-zero; Ctrl-C exits with 130 after the node has left. A reader that goes away
-(``mesh-cli sub x | head -1``) ends the command quietly, as it ends ``cat``: the node leaves, and
-the exit status is 141, what a shell shows for ``cat`` killed by SIGPIPE.
+``demo``, ``bench``, ``keygen`` and ``completion``. Every command that joins a mesh takes the
+options of `_common.mesh_options` (``--mesh``, ``--interface``, ``--seed``, ``--key``, ``--allow``,
+``--insecure``, each but the last also read from the environment). A mistake the user can fix
+(`_common.UserError`, or a bad option) prints one line and exits non-zero; Ctrl-C exits with 130
+after the node has left. A reader that goes away (``mesh-cli sub x | head -1``) ends the command
+quietly, as it ends ``cat``: the node leaves, and the exit status is 141, what a shell shows for
+``cat`` killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _bench, _completion, _demo, _peers, _pubsub, _run, _tasks, _wait
+from . import _bench, _completion, _demo, _keygen, _peers, _pubsub, _run, _tasks, _wait
 from ._common import Parser, UserError, configure_logging
 
-_COMMANDS = [_demo, _peers, _wait, _run, _pubsub, _tasks, _bench, _completion]
+_COMMANDS = [_demo, _peers, _wait, _run, _pubsub, _tasks, _bench, _keygen, _completion]
 
 #: The exit status of a command whose reader went away: 128 + SIGPIPE, as a shell reports
 #: ``cat`` killed by it.

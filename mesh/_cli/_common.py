@@ -20,17 +20,24 @@ from typing import Any
 
 import trio
 
-from discovery import format_address, parse_address
+from discovery import parse_contact
 
 from .. import _wire
 from .._binding import ALL_INTERFACES
+from .._keys import KeyPair, load_allowed
 from .._node import Node
 from .._open import open_node
 from .._types import Settings
 from .._wire import check_service as _check_service_name
 
 #: The environment variables that give the mesh options their defaults.
-ENVIRONMENT = {"mesh": "MESH_NAME", "interface": "MESH_INTERFACE", "seeds": "MESH_SEEDS"}
+ENVIRONMENT = {
+    "mesh": "MESH_NAME",
+    "interface": "MESH_INTERFACE",
+    "seeds": "MESH_SEEDS",
+    "key": "MESH_KEY",
+    "allow": "MESH_ALLOW",
+}
 
 
 class UserError(Exception):
@@ -69,9 +76,29 @@ def mesh_options() -> argparse.ArgumentParser:
         "--seed",
         dest="seeds",
         action="append",
-        metavar="IP:PORT",
-        help="a node's inbox address to join through, for networks without multicast; "
-        "repeatable (MESH_SEEDS: comma-separated)",
+        metavar="[KEY@]IP:PORT",
+        help="a node's inbox address to join through, for networks without multicast, with "
+        "its public key in front for a keyed mesh; repeatable (MESH_SEEDS: comma-separated)",
+    )
+    group.add_argument(
+        "--key",
+        default=os.environ.get(ENVIRONMENT["key"]) or None,
+        metavar="PATH",
+        help="this node's key pair (from 'mesh-cli keygen'): the mesh is then members only, "
+        "CurveZMQ on every connection (MESH_KEY)",
+    )
+    group.add_argument(
+        "--allow",
+        default=os.environ.get(ENVIRONMENT["allow"]) or None,
+        metavar="PATH",
+        help="the members' public keys: a file, one a line, or a directory of *.pub files "
+        "(MESH_ALLOW; without it, only nodes with the same key pair)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run open (no key) on an interface other than loopback: anyone who can reach "
+        "it can join",
     )
     return parser
 
@@ -99,7 +126,7 @@ async def open_cli_node(
     seeds = seeds_of(args)
     for seed in seeds:  # checked here, so that the message names the seed, not the interface
         try:
-            parse_address(seed)
+            parse_contact(seed)
         except ValueError as exc:
             source = "--seed" if args.seeds is not None else ENVIRONMENT["seeds"]
             raise UserError(f"bad {source}: {exc}", status=2) from None
@@ -111,6 +138,7 @@ async def open_cli_node(
             interface=interface,
             seeds=seeds,
             settings=settings,
+            **key_options(args),
             **options,
         ) as node:
             opened = True
@@ -124,6 +152,21 @@ async def open_cli_node(
             raise UserError(f"cannot open a node: {exc}", status=2) from None
         detail = exc.strerror or str(exc)
         raise UserError(f"cannot open a node on {args.interface}: {detail}") from None
+
+
+def key_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`open_node`'s key, allow and insecure from the mesh options; a key or allow list that
+    cannot be read is a `UserError`."""
+    options: dict[str, Any] = {"insecure": args.insecure}
+    try:
+        if args.key is not None:
+            options["key"] = KeyPair.load(args.key)
+        if args.allow is not None:
+            options["allow"] = args.allow
+            load_allowed(args.allow)  # read here, so a bad list is one line
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{exc}", status=2) from None
+    return options
 
 
 def check_service(service: str) -> str:
@@ -357,7 +400,7 @@ async def find_peers(
 def unanswered_seeds(node: Node, args: argparse.Namespace) -> list[str]:
     """The seeds given (already checked by `open_cli_node`) that no peer of `node` answers at."""
     answered = {address for peer in node.peers.values() for address in peer.record.addresses}
-    return [seed for seed in seeds_of(args) if format_address(*parse_address(seed)) not in answered]
+    return [seed for seed in seeds_of(args) if parse_contact(seed)[0] not in answered]
 
 
 def no_seed_answered(node: Node, args: argparse.Namespace, waited: float | None) -> str | None:

@@ -22,14 +22,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from discovery import format_address
 
+from .._keys import KeyPair
 from ._common import (
     UserError,
     add_command,
@@ -116,14 +119,21 @@ def _run(args: argparse.Namespace) -> int:
         if args.netns:
             raise UserError("--metrics is for the demo on 127.0.0.1, not --netns", status=2)
         _check_bindable(*args.metrics)
+    names = [OBSERVER, SUBSCRIBER, *WORKERS, PRODUCER]
     if args.netns:
         from ._netns import Switch
 
-        network: Network = Switch([OBSERVER, SUBSCRIBER, *WORKERS, PRODUCER])
+        network: Network = Switch(names)
     else:
         network = Loopback()
     try:
-        return run_trio(_demo, args, network)
+        with tempfile.TemporaryDirectory(prefix="mesh-demo-keys-") as keys:
+            if args.netns:
+                # Off loopback the mesh is members only: a key pair for each node, and every
+                # public key (the .pub files) is the allow list.
+                for name in names:
+                    KeyPair.generate().save(Path(keys, name))
+            return run_trio(_demo, args, network, keys if args.netns else None)
     finally:
         network.close()
 
@@ -144,6 +154,7 @@ class Node:
 class Demo:
     args: argparse.Namespace
     network: Network
+    keys: str | None  # the directory of the nodes' key pairs, if keyed
     mesh: str
     started: float
     live: bool
@@ -179,10 +190,11 @@ class Demo:
         return trio.current_time() - self.failed_at
 
 
-async def _demo(args: argparse.Namespace, network: Network) -> int:
+async def _demo(args: argparse.Namespace, network: Network, keys: str | None) -> int:
     demo = Demo(
         args,
         network,
+        keys=keys,
         mesh=f"demo-{secrets.token_hex(3)}",
         started=trio.current_time(),
         live=sys.stdout.isatty(),
@@ -258,6 +270,8 @@ async def _start(demo: Demo, nursery: trio.Nursery, name: str, *role: str) -> No
                address, *role[1:]]  # fmt: skip
     # The roles log as the demo's own -v asks (peers joining, dying, coming back: on stderr).
     env = {**os.environ, _VERBOSITY: str(demo.args.verbose)}
+    if demo.keys is not None:
+        env |= {"MESH_KEY": str(Path(demo.keys, name)), "MESH_ALLOW": demo.keys}
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
     )

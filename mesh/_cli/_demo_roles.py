@@ -25,6 +25,13 @@ TOPIC = "demo.progress"
 PEERS_TIMEOUT = 15.0
 
 
+def _keyed() -> dict[str, Any]:
+    """A keyed node's key and allow list, as the demo hands them over (``--netns``): in
+    MESH_KEY and MESH_ALLOW, as for every mesh-cli command."""
+    key = os.environ.get("MESH_KEY")
+    return {} if not key else {"key": key, "allow": os.environ.get("MESH_ALLOW") or ()}
+
+
 def report(kind: str, **fields: Any) -> None:
     sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
     sys.stdout.flush()
@@ -34,7 +41,7 @@ async def worker(mesh_name: str, interface: str, name: str, pause: str) -> None:
     """Do `SERVICE` tasks, each taking `pause` seconds; report each one done *before* acking it,
     so the demo never misses a task done by a worker killed between the two."""
     async with (
-        mesh.open_node(name, mesh=mesh_name, interface=interface) as node,
+        mesh.open_node(name, mesh=mesh_name, interface=interface, **_keyed()) as node,
         node.work(SERVICE) as tasks,
     ):
         report("ready", id=node.id, address=node.address)
@@ -54,7 +61,9 @@ async def producer(
     if metrics:
         host, port = metrics_address(metrics)
         options = {"metrics_host": host, "metrics_port": port}
-    async with mesh.open_node("producer", mesh=mesh_name, interface=interface, **options) as node:
+    async with mesh.open_node(
+        "producer", mesh=mesh_name, interface=interface, **options, **_keyed()
+    ) as node:
         report("ready", id=node.id, address=node.address, metrics=node.metrics_address)
         await node.wait_for_peers(names=peers.split(","), timeout=PEERS_TIMEOUT)
         report("started")
@@ -92,7 +101,7 @@ def _counts(node: mesh.Node) -> dict[str, Any]:
 async def subscriber(mesh_name: str, interface: str) -> None:
     """Report every progress event."""
     async with (
-        mesh.open_node("watcher", mesh=mesh_name, interface=interface) as node,
+        mesh.open_node("watcher", mesh=mesh_name, interface=interface, **_keyed()) as node,
         node.subscribe(TOPIC) as events,
     ):
         report("ready", id=node.id, address=node.address)
@@ -103,7 +112,7 @@ async def subscriber(mesh_name: str, interface: str) -> None:
 async def observer(mesh_name: str, interface: str) -> None:
     """Offer nothing; report every membership change this node sees."""
     async with (
-        mesh.open_node("demo-view", mesh=mesh_name, interface=interface) as node,
+        mesh.open_node("demo-view", mesh=mesh_name, interface=interface, **_keyed()) as node,
         node.watch_peers() as changes,
     ):
         report("ready", id=node.id, address=node.address)

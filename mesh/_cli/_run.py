@@ -43,7 +43,8 @@ def add_to(commands: Any) -> None:
         "run",
         help="run a node until Ctrl-C or SIGTERM, optionally working for services",
         description="Run a node until SIGINT or SIGTERM, then leave gracefully: stop taking "
-        "tasks, let those in hand finish (--grace), hand back the rest, say goodbye.\n\n"
+        "tasks, let those in hand finish (--grace), hand back the rest, say goodbye. A keyed "
+        "node reads its --allow list again on SIGHUP (peers no longer on it are dropped).\n\n"
         "With --service and --exec, each task's body goes to CMD on its stdin (a string as "
         "it is, anything else as JSON) and CMD's exit status acks (0) or nacks it, so any "
         "program becomes a worker. With --service alone, tasks are printed and acked.\n\n"
@@ -123,7 +124,7 @@ async def _run(args: argparse.Namespace) -> int:
         ) as node,
         trio.open_nursery() as nursery,
     ):
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             for service in args.services:
                 await nursery.start(_work, node, service, args)
             services = f" working for {', '.join(args.services)}" if args.services else ""
@@ -137,12 +138,29 @@ async def _run(args: argparse.Namespace) -> int:
                 f"{services}{metrics}; Ctrl-C to leave"
             )
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload_allow(node)
+                    continue
                 _say(f"{signal.Signals(signum).name}: leaving (up to {args.grace:g} s to finish)")
                 break
         await node.drain(args.grace)  # the work loops end once their tasks are done
         nursery.cancel_scope.cancel()
     _say("left")
     return 0
+
+
+def _reload_allow(node: Node) -> None:
+    """SIGHUP: read the allow list again (a keyed node's); a list that cannot be read leaves
+    the old one in force."""
+    if node.record.public_key is None:
+        _say("SIGHUP: this node is not keyed, it has no allow list to reload")
+        return
+    try:
+        node.reload_allow()
+    except (ValueError, OSError) as exc:
+        _say(f"SIGHUP: allow list not reloaded, the old one stays: {exc}")
+        return
+    _say(f"SIGHUP: allow list reloaded; {len(node.peers)} peers")
 
 
 async def _work(

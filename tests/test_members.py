@@ -1,0 +1,317 @@
+"""A members-only mesh: keyed nodes on 127.0.0.1, real CurveZMQ and a real ZAP handler, and
+strangers and impostors made of plain pyzmq, msgpack and `socket`.
+
+Members exchange events, tasks and authenticated heartbeat datagrams; a node whose key is not
+allowed, and a program with no key at all, get no peer, no event and no task (checked at the
+socket level); a member cannot speak under another member's id, nor forge another's
+heartbeats; a key taken off the allow list drops that peer and cuts its subscription."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+import mesh
+from discovery import PeerRecord
+from mesh._beatkeys import MAC_SIZE
+from mesh._wire import Hello, Kind, pack
+
+from . import inside
+from .conftest import wait_until
+from .test_hostile_inbox import plain_sockets
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def keyed_nodes(
+    *names: str, allow: Any = None, **options: Any
+) -> AsyncIterator[tuple[list[mesh.Node], dict[str, mesh.KeyPair]]]:
+    """Nodes named `names`, each with a key pair of its own, all allowing each other (or
+    `allow`), seeded with the first and peered by name; and their key pairs."""
+    pairs = {name: mesh.KeyPair.generate() for name in names}
+    allowed = allow if allow is not None else [pair.public for pair in pairs.values()]
+    options.setdefault("discovery", "static")
+    async with AsyncExitStack() as stack:
+        nodes: list[mesh.Node] = []
+        for name in names:
+            seeds = [nodes[0].contact] if nodes else []
+            node = mesh.open_node(name, key=pairs[name], allow=allowed, seeds=seeds, **options)
+            nodes.append(await stack.enter_async_context(node))
+        for node in nodes:
+            await node.wait_for_peers(names=[name for name in names if name != node.name])
+        yield nodes, pairs
+
+
+def curve_client(sock: zmq.Socket[Any], pair: mesh.KeyPair, server: str) -> None:
+    sock.curve_publickey = pair.public.encode()
+    sock.curve_secretkey = pair.secret.encode()
+    sock.curve_serverkey = server.encode()
+
+
+async def test_members_exchange_events_tasks_and_authenticated_heartbeats() -> None:
+    with trio.fail_after(30):
+        async with (
+            keyed_nodes("a", "b") as ((a, b), pairs),
+            b.subscribe("t") as events,
+            b.work("s") as tasks,
+        ):
+            assert a.record.public_key == pairs["a"].public
+            assert a.contact == f"{pairs['a'].public}@{a.address}"
+            assert b.peers[a.id].record.public_key == pairs["a"].public
+            await a.wait_for_peers(1, service="s")
+            await a.publish("t.x", "event")
+            assert (await events.receive()).body == "event"
+            await a.push("s", "task")
+            async with await tasks.receive() as task:
+                assert task.body == "task"
+            await a.wait_settled()
+            # Heartbeat datagrams flow both ways, and every one passed its MAC.
+            await wait_until(
+                lambda: (
+                    a.statistics().heartbeat_datagrams > 3
+                    and b.statistics().heartbeat_datagrams > 3
+                ),
+                "datagrams both ways",
+            )
+            for node in (a, b):
+                assert node.statistics().bad_frames == 0
+                assert node.statistics().handshakes_refused == 0
+
+
+async def test_a_node_whose_key_is_not_allowed_gets_no_peer_event_or_task() -> None:
+    stranger = mesh.KeyPair.generate()
+    with trio.fail_after(30):
+        async with keyed_nodes("a", "b") as ((a, b), pairs), b.subscribe("t") as events:
+            # The stranger allows a, but a does not allow it: a refuses its connections.
+            allow = [stranger.public, pairs["a"].public]
+            async with (
+                mesh.open_node(
+                    "stranger", key=stranger, allow=allow, seeds=[a.contact], discovery="static"
+                ) as intruder,
+                intruder.subscribe(""),
+                intruder.work("s"),
+            ):
+                await wait_until(
+                    lambda: a.statistics().handshakes_refused >= 1, "a refuses the stranger"
+                )
+                await a.publish("t.x", "for members")
+                assert (await events.receive()).body == "for members"
+                async with b.work("s") as tasks:
+                    await a.wait_for_peers(1, service="s")
+                    for n in range(20):
+                        await a.push("s", n)
+                    for _ in range(20):
+                        async with await tasks.receive():
+                            pass
+                await a.wait_settled()
+                assert [peer.name for peer in a.peers.values()] == ["b"]
+                assert not intruder.peers
+                assert intruder.statistics().events_received == 0
+                assert intruder.statistics().tasks_received == 0
+
+
+async def test_a_program_without_a_key_gets_nothing_at_the_socket_level() -> None:
+    with trio.fail_after(30):
+        async with keyed_nodes("a", "b") as ((a, b), pairs), b.subscribe("t") as events:
+            with (
+                plain_sockets(zmq.SUB, zmq.SUB, zmq.PUSH) as (plain, keyed, push),
+                ExitStack() as stack,
+            ):
+                wrong = mesh.KeyPair.generate()
+                curve_client(keyed, wrong, pairs["a"].public)  # CURVE, a key a does not allow
+                plain_monitor = plain.get_monitor_socket()
+                stack.callback(plain_monitor.close)
+                stack.callback(plain.disable_monitor)
+                for sub in (plain, keyed):
+                    sub.setsockopt(zmq.SUBSCRIBE, b"")
+                    sub.connect(a.endpoints.pub)
+                push.connect(a.endpoints.pull)
+                push.send(pack(Kind.HELLO, os.urandom(16), 1, None, {}), zmq.NOBLOCK)
+                await wait_until(
+                    lambda: a.statistics().handshakes_refused >= 1, "a refuses the wrong key"
+                )
+                # The plain SUB's handshake fails (CURVE against none): its monitor says so.
+                failed = {
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                    zmq.EVENT_DISCONNECTED,
+                }
+
+                def plain_refused() -> bool:
+                    while plain_monitor.poll(0):
+                        event = recv_monitor_message(plain_monitor)
+                        if event["event"] in failed:
+                            return True
+                    return False
+
+                await wait_until(plain_refused, "the plain SUB's handshake fails")
+                for n in range(5):
+                    await a.publish("t.x", n)
+                assert [(await events.receive()).body for _ in range(5)] == list(range(5))
+                for sub in (plain, keyed):
+                    with pytest.raises(zmq.Again):
+                        sub.recv(zmq.NOBLOCK)
+                assert [peer.name for peer in a.peers.values()] == ["b"]
+                assert a.statistics().bad_frames == 0  # nothing of theirs was even read
+
+
+async def test_a_member_cannot_speak_under_another_members_id() -> None:
+    # m is allowed (a member's key) but speaks for b: a goodbye, an update and a HELLO whose
+    # record carries b's key, each under b's id or key, on m's own connection.
+    m = mesh.KeyPair.generate()
+    pairs = {name: mesh.KeyPair.generate() for name in ("a", "b")}
+    allowed = [m.public, *(pair.public for pair in pairs.values())]
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                mesh.open_node("a", key=pairs["a"], allow=allowed, discovery="static")
+            )
+            b = await stack.enter_async_context(
+                mesh.open_node(
+                    "b", key=pairs["b"], allow=allowed, seeds=[a.contact], discovery="static"
+                )
+            )
+            await a.wait_for_peers(names=["b"])
+            b_id = bytes.fromhex(b.id)
+            with plain_sockets(zmq.PUSH) as (push,):
+                curve_client(push, m, pairs["a"].public)
+                push.connect(a.endpoints.pull)
+                stolen = PeerRecord(os.urandom(16), "thief", a.mesh, "127.0.0.1", 9, 9)
+                stolen = PeerRecord(**{**_fields(stolen), "public_key": pairs["b"].public})
+                for frame in (
+                    pack(Kind.BYE, b_id, 1, None, None),
+                    pack(Kind.UPDATE, b_id, 2, None, b.record.to_wire()),
+                    pack(Kind.HELLO, stolen.id, 3, None, Hello(stolen, ()).to_wire()),
+                ):
+                    push.send(frame)
+                await wait_until(
+                    lambda: a.statistics().bad_frame_reasons.get("impostor", 0) >= 3,
+                    "a drops the three impostor frames",
+                )
+            assert [peer.name for peer in a.peers.values()] == ["b"]
+            assert a.peers[b.id].state is mesh.PeerState.ALIVE
+
+
+def _fields(record: PeerRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in PeerRecord.__dataclass_fields__}
+
+
+async def test_forged_heartbeat_datagrams_fail_their_mac() -> None:
+    # a falls silent. A forger on a's own host sends b datagrams under a's id, numbered on:
+    # the source check passes (same host), the MAC does not, and b declares a dead.
+    with trio.fail_after(30):
+        async with keyed_nodes("a", "b") as ((a, b), _), b.watch_peers() as changes:
+            a_id = bytes.fromhex(a.id)
+            await wait_until(lambda: a_id in inside.beats(b), "b takes a's beats")
+            inside.silence_heartbeats(a)
+            number = inside.beats(b)[a_id].heard
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
+                async with trio.open_nursery() as nursery:
+
+                    async def forge() -> None:
+                        for n in range(number + 1, number + 1000):
+                            beat = pack(Kind.HEARTBEAT, a_id, n, None, {"n": n})
+                            forged = beat + os.urandom(MAC_SIZE)
+                            forger.sendto(forged, ("127.0.0.1", b.record.pull_port))
+                            await trio.sleep(0.02)
+
+                    nursery.start_soon(forge)
+                    async for change in changes:
+                        if (
+                            isinstance(change, mesh.PeerStateChanged)
+                            and change.peer.id == a.id
+                            and change.peer.state is mesh.PeerState.DEAD
+                        ):
+                            break
+                    nursery.cancel_scope.cancel()
+            assert b.statistics().bad_frame_reasons.get("mac", 0) > 10
+
+
+async def test_a_key_taken_off_the_allow_list_drops_its_peer_and_subscription(
+    tmp_path: Path,
+) -> None:
+    pairs = {name: mesh.KeyPair.generate() for name in ("a", "b", "c")}
+    members = tmp_path / "members"
+    members.write_text("".join(f"{pair.public}\n" for pair in pairs.values()))
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                mesh.open_node("a", key=pairs["a"], allow=members, discovery="static")
+            )
+            b, c = [
+                await stack.enter_async_context(
+                    mesh.open_node(
+                        name,
+                        key=pairs[name],
+                        allow=[pair.public for pair in pairs.values()],
+                        seeds=[a.contact],
+                        discovery="static",
+                    )
+                )
+                for name in ("b", "c")
+            ]
+            b_events = await stack.enter_async_context(b.subscribe("t"))
+            c_events = await stack.enter_async_context(c.subscribe("t"))
+            changes = await stack.enter_async_context(a.watch_peers())
+            await a.wait_for_peers(names=["b", "c"])
+            await b.wait_for_peers(names=["a", "c"])
+            await c.wait_for_peers(names=["a", "b"])
+            await a.publish("t.1", "before")
+            assert (await b_events.receive()).body == "before"
+            assert (await c_events.receive()).body == "before"
+
+            members.write_text(f"# b is out\n{pairs['a'].public}\n{pairs['c'].public}\n")
+            refused = a.statistics().handshakes_refused
+            a.reload_allow()
+            async for change in changes:
+                if isinstance(change, mesh.PeerLeft) and change.peer.name == "b":
+                    assert change.reason == "key no longer allowed"
+                    break
+            # b's SUB was cut with the rest, and its reconnection is refused.
+            await wait_until(
+                lambda: a.statistics().handshakes_refused > refused, "a refuses b's reconnection"
+            )
+            await c.wait_for_peers(names=["a"])
+            # c's SUB reconnects and subscribes again: until then a's events reach nobody.
+            async with trio.open_nursery() as nursery:
+
+                async def publish_until_c_has_one() -> None:
+                    while True:
+                        await a.publish("t.2", "after")
+                        await trio.sleep(0.05)
+
+                nursery.start_soon(publish_until_c_has_one)
+                assert (await c_events.receive()).body == "after"
+                nursery.cancel_scope.cancel()
+            with trio.move_on_after(1.0):  # a bounded look for what must not come
+                message = await b_events.receive()
+                pytest.fail(f"b, no longer a member, got {message}")
+            assert "b" not in [peer.name for peer in a.peers.values()]
+            # A list that cannot be read leaves the one in force.
+            members.write_text("not a key\n")
+            with pytest.raises(ValueError, match="line 1"):
+                a.reload_allow()
+            assert sorted(peer.name for peer in a.peers.values()) == ["c"]
+
+
+async def test_a_keyed_node_needs_a_key_to_reach_a_seed_or_connect() -> None:
+    pair = mesh.KeyPair.generate()
+    with trio.fail_after(20):
+        async with mesh.open_node("a", key=pair, discovery="static") as a:
+            with pytest.raises(ValueError, match=r"KEY@127\.0\.0\.1:9"):
+                await a.connect("127.0.0.1:9")
+            with pytest.raises(ValueError, match=r"not on this node's allow list"):
+                await a.connect(f"{mesh.KeyPair.generate().public}@127.0.0.1:9")
+            with pytest.raises(ValueError, match="not keyed"):
+                async with mesh.open_node("open", discovery="static") as plain:
+                    plain.reload_allow()
