@@ -6,7 +6,8 @@ observer, an event subscriber, three workers, a producer), reads what they repor
 stdout, fails one worker, and draws a view: live and in place on a terminal, one line per
 event otherwise. By default every node binds to 127.0.0.1 and the failure is a SIGKILL; with
 ``--netns`` (root) every node gets a network namespace of its own on a virtual switch and the
-failure is a cut link, healed later. The mesh has a random name. Every process and namespace the
+failure is a cut link, healed later, and the mesh is keyed (a key pair a node, in a temporary
+directory, handed over in MESH_KEY and MESH_ALLOW). The mesh has a random name. Every process and namespace the
 demo made is removed when it ends, on Ctrl-C and on error too.
 """
 
@@ -63,7 +64,8 @@ def add_to(commands: Any) -> None:
         "with a summary; exits 0 only if no task was lost.\n\n"
         "With --netns (root), each node runs in a network namespace of its own on a virtual "
         "switch, so discovery and failure cross a real (virtual) network, and the worker's "
-        "link is cut instead (and repaired later) rather than its process killed.",
+        "link is cut instead (and repaired later) rather than its process killed. Off "
+        "loopback the mesh is keyed: each node gets a key pair, and all of them are allowed.",
         example="mesh-cli demo",
     )
     parser.add_argument("--tasks", type=positive_int, default=2000, help="tasks to push")
