@@ -7,8 +7,8 @@ stdout, fails one worker, and draws a view: live and in place on a terminal, one
 event otherwise. By default every node binds to 127.0.0.1 and the failure is a SIGKILL; with
 ``--netns`` (root) every node gets a network namespace of its own on a virtual switch and the
 failure is a cut link, healed later, and the mesh is keyed (a key pair a node, in a temporary
-directory, handed over in MESH_KEY and MESH_ALLOW). The mesh has a random name. Every process and namespace the
-demo made is removed when it ends, on Ctrl-C and on error too.
+directory, handed over in MESH_KEY and MESH_ALLOW). The mesh has a random name. Every process
+and namespace the demo made is removed when it ends, on Ctrl-C and on error too.
 """
 
 from __future__ import annotations
