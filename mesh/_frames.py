@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import trio
-import zmq
 
 from ._errors import ProtocolError
+from ._members import Members
 from ._ratelimit import RateLimitedLog
 from ._wire import Envelope
 from ._zmq import AsyncSocket
@@ -44,17 +44,17 @@ class Frames:
         sock: AsyncSocket,
         decode: Callable[[bytes], list[Envelope]],
         where: str,
-        bound: Callable[[Envelope, str], bool] | None = None,
+        members: Members | None = None,
     ) -> list[Envelope]:
         """The next batch of valid envelopes from `sock`, in order (a frame may carry several; bad
         frames are counted and dropped whole); an empty list once the socket is closed. With
-        `bound` (a keyed node's inbox), an envelope counts only if `bound(envelope, key)`, key
-        being the one that authenticated its connection: the others are an impostor's."""
+        `members` (a keyed node's inbox), each frame is checked against the key that
+        authenticated its connection (`Members.admits`)."""
         while True:
             frames: list[Any] | None = self._undecoded.pop(where, None)
             if frames is None:
                 try:
-                    if bound is None:
+                    if members is None:
                         frames = await sock.receive_batch(self._receive_batch)
                     else:
                         frames = await sock.receive_frame_batch(self._receive_batch)
@@ -65,12 +65,13 @@ class Frames:
                 await trio.lowlevel.cancel_shielded_checkpoint()  # the other tasks' turn
             batch: list[Envelope] = []
             started = time.perf_counter()
+            now = trio.current_time()
             for index, frame in enumerate(frames):
                 try:
-                    if bound is None:
+                    if members is None:
                         batch += decode(frame)
                     else:
-                        batch += self._authenticated(frame, decode, bound)
+                        batch += members.admits(frame, decode, now)
                 except ProtocolError as exc:
                     self.bad_frame(exc, where)
                 if time.perf_counter() - started > TURN and index + 1 < len(frames):
@@ -78,18 +79,6 @@ class Frames:
                     break
             if batch:
                 return batch
-
-    @staticmethod
-    def _authenticated(
-        frame: zmq.Frame,
-        decode: Callable[[bytes], list[Envelope]],
-        bound: Callable[[Envelope, str], bool],
-    ) -> list[Envelope]:
-        key = str(frame.get("User-Id"))
-        envelopes = decode(frame.bytes)
-        if not all(bound(envelope, key) for envelope in envelopes):
-            raise ProtocolError("impostor", f"a message under another node's id, from key {key}")
-        return envelopes
 
     def bad_frame(self, exc: ProtocolError, where: str) -> None:
         """A frame or datagram read on `where` broke the protocol: count it, log it (bounded)."""

@@ -16,6 +16,11 @@ Rules:
   node's scheduler, like everything else it does.
 * A reloaded allow list that no longer holds a peer's key drops that peer; its connections are
   cut by binding the listening sockets anew (`Node.reload_allow`).
+* A key whose connections keep sending bad frames (more than `OFFENCE_BURST` at once, or
+  `OFFENCE_RATE` a second for long) is banned for `BAN_SECONDS`: its frames are dropped unread
+  and its new connections refused, counted (`senders_banned`) and logged at a bounded rate. A
+  member whose frames are only refused stays a peer; its acks do not count meanwhile, so its
+  tasks go to other workers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from zmq.utils import z85
 
 from discovery import PeerRecord
 
+from ._errors import ProtocolError
 from ._keys import KeyPair, load_allowed
-from ._ratelimit import RateLimitedLog
+from ._ratelimit import RateLimitedLog, TokenBucket
 from ._wire import Envelope, Hello
 from ._zmq import AsyncSocket, ZmqSocket
 
@@ -41,6 +47,11 @@ ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 ZAP_DOMAIN: Final = b"mesh"
 #: How many addresses heard of with a key are remembered (oldest forgotten first).
 CONTACTS_KEPT: Final = 8192
+#: Bad frames a key may send at once, and a second for long, before it is banned.
+OFFENCE_BURST: Final = 100
+OFFENCE_RATE: Final = 10.0
+#: Seconds a key that kept breaking the protocol is banned for.
+BAN_SECONDS: Final = 30.0
 
 AllowSource = str | os.PathLike[str] | Iterable[str]
 
@@ -85,6 +96,12 @@ class Members:
         self._counts = counts
         self._log = log
         self._contacts: dict[str, str] = {}  # address -> the key to reach it with
+        # Per key (allowed keys only: a key gets here through a handshake, so these are bounded
+        # by the allow list): its offences, and until when it is banned.
+        self._offences: dict[str, TokenBucket] = {}
+        self._banned: dict[str, float] = {}
+        #: The key a known peer's id is bound to (its record's), or None: set by the node.
+        self.key_of: Callable[[bytes], str | None] = lambda node_id: None
         zap = context.socket(zmq.REP)
         zap.setsockopt(zmq.LINGER, 0)
         zap.bind(ZAP_ENDPOINT)
@@ -134,24 +151,69 @@ class Members:
             return f"its key {record.public_key} is not allowed"
         return None
 
-    def bound(self, key_of: Callable[[bytes], str | None]) -> Callable[[Envelope, str], bool]:
-        """Whether an inbox envelope came on a connection authenticated by the key its sender
-        is bound to: a known peer's record's key (`key_of`), or for a node not known yet, the key
-        in the HELLO or WELCOME that introduces it. A key taken off the allow list binds
-        nothing."""
-
-        def check(envelope: Envelope, key: str) -> bool:
+    def admits(
+        self, frame: zmq.Frame, decode: Callable[[bytes], list[Envelope]], now: float
+    ) -> list[Envelope]:
+        """The envelopes of an inbox `frame`, if its connection's key (``User-Id``) is not
+        banned and every envelope's sender is bound to that key: a known peer's record's key
+        (`key_of`, set by the node), or, for a node not known yet, the key in the HELLO or
+        WELCOME that introduces it. A key taken off the allow list binds nothing. Raises
+        `ProtocolError` (``banned``, ``impostor``, or the decoder's), which counts against the
+        key."""
+        key = str(frame.get("User-Id"))
+        if self.banned(key, now):
+            raise ProtocolError("banned", f"a frame from {key}, banned for breaking the protocol")
+        try:
+            envelopes = decode(frame.bytes)
             if key not in self.allowed:
-                return False  # a connection made before its key was taken off the list
-            bound_to = key_of(envelope.sender)
-            if bound_to is not None:
-                return bound_to == key
-            # Not a peer: what it says is a stranger's (and ignored as such), but the record
-            # that would make it a peer must carry the key of the connection that brought it.
-            body = envelope.body
-            return not isinstance(body, Hello) or body.record.public_key == key
+                raise ProtocolError("impostor", f"a frame from {key}, no longer allowed")
+            key_of = self.key_of
+            for envelope in envelopes:
+                bound_to = key_of(envelope.sender)
+                # Not a peer: what it says is a stranger's (and ignored as such), but the record
+                # that would make it a peer must carry the key of the connection that brought it.
+                body = envelope.body
+                if (bound_to is not None and bound_to != key) or (
+                    bound_to is None and isinstance(body, Hello) and body.record.public_key != key
+                ):
+                    raise ProtocolError(
+                        "impostor", f"a message under another node's id, from {key}"
+                    )
+        except ProtocolError:
+            self.offended(key, now)
+            raise
+        return envelopes
 
-        return check
+    def banned(self, key: str, now: float) -> bool:
+        """Whether frames and connections from `key` are refused for now."""
+        until = self._banned.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._banned[key]
+            return False
+        return True
+
+    def offended(self, key: str, now: float) -> None:
+        """A connection authenticated by `key` sent a bad frame: ban the key if it keeps on."""
+        bucket = self._offences.get(key)
+        if bucket is None:
+            bucket = self._offences[key] = TokenBucket(OFFENCE_RATE, OFFENCE_BURST)
+        if not bucket.take(now):
+            self._banned[key] = now + BAN_SECONDS
+            del self._offences[key]  # a fresh start when the ban ends
+            self._counts["senders_banned"] += 1
+            self._log.warning(
+                "banned",
+                now,
+                "key %s keeps sending bad frames: refused for %g s",
+                key,
+                BAN_SECONDS,
+            )
+
+    def _admitted(self, key: str) -> bool:
+        """Whether a connection authenticated by `key` is accepted now."""
+        return key in self.allowed and not self.banned(key, trio.current_time())
 
     def reload(self) -> frozenset[str]:
         """Read the allow list again; the keys it no longer holds."""
@@ -167,7 +229,7 @@ class Members:
                 (request,) = await self._zap.receive_multipart_batch(1)
             except trio.ClosedResourceError:
                 return
-            reply, key = zap_reply(request, self.allowed.__contains__)
+            reply, key = zap_reply(request, self._admitted)
             if reply[2] != b"200":
                 self._counts["handshakes_refused"] += 1
                 self._log.warning(

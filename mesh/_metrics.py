@@ -310,6 +310,11 @@ _COUNTERS: Final = (
         "mesh_handshakes_refused_total",
         "Connections refused: a key not allowed, or no CURVE.",
     ),
+    (
+        "senders_banned",
+        "mesh_senders_banned_total",
+        "Times a key was banned for a while for repeated bad frames.",
+    ),
 )
 
 # (ServiceStatistics field, metric name, help) of the per-service counters.

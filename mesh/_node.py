@@ -449,14 +449,13 @@ class Node:
             Kind.READY: self._membership.on_ready,
             Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
         }
-        bound = None
         if self._members is not None:
             get = self._membership.peers.get
-            bound = self._members.bound(
-                lambda sender: None if (peer := get(sender)) is None else peer.record.public_key
+            self._members.key_of = lambda sender: (
+                None if (peer := get(sender)) is None else peer.record.public_key
             )
-        decode = _wire.decode_inbox_many
-        while batch := await self._frames.receive(self._pull, decode, "inbox", bound):
+        decode, members = _wire.decode_inbox_many, self._members
+        while batch := await self._frames.receive(self._pull, decode, "inbox", members):
             self._producer.arrival = trio.current_time()
             for envelope in batch:
                 handlers[envelope.kind](envelope)

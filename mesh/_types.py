@@ -123,7 +123,8 @@ class NodeStatistics:
       had all it may hold (`Settings.max_peers`, or its file descriptors), or because too many
       new ones came at once (more than 256, or 50 a second), or (keyed) because their key is
       not allowed. `handshakes_refused`: connections a keyed node refused (CURVE with a key not
-      allowed, or no CURVE at all).
+      allowed, or no CURVE at all); `senders_banned`: times a key was banned for a while for
+      sending bad frames again and again (docs/security.md).
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer was full, without `Settings.event_backpressure`).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
@@ -180,6 +181,7 @@ class NodeStatistics:
     services: Mapping[str, ServiceStatistics] = field(default_factory=dict)
     peers_refused: int = 0
     handshakes_refused: int = 0
+    senders_banned: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -194,6 +196,7 @@ COUNTED: Final = (
     "bad_frames",
     "peers_refused",
     "handshakes_refused",
+    "senders_banned",
 )
 
 

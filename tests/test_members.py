@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 import mesh
 from discovery import PeerRecord
 from mesh._beatkeys import MAC_SIZE
+from mesh._members import OFFENCE_BURST
 from mesh._wire import Hello, Kind, pack
 
 from . import inside
@@ -166,8 +167,8 @@ async def test_a_program_without_a_key_gets_nothing_at_the_socket_level() -> Non
 
 
 async def test_a_member_cannot_speak_under_another_members_id() -> None:
-    # m is allowed (a member's key) but speaks for b: a goodbye, an update and a HELLO whose
-    # record carries b's key, each under b's id or key, on m's own connection.
+    # m is allowed (a member's key) but speaks for b: a goodbye, an update, an ack, a nack and a
+    # HELLO whose record carries b's key, each under b's id or key, on m's own connection.
     m = mesh.KeyPair.generate()
     pairs = {name: mesh.KeyPair.generate() for name in ("a", "b")}
     allowed = [m.public, *(pair.public for pair in pairs.values())]
@@ -192,14 +193,59 @@ async def test_a_member_cannot_speak_under_another_members_id() -> None:
                     pack(Kind.BYE, b_id, 1, None, None),
                     pack(Kind.UPDATE, b_id, 2, None, b.record.to_wire()),
                     pack(Kind.HELLO, stolen.id, 3, None, Hello(stolen, ()).to_wire()),
+                    pack(Kind.ACK, b_id, 4, [1], None),
+                    pack(Kind.NACK, b_id, 5, [1, "forged"], None),
                 ):
                     push.send(frame)
                 await wait_until(
-                    lambda: a.statistics().bad_frame_reasons.get("impostor", 0) >= 3,
-                    "a drops the three impostor frames",
+                    lambda: a.statistics().bad_frame_reasons.get("impostor", 0) >= 5,
+                    "a drops the five impostor frames",
                 )
             assert [peer.name for peer in a.peers.values()] == ["b"]
             assert a.peers[b.id].state is mesh.PeerState.ALIVE
+
+
+async def test_a_member_that_keeps_sending_bad_frames_is_banned_for_a_while() -> None:
+    m = mesh.KeyPair.generate()
+    pairs = {name: mesh.KeyPair.generate() for name in ("a", "b")}
+    allowed = [m.public, *(pair.public for pair in pairs.values())]
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                mesh.open_node("a", key=pairs["a"], allow=allowed, discovery="static")
+            )
+            b = await stack.enter_async_context(
+                mesh.open_node(
+                    "b", key=pairs["b"], allow=allowed, seeds=[a.contact], discovery="static"
+                )
+            )
+            tasks = await stack.enter_async_context(b.work("s"))
+            await a.wait_for_peers(1, service="s")
+            with plain_sockets(zmq.PUSH, zmq.PUSH) as (push, again):
+                curve_client(push, m, pairs["a"].public)
+                push.connect(a.endpoints.pull)
+                sent = OFFENCE_BURST + 50
+                for _ in range(sent):
+                    push.send(b"\xc1 not msgpack")
+                await wait_until(
+                    lambda: sum(a.statistics().bad_frame_reasons.values()) == sent,
+                    "every bad frame counted",
+                )
+                statistics = a.statistics()
+                assert statistics.senders_banned == 1
+                assert statistics.bad_frame_reasons["banned"] > 0
+                # A new connection with the banned key is refused at the handshake.
+                refused = statistics.handshakes_refused
+                curve_client(again, m, pairs["a"].public)
+                again.connect(a.endpoints.pull)
+                await wait_until(
+                    lambda: a.statistics().handshakes_refused > refused, "m's new connection"
+                )
+            # Members are not affected.
+            await a.push("s", "still working")
+            async with await tasks.receive() as task:
+                assert task.body == "still working"
+            await a.wait_settled()
 
 
 def _fields(record: PeerRecord) -> dict[str, Any]:

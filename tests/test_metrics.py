@@ -172,6 +172,9 @@ mesh_peers_refused_total{node="n\\1"} 3
 # HELP mesh_handshakes_refused_total Connections refused: a key not allowed, or no CURVE.
 # TYPE mesh_handshakes_refused_total counter
 mesh_handshakes_refused_total{node="n\\1"} 0
+# HELP mesh_senders_banned_total Times a key was banned for a while for repeated bad frames.
+# TYPE mesh_senders_banned_total counter
+mesh_senders_banned_total{node="n\\1"} 0
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.
 # TYPE mesh_bad_frames_total counter
 mesh_bad_frames_total{node="n\\1"} 2
