@@ -120,6 +120,9 @@ def open_context(max_peers: int) -> tuple[zmq.Context[Any], Limits]:
 
 
 _BOUND_KINDS: Final = frozenset({zmq.XPUB, zmq.PULL})
+#: Bytes a CurveZMQ MESSAGE command adds to a frame: its name (8), nonce (8), MAC (16) and
+#: flags (1).
+CURVE_OVERHEAD: Final = 33
 
 # What an unlimited number of file descriptors counts as.
 _MANY_DESCRIPTORS: Final = 1 << 20
@@ -242,11 +245,16 @@ def bind_sockets(
     pub_port: int,
     pull_port: int,
     settings: Settings,
+    *,
+    keyed: bool = False,
 ) -> NodeSockets:
     """Make a node's sockets with `make_socket(kind, ipv6)` and bind them on every host (ports:
     the given ones, or free ones). Raises `OSError` when an address cannot be bound; the ZeroMQ
     sockets made so far are left to their context."""
     ipv6 = any(":" in host for host in hosts)
+    # ZeroMQ checks the size of a frame as it arrives, which under CurveZMQ is the encrypted
+    # MESSAGE command: the frame and `CURVE_OVERHEAD`.
+    most = _wire.MAX_FRAME_SIZE + (CURVE_OVERHEAD if keyed else 0)
     # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
     # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
     pub = make_socket(zmq.XPUB, ipv6)
@@ -256,15 +264,15 @@ def bind_sockets(
     # connection once its pipe is full, so it would miss the PINGs too, and the heartbeat
     # would cut it off, losing its queued events (measured; docs/decisions.md).
     pull = make_socket(zmq.PULL, ipv6)
-    pull.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    pull.setsockopt(zmq.MAXMSGSIZE, most)
     pull.setsockopt(zmq.RCVHWM, max(1000, settings.receive_batch))
     # Two SUB sockets, both connected to every peer's PUB: events, which a slow reader may
     # hold back (backpressure), and control, which nothing may hold back.
     sub = make_socket(zmq.SUB, ipv6)
-    sub.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    sub.setsockopt(zmq.MAXMSGSIZE, most)
     sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
     control = make_socket(zmq.SUB, ipv6)
-    control.setsockopt(zmq.MAXMSGSIZE, _wire.MAX_FRAME_SIZE)
+    control.setsockopt(zmq.MAXMSGSIZE, most)
     control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)
     actual_pub = bind(pub, hosts, pub_port)
     actual_pull, datagrams = bind_inbox(pull, hosts, pull_port)

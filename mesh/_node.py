@@ -96,7 +96,9 @@ class Node:
         self._members = members
 
         make_socket = socket_maker(context, members)
-        sockets = bind_sockets(make_socket, hosts, pub_port, pull_port, settings)
+        sockets = bind_sockets(
+            make_socket, hosts, pub_port, pull_port, settings, keyed=members is not None
+        )
         try:
             record = PeerRecord(
                 id=self._id,
