@@ -27,8 +27,8 @@ from mesh._members import OFFENCE_BURST
 from mesh._wire import Hello, Kind, pack
 
 from . import inside
-from .conftest import wait_until
-from .test_hostile_inbox import plain_sockets
+from .conftest import new_mesh_env, wait_until
+from .test_hostile_inbox import node_process, plain_sockets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -361,3 +361,54 @@ async def test_a_keyed_node_needs_a_key_to_reach_a_seed_or_connect() -> None:
             with pytest.raises(ValueError, match="not keyed"):
                 async with mesh.open_node("open", discovery="static") as plain:
                     plain.reload_allow()
+
+
+async def test_a_non_member_cannot_reach_a_keyed_exec_node(tmp_path: Path) -> None:
+    # `mesh-cli run --exec` runs a command for each task: keyed, only members get to.
+    pairs = {name: mesh.KeyPair.generate() for name in ("exec", "member", "intruder")}
+    pairs["exec"].save(tmp_path / "exec")
+    members = tmp_path / "members"
+    members.write_text(f"{pairs['exec'].public}\n{pairs['member'].public}\n")
+    env = new_mesh_env()
+    with trio.fail_after(40):
+        async with mesh.open_node(
+            "member", mesh=env["MESH_NAME"], key=pairs["member"], allow=members, discovery="static"
+        ) as member:
+            command = ["-m", "mesh._cli", "run", "--name", "exec", "--service", "convert"]
+            command += ["--exec", "cat", "--key", str(tmp_path / "exec"), "--allow", str(members)]
+            command += ["--seed", member.contact]
+            async with node_process(command, env):
+                (worker,) = await member.wait_for_peers(
+                    names=["exec"], service="convert", timeout=15
+                )
+                await member.push("convert", "from a member")
+                await member.wait_settled()
+                assert member.statistics().tasks_acked == 1
+                contact = f"{worker.record.public_key}@{worker.record.address}"
+                allow = [pairs["exec"].public, pairs["intruder"].public]
+                async with mesh.open_node(
+                    "intruder",
+                    mesh=env["MESH_NAME"],
+                    key=pairs["intruder"],
+                    allow=allow,
+                    seeds=[contact],
+                    discovery="static",
+                ) as intruder:
+                    with pytest.raises(mesh.NoWorkerError):
+                        await intruder.push("convert", "from a stranger", timeout=3)
+                    assert not intruder.peers
+                    assert intruder.statistics().tasks_acked == 0
+
+
+async def test_keyed_nodes_find_each_other_over_mdns(mesh_name: str) -> None:
+    # The key travels in the TXT record: no seed, no contact needed.
+    pairs = [mesh.KeyPair.generate() for _ in range(2)]
+    allow = [pair.public for pair in pairs]
+    with trio.fail_after(30):
+        async with (
+            mesh.open_node("a", mesh=mesh_name, key=pairs[0], allow=allow) as a,
+            mesh.open_node("b", mesh=mesh_name, key=pairs[1], allow=allow) as b,
+        ):
+            await a.wait_for_peers(names=["b"])
+            await b.wait_for_peers(names=["a"])
+            assert b.peers[a.id].record.public_key == pairs[0].public
