@@ -134,7 +134,7 @@ async def _run(args: argparse.Namespace) -> int:
                 else ""
             )
             _say(
-                f"node {node.name} ({node.id[:8]}) at {node.address} in mesh {node.mesh!r}"
+                f"node {node.name} ({node.id[:8]}) at {node.contact} in mesh {node.mesh!r}"
                 f"{services}{metrics}; Ctrl-C to leave"
             )
             async for signum in signals:
