@@ -124,7 +124,7 @@ class Members:
         if key is None or key not in self.allowed:
             why = "it gave no key" if key is None else f"its key {key} is not allowed"
             self._log.warning(
-                "unkeyed:" + address,
+                "unkeyed",
                 trio.current_time(),
                 "not reaching %s: %s",
                 address,

@@ -32,7 +32,8 @@ class TokenBucket:
 
 class RateLimitedLog:
     """At most one warning per `key` every `interval` seconds; the ones held back are counted and
-    reported with the next warning for that key."""
+    reported with the next warning for that key. Keys name kinds of warning, never what a peer
+    sent (an address, an id): the table of keys must stay small."""
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
         self._logger = logger
