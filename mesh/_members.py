@@ -166,7 +166,7 @@ class Members:
         try:
             envelopes = decode(frame.bytes)
             if key not in self.allowed:
-                raise ProtocolError("impostor", f"a frame from {key}, no longer allowed")
+                raise ProtocolError("revoked", f"a frame from {key}, no longer allowed")
             key_of = self.key_of
             for envelope in envelopes:
                 bound_to = key_of(envelope.sender)
