@@ -51,6 +51,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -71,6 +72,7 @@ from ._blocking_held import (
     _ReaderT,
     _seconds,
 )
+from ._keys import KeyPair
 from ._node import Node
 from ._open import open_node
 from ._types import DeadLetter, Message, NodeStatistics, PeerHealth, Settings
@@ -100,6 +102,9 @@ def start(
     dead_letter: Callable[[DeadLetter], None] | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    key: KeyPair | str | os.PathLike[str] | None = None,
+    allow: str | os.PathLike[str] | Iterable[str] = (),
+    insecure: bool = False,
     timeout: float = 30.0,
 ) -> BlockingNode:
     """Open a node in a thread of its own and return it once it is open.
@@ -111,7 +116,8 @@ def start(
     (it is told to stop then). The caller owns the node: `stop()` it, or use it as a
     context manager (``with mesh.blocking.start(...) as node:``).
     `metrics_port` and `metrics_host` serve ``GET /metrics`` as `open_node` does (a metrics
-    port that cannot be bound is an `OSError` too).
+    port that cannot be bound is an `OSError` too); `key`, `allow` and `insecure` make it a
+    members-only node, or an open one off loopback, as they do there.
     """
     options: dict[str, Any] = {
         "name": name,
@@ -125,6 +131,9 @@ def start(
         "dead_letter": dead_letter,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
+        "key": key,
+        "allow": allow,
+        "insecure": insecure,
     }
     node = BlockingNode(options)
     node._thread.start()
@@ -156,7 +165,7 @@ class BlockingNode:
         self._node: Node | None = None
         self._nursery: trio.Nursery | None = None  # holds subscriptions and services open
         self._helpers: list[threading.Thread] = []  # callback and handler threads
-        self._id = self._name = self._address = ""
+        self._id = self._name = self._address = self._contact = ""
         self._metrics_address: str | None = None
         label = options["name"] or "node"
         self._thread = threading.Thread(
@@ -178,6 +187,16 @@ class BlockingNode:
     def address(self) -> str:
         """``host:port`` of the node's inbox: what other nodes pass to `connect` or `seeds`."""
         return self._address
+
+    @property
+    def contact(self) -> str:
+        """`address`, with a keyed node's public key in front (``KEY@host:port``): what
+        other nodes pass to `connect` or `seeds`."""
+        return self._contact
+
+    def reload_allow(self) -> None:
+        """Read the allow list again, as `mesh.Node.reload_allow` does."""
+        self._call_sync(Node.reload_allow)
 
     @property
     def metrics_address(self) -> str | None:
@@ -394,6 +413,7 @@ class BlockingNode:
         with self._scope:
             async with open_node(**options) as node, trio.open_nursery() as nursery:
                 self._id, self._name, self._address = node.id, node.name, node.address
+                self._contact = node.contact
                 self._metrics_address = node.metrics_address
                 self._thread.name = f"mesh-node {node.name}"
                 self._node = node

@@ -45,13 +45,26 @@ def mesh_threads() -> list[threading.Thread]:
 @contextmanager
 def two_nodes(**options: Any) -> Iterator[tuple[BlockingNode, BlockingNode]]:
     """Two blocking nodes, "a" and "b", peered both ways, stopped at the end."""
-    with start("a", **options) as a, start("b", seeds=[a.address], **options) as b:
+    with start("a", **options) as a, start("b", seeds=[a.contact], **options) as b:
         a.wait_for_peers(names=["b"], timeout=WAIT)
         b.wait_for_peers(names=["a"], timeout=WAIT)
         yield a, b
 
 
 # -- events -------------------------------------------------------------------------------------
+
+
+def test_keyed_blocking_nodes_work_and_reload_their_allow_list(tmp_path: Path) -> None:
+    pair = mesh.KeyPair.generate()  # shared by both: a node always allows its own key
+    members = tmp_path / "members"
+    members.write_text(pair.public + "\n")
+    with two_nodes(key=pair, allow=members, discovery="static") as (a, b):
+        assert a.contact == f"{pair.public}@{a.address}"
+        with b.subscribe("t") as subscription:
+            a.publish("t", "keyed")
+            assert subscription.receive(timeout=WAIT).body == "keyed"
+        a.reload_allow()  # the same list: nobody is dropped
+        assert b.id in a.peers
 
 
 def test_events_between_two_blocking_nodes_by_iterator() -> None:
