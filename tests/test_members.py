@@ -24,7 +24,7 @@ import mesh
 from discovery import PeerRecord
 from mesh._beatkeys import MAC_SIZE
 from mesh._members import OFFENCE_BURST
-from mesh._wire import Hello, Kind, pack
+from mesh._wire import MAX_PEERS_LISTED, Hello, Kind, pack
 
 from . import inside
 from .conftest import new_mesh_env, wait_until
@@ -412,3 +412,33 @@ async def test_keyed_nodes_find_each_other_over_mdns(mesh_name: str) -> None:
             await a.wait_for_peers(names=["b"])
             await b.wait_for_peers(names=["a"])
             assert b.peers[a.id].record.public_key == pairs[0].public
+
+
+async def test_a_keyed_node_tries_only_listed_addresses_whose_key_it_allows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A member's HELLO lists 4,096 addresses without keys and 8 with a key a allows (on
+    # 127.0.0.0/8 at port 9, where nothing listens): only those 8 are tried, and the ones
+    # without a key cost one warning line, not thousands.
+    m = mesh.KeyPair.generate()
+    pairs = {"a": mesh.KeyPair.generate()}
+    allowed = [m.public, pairs["a"].public]
+    keyless = [f"127.78.{i // 256}.{i % 256}:9" for i in range(MAX_PEERS_LISTED - 8)]
+    keyed = [f"{m.public}@127.79.0.{i}:9" for i in range(1, 9)]
+    with trio.fail_after(30):
+        async with mesh.open_node("a", key=pairs["a"], allow=allowed, discovery="static") as a:
+            with plain_sockets(zmq.PUSH) as (push,):
+                curve_client(push, m, pairs["a"].public)
+                push.connect(a.endpoints.pull)
+                record = PeerRecord(
+                    os.urandom(16), "lister", a.mesh, "127.0.0.1", 9, 9, public_key=m.public
+                )
+                push.send(
+                    pack(
+                        Kind.HELLO, record.id, 1, None, Hello(record, (*keyless, *keyed)).to_wire()
+                    )
+                )
+                tried = {f"127.79.0.{i}:9" for i in range(1, 9)}
+                await wait_until(lambda: tried <= set(inside.links(a)), "a tries the keyed eight")
+            assert not any(address in inside.links(a) for address in keyless)
+            assert caplog.text.count("it gave no key") == 1
