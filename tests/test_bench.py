@@ -24,7 +24,10 @@ from .conftest import new_mesh_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDSTAT = Path("/proc/self/schedstat").exists()  # CPU time in nanoseconds, not 10 ms ticks
-FIELDS = ("name", "value", "unit", "baseline", "ratio", "runs", "min", "max", "lost")
+FIELDS = (
+    "name", "value", "unit", "baseline", "ratio", "runs", "min", "max", "lost",
+    "keys", "vs_open", "baseline_vs_open",
+)  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +114,58 @@ def test_discovery_and_failures_short_run() -> None:
     assert all(line["value"] > 0 for line in lines[1:])
 
 
+@pytest.mark.timeout(60)
+def test_keys_short_run() -> None:
+    result = bench(
+        "--suite", "events,tasks,latency", "--size", "100", "--subscribers", "1",
+        "--workers", "1", "--runs", "1", "--duration", "0.05", "--keys", "--json",
+    )  # fmt: skip
+    lines = measurements(result)
+    opened, keyed = lines[0::2], lines[1::2]
+    # Each open measurement, then its keyed twin: same name, measured in the same runs.
+    assert [line["name"] for line in opened] == [line["name"] for line in keyed]
+    assert [line["name"] for line in opened] == [
+        "events/s pub->sub 100 B, 1 subscriber",
+        "tasks/s push->work+ack 100 B, 1 worker",
+        "tasks/s vs plain without acks 100 B, 1 worker",
+        "round trip p50 task+ack 100 B",
+        "round trip p99 task+ack 100 B",
+        "round trip p50 event request/reply 100 B",
+        "round trip p99 event request/reply 100 B",
+    ]
+    for line in opened:
+        assert (line["keys"], line["vs_open"], line["baseline_vs_open"]) == (False, None, None)
+    for open_one, line in zip(opened, keyed, strict=True):
+        assert line["keys"] is True
+        # Keyed against plain pyzmq with CURVE (a baseline of its own), and against the open
+        # mesh and the open plain pyzmq of the same runs.
+        assert line["value"] > 0
+        assert line["baseline"] > 0
+        assert line["ratio"] > 0
+        assert line["baseline"] != open_one["baseline"]
+        assert line["vs_open"] == pytest.approx(line["value"] / open_one["value"], rel=0.01)
+        assert line["baseline_vs_open"] == pytest.approx(
+            line["baseline"] / open_one["baseline"], rel=0.01
+        )
+        assert line["lost"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_keys_table_output() -> None:
+    result = bench("--suite", "latency", "--runs", "1", "--duration", "0.05", "--keys")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.endswith("  vs open  plain vs open")
+    assert len(rows) == 8
+    names = [row.split("  ")[0] for row in rows]  # the first column, up to its padding
+    assert [name.endswith(", keyed") for name in names] == [False, True] * 4
+    for row in rows[1::2]:
+        vs_open, plain_vs_open = row.split()[-2:]
+        assert float(vs_open) > 0
+        assert float(plain_vs_open) > 0
+    assert all(row.split()[-2:] == ["-", "-"] for row in rows[0::2])
+
+
 def test_table_output() -> None:
     result = bench("--suite", "latency", "--runs", "1", "--duration", "0.05")
     assert result.returncode == 0, result.stderr
@@ -173,6 +228,9 @@ def test_bad_options_are_user_errors() -> None:
     assert "nonsense" in result.stderr
     result = bench("--scale", "--nodes", "1")
     assert result.returncode == 2
+    result = bench("--scale", "--keys")
+    assert result.returncode == 2
+    assert "--keys" in result.stderr
 
 
 # -- the pool: every process reaped, a failing role reported --------------------------------------

@@ -8,14 +8,22 @@ scale (`_scale`: N node processes in one mesh). Roles run in a `Pool` of spawned
 processes that is reused from run to run and always reaped; every wait is bounded. Times are
 taken with CLOCK_MONOTONIC, common to every process of the machine. Absolute figures on a shared
 machine are noisy: compare the ratio to plain pyzmq measured in the same run.
+
+With `Options.keys` every measurement is made open and keyed (CurveZMQ on: one key pair, made
+for the suite, in every node, and CURVE on every plain socket), each keyed one after its open
+twin with its cost against it (`against_open`). Throughput and latency alternate open and keyed
+within each run; discovery and failures, whose figures are the detector's and mDNS's timing
+rather than the machine's load, measure all their open runs and then all their keyed ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from ._common import Measurement, Pool
+from .._keys import KeyPair
+from ._common import Measurement, Pool, against_open
 from ._discovery import bench_discovery
 from ._failure import bench_detection, bench_reroute
 from ._latency import bench_latency
@@ -61,6 +69,8 @@ class Options:
     #: Most messages (or round trips) in one run.
     count: int = 1_000_000
     discovery_nodes: Sequence[int] = (2, 10)
+    #: Measure each thing open and keyed (CurveZMQ on), side by side.
+    keys: bool = False
 
 
 def run_suite(options: Options) -> Iterator[Measurement]:
@@ -69,6 +79,10 @@ def run_suite(options: Options) -> Iterator[Measurement]:
     unknown = groups - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown benchmark groups: {', '.join(sorted(unknown))}")
+    # One key pair for every node and socket of the suite: a node always allows its own key,
+    # so no allow list is needed, and each role gets it as an argument (no file, no environment).
+    key = KeyPair.generate() if options.keys else None
+    runs, duration, count = options.runs, options.duration, options.count
     size = 2
     if "events" in groups:
         size = max(size, 1 + max(options.subscribers))
@@ -79,31 +93,48 @@ def run_suite(options: Options) -> Iterator[Measurement]:
             if "events" in groups:
                 for body in options.sizes:
                     for subscribers in options.subscribers:
-                        yield bench_events(
-                            pool, body, subscribers, options.runs, options.duration, options.count
-                        )
+                        yield from bench_events(pool, body, subscribers, runs, duration, count, key)
             if "tasks" in groups:
                 for body in options.sizes:
                     for workers in options.workers:
-                        yield from bench_tasks(
-                            pool, body, workers, options.runs, options.duration, options.count
-                        )
+                        yield from bench_tasks(pool, body, workers, runs, duration, count, key)
             if "latency" in groups:
                 # Round trips are about per-message cost: the smallest size says it.
-                yield from bench_latency(
-                    pool, min(options.sizes), options.runs, options.duration, options.count
-                )
+                yield from bench_latency(pool, min(options.sizes), runs, duration, count, key)
             if "discovery" in groups:
                 for nodes in options.discovery_nodes:
-                    yield from bench_discovery(pool, nodes, options.runs)
-    victims = 2 * options.runs * ("detection" in groups) + options.runs * ("reroute" in groups)
-    if victims:
-        with Pool(victims) as pool:
-            if "detection" in groups:
-                yield from bench_detection(pool, options.runs)
-            if "reroute" in groups:
-                first = 2 * options.runs if "detection" in groups else 0
-                yield bench_reroute(pool, options.runs, first)
+                    opened = bench_discovery(pool, nodes, runs)
+                    yield from _keyed_too(opened, key, partial(bench_discovery, pool, nodes, runs))
+    yield from _failures(groups, runs, key)
+
+
+def _failures(groups: set[str], runs: int, key: KeyPair | None) -> Iterator[Measurement]:
+    """Detection and reroute: a victim process per run, open (and keyed) each."""
+    passes = 1 if key is None else 2
+    detection = 2 * runs if "detection" in groups else 0
+    reroute = runs if "reroute" in groups else 0
+    if not detection + reroute:
+        return
+    with Pool(passes * (detection + reroute)) as pool:
+        if detection:
+            opened = bench_detection(pool, runs)
+            yield from _keyed_too(opened, key, partial(bench_detection, pool, runs, detection))
+        if reroute:
+            first = passes * detection
+            opened = [bench_reroute(pool, runs, first)]
+            yield from _keyed_too(
+                opened, key, lambda key: [bench_reroute(pool, runs, first + reroute, key=key)]
+            )
+
+
+def _keyed_too(
+    opened: list[Measurement],
+    key: KeyPair | None,
+    keyed: Callable[[KeyPair], list[Measurement]],
+) -> list[Measurement]:
+    """`opened`, or with `key` each of them followed by its keyed twin, which `keyed(key)`
+    measures."""
+    return opened if key is None else against_open(opened, keyed(key))
 
 
 def run_scale(

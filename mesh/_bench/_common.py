@@ -10,9 +10,14 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+if TYPE_CHECKING:
+    from .._keys import KeyPair
 
 #: Seconds without a message after which a receiving role stops waiting for the rest.
 QUIET = 2.0
@@ -25,7 +30,12 @@ class Measurement:
     """One benchmark result: the median over `runs`, its `min` and `max`, and the plain pyzmq
     baseline measured in the same runs beside it (None where plain pyzmq has no such thing, as
     for discovery); `ratio` is value / baseline. `lost` counts messages sent and never received
-    (or runs that produced no sample)."""
+    (or runs that produced no sample).
+
+    A keyed measurement (`keys`: ``mesh-cli bench --keys``) had CurveZMQ on, in the mesh and in
+    its plain pyzmq baseline alike; it follows the open measurement of the same name, and
+    `vs_open` is its value / the open one's, `baseline_vs_open` the same for plain pyzmq (what
+    CURVE costs pyzmq itself). Both are None for an open measurement."""
 
     name: str
     value: float
@@ -36,6 +46,9 @@ class Measurement:
     min: float
     max: float
     lost: int
+    keys: bool = False
+    vs_open: float | None = None
+    baseline_vs_open: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,20 +68,70 @@ def summary(
     values = list(samples) or [math.nan]
     value = statistics.median(values)
     baseline = statistics.median(baselines) if baselines else None
-    ratio = None
-    if baseline is not None and baseline > 0 and not math.isnan(value):
-        ratio = round(value / baseline, 3)
     return Measurement(
         name=name,
         value=_round(value, digits),
         unit=unit,
         baseline=None if baseline is None else _round(baseline, digits),
-        ratio=ratio,
+        ratio=_ratio(value, baseline),
         runs=runs,
         min=_round(min(values), digits),
         max=_round(max(values), digits),
         lost=lost,
     )
+
+
+def _ratio(value: float | None, of: float | None) -> float | None:
+    if value is None or of is None or of <= 0 or math.isnan(value) or math.isnan(of):
+        return None
+    return round(value / of, 3)
+
+
+def against_open(opened: Sequence[Measurement], keyed: Sequence[Measurement]) -> list[Measurement]:
+    """Each open measurement followed by its keyed twin (same place in `keyed`), marked as keyed
+    and with its cost against the open one."""
+    paired: list[Measurement] = []
+    for open_one, keyed_one in zip(opened, keyed, strict=True):
+        paired.append(open_one)
+        paired.append(
+            replace(
+                keyed_one,
+                keys=True,
+                vs_open=_ratio(keyed_one.value, open_one.value),
+                baseline_vs_open=_ratio(keyed_one.baseline, open_one.baseline),
+            )
+        )
+    return paired
+
+
+def modes(key: KeyPair | None) -> tuple[KeyPair | None, ...]:
+    """What each run measures in turn: open, and with `key` keyed too (one after the other in
+    every run, so that both see the same load)."""
+    return (None,) if key is None else (None, key)
+
+
+# -- CURVE for the plain pyzmq baselines ------------------------------------------------------
+#
+# Every node and socket of a keyed run shares one key pair, as the mesh's nodes do (a node
+# always allows its own key). No ZAP handler runs beside the plain sockets, so libzmq takes any
+# client key: the mesh's ZAP handler is asked once a connection, at its handshake, which no
+# throughput or round trip counts; per message both pay the same CURVE encryption.
+
+
+def curve_server(sock: zmq.Socket[Any], key: KeyPair | None) -> None:
+    """Make `sock` (a binding socket) a CURVE server with `key`; nothing without one."""
+    if key is not None:
+        sock.curve_secretkey = key.secret.encode()
+        sock.curve_server = True
+
+
+def curve_client(sock: zmq.Socket[Any], key: KeyPair | None) -> None:
+    """Make `sock` (a connecting socket) a CURVE client of a server with `key`, with `key`
+    itself; nothing without one."""
+    if key is not None:
+        sock.curve_secretkey = key.secret.encode()
+        sock.curve_publickey = key.public.encode()
+        sock.curve_serverkey = key.public.encode()
 
 
 def _round(value: float, digits: int) -> float:

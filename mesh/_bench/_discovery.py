@@ -1,7 +1,8 @@
 """Discovery over mDNS on 127.0.0.1: how fast a new node is found, and its first event delivered.
 
 With `nodes - 1` observer nodes running (in one process), one more node opens in another, `runs`
-times; each run uses a mesh name of its own, so no other run on the machine shares it.
+times; each run uses a mesh name of its own, so no other run on the machine shares it. With a key
+pair every node has it (a keyed mesh, found over mDNS the same way).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from discovery import PeerJoined
 from ._common import Measurement, Pool, clock, receive, summary, wait_command
 
 if TYPE_CHECKING:
+    from .._keys import KeyPair
     from .._streams import PeerWatch, Subscription
 
 
-def bench_discovery(pool: Pool, nodes: int, runs: int) -> list[Measurement]:
+def bench_discovery(
+    pool: Pool, nodes: int, runs: int, key: KeyPair | None = None
+) -> list[Measurement]:
     """How long from the new node's `open_node` returning until it is in every other node's peer
     map, and from its first `publish` after `wait_for_peers` until every other node has the
     event (milliseconds); `pool` has at least 2 processes. The observers stay up for all the
@@ -30,13 +34,13 @@ def bench_discovery(pool: Pool, nodes: int, runs: int) -> list[Measurement]:
     firsts: list[float] = []
     lost = 0
     mesh_name = f"bench-{uuid.uuid4().hex[:12]}"
-    observers = pool.start(0, _observe, mesh_name, nodes - 1)
+    observers = pool.start(0, _observe, mesh_name, nodes - 1, key)
     receive(observers)  # the observers are up and have found each other
     for run in range(runs):
         name = f"joiner{run}"
         observers.send(name)
         receive(observers)  # watching for it
-        joiner = pool.start(1, _join, mesh_name, name, nodes - 1)
+        joiner = pool.start(1, _join, mesh_name, name, nodes - 1, key)
         opened_at = receive(joiner)  # when open_node returned
         published_at = receive(joiner)
         seen_at, got_at = receive(observers)
@@ -70,16 +74,18 @@ def bench_discovery(pool: Pool, nodes: int, runs: int) -> list[Measurement]:
     ]
 
 
-def _observe(control: Connection, mesh_name: str, count: int) -> None:
-    trio.run(_run_observers, control, mesh_name, count)
+def _observe(control: Connection, mesh_name: str, count: int, key: KeyPair | None) -> None:
+    trio.run(_run_observers, control, mesh_name, count, key)
 
 
-async def _run_observers(control: Connection, mesh_name: str, count: int) -> None:
+async def _run_observers(
+    control: Connection, mesh_name: str, count: int, key: KeyPair | None
+) -> None:
     from .. import open_node
 
     async with AsyncExitStack() as stack:
         nodes = [
-            await stack.enter_async_context(open_node(f"observer{i}", mesh=mesh_name))
+            await stack.enter_async_context(open_node(f"observer{i}", mesh=mesh_name, key=key))
             for i in range(count)
         ]
         subscriptions = [await stack.enter_async_context(n.subscribe("first")) for n in nodes]
@@ -115,14 +121,16 @@ async def _wait_event(subscription: Subscription, got_at: list[float]) -> None:
     got_at.append(clock())
 
 
-def _join(control: Connection, mesh_name: str, name: str, peers: int) -> None:
-    trio.run(_run_joiner, control, mesh_name, name, peers)
+def _join(control: Connection, mesh_name: str, name: str, peers: int, key: KeyPair | None) -> None:
+    trio.run(_run_joiner, control, mesh_name, name, peers, key)
 
 
-async def _run_joiner(control: Connection, mesh_name: str, name: str, peers: int) -> None:
+async def _run_joiner(
+    control: Connection, mesh_name: str, name: str, peers: int, key: KeyPair | None
+) -> None:
     from .. import open_node
 
-    async with open_node(name, mesh=mesh_name) as node:
+    async with open_node(name, mesh=mesh_name, key=key) as node:
         control.send(clock())
         await node.wait_for_peers(peers, timeout=30)
         published_at = clock()

@@ -3,7 +3,7 @@ a killed worker held are done by another worker.
 
 The observing and sending nodes run in the benchmark's own process; each victim is a node in a
 pool process of its own, signalled by pid (ours only) and reaped with the pool. Times run from
-the signal.
+the signal. With a key pair every node has it.
 """
 
 from __future__ import annotations
@@ -12,22 +12,30 @@ import contextlib
 import os
 import signal
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._common import Measurement, Pool, clock, receive, summary, wait_command
 
+if TYPE_CHECKING:
+    from .._keys import KeyPair
+
 _SERVICE = "bench-reroute"
 
 
-def bench_detection(pool: Pool, runs: int, first: int = 0) -> list[Measurement]:
+def bench_detection(
+    pool: Pool, runs: int, first: int = 0, key: KeyPair | None = None
+) -> list[Measurement]:
     """kill -9 and SIGSTOP of a peer, `runs` times each, to the observer's verdicts (suspect: no
     new work; dead: its work goes elsewhere), in milliseconds. Uses pool processes `first` to
     `first + 2 * runs - 1`, one per run (a victim is not reused)."""
-    return trio.run(_bench_detection, pool, runs, first)
+    return trio.run(_bench_detection, pool, runs, first, key)
 
 
-async def _bench_detection(pool: Pool, runs: int, first: int) -> list[Measurement]:
+async def _bench_detection(
+    pool: Pool, runs: int, first: int, key: KeyPair | None
+) -> list[Measurement]:
     from .. import PeerState, PeerStateChanged, open_node
 
     results: list[Measurement] = []
@@ -37,8 +45,8 @@ async def _bench_detection(pool: Pool, runs: int, first: int) -> list[Measuremen
         dead: list[float] = []
         for _ in range(runs):
             pid = pool.pid(index)
-            async with open_node("observer", discovery="static") as observer:
-                pool.start(index, _victim, observer.address)
+            async with open_node("observer", discovery="static", key=key) as observer:
+                pool.start(index, _victim, observer.contact, key)
                 index += 1
                 try:
                     await observer.wait_for_peers(names=["victim"], timeout=20)
@@ -76,14 +84,14 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _victim(control: Connection, seed: str) -> None:
-    trio.run(_run_victim, control, seed)
+def _victim(control: Connection, seed: str, key: KeyPair | None) -> None:
+    trio.run(_run_victim, control, seed, key)
 
 
-async def _run_victim(control: Connection, seed: str) -> None:
+async def _run_victim(control: Connection, seed: str, key: KeyPair | None) -> None:
     from .. import open_node
 
-    async with open_node("victim", discovery="static", seeds=[seed]):
+    async with open_node("victim", discovery="static", seeds=[seed], key=key):
         # Killed before this returns; it returns (the pipe closed) if the benchmark ends first.
         await trio.to_thread.run_sync(wait_command, control)
 
@@ -91,14 +99,18 @@ async def _run_victim(control: Connection, seed: str) -> None:
 # -- reroute -------------------------------------------------------------------------------------
 
 
-def bench_reroute(pool: Pool, runs: int, first: int = 0, hold: int = 10) -> Measurement:
+def bench_reroute(
+    pool: Pool, runs: int, first: int = 0, hold: int = 10, key: KeyPair | None = None
+) -> Measurement:
     """A worker holding `hold` unacked tasks is killed (SIGKILL) while another offers the same
     service: milliseconds from the kill to the first of those tasks done (acked) by the other.
     Uses pool processes `first` to `first + runs - 1`."""
-    return trio.run(_bench_reroute, pool, runs, first, hold)
+    return trio.run(_bench_reroute, pool, runs, first, hold, key)
 
 
-async def _bench_reroute(pool: Pool, runs: int, first: int, hold: int) -> Measurement:
+async def _bench_reroute(
+    pool: Pool, runs: int, first: int, hold: int, key: KeyPair | None
+) -> Measurement:
     from .. import open_node
 
     samples: list[float] = []
@@ -106,14 +118,16 @@ async def _bench_reroute(pool: Pool, runs: int, first: int, hold: int) -> Measur
     for index in range(first, first + runs):
         pid = pool.pid(index)
         try:
-            async with open_node("sender", discovery="static") as sender:
-                holder = pool.start(index, _holder, sender.address, hold)
+            async with open_node("sender", discovery="static", key=key) as sender:
+                holder = pool.start(index, _holder, sender.contact, hold, key)
                 await sender.wait_for_peers(names=["holder"], service=_SERVICE, timeout=20)
                 for number in range(hold):
                     await sender.push(_SERVICE, number, timeout=10)
                 await trio.to_thread.run_sync(receive, holder, 20)  # holding them all
                 async with (
-                    open_node("taker", discovery="static", seeds=[sender.address]) as taker,
+                    open_node(
+                        "taker", discovery="static", seeds=[sender.contact], key=key
+                    ) as taker,
                     taker.work(_SERVICE) as tasks,
                 ):
                     await sender.wait_for_peers(names=["holder", "taker"], timeout=20)
@@ -147,15 +161,15 @@ async def _bench_reroute(pool: Pool, runs: int, first: int, hold: int) -> Measur
     )
 
 
-def _holder(control: Connection, seed: str, hold: int) -> None:
-    trio.run(_run_holder, control, seed, hold)
+def _holder(control: Connection, seed: str, hold: int, key: KeyPair | None) -> None:
+    trio.run(_run_holder, control, seed, hold, key)
 
 
-async def _run_holder(control: Connection, seed: str, hold: int) -> None:
+async def _run_holder(control: Connection, seed: str, hold: int, key: KeyPair | None) -> None:
     from .. import open_node
 
     async with (
-        open_node("holder", discovery="static", seeds=[seed]) as node,
+        open_node("holder", discovery="static", seeds=[seed], key=key) as node,
         node.work(_SERVICE) as tasks,
     ):
         held = []

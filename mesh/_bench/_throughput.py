@@ -12,6 +12,9 @@ over the time from the first subscriber's first event to the last subscriber's l
 is the tasks acked (plain pyzmq without acks: received) over the time from the sender's first
 send to the last ack (without acks: the last worker's last receive). Process start-up and
 peering are not counted.
+
+With a key pair (``--keys``) each run measures everything twice, open and then keyed: every
+mesh node with that key pair, every plain socket with CURVE and the same keys.
 """
 
 from __future__ import annotations
@@ -19,12 +22,29 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import trio
 import zmq
 
 from .._types import Settings
-from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary, wait_command
+from ._common import (
+    QUIET,
+    Measurement,
+    Pool,
+    against_open,
+    clock,
+    curve_client,
+    curve_server,
+    modes,
+    payload,
+    receive,
+    summary,
+    wait_command,
+)
+
+if TYPE_CHECKING:
+    from .._keys import KeyPair
 
 _TOPIC = "bench.events"
 _SERVICE = "bench"
@@ -36,33 +56,46 @@ _CHECK_EVERY = 64  # messages between two looks at the clock in a sending loop
 
 
 def bench_events(
-    pool: Pool, size: int, subscribers: int, runs: int, duration: float, count: int
-) -> Measurement:
+    pool: Pool,
+    size: int,
+    subscribers: int,
+    runs: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None = None,
+) -> list[Measurement]:
     """Events/s from one publisher to `subscribers` subscribers (each in its own process), mesh vs
-    plain pyzmq PUB/SUB; `pool` has at least `subscribers + 1` processes."""
-    mesh_rates: list[float] = []
-    plain_rates: list[float] = []
-    lost = 0
+    plain pyzmq PUB/SUB; with `key`, keyed too (`against_open`). `pool` has at least
+    `subscribers + 1` processes."""
+    kinds = modes(key)
+    mesh_rates: list[list[float]] = [[] for _ in kinds]
+    plain_rates: list[list[float]] = [[] for _ in kinds]
+    lost = [0 for _ in kinds]
     for _ in range(runs):
-        for rates, publisher, subscriber in (
-            (plain_rates, _plain_publisher, _plain_subscriber),
-            (mesh_rates, _mesh_publisher, _mesh_subscriber),
-        ):
-            rate, missing = _run_events(
-                pool, publisher, subscriber, size, subscribers, duration, count
-            )
-            rates.append(rate)
-            if publisher is _mesh_publisher:
-                lost += missing
+        for mode, kind in enumerate(kinds):
+            for rates, publisher, subscriber in (
+                (plain_rates[mode], _plain_publisher, _plain_subscriber),
+                (mesh_rates[mode], _mesh_publisher, _mesh_subscriber),
+            ):
+                rate, missing = _run_events(
+                    pool, publisher, subscriber, size, subscribers, duration, count, kind
+                )
+                rates.append(rate)
+                if publisher is _mesh_publisher:
+                    lost[mode] += missing
     plural = "s" if subscribers > 1 else ""
-    return summary(
-        f"events/s pub->sub {size} B, {subscribers} subscriber{plural}",
-        "events/s",
-        mesh_rates,
-        plain_rates,
-        runs=runs,
-        lost=lost,
-    )
+    results = [
+        summary(
+            f"events/s pub->sub {size} B, {subscribers} subscriber{plural}",
+            "events/s",
+            mesh_rates[mode],
+            plain_rates[mode],
+            runs=runs,
+            lost=lost[mode],
+        )
+        for mode in range(len(kinds))
+    ]
+    return results if key is None else against_open(results[:1], results[1:])
 
 
 def _run_events(
@@ -73,11 +106,12 @@ def _run_events(
     subscribers: int,
     duration: float,
     count: int,
+    key: KeyPair | None,
 ) -> tuple[float, int]:
     """One run; (events/s per subscriber, events lost over all subscribers)."""
-    pub = pool.start(0, publisher, size, subscribers, duration, count)
+    pub = pool.start(0, publisher, size, subscribers, duration, count, key)
     address = receive(pub)
-    subs = [pool.start(1 + i, subscriber, address, i, count) for i in range(subscribers)]
+    subs = [pool.start(1 + i, subscriber, address, i, count, key) for i in range(subscribers)]
     for sub in subs:
         receive(sub)  # subscribed
     pub.send("go")
@@ -94,12 +128,18 @@ def _run_events(
 
 
 def _plain_publisher(
-    control: Connection, size: int, subscribers: int, duration: float, count: int
+    control: Connection,
+    size: int,
+    subscribers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
     context = zmq.Context()
     # XPUB, so that the publisher knows when every subscription has arrived (no sleep needed).
     sock = context.socket(zmq.XPUB)
     try:
+        curve_server(sock, key)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         sock.setsockopt(zmq.RCVTIMEO, 10_000)
@@ -122,10 +162,13 @@ def _plain_publisher(
         context.term()
 
 
-def _plain_subscriber(control: Connection, address: str, index: int, count: int) -> None:
+def _plain_subscriber(
+    control: Connection, address: str, index: int, count: int, key: KeyPair | None
+) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.SUB)
     try:
+        curve_client(sock, key)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SUBSCRIBE, _TOPIC.encode())
         sock.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
@@ -158,18 +201,28 @@ def _count_stream(receive_one: Callable[[], bytes], count: int) -> tuple[int, fl
 
 
 def _mesh_publisher(
-    control: Connection, size: int, subscribers: int, duration: float, count: int
+    control: Connection,
+    size: int,
+    subscribers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
-    trio.run(_mesh_publish, control, size, subscribers, duration, count)
+    trio.run(_mesh_publish, control, size, subscribers, duration, count, key)
 
 
 async def _mesh_publish(
-    control: Connection, size: int, subscribers: int, duration: float, count: int
+    control: Connection,
+    size: int,
+    subscribers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
     from .. import open_node
 
-    async with open_node("bench-pub", discovery="static") as node:
-        control.send(node.address)
+    async with open_node("bench-pub", discovery="static", key=key) as node:
+        control.send(node.contact)
         await trio.to_thread.run_sync(wait_command, control)  # go
         names = [f"bench-sub{i}" for i in range(subscribers)]
         await node.wait_for_peers(names=names, timeout=20)  # their subscriptions are live here
@@ -185,15 +238,19 @@ async def _mesh_publish(
         await trio.to_thread.run_sync(wait_command, control)
 
 
-def _mesh_subscriber(control: Connection, address: str, index: int, count: int) -> None:
-    trio.run(_mesh_subscribe, control, address, index, count)
+def _mesh_subscriber(
+    control: Connection, address: str, index: int, count: int, key: KeyPair | None
+) -> None:
+    trio.run(_mesh_subscribe, control, address, index, count, key)
 
 
-async def _mesh_subscribe(control: Connection, address: str, index: int, count: int) -> None:
+async def _mesh_subscribe(
+    control: Connection, address: str, index: int, count: int, key: KeyPair | None
+) -> None:
     from .. import open_node
 
     async with (
-        open_node(f"bench-sub{index}", seeds=[address], discovery="static") as node,
+        open_node(f"bench-sub{index}", seeds=[address], discovery="static", key=key) as node,
         node.subscribe(_TOPIC) as events,
     ):
         await node.wait_for_peers(names=["bench-pub"], timeout=20)
@@ -234,51 +291,64 @@ async def stop_when_quiet(scope: trio.CancelScope, progress: Callable[[], int]) 
 
 
 def bench_tasks(
-    pool: Pool, size: int, workers: int, runs: int, duration: float, count: int
+    pool: Pool,
+    size: int,
+    workers: int,
+    runs: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None = None,
 ) -> list[Measurement]:
     """Tasks/s from one sender to `workers` workers (each in its own process), each task acked
     back, vs plain pyzmq PUSH/PULL with acks and the same window of unacked tasks per worker as
     the mesh's default `max_in_flight`; then the same mesh figures vs plain PUSH/PULL without
-    acks, as context. `pool` has at least `workers + 1` processes."""
-    mesh_rates: list[float] = []
-    acked_rates: list[float] = []
-    unacked_rates: list[float] = []
-    lost = 0
+    acks, as context; with `key`, keyed too (`against_open`). `pool` has at least `workers + 1`
+    processes."""
+    kinds = modes(key)
+    mesh_rates: list[list[float]] = [[] for _ in kinds]
+    acked_rates: list[list[float]] = [[] for _ in kinds]
+    unacked_rates: list[list[float]] = [[] for _ in kinds]
+    lost = [0 for _ in kinds]
     for _ in range(runs):
-        rate, _ = _run_plain_tasks(pool, size, workers, duration, count)
-        unacked_rates.append(rate)
-        rate, _ = _run_plain_acked_tasks(pool, size, workers, duration, count)
-        acked_rates.append(rate)
-        rate, missing = _run_mesh_tasks(pool, size, workers, duration, count)
-        mesh_rates.append(rate)
-        lost += missing
+        for mode, kind in enumerate(kinds):
+            rate, _ = _run_plain_tasks(pool, size, workers, duration, count, kind)
+            unacked_rates[mode].append(rate)
+            rate, _ = _run_plain_acked_tasks(pool, size, workers, duration, count, kind)
+            acked_rates[mode].append(rate)
+            rate, missing = _run_mesh_tasks(pool, size, workers, duration, count, kind)
+            mesh_rates[mode].append(rate)
+            lost[mode] += missing
     plural = "s" if workers > 1 else ""
-    return [
-        summary(
-            f"tasks/s push->work+ack {size} B, {workers} worker{plural}",
-            "tasks/s",
-            mesh_rates,
-            acked_rates,
-            runs=runs,
-            lost=lost,
-        ),
-        summary(
-            f"tasks/s vs plain without acks {size} B, {workers} worker{plural}",
-            "tasks/s",
-            mesh_rates,
-            unacked_rates,
-            runs=runs,
-            lost=lost,
-        ),
+    results = [
+        [
+            summary(
+                f"tasks/s push->work+ack {size} B, {workers} worker{plural}",
+                "tasks/s",
+                mesh_rates[mode],
+                acked_rates[mode],
+                runs=runs,
+                lost=lost[mode],
+            ),
+            summary(
+                f"tasks/s vs plain without acks {size} B, {workers} worker{plural}",
+                "tasks/s",
+                mesh_rates[mode],
+                unacked_rates[mode],
+                runs=runs,
+                lost=lost[mode],
+            ),
+        ]
+        for mode in range(len(kinds))
     ]
+    return results[0] if key is None else against_open(results[0], results[1])
 
 
 def _run_plain_tasks(
-    pool: Pool, size: int, workers: int, duration: float, count: int
+    pool: Pool, size: int, workers: int, duration: float, count: int, key: KeyPair | None
 ) -> tuple[float, int]:
-    pulls = [pool.start(1 + i, _plain_worker, count) for i in range(workers)]
+    pulls = [pool.start(1 + i, _plain_worker, count, key) for i in range(workers)]
     addresses = [receive(pull) for pull in pulls]
-    push = pool.start(0, _plain_pusher, addresses, size, duration, count)
+    push = pool.start(0, _plain_pusher, addresses, size, duration, count, key)
     receive(push)  # connected
     push.send("go")
     sent, started = receive(push)
@@ -293,11 +363,17 @@ def _run_plain_tasks(
 
 
 def _plain_pusher(
-    control: Connection, addresses: list[str], size: int, duration: float, count: int
+    control: Connection,
+    addresses: list[str],
+    size: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     try:
+        curve_client(sock, key)
         sock.setsockopt(zmq.SNDHWM, 0)
         for address in addresses:
             # Connected pipes exist at once, so round-robin spreads tasks (and one end marker
@@ -321,10 +397,11 @@ def _plain_pusher(
         context.term()
 
 
-def _plain_worker(control: Connection, count: int) -> None:
+def _plain_worker(control: Connection, count: int, key: KeyPair | None) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.PULL)
     try:
+        curve_server(sock, key)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
         port = sock.bind_to_random_port("tcp://127.0.0.1")
@@ -342,11 +419,11 @@ _WINDOW = Settings().max_in_flight
 
 
 def _run_plain_acked_tasks(
-    pool: Pool, size: int, workers: int, duration: float, count: int
+    pool: Pool, size: int, workers: int, duration: float, count: int, key: KeyPair | None
 ) -> tuple[float, int]:
-    push = pool.start(0, _plain_acked_pusher, size, workers, duration, count)
+    push = pool.start(0, _plain_acked_pusher, size, workers, duration, count, key)
     ack_address = receive(push)
-    pulls = [pool.start(1 + i, _plain_acking_worker, ack_address) for i in range(workers)]
+    pulls = [pool.start(1 + i, _plain_acking_worker, ack_address, key) for i in range(workers)]
     push.send([receive(pull) for pull in pulls])
     receive(push)  # connected
     push.send("go")
@@ -358,7 +435,12 @@ def _run_plain_acked_tasks(
 
 
 def _plain_acked_pusher(
-    control: Connection, size: int, workers: int, duration: float, count: int
+    control: Connection,
+    size: int,
+    workers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
     """PUSH tasks ([id, body]) to the workers, PULL their acks (the id back), and keep at most
     `_WINDOW` tasks a worker unacked, tracking which: the least a sender that retries must do."""
@@ -366,6 +448,8 @@ def _plain_acked_pusher(
     push = context.socket(zmq.PUSH)
     acks = context.socket(zmq.PULL)
     try:
+        curve_client(push, key)
+        curve_server(acks, key)
         push.setsockopt(zmq.SNDHWM, 0)
         acks.setsockopt(zmq.RCVHWM, 0)
         acks.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
@@ -412,11 +496,13 @@ def _plain_acked_pusher(
         context.term()
 
 
-def _plain_acking_worker(control: Connection, ack_address: str) -> None:
+def _plain_acking_worker(control: Connection, ack_address: str, key: KeyPair | None) -> None:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     acks = context.socket(zmq.PUSH)
     try:
+        curve_server(pull, key)
+        curve_client(acks, key)
         pull.setsockopt(zmq.RCVHWM, 0)
         pull.setsockopt(zmq.RCVTIMEO, round(QUIET * 1000))
         acks.setsockopt(zmq.SNDHWM, 0)
@@ -436,11 +522,11 @@ def _plain_acking_worker(control: Connection, ack_address: str) -> None:
 
 
 def _run_mesh_tasks(
-    pool: Pool, size: int, workers: int, duration: float, count: int
+    pool: Pool, size: int, workers: int, duration: float, count: int, key: KeyPair | None
 ) -> tuple[float, int]:
-    push = pool.start(0, _mesh_pusher, size, workers, duration, count)
+    push = pool.start(0, _mesh_pusher, size, workers, duration, count, key)
     address = receive(push)
-    works = [pool.start(1 + i, _mesh_worker, address, i) for i in range(workers)]
+    works = [pool.start(1 + i, _mesh_worker, address, i, key) for i in range(workers)]
     for work in works:
         receive(work)  # offering the service
     push.send("go")
@@ -453,17 +539,29 @@ def _run_mesh_tasks(
     return rate, pushed - acked
 
 
-def _mesh_pusher(control: Connection, size: int, workers: int, duration: float, count: int) -> None:
-    trio.run(_mesh_push, control, size, workers, duration, count)
+def _mesh_pusher(
+    control: Connection,
+    size: int,
+    workers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
+) -> None:
+    trio.run(_mesh_push, control, size, workers, duration, count, key)
 
 
 async def _mesh_push(
-    control: Connection, size: int, workers: int, duration: float, count: int
+    control: Connection,
+    size: int,
+    workers: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
 ) -> None:
     from .. import open_node
 
-    async with open_node("bench-pusher", discovery="static") as node:
-        control.send(node.address)
+    async with open_node("bench-pusher", discovery="static", key=key) as node:
+        control.send(node.contact)
         await trio.to_thread.run_sync(wait_command, control)  # go
         await node.wait_for_peers(workers, service=_SERVICE, timeout=20)
         body = payload(size)
@@ -479,15 +577,15 @@ async def _mesh_push(
         control.send((pushed, node.statistics().tasks_acked, started, settled))
 
 
-def _mesh_worker(control: Connection, address: str, index: int) -> None:
-    trio.run(_mesh_work, control, address, index)
+def _mesh_worker(control: Connection, address: str, index: int, key: KeyPair | None) -> None:
+    trio.run(_mesh_work, control, address, index, key)
 
 
-async def _mesh_work(control: Connection, address: str, index: int) -> None:
+async def _mesh_work(control: Connection, address: str, index: int, key: KeyPair | None) -> None:
     from .. import open_node
 
     async with (
-        open_node(f"bench-worker{index}", seeds=[address], discovery="static") as node,
+        open_node(f"bench-worker{index}", seeds=[address], discovery="static", key=key) as node,
         node.work(_SERVICE) as tasks,
     ):
         await node.wait_for_peers(names=["bench-pusher"], timeout=20)

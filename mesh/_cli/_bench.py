@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_command, positive_float, positive_int
+from ._common import UserError, add_command, positive_float, positive_int
 
 _DESCRIPTION = """\
 Measure the mesh next to plain pyzmq, every role in a process of its own on 127.0.0.1, plain
@@ -22,6 +22,10 @@ pyzmq with the same process layout in the same run. Groups (--suite):
   reroute    kill -9 of a worker holding tasks to the first of them done by another worker
   all        every group (the default; under a minute on 2 cores)
 Each figure is the median of --runs runs, with min and max; ratio is mesh / plain pyzmq.
+With --keys every measurement is made open and keyed (CurveZMQ on: one key pair for every node,
+CURVE on every plain pyzmq socket), in the same runs; each keyed row (", keyed") follows its
+open one, its ratio against plain pyzmq with CURVE, "vs open" its cost: keyed mesh / open mesh,
+"plain vs open" the same for plain pyzmq.
 With --scale: N node processes in one mesh for each N of --nodes: time to full mesh, idle CPU
 and memory per node, events/s from one node to the N - 1 others."""
 
@@ -89,6 +93,11 @@ def add_to(commands: Any) -> None:
         help="most messages (or round trips) in one run (default: 1000000)",
     )
     bench.add_argument(
+        "--keys",
+        action="store_true",
+        help="measure each thing keyed (CurveZMQ, plain pyzmq with CURVE) beside open",
+    )
+    bench.add_argument(
         "--scale",
         action="store_true",
         help="measure N node processes in one mesh instead of the suite",
@@ -114,6 +123,8 @@ def add_to(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._bench import ALIASES, Options, run_scale, run_suite
 
+    if args.scale and args.keys:
+        raise UserError("--keys measures the suite, not --scale", status=2)
     if args.scale:
         results = run_scale(args.nodes, args.idle, args.duration, args.count)
     else:
@@ -131,42 +142,55 @@ def run(args: argparse.Namespace) -> int:
             duration=args.duration,
             count=args.count,
             discovery_nodes=args.discovery_nodes,
+            keys=args.keys,
         )
         results = run_suite(options)
+    # With --keys the rows are longer (", keyed") and two columns more: the cost against open.
+    widths = _KEYED_WIDTHS if args.keys else _WIDTHS
     if not args.json:
-        print(_row(_HEADER), flush=True)
+        print(_row(_KEYED_HEADER if args.keys else _HEADER, widths), flush=True)
     for result in results:
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
         else:
-            print(_row(_cells(result)), flush=True)
+            print(_row(_cells(result, args.keys), widths), flush=True)
     return 0
 
 
 _HEADER = ("measurement", "mesh", "unit", "plain pyzmq", "ratio", "min", "max", "runs", "lost")
 _WIDTHS = (52, 10, 11, 11, 6, 10, 10, 4, 6)
+_KEYED_HEADER = (*_HEADER, "vs open", "plain vs open")
+_KEYED_WIDTHS = (59, *_WIDTHS[1:], 7, 13)
+_UNIT = 2  # the column written from the left
 
 
-def _row(cells: tuple[str, ...]) -> str:
+def _row(cells: tuple[str, ...], widths: tuple[int, ...] = _WIDTHS) -> str:
     first, *rest = cells
-    line = first.ljust(_WIDTHS[0])
-    for cell, width in zip(rest, _WIDTHS[1:], strict=True):
-        line += "  " + (cell.ljust(width) if width == _WIDTHS[2] else cell.rjust(width))
+    line = first.ljust(widths[0])
+    for column, (cell, width) in enumerate(zip(rest, widths[1:], strict=True), 1):
+        line += "  " + (cell.ljust(width) if column == _UNIT else cell.rjust(width))
     return line.rstrip()
 
 
-def _cells(result: Any) -> tuple[str, ...]:
-    return (
-        result.name,
+def _cells(result: Any, keys: bool = False) -> tuple[str, ...]:
+    cells = (
+        f"{result.name}, keyed" if result.keys else result.name,
         _number(result.value),
         result.unit,
         _number(result.baseline),
-        "-" if result.ratio is None else f"{result.ratio:.2f}",
+        _ratio(result.ratio),
         _number(result.min),
         _number(result.max),
         str(result.runs),
         str(result.lost),
     )
+    if not keys:
+        return cells
+    return (*cells, _ratio(result.vs_open), _ratio(result.baseline_vs_open))
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _number(value: float | None) -> str:
