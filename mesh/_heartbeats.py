@@ -362,11 +362,13 @@ class Heartbeats:
                 body, mac = datagram[:-MAC_SIZE], datagram[-MAC_SIZE:]
                 envelope = _wire.decode_datagram(body)
                 if not self._keys.verify(envelope.sender, body, mac):
-                    if self._keys.knows(envelope.sender) or not self._wiring.is_peer(
-                        envelope.sender
-                    ):
+                    if self._keys.knows(envelope.sender):
                         raise ProtocolError("mac", "a heartbeat datagram whose MAC does not check")
-                    return  # a new peer's: the key is in its READY, still on its way
+                    # No key from that node: a new peer's (the key is in its READY, on its way),
+                    # or a node that is no peer, as an open node's datagram from it would be.
+                    if not self._wiring.is_peer(envelope.sender):
+                        self._wiring.stranger(envelope.sender)  # a forgotten peer back, maybe
+                    return
             hosts = self._wiring.hosts_of(envelope.sender)
             if hosts is not None and source.partition("%")[0] not in hosts:
                 raise ProtocolError("source", f"a peer's heartbeat from {source}, not its host")
