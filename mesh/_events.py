@@ -19,12 +19,19 @@ Rules:
 * A departed peer's PUB stays connected for `linger` seconds (2 by default): its last events may
   still be on their way (its goodbye came on another connection), and disconnecting drops what
   ZeroMQ holds unread. A peer that comes back at that address keeps the connection.
+* The PUB holds at most `MAX_SUBSCRIPTIONS` distinct subscriptions (ZeroMQ keeps each in a
+  table, whoever sent it, and tells the node of each new one and each one gone). A subscriber
+  could otherwise grow that table without bound, and ZeroMQ's connections do not say who sent
+  what: past the limit the PUB is bound anew, which ends every subscriber's connection and
+  empties the table; members reconnect and subscribe again at once (counted,
+  `subscription_floods`, and logged). Its notices are taken a bounded number at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -34,6 +41,7 @@ import zmq
 
 from . import _wire
 from ._probes import ProbeSchedule
+from ._ratelimit import RateLimitedLog
 from ._streams import Subscription
 from ._types import Message
 from ._wire import Envelope, Kind, control_frame, event_frame, pack, topic_channel
@@ -46,15 +54,38 @@ logger = logging.getLogger("mesh")
 _PUB_RETRY_INTERVAL: Final = 0.001
 # XPUB hands subscription notices up to the application, which must drain them.
 _NOTICE_DRAIN_INTERVAL: Final = 1.0
+# Notices taken before the node's other tasks get a turn.
+_NOTICES_AT_ONCE: Final = 1024
+#: Distinct subscriptions a node's PUB may hold (a node subscribes to a few prefixes at most,
+#: each peer to the ones its application asks for): past it, every subscriber is cut.
+MAX_SUBSCRIPTIONS: Final = 16_384
+# Seconds after cutting the subscribers before they can be cut again (their subscriptions'
+# removals come in meanwhile).
+_CUT_AGAIN_AFTER: Final = 5.0
 
 
 class Publisher:
     """The PUB socket (an XPUB, for backpressure) and the one numbered stream sent on it."""
 
-    def __init__(self, sock: ZmqSocket, node_id: bytes, capacity: int) -> None:
+    def __init__(
+        self,
+        sock: ZmqSocket,
+        node_id: bytes,
+        capacity: int,
+        *,
+        endpoints: Sequence[str],
+        counts: dict[str, int],
+        log: RateLimitedLog,
+    ) -> None:
         self._id = node_id
         self._seq = 0
         self._socket = sock
+        self._endpoints = list(endpoints)
+        self._counts = counts
+        self._log = log
+        #: Distinct subscriptions the PUB holds now (from its notices).
+        self.subscriptions = 0
+        self._cut_at = -math.inf
         # Events published in a burst leave in fewer frames: consecutive events of one topic
         # share one (docs/protocol.md §3, "Batches").
         self.outbox = Outbox(
@@ -106,24 +137,54 @@ class Publisher:
             return
         self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
 
-    def rebind(self, endpoints: Iterable[str]) -> None:
-        """Unbind the XPUB from each endpoint, which ends every connection accepted there, and
-        bind it again: each subscriber reconnects and is checked anew (a keyed node's ZAP
-        handler, against its allow list as it is now). Events published meanwhile reach none
-        of them. Safe outside the owner task: no task ever waits on the XPUB's FD."""
-        for endpoint in endpoints:
+    def rebind(self) -> None:
+        """Unbind the XPUB, which ends every connection accepted there, and bind it again: each
+        subscriber reconnects and is checked anew (a keyed node's ZAP handler, against its allow
+        list as it is now) and subscribes again. Events published meanwhile reach none of them.
+        Safe outside the owner task: no task ever waits on the XPUB's FD."""
+        for endpoint in self._endpoints:
             self._socket.unbind(endpoint)
             self._socket.bind(endpoint)
 
     async def drain_notices(self) -> None:
-        """Discard the XPUB's subscription notices, which it queues for the application. Runs
-        until cancelled. Safe outside the owner task: no task ever waits on the XPUB's FD (see
-        `Outbox`)."""
+        """Take the XPUB's subscription notices, which it queues for the application, counting
+        the subscriptions it holds (see the module's rules). Runs until cancelled. Safe outside
+        the owner task: no task ever waits on the XPUB's FD (see `Outbox`)."""
         while True:
             await trio.sleep(_NOTICE_DRAIN_INTERVAL)
-            with contextlib.suppress(zmq.Again, trio.ClosedResourceError):
-                while True:
-                    self.outbox.socket.receive_nowait()
+            while self._take_notices():
+                await trio.lowlevel.checkpoint()
+
+    def _take_notices(self) -> bool:
+        """Take up to `_NOTICES_AT_ONCE` notices; whether more may be waiting."""
+        socket = self.outbox.socket
+        for _ in range(_NOTICES_AT_ONCE):
+            try:
+                notice = socket.receive_nowait()
+            except (zmq.Again, trio.ClosedResourceError):
+                return False
+            if notice[:1] == b"\x01":
+                self.subscriptions += 1
+            elif notice[:1] == b"\x00" and self.subscriptions:
+                self.subscriptions -= 1
+            if self.subscriptions > MAX_SUBSCRIPTIONS:
+                self._cut_subscribers()
+        return True
+
+    def _cut_subscribers(self) -> None:
+        now = trio.current_time()
+        if now - self._cut_at < _CUT_AGAIN_AFTER:
+            return
+        self._cut_at = now
+        self._counts["subscription_floods"] += 1
+        self._log.warning(
+            "subscription-flood",
+            now,
+            "the PUB holds more than %d distinct subscriptions: cutting every subscriber "
+            "(members subscribe again at once)",
+            MAX_SUBSCRIPTIONS,
+        )
+        self.rebind()
 
 
 #: How a node reads a batch of valid envelopes from a socket (bad frames counted and dropped).

@@ -315,6 +315,11 @@ _COUNTERS: Final = (
         "mesh_senders_banned_total",
         "Times a key was banned for a while for repeated bad frames.",
     ),
+    (
+        "subscription_floods",
+        "mesh_subscription_floods_total",
+        "PUB subscriber cuts for too many subscriptions.",
+    ),
 )
 
 # (ServiceStatistics field, metric name, help) of the per-service counters.

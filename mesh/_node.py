@@ -114,7 +114,14 @@ class Node:
             close_datagrams(sockets.datagrams)  # the ZeroMQ sockets go with the context
             raise
 
-        self._publisher = Publisher(sockets.pub, self._id, settings.peer_queue)
+        self._publisher = Publisher(
+            sockets.pub,
+            self._id,
+            settings.peer_queue,
+            endpoints=[tcp_endpoint(host, sockets.pub_port) for host in hosts],
+            counts=self._counts,
+            log=self._log,
+        )
         self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
         self._pull = AsyncSocket(sockets.pull, interruptible=False)
@@ -258,7 +265,9 @@ class Node:
         removed = self._members.reload()
         if removed:
             self._membership.drop_keys(removed)
-            self._rebind()
+            # The inbox checks each message against the list as it is now; the PUB's
+            # subscribers are cut, to be checked again as they reconnect.
+            self._publisher.rebind()
 
     @property
     def peers(self) -> dict[str, Peer]:
@@ -491,13 +500,6 @@ class Node:
         self._events.end()
         self._producer.wake_all()
         self._membership.end()
-
-    def _rebind(self) -> None:
-        """Cut every subscriber's connection, to be made again and checked against the allow
-        list as it is now (`Publisher.rebind`). The inbox needs none of this: each of its
-        messages is checked against the list as it is now."""
-        record = self._membership.record
-        self._publisher.rebind(tcp_endpoint(host, record.pub_port) for host in record.hosts)
 
     def _close_sockets(self) -> None:
         linger = round(self._settings.goodbye_timeout * 1000)

@@ -124,7 +124,8 @@ class NodeStatistics:
       new ones came at once (more than 256, or 50 a second), or (keyed) because their key is
       not allowed. `handshakes_refused`: connections a keyed node refused (CURVE with a key not
       allowed, or no CURVE at all); `senders_banned`: times a key was banned for a while for
-      sending bad frames again and again (docs/security.md).
+      sending bad frames again and again (docs/security.md); `subscription_floods`: times the
+      PUB held more distinct subscriptions than it may, and every subscriber was cut.
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer was full, without `Settings.event_backpressure`).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
@@ -182,6 +183,7 @@ class NodeStatistics:
     peers_refused: int = 0
     handshakes_refused: int = 0
     senders_banned: int = 0
+    subscription_floods: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -197,6 +199,7 @@ COUNTED: Final = (
     "peers_refused",
     "handshakes_refused",
     "senders_banned",
+    "subscription_floods",
 )
 
 

@@ -35,6 +35,11 @@ def links(node: mesh.Node) -> Links:
     return node._links
 
 
+def subscriptions(node: mesh.Node) -> int:
+    """The distinct subscriptions the node's PUB holds, as its notices counted them."""
+    return node._publisher.subscriptions
+
+
 def pub_outbox(node: mesh.Node) -> Outbox:
     """The outbox of the node's PUB."""
     return node._publisher.outbox

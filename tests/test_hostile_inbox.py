@@ -23,6 +23,7 @@ import zmq
 
 import mesh
 from discovery import PeerRecord
+from mesh._events import MAX_SUBSCRIPTIONS
 from mesh._introductions import TRIED_AT_ONCE
 from mesh._limits import STRANGER_LINKS
 from mesh._membership import JOIN_BURST, JOIN_RATE
@@ -381,3 +382,34 @@ async def test_a_forged_update_does_not_move_a_peer() -> None:
                 await a.push("s", "to the real b")
                 async with await tasks.receive() as task:
                     assert task.body == "to the real b"
+
+
+async def test_a_flood_of_subscriptions_is_cut_and_members_subscribe_again() -> None:
+    # A stranger's SUB subscribes to more distinct prefixes than a PUB may hold: the node cuts
+    # every subscriber (ZeroMQ cannot tell whose they are), its table empties, and its peer's
+    # subscription is made again at once.
+    with plain_sockets(zmq.SUB) as (sub,):
+        with trio.fail_after(30):
+            async with peered_nodes() as (a, b), b.subscribe("t") as events:
+                sub.setsockopt(zmq.SNDHWM, 0)  # (ZeroMQ drops subscriptions past its HWM)
+                sub.connect(a.endpoints.pub)
+                for n in range(MAX_SUBSCRIPTIONS + 100):
+                    sub.setsockopt(zmq.SUBSCRIBE, b"E%d" % n)
+                await wait_until(
+                    lambda: a.statistics().subscription_floods == 1, "a cuts its subscribers"
+                )
+                sub.disconnect(a.endpoints.pub)  # (or it would reconnect and flood again)
+                # Its table holds b's subscription (and its own channels) again, not the flood's.
+                await wait_until(
+                    lambda: inside.subscriptions(a) < 10, "the flood's subscriptions are gone"
+                )
+                async with trio.open_nursery() as nursery:
+
+                    async def publish_until_b_has_one() -> None:
+                        while True:
+                            await a.publish("t", "after")
+                            await trio.sleep(0.05)
+
+                    nursery.start_soon(publish_until_b_has_one)
+                    assert (await events.receive()).body == "after"
+                    nursery.cancel_scope.cancel()

@@ -175,6 +175,9 @@ mesh_handshakes_refused_total{node="n\\1"} 0
 # HELP mesh_senders_banned_total Times a key was banned for a while for repeated bad frames.
 # TYPE mesh_senders_banned_total counter
 mesh_senders_banned_total{node="n\\1"} 0
+# HELP mesh_subscription_floods_total PUB subscriber cuts for too many subscriptions.
+# TYPE mesh_subscription_floods_total counter
+mesh_subscription_floods_total{node="n\\1"} 0
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.
 # TYPE mesh_bad_frames_total counter
 mesh_bad_frames_total{node="n\\1"} 2
