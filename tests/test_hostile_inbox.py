@@ -322,13 +322,19 @@ async def test_a_hello_flood_from_new_ids_is_taken_at_a_bounded_rate() -> None:
                     for i in range(100):
                         await a.push("s", i)
                     await a.wait_settled()
-                    await wait_until(lambda: a.statistics().peers_refused > 0, "a refuses some")
+                    # Each HELLO either made a peer or was refused (none is crowded out: the
+                    # node is far from full, and a forged peer is forgotten only after 30 s).
+                    await wait_until(
+                        lambda: a.statistics().peers_refused + len(a.peers) - 1 == 2000,
+                        "a takes in every HELLO",
+                        timeout=20,
+                    )
                     nursery.cancel_scope.cancel()
                 elapsed = trio.current_time() - started
                 assert sorted(done) == list(range(100))
                 assert a.statistics().tasks_acked == 100
                 assert len(a.peers) <= JOIN_BURST + JOIN_RATE * elapsed + 1  # b included
-                assert a.statistics().peers_refused >= 2000 - len(a.peers)
+                assert a.statistics().peers_refused > 0
 
 
 async def test_a_record_claiming_a_live_peers_address_does_not_take_it_over() -> None:
