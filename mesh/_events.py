@@ -223,6 +223,7 @@ class Subscriptions:
         self._synced_tokens: set[int] = set()
         self._next_token = 1
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still connected
+        self._server_keys: dict[str, str | None] = {}  # the key each connection was made with
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -286,15 +287,20 @@ class Subscriptions:
             )
 
     def connect(self, endpoint: str, server_key: str | None = None) -> None:
-        """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers)."""
+        """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers, unless
+        it was made with another server key: a keyed node that came back with a new key)."""
         lingering = self._lingering.pop(endpoint, None)
-        if lingering is None:
-            self.socket.call_soon(connect_op(endpoint, server_key))
-        else:
-            lingering.cancel()  # still connected there: keep that connection
+        if lingering is not None:
+            lingering.cancel()
+            if self._server_keys.get(endpoint) == server_key:
+                return  # still connected there: keep that connection
+            self.disconnect(endpoint)
+        self._server_keys[endpoint] = server_key
+        self.socket.call_soon(connect_op(endpoint, server_key))
 
     def disconnect(self, endpoint: str) -> None:
         """Stop reading the PUB at `endpoint` now."""
+        self._server_keys.pop(endpoint, None)
         self.socket.call_soon(disconnect_op(endpoint))
 
     def disconnect_later(self, endpoint: str, closing: bool) -> None:

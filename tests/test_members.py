@@ -442,3 +442,27 @@ async def test_a_keyed_node_tries_only_listed_addresses_whose_key_it_allows(
                 await wait_until(lambda: tried <= set(inside.links(a)), "a tries the keyed eight")
             assert not any(address in inside.links(a) for address in keyless)
             assert caplog.text.count("it gave no key") == 1
+
+
+async def test_a_node_back_at_its_address_with_a_new_key_is_read_again() -> None:
+    # b leaves and a new b, with another key pair, binds the same ports at once: a's SUB must not
+    # keep the lingering connection made with the old key (its handshake would fail for good).
+    pairs = [mesh.KeyPair.generate() for _ in range(3)]
+    allow = [pair.public for pair in pairs]
+    options: dict[str, Any] = {"allow": allow, "discovery": "static"}
+    with trio.fail_after(30):
+        async with (
+            mesh.open_node("a", key=pairs[0], **options) as a,
+            a.subscribe("t") as events,
+        ):
+            async with mesh.open_node("b", key=pairs[1], seeds=[a.contact], **options) as b:
+                await a.wait_for_peers(names=["b"])
+                await b.wait_for_peers(names=["a"])
+                ports = {"pub_port": b.record.pub_port, "pull_port": b.record.pull_port}
+            async with mesh.open_node(
+                "b2", key=pairs[2], seeds=[a.contact], **ports, **options
+            ) as b2:
+                await a.wait_for_peers(names=["b2"])
+                await b2.wait_for_peers(names=["a"])
+                await b2.publish("t", "from the new key")
+                assert (await events.receive()).body == "from the new key"
