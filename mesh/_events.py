@@ -30,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -59,6 +60,8 @@ _NOTICES_AT_ONCE: Final = 1024
 #: Distinct subscriptions a node's PUB may hold (a node subscribes to a few prefixes at most,
 #: each peer to the ones its application asks for): past it, every subscriber is cut.
 MAX_SUBSCRIPTIONS: Final = 16_384
+# Seconds a PUB unbound from a port waits for ZeroMQ to let go of it, to bind it again.
+_REBIND_PATIENCE: Final = 2.0
 # Seconds after cutting the subscribers before they can be cut again (their subscriptions'
 # removals come in meanwhile).
 _CUT_AGAIN_AFTER: Final = 5.0
@@ -86,6 +89,7 @@ class Publisher:
         #: Distinct subscriptions the PUB holds now (from its notices).
         self.subscriptions = 0
         self._cut_at = -math.inf
+        self._flooded = False
         # Events published in a burst leave in fewer frames: consecutive events of one topic
         # share one (docs/protocol.md §3, "Batches").
         self.outbox = Outbox(
@@ -137,14 +141,28 @@ class Publisher:
             return
         self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
 
-    def rebind(self) -> None:
+    async def rebind(self) -> None:
         """Unbind the XPUB, which ends every connection accepted there, and bind it again: each
         subscriber reconnects and is checked anew (a keyed node's ZAP handler, against its allow
         list as it is now) and subscribes again. Events published meanwhile reach none of them.
-        Safe outside the owner task: no task ever waits on the XPUB's FD."""
+        ZeroMQ closes the listening socket in its I/O thread, so binding again is retried for up
+        to `_REBIND_PATIENCE` seconds; a port still taken then is an `OSError` (the node cannot
+        publish any more, and fails whole). Safe outside the owner task: no task ever waits on
+        the XPUB's FD."""
         for endpoint in self._endpoints:
             self._socket.unbind(endpoint)
-            self._socket.bind(endpoint)
+        for endpoint in self._endpoints:
+            with trio.move_on_after(_REBIND_PATIENCE):
+                while True:
+                    try:
+                        self._socket.bind(endpoint)
+                        break
+                    except zmq.ZMQError as exc:
+                        if exc.errno != errno.EADDRINUSE:
+                            raise
+                    await trio.sleep(0.01)
+                continue
+            raise OSError(errno.EADDRINUSE, f"cannot bind the PUB again at {endpoint}")
 
     async def drain_notices(self) -> None:
         """Take the XPUB's subscription notices, which it queues for the application, counting
@@ -154,6 +172,9 @@ class Publisher:
             await trio.sleep(_NOTICE_DRAIN_INTERVAL)
             while self._take_notices():
                 await trio.lowlevel.checkpoint()
+            if self._flooded:
+                self._flooded = False
+                await self.rebind()
 
     def _take_notices(self) -> bool:
         """Take up to `_NOTICES_AT_ONCE` notices; whether more may be waiting."""
@@ -173,7 +194,7 @@ class Publisher:
 
     def _cut_subscribers(self) -> None:
         now = trio.current_time()
-        if now - self._cut_at < _CUT_AGAIN_AFTER:
+        if self._flooded or now - self._cut_at < _CUT_AGAIN_AFTER:
             return
         self._cut_at = now
         self._counts["subscription_floods"] += 1
@@ -184,7 +205,7 @@ class Publisher:
             "(members subscribe again at once)",
             MAX_SUBSCRIPTIONS,
         )
-        self.rebind()
+        self._flooded = True  # the drain binds the PUB again once it has taken the notices
 
 
 #: How a node reads a batch of valid envelopes from a socket (bad frames counted and dropped).

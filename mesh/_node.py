@@ -267,7 +267,8 @@ class Node:
             self._membership.drop_keys(removed)
             # The inbox checks each message against the list as it is now; the PUB's
             # subscribers are cut, to be checked again as they reconnect.
-            self._publisher.rebind()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._publisher.rebind)
 
     @property
     def peers(self) -> dict[str, Peer]:
