@@ -20,7 +20,7 @@ import zmq
 from discovery import interface_addresses, tcp_endpoint
 
 from . import _wire
-from ._heartbeats import SO_TIMESTAMPNS, close_datagrams
+from ._heartbeats import IP_RECVERR, IPV6_RECVERR, SO_TIMESTAMPNS, close_datagrams
 from ._keys import KeyPair
 from ._limits import Limits, limits_for
 from ._members import Members
@@ -213,6 +213,13 @@ def _bind_datagrams(hosts: Sequence[str], port: int) -> list[stdlib_socket.socke
             if sys.platform == "linux":
                 with contextlib.suppress(OSError):
                     sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                # ICMP errors for what it sends, queued with the address they concern: a peer's
+                # heartbeat port that answers "port unreachable" (`Heartbeats`).
+                with contextlib.suppress(OSError):
+                    if family == stdlib_socket.AF_INET:
+                        sock.setsockopt(stdlib_socket.SOL_IP, IP_RECVERR, 1)
+                    else:
+                        sock.setsockopt(stdlib_socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:

@@ -20,6 +20,10 @@ Rules:
 * A disconnect (a socket monitor's hint) brings the verdict one stage forward: an ALIVE peer is
   SUSPECT at once, and a disconnected peer is DEAD as soon as phi reaches `phi_suspect`, unless a
   heartbeat comes first. A disconnect alone never kills: heartbeats may ride another connection.
+* A refusal (its heartbeat port answered "port unreachable": nothing listens there any more)
+  makes a disconnected peer DEAD at once (`refused`): the two together mean its process is gone.
+  A refusal alone changes nothing, since anyone can forge one (it is unauthenticated ICMP),
+  and neither does one after a heartbeat has come since the disconnect.
 * A goodbye makes a peer LEFT. LEFT and FORGOTTEN are final: heartbeats and hints for that id are
   ignored until the caller `remove`s it, after which a heartbeat tracks it afresh. A restarted
   process is a new node with a new id, so a final id only hears stragglers.
@@ -38,7 +42,8 @@ Rules:
 * An interval longer than phi takes to reach `phi_dead` is sampled as that long: a death and
   revival, or a stall of ours, shows that the peer can be that late, not how late, and one long
   gap must not blunt detection for the next `window` heartbeats.
-* Silence changes a state only in `tick`; `heartbeat`, `disconnected` and `left` act at once.
+* Silence changes a state only in `tick`; `heartbeat`, `disconnected`, `refused` and `left` act
+  at once.
   Every change is returned as a `Transition`, in order. `next_deadline()` is the earliest time at
   which a tick can change something without new input, and a tick at that time does.
 """
@@ -256,6 +261,16 @@ class FailureDetector:
             phi = self._phi(track, now)
             moved.append(self._move(peer, track, Liveness.SUSPECT, "disconnect", now, phi))
         return moved + self._judge(peer, track, now)
+
+    def refused(self, peer: bytes, now: float) -> list[Transition]:
+        """`peer`'s heartbeat port refused a datagram (ICMP port unreachable) at `now`."""
+        track = self._peers.get(peer)
+        if track is None or not track.disconnected or track.state in _FINAL:
+            return []
+        if track.state is Liveness.DEAD:
+            return []
+        phi = self._phi(track, now)
+        return [self._move(peer, track, Liveness.DEAD, "refused", now, phi)]
 
     def left(self, peer: bytes, now: float) -> list[Transition]:
         """`peer` said goodbye."""

@@ -61,6 +61,21 @@ _DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + MAC_SIZE + 1
 # Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
 # trip then leaves out how long a datagram waited to be read. Python does not name the option.
 SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
+# Linux queues the ICMP errors a UDP socket's datagrams caused, each with the address it concerns
+# (`MSG_ERRQUEUE`), when these are set: `sock_extended_err` says which error.
+IP_RECVERR: Final = getattr(stdlib_socket, "IP_RECVERR", 11)
+IPV6_RECVERR: Final = getattr(stdlib_socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE: Final = getattr(stdlib_socket, "MSG_ERRQUEUE", 0x2000)
+_EXTENDED_ERROR: Final = struct.Struct("=IBBBBII")  # errno, origin, type, code, pad, info, data
+_PORT_UNREACHABLE: Final = {(2, 3, 3), (3, 1, 4)}  # (origin, type, code): ICMP, ICMPv6
+_ERROR_MESSAGES: Final = {
+    (stdlib_socket.SOL_IP, IP_RECVERR),
+    (stdlib_socket.IPPROTO_IPV6, IPV6_RECVERR),
+}
+_ERROR_SPACE: Final = stdlib_socket.CMSG_SPACE(_EXTENDED_ERROR.size + 32)
+#: Seconds after a dropped connection at which the peer's heartbeat port, probed then, is checked
+#: for a refusal (loopback and a LAN answer within a millisecond; the second is for a slow one).
+PROBE_CHECKS: Final = (0.005, 0.05)
 _TIMESPEC: Final = struct.Struct("@ll")
 _STAMP_SPACE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
 
@@ -149,6 +164,7 @@ class Heartbeats:
         self.rtt = Tally(RTT_BUCKETS)
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._judge_timer: trio.CancelScope | None = None  # `judge`'s, while it waits
+        self._probe_checks: list[float] = []  # when to look for refusals of probes sent
 
     def health(self, now: float) -> Callable[[bytes, str], PeerHealth]:
         """How a peer is doing at `now`, by id, given why it is in its state (`Node.health`)."""
@@ -178,8 +194,21 @@ class Heartbeats:
         self.reschedule_judge()
 
     def disconnected(self, peer_id: bytes, now: float) -> None:
-        """The connection to a peer's inbox dropped: a hint that it crashed."""
+        """The connection to a peer's inbox dropped: a hint that it crashed. Its heartbeat port
+        is probed at once with a copy of the last beat: if nothing listens there any more, the
+        refusal comes back within a millisecond on a LAN, and the peer is dead at once."""
         self._wiring.verdicts(self.detector.disconnected(peer_id, now))
+        record = next((r for r in self._wiring.peers() if r.id == peer_id), None)
+        if record is None or not self.count:
+            return
+        # (A peer not heard yet gets a probe numbered afresh, as a peer met again does.)
+        beats = self.beats.get(peer_id) or PeerBeats(self._interval)
+        route = self._datagram_route(record)
+        if route is not None:
+            load = self._wiring.load()
+            self._send_datagrams([(beats, *route, peer_id)], self.count, load, self._credit, now)
+            self._probe_checks.extend(now + wait for wait in PROBE_CHECKS)
+            self.reschedule_judge()
         self._liveness_changed.unpark_all()
 
     def forget(self, peer_id: bytes) -> None:
@@ -340,16 +369,42 @@ class Heartbeats:
         now = trio.current_time()
         wall_offset = time.time() - now
         for sock in self.datagrams:
+            self._take_refusals(sock, now)
             for _ in range(batch):
                 try:
                     datagram, ancillary, _, source = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
                 except BlockingIOError:
                     break
+                except ConnectionRefusedError:  # an ICMP error, queued: taken below
+                    self._take_refusals(sock, now)
+                    continue
                 except OSError as exc:  # an ICMP error reported late, say: not this node's fault
                     self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
                     break
                 self._bytes_in["udp"] += len(datagram)
                 self._on_datagram(datagram, arrival_time(ancillary, wall_offset, now), source[0])
+
+    def _take_refusals(self, sock: stdlib_socket.socket, now: float) -> None:
+        """Take the ICMP errors queued for `sock`'s datagrams (Linux): a peer's heartbeat port
+        that answered "port unreachable" has nothing listening there any more, which with its
+        dropped connection means its process is gone (`FailureDetector.refused`). Other errors,
+        and ports that are no peer's, are let go."""
+        for _ in range(self._receive_batch):
+            try:
+                _, ancillary, _, destination = sock.recvmsg(1, _ERROR_SPACE, _MSG_ERRQUEUE)
+            except OSError:  # nothing queued (or no error queue here)
+                return
+            for level, kind, data in ancillary:
+                if (level, kind) not in _ERROR_MESSAGES or len(data) < _EXTENDED_ERROR.size:
+                    continue
+                _, origin, icmp_type, code, *_ = _EXTENDED_ERROR.unpack_from(data)
+                if (origin, icmp_type, code) in _PORT_UNREACHABLE:
+                    self._refused(destination[0].partition("%")[0], destination[1], now)
+
+    def _refused(self, host: str, port: int, now: float) -> None:
+        for record in self._wiring.peers():
+            if record.pull_port == port and host in record.hosts:
+                self._wiring.verdicts(self.detector.refused(record.id, now))
 
     def _on_datagram(self, datagram: bytes, arrival: float, source: str) -> None:
         """A datagram from the host `source`. A peer's counts only from one of its own hosts:
@@ -436,7 +491,10 @@ class Heartbeats:
         timer = self._judge_timer
         if timer is not None:
             deadline = self.detector.next_deadline()
-            timer.deadline = math.inf if deadline is None else deadline
+            timer.deadline = min(
+                math.inf if deadline is None else deadline,
+                min(self._probe_checks, default=math.inf),
+            )
 
     async def judge(self) -> None:
         """Tick the failure detector when it next needs to, telling it how late the tick runs
@@ -450,7 +508,8 @@ class Heartbeats:
             if timer.cancelled_caught:
                 now = trio.current_time()
                 lateness = max(0.0, now - timer.deadline)
-                self.take()  # beats that came since the heartbeat loop last read
+                self.take()  # beats (and refusals) that came since the heartbeat loop last read
+                self._probe_checks = [at for at in self._probe_checks if at > now]
                 self._wiring.verdicts(self.detector.tick(now, lateness=lateness))
 
     def _take_control(self) -> None:

@@ -9,7 +9,8 @@ Rules:
   log formatter can use them without parsing the text: `peer_id` (32 hex digits), `peer_name`,
   `peer_address`, `peer_state` (what the peer is now: joined peers are "alive", left ones
   "left"), `reason` (the detector's or the goodbye's word: "joined", "heartbeat", "phi",
-  "disconnect", "goodbye", "dead", "replaced", "crowded out"), and where known the evidence:
+  "disconnect", "refused", "goodbye", "dead", "replaced", "crowded out", "key no longer
+  allowed"), and where known the evidence:
   `silence` (seconds since its last heartbeat) and `phi`.
 """
 
@@ -64,6 +65,11 @@ def state_changed(record: PeerRecord, transition: Transition, now: float) -> Pee
         message = f"{record.name} alive again: a heartbeat{gap} (was {transition.old.value})"
     elif transition.reason == "disconnect":
         message = f"{record.name} {state}: its connection dropped, {quiet}{evidence}"
+    elif transition.reason == "refused":
+        message = (
+            f"{record.name} {state}: its connection dropped and nothing listens at its "
+            f"heartbeat port any more, {quiet}"
+        )
     else:
         message = f"{record.name} {state}: {quiet}{evidence}"
     fields = _fields(record, state, transition.reason)

@@ -442,6 +442,29 @@ def test_a_heartbeat_read_late_counts_from_its_arrival_but_not_before_the_last_v
     assert detector.snapshot(1.3)[A].since == 1.3  # not back in time, before the verdict
 
 
+def test_a_refusal_kills_a_disconnected_peer_at_once_and_nothing_else() -> None:
+    detector = FailureDetector()
+    last = beat(detector, A, 0.0, 6)  # 1.0
+    beat(detector, B, 0.0, 6)
+    # Alone (it may be forged: unauthenticated ICMP), a refusal changes nothing.
+    assert detector.refused(A, 1.02) == []
+    assert detector.refused(b"unknown", 1.02) == []
+    detector.disconnected(A, 1.05)
+    [died] = detector.refused(A, 1.06)
+    assert (died.old, died.new, died.reason, died.last_heard) == (SUSPECT, DEAD, "refused", last)
+    assert detector.refused(A, 1.07) == []  # dead already
+    # A heartbeat after the disconnect says the process is there: a refusal then means nothing.
+    detector.disconnected(B, 1.05)
+    detector.heartbeat(B, 1.1)
+    assert detector.refused(B, 1.12) == []
+    assert detector.state(B) is ALIVE
+    # A peer that left stays left.
+    detector.heartbeat(C, 1.0)
+    detector.disconnected(C, 1.1)
+    detector.left(C, 1.1)
+    assert detector.refused(C, 1.11) == []
+
+
 def test_disconnected_peer_dies_when_it_would_have_become_suspect() -> None:
     detector = FailureDetector()
     last = beat(detector, A, 0.0, 6)  # 1.0

@@ -150,21 +150,24 @@ async def test_a_killed_node_is_declared_dead_then_forgotten(
             # The kernel closed the dead process's connections: suspected at once, no new work.
             assert states[0] == (PeerState.SUSPECT, "disconnect")
             assert suspected_after < 0.1, suspected_after
-            assert states[-1][0] is PeerState.DEAD
+            # Its heartbeat port, probed at once, refuses: nothing listens there, it is dead.
+            assert states[-1] == (PeerState.DEAD, "refused")
             assert change.reason == "dead"
-            assert dead_after < 1.0, dead_after  # and dead, its work taken back, under a second
+            assert dead_after < 1.0, dead_after  # and dead, its work taken back, at once
             assert not parent.peers
     # The operator is told each step, with its evidence.
     lines = peer_lines(caplog, "child")
     assert [(state, reason) for state, reason, _ in lines] == [
         ("alive", "joined"),
         ("suspect", "disconnect"),
-        ("dead", "disconnect"),
+        ("dead", "refused"),
         ("left", "dead"),
     ]
     assert lines[1][2].startswith("child suspect: its connection dropped, no heartbeat for ")
     assert re.fullmatch(
-        r"child dead: its connection dropped, no heartbeat for [\d.]+ s \(phi [\d.]+\)", lines[2][2]
+        r"child dead: its connection dropped and nothing listens at its heartbeat port any "
+        r"more, no heartbeat for [\d.]+ s",
+        lines[2][2],
     )
     assert lines[3][2] == "child left: dead too long, forgotten"
 

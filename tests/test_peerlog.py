@@ -64,6 +64,12 @@ def test_left(reason: str, message: str) -> None:
             0.02,
         ),
         (
+            Transition(NODE_ID, Liveness.SUSPECT, Liveness.DEAD, "refused", 0.05, 10.44),
+            "worker-2 dead: its connection dropped and nothing listens at its heartbeat port"
+            " any more, no heartbeat for 0.02 s",
+            0.02,
+        ),
+        (
             Transition(NODE_ID, Liveness.DEAD, Liveness.ALIVE, "heartbeat", 60.5, 9.16),
             "worker-2 alive again: a heartbeat after 1.30 s of silence (was dead)",
             1.3,
