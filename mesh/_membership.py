@@ -333,12 +333,13 @@ class Membership:
         self._links.send(self.reach(peer.record), Kind.SYNC, [token, prefix], None)
         return True
 
-    def _observe(self, record: PeerRecord) -> bool:
-        """Take in a record; False if it was refused (logged, and counted unless foreign)."""
+    def _observe(self, record: PeerRecord, *, paid: bool = False) -> bool:
+        """Take in a record; False if refused (logged; counted unless foreign). `paid`: its
+        join token is spent (taken in again once room was made)."""
         now = trio.current_time()
         if self._members is not None and (why := self._members.refuses(record)):
             return self._refuse(record, why, now)
-        if record.id not in self._peers and not self._joins.take(now):
+        if not paid and record.id not in self._peers and not self._joins.take(now):
             # New peers cost links, connections and heartbeats: a flood of HELLOs from new ids
             # is taken at a bounded rate (a node refused is told again by other peers).
             return self._refuse(record, "too many new peers at once", now)
@@ -352,14 +353,13 @@ class Membership:
         except AddressTakenError as exc:
             return self._refuse(record, str(exc), now)
         except PeerLimitError as exc:
-            # A full node makes room by dropping the oldest peer that has not said READY: a
-            # flood of HELLOs from nodes that never follow them up (forged ones) must not keep
-            # out the members that do (they say READY within moments of joining).
+            # A full node drops the oldest peer that never said READY: forged HELLOs must not
+            # keep out the members, who say READY within moments of joining.
             crowded = self.sessions.oldest_unready()
             if crowded is None:
                 return self._refuse(record, str(exc), now)
             self._apply(self._peers.remove(crowded, "crowded out"))
-            return self._observe(record)
+            return self._observe(record, paid=True)
         self._apply(events)
         return True
 
@@ -433,9 +433,9 @@ class Membership:
             self._links.send(address, Kind.HELLO, None, self._hello().to_wire())
 
     def _hello(self) -> Hello:
-        known = (peer.record for peer in self._peers)
-        contacts = tuple(format_contact(self.reach(r), r.public_key) for r in known)
-        return Hello(self._record, contacts, batch=True)
+        reach = self.reach
+        known = tuple(format_contact(reach(p.record), p.record.public_key) for p in self._peers)
+        return Hello(self._record, known, batch=True)
 
     def set_services(self, services: Iterable[str]) -> None:
         self._record = self._record.with_services(services)
