@@ -223,7 +223,7 @@ async def test_idle_peers_are_never_suspected() -> None:
 
 
 async def test_a_killed_workers_tasks_are_done_by_the_others() -> None:
-    total = 10_000  # as many as the issue asks for
+    total = 10_000  # as many as the reliability claim in the README counts
     with trio.fail_after(40):
         async with open_node("producer") as producer, AsyncExitStack() as stack:
             workers = [await stack.enter_async_context(child_node(producer)) for _ in "abc"]
@@ -276,7 +276,7 @@ async def acked(producer: mesh.Node, count: int) -> None:
 
 
 async def test_two_of_three_workers_killed_one_after_the_other() -> None:
-    total = 10_000  # as many as the issue asks for
+    total = 10_000  # as many as the reliability claim in the README counts
     with trio.fail_after(40):
         async with open_node("producer") as producer, AsyncExitStack() as stack:
             workers = [await stack.enter_async_context(child_node(producer)) for _ in "abc"]
