@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -238,35 +238,48 @@ async def test_a_node_short_of_file_descriptors_refuses_peers_and_stays_up() -> 
                 assert b"stranger left: it had not said READY" in stderr
 
 
+async def forge_beats_until_dead(
+    a: mesh.Node,
+    b: mesh.Node,
+    changes: mesh.PeerWatch,
+    source: str,
+    suffix: Callable[[], bytes] = bytes,
+) -> None:
+    """Silence `a`'s heartbeats, then send `b` heartbeat datagrams under `a`'s id from `source`,
+    numbered on from the last `b` heard, each with `suffix()` after it, until `b` (watched
+    through `changes`) declares `a` dead."""
+    a_id = bytes.fromhex(a.id)
+    await wait_until(lambda: a_id in inside.beats(b), "b takes a's beats")
+    inside.silence_heartbeats(a)
+    number = inside.beats(b)[a_id].heard
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
+        forger.bind((source, 0))
+        async with trio.open_nursery() as nursery:
+
+            async def forge() -> None:
+                for n in range(number + 1, number + 1000):
+                    beat = pack(Kind.HEARTBEAT, a_id, n, None, {"n": n})
+                    forger.sendto(beat + suffix(), ("127.0.0.1", b.record.pull_port))
+                    await trio.sleep(0.02)
+
+            nursery.start_soon(forge)
+            async for change in changes:
+                if (
+                    isinstance(change, mesh.PeerStateChanged)
+                    and change.peer.id == a.id
+                    and change.peer.state is mesh.PeerState.DEAD
+                ):
+                    break
+            nursery.cancel_scope.cancel()
+
+
 async def test_forged_datagrams_from_another_host_do_not_keep_a_silent_peer_alive() -> None:
     # a falls silent, as a killed node whose connections the kernel has not closed. A stranger
     # sends b heartbeat datagrams under a's id, numbered on, from 127.0.0.2: they come from a
     # host that is not a's, so they count for nothing, and b declares a dead as it would have.
     with trio.fail_after(20):
         async with peered_nodes() as (a, b), b.watch_peers() as changes:
-            a_id = bytes.fromhex(a.id)
-            await wait_until(lambda: a_id in inside.beats(b), "b takes a's beats")
-            inside.silence_heartbeats(a)
-            number = inside.beats(b)[a_id].heard
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
-                forger.bind(("127.0.0.2", 0))
-                async with trio.open_nursery() as nursery:
-
-                    async def forge() -> None:
-                        for n in range(number + 1, number + 1000):
-                            beat = pack(Kind.HEARTBEAT, a_id, n, None, {"n": n})
-                            forger.sendto(beat, ("127.0.0.1", b.record.pull_port))
-                            await trio.sleep(0.02)
-
-                    nursery.start_soon(forge)
-                    async for change in changes:
-                        if (
-                            isinstance(change, mesh.PeerStateChanged)
-                            and change.peer.id == a.id
-                            and change.peer.state is mesh.PeerState.DEAD
-                        ):
-                            break
-                    nursery.cancel_scope.cancel()
+            await forge_beats_until_dead(a, b, changes, "127.0.0.2")
             assert b.statistics().bad_frame_reasons.get("source", 0) > 10
 
 

@@ -9,8 +9,7 @@ heartbeats; a key taken off the allow list drops that peer and cuts its subscrip
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,19 @@ from mesh._wire import MAX_PEERS_LISTED, Hello, Kind, pack
 
 from . import inside
 from .conftest import new_mesh_env, wait_until
-from .test_hostile_inbox import node_process, plain_sockets
+from .test_hostile_inbox import forge_beats_until_dead, node_process, plain_sockets
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @asynccontextmanager
 async def keyed_nodes(
-    *names: str, allow: Any = None, **options: Any
+    *names: str, also: Sequence[str] = (), **options: Any
 ) -> AsyncIterator[tuple[list[mesh.Node], dict[str, mesh.KeyPair]]]:
-    """Nodes named `names`, each with a key pair of its own, all allowing each other (or
-    `allow`), seeded with the first and peered by name; and their key pairs."""
+    """Nodes named `names`, each with a key pair of its own, all allowing each other and the
+    keys `also`, seeded with the first and peered by name; and their key pairs."""
     pairs = {name: mesh.KeyPair.generate() for name in names}
-    allowed = allow if allow is not None else [pair.public for pair in pairs.values()]
+    allowed = [*(pair.public for pair in pairs.values()), *also]
     options.setdefault("discovery", "static")
     async with AsyncExitStack() as stack:
         nodes: list[mesh.Node] = []
@@ -170,25 +169,15 @@ async def test_a_member_cannot_speak_under_another_members_id() -> None:
     # m is allowed (a member's key) but speaks for b: a goodbye, an update, an ack, a nack and a
     # HELLO whose record carries b's key, each under b's id or key, on m's own connection.
     m = mesh.KeyPair.generate()
-    pairs = {name: mesh.KeyPair.generate() for name in ("a", "b")}
-    allowed = [m.public, *(pair.public for pair in pairs.values())]
     with trio.fail_after(30):
-        async with AsyncExitStack() as stack:
-            a = await stack.enter_async_context(
-                mesh.open_node("a", key=pairs["a"], allow=allowed, discovery="static")
-            )
-            b = await stack.enter_async_context(
-                mesh.open_node(
-                    "b", key=pairs["b"], allow=allowed, seeds=[a.contact], discovery="static"
-                )
-            )
-            await a.wait_for_peers(names=["b"])
+        async with keyed_nodes("a", "b", also=[m.public]) as ((a, b), pairs):
             b_id = bytes.fromhex(b.id)
             with plain_sockets(zmq.PUSH) as (push,):
                 curve_client(push, m, pairs["a"].public)
                 push.connect(a.endpoints.pull)
-                stolen = PeerRecord(os.urandom(16), "thief", a.mesh, "127.0.0.1", 9, 9)
-                stolen = PeerRecord(**{**_fields(stolen), "public_key": pairs["b"].public})
+                stolen = PeerRecord(
+                    os.urandom(16), "thief", a.mesh, "127.0.0.1", 9, 9, public_key=pairs["b"].public
+                )
                 for frame in (
                     pack(Kind.BYE, b_id, 1, None, None),
                     pack(Kind.UPDATE, b_id, 2, None, b.record.to_wire()),
@@ -207,19 +196,8 @@ async def test_a_member_cannot_speak_under_another_members_id() -> None:
 
 async def test_a_member_that_keeps_sending_bad_frames_is_banned_for_a_while() -> None:
     m = mesh.KeyPair.generate()
-    pairs = {name: mesh.KeyPair.generate() for name in ("a", "b")}
-    allowed = [m.public, *(pair.public for pair in pairs.values())]
     with trio.fail_after(30):
-        async with AsyncExitStack() as stack:
-            a = await stack.enter_async_context(
-                mesh.open_node("a", key=pairs["a"], allow=allowed, discovery="static")
-            )
-            b = await stack.enter_async_context(
-                mesh.open_node(
-                    "b", key=pairs["b"], allow=allowed, seeds=[a.contact], discovery="static"
-                )
-            )
-            tasks = await stack.enter_async_context(b.work("s"))
+        async with keyed_nodes("a", "b", also=[m.public]) as ((a, b), pairs), b.work("s") as tasks:
             await a.wait_for_peers(1, service="s")
             with plain_sockets(zmq.PUSH, zmq.PUSH) as (push, again):
                 curve_client(push, m, pairs["a"].public)
@@ -248,38 +226,14 @@ async def test_a_member_that_keeps_sending_bad_frames_is_banned_for_a_while() ->
             await a.wait_settled()
 
 
-def _fields(record: PeerRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in PeerRecord.__dataclass_fields__}
-
-
 async def test_forged_heartbeat_datagrams_fail_their_mac() -> None:
     # a falls silent. A forger on a's own host sends b datagrams under a's id, numbered on:
     # the source check passes (same host), the MAC does not, and b declares a dead.
     with trio.fail_after(30):
         async with keyed_nodes("a", "b") as ((a, b), _), b.watch_peers() as changes:
-            a_id = bytes.fromhex(a.id)
-            await wait_until(lambda: a_id in inside.beats(b), "b takes a's beats")
-            inside.silence_heartbeats(a)
-            number = inside.beats(b)[a_id].heard
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
-                async with trio.open_nursery() as nursery:
-
-                    async def forge() -> None:
-                        for n in range(number + 1, number + 1000):
-                            beat = pack(Kind.HEARTBEAT, a_id, n, None, {"n": n})
-                            forged = beat + os.urandom(MAC_SIZE)
-                            forger.sendto(forged, ("127.0.0.1", b.record.pull_port))
-                            await trio.sleep(0.02)
-
-                    nursery.start_soon(forge)
-                    async for change in changes:
-                        if (
-                            isinstance(change, mesh.PeerStateChanged)
-                            and change.peer.id == a.id
-                            and change.peer.state is mesh.PeerState.DEAD
-                        ):
-                            break
-                    nursery.cancel_scope.cancel()
+            await forge_beats_until_dead(
+                a, b, changes, "127.0.0.1", suffix=lambda: os.urandom(MAC_SIZE)
+            )
             assert b.statistics().bad_frame_reasons.get("mac", 0) > 10
 
 
