@@ -339,7 +339,13 @@ class Heartbeats:
                 datagram = datagrams.for_peer(*beats.next_datagram(now))
                 if keys is not None:
                     datagram = keys.sign(datagram, peer_id)
-                sock.sendto(datagram, destination)
+                try:
+                    sock.sendto(datagram, destination)
+                except ConnectionRefusedError:
+                    # An earlier datagram's refusal (queued with `IP_RECVERR`), which Linux
+                    # reports on the socket's next send, wherever it goes: take it, send again.
+                    self._take_refusals(sock, now)
+                    sock.sendto(datagram, destination)
                 self.udp_bytes_sent += len(datagram)
             except OSError as exc:  # BlockingIOError (buffer full) included
                 # A full socket buffer or an unreachable network costs one copy of one beat.

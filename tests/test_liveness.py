@@ -506,3 +506,31 @@ async def test_a_node_killed_and_restarted_at_its_address_takes_its_old_place() 
             finally:
                 second.kill()
                 await second.wait()
+
+
+async def test_a_refused_datagram_costs_no_other_peer_its_heartbeats(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # ghost's heartbeat port closes while ghost lives on (its PUB still beats), so each beat the
+    # parent sends there is refused, and Linux reports that on the next send of the same UDP
+    # socket, whatever it goes to: other's datagram, right after ghost's in each beat, must still
+    # go out. And a refusal alone, with ghost's connection up, makes nobody dead.
+    with trio.fail_after(20):
+        async with (
+            open_node("parent") as parent,
+            open_node("ghost", seeds=[parent.contact]) as ghost,
+        ):
+            await parent.wait_for_peers(names=["ghost"])  # first in the parent's beats
+            async with open_node("other", seeds=[parent.contact]) as other:
+                await parent.wait_for_peers(names=["ghost", "other"])
+                await other.wait_for_peers(names=["parent"])
+                for sock in inside.datagram_sockets(ghost):
+                    sock.close()
+                counted = other.statistics().heartbeat_datagrams
+                await wait_until(
+                    lambda: other.statistics().heartbeat_datagrams >= counted + 10,
+                    "other takes ten more datagrams",
+                )
+                assert parent.peers[ghost.id].state is PeerState.ALIVE
+    # (ghost's own closed sockets are logged; the parent drops nothing for a refusal.)
+    assert "Connection refused" not in caplog.text
