@@ -40,12 +40,13 @@ if TYPE_CHECKING:
         NoWorkerError,
         PeerUnreachableError,
         ProtocolError,
+        RemoteError,
     )
     from ._keys import KeyPair
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
     from ._node import Node
     from ._open import open_node
-    from ._streams import PeerWatch, Subscription, Task, TaskStream
+    from ._streams import PeerWatch, Request, Subscription, Task, TaskStream
     from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
 
 __version__ = "0.1.0"
@@ -75,6 +76,8 @@ __all__ = [
     "PeerWatch",
     "PeerUnreachableError",
     "ProtocolError",
+    "RemoteError",
+    "Request",
     "ServiceStatistics",
     "Settings",
     "Subscription",
@@ -104,13 +107,14 @@ _EXPORTS = {
         "NoWorkerError",
         "PeerUnreachableError",
         "ProtocolError",
+        "RemoteError",
     ),
     "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
     "._binding": ("ALL_INTERFACES",),
     "._keys": ("KeyPair",),
     "._node": ("Node",),
     "._open": ("open_node",),
-    "._streams": ("PeerWatch", "Subscription", "Task", "TaskStream"),
+    "._streams": ("PeerWatch", "Request", "Subscription", "Task", "TaskStream"),
     "._types": ("DeadLetter", "Endpoints", "Message", "NodeStatistics", "PeerHealth", "Settings"),
 }
 _import_export, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

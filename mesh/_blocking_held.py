@@ -197,9 +197,10 @@ class BlockingPeerWatch(_Reader[PeerEvent]):
 
 
 class BlockingWorker(_Held):
-    """The worker of one `BlockingNode.work`: its threads run the handler for each task. `close`
-    (or the ``with`` block it is used in, or `BlockingNode.stop`) withdraws the service; tasks
-    not yet taken go back to their senders, tasks being handled are finished and acked."""
+    """The worker of one `BlockingNode.work` or `BlockingNode.serve`: its threads run the
+    handler for each task or request. `close` (or the ``with`` block it is used in, or
+    `BlockingNode.stop`) withdraws the service; tasks not yet taken go back to their senders,
+    tasks being handled are finished and acked (requests answered)."""
 
     def __init__(
         self,
@@ -226,16 +227,21 @@ class BlockingWorker(_Held):
                 task = call(self._tasks.receive)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
-            settle: Callable[[], Awaitable[None]] = task.ack
+            # (A pushed task's `reply` acks it and its `fail` nacks it; a request's send the
+            # handler's result or error to its caller.)
+            settle: Callable[[], Awaitable[None]]
             try:
-                self._handler(task.body)
+                settle = functools.partial(task.reply, self._handler(task.body))
             except Exception as exc:
-                logger.warning("task %r failed", task, exc_info=True)
-                settle = functools.partial(task.nack, f"{type(exc).__name__}: {exc}")
+                logger.warning("%r failed", task, exc_info=True)
+                settle = functools.partial(task.fail, f"{type(exc).__name__}: {exc}")
             try:
                 call(settle)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return  # unsettled: its sender sends it again when it sees this node leave
+            except (TypeError, ValueError):
+                # A reply msgpack cannot carry: its caller got an error saying so.
+                logger.warning("the reply to %r could not be sent", task, exc_info=True)
 
 
 async def _take(stream: _Stream[T], timeout: float | None) -> list[T]:

@@ -3,7 +3,8 @@
 Named by who caused them, as in h11 and trio: `ProtocolError` means a *peer* sent something that
 breaks the wire protocol (the node drops it and carries on; only the codec raises it);
 `NoWorkerError`, `PeerUnreachableError` and `MissingPeersError` mean the mesh could not do what
-was asked in time (they are `TimeoutError`s too).
+was asked in time (they are `TimeoutError`s too); `RemoteError` means a request's provider
+answered with an error, or no provider answered.
 Bad arguments from the caller raise the usual `ValueError`/`TypeError`, and using a node after it
 closed raises `trio.ClosedResourceError`.
 """
@@ -57,3 +58,14 @@ class MissingPeersError(MeshError, TimeoutError):
         super().__init__(f"{missing} after {timeout:g} s")
         self.missing = missing
         self.timeout = timeout
+
+
+class RemoteError(MeshError):
+    """A request got an error instead of a reply: its provider failed on it (raised, or left the
+    ``serve`` block without replying; `message` is what it said), or the request went to as many
+    providers as `Settings.request_attempts` allows and none replied."""
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.message = message

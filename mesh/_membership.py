@@ -541,4 +541,4 @@ def _log_peer(line: _peerlog.PeerLogLine) -> None:
 
 
 def _is_task(envelope: bytes) -> bool:
-    return _wire.packed_kind(envelope) == Kind.TASK
+    return _wire.packed_kind(envelope) in (Kind.TASK, Kind.REQUEST)

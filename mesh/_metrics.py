@@ -320,6 +320,24 @@ _COUNTERS: Final = (
         "mesh_subscription_floods_total",
         "PUB subscriber cuts for too many subscriptions.",
     ),
+    ("requests_sent", "mesh_requests_sent_total", "Requests sent by this node (first sends)."),
+    ("replies_received", "mesh_replies_received_total", "Replies this node's requests got."),
+    (
+        "requests_failed",
+        "mesh_requests_failed_total",
+        "Requests of this node answered by an error (RemoteError).",
+    ),
+    (
+        "requests_timed_out",
+        "mesh_requests_timed_out_total",
+        "Requests of this node whose caller stopped waiting first.",
+    ),
+    ("replies_sent", "mesh_replies_sent_total", "Replies sent by this node, errors included."),
+    (
+        "requests_expired",
+        "mesh_requests_expired_total",
+        "Requests dropped unread here: their caller had stopped waiting.",
+    ),
 )
 
 # (ServiceStatistics field, metric name, help) of the per-service counters.

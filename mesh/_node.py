@@ -54,8 +54,8 @@ from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
-from ._wire import Kind, topic_channel
-from ._wiring import HeartbeatView, ProducerView, WorkerView, statistics_of
+from ._wire import topic_channel
+from ._wiring import HeartbeatView, ProducerView, WorkerView, inbox_handlers, statistics_of
 from ._worker import WorkerSide
 from ._zmq import AsyncSocket
 
@@ -175,8 +175,10 @@ class Node:
             max_in_flight=settings.max_in_flight,
             ack_timeout=settings.ack_timeout,
             max_attempts=settings.max_attempts,
+            request_attempts=settings.request_attempts,
             dead_letter=dead_letter,
             services=self._services,
+            counts=self._counts,
             log=self._log,
         )
         self._membership = Membership(
@@ -357,6 +359,39 @@ class Node:
         self._services.row(service)[PUSHED] += 1
         await self._maybe_yield()
 
+    async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
+        """Send a request to a peer that serves `service` (`serve`) and return its reply.
+
+        The provider is picked as for `push`. If it dies, leaves or hands the request back
+        before it replies, the request goes to another (at most `Settings.request_attempts`
+        sends in all), so this returns a reply or raises: `RemoteError` with the provider's
+        error message (or when every attempt failed), `TimeoutError` when `timeout` seconds
+        (default `Settings.request_timeout`; `math.inf` for none) pass first, `NoWorkerError`
+        (a `TimeoutError` too) when no provider was there to send it to. The deadline travels
+        with the request: a provider drops it once its caller has stopped waiting. A request
+        may run twice when its provider dies after doing it and before its reply arrived.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        _wire.check_service(service)
+        if timeout is None:
+            timeout = self._settings.request_timeout
+        return await self._producer.request(service, body, timeout, self._check_open)
+
+    @asynccontextmanager
+    async def serve(self, service: str) -> AsyncIterator[TaskStream]:
+        """Offer `service` to the mesh and receive its requests (`Request`), and the tasks
+        pushed to it, which a ``serve`` loop may answer alike: ``await request.reply(body)``.
+
+        As `work`, of which it is a form; in addition, a request taken from the stream and not
+        answered when the block ends is answered with an error: the exception that ended it,
+        or a message saying the provider stopped.
+        """
+        self._check_open()
+        _wire.check_service(service)
+        async with self._worker.serve(service, lambda: self._closing) as stream:
+            yield stream
+
     async def wait_settled(self) -> None:
         """Wait until every task this node has pushed so far is acked, or given up on."""
         await self._producer.wait_settled(self._check_open)
@@ -449,18 +484,7 @@ class Node:
         self._introductions.start(nursery, seeds)
 
     async def _serve_inbox(self) -> None:
-        handlers = {
-            Kind.TASK: self._worker.on_task,
-            Kind.ACK: self._producer.on_settled,
-            Kind.NACK: self._producer.on_settled,
-            Kind.HELLO: self._membership.on_hello,
-            Kind.WELCOME: self._membership.on_hello,
-            Kind.UPDATE: self._membership.on_update,
-            Kind.BYE: self._membership.on_bye,
-            Kind.SYNC: self._publisher.on_sync,
-            Kind.READY: self._membership.on_ready,
-            Kind.HEARTBEAT: self._heartbeats.on_inbox_heartbeat,
-        }
+        handlers = inbox_handlers(self)
         if self._members is not None:
             get = self._membership.peers.get
             self._members.key_of = lambda sender: (
@@ -483,31 +507,3 @@ class Node:
         if self._unyielded >= YIELD_EVERY:
             self._unyielded = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def _say_goodbye(self) -> None:
-        """Tell every peer this node is leaving, then stop all its work. Bounded and shielded."""
-        if self._closing:
-            return
-        self._closing = True
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self._settings.goodbye_timeout
-            self._worker.stop()
-            # Unless the PUB's outbox is full: the goodbye also goes to each inbox.
-            self._publisher.publish_control(None, Kind.BYE, None)
-            self._membership.goodbye()
-            for link in list(self._links.values()):
-                await link.outbox.wait_empty()
-            await self._pub.wait_empty()
-        self._events.end()
-        self._producer.wake_all()
-        self._membership.end()
-
-    def _close_sockets(self) -> None:
-        linger = round(self._settings.goodbye_timeout * 1000)
-        self._pub.socket.close(linger=linger)  # so the goodbye still goes out
-        self._links.close_all(linger)
-        self._pull.close()
-        self._events.socket.close()
-        self._heartbeats.close()
-        if self._members is not None:
-            self._members.close()

@@ -22,6 +22,7 @@ from ._keys import KeyPair, as_key_pair
 from ._members import AllowSource
 from ._node import Node
 from ._types import DeadLetter, Settings
+from ._wire import Kind
 
 
 @asynccontextmanager
@@ -122,7 +123,7 @@ async def open_node(
                 try:
                     yield node
                 finally:
-                    await node._say_goodbye()
+                    await say_goodbye(node)
                     nursery.cancel_scope.cancel()
     finally:
         if metrics is not None:
@@ -131,9 +132,40 @@ async def open_node(
                 await trio.to_thread.run_sync(metrics.close)
         try:
             if node is not None:
-                node._close_sockets()
+                close_sockets(node)
         finally:
             with trio.CancelScope(shield=True):
                 # Any socket still open (one a failure left half made) is closed at once, or
                 # term() would wait for ever; only the goodbyes' linger can make it wait.
                 await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))
+
+
+async def say_goodbye(node: Node) -> None:
+    """Tell every peer this node is leaving, then stop all its work. Bounded and shielded."""
+    if node._closing:
+        return
+    node._closing = True
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + node._settings.goodbye_timeout
+        node._worker.stop()
+        # Unless the PUB's outbox is full: the goodbye also goes to each inbox.
+        node._publisher.publish_control(None, Kind.BYE, None)
+        node._membership.goodbye()
+        for link in list(node._links.values()):
+            await link.outbox.wait_empty()
+        await node._pub.wait_empty()
+    node._events.end()
+    node._producer.wake_all()
+    node._membership.end()
+
+
+def close_sockets(node: Node) -> None:
+    """Close the node's sockets, giving the goodbyes `Settings.goodbye_timeout` to leave."""
+    linger = round(node._settings.goodbye_timeout * 1000)
+    node._pub.socket.close(linger=linger)  # so the goodbye still goes out
+    node._links.close_all(linger)
+    node._pull.close()
+    node._events.socket.close()
+    node._heartbeats.close()
+    if node._members is not None:
+        node._members.close()

@@ -14,6 +14,10 @@ Rules:
   (`Dispatcher.expired`, `Dispatcher.next_deadline`), are decided in mesh/_routing.py, pure.
 * Everything that can give a waiting `push` a worker (an ack, a peer joining or offering a
   service, an outbox with room again) calls `capacity_changed`.
+* A request is a task that wants a reply (`request`): it goes the same way, as a REQUEST, and
+  its REPLY settles it and wakes its caller (`Calls`). It is sent at most
+  `Settings.request_attempts` times, then its caller gets a `RemoteError` (no dead letter); a
+  request whose caller stopped waiting is not sent again.
 
 The node wires it to its links (`ProducerWiring`); it reads no other component's state.
 """
@@ -21,23 +25,26 @@ The node wires it to its links (`ProducerWiring`); it reads no other component's
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import trio
 
-from ._errors import NoWorkerError
+from ._errors import NoWorkerError, RemoteError
 from ._metrics import (
     ACK_LATENCY_BUCKETS,
     ACKED,
     GIVEN_UP,
     NACKED,
+    PUSHED,
     REDELIVERED,
     ServiceCounts,
     Tally,
 )
 from ._ratelimit import RateLimitedLog
+from ._requests import Calls, ttl_ms
 from ._routing import Dispatcher, InFlightTask, returned
 from ._types import DeadLetter
 from ._wire import Envelope, Kind, pack
@@ -74,13 +81,18 @@ class ProducerSide:
         max_in_flight: int,
         ack_timeout: float | None,
         max_attempts: int,
+        request_attempts: int,
         dead_letter: Callable[[DeadLetter], None] | None,
         services: ServiceCounts,
+        counts: dict[str, int],
         log: RateLimitedLog,
     ) -> None:
         self._wiring = wiring
         self._id = node_id
         self._max_attempts = max_attempts
+        self._request_attempts = request_attempts
+        self._counts = counts
+        self.calls = Calls()
         self._dead_letter = dead_letter
         self._services = services
         self._log = log
@@ -122,27 +134,69 @@ class ProducerSide:
         raise NoWorkerError(service, timeout)
 
     def send(
-        self, worker: bytes, route: Route, task_id: int, service: str, attempt: int, body: Any
+        self,
+        worker: bytes,
+        route: Route,
+        task_id: int,
+        service: str,
+        attempt: int,
+        body: Any,
+        deadline: float | None = None,
     ) -> None:
-        """Hand a task to a worker `pick` chose (so its outbox has room) and track it."""
-        frame = pack(Kind.TASK, self._id, route.seq + 1, [task_id, service, attempt], body)
+        """Hand a task (or, with a `deadline`, a request) to a worker `pick` chose (so its
+        outbox has room) and track it."""
+        now = trio.current_time()
+        if deadline is None:
+            frame = pack(Kind.TASK, self._id, route.seq + 1, [task_id, service, attempt], body)
+        else:
+            meta = [task_id, service, attempt, ttl_ms(deadline, now)]
+            frame = pack(Kind.REQUEST, self._id, route.seq + 1, meta, body)
         route.next_seq()  # only now: packing may have refused the body
         sent = route.outbox.send_nowait(frame)
         assert sent, "picked a worker whose outbox is full"
-        now = trio.current_time()
-        self.dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now))
+        self.dispatcher.sent(InFlightTask(task_id, service, body, worker, attempt, now, deadline))
         if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
             self._in_flight_grew.unpark_all()
 
+    async def request(
+        self, service: str, body: Any, timeout: float, check_open: Callable[[], None]
+    ) -> Any:
+        """`Node.request`: send a request, wait for its reply."""
+        deadline = trio.current_time() + timeout
+        chosen = self.pick(service)
+        if chosen is None:
+            chosen = await self.wait_for_worker(service, timeout, check_open)
+        worker, route = chosen
+        request_id = self.dispatcher.new_task_id()
+        self.send(worker, route, request_id, service, 1, body, deadline)
+        self._counts["requests_sent"] += 1
+        self._services.row(service)[PUSHED] += 1
+        if deadline == math.inf:
+            return await self.calls.wait(request_id, lambda: self._abandon(request_id))
+        with trio.move_on_at(deadline):
+            return await self.calls.wait(request_id, lambda: self._abandon(request_id))
+        self._counts["requests_timed_out"] += 1
+        raise TimeoutError(f"no reply from {service!r} within {timeout:g} s")
+
+    def _abandon(self, request_id: int) -> None:
+        """A caller stopped waiting: its request leaves flight (a queued one is skipped when
+        its turn comes: `serve_redeliveries`)."""
+        self.dispatcher.cancel(request_id)
+        self._capacity_changed.unpark_all()
+        self._settled.unpark_all()
+
     def on_settled(self, envelope: Envelope) -> None:
-        """An ACK or NACK from the inbox (never blocks; `arrival` is when its batch was read)."""
+        """An ACK, NACK or REPLY from the inbox (never blocks; `arrival` is when its batch was
+        read)."""
         assert envelope.meta is not None
         task = self.dispatcher.settle(envelope.sender, envelope.meta[0])
         if task is None:
             return
         self.ack_latency.observe(self.arrival - task.sent_at)
-        if envelope.kind is Kind.ACK:
+        if envelope.kind is not Kind.NACK:
             self._services.row(task.service)[ACKED] += 1
+            if task.deadline is not None:
+                self._answer(task, envelope)
         else:
             self._services.row(task.service)[NACKED] += 1
             self._log.warning(
@@ -161,10 +215,22 @@ class ProducerSide:
         if self._settled:
             self._settled.unpark_all()
 
+    def _answer(self, request: InFlightTask, envelope: Envelope) -> None:
+        """Wake the caller of `request` with its REPLY (an ACK replies None)."""
+        assert envelope.meta is not None
+        if envelope.kind is Kind.REPLY and not envelope.meta[1]:
+            body = envelope.body
+            message = body[:1000] if type(body) is str else "error (no message)"
+            self._counts["requests_failed"] += 1
+            self.calls.answer(request.task_id, error=RemoteError(request.service, message))
+        else:
+            self._counts["replies_received"] += 1
+            self.calls.answer(request.task_id, envelope.body)
+
     def redeliver(self, tasks: Iterable[InFlightTask], why: str) -> None:
         """Queue tasks to be sent again (to whichever live worker has room), or give them up
-        after `Settings.max_attempts`."""
-        fate = returned(tasks, self._max_attempts)
+        after `Settings.max_attempts` (requests: `Settings.request_attempts`)."""
+        fate = returned(tasks, self._max_attempts, self._request_attempts)
         for task in fate.given_up:
             self._give_up(task, why)
         for task in fate.again:
@@ -188,6 +254,7 @@ class ProducerSide:
         """The node is closing: every waiter looks again (and finds it closed)."""
         self._capacity_changed.unpark_all()
         self._settled.unpark_all()
+        self.calls.fail_all(lambda: trio.ClosedResourceError("the node is closed"))
 
     def settled(self) -> bool:
         """Whether every task sent so far is acked or given up on."""
@@ -228,12 +295,18 @@ class ProducerSide:
             sent = False
             for service, waiting in list(self._redelivery.items()):
                 while waiting:
+                    if waiting[0].deadline is not None and waiting[0].task_id not in self.calls:
+                        waiting.popleft()  # a request nobody waits for any more
+                        continue
                     chosen = self.pick(service)
                     if chosen is None:
                         break
                     task = waiting.popleft()
                     worker, route = chosen
-                    self.send(worker, route, task.task_id, service, task.attempt + 1, task.body)
+                    attempt = task.attempt + 1
+                    self.send(
+                        worker, route, task.task_id, service, attempt, task.body, task.deadline
+                    )
                     sent = True
                 if not waiting:
                     del self._redelivery[service]
@@ -245,6 +318,11 @@ class ProducerSide:
 
     def _give_up(self, task: InFlightTask, why: str) -> None:
         self._services.row(task.service)[GIVEN_UP] += 1
+        if task.deadline is not None:
+            message = f"no reply after {task.attempt} attempt(s); last: {why}"
+            if self.calls.answer(task.task_id, error=RemoteError(task.service, message)):
+                self._counts["requests_failed"] += 1
+            return
         letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
         if self._dead_letter is None:
             self._log.warning(

@@ -14,7 +14,10 @@ Rules:
   takes it out of flight, for the caller to send again. `next_deadline()` says when the next one
   does. Time is passed in.
 * A task that comes back (nacked, expired, its worker gone) is sent again until it has been sent
-  `max_attempts` times, then given up (`returned`).
+  `max_attempts` times, then given up (`returned`). A request (a task that wants a reply, and
+  has a `deadline`) has its own limit, `max_request_attempts`.
+* A request whose caller stopped waiting is taken out of flight (`cancel`): a late reply to it
+  names no task in flight and is ignored.
 * A worker remembers the last `window` tasks it finished (`RecentTasks`), so a redelivered task it
   already did is acked again without being run again.
 """
@@ -38,6 +41,8 @@ class InFlightTask(NamedTuple):
     worker: bytes
     attempt: int
     sent_at: float
+    #: For a request, when its caller stops waiting (its clock; may be infinite); None for a task.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +54,19 @@ class Returned:
     given_up: tuple[InFlightTask, ...]
 
 
-def returned(tasks: Iterable[InFlightTask], max_attempts: int) -> Returned:
-    """What becomes of `tasks`, which came back: a task sent `max_attempts` times (or more) is
-    given up, any other is sent again."""
+def returned(
+    tasks: Iterable[InFlightTask], max_attempts: int, max_request_attempts: int | None = None
+) -> Returned:
+    """What becomes of `tasks`, which came back: a task sent `max_attempts` times (or more), or
+    a request sent `max_request_attempts` times (default: `max_attempts`), is given up, any
+    other is sent again."""
+    if max_request_attempts is None:
+        max_request_attempts = max_attempts
     again: list[InFlightTask] = []
     given_up: list[InFlightTask] = []
     for task in tasks:
-        (given_up if task.attempt >= max_attempts else again).append(task)
+        limit = max_attempts if task.deadline is None else max_request_attempts
+        (given_up if task.attempt >= limit else again).append(task)
     return Returned(tuple(again), tuple(given_up))
 
 
@@ -128,6 +139,14 @@ class Dispatcher:
         if task is None or task.worker != worker:
             return None
         self._take(task)
+        return task
+
+    def cancel(self, task_id: int) -> InFlightTask | None:
+        """Take a task out of flight (a request whose caller gave up); returns it, or None if it
+        was not in flight."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            self._take(task)
         return task
 
     def expired(self, now: float) -> list[InFlightTask]:

@@ -4,6 +4,7 @@ and the tasks themselves. Each is a buffer the node fills and one or more tasks 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -164,11 +165,20 @@ class Task:
             await self._owner.settle(self._origin, Kind.ACK, [self.id])
 
     async def nack(self, reason: str = "failed") -> None:
-        """Tell the sender the task failed here."""
+        """Tell the sender the task failed here (it sends it to another worker, if any)."""
         if not self._settled:
             self._settled = True
             self._owner.release(self)
             await self._owner.settle(self._origin, Kind.NACK, [self.id, reason[:200]])
+
+    async def reply(self, body: Any = None) -> None:
+        """Answer a `Request`. A pushed task's sender asked for no reply: this acks it, and
+        `body` goes nowhere (so a ``serve`` loop may take pushed tasks too)."""
+        await self.ack()
+
+    async def fail(self, message: str) -> None:
+        """Answer a `Request` with an error. For a pushed task: `nack` (to another worker)."""
+        await self.nack(message)
 
     async def __aenter__(self) -> Self:
         return self
@@ -190,6 +200,86 @@ class Task:
         return False
 
 
+class Request(Task):
+    """One request given to this node, from `Node.serve`: a task whose sender waits for the
+    answer. Answer it once: `reply(body)`, or `fail(message)`, which the caller gets as a
+    `mesh.RemoteError`. Used as ``async with request:``, as a task: leaving the block normally
+    replies None if it was not answered (`ack`), and an exception fails it with the exception's
+    type and message (an `Exception` is then logged and suppressed). `nack` hands it to another
+    provider instead; a ``serve`` block that ends fails what it took and did not answer. A
+    request whose caller has stopped waiting (its deadline, which travels
+    with it, has passed) is dropped before a reader takes it.
+    """
+
+    __slots__ = ("deadline",)
+
+    def __init__(
+        self,
+        owner: WorkerSide,
+        origin: bytes,
+        task_id: int,
+        service: str,
+        attempt: int,
+        body: Any,
+        deadline: float,
+    ) -> None:
+        super().__init__(owner, origin, task_id, service, attempt, body)
+        #: When its caller stops waiting, on `trio.current_time()`'s clock (may be infinite).
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<Request {self.service} {self.sender[:8]}/{self.id} attempt={self.attempt}>"
+
+    @property
+    def answered(self) -> bool:
+        """Whether it was answered (or handed on)."""
+        return self._settled
+
+    async def reply(self, body: Any = None) -> None:
+        """Send `body` to the caller. Raises `RuntimeError` if it was answered already, and
+        `TypeError`/`ValueError` for a body msgpack cannot carry or over 16 MiB (the caller
+        then gets an error saying so)."""
+        if self._settled:
+            raise RuntimeError(f"{self!r} was answered already")
+        self._settled = True
+        self._owner.release(self)
+        try:
+            await self._owner.settle(self._origin, Kind.REPLY, [self.id, True], body)
+        except (TypeError, ValueError) as exc:
+            message = f"the reply could not be sent: {exc}"
+            await self._owner.settle(self._origin, Kind.REPLY, [self.id, False], message)
+            raise
+
+    async def fail(self, message: str) -> None:
+        """Answer with an error: the caller gets a `RemoteError` with `message` (cut to 1,000
+        characters). Does nothing if it was answered already."""
+        if not self._settled:
+            self._settled = True
+            self._owner.release(self)
+            await self._owner.settle(self._origin, Kind.REPLY, [self.id, False], message[:1000])
+
+    async def ack(self) -> None:
+        """`reply(None)`, unless it was answered already."""
+        if not self._settled:
+            await self.reply(None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            await self.ack()
+            return False
+        with trio.CancelScope(shield=True):
+            await self.fail(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, Exception):
+            logger.warning("request %r failed", self, exc_info=exc)
+            return True
+        return False
+
+
 class TaskStream(_Stream[Task]):
     """The tasks sent to this node for one service, in arrival order. Made by `Node.work`.
 
@@ -206,6 +296,19 @@ class TaskStream(_Stream[Task]):
 
     def __repr__(self) -> str:
         return f"<TaskStream {self.service!r} buffered={len(self._buffer)}>"
+
+    async def receive(self) -> Task:
+        """The next task or request; waits for one (requests whose deadline has passed are
+        dropped on the way). Raises `trio.ClosedResourceError` once the stream has ended and
+        is empty."""
+        while True:
+            item = await super().receive()
+            if type(item) is not Request or item.deadline == math.inf:
+                return item
+            if item.deadline > trio.current_time():
+                return item
+            item._settled = True
+            item._owner.expired(item)
 
     def _close(self) -> list[Task]:
         """End the stream; returns the tasks nobody took."""

@@ -43,6 +43,10 @@ class Settings:
         max_attempts: How many times a task is sent (first send included) before it goes to the
             dead-letter handler: a nack, the death of its worker or its ack deadline sends it
             again, to another worker if any. Default 5.
+        request_attempts: How many times a request is sent (first send included) before its
+            caller gets a `RemoteError`: a nack, or the death or departure of its provider
+            before it replied, sends it again, to another provider if any. Default 2.
+        request_timeout: Seconds `Node.request` waits for a reply by default. Default 30.0.
         ack_timeout: Seconds a worker may hold a task before it is sent elsewhere too. Default
             60.0; None: no deadline (a worker that dies is noticed by the failure detector
             either way).
@@ -71,6 +75,8 @@ class Settings:
     max_in_flight: int = 1000
     prefetch: int | None = None
     max_attempts: int = 5
+    request_attempts: int = 2
+    request_timeout: float = 30.0
     ack_timeout: float | None = 60.0
     dedup_window: int = 10_000
     sync_timeout: float = 2.0
@@ -83,13 +89,21 @@ class Settings:
         for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("max_in_flight", "max_attempts", "dedup_window", "max_peers"):
+        for name in (
+            "max_in_flight",
+            "max_attempts",
+            "request_attempts",
+            "dedup_window",
+            "max_peers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.prefetch is not None and self.prefetch < 1:
             raise ValueError("prefetch must be at least 1, or None")
         if self.ack_timeout is not None and not self.ack_timeout > 0:
             raise ValueError("ack_timeout must be a positive number of seconds, or None")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds")
@@ -134,6 +148,10 @@ class NodeStatistics:
       `Settings.max_attempts`).
     * As a worker: `tasks_received`, `tasks_duplicate` (received again after it was done, and
       acked without running), `acks_sent`, `nacks_sent`.
+    * Requests (which the task figures count too, as tasks that want a reply): as a caller
+      `requests_sent` (first sends), `replies_received`, `requests_failed` (answered by a
+      `RemoteError`), `requests_timed_out`; as a provider `replies_sent` (error replies
+      included) and `requests_expired` (dropped unread: their caller had stopped waiting).
     * `heartbeat_datagrams`: valid heartbeats that came by UDP, first copies or not.
     * `bad_frames`: frames dropped for breaking the protocol; by `ProtocolError.reason` in
       `bad_frame_reasons`.
@@ -184,6 +202,12 @@ class NodeStatistics:
     handshakes_refused: int = 0
     senders_banned: int = 0
     subscription_floods: int = 0
+    requests_sent: int = 0
+    replies_received: int = 0
+    requests_failed: int = 0
+    requests_timed_out: int = 0
+    replies_sent: int = 0
+    requests_expired: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -200,6 +224,12 @@ COUNTED: Final = (
     "handshakes_refused",
     "senders_banned",
     "subscription_floods",
+    "requests_sent",
+    "replies_received",
+    "requests_failed",
+    "requests_timed_out",
+    "replies_sent",
+    "requests_expired",
 )
 
 

@@ -80,6 +80,10 @@ class Kind(enum.IntEnum):
     SYNCED = 11  # PUB, channel E+prefix. meta: [token, to]. Proves a subscription is live.
     READY = 12  # direct. The sender's subscriptions are live at the receiver's PUB. body: nil,
     # or from a keyed node {"beat": 32 bytes}: the key of the MAC on its datagrams to the receiver.
+    # (13 is BATCH, a container rather than a kind.)
+    REQUEST = 14  # direct. meta: [task_id, service, attempt, ttl_ms]. A task that wants a reply,
+    # within ttl_ms milliseconds of its arrival (0: no deadline). body: the request.
+    REPLY = 15  # direct. meta: [task_id, ok]. body: the reply if ok, else the error's message.
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -94,6 +98,8 @@ _DIRECT_KINDS: Final = frozenset(
         Kind.NACK,
         Kind.SYNC,
         Kind.READY,
+        Kind.REQUEST,
+        Kind.REPLY,
     }
 )
 _DIRECT_BY_NUMBER: Final = {int(k): k for k in _DIRECT_KINDS}
@@ -634,6 +640,8 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.TASK: (int, str, int),
     Kind.ACK: (int,),
     Kind.NACK: (int, str),
+    Kind.REQUEST: (int, str, int, int),
+    Kind.REPLY: (int, bool),
     Kind.SYNC: (int, str),
     Kind.SYNCED: (int, bytes),
     Kind.READY: None,

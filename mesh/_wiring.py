@@ -16,7 +16,6 @@ from ._metrics import ACKED, GIVEN_UP, NACKED, PUSHED, RECEIVED, REDELIVERED, ca
 from ._producer import Route
 from ._types import NodeStatistics
 from ._wire import Envelope, Kind
-from ._zmq import Outbox
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -89,17 +88,16 @@ class WorkerView:
     def __init__(self, node: Node) -> None:
         self._node = node
 
-    def outbox_to(self, peer_id: bytes) -> tuple[Outbox, Callable[[], int]] | None:
-        link = self._node._membership.link_of(peer_id)
-        return None if link is None else (link.outbox, link.next_seq)
+    def route_to(self, peer_id: bytes) -> Route | None:
+        return self._node._membership.link_of(peer_id)
 
-    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any]) -> bool:
+    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any], body: Any = None) -> bool:
         node = self._node
         membership = node._membership
         peer = membership.peers.get(peer_id)
         if peer is None:
             return False
-        return node._links.send(membership.reach(peer.record), kind, meta, None)
+        return node._links.send(membership.reach(peer.record), kind, meta, body)
 
     def offer(self, services: Iterable[str]) -> None:
         self._node._membership.set_services(services)
@@ -135,3 +133,21 @@ def statistics_of(node: Node) -> NodeStatistics:
         tasks_received=totals[RECEIVED],
         **node._counts,
     )
+
+
+def inbox_handlers(node: Node) -> dict[Kind, Callable[[Envelope], None]]:
+    """Which component handles each kind of message from the inbox."""
+    return {
+        Kind.TASK: node._worker.on_task,
+        Kind.REQUEST: node._worker.on_task,
+        Kind.ACK: node._producer.on_settled,
+        Kind.NACK: node._producer.on_settled,
+        Kind.REPLY: node._producer.on_settled,
+        Kind.HELLO: node._membership.on_hello,
+        Kind.WELCOME: node._membership.on_hello,
+        Kind.UPDATE: node._membership.on_update,
+        Kind.BYE: node._membership.on_bye,
+        Kind.SYNC: node._publisher.on_sync,
+        Kind.READY: node._membership.on_ready,
+        Kind.HEARTBEAT: node._heartbeats.on_inbox_heartbeat,
+    }

@@ -17,6 +17,12 @@ Rules:
 * Withdrawing a service (a stream closed, `drain`) tells peers first and hands back afterwards:
   on each link the UPDATE leaves before the NACKs, so the tasks are not sent straight back.
 * After `drain`, no service can be offered again.
+* A REQUEST is held the same way, as a `Request` (a task wanting a reply), with no dedup: a
+  request that comes again runs again (its caller waits for a reply, and the first one never
+  came). It carries its deadline as milliseconds to live, counted from its arrival here; a
+  stream drops it unread once that has passed (`expired`). It is answered by a REPLY.
+* A ``serve`` block that ends answers what it took and did not answer: each request with an
+  error (the block's exception, if any), each pushed task with a nack.
 
 The node wires it to its links and its record (`WorkerWiring`); it reads no other component's
 state.
@@ -24,18 +30,21 @@ state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
 from ._metrics import DONE, RECEIVED, ServiceCounts
 from ._ratelimit import RateLimitedLog
 from ._routing import RecentTasks
-from ._streams import YIELD_EVERY, Task, TaskStream
+from ._streams import YIELD_EVERY, Request, Task, TaskStream
 from ._wire import Envelope, Kind, pack
-from ._zmq import Outbox
+
+if TYPE_CHECKING:
+    from ._producer import Route
 
 #: Tasks held from one sender at most, when this node gives no credit (`Settings.prefetch`).
 HELD_PER_SENDER: Final = 10_000
@@ -44,10 +53,10 @@ HELD_PER_SENDER: Final = 10_000
 class WorkerWiring(Protocol):
     """What the worker side needs of the rest of the node."""
 
-    def outbox_to(self, peer_id: bytes) -> tuple[Outbox, Callable[[], int]] | None:
-        """The outbox to a known peer's inbox and its sequence counter, if there is one."""
+    def route_to(self, peer_id: bytes) -> Route | None:
+        """The link to a known peer's inbox (its outbox and sequence numbers), if there is one."""
 
-    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any]) -> bool:
+    def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any], body: Any = None) -> bool:
         """Send a control message to a known peer now, if its outbox has room."""
 
     def offer(self, services: Iterable[str]) -> None:
@@ -92,11 +101,11 @@ class WorkerSide:
         return self._draining
 
     def on_task(self, envelope: Envelope) -> None:
-        """A TASK from the inbox (never blocks)."""
+        """A TASK or REQUEST from the inbox (never blocks)."""
         assert envelope.meta is not None
-        task_id, service, attempt = envelope.meta
+        task_id, service, attempt, *ttl = envelope.meta
         self._services.row(service)[RECEIVED] += 1
-        if (envelope.sender, task_id) in self._finished:
+        if not ttl and (envelope.sender, task_id) in self._finished:
             self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
             self._settle_nowait(envelope.sender, Kind.ACK, [task_id])
             return
@@ -109,7 +118,13 @@ class WorkerSide:
             reason = f"this worker holds {held} of your tasks already"
             self._settle_nowait(envelope.sender, Kind.NACK, [task_id, reason])
             return
-        task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
+        if ttl:
+            deadline = trio.current_time() + ttl[0] / 1000 if ttl[0] else math.inf
+            task: Task = Request(
+                self, envelope.sender, task_id, service, attempt, envelope.body, deadline
+            )
+        else:
+            task = Task(self, envelope.sender, task_id, service, attempt, envelope.body)
         self._held.add(task)
         self._held_from[envelope.sender] = held + 1
         stream._put(task)
@@ -132,6 +147,39 @@ class WorkerSide:
             if self._streams.pop(service, None) is not None and not closing():
                 self._wiring.offer(self._streams)  # first, then the NACKs (module rules)
             self.hand_back(stream._close(), "worker stopped")
+
+    @asynccontextmanager
+    async def serve(self, service: str, closing: Callable[[], bool]) -> AsyncIterator[TaskStream]:
+        """`Node.serve`: `work`, answering on the way out what was taken and not answered."""
+        async with self.work(service, closing) as stream:
+            message = "the provider stopped serving before it replied"
+            try:
+                yield stream
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                self._answer_all(stream, message)
+
+    def _answer_all(self, stream: TaskStream, message: str) -> None:
+        """Fail every request of `stream` taken and not answered, nack every such task."""
+        waiting = set(stream._buffer)  # (not taken: handed back by `work`)
+        for task in [t for t in self._held if t.service == stream.service]:
+            if task in waiting or task._settled:
+                continue
+            task._settled = True
+            if type(task) is Request:
+                meta = [task.id, False]
+                if self._wiring.send_to_peer(task._origin, Kind.REPLY, meta, message[:1000]):
+                    self._counts["replies_sent"] += 1
+            else:
+                self._settle_nowait(task._origin, Kind.NACK, [task.id, message[:200]])
+            self.release(task)
+
+    def expired(self, request: Request) -> None:
+        """`request` was dropped unread: its caller has stopped waiting."""
+        self._counts["requests_expired"] += 1
+        self.release(request)
 
     async def drain(self, grace: float) -> None:
         """`Node.drain`."""
@@ -174,11 +222,12 @@ class WorkerSide:
         if not held:
             self._held_changed.unpark_all()
 
-    async def settle(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
-        """Send an ACK or NACK to the task's sender, waiting while its outbox is full."""
+    async def settle(self, origin: bytes, kind: Kind, meta: list[Any], body: Any = None) -> None:
+        """Send an ACK, NACK or REPLY to the task's sender, waiting while its outbox is full.
+        Raises `TypeError`/`ValueError` for a reply `body` that cannot be packed."""
         while True:
-            route = self._wiring.outbox_to(origin)
-            if route is None or route[0].socket.closed:  # it left, or never said HELLO
+            route = self._wiring.route_to(origin)
+            if route is None or route.outbox.socket.closed:  # it left, or never said HELLO
                 self._log.warning(
                     "unroutable",
                     trio.current_time(),
@@ -188,13 +237,15 @@ class WorkerSide:
                     origin.hex()[:8],
                 )
                 return
-            outbox, next_seq = route
+            outbox = route.outbox
             if kind is Kind.ACK:
                 self._finished.add((origin, meta[0]))
             if outbox.has_room():
                 # The sequence number is taken only once there is room, so numbers leave in order.
-                outbox.send_nowait(pack(kind, self._id, next_seq(), meta, None))
-                self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+                frame = pack(kind, self._id, route.seq + 1, meta, body)
+                route.next_seq()  # only now: packing may have refused the body
+                outbox.send_nowait(frame)
+                self._counts[_SENT[kind]] += 1
                 # Not a scheduling point per ack: the acks of a worker's burst of tasks then
                 # leave together (the outbox coalesces until this task yields).
                 self._unyielded += 1
@@ -206,4 +257,7 @@ class WorkerSide:
 
     def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         if self._wiring.send_to_peer(origin, kind, meta):
-            self._counts["acks_sent" if kind is Kind.ACK else "nacks_sent"] += 1
+            self._counts[_SENT[kind]] += 1
+
+
+_SENT: Final = {Kind.ACK: "acks_sent", Kind.NACK: "nacks_sent", Kind.REPLY: "replies_sent"}

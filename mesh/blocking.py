@@ -75,6 +75,7 @@ from ._blocking_held import (
 from ._keys import KeyPair
 from ._node import Node
 from ._open import open_node
+from ._streams import TaskStream
 from ._types import DeadLetter, Message, NodeStatistics, PeerHealth, Settings
 
 __all__ = ["BlockingNode", "BlockingPeerWatch", "BlockingSubscription", "BlockingWorker", "start"]
@@ -280,10 +281,38 @@ class BlockingNode:
         `BlockingWorker.close` (or `stop`) withdraws the service. Raises `ValueError` if this
         node already works for `service`.
         """
+        node = self._open_node()
+        return self._offer(node.work, service, handler, threads)
+
+    def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
+        """Send a request to a peer that serves `service` and return its reply
+        (`mesh.Node.request`; `timeout` None: `Settings.request_timeout`). Raises
+        `mesh.RemoteError` with the provider's error, `TimeoutError` when no reply came in
+        time."""
+        node = self._open_node()
+        return self._call(functools.partial(node.request, service, body, timeout=timeout))
+
+    def serve(
+        self, service: str, handler: Callable[[Any], object], *, threads: int = 1
+    ) -> BlockingWorker:
+        """Serve `service`: run ``handler(body)`` for each request, and send what it returns
+        to the caller as the reply (`mesh.Node.serve`). A handler that raises an `Exception`
+        sends an error reply instead (the caller gets `mesh.RemoteError` with the exception's
+        type and message); it is logged. As `work` otherwise (pushed tasks to `service` are
+        handled too, and acked)."""
+        node = self._open_node()
+        return self._offer(node.serve, service, handler, threads)
+
+    def _offer(
+        self,
+        offer: Callable[[str], AbstractAsyncContextManager[TaskStream]],
+        service: str,
+        handler: Callable[[Any], object],
+        threads: int,
+    ) -> BlockingWorker:
         if threads < 1:
             raise ValueError("threads must be at least 1")
-        node = self._open_node()
-        scope, stream = self._call(self._hold, functools.partial(node.work, service))
+        scope, stream = self._call(self._hold, functools.partial(offer, service))
         worker = BlockingWorker(self, service, scope, stream, handler)
         for i in range(threads):
             self._add_helper(

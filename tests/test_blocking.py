@@ -251,6 +251,31 @@ def test_a_failing_handler_nacks_and_the_task_comes_again(
     assert "first try of" in caplog.text
 
 
+def test_request_and_serve_from_threads(caplog: pytest.LogCaptureFixture) -> None:
+    def price(body: dict[str, Any]) -> Any:
+        if body["sku"] == "none":
+            raise LookupError("no such product")
+        if body["sku"] == "odd":
+            return {1, 2}  # msgpack cannot carry a set
+        return {"sku": body["sku"], "price": 12}
+
+    with two_nodes() as (a, b), b.serve("price", price, threads=2) as server:
+        assert server.service == "price"
+        a.wait_for_peers(service="price", timeout=WAIT)
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda n: a.request("price", {"sku": f"s{n}"}), range(40)))
+        assert replies == [{"sku": f"s{n}", "price": 12} for n in range(40)]
+        with pytest.raises(mesh.RemoteError, match="LookupError: no such product"):
+            a.request("price", {"sku": "none"}, timeout=WAIT)
+        with pytest.raises(mesh.RemoteError, match="the reply could not be sent"):
+            a.request("price", {"sku": "odd"}, timeout=WAIT)
+        with pytest.raises(TimeoutError):
+            a.request("nobody", 1, timeout=0.05)
+        stats = a.statistics()
+        assert (stats.requests_sent, stats.replies_received, stats.requests_failed) == (42, 40, 2)
+    assert "no such product" in caplog.text
+
+
 async def test_work_between_a_trio_node_and_a_blocking_node() -> None:
     async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))

@@ -428,6 +428,41 @@ def test_run_exec_acks_and_nacks_by_exit_status(spawn: Spawn, tmp_path: Path) ->
     assert node.wait() == 0
 
 
+def test_run_reply_answers_requests_with_the_commands_output(spawn: Spawn, tmp_path: Path) -> None:
+    script = tmp_path / "worker.sh"
+    script.write_text(WORKER)
+    command = shlex.join(["sh", str(script)])
+    node = start_node(spawn, "p", "--service", "jobs", "--exec", command, "--reply")
+    assert "serving jobs" in node.wait_for(r"node p .* serving jobs").group(0)
+
+    status, stdout, stderr = finish(spawn("request", "jobs", '{"n": 7}', "--count", "2"))
+    assert status == 0, stderr
+    assert stdout == ['did {"n": 7}', 'did {"n": 7}']
+
+    status, stdout, stderr = finish(spawn("request", "jobs", "plain", "--raw", "--json"))
+    assert status == 0, stderr
+    reply = json.loads(stdout[0])
+    assert (reply["service"], reply["reply"]) == ("jobs", "did plain\n")
+    assert reply["ms"] > 0
+
+    status, stdout, stderr = finish(spawn("request", "jobs", '{"fail": 1}'))
+    assert stdout == []
+    assert_one_line_error(
+        status, stderr, "mesh-cli request: error from 'jobs': exit status 3: cannot do"
+    )
+    node.wait_for(r"request \S+ \(jobs, attempt 1\) failed: exit status 3: cannot do")
+
+    status, stdout, stderr = finish(spawn("request", "nobody", "1", "--timeout", "0.2"))
+    assert_one_line_error(status, stderr, "no provider serves 'nobody' (waited 0.2 s)")
+    node.send(signal.SIGTERM)
+    assert node.wait() == 0
+
+
+def test_run_reply_needs_exec(spawn: Spawn) -> None:
+    status, _, stderr = finish(spawn("run", "--service", "s", "--reply"))
+    assert_one_line_error(status, stderr, "mesh-cli run:", "--reply needs an --exec")
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

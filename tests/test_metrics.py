@@ -178,6 +178,24 @@ mesh_senders_banned_total{node="n\\1"} 0
 # HELP mesh_subscription_floods_total PUB subscriber cuts for too many subscriptions.
 # TYPE mesh_subscription_floods_total counter
 mesh_subscription_floods_total{node="n\\1"} 0
+# HELP mesh_requests_sent_total Requests sent by this node (first sends).
+# TYPE mesh_requests_sent_total counter
+mesh_requests_sent_total{node="n\\1"} 0
+# HELP mesh_replies_received_total Replies this node's requests got.
+# TYPE mesh_replies_received_total counter
+mesh_replies_received_total{node="n\\1"} 0
+# HELP mesh_requests_failed_total Requests of this node answered by an error (RemoteError).
+# TYPE mesh_requests_failed_total counter
+mesh_requests_failed_total{node="n\\1"} 0
+# HELP mesh_requests_timed_out_total Requests of this node whose caller stopped waiting first.
+# TYPE mesh_requests_timed_out_total counter
+mesh_requests_timed_out_total{node="n\\1"} 0
+# HELP mesh_replies_sent_total Replies sent by this node, errors included.
+# TYPE mesh_replies_sent_total counter
+mesh_replies_sent_total{node="n\\1"} 0
+# HELP mesh_requests_expired_total Requests dropped unread here: their caller had stopped waiting.
+# TYPE mesh_requests_expired_total counter
+mesh_requests_expired_total{node="n\\1"} 0
 # HELP mesh_bad_frames_total Frames dropped for breaking the protocol.
 # TYPE mesh_bad_frames_total counter
 mesh_bad_frames_total{node="n\\1"} 2

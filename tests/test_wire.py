@@ -182,6 +182,8 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.SYNC: ([3, "orders."], None),
     Kind.SYNCED: ([3, OTHER], None),
     Kind.READY: (None, None),
+    Kind.REQUEST: ([8, "price", 1, 2500], {"sku": "A1"}),
+    Kind.REPLY: ([8, True], {"price": 12}),
 }
 PUB_ONLY = [Kind.EVENT, Kind.SYNCED]
 DIRECT_ONLY = [
@@ -193,6 +195,8 @@ DIRECT_ONLY = [
     Kind.NACK,
     Kind.SYNC,
     Kind.READY,
+    Kind.REQUEST,
+    Kind.REPLY,
 ]
 
 
@@ -222,6 +226,8 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "SYNC": 10,
         "SYNCED": 11,
         "READY": 12,
+        "REQUEST": 14,
+        "REPLY": 15,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from .._node import Node
-from .._streams import Task, TaskStream
+from .._streams import Request, Task, TaskStream
 from ._common import (
     READER_GONE,
     UserError,
@@ -55,7 +55,11 @@ def add_to(commands: Any) -> None:
         "                         the task's name in the mesh\n"
         "  MESH_TASK_ATTEMPT      1 the first time, then 2, 3, ...\n"
         "  MESH_TASK_REDELIVERED  1 if an earlier attempt was made (attempt > 1), else 0\n"
-        "  MESH_SERVICE           the service the task is for",
+        "  MESH_SERVICE           the service the task is for\n\n"
+        "With --reply, the services are served: CMD's stdout is the reply to a request (a "
+        "string; bytes if it is not UTF-8), and its exit status and the tail of its stderr the "
+        "error the caller gets (`mesh-cli request`, `Node.request`). Tasks pushed to them are "
+        "acked as before.",
         example="mesh-cli run --name thumbs --service thumbnail --exec ./make-thumbnail.sh",
         parents=[mesh_options()],
     )
@@ -71,6 +75,11 @@ def add_to(commands: Any) -> None:
     # Not dest="command": that is where the top-level parser puts the subcommand's name.
     parser.add_argument(
         "--exec", dest="exec_command", metavar="CMD", help="the program to run per task"
+    )
+    parser.add_argument(
+        "--reply",
+        action="store_true",
+        help="serve requests: CMD's stdout is the reply (needs --exec)",
     )
     parser.add_argument(
         "--concurrency",
@@ -110,6 +119,8 @@ def _check_and_run(args: argparse.Namespace) -> int:
         if not argv or shutil.which(argv[0]) is None:
             raise UserError(f"--exec: no such program: {args.exec_command!r}", status=2)
         args.argv = argv
+    elif args.reply:
+        raise UserError("--reply needs an --exec whose output is the reply", status=2)
     return run_trio(_run, args)
 
 
@@ -127,7 +138,8 @@ async def _run(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             for service in args.services:
                 await nursery.start(_work, node, service, args)
-            services = f" working for {', '.join(args.services)}" if args.services else ""
+            doing = "serving" if args.reply else "working for"
+            services = f" {doing} {', '.join(args.services)}" if args.services else ""
             metrics = (
                 f"; metrics at http://{node.metrics_address}/metrics"
                 if node.metrics_address is not None
@@ -166,7 +178,8 @@ def _reload_allow(node: Node) -> None:
 async def _work(
     node: Node, service: str, args: argparse.Namespace, task_status: trio.TaskStatus[None]
 ) -> None:
-    async with node.work(service) as stream, trio.open_nursery() as workers:
+    offer = node.serve if args.reply else node.work
+    async with offer(service) as stream, trio.open_nursery() as workers:
         for _ in range(args.concurrency):
             workers.start_soon(_do_tasks, stream, args)
         task_status.started()
@@ -175,28 +188,47 @@ async def _work(
 async def _do_tasks(stream: TaskStream, args: argparse.Namespace) -> None:
     async for task in stream:
         reader_gone = False
-        async with task:  # acks at the end; nacks if cancelled or broken
+        # Acks at the end (a request: replies None); nacks (fails) if cancelled or broken.
+        async with task:
             if args.exec_command is None:
                 reader_gone = not write_line(f"{task.service} {show_body(task.body)}")
                 if reader_gone:
                     await task.nack(READER_GONE)
             else:
                 try:
-                    await _execute(task, args)
+                    output = await _execute(task, args)
+                    if args.reply:
+                        await _reply(task, output)
                 except CommandFailed as exc:
                     # CMD killed by SIGPIPE as our stdout's reader left: not the task's fault.
                     reader_gone = exc.signal == signal.SIGPIPE and stdout_closed()
                     if not reader_gone:
+                        what = "request" if isinstance(task, Request) else "task"
                         _say(
-                            f"task {task.id} ({task.service}, attempt {task.attempt}) failed: {exc}"
+                            f"{what} {task.id} ({task.service}, attempt {task.attempt}) failed:"
+                            f" {exc}"
                         )
-                    await task.nack(READER_GONE if reader_gone else str(exc))
+                    # (A task: nacked, to go elsewhere; a request: its caller gets the error.)
+                    await task.fail(READER_GONE if reader_gone else str(exc))
         if reader_gone:
             raise BrokenPipeError
 
 
-async def _execute(task: Task, args: argparse.Namespace) -> None:
-    """Run the command with the task's body on stdin; raises `CommandFailed` if it fails."""
+async def _reply(task: Task, output: bytes) -> None:
+    """Reply with the command's output: text if it is UTF-8, else bytes."""
+    try:
+        reply: str | bytes = output.decode()
+    except UnicodeDecodeError:
+        reply = output
+    try:
+        await task.reply(reply)
+    except ValueError as exc:  # too large for a frame: the caller got an error saying so
+        _say(f"request {task.id} ({task.service}): {exc}")
+
+
+async def _execute(task: Task, args: argparse.Namespace) -> bytes:
+    """Run the command with the task's body on stdin; its output (with --reply: else it goes
+    to this process's stdout, and this returns b""). Raises `CommandFailed` if it fails."""
     body = task.body
     if isinstance(body, str):
         data = body.encode()
@@ -211,7 +243,7 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
             stdin=data,
             capture_stderr=True,
             check=False,
-            stdout=sys.stdout.fileno(),
+            **({"capture_stdout": True} if args.reply else {"stdout": sys.stdout.fileno()}),
         )
     if timer.cancelled_caught:
         raise CommandFailed(f"killed after {args.task_timeout:g} s (--task-timeout)")
@@ -221,6 +253,7 @@ async def _execute(task: Task, args: argparse.Namespace) -> None:
             f"exit status {done.returncode}" + (f": {error}" if error else ""),
             signal=-done.returncode if done.returncode < 0 else None,
         )
+    return done.stdout or b""
 
 
 def _task_environment(task: Task) -> dict[str, str]:

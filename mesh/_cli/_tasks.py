@@ -1,4 +1,5 @@
-"""``mesh-cli push`` and ``mesh-cli work``: tasks from and to the shell."""
+"""``mesh-cli push``, ``mesh-cli work`` and ``mesh-cli request``: tasks and requests from and to
+the shell."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import trio
 
-from .._errors import NoWorkerError
+from .._errors import NoWorkerError, RemoteError
 from .._types import DeadLetter
 from ._common import (
     BODY_HELP,
@@ -77,6 +78,33 @@ def add_to(commands: Any) -> None:
     json_option(work, "one JSON object per task (service, id, sender, attempt, body)")
     work.set_defaults(run=lambda args: run_trio(_work, args))
 
+    request = add_command(
+        commands,
+        "request",
+        help="send requests to a service and print each reply",
+        description="Join the mesh, send BODY to a provider of SERVICE (one that serves it: "
+        "`mesh-cli run --service S --exec CMD --reply`, or `Node.serve`) --count times, one "
+        "after the other, and print each reply on a line of its own. If the provider is lost "
+        "before it replies, the request goes to another. BODY is JSON unless --raw; '-' reads "
+        "it from stdin, @PATH from a file. Exits 1 at the first request that gets an error "
+        "(printed on stderr) or no reply within --timeout.",
+        example='mesh-cli request price \'{"sku": "A1"}\' --timeout 5',
+        parents=[mesh_options()],
+    )
+    request.add_argument("service", metavar="SERVICE")
+    request.add_argument("body", metavar="BODY", help=BODY_HELP)
+    request.add_argument("--raw", action="store_true", help="send BODY as text, not JSON")
+    request.add_argument("--count", type=positive_int, default=1, help="requests to send")
+    request.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="most seconds for each request: finding a provider, its reply (default 10)",
+    )
+    json_option(request, "one JSON object per reply (service, reply, ms)")
+    request.set_defaults(run=lambda args: run_trio(_request, args))
+
 
 async def _push(args: argparse.Namespace) -> int:
     check_service(args.service)
@@ -119,6 +147,39 @@ async def _push(args: argparse.Namespace) -> int:
         what = _not_done(args, stats.tasks_pushed, stats.tasks_acked, given_up)
         print(f"mesh-cli push: {what}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _request(args: argparse.Namespace) -> int:
+    check_service(args.service)
+    body = parse_body(args.body, args.raw)
+    async with open_cli_node(args, command_node_name("request")) as node:
+        for _ in range(args.count):
+            started = trio.current_time()
+            try:
+                reply = await node.request(args.service, body, timeout=args.timeout)
+            except NoWorkerError:
+                unanswered = no_seed_answered(node, args, args.timeout)
+                if unanswered is not None:
+                    raise UserError(unanswered) from None
+                raise UserError(
+                    f"no provider serves {args.service!r} (waited {args.timeout:g} s)"
+                ) from None
+            except RemoteError as exc:
+                raise UserError(f"error from {args.service!r}: {exc.message}") from None
+            except TimeoutError:
+                raise UserError(
+                    f"no reply from {args.service!r} within {args.timeout:g} s"
+                ) from None
+            elapsed = trio.current_time() - started
+            if args.json:
+                fields = {"service": args.service, "reply": jsonable(reply), "ms": elapsed * 1e3}
+                line = json.dumps(fields)
+            else:
+                # (A text reply is printed as it is, less the line end a command ends it with.)
+                line = reply.removesuffix("\n") if isinstance(reply, str) else show_body(reply)
+            if not write_line(line):
+                raise BrokenPipeError
     return 0
 
 
