@@ -56,10 +56,12 @@ def measurements(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any
 
 def test_throughput_and_latency_short_run() -> None:
     result = bench(
-        "--suite", "events,tasks,latency", "--size", "100", "--subscribers", "2",
+        "--suite", "events,tasks,latency,requests", "--size", "100", "--subscribers", "2",
         "--workers", "2", "--runs", "1", "--duration", "0.05", "--json",
     )  # fmt: skip
     lines = measurements(result)
+    # The requests group shares the latency group's run of round trips (task+ack once, beside
+    # the same REQ/REP), and measures tasks/s with 1 worker, which the tasks group (2) did not.
     assert [line["name"] for line in lines] == [
         "events/s pub->sub 100 B, 2 subscribers",
         "tasks/s push->work+ack 100 B, 2 workers",
@@ -68,6 +70,10 @@ def test_throughput_and_latency_short_run() -> None:
         "round trip p99 task+ack 100 B",
         "round trip p50 event request/reply 100 B",
         "round trip p99 event request/reply 100 B",
+        "round trip p50 request+reply 100 B",
+        "round trip p99 request+reply 100 B",
+        "tasks/s push->work+ack 100 B, 1 worker",
+        "tasks/s vs plain without acks 100 B, 1 worker",
     ]
     for line in lines:
         assert line["unit"] in ("events/s", "tasks/s", "us")
@@ -79,6 +85,37 @@ def test_throughput_and_latency_short_run() -> None:
     acked, unacked = lines[1], lines[2]
     # Both compare the same mesh runs, the first to plain pyzmq with acks, the second to plain
     # pyzmq without: two baselines measured apart.
+    assert acked["value"] == unacked["value"]
+    assert acked["baseline"] != unacked["baseline"]
+
+
+def test_requests_short_run() -> None:
+    """The requests group alone: request/reply and task+ack round trips beside one REQ/REP
+    baseline, and tasks/s with acks to 1 worker beside plain PUSH/PULL with acks (and without)."""
+    result = bench("--suite", "requests", "--runs", "2", "--duration", "0.05", "--json")
+    lines = measurements(result)
+    assert [line["name"] for line in lines] == [
+        "round trip p50 request+reply 100 B",  # the smallest of the default sizes
+        "round trip p99 request+reply 100 B",
+        "round trip p50 task+ack 100 B",
+        "round trip p99 task+ack 100 B",
+        "tasks/s push->work+ack 100 B, 1 worker",
+        "tasks/s vs plain without acks 100 B, 1 worker",
+    ]
+    for line in lines:
+        assert line["runs"] == 2
+        assert line["value"] > 0
+        assert line["baseline"] > 0
+        assert line["ratio"] > 0
+        assert line["min"] <= line["value"] <= line["max"]
+        assert line["lost"] == 0
+    request_p50, request_p99, task_p50, task_p99, acked, unacked = lines
+    assert {line["unit"] for line in lines[:4]} == {"us"}
+    # Both round trips are measured against the same REQ/REP runs.
+    assert request_p50["baseline"] == task_p50["baseline"]
+    assert request_p99["baseline"] == task_p99["baseline"]
+    assert request_p50["value"] <= request_p99["value"]
+    assert (acked["unit"], unacked["unit"]) == ("tasks/s", "tasks/s")
     assert acked["value"] == unacked["value"]
     assert acked["baseline"] != unacked["baseline"]
 
@@ -117,12 +154,13 @@ def test_discovery_and_failures_short_run() -> None:
 @pytest.mark.timeout(60)
 def test_keys_short_run() -> None:
     result = bench(
-        "--suite", "events,tasks,latency", "--size", "100", "--subscribers", "1",
+        "--suite", "events,tasks,latency,requests", "--size", "100", "--subscribers", "1",
         "--workers", "1", "--runs", "1", "--duration", "0.05", "--keys", "--json",
     )  # fmt: skip
     lines = measurements(result)
     opened, keyed = lines[0::2], lines[1::2]
-    # Each open measurement, then its keyed twin: same name, measured in the same runs.
+    # Each open measurement, then its keyed twin: same name, measured in the same runs. What
+    # the requests group shares with tasks (1 worker) and latency is there once.
     assert [line["name"] for line in opened] == [line["name"] for line in keyed]
     assert [line["name"] for line in opened] == [
         "events/s pub->sub 100 B, 1 subscriber",
@@ -132,6 +170,8 @@ def test_keys_short_run() -> None:
         "round trip p99 task+ack 100 B",
         "round trip p50 event request/reply 100 B",
         "round trip p99 event request/reply 100 B",
+        "round trip p50 request+reply 100 B",
+        "round trip p99 request+reply 100 B",
     ]
     for line in opened:
         assert (line["keys"], line["vs_open"], line["baseline_vs_open"]) == (False, None, None)

@@ -4,7 +4,12 @@ every role in a process of its own on 127.0.0.1.
 Groups, one module each: throughput (`_throughput`: events/s publish -> subscribe, tasks/s
 push -> work with acks), latency (`_latency`: round trips), discovery (`_discovery`), failures
 (`_failure`: detection of a killed or frozen peer, rerouting of a killed worker's tasks) and
-scale (`_scale`: N node processes in one mesh). Roles run in a `Pool` of spawned (never forked)
+scale (`_scale`: N node processes in one mesh). The requests group puts what request/reply
+costs beside what a task costs, from two modules: round trips of a request and its reply and of
+a task and its ack (`_latency`), and tasks/s with acks to 1 worker (`_throughput`). A
+measurement that two chosen groups share is made once, for the first of them: with latency,
+the round trips are one run of the latency measurements; with tasks (1 worker among
+`Options.workers`), tasks/s is the tasks group's. Roles run in a `Pool` of spawned (never forked)
 processes that is reused from run to run and always reaped; every wait is bounded. Times are
 taken with CLOCK_MONOTONIC, common to every process of the machine. Absolute figures on a shared
 machine are noisy: compare the ratio to plain pyzmq measured in the same run.
@@ -31,7 +36,7 @@ from ._scale import bench_scale
 from ._throughput import bench_events, bench_tasks
 
 #: The groups of measurements, in the order they run.
-GROUPS = ("events", "tasks", "latency", "discovery", "detection", "reroute")
+GROUPS = ("events", "tasks", "latency", "requests", "discovery", "detection", "reroute")
 #: Names that stand for several groups.
 ALIASES = {"all": GROUPS, "throughput": ("events", "tasks"), "failure": ("detection", "reroute")}
 
@@ -88,7 +93,7 @@ def run_suite(options: Options) -> Iterator[Measurement]:
         size = max(size, 1 + max(options.subscribers))
     if "tasks" in groups:
         size = max(size, 1 + max(options.workers))
-    if groups & {"events", "tasks", "latency", "discovery"}:
+    if groups & {"events", "tasks", "latency", "requests", "discovery"}:
         with Pool(size) as pool:
             if "events" in groups:
                 for body in options.sizes:
@@ -98,14 +103,28 @@ def run_suite(options: Options) -> Iterator[Measurement]:
                 for body in options.sizes:
                     for workers in options.workers:
                         yield from bench_tasks(pool, body, workers, runs, duration, count, key)
-            if "latency" in groups:
-                # Round trips are about per-message cost: the smallest size says it.
-                yield from bench_latency(pool, min(options.sizes), runs, duration, count, key)
+            # Round trips are about per-message cost: the smallest size says it.
+            smallest = min(options.sizes)
+            trips = _round_trips(groups)
+            if trips:
+                yield from bench_latency(pool, smallest, runs, duration, count, key, trips)
+            if "requests" in groups and not ("tasks" in groups and 1 in options.workers):
+                yield from bench_tasks(pool, smallest, 1, runs, duration, count, key)
             if "discovery" in groups:
                 for nodes in options.discovery_nodes:
                     opened = bench_discovery(pool, nodes, runs)
                     yield from _keyed_too(opened, key, partial(bench_discovery, pool, nodes, runs))
     yield from _failures(groups, runs, key)
+
+
+def _round_trips(groups: set[str]) -> tuple[str, ...]:
+    """The round trips (`bench_latency`'s `trips`) that `groups` want, each once."""
+    trips: list[str] = []
+    if "latency" in groups:
+        trips += ["tasks", "events"]
+    if "requests" in groups:
+        trips += [trip for trip in ("requests", "tasks") if trip not in trips]
+    return tuple(trips)
 
 
 def _failures(groups: set[str], runs: int, key: KeyPair | None) -> Iterator[Measurement]:

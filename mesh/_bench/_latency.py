@@ -1,6 +1,9 @@
 """Round-trip latency, one message in flight at a time, client and server in two processes:
-a task pushed and its ack back (`push` then `wait_settled`), and a request and its reply over
-events (publish, the server publishes back), next to plain pyzmq REQ/REP in the same run.
+a task pushed and its ack back (`push` then `wait_settled`), a request and its reply over
+events (publish, the server publishes back) and a request and its reply (`request`, the server
+`serve`s and replies with the body), next to plain pyzmq REQ/REP (the body echoed) in the same
+run. Which of them are made is the caller's (`trips`): the latency group's are the first two,
+the requests group's the last and the first (with both groups, one run makes all three).
 
 A run makes round trips for `duration` seconds (at most `count`), after a few untimed ones;
 its p50 and p99 are taken; the measurement is the median of the runs' percentiles. With a key
@@ -11,7 +14,7 @@ key pair, REQ/REP with CURVE and the same keys).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -39,37 +42,48 @@ _WARM_UP = 20
 _SERVICE = "bench-rtt"
 
 
-#: Percentiles in microseconds: {"plain" | "tasks" | "events": {"p50" | "p99": one a run}}.
+#: Percentiles in microseconds: {"plain" | a trip: {"p50" | "p99": one a run}}.
 _Percentiles = dict[str, dict[str, list[float]]]
+
+#: The round trips through the mesh, as `bench_latency` takes them, and their measurements' names.
+TRIPS = {"tasks": "task+ack", "events": "event request/reply", "requests": "request+reply"}
 
 
 def bench_latency(
-    pool: Pool, size: int, runs: int, duration: float, count: int, key: KeyPair | None = None
+    pool: Pool,
+    size: int,
+    runs: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None = None,
+    trips: Sequence[str] = ("tasks", "events"),
 ) -> list[Measurement]:
-    """p50 and p99 round trips in microseconds: task+ack and event request/reply through the
-    mesh, plain pyzmq REQ/REP as the baseline of both; with `key`, keyed too (`against_open`).
-    `pool` has at least 2 processes."""
+    """p50 and p99 round trips in microseconds through the mesh, each of `trips` (keys of
+    `TRIPS`, measured and reported in that order), plain pyzmq REQ/REP as the baseline of all;
+    with `key`, keyed too (`against_open`). `pool` has at least 2 processes."""
+    if not trips or not set(trips) <= set(TRIPS) or len(set(trips)) < len(trips):
+        raise ValueError(f"round trips to measure: some of {', '.join(TRIPS)}, not {trips!r}")
     kinds = modes(key)
     measured: list[_Percentiles] = [
-        {what: {"p50": [], "p99": []} for what in ("plain", "tasks", "events")} for _ in kinds
+        {what: {"p50": [], "p99": []} for what in ("plain", *trips)} for _ in kinds
     ]
     for _ in range(runs):
         for into, kind in zip(measured, kinds, strict=True):
-            for what, client, server in (
-                ("plain", _plain_client, _plain_server),
-                ("tasks", _task_client, _task_server),
-                ("events", _event_client, _event_server),
-            ):
+            for what in ("plain", *trips):
+                client, server = _ROLES[what]
                 samples = _run(pool, client, server, size, duration, count, kind)
                 into[what]["p50"].append(percentile(samples, 0.50) * 1e6)
                 into[what]["p99"].append(percentile(samples, 0.99) * 1e6)
-    results = [_summaries(percentiles, size, runs) for percentiles in measured]
+    results = [_summaries(percentiles, trips, size, runs) for percentiles in measured]
     return results[0] if key is None else against_open(results[0], results[1])
 
 
-def _summaries(measured: _Percentiles, size: int, runs: int) -> list[Measurement]:
+def _summaries(
+    measured: _Percentiles, trips: Sequence[str], size: int, runs: int
+) -> list[Measurement]:
     results = []
-    for what, name in (("tasks", "task+ack"), ("events", "event request/reply")):
+    for what in trips:
+        name = TRIPS[what]
         for rank in ("p50", "p99"):
             results.append(
                 summary(
@@ -283,3 +297,75 @@ async def _ask_events(
                     if started > deadline:
                         break
         control.send(samples)
+
+
+# -- the mesh: a request and its reply (request/serve) ---------------------------------------------
+
+
+def _request_server(control: Connection, key: KeyPair | None) -> None:
+    trio.run(_serve_requests, control, key)
+
+
+async def _serve_requests(control: Connection, key: KeyPair | None) -> None:
+    from .. import open_node
+
+    async with (
+        open_node("bench-server", discovery="static", key=key) as node,
+        node.serve(_SERVICE) as requests,
+    ):
+        control.send(node.contact)
+
+        async def reply() -> None:
+            async for request in requests:
+                await request.reply(request.body)  # the body back, as plain REP echoes it
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reply)
+            await trio.to_thread.run_sync(wait_command, control)  # done
+            nursery.cancel_scope.cancel()
+
+
+def _request_client(
+    control: Connection,
+    address: str,
+    size: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
+) -> None:
+    trio.run(_ask_requests, control, address, size, duration, count, key)
+
+
+async def _ask_requests(
+    control: Connection,
+    address: str,
+    size: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
+) -> None:
+    from .. import open_node
+
+    async with open_node("bench-client", seeds=[address], discovery="static", key=key) as node:
+        await node.wait_for_peers(service=_SERVICE, timeout=20)
+        body = payload(size)
+        samples: list[float] = []
+        deadline = time.perf_counter() + duration
+        with trio.fail_after(max(30.0, 3 * duration)):
+            for done in range(_WARM_UP + count):
+                started = time.perf_counter()
+                await node.request(_SERVICE, body, timeout=10)
+                if done >= _WARM_UP:
+                    samples.append(time.perf_counter() - started)
+                    if started > deadline:
+                        break
+        control.send(samples)
+
+
+#: (client, server) of each round trip: the client sends `samples` (seconds), one a round trip.
+_ROLES: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
+    "plain": (_plain_client, _plain_server),
+    "tasks": (_task_client, _task_server),
+    "events": (_event_client, _event_server),
+    "requests": (_request_client, _request_server),
+}

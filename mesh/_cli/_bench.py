@@ -17,6 +17,9 @@ pyzmq with the same process layout in the same run. Groups (--suite):
   tasks      tasks/s push -> work, acked, each size, 1 and 3 workers (plain: PUSH/PULL with
              acks, 1,000 unacked a worker at most; then again vs plain PUSH/PULL without acks)
   latency    round trip p50/p99: a task and its ack, an event request and its reply (plain: REQ/REP)
+  requests   round trip p50/p99: a request and its reply (request/serve), a task and its ack
+             (plain: REQ/REP); tasks/s acked, smallest size, 1 worker (as tasks); what another
+             chosen group measures too is measured and shown once
   discovery  open to in every peer map, and first event, over mDNS with 2 and 10 nodes
   detection  kill -9 and SIGSTOP of a peer to suspect and dead
   reroute    kill -9 of a worker holding tasks to the first of them done by another worker
@@ -55,7 +58,8 @@ def add_to(commands: Any) -> None:
         type=_numbers(positive_int),
         default=[100, 1024],
         metavar="BYTES[,BYTES]",
-        help="body sizes for events and tasks; round trips use the smallest (default: 100,1024)",
+        help="body sizes for events and tasks; round trips and requests use the smallest"
+        " (default: 100,1024)",
     )
     bench.add_argument(
         "--subscribers",
