@@ -480,6 +480,7 @@ class Node:
         nursery.start_soon(self._heartbeats.judge)
         nursery.start_soon(self._producer.serve_redeliveries)
         nursery.start_soon(self._producer.expire_tasks)
+        nursery.start_soon(self._producer.calls.expire_calls)
         self._membership.start(nursery)
         self._introductions.start(nursery, seeds)
 

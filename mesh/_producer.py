@@ -25,7 +25,6 @@ The node wires it to its links (`ProducerWiring`); it reads no other component's
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -171,12 +170,14 @@ class ProducerSide:
         self.send(worker, route, request_id, service, 1, body, deadline)
         self._counts["requests_sent"] += 1
         self._services.row(service)[PUSHED] += 1
-        if deadline == math.inf:
-            return await self.calls.wait(request_id, lambda: self._abandon(request_id))
-        with trio.move_on_at(deadline):
-            return await self.calls.wait(request_id, lambda: self._abandon(request_id))
-        self._counts["requests_timed_out"] += 1
-        raise TimeoutError(f"no reply from {service!r} within {timeout:g} s")
+
+        def timed_out() -> TimeoutError:
+            self._counts["requests_timed_out"] += 1
+            return TimeoutError(f"no reply from {service!r} within {timeout:g} s")
+
+        return await self.calls.wait(
+            request_id, deadline, timed_out, lambda: self._abandon(request_id)
+        )
 
     def _abandon(self, request_id: int) -> None:
         """A caller stopped waiting: its request leaves flight (a queued one is skipped when

@@ -7,14 +7,18 @@ Rules:
   when its provider nacks it, dies or leaves, and given up, like any task (`ProducerSide`). This
   table only holds who waits for which request id.
 * A caller is woken once: by `answer` (a reply or an error from the provider, or the node giving
-  up on the request), or by its own cancellation, whose abort takes it out of the table and out
-  of flight (`on_abort`), so a reply that comes later names nothing and is dropped.
+  up on the request), by its deadline (`expire_calls`, one task for all the callers, raises
+  `TimeoutError` in it), or by its own cancellation. The last two take it out of the table and
+  out of flight (`on_abort`), so a reply that comes later names nothing and is dropped.
+* The deadlines are kept in a heap read by that one task, not in a cancel scope per call: a
+  scope costs a round trip more than the heap does.
 * A parked caller is woken directly (`trio.lowlevel.reschedule`), with no `trio.Event`: a round
   trip's cost is mostly scheduling, and this is the least of it.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from typing import Any, Final
@@ -36,10 +40,17 @@ def ttl_ms(deadline: float, now: float) -> int:
 
 
 class _Call:
-    __slots__ = ("error", "task", "value")
+    __slots__ = ("error", "on_abort", "task", "timeout", "value")
 
-    def __init__(self, task: trio.lowlevel.Task) -> None:
+    def __init__(
+        self,
+        task: trio.lowlevel.Task,
+        timeout: Callable[[], BaseException],
+        on_abort: Callable[[], None],
+    ) -> None:
         self.task = task
+        self.timeout = timeout
+        self.on_abort = on_abort
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -49,6 +60,8 @@ class Calls:
 
     def __init__(self) -> None:
         self._waiting: dict[int, _Call] = {}
+        self._deadlines: list[tuple[float, int]] = []  # a heap; answered calls skipped lazily
+        self._earlier = trio.lowlevel.ParkingLot()  # `expire_calls` waits here for a deadline
 
     def __contains__(self, request_id: int) -> bool:
         return request_id in self._waiting
@@ -56,11 +69,24 @@ class Calls:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    async def wait(self, request_id: int, on_abort: Callable[[], None]) -> Any:
+    async def wait(
+        self,
+        request_id: int,
+        deadline: float,
+        timeout: Callable[[], BaseException],
+        on_abort: Callable[[], None],
+    ) -> Any:
         """Park until request `request_id` is answered; return its reply or raise its error.
-        Cancelled, it calls `on_abort` and raises `trio.Cancelled` as usual."""
-        call = _Call(trio.lowlevel.current_task())
+        At `deadline` (`trio.current_time()`'s clock) it raises `timeout()`; cancelled, it
+        raises `trio.Cancelled` as usual. Either way it calls `on_abort` first."""
+        call = _Call(trio.lowlevel.current_task(), timeout, on_abort)
         self._waiting[request_id] = call
+        if deadline != math.inf:
+            deadlines = self._deadlines
+            earlier = not deadlines or deadline < deadlines[0][0]
+            heapq.heappush(deadlines, (deadline, request_id))
+            if earlier:
+                self._earlier.unpark_all()  # `expire_calls` sleeps till a later one, or none
 
         def abort(_: object) -> trio.lowlevel.Abort:
             del self._waiting[request_id]
@@ -72,6 +98,26 @@ class Calls:
             raise call.error
         return call.value
 
+    async def expire_calls(self) -> None:
+        """Wake each caller whose deadline has passed with its `TimeoutError`. Runs until
+        cancelled."""
+        while True:
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1] not in self._waiting:
+                heapq.heappop(deadlines)  # answered already
+            if not deadlines:
+                await self._earlier.park()
+                continue
+            with trio.move_on_at(deadlines[0][0]):
+                await self._earlier.park()  # an earlier deadline came: look again
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                _, request_id = heapq.heappop(deadlines)
+                call = self._waiting.get(request_id)
+                if call is not None:
+                    call.on_abort()
+                    self.answer(request_id, error=call.timeout())
+
     def answer(
         self, request_id: int, value: Any = None, error: BaseException | None = None
     ) -> bool:
@@ -80,6 +126,11 @@ class Calls:
         call = self._waiting.pop(request_id, None)
         if call is None:
             return False
+        if len(self._deadlines) > 2 * len(self._waiting) + 1024:
+            # Most deadlines are of calls answered: keep only the others (amortised, so that
+            # the heap stays as large as the calls waiting, not as the calls of a timeout).
+            self._deadlines = [entry for entry in self._deadlines if entry[1] in self._waiting]
+            heapq.heapify(self._deadlines)
         call.value = value
         call.error = error
         trio.lowlevel.reschedule(call.task)

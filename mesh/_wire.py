@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
@@ -152,12 +153,25 @@ class Hello:
 # -- encoding --------------------------------------------------------------------------------------
 
 
+# A packer is made once per thread, not per message (`packb` makes one each call, and packing an
+# `IntEnum` takes msgpack's slow path: together twice the cost of a message's packing). One per
+# thread: nodes of the blocking facade run in threads of their own, in one process.
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
 def pack(kind: Kind, sender: bytes, seq: int, meta: Sequence[Any] | None, body: Any) -> bytes:
     """Encode an envelope. Raises `TypeError` for a body msgpack cannot carry, `ValueError` when
     the result is larger than `MAX_FRAME_SIZE` or holds more than `MAX_VALUES` values (both are
     the caller's mistakes, not the peer's)."""
     try:
-        frame: bytes = msgpack.packb([VERSION, kind, sender, seq, meta, body], use_bin_type=True)
+        frame: bytes = _packer().pack([VERSION, int(kind), sender, seq, meta, body])
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body cannot be sent: {exc} (bodies are msgpack values)") from exc
     if len(frame) > MAX_FRAME_SIZE:
@@ -593,6 +607,44 @@ def _check_value(value: Any, depth: int) -> None:
 
 
 def _check_meta(kind: Kind, meta: Any) -> tuple[Any, ...] | None:
+    # The kinds of every task's round trip, checked in one expression each (the general loop
+    # below costs several times as much, and these come once per task); anything doubtful
+    # falls through to it, which says what is wrong.
+    if type(meta) is list:
+        if kind is Kind.ACK:
+            if len(meta) == 1 and type(meta[0]) is int and 0 <= meta[0] <= MAX_UINT64:
+                return (meta[0],)
+        elif kind is Kind.TASK:
+            if (
+                len(meta) == 3
+                and type(meta[0]) is int
+                and type(meta[1]) is str
+                and type(meta[2]) is int
+                and 0 <= meta[0] <= MAX_UINT64
+                and 0 <= meta[2] <= MAX_UINT64
+                and len(meta[1]) <= MAX_TOPIC_SIZE // 4
+            ):
+                return (meta[0], meta[1], meta[2])
+        elif kind is Kind.REPLY:
+            if (
+                len(meta) == 2
+                and type(meta[0]) is int
+                and type(meta[1]) is bool
+                and 0 <= meta[0] <= MAX_UINT64
+            ):
+                return (meta[0], meta[1])
+        elif kind is Kind.REQUEST and (
+            len(meta) == 4
+            and type(meta[0]) is int
+            and type(meta[1]) is str
+            and type(meta[2]) is int
+            and type(meta[3]) is int
+            and 0 <= meta[0] <= MAX_UINT64
+            and 0 <= meta[2] <= MAX_UINT64
+            and 0 <= meta[3] <= MAX_UINT64
+            and len(meta[1]) <= MAX_TOPIC_SIZE // 4
+        ):
+            return (meta[0], meta[1], meta[2], meta[3])
     shape = _META_SHAPES[kind]
     if shape is None:
         if meta is not None:

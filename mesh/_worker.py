@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 #: Tasks held from one sender at most, when this node gives no credit (`Settings.prefetch`).
 HELD_PER_SENDER: Final = 10_000
+#: Senders whose links `WorkerSide` keeps at hand (more, and it forgets them all: peers are
+#: bounded by `Settings.max_peers` anyway).
+_ROUTES_KEPT: Final = 4096
 
 
 class WorkerWiring(Protocol):
@@ -88,6 +91,7 @@ class WorkerSide:
         self._held_per_sender = HELD_PER_SENDER if credit is None else max(10 * credit, 1000)
         self._held_changed = trio.lowlevel.ParkingLot()
         self._finished = RecentTasks(dedup_window)  # (sender, task id) of tasks acked here
+        self._routes: dict[bytes, Route] = {}  # by sender: where its answers go (`_route_to`)
         self._draining = False
         self._unyielded = 0
 
@@ -226,8 +230,10 @@ class WorkerSide:
         """Send an ACK, NACK or REPLY to the task's sender, waiting while its outbox is full.
         Raises `TypeError`/`ValueError` for a reply `body` that cannot be packed."""
         while True:
-            route = self._wiring.route_to(origin)
-            if route is None or route.outbox.socket.closed:  # it left, or never said HELLO
+            route = self._routes.get(origin)
+            if route is None or route.outbox.socket.closed:
+                route = self._route_to(origin)
+            if route is None:  # it left, or never said HELLO
                 self._log.warning(
                     "unroutable",
                     trio.current_time(),
@@ -254,6 +260,18 @@ class WorkerSide:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             await outbox.wait_room()  # a link closed meanwhile wakes this too
+
+    def _route_to(self, origin: bytes) -> Route | None:
+        """The link to `origin`'s inbox, looked up and kept for its next answers (a peer's
+        inbox address never changes: a link found closed is looked up again)."""
+        route = self._wiring.route_to(origin)
+        if route is None or route.outbox.socket.closed:
+            self._routes.pop(origin, None)
+            return None
+        if len(self._routes) >= _ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[origin] = route
+        return route
 
     def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
         if self._wiring.send_to_peer(origin, kind, meta):

@@ -56,6 +56,9 @@ class AsyncSocket:
         self._interruptible = interruptible
         self._ops: list[tuple[SocketOp, trio.Event]] = []
         self._wait_scope: trio.CancelScope | None = None
+        # `EVENTS` was last read by a receive and showed no message, and nothing has touched
+        # the socket since: the next receive may wait on the FD without reading it again.
+        self._drained = False
 
     @property
     def closed(self) -> bool:
@@ -66,6 +69,7 @@ class AsyncSocket:
         False if it pushes back (HWM reached or, with IMMEDIATE, no peer connected yet)."""
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
+        self._drained = False
         try:
             if isinstance(message, bytes):
                 self._socket.send(message, _NOBLOCK)
@@ -86,6 +90,7 @@ class AsyncSocket:
         """Receive one frame if one is ready; raises `zmq.Again` if not."""
         if self._closed:
             raise trio.ClosedResourceError("socket was closed")
+        self._drained = False
         frame: bytes = self._socket.recv(_NOBLOCK)
         return frame
 
@@ -115,6 +120,11 @@ class AsyncSocket:
         await trio.lowlevel.checkpoint_if_cancelled()
         socket = self._socket
         waited = False
+        if self._drained and not self._ops:
+            # (One read of `EVENTS` fewer per wake-up: each may cost a system call.)
+            self._drained = False
+            waited = True
+            await self._wait_fd()
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
@@ -134,6 +144,7 @@ class AsyncSocket:
             except zmq.Again:
                 pass
             if batch:
+                self._drained = drained
                 if not waited:
                     # Yield once per batch, shielded so that a cancellation arriving now cannot
                     # drop the messages already taken from ZeroMQ; it is delivered at the next
@@ -198,6 +209,8 @@ class AsyncSocket:
         self._ops.clear()
 
     def _run_ops(self) -> None:
+        if self._ops:
+            self._drained = False
         while self._ops:
             op, done = self._ops.pop(0)
             try:
@@ -212,6 +225,7 @@ class AsyncSocket:
             if self._closed:
                 raise trio.ClosedResourceError("socket was closed")
             self._run_ops()
+            self._drained = False
             events: int = self._socket.getsockopt(_EVENTS)  # type: ignore[assignment]
             if events & flag:
                 return

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import mesh
-from mesh._requests import MAX_TTL_MS, ttl_ms
+from mesh._requests import MAX_TTL_MS, Calls, ttl_ms
 from mesh._routing import Dispatcher, InFlightTask, Returned, returned
 from mesh._wire import Kind
 
@@ -60,6 +61,62 @@ def test_a_cancelled_request_leaves_flight_and_its_late_reply_settles_nothing() 
     assert dispatcher.in_flight(A) == 0
     assert dispatcher.settle(A, 1) is None
     assert dispatcher.cancel(1) is None
+
+
+async def test_each_caller_times_out_at_its_own_deadline_and_answers_win_before(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls = Calls()
+    outcomes: dict[int, tuple[str, float]] = {}
+    aborted: list[int] = []
+
+    async def call(request_id: int, deadline: float) -> None:
+        try:
+            value = await calls.wait(
+                request_id,
+                deadline,
+                lambda: TimeoutError(request_id),
+                lambda: aborted.append(request_id),
+            )
+            outcomes[request_id] = (f"reply {value}", trio.current_time())
+        except TimeoutError:
+            outcomes[request_id] = ("timeout", trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(calls.expire_calls)
+        start = trio.current_time()
+        # Deadlines out of order, one answered in time, one with none at all.
+        for request_id, after in [(1, 5.0), (2, 2.0), (3, 9.0), (4, 3.0), (5, math.inf)]:
+            nursery.start_soon(call, request_id, start + after)
+        await trio.sleep(1)
+        assert calls.answer(3, "early")
+        await trio.sleep(20)
+        assert calls.answer(5, "late")
+        assert not calls.answer(1, "too late")  # it timed out: nobody waits
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert outcomes == {
+        1: ("timeout", start + 5.0),
+        2: ("timeout", start + 2.0),
+        3: ("reply early", start + 1.0),
+        4: ("timeout", start + 3.0),
+        5: ("reply late", start + 21.0),
+    }
+    assert sorted(aborted) == [1, 2, 4]  # each timed-out request left flight
+
+
+async def test_the_deadline_heap_stays_the_size_of_the_calls_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls = Calls()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(calls.expire_calls)
+        for request_id in range(10_000):  # each answered at once, its deadline far off
+            nursery.start_soon(calls.wait, request_id, 1e9, TimeoutError, lambda: None)
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls.answer(request_id, None)
+            assert len(calls._deadlines) <= 2 * len(calls) + 1025
+        nursery.cancel_scope.cancel()
 
 
 # -- on real sockets ----------------------------------------------------------------------------
