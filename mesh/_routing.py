@@ -84,7 +84,9 @@ class Dispatcher:
         self._tasks: dict[int, InFlightTask] = {}
         self._load: dict[bytes, int] = {}
         self._credit: dict[bytes, int] = {}
-        self._deadlines: list[tuple[float, int]] = []  # heap; stale entries skipped lazily
+        # A heap of (deadline, task id); entries of settled tasks are skipped lazily, and
+        # dropped in bulk when they outnumber the tasks in flight (`sent`).
+        self._deadlines: list[tuple[float, int]] = []
         self._turn = 0
 
     def new_task_id(self) -> int:
@@ -130,7 +132,14 @@ class Dispatcher:
         self._tasks[task.task_id] = task
         self._load[task.worker] = self._load.get(task.worker, 0) + 1
         if self.ack_timeout is not None:
-            heapq.heappush(self._deadlines, (task.sent_at + self.ack_timeout, task.task_id))
+            deadlines = self._deadlines
+            if len(deadlines) > 2 * len(self._tasks) + 1024:
+                # Most entries are of tasks settled since: keep the others. (Amortised: the
+                # table stays about as large as the tasks in flight, not as the tasks sent in
+                # one ack timeout, which is millions under load.)
+                self._deadlines = deadlines = [e for e in deadlines if self._is_due(*e)]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (task.sent_at + self.ack_timeout, task.task_id))
 
     def settle(self, worker: bytes, task_id: int) -> InFlightTask | None:
         """An ack or nack arrived from `worker`. Returns the task it settled, or None if it names
@@ -155,18 +164,22 @@ class Dispatcher:
         overdue = []
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, task_id = heapq.heappop(self._deadlines)
-            task = self._tasks.get(task_id)
-            if task is not None and task.sent_at + (self.ack_timeout or 0) == deadline:
+            if self._is_due(deadline, task_id):
+                task = self._tasks[task_id]
                 self._take(task)
                 overdue.append(task)
         return overdue
+
+    def _is_due(self, deadline: float, task_id: int) -> bool:
+        """Whether a deadline entry is still its task's (in flight, and not sent again since)."""
+        task = self._tasks.get(task_id)
+        return task is not None and task.sent_at + (self.ack_timeout or 0) == deadline
 
     def next_deadline(self) -> float | None:
         """When the next task in flight expires, or None."""
         while self._deadlines:
             deadline, task_id = self._deadlines[0]
-            task = self._tasks.get(task_id)
-            if task is not None and task.sent_at + (self.ack_timeout or 0) == deadline:
+            if self._is_due(deadline, task_id):
                 return deadline
             heapq.heappop(self._deadlines)  # settled already: drop the stale entry
         return None

@@ -61,3 +61,18 @@ def test_a_task_never_acked_expires_at_each_deadline_and_is_given_up_after_its_l
     assert [(t.task_id, t.worker, t.attempt) for t in fate.given_up] == [(1, B, 2)]
     assert dispatcher.next_deadline() is None
     assert dispatcher.in_flight() == 0
+
+
+def test_the_deadlines_kept_stay_about_as_many_as_the_tasks_in_flight() -> None:
+    # Tasks acked long before their deadline leave entries behind; under load (tens of
+    # thousands a second, a minute's timeout) they would be millions.
+    dispatcher = Dispatcher(max_in_flight=10, ack_timeout=60.0)
+    for task_id in range(1, 100_001):
+        dispatcher.sent(task(task_id, 1, A, sent_at=100.0 + task_id / 1000))
+        assert dispatcher.settle(A, task_id) is not None
+        assert len(dispatcher._deadlines) <= 2 * (dispatcher.in_flight() + 1) + 1025
+    # The compaction keeps what is still due, and the order of expiry.
+    for task_id in (200_001, 200_002):
+        dispatcher.sent(task(task_id, 1, B, sent_at=1000.0 + task_id - 200_000))
+    assert dispatcher.next_deadline() == 1061.0
+    assert [t.task_id for t in dispatcher.expired(1062.0)] == [200_001, 200_002]
