@@ -61,7 +61,8 @@ def test_throughput_and_latency_short_run() -> None:
     )  # fmt: skip
     lines = measurements(result)
     # The requests group shares the latency group's run of round trips (task+ack once, beside
-    # the same REQ/REP), and measures tasks/s with 1 worker, which the tasks group (2) did not.
+    # the same REQ/REP, and the floor, the requests group's only), and measures tasks/s with 1
+    # worker, which the tasks group (2) did not.
     assert [line["name"] for line in lines] == [
         "events/s pub->sub 100 B, 2 subscribers",
         "tasks/s push->work+ack 100 B, 2 workers",
@@ -72,6 +73,8 @@ def test_throughput_and_latency_short_run() -> None:
         "round trip p99 event request/reply 100 B",
         "round trip p50 request+reply 100 B",
         "round trip p99 request+reply 100 B",
+        "round trip p50 trio+pyzmq PUSH/PULL, no mesh 100 B",
+        "round trip p99 trio+pyzmq PUSH/PULL, no mesh 100 B",
         "tasks/s push->work+ack 100 B, 1 worker",
         "tasks/s vs plain without acks 100 B, 1 worker",
     ]
@@ -90,8 +93,9 @@ def test_throughput_and_latency_short_run() -> None:
 
 
 def test_requests_short_run() -> None:
-    """The requests group alone: request/reply and task+ack round trips beside one REQ/REP
-    baseline, and tasks/s with acks to 1 worker beside plain PUSH/PULL with acks (and without)."""
+    """The requests group alone: request/reply and task+ack round trips and the floor (trio and
+    pyzmq PUSH/PULL, no mesh) beside one REQ/REP baseline, and tasks/s with acks to 1 worker
+    beside plain PUSH/PULL with acks (and without)."""
     result = bench("--suite", "requests", "--runs", "2", "--duration", "0.05", "--json")
     lines = measurements(result)
     assert [line["name"] for line in lines] == [
@@ -99,6 +103,8 @@ def test_requests_short_run() -> None:
         "round trip p99 request+reply 100 B",
         "round trip p50 task+ack 100 B",
         "round trip p99 task+ack 100 B",
+        "round trip p50 trio+pyzmq PUSH/PULL, no mesh 100 B",
+        "round trip p99 trio+pyzmq PUSH/PULL, no mesh 100 B",
         "tasks/s push->work+ack 100 B, 1 worker",
         "tasks/s vs plain without acks 100 B, 1 worker",
     ]
@@ -109,12 +115,13 @@ def test_requests_short_run() -> None:
         assert line["ratio"] > 0
         assert line["min"] <= line["value"] <= line["max"]
         assert line["lost"] == 0
-    request_p50, request_p99, task_p50, task_p99, acked, unacked = lines
-    assert {line["unit"] for line in lines[:4]} == {"us"}
-    # Both round trips are measured against the same REQ/REP runs.
-    assert request_p50["baseline"] == task_p50["baseline"]
-    assert request_p99["baseline"] == task_p99["baseline"]
+    request_p50, request_p99, task_p50, task_p99, floor_p50, floor_p99, acked, unacked = lines
+    assert {line["unit"] for line in lines[:6]} == {"us"}
+    # All three round trips, the floor too, are measured against the same REQ/REP runs.
+    assert request_p50["baseline"] == task_p50["baseline"] == floor_p50["baseline"]
+    assert request_p99["baseline"] == task_p99["baseline"] == floor_p99["baseline"]
     assert request_p50["value"] <= request_p99["value"]
+    assert floor_p50["value"] <= floor_p99["value"]
     assert (acked["unit"], unacked["unit"]) == ("tasks/s", "tasks/s")
     assert acked["value"] == unacked["value"]
     assert acked["baseline"] != unacked["baseline"]
@@ -172,6 +179,8 @@ def test_keys_short_run() -> None:
         "round trip p99 event request/reply 100 B",
         "round trip p50 request+reply 100 B",
         "round trip p99 request+reply 100 B",
+        "round trip p50 trio+pyzmq PUSH/PULL, no mesh 100 B",
+        "round trip p99 trio+pyzmq PUSH/PULL, no mesh 100 B",
     ]
     for line in opened:
         assert (line["keys"], line["vs_open"], line["baseline_vs_open"]) == (False, None, None)

@@ -5,10 +5,11 @@ Groups, one module each: throughput (`_throughput`: events/s publish -> subscrib
 push -> work with acks), latency (`_latency`: round trips), discovery (`_discovery`), failures
 (`_failure`: detection of a killed or frozen peer, rerouting of a killed worker's tasks) and
 scale (`_scale`: N node processes in one mesh). The requests group puts what request/reply
-costs beside what a task costs, from two modules: round trips of a request and its reply and of
-a task and its ack (`_latency`), and tasks/s with acks to 1 worker (`_throughput`). A
-measurement that two chosen groups share is made once, for the first of them: with latency,
-the round trips are one run of the latency measurements; with tasks (1 worker among
+costs beside what a task costs, from two modules: round trips of a request and its reply, of a
+task and its ack and of the floor, plain pyzmq PUSH/PULL driven from trio as the mesh drives
+ZeroMQ (`_latency`, all three beside the same REQ/REP), and tasks/s with acks to 1 worker
+(`_throughput`). A measurement that two chosen groups share is made once, for the first of them:
+with latency, the round trips are one run of the latency measurements; with tasks (1 worker among
 `Options.workers`), tasks/s is the tasks group's. Roles run in a `Pool` of spawned (never forked)
 processes that is reused from run to run and always reaped; every wait is bounded. Times are
 taken with CLOCK_MONOTONIC, common to every process of the machine. Absolute figures on a shared
@@ -123,7 +124,7 @@ def _round_trips(groups: set[str]) -> tuple[str, ...]:
     if "latency" in groups:
         trips += ["tasks", "events"]
     if "requests" in groups:
-        trips += [trip for trip in ("requests", "tasks") if trip not in trips]
+        trips += [trip for trip in ("requests", "tasks", "floor") if trip not in trips]
     return tuple(trips)
 
 

@@ -2,13 +2,18 @@
 a task pushed and its ack back (`push` then `wait_settled`), a request and its reply over
 events (publish, the server publishes back) and a request and its reply (`request`, the server
 `serve`s and replies with the body), next to plain pyzmq REQ/REP (the body echoed) in the same
-run. Which of them are made is the caller's (`trips`): the latency group's are the first two,
-the requests group's the last and the first (with both groups, one run makes all three).
+run. Beside them, the floor: plain pyzmq without the mesh but driven as the mesh drives ZeroMQ
+from trio (PUSH to the other's PULL both ways, NOBLOCK sends and receives, waits on the
+edge-triggered FD by the rule of `mesh._zmq`), the body echoed: what of the distance to REQ/REP
+is that pattern's rather than the mesh's. Which of them are made is the caller's (`trips`): the
+latency group's are a task and its ack and a request over events, the requests group's a
+request and its reply, a task and its ack and the floor (with both groups, one run makes all
+four).
 
 A run makes round trips for `duration` seconds (at most `count`), after a few untimed ones;
 its p50 and p99 are taken; the measurement is the median of the runs' percentiles. With a key
 pair (``--keys``) each run measures everything twice, open and then keyed (every node with that
-key pair, REQ/REP with CURVE and the same keys).
+key pair, REQ/REP and the floor's sockets with CURVE and the same keys).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 import zmq
@@ -40,13 +45,24 @@ if TYPE_CHECKING:
 
 _WARM_UP = 20
 _SERVICE = "bench-rtt"
+# As plain ints, as `mesh._zmq` has them: pyzmq's enum members cost an enum operation at each use.
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
 
 
 #: Percentiles in microseconds: {"plain" | a trip: {"p50" | "p99": one a run}}.
 _Percentiles = dict[str, dict[str, list[float]]]
 
-#: The round trips through the mesh, as `bench_latency` takes them, and their measurements' names.
-TRIPS = {"tasks": "task+ack", "events": "event request/reply", "requests": "request+reply"}
+#: The round trips measured against REQ/REP, as `bench_latency` takes them, and their
+#: measurements' names: three through the mesh, and the floor (trio+pyzmq, no mesh).
+TRIPS = {
+    "tasks": "task+ack",
+    "events": "event request/reply",
+    "requests": "request+reply",
+    "floor": "trio+pyzmq PUSH/PULL, no mesh",
+}
 
 
 def bench_latency(
@@ -58,9 +74,9 @@ def bench_latency(
     key: KeyPair | None = None,
     trips: Sequence[str] = ("tasks", "events"),
 ) -> list[Measurement]:
-    """p50 and p99 round trips in microseconds through the mesh, each of `trips` (keys of
-    `TRIPS`, measured and reported in that order), plain pyzmq REQ/REP as the baseline of all;
-    with `key`, keyed too (`against_open`). `pool` has at least 2 processes."""
+    """p50 and p99 round trips in microseconds, each of `trips` (keys of `TRIPS`, measured and
+    reported in that order), plain pyzmq REQ/REP as the baseline of all; with `key`, keyed
+    too (`against_open`). `pool` has at least 2 processes."""
     if not trips or not set(trips) <= set(TRIPS) or len(set(trips)) < len(trips):
         raise ValueError(f"round trips to measure: some of {', '.join(TRIPS)}, not {trips!r}")
     kinds = modes(key)
@@ -362,10 +378,112 @@ async def _ask_requests(
         control.send(samples)
 
 
+# -- the floor: plain pyzmq PUSH/PULL both ways, driven from trio as the mesh drives ZeroMQ --------
+#
+# No mesh: the client's PUSH to the server's PULL, the server's PUSH to the client's PULL (the
+# server binds both, so that the runner's one answer, its addresses, is all the client needs).
+# Every send and receive goes as in `mesh._zmq`: NOBLOCK first; on `zmq.Again`, read `EVENTS`;
+# wait on the FD only if it says the operation cannot proceed, and try again after each wake-up.
+
+
+async def _floor_receive(sock: zmq.Socket[bytes]) -> bytes:
+    while True:
+        try:
+            return sock.recv(_NOBLOCK)
+        except zmq.Again:
+            pass
+        if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+            await trio.lowlevel.wait_readable(sock.FD)
+
+
+async def _floor_send(sock: zmq.Socket[bytes], frame: bytes) -> None:
+    while True:
+        try:
+            sock.send(frame, _NOBLOCK)
+            return
+        except zmq.Again:  # no peer yet: PUSH takes nothing until one is connected
+            pass
+        if not sock.getsockopt(_EVENTS) & _POLLOUT:  # type: ignore[operator]
+            await trio.lowlevel.wait_readable(sock.FD)
+
+
+def _floor_server(control: Connection, key: KeyPair | None) -> None:
+    trio.run(_serve_floor, control, key)
+
+
+async def _serve_floor(control: Connection, key: KeyPair | None) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    try:
+        addresses = []
+        for sock in (pull, push):
+            curve_server(sock, key)
+            addresses.append(f"127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
+        control.send(tuple(addresses))
+
+        async def echo() -> None:
+            while True:
+                await _floor_send(push, await _floor_receive(pull))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            await trio.to_thread.run_sync(wait_command, control)  # done
+            nursery.cancel_scope.cancel()
+    finally:
+        pull.close(linger=0)
+        push.close(linger=0)
+        context.term()
+
+
+def _floor_client(
+    control: Connection,
+    addresses: tuple[str, str],
+    size: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
+) -> None:
+    trio.run(_ask_floor, control, addresses, size, duration, count, key)
+
+
+async def _ask_floor(
+    control: Connection,
+    addresses: tuple[str, str],
+    size: int,
+    duration: float,
+    count: int,
+    key: KeyPair | None,
+) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    push, pull = context.socket(zmq.PUSH), context.socket(zmq.PULL)
+    try:
+        for sock, address in zip((push, pull), addresses, strict=True):
+            curve_client(sock, key)
+            sock.connect(f"tcp://{address}")
+        body = payload(size)
+        samples: list[float] = []
+        deadline = time.perf_counter() + duration
+        with trio.fail_after(max(30.0, 3 * duration)):
+            for done in range(_WARM_UP + count):
+                started = time.perf_counter()
+                await _floor_send(push, body)
+                await _floor_receive(pull)
+                if done >= _WARM_UP:
+                    samples.append(time.perf_counter() - started)
+                    if started > deadline:
+                        break
+        control.send(samples)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        context.term()
+
+
 #: (client, server) of each round trip: the client sends `samples` (seconds), one a round trip.
 _ROLES: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "plain": (_plain_client, _plain_server),
     "tasks": (_task_client, _task_server),
     "events": (_event_client, _event_server),
     "requests": (_request_client, _request_server),
+    "floor": (_floor_client, _floor_server),
 }

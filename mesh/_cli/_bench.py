@@ -17,9 +17,11 @@ pyzmq with the same process layout in the same run. Groups (--suite):
   tasks      tasks/s push -> work, acked, each size, 1 and 3 workers (plain: PUSH/PULL with
              acks, 1,000 unacked a worker at most; then again vs plain PUSH/PULL without acks)
   latency    round trip p50/p99: a task and its ack, an event request and its reply (plain: REQ/REP)
-  requests   round trip p50/p99: a request and its reply (request/serve), a task and its ack
-             (plain: REQ/REP); tasks/s acked, smallest size, 1 worker (as tasks); what another
-             chosen group measures too is measured and shown once
+  requests   round trip p50/p99: a request and its reply (request/serve), a task and its ack,
+             and the floor: trio+pyzmq PUSH/PULL both ways without the mesh, driven as the
+             mesh drives ZeroMQ (plain: REQ/REP, for all three); tasks/s acked, smallest size,
+             1 worker (as tasks); what another chosen group measures too is measured and shown
+             once
   discovery  open to in every peer map, and first event, over mDNS with 2 and 10 nodes
   detection  kill -9 and SIGSTOP of a peer to suspect and dead
   reroute    kill -9 of a worker holding tasks to the first of them done by another worker
