@@ -190,7 +190,13 @@ class Task:
         tb: TracebackType | None,
     ) -> bool:
         if exc is None:
-            await self.ack()
+            if not self._settled:
+                # (`ack`, without a coroutine of its own while the sender's outbox has room.)
+                self._settled = True
+                owner = self._owner
+                owner.release(self)
+                if owner.answer_now(self._origin, Kind.ACK, [self.id]) is not None:
+                    await owner.settle(self._origin, Kind.ACK, [self.id])
             return False
         with trio.CancelScope(shield=True):
             await self.nack(f"{type(exc).__name__}: {exc}")

@@ -45,6 +45,7 @@ from ._wire import Envelope, Kind, pack
 
 if TYPE_CHECKING:
     from ._producer import Route
+    from ._zmq import Outbox
 
 #: Tasks held from one sender at most, when this node gives no credit (`Settings.prefetch`).
 HELD_PER_SENDER: Final = 10_000
@@ -229,37 +230,44 @@ class WorkerSide:
     async def settle(self, origin: bytes, kind: Kind, meta: list[Any], body: Any = None) -> None:
         """Send an ACK, NACK or REPLY to the task's sender, waiting while its outbox is full.
         Raises `TypeError`/`ValueError` for a reply `body` that cannot be packed."""
-        while True:
-            route = self._routes.get(origin)
-            if route is None or route.outbox.socket.closed:
-                route = self._route_to(origin)
-            if route is None:  # it left, or never said HELLO
-                self._log.warning(
-                    "unroutable",
-                    trio.current_time(),
-                    "cannot send %s for task %d: its sender %s is not a known peer",
-                    kind.name,
-                    meta[0],
-                    origin.hex()[:8],
-                )
-                return
-            outbox = route.outbox
-            if kind is Kind.ACK:
-                self._finished.add((origin, meta[0]))
-            if outbox.has_room():
-                # The sequence number is taken only once there is room, so numbers leave in order.
-                frame = pack(kind, self._id, route.seq + 1, meta, body)
-                route.next_seq()  # only now: packing may have refused the body
-                outbox.send_nowait(frame)
-                self._counts[_SENT[kind]] += 1
-                # Not a scheduling point per ack: the acks of a worker's burst of tasks then
-                # leave together (the outbox coalesces until this task yields).
-                self._unyielded += 1
-                if self._unyielded >= YIELD_EVERY:
-                    self._unyielded = 0
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return
-            await outbox.wait_room()  # a link closed meanwhile wakes this too
+        while (full := self.answer_now(origin, kind, meta, body)) is not None:
+            await full.wait_room()  # a link closed meanwhile wakes this too
+        # Not a scheduling point per answer: the acks of a worker's burst of tasks then leave
+        # together (the outbox coalesces until this task yields).
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def answer_now(
+        self, origin: bytes, kind: Kind, meta: list[Any], body: Any = None
+    ) -> Outbox | None:
+        """`settle` if the sender's outbox has room (or the sender is gone: logged); else the
+        full outbox, to wait on, and nothing done."""
+        route = self._routes.get(origin)
+        if route is None or route.outbox.socket.closed:
+            route = self._route_to(origin)
+        if route is None:  # it left, or never said HELLO
+            self._log.warning(
+                "unroutable",
+                trio.current_time(),
+                "cannot send %s for task %d: its sender %s is not a known peer",
+                kind.name,
+                meta[0],
+                origin.hex()[:8],
+            )
+            return None
+        outbox = route.outbox
+        if kind is Kind.ACK:
+            self._finished.add((origin, meta[0]))
+        if not outbox.has_room():
+            return outbox
+        # The sequence number is taken only once there is room, so numbers leave in order.
+        frame = pack(kind, self._id, route.seq + 1, meta, body)
+        route.next_seq()  # only now: packing may have refused the body
+        outbox.send_nowait(frame)
+        self._counts[_SENT[kind]] += 1
+        return None
 
     def _route_to(self, origin: bytes) -> Route | None:
         """The link to `origin`'s inbox, looked up and kept for its next answers (a peer's
