@@ -107,8 +107,10 @@ class WorkerSide:
 
     def on_task(self, envelope: Envelope) -> None:
         """A TASK or REQUEST from the inbox (never blocks)."""
-        assert envelope.meta is not None
-        task_id, service, attempt, *ttl = envelope.meta
+        meta = envelope.meta
+        assert meta is not None
+        task_id, service, attempt = meta[0], meta[1], meta[2]
+        ttl = meta[3:]  # a REQUEST's time to live; () for a TASK
         self._services.row(service)[RECEIVED] += 1
         if not ttl and (envelope.sender, task_id) in self._finished:
             self._counts["tasks_duplicate"] += 1  # done already: its ack was lost on the way
@@ -224,7 +226,7 @@ class WorkerSide:
             else:
                 del self._held_from[origin]
             self._services.row(task.service)[DONE] += 1
-        if not held:
+        if not held and self._held_changed:  # (`drain` waits there; nothing else does)
             self._held_changed.unpark_all()
 
     async def settle(self, origin: bytes, kind: Kind, meta: list[Any], body: Any = None) -> None:
