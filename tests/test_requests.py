@@ -471,3 +471,21 @@ async def test_a_provider_killed_mid_stream_costs_no_request_its_reply() -> None
     )
     assert redelivered > 0  # the killed provider's requests went to the others
     assert all(caller.statistics().requests_failed == 0 for caller in callers)
+
+
+async def test_a_caller_still_waiting_when_its_node_closes_is_told_not_left_hanging() -> None:
+    outcome: list[BaseException] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as outer:
+            async with peered_nodes() as (caller, provider), provider.serve("never"):
+                await caller.wait_for_peers(service="never", timeout=5)
+
+                async def ask() -> None:
+                    try:
+                        await caller.request("never", 1, timeout=math.inf)
+                    except trio.ClosedResourceError as exc:
+                        outcome.append(exc)
+
+                outer.start_soon(ask)  # outside the nodes' blocks: they close under it
+                await wait_until(lambda: caller.statistics().requests_sent == 1, "the request")
+    assert len(outcome) == 1
