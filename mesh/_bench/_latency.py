@@ -19,7 +19,7 @@ key pair, REQ/REP and the floor's sockets with CURVE and the same keys).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Final
 
@@ -183,6 +183,35 @@ def _plain_client(
         context.term()
 
 
+async def _time_trips(
+    trip: Callable[[], Awaitable[object]], duration: float, count: int
+) -> list[float]:
+    """Seconds each of `count` round trips (`trip()`) took, after `_WARM_UP` untimed ones;
+    fewer once `duration` seconds have passed. Bounded: `trio.TooSlowError` if it hangs."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + duration
+    with trio.fail_after(max(30.0, 3 * duration)):
+        for done in range(_WARM_UP + count):
+            started = time.perf_counter()
+            await trip()
+            if done >= _WARM_UP:
+                samples.append(time.perf_counter() - started)
+                if started > deadline:
+                    break
+    return samples
+
+
+async def _serve_until_done(
+    control: Connection, contact: object, serve: Callable[[], Awaitable[None]]
+) -> None:
+    """Tell the runner `contact`, run `serve()` until the runner says it is done."""
+    control.send(contact)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await trio.to_thread.run_sync(wait_command, control)  # done
+        nursery.cancel_scope.cancel()
+
+
 # -- the mesh: a task and its ack -----------------------------------------------------------------
 
 
@@ -197,17 +226,13 @@ async def _serve_tasks(control: Connection, key: KeyPair | None) -> None:
         open_node("bench-server", discovery="static", key=key) as node,
         node.work(_SERVICE) as tasks,
     ):
-        control.send(node.contact)
 
         async def work() -> None:
             async for task in tasks:
                 async with task:
                     pass
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(work)
-            await trio.to_thread.run_sync(wait_command, control)  # done
-            nursery.cancel_scope.cancel()
+        await _serve_until_done(control, node.contact, work)
 
 
 def _task_client(
@@ -234,18 +259,12 @@ async def _ask_tasks(
     async with open_node("bench-client", seeds=[address], discovery="static", key=key) as node:
         await node.wait_for_peers(service=_SERVICE, timeout=20)
         body = payload(size)
-        samples: list[float] = []
-        deadline = time.perf_counter() + duration
-        with trio.fail_after(max(30.0, 3 * duration)):
-            for done in range(_WARM_UP + count):
-                started = time.perf_counter()
-                await node.push(_SERVICE, body)
-                await node.wait_settled()
-                if done >= _WARM_UP:
-                    samples.append(time.perf_counter() - started)
-                    if started > deadline:
-                        break
-        control.send(samples)
+
+        async def trip() -> None:
+            await node.push(_SERVICE, body)
+            await node.wait_settled()
+
+        control.send(await _time_trips(trip, duration, count))
 
 
 # -- the mesh: a request and its reply over events -------------------------------------------------
@@ -262,16 +281,12 @@ async def _serve_events(control: Connection, key: KeyPair | None) -> None:
         open_node("bench-server", discovery="static", key=key) as node,
         node.subscribe("bench.request") as requests,
     ):
-        control.send(node.contact)
 
         async def reply() -> None:
             async for message in requests:
                 await node.publish("bench.reply", message.body)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reply)
-            await trio.to_thread.run_sync(wait_command, control)  # done
-            nursery.cancel_scope.cancel()
+        await _serve_until_done(control, node.contact, reply)
 
 
 def _event_client(
@@ -301,18 +316,12 @@ async def _ask_events(
     ):
         await node.wait_for_peers(names=["bench-server"], timeout=20)  # subscriptions both ways
         body = payload(size)
-        samples: list[float] = []
-        deadline = time.perf_counter() + duration
-        with trio.fail_after(max(30.0, 3 * duration)):
-            for done in range(_WARM_UP + count):
-                started = time.perf_counter()
-                await node.publish("bench.request", body)
-                await replies.receive()
-                if done >= _WARM_UP:
-                    samples.append(time.perf_counter() - started)
-                    if started > deadline:
-                        break
-        control.send(samples)
+
+        async def trip() -> None:
+            await node.publish("bench.request", body)
+            await replies.receive()
+
+        control.send(await _time_trips(trip, duration, count))
 
 
 # -- the mesh: a request and its reply (request/serve) ---------------------------------------------
@@ -329,16 +338,12 @@ async def _serve_requests(control: Connection, key: KeyPair | None) -> None:
         open_node("bench-server", discovery="static", key=key) as node,
         node.serve(_SERVICE) as requests,
     ):
-        control.send(node.contact)
 
         async def reply() -> None:
             async for request in requests:
                 await request.reply(request.body)  # the body back, as plain REP echoes it
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reply)
-            await trio.to_thread.run_sync(wait_command, control)  # done
-            nursery.cancel_scope.cancel()
+        await _serve_until_done(control, node.contact, reply)
 
 
 def _request_client(
@@ -365,17 +370,9 @@ async def _ask_requests(
     async with open_node("bench-client", seeds=[address], discovery="static", key=key) as node:
         await node.wait_for_peers(service=_SERVICE, timeout=20)
         body = payload(size)
-        samples: list[float] = []
-        deadline = time.perf_counter() + duration
-        with trio.fail_after(max(30.0, 3 * duration)):
-            for done in range(_WARM_UP + count):
-                started = time.perf_counter()
-                await node.request(_SERVICE, body, timeout=10)
-                if done >= _WARM_UP:
-                    samples.append(time.perf_counter() - started)
-                    if started > deadline:
-                        break
-        control.send(samples)
+        control.send(
+            await _time_trips(lambda: node.request(_SERVICE, body, timeout=10), duration, count)
+        )
 
 
 # -- the floor: plain pyzmq PUSH/PULL both ways, driven from trio as the mesh drives ZeroMQ --------
@@ -419,16 +416,12 @@ async def _serve_floor(control: Connection, key: KeyPair | None) -> None:
         for sock in (pull, push):
             curve_server(sock, key)
             addresses.append(f"127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
-        control.send(tuple(addresses))
 
         async def echo() -> None:
             while True:
                 await _floor_send(push, await _floor_receive(pull))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(echo)
-            await trio.to_thread.run_sync(wait_command, control)  # done
-            nursery.cancel_scope.cancel()
+        await _serve_until_done(control, tuple(addresses), echo)
     finally:
         pull.close(linger=0)
         push.close(linger=0)
@@ -461,18 +454,12 @@ async def _ask_floor(
             curve_client(sock, key)
             sock.connect(f"tcp://{address}")
         body = payload(size)
-        samples: list[float] = []
-        deadline = time.perf_counter() + duration
-        with trio.fail_after(max(30.0, 3 * duration)):
-            for done in range(_WARM_UP + count):
-                started = time.perf_counter()
-                await _floor_send(push, body)
-                await _floor_receive(pull)
-                if done >= _WARM_UP:
-                    samples.append(time.perf_counter() - started)
-                    if started > deadline:
-                        break
-        control.send(samples)
+
+        async def trip() -> None:
+            await _floor_send(push, body)
+            await _floor_receive(pull)
+
+        control.send(await _time_trips(trip, duration, count))
     finally:
         push.close(linger=0)
         pull.close(linger=0)
