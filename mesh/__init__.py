@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         PeerUnreachableError,
         ProtocolError,
         RemoteError,
+        StateDirectoryInUseError,
     )
     from ._keys import KeyPair
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
@@ -80,6 +81,7 @@ __all__ = [
     "Request",
     "ServiceStatistics",
     "Settings",
+    "StateDirectoryInUseError",
     "Subscription",
     "Task",
     "TaskStream",
@@ -108,6 +110,7 @@ _EXPORTS = {
         "PeerUnreachableError",
         "ProtocolError",
         "RemoteError",
+        "StateDirectoryInUseError",
     ),
     "._metrics": ("Histogram", "PeerStatistics", "ServiceStatistics", "format_metrics"),
     "._binding": ("ALL_INTERFACES",),

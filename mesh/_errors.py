@@ -69,3 +69,12 @@ class RemoteError(MeshError):
         super().__init__(f"{service}: {message}")
         self.service = service
         self.message = message
+
+
+class StateDirectoryInUseError(MeshError):
+    """Another process has the node's state directory (`open_node`'s `state_dir`): two nodes
+    must not share one."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the state directory {path} is in use by another process")
+        self.path = path

@@ -47,7 +47,6 @@ from ._links import Links
 from ._members import AllowSource, Members
 from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
-    PUSHED,
     ServiceCounts,
 )
 from ._producer import ProducerSide
@@ -60,6 +59,9 @@ from ._worker import WorkerSide
 from ._zmq import AsyncSocket
 
 logger = logging.getLogger("mesh")
+
+#: Seconds between writes of a state directory's buffered settled records.
+JOURNAL_FLUSH = 0.2
 
 
 class Node:
@@ -176,6 +178,7 @@ class Node:
             ack_timeout=settings.ack_timeout,
             max_attempts=settings.max_attempts,
             request_attempts=settings.request_attempts,
+            outbox_limit=settings.outbox_limit,
             dead_letter=dead_letter,
             services=self._services,
             counts=self._counts,
@@ -339,28 +342,27 @@ class Node:
         async with self._events.subscribe(prefix, peers) as subscription:
             yield subscription
 
-    async def push(self, service: str, body: Any, *, timeout: float = math.inf) -> None:
+    async def push(
+        self, service: str, body: Any, *, timeout: float = math.inf, wait: bool = True
+    ) -> None:
         """Send one task to a peer that offers `service`.
 
         Waits while no known peer offers it or every one that does already holds
         `Settings.max_in_flight` of this node's tasks. Returns once the task is handed to that
         peer's outbox; its ack is counted in `statistics()`. Raises `NoWorkerError` when
         `timeout` seconds pass first, `TypeError` for a body msgpack cannot carry.
+
+        With a state directory (`open_node`'s `state_dir`) the task is written there first,
+        and kept until it is acked or given up on: a node restarted on the directory sends it
+        again. There, ``wait=False`` takes the task even while no worker has room (it is sent
+        as soon as one has): `push` then waits only while the outbox holds
+        `Settings.outbox_limit` tasks. Without a state directory ``wait=False`` raises
+        `ValueError`.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         _wire.check_service(service)
-        producer = self._producer
-        chosen = producer.pick(service)
-        if chosen is None:
-            chosen = await producer.wait_for_worker(service, timeout, self._check_open)
-        worker, route = chosen
-        producer.send(worker, route, producer.dispatcher.new_task_id(), service, 1, body)
-        self._services.row(service)[PUSHED] += 1
-        self._unyielded += 1
-        if self._unyielded >= YIELD_EVERY:  # (`_maybe_yield`, inline: no coroutine per task)
-            self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        await self._producer.push(service, body, timeout, wait, self._check_open)
 
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
         """Send a request to a peer that serves `service` (`serve`) and return its reply.
@@ -484,6 +486,8 @@ class Node:
         nursery.start_soon(self._producer.serve_redeliveries)
         nursery.start_soon(self._producer.expire_tasks)
         nursery.start_soon(self._producer.calls.expire_calls)
+        if self._producer.journal is not None:
+            nursery.start_soon(self._producer.flush_journal, JOURNAL_FLUSH)
         self._membership.start(nursery)
         self._introductions.start(nursery, seeds)
 

@@ -18,6 +18,7 @@ from discovery._groups import ungrouped
 
 from ._binding import check_discovery, check_interfaces, check_keyed, open_context
 from ._exporter import MetricsServer
+from ._journal import StateDirectory
 from ._keys import KeyPair, as_key_pair
 from ._members import AllowSource
 from ._node import Node
@@ -42,6 +43,7 @@ async def open_node(
     key: KeyPair | str | os.PathLike[str] | None = None,
     allow: AllowSource = (),
     insecure: bool = False,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Node]:
     """Open a node: bind its sockets, start its tasks, find its peers; close it all on exit.
 
@@ -74,6 +76,11 @@ async def open_node(
     open to anyone who can reach it, which only loopback is fit for: a node bound to any other
     address refuses to start without a key (`ValueError`) unless `insecure` is true, and then
     logs a warning.
+
+    With `state_dir` (a directory, made if need be) the tasks the node pushes are kept there
+    until they are acked or given up on, and a node opened later on the same directory sends
+    those it finds again (`Node.push`; docs/decisions.md says what survives what). One process
+    at a time: another raises `StateDirectoryInUseError`.
     """
     settings = settings or Settings()
     hosts = check_interfaces(interface)
@@ -87,7 +94,14 @@ async def open_node(
         name = f"{stdlib_socket.gethostname()}-{os.getpid()}"
     if metrics_port is not None:
         MetricsServer.check_address(metrics_host, metrics_port)
-    context, limits = open_context(settings.max_peers)
+    # First: a directory in use stops the node before anything is bound.
+    state, recovered = (None, []) if state_dir is None else StateDirectory.open(state_dir)
+    try:
+        context, limits = open_context(settings.max_peers)
+    except BaseException:
+        if state is not None:
+            state.close()
+        raise
     node: Node | None = None
     metrics: MetricsServer | None = None
     try:
@@ -105,6 +119,9 @@ async def open_node(
                 key=key_pair,
                 allow=allow,
             )
+            if state is not None:
+                node._producer.journal = state
+                node._producer.recover(recovered)
             if metrics_port is not None:
                 metrics = MetricsServer(
                     metrics_host,
@@ -134,10 +151,14 @@ async def open_node(
             if node is not None:
                 close_sockets(node)
         finally:
-            with trio.CancelScope(shield=True):
-                # Any socket still open (one a failure left half made) is closed at once, or
-                # term() would wait for ever; only the goodbyes' linger can make it wait.
-                await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))
+            try:
+                with trio.CancelScope(shield=True):
+                    # Any socket still open (one a failure left half made) is closed at once, or
+                    # term() would wait for ever; only the goodbyes' linger can make it wait.
+                    await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))
+            finally:
+                if state is not None:
+                    state.close()  # (the unsettled tasks stay in it, for the next run)
 
 
 async def say_goodbye(node: Node) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from ._errors import NoWorkerError, RemoteError
+from ._journal import LoggedTask, StateDirectory
 from ._metrics import (
     ACK_LATENCY_BUCKETS,
     ACKED,
@@ -45,6 +46,7 @@ from ._metrics import (
 from ._ratelimit import RateLimitedLog
 from ._requests import Calls, ttl_ms
 from ._routing import Dispatcher, InFlightTask, returned
+from ._streams import YIELD_EVERY
 from ._types import DeadLetter
 from ._wire import Envelope, Kind, pack
 from ._zmq import Outbox
@@ -81,6 +83,7 @@ class ProducerSide:
         ack_timeout: float | None,
         max_attempts: int,
         request_attempts: int,
+        outbox_limit: int,
         dead_letter: Callable[[DeadLetter], None] | None,
         services: ServiceCounts,
         counts: dict[str, int],
@@ -90,8 +93,12 @@ class ProducerSide:
         self._id = node_id
         self._max_attempts = max_attempts
         self._request_attempts = request_attempts
+        self._outbox_limit = outbox_limit
         self._counts = counts
         self.calls = Calls()
+        #: The state directory's outbox, if the node has one (`mesh._journal`).
+        self.journal: StateDirectory | None = None
+        self._unyielded = 0
         self._dead_letter = dead_letter
         self._services = services
         self._log = log
@@ -157,6 +164,71 @@ class ProducerSide:
         if self._in_flight_grew:  # the deadline task waits here only when nothing is in flight
             self._in_flight_grew.unpark_all()
 
+    async def push(
+        self,
+        service: str,
+        body: Any,
+        timeout: float,
+        wait: bool,
+        check_open: Callable[[], None],
+    ) -> None:
+        """`Node.push`, its arguments checked."""
+        journal = self.journal
+        if journal is None:
+            if not wait:
+                raise ValueError("push(wait=False) needs a state directory (open_node state_dir)")
+        elif journal.live >= self._outbox_limit:
+            await self._wait_outbox_room(journal, timeout, check_open)
+        chosen = self.pick(service)
+        if chosen is None and wait:
+            chosen = await self.wait_for_worker(service, timeout, check_open)
+        task_id = self.dispatcher.new_task_id()
+        if journal is not None:
+            journal.add(task_id, service, body)  # (first: it raises for a body it cannot pack)
+        if chosen is None:
+            self._queue(InFlightTask(task_id, service, body, b"", 0, trio.current_time()))
+        else:
+            self.send(chosen[0], chosen[1], task_id, service, 1, body)
+        self._services.row(service)[PUSHED] += 1
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:  # (not a coroutine per task: inline)
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_outbox_room(
+        self, journal: StateDirectory, timeout: float, check_open: Callable[[], None]
+    ) -> None:
+        with trio.move_on_after(timeout):
+            while journal.live >= self._outbox_limit:
+                check_open()
+                await self._settled.park()
+            return
+        raise TimeoutError(
+            f"the outbox held {journal.live} unsettled tasks (Settings.outbox_limit) for"
+            f" {timeout:g} s"
+        )
+
+    def recover(self, tasks: Iterable[LoggedTask]) -> None:
+        """Tasks a state directory held from a run before: sent as workers have room (they
+        were numbered anew, from 1: this node's ids continue after them)."""
+        now = trio.current_time()
+        for task in tasks:
+            self.dispatcher.skip_to(task.task_id)
+            self._queue(InFlightTask(task.task_id, task.service, task.body, b"", 0, now))
+
+    def _queue(self, task: InFlightTask) -> None:
+        """Queue a task not sent yet (attempt 0) until a worker has room."""
+        self._redelivery.setdefault(task.service, deque()).append(task)
+        self._redelivery_queued.unpark_all()
+
+    async def flush_journal(self, every: float) -> None:
+        """Write the state directory's buffered settled records every `every` seconds. Runs
+        until cancelled."""
+        assert self.journal is not None
+        while True:
+            await trio.sleep(every)
+            self.journal.flush()
+
     async def request(
         self, service: str, body: Any, timeout: float, check_open: Callable[[], None]
     ) -> Any:
@@ -198,6 +270,8 @@ class ProducerSide:
             self._services.row(task.service)[ACKED] += 1
             if task.deadline is not None:
                 self._answer(task, envelope)
+            elif self.journal is not None:
+                self.journal.settle(task.task_id)
         else:
             self._services.row(task.service)[NACKED] += 1
             self._log.warning(
@@ -319,6 +393,8 @@ class ProducerSide:
 
     def _give_up(self, task: InFlightTask, why: str) -> None:
         self._services.row(task.service)[GIVEN_UP] += 1
+        if self.journal is not None and task.deadline is None:
+            self.journal.settle(task.task_id)
         if task.deadline is not None:
             message = f"no reply after {task.attempt} attempt(s); last: {why}"
             if self.calls.answer(task.task_id, error=RemoteError(task.service, message)):

@@ -94,6 +94,10 @@ class Dispatcher:
         self._next_id += 1
         return task_id
 
+    def skip_to(self, task_id: int) -> None:
+        """Ids up to `task_id` are taken (by tasks recovered from a state directory)."""
+        self._next_id = max(self._next_id, task_id + 1)
+
     def pick(self, candidates: Iterable[bytes]) -> bytes | None:
         """The worker among `candidates` (in a stable order, for the round-robin) to send the
         next task to, or None if all are full."""

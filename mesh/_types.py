@@ -47,6 +47,8 @@ class Settings:
             caller gets a `RemoteError`: a nack, or the death or departure of its provider
             before it replied, sends it again, to another provider if any. Default 2.
         request_timeout: Seconds `Node.request` waits for a reply by default. Default 30.0.
+        outbox_limit: With a state directory, most tasks its outbox holds (pushed, not yet
+            acked or given up on) before `push` waits. Default 100,000.
         ack_timeout: Seconds a worker may hold a task before it is sent elsewhere too. Default
             60.0; None: no deadline (a worker that dies is noticed by the failure detector
             either way).
@@ -77,6 +79,7 @@ class Settings:
     max_attempts: int = 5
     request_attempts: int = 2
     request_timeout: float = 30.0
+    outbox_limit: int = 100_000
     ack_timeout: float | None = 60.0
     dedup_window: int = 10_000
     sync_timeout: float = 2.0
@@ -93,6 +96,7 @@ class Settings:
             "max_in_flight",
             "max_attempts",
             "request_attempts",
+            "outbox_limit",
             "dedup_window",
             "max_peers",
         ):
@@ -161,7 +165,8 @@ class NodeStatistics:
       ``"push"`` (every peer's inbox) and ``"udp"``. Bytes of ZeroMQ's own framing are not
       counted.
     * Queues now: `events_queued` (messages waiting in this node for the PUB socket),
-      `redelivery_queued` (tasks waiting to be sent again), and by peer id (hex) in
+      `redelivery_queued` (tasks waiting to be sent again, or, taken by
+      ``push(wait=False)`` or from a state directory, to be sent a first time), and by peer id (hex) in
       `peer_queues` its outbox and the tasks it holds (`PeerStatistics`), for at most
       128 peers, the rest summed under the key ``""``.
     * `ack_latency`: seconds from each send of a task to its ack or nack, at the producer (a

@@ -106,6 +106,7 @@ def start(
     key: KeyPair | str | os.PathLike[str] | None = None,
     allow: str | os.PathLike[str] | Iterable[str] = (),
     insecure: bool = False,
+    state_dir: str | os.PathLike[str] | None = None,
     timeout: float = 30.0,
 ) -> BlockingNode:
     """Open a node in a thread of its own and return it once it is open.
@@ -118,7 +119,8 @@ def start(
     context manager (``with mesh.blocking.start(...) as node:``).
     `metrics_port` and `metrics_host` serve ``GET /metrics`` as `open_node` does (a metrics
     port that cannot be bound is an `OSError` too); `key`, `allow` and `insecure` make it a
-    members-only node, or an open one off loopback, as they do there.
+    members-only node, or an open one off loopback, as they do there; `state_dir` keeps its
+    pushed tasks until acked, across restarts.
     """
     options: dict[str, Any] = {
         "name": name,
@@ -135,6 +137,7 @@ def start(
         "key": key,
         "allow": allow,
         "insecure": insecure,
+        "state_dir": state_dir,
     }
     node = BlockingNode(options)
     node._thread.start()
@@ -263,11 +266,15 @@ class BlockingNode:
 
     # -- work ---------------------------------------------------------------------------------
 
-    def push(self, service: str, body: Any, *, timeout: float | None = None) -> None:
+    def push(
+        self, service: str, body: Any, *, timeout: float | None = None, wait: bool = True
+    ) -> None:
         """Send a task to a peer offering `service` (`mesh.Node.push`). Raises `NoWorkerError`
-        when no worker has room for it within `timeout` seconds."""
+        when no worker has room for it within `timeout` seconds. With a state directory,
+        ``wait=False`` takes it at once, worker or not."""
         node = self._open_node()
-        self._call(functools.partial(node.push, service, body, timeout=_seconds(timeout)))
+        push = functools.partial(node.push, service, body, timeout=_seconds(timeout), wait=wait)
+        self._call(push)
 
     def work(
         self, service: str, handler: Callable[[Any], object], *, threads: int = 1

@@ -607,6 +607,37 @@ def test_push_with_no_worker_fails_in_one_line(spawn: Spawn) -> None:
     assert stdout == ["0 of 1 tasks for 'nobody' acked (0 nacked, 0 redelivered, 0 given up)"]
 
 
+def test_push_with_a_state_dir_keeps_what_no_worker_took_for_the_next_run(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "outbox")
+    push = spawn(
+        "push", "later", '{"n": 1}', "--count", "5", "--state-dir", state, "--timeout", "1"
+    )
+    status, stdout, stderr = finish(push)
+    assert status == 1
+    assert stdout == [f"0 tasks acked (5 pushed now), 0 given up, 5 kept in {state}"]
+    assert_one_line_error(status, stderr, "mesh-cli push: 5 tasks not acked", state)
+
+    work = spawn("work", "later", "--count", "7")
+    work.wait_for("^working for 'later' in mesh ")
+    push = spawn("push", "later", '{"n": 2}', "--count", "2", "--state-dir", state, "--json")
+    status, stdout, stderr = finish(push)
+    assert status == 0, push.output
+    assert json.loads(stdout[0]) == {
+        "service": "later",
+        "tasks": 2,
+        "recovered": 5,
+        "acked": 7,
+        "given_up": 0,
+        "kept": 0,
+    }
+    status, stdout, _ = finish(work)
+    assert status == 0, work.output
+    bodies = sorted(line.split(" ", 2)[2] for line in stdout)
+    assert bodies == ['{"n": 1}'] * 5 + ['{"n": 2}'] * 2
+
+
 # -- user errors -------------------------------------------------------------------------------
 
 

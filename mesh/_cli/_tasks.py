@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from .._errors import NoWorkerError, RemoteError
-from .._types import DeadLetter
+from .._types import DeadLetter, NodeStatistics
 from ._common import (
     BODY_HELP,
     READER_GONE,
@@ -59,6 +59,12 @@ def add_to(commands: Any) -> None:
         default=10.0,
         metavar="S",
         help="most seconds for all of it: finding a worker, sending, acks (default 10)",
+    )
+    push.add_argument(
+        "--state-dir",
+        metavar="PATH",
+        help="keep the tasks in PATH until acked: they are taken at once, worker or not, and a "
+        "later push (or run) with the same PATH sends those not done (and its own)",
     )
     json_option(push, "the outcome")
     push.set_defaults(run=lambda args: run_trio(_push, args))
@@ -111,16 +117,22 @@ async def _push(args: argparse.Namespace) -> int:
     body = parse_body(args.body, args.raw)
     deadline = trio.current_time() + args.timeout
     given_up: list[DeadLetter] = []
-    async with open_cli_node(args, command_node_name("push"), dead_letter=given_up.append) as node:
+    durable = args.state_dir is not None
+    async with open_cli_node(
+        args, command_node_name("push"), dead_letter=given_up.append, state_dir=args.state_dir
+    ) as node:
         try:
             for _ in range(args.count):
-                await node.push(args.service, body, timeout=deadline - trio.current_time())
+                left = deadline - trio.current_time()
+                await node.push(args.service, body, timeout=left, wait=not durable)
         except NoWorkerError:
             pass  # reported below, with what was done
         with trio.move_on_at(deadline):
             await node.wait_settled()
         stats = node.statistics()
         unanswered = no_seed_answered(node, args, args.timeout)
+    if durable:
+        return _durable_outcome(args, stats)
     outcome = {
         "service": args.service,
         "tasks": args.count,
@@ -180,6 +192,38 @@ async def _request(args: argparse.Namespace) -> int:
                 line = reply.removesuffix("\n") if isinstance(reply, str) else show_body(reply)
             if not write_line(line):
                 raise BrokenPipeError
+    return 0
+
+
+def _durable_outcome(args: argparse.Namespace, stats: NodeStatistics) -> int:
+    """push --state-dir: every task was taken; say how many were acked and how many stay in
+    the state directory for the next run (exit 1 if some do)."""
+    kept = stats.tasks_in_flight + stats.redelivery_queued
+    # (What this run settled or kept, less what it pushed: the tasks a run before left.)
+    recovered = stats.tasks_acked + stats.tasks_given_up + kept - args.count
+    outcome = {
+        "service": args.service,
+        "tasks": args.count,
+        "recovered": recovered,
+        "acked": stats.tasks_acked,
+        "given_up": stats.tasks_given_up,
+        "kept": kept,
+    }
+    if args.json:
+        print(json.dumps(outcome))
+    else:
+        before = f", {recovered} left by a run before" if recovered else ""
+        print(
+            f"{stats.tasks_acked} tasks acked ({args.count} pushed now{before}),"
+            f" {stats.tasks_given_up} given up, {kept} kept in {args.state_dir}"
+        )
+    if kept:
+        print(
+            f"mesh-cli push: {kept} task{'s' * (kept != 1)} not acked within --timeout"
+            f" {args.timeout:g} s; kept in {args.state_dir} for the next run",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
