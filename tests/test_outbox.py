@@ -18,7 +18,7 @@ import mesh
 from mesh import _journal
 from mesh._journal import LoggedTask, StateDirectory, read_log, settled_record, task_record
 
-from .conftest import peered_nodes, wait_until
+from .conftest import peered_nodes
 
 # -- the log, pure ------------------------------------------------------------------------------
 
