@@ -165,8 +165,8 @@ class NodeStatistics:
       ``"push"`` (every peer's inbox) and ``"udp"``. Bytes of ZeroMQ's own framing are not
       counted.
     * Queues now: `events_queued` (messages waiting in this node for the PUB socket),
-      `redelivery_queued` (tasks waiting to be sent again, or, taken by
-      ``push(wait=False)`` or from a state directory, to be sent a first time), and by peer id (hex) in
+      `redelivery_queued` (tasks waiting to be sent again, or, taken by ``push(wait=False)``
+      or from a state directory, to be sent a first time), and by peer id (hex) in
       `peer_queues` its outbox and the tasks it holds (`PeerStatistics`), for at most
       128 peers, the rest summed under the key ``""``.
     * `ack_latency`: seconds from each send of a task to its ack or nack, at the producer (a
