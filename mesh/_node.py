@@ -60,9 +60,6 @@ from ._zmq import AsyncSocket
 
 logger = logging.getLogger("mesh")
 
-#: Seconds between writes of a state directory's buffered settled records.
-JOURNAL_FLUSH = 0.2
-
 
 class Node:
     """A member of a mesh. Made only by `open_node`, and usable only inside its ``async with``.
@@ -483,11 +480,7 @@ class Node:
         self._events.start(nursery)
         nursery.start_soon(self._heartbeats.serve)
         nursery.start_soon(self._heartbeats.judge)
-        nursery.start_soon(self._producer.serve_redeliveries)
-        nursery.start_soon(self._producer.expire_tasks)
-        nursery.start_soon(self._producer.calls.expire_calls)
-        if self._producer.journal is not None:
-            nursery.start_soon(self._producer.flush_journal, JOURNAL_FLUSH)
+        self._producer.start(nursery)
         self._membership.start(nursery)
         self._introductions.start(nursery, seeds)
 

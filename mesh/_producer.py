@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -52,6 +52,9 @@ from ._wire import Envelope, Kind, pack
 from ._zmq import Outbox
 
 logger = logging.getLogger("mesh")
+
+#: Seconds between writes of a state directory's buffered settled records.
+JOURNAL_FLUSH: Final = 0.2
 
 
 class Route(Protocol):
@@ -221,13 +224,19 @@ class ProducerSide:
         self._redelivery.setdefault(task.service, deque()).append(task)
         self._redelivery_queued.unpark_all()
 
-    async def flush_journal(self, every: float) -> None:
-        """Write the state directory's buffered settled records every `every` seconds. Runs
-        until cancelled."""
-        assert self.journal is not None
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start this side's tasks in `nursery`."""
+        nursery.start_soon(self.serve_redeliveries)
+        nursery.start_soon(self.expire_tasks)
+        nursery.start_soon(self.calls.expire_calls)
+        if self.journal is not None:
+            nursery.start_soon(self._flush_journal, self.journal)
+
+    async def _flush_journal(self, journal: StateDirectory) -> None:
+        """Write the state directory's buffered settled records a few times a second."""
         while True:
-            await trio.sleep(every)
-            self.journal.flush()
+            await trio.sleep(JOURNAL_FLUSH)
+            journal.flush()
 
     async def request(
         self, service: str, body: Any, timeout: float, check_open: Callable[[], None]
