@@ -44,6 +44,17 @@ def test_jobs_example_retries_the_flaky_workers_jobs_and_loses_none() -> None:
     assert f"retried: {len(failed)} (after {len(failed)} failures)" in lines
 
 
+def test_outbox_example_loses_no_order_across_two_kills() -> None:
+    result = run_example("outbox.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "ok"
+    assert "producer: 500 orders pushed, no worker up" in lines
+    assert lines.count("producer: killed (SIGKILL)") == 2
+    assert "producer: restarted, 500 orders found in the state directory" in lines
+    assert any(line.startswith("orders: 500, shipped: 500, shipped twice: ") for line in lines)
+
+
 def test_events_example_handles_every_order() -> None:
     result = run_example("events.py")
     assert result.returncode == 0, result.stdout + result.stderr
