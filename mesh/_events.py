@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -41,11 +42,13 @@ import trio
 import zmq
 
 from . import _wire
+from ._history import History
+from ._names import topic_channel
 from ._probes import ProbeSchedule
 from ._ratelimit import RateLimitedLog
 from ._streams import Subscription
 from ._types import Message
-from ._wire import Envelope, Kind, control_frame, event_frame, pack, topic_channel
+from ._wire import Envelope, Kind, control_frame, event_frame, pack
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
@@ -65,6 +68,10 @@ _REBIND_PATIENCE: Final = 2.0
 # Seconds after cutting the subscribers before they can be cut again (their subscriptions'
 # removals come in meanwhile).
 _CUT_AGAIN_AFTER: Final = 5.0
+# Bytes of events one EVENTS answer to a HISTORY request carries at most.
+_HISTORY_CHUNK: Final = 1024 * 1024
+# Events a subscription takes from one peer's history at most (and SYNCED numbers kept).
+_MAX_REPLAYED: Final = 100_000
 
 
 class Publisher:
@@ -79,9 +86,13 @@ class Publisher:
         endpoints: Sequence[str],
         counts: dict[str, int],
         log: RateLimitedLog,
+        history: History | None = None,
+        send_to: Callable[[bytes, Kind, list[Any], Any], bool] | None = None,
     ) -> None:
         self._id = node_id
         self._seq = 0
+        self.history = history if history is not None else History(0, 0)
+        self._send_to = send_to  # a direct message to a peer's inbox (EVENTS)
         self._socket = sock
         self._endpoints = list(endpoints)
         self._counts = counts
@@ -108,6 +119,8 @@ class Publisher:
         self._seq += 1
         sent = outbox.send_nowait(frame)
         assert sent
+        if self.history.max_events:
+            self.history.add(self._seq, channel, body, len(frame), time.time())
         return True
 
     async def publish(self, channel: bytes, body: Any, check_open: Callable[[], None]) -> None:
@@ -140,6 +153,28 @@ class Publisher:
         except ValueError:  # a NUL in the prefix: no subscription could match it anyway
             return
         self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
+
+    def on_history(self, envelope: Envelope) -> None:
+        """A HISTORY request in the inbox: answer with the events kept that it asks for, in
+        EVENTS of at most `_HISTORY_CHUNK` bytes each (module rules)."""
+        assert envelope.meta is not None
+        assert self._send_to is not None
+        token, prefix, count, since_ms, upto = envelope.meta
+        try:
+            channel = topic_channel(prefix)
+        except ValueError:
+            channel = None  # a NUL in the prefix: nothing matches
+        found = [] if channel is None else self.history.query(channel, count, since_ms / 1000, upto)
+        chunk: list[list[Any]] = []
+        size = 0
+        for kept in found:
+            if chunk and (size + kept.size > _HISTORY_CHUNK or len(chunk) >= _wire.MAX_BATCH):
+                if not self._send_to(envelope.sender, Kind.EVENTS, [token, False], chunk):
+                    return  # its outbox is full: the subscriber stops waiting at its timeout
+                chunk, size = [], 0
+            chunk.append([kept.seq, kept.channel[1:].decode(), kept.body])
+            size += kept.size
+        self._send_to(envelope.sender, Kind.EVENTS, [token, True], chunk)
 
     async def rebind(self) -> None:
         """Unbind the XPUB, which ends every connection accepted there, and bind it again: each
@@ -228,6 +263,7 @@ class Subscriptions:
         counts: dict[str, int],
         receive: Receive,
         probe: Callable[[bytes, int, str], bool],
+        ask_history: Callable[[bytes, Kind, list[Any], Any], bool] | None = None,
     ) -> None:
         self.socket = AsyncSocket(sock)
         self._id = node_id
@@ -238,6 +274,10 @@ class Subscriptions:
         self._counts = counts
         self._receive = receive
         self._probe = probe  # send SYNC [token, prefix] to a peer; False if it is gone
+        self._ask_history = ask_history  # send a HISTORY to a peer; False if it cannot
+        self._synced_seqs: dict[int, int] = {}  # by token: the SYNCED's number on its stream
+        self._replays: dict[int, _Replay] = {}  # by token: HISTORY requests unanswered
+        self._replayed = trio.lowlevel.ParkingLot()
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
         self._synced = trio.lowlevel.ParkingLot()
@@ -257,17 +297,29 @@ class Subscriptions:
         return {subscription.prefix for subscription in self._subscriptions}
 
     @asynccontextmanager
-    async def subscribe(self, prefix: str, peers: Sequence[bytes]) -> AsyncIterator[Subscription]:
-        """`Node.subscribe`, with the peers known now, each probed for the new prefix."""
+    async def subscribe(
+        self,
+        prefix: str,
+        peers: Sequence[bytes],
+        history: int = 0,
+        since: float | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """`Node.subscribe`, with the peers known now, each probed for the new prefix (and with
+        `history` or `since`, asked for the events it keeps: `_replay`)."""
         channel = topic_channel(prefix)
         subscription = Subscription(prefix, self._buffer)
+        replay = history > 0 or since is not None
+        if replay:
+            subscription._hold(peer_id.hex() for peer_id in peers)
         self._subscriptions.append(subscription)
         refs = self._channel_refs.get(channel, 0)
         self._channel_refs[channel] = refs + 1
         try:
             if refs == 0:
                 await self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
-            await self.sync([prefix], peers)
+            synced = await self.sync([prefix], peers)
+            if replay:
+                await self._replay(subscription, synced, history, since)
             yield subscription
         finally:
             subscription._close()
@@ -278,8 +330,63 @@ class Subscriptions:
                 if not self.socket.closed:
                     self.socket.call_soon(_setsockopt(zmq.UNSUBSCRIBE, channel))
 
-    async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> None:
-        """Probe each peer for each prefix until it answers (see the module's rules)."""
+    async def _replay(
+        self, subscription: Subscription, synced: dict[bytes, int], count: int, since: float | None
+    ) -> None:
+        """Ask each peer that confirmed `subscription` for the events it keeps on its prefix,
+        up to the SYNCED that confirmed it (what came after reaches the subscription live), and
+        put them in the subscription ahead of the live ones (module rules)."""
+        count = count if count > 0 else _wire.MAX_UINT64
+        since_ms = 0 if since is None else max(0, math.floor(since * 1000))  # (never later)
+        asked: set[int] = set()
+        for peer_id, upto in synced.items():
+            token = self._next_token
+            self._next_token += 1
+            self._replays[token] = _Replay(subscription, peer_id, min(count, _MAX_REPLAYED))
+            meta = [token, subscription.prefix, min(count, _MAX_REPLAYED), since_ms, upto]
+            if self._ask_history is not None and self._ask_history(
+                peer_id, Kind.HISTORY, meta, None
+            ):
+                asked.add(token)
+            else:
+                del self._replays[token]
+        with trio.move_on_after(self._sync_timeout):
+            while not asked.isdisjoint(self._replays):
+                await self._replayed.park()
+        late = [token for token in asked if token in self._replays]
+        for token in late:
+            replay = self._replays.pop(token)
+            subscription._release(replay.peer_id.hex(), replay.events)
+        if late:
+            logger.warning(
+                "%d peer(s) sent no history for %r within %g s: their live events only",
+                len(late),
+                subscription.prefix,
+                self._sync_timeout,
+            )
+        subscription._release_all()  # the peers that did not confirm, or sent what they had
+
+    def on_events(self, envelope: Envelope) -> None:
+        """EVENTS in the inbox: part of the answer to a HISTORY this node sent (from the peer it
+        was sent to; anything else is dropped)."""
+        assert envelope.meta is not None
+        token, last = envelope.meta
+        replay = self._replays.get(token)
+        if replay is None or replay.peer_id != envelope.sender:
+            return
+        sender = envelope.sender.hex()
+        for seq, topic, body in envelope.body:
+            if len(replay.events) < replay.most and topic.startswith(replay.subscription.prefix):
+                replay.events.append(Message(topic, body, sender, seq))
+        if last:
+            del self._replays[token]
+            replay.subscription._release(sender, replay.events)
+            self._replayed.unpark_all()
+
+    async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> dict[bytes, int]:
+        """Probe each peer for each prefix until it answers (see the module's rules). Returns,
+        for each peer that answered, the number of its SYNCED on its stream (of the last prefix
+        it answered for, if several)."""
         probed: dict[int, tuple[str, bytes]] = {}  # by token
         for prefix in prefixes:
             for peer_id in peers:
@@ -300,12 +407,18 @@ class Subscriptions:
                 answered.discard(token)
         unconfirmed = len(schedule.waiting)
         answered.difference_update(schedule.waiting)
+        confirmed: dict[bytes, int] = {}
+        for token, (_, peer_id) in probed.items():
+            seq = self._synced_seqs.pop(token, None)
+            if seq is not None and token not in schedule.waiting:
+                confirmed[peer_id] = seq
         if unconfirmed:
             logger.warning(
                 "%d subscription(s) not confirmed by their peers within %g s",
                 unconfirmed,
                 self._sync_timeout,
             )
+        return confirmed
 
     def connect(self, endpoint: str, server_key: str | None = None) -> None:
         """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers, unless
@@ -382,7 +495,22 @@ class Subscriptions:
                     token, addressee = envelope.meta
                     if addressee == self._id:
                         self._synced_tokens.add(token)
+                        if len(self._synced_seqs) >= _MAX_REPLAYED:
+                            self._synced_seqs.clear()  # (only a hostile peer gets here)
+                        self._synced_seqs[token] = envelope.seq
                         self._synced.unpark_all()
+
+
+class _Replay:
+    """A HISTORY request sent for a subscription, and the events its answer brought so far."""
+
+    __slots__ = ("events", "most", "peer_id", "subscription")
+
+    def __init__(self, subscription: Subscription, peer_id: bytes, most: int) -> None:
+        self.subscription = subscription
+        self.peer_id = peer_id
+        self.most = most
+        self.events: list[Message] = []
 
 
 def connect_op(endpoint: str, server_key: str | None = None) -> SocketOp:

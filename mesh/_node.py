@@ -21,6 +21,7 @@ sockets and terminates its ZeroMQ context.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from ._binding import bind_sockets, socket_maker
 from ._events import Publisher, Subscriptions
 from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
+from ._history import History
 from ._introductions import Introductions
 from ._keys import KeyPair
 from ._limits import Limits
@@ -49,12 +51,19 @@ from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
     ServiceCounts,
 )
+from ._names import check_service, topic_channel
 from ._producer import ProducerSide
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
-from ._wire import topic_channel
-from ._wiring import HeartbeatView, ProducerView, WorkerView, inbox_handlers, statistics_of
+from ._wiring import (
+    HeartbeatView,
+    ProducerView,
+    WorkerView,
+    inbox_handlers,
+    send_direct,
+    statistics_of,
+)
 from ._worker import WorkerSide
 from ._zmq import AsyncSocket
 
@@ -120,6 +129,8 @@ class Node:
             endpoints=[tcp_endpoint(host, sockets.pub_port) for host in hosts],
             counts=self._counts,
             log=self._log,
+            history=History(settings.history_events, settings.history_bytes),
+            send_to=functools.partial(send_direct, self),
         )
         self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
@@ -151,6 +162,7 @@ class Node:
             counts=self._counts,
             receive=self._frames.receive,
             probe=lambda peer_id, token, prefix: self._membership.probe(peer_id, token, prefix),
+            ask_history=functools.partial(send_direct, self),
         )
         # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,
         # so it is connected and disconnected directly (`Heartbeats.control_op`).
@@ -324,19 +336,25 @@ class Node:
         if not publisher.publish_nowait(channel, body):  # (no coroutine unless it must wait)
             await publisher.publish(channel, body, self._check_open)
         self._counts["events_published"] += 1
-        await self._maybe_yield()
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:  # (not a coroutine per event: inline)
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     @asynccontextmanager
-    async def subscribe(self, prefix: str) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, prefix: str, *, history: int = 0, since: float | None = None
+    ) -> AsyncIterator[Subscription]:
         """Receive events whose topic starts with `prefix` (``""`` for all).
 
         Entering waits (at most `Settings.sync_timeout`) until every peer known now has confirmed
         that the subscription is live there, so events those peers publish after this returns
-        are not lost to ZeroMQ's slow-joiner gap.
-        """
+        are not lost to ZeroMQ's slow-joiner gap. With `history` (a count) or `since` (a
+        `time.time()`), the subscription starts with each of them's last events on `prefix`
+        (`Settings.history_events`), then its live ones: none missing or repeated."""
         self._check_open()
         peers = [peer.record.id for peer in self._membership.peers]
-        async with self._events.subscribe(prefix, peers) as subscription:
+        async with self._events.subscribe(prefix, peers, history, since) as subscription:
             yield subscription
 
     async def push(
@@ -358,7 +376,7 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        _wire.check_service(service)
+        check_service(service)
         await self._producer.push(service, body, timeout, wait, self._check_open)
 
     async def request(self, service: str, body: Any, *, timeout: float | None = None) -> Any:
@@ -375,7 +393,7 @@ class Node:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        _wire.check_service(service)
+        check_service(service)
         if timeout is None:
             timeout = self._settings.request_timeout
         return await self._producer.request(service, body, timeout, self._check_open)
@@ -390,7 +408,7 @@ class Node:
         or a message saying the provider stopped.
         """
         self._check_open()
-        _wire.check_service(service)
+        check_service(service)
         async with self._worker.serve(service, lambda: self._closing) as stream:
             yield stream
 
@@ -407,7 +425,7 @@ class Node:
         `ValueError`; after `drain`, `trio.ClosedResourceError`.
         """
         self._check_open()
-        _wire.check_service(service)
+        check_service(service)
         async with self._worker.work(service, lambda: self._closing) as stream:
             yield stream
 
@@ -502,9 +520,3 @@ class Node:
     def _check_open(self) -> None:
         if self._closing:
             raise trio.ClosedResourceError("the node is closed")
-
-    async def _maybe_yield(self) -> None:
-        self._unyielded += 1
-        if self._unyielded >= YIELD_EVERY:
-            self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
 
@@ -98,6 +98,10 @@ class Subscription(_Stream[Message]):
         self.dropped = 0
         self._capacity = capacity
         self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
+        # With history: the live events of each publisher (hex id) whose history has not come
+        # yet, held back to follow it (`_release`); None once none is held.
+        self._holding: dict[str, list[Message]] | None = None
+        self._held = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
@@ -107,18 +111,46 @@ class Subscription(_Stream[Message]):
             self._room.unpark_all()
 
     def _full(self) -> bool:
-        return len(self._buffer) >= self._capacity and not self._closed
+        return len(self._buffer) + self._held >= self._capacity and not self._closed
 
     def _has_room(self) -> bool:
         return not self._full()
 
     def _deliver(self, message: Message) -> bool:
         """Buffer `message`; False (and counted as dropped) if the buffer is full."""
-        if len(self._buffer) >= self._capacity:
+        if len(self._buffer) + self._held >= self._capacity:
             self.dropped += 1
             return False
+        holding = self._holding
+        if holding is not None and message.sender in holding:
+            holding[message.sender].append(message)
+            self._held += 1
+            return True
         self._put(message)
         return True
+
+    def _hold(self, senders: Iterable[str]) -> None:
+        """Hold back the live events of `senders` until their history is in (`_release`)."""
+        self._holding = {sender: [] for sender in senders}
+
+    def _release(self, sender: str, history: list[Message]) -> None:
+        """`sender`'s history is in (or will not come): buffer it, then the live events held
+        back that are newer than it (the older ones are in it already)."""
+        held = [] if self._holding is None else self._holding.pop(sender, [])
+        self._held -= len(held)
+        newest = history[-1].seq if history else 0
+        for message in history:
+            self._put(message)
+        for message in held:
+            if message.seq > newest:
+                self._put(message)
+        if not self._holding:
+            self._holding = None
+
+    def _release_all(self) -> None:
+        """Stop holding anything back (publishers that sent no history: their live events)."""
+        for sender in list(self._holding or ()):
+            self._release(sender, [])
 
     def _close(self) -> None:
         self._end()

@@ -49,6 +49,10 @@ class Settings:
         request_timeout: Seconds `Node.request` waits for a reply by default. Default 30.0.
         outbox_limit: With a state directory, most tasks its outbox holds (pushed, not yet
             acked or given up on) before `push` waits. Default 100,000.
+        history_events: Events this node keeps of what it published, for subscribers that
+            join later (`Node.subscribe`'s `history`); 0 keeps none. Default 1,000.
+        history_bytes: Bytes of those events (as they were sent) kept at most. Default
+            16 MiB.
         ack_timeout: Seconds a worker may hold a task before it is sent elsewhere too. Default
             60.0; None: no deadline (a worker that dies is noticed by the failure detector
             either way).
@@ -80,6 +84,8 @@ class Settings:
     request_attempts: int = 2
     request_timeout: float = 30.0
     outbox_limit: int = 100_000
+    history_events: int = 1000
+    history_bytes: int = 16 * 1024 * 1024
     ack_timeout: float | None = 60.0
     dedup_window: int = 10_000
     sync_timeout: float = 2.0
@@ -106,6 +112,8 @@ class Settings:
             raise ValueError("prefetch must be at least 1, or None")
         if self.ack_timeout is not None and not self.ack_timeout > 0:
             raise ValueError("ack_timeout must be a positive number of seconds, or None")
+        if self.history_events < 0 or self.history_bytes < 0:
+            raise ValueError("history_events and history_bytes must not be negative")
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be a positive number of seconds")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):

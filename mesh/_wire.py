@@ -85,6 +85,10 @@ class Kind(enum.IntEnum):
     REQUEST = 14  # direct. meta: [task_id, service, attempt, ttl_ms]. A task that wants a reply,
     # within ttl_ms milliseconds of its arrival (0: no deadline). body: the request.
     REPLY = 15  # direct. meta: [task_id, ok]. body: the reply if ok, else the error's message.
+    HISTORY = 16  # direct. meta: [token, prefix, count, since_ms, upto]. "Send me the last count
+    # events on prefix published since since_ms (unix ms; 0: any) numbered at most upto."
+    EVENTS = 17  # direct. meta: [token, last]. body: [[seq, topic, body], ...], oldest first; the
+    # answer to a HISTORY, in as many EVENTS as it takes, the last one's `last` true.
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -101,6 +105,8 @@ _DIRECT_KINDS: Final = frozenset(
         Kind.READY,
         Kind.REQUEST,
         Kind.REPLY,
+        Kind.HISTORY,
+        Kind.EVENTS,
     }
 )
 _DIRECT_BY_NUMBER: Final = {int(k): k for k in _DIRECT_KINDS}
@@ -195,28 +201,6 @@ def envelope_head(kind: Kind, sender: bytes, seq: int) -> bytes:
     body, which the caller appends already packed."""
     packed: bytes = msgpack.packb([VERSION, kind, sender, seq, None], use_bin_type=True)
     return b"\x96" + packed[1:]  # an array of six, not five
-
-
-def topic_channel(topic: str) -> bytes:
-    """``b"E" + topic``: the SUB subscription for the topic prefix `topic`, and the start of every
-    published frame for that topic. Raises `TypeError` or `ValueError` for a bad topic."""
-    if not isinstance(topic, str):
-        raise TypeError(f"topic must be str, not {type(topic).__name__}")
-    if "\x00" in topic:
-        raise ValueError("a topic cannot contain NUL")
-    channel = EVENT_CHANNEL + topic.encode()
-    if len(channel) - 1 > MAX_TOPIC_SIZE:
-        raise ValueError(f"topic is longer than {MAX_TOPIC_SIZE} bytes")
-    return channel
-
-
-def check_service(service: str) -> None:
-    """Check a service name as this node takes it from its user (`push`, `work`): 1 to
-    `MAX_NAME_SIZE` bytes of UTF-8. Raises `TypeError` or `ValueError`."""
-    if not isinstance(service, str):
-        raise TypeError(f"service must be str, not {type(service).__name__}")
-    if not service or len(service.encode()) > MAX_NAME_SIZE:
-        raise ValueError(f"service name must be 1 to {MAX_NAME_SIZE} bytes")
 
 
 def event_frame(channel: bytes, envelope: bytes) -> bytes:
@@ -546,6 +530,21 @@ def _ready_body(kind: Kind, sender: bytes, body: Any) -> bytes | None:
     return key
 
 
+def _events_body(kind: Kind, sender: bytes, body: Any) -> list[tuple[int, str, Any]]:
+    """EVENTS' body: at most `MAX_BATCH` events, each ``[seq, topic, body]``."""
+    if type(body) is not list or len(body) > MAX_BATCH:
+        raise ProtocolError("malformed", f"EVENTS body is not an array of at most {MAX_BATCH}")
+    events = []
+    for item in body:
+        if type(item) is not list or len(item) != 3 or type(item[1]) is not str:
+            raise ProtocolError("malformed", "an EVENTS item is not [seq, topic, body]")
+        seq, topic, event = item
+        if type(seq) is not int or not 0 < seq <= MAX_UINT64 or "\x00" in topic:
+            raise ProtocolError("malformed", "an EVENTS item's seq or topic is not valid")
+        events.append((seq, topic, event))
+    return events
+
+
 def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
     parsed: PeerRecord | Hello
     if kind is Kind.UPDATE:
@@ -625,14 +624,6 @@ def _check_meta(kind: Kind, meta: Any) -> tuple[Any, ...] | None:
                 and len(meta[1]) <= MAX_TOPIC_SIZE // 4
             ):
                 return (meta[0], meta[1], meta[2])
-        elif kind is Kind.REPLY:
-            if (
-                len(meta) == 2
-                and type(meta[0]) is int
-                and type(meta[1]) is bool
-                and 0 <= meta[0] <= MAX_UINT64
-            ):
-                return (meta[0], meta[1])
         elif kind is Kind.REQUEST and (
             len(meta) == 4
             and type(meta[0]) is int
@@ -677,6 +668,8 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.UPDATE: _record_body,
     Kind.ACK: _nil_body,
     Kind.NACK: _nil_body,
+    Kind.HISTORY: _nil_body,
+    Kind.EVENTS: _events_body,
     Kind.SYNC: _nil_body,
     Kind.SYNCED: _nil_body,
     Kind.READY: _ready_body,
@@ -694,6 +687,8 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.NACK: (int, str),
     Kind.REQUEST: (int, str, int, int),
     Kind.REPLY: (int, bool),
+    Kind.HISTORY: (int, str, int, int, int),
+    Kind.EVENTS: (int, bool),
     Kind.SYNC: (int, str),
     Kind.SYNCED: (int, bytes),
     Kind.READY: None,

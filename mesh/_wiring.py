@@ -92,12 +92,7 @@ class WorkerView:
         return self._node._membership.link_of(peer_id)
 
     def send_to_peer(self, peer_id: bytes, kind: Kind, meta: list[Any], body: Any = None) -> bool:
-        node = self._node
-        membership = node._membership
-        peer = membership.peers.get(peer_id)
-        if peer is None:
-            return False
-        return node._links.send(membership.reach(peer.record), kind, meta, body)
+        return send_direct(self._node, peer_id, kind, meta, body)
 
     def offer(self, services: Iterable[str]) -> None:
         self._node._membership.set_services(services)
@@ -148,6 +143,17 @@ def inbox_handlers(node: Node) -> dict[Kind, Callable[[Envelope], None]]:
         Kind.UPDATE: node._membership.on_update,
         Kind.BYE: node._membership.on_bye,
         Kind.SYNC: node._publisher.on_sync,
+        Kind.HISTORY: node._publisher.on_history,
+        Kind.EVENTS: node._events.on_events,
         Kind.READY: node._membership.on_ready,
         Kind.HEARTBEAT: node._heartbeats.on_inbox_heartbeat,
     }
+
+
+def send_direct(node: Node, peer_id: bytes, kind: Kind, meta: list[Any], body: Any = None) -> bool:
+    """Send a message to a known peer's inbox now, if its outbox has room (else False)."""
+    membership = node._membership
+    peer = membership.peers.get(peer_id)
+    if peer is None:
+        return False
+    return node._links.send(membership.reach(peer.record), kind, meta, body)

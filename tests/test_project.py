@@ -108,6 +108,8 @@ PURE_CORES = (
     "mesh._beatplan",
     "mesh._probes",
     "mesh._routing",
+    "mesh._history",
+    "mesh._names",
     "mesh._detector",
     "mesh._heartbeat",
     "mesh._metrics",

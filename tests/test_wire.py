@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from discovery import PeerRecord
 from mesh import ProtocolError
+from mesh._names import topic_channel
 from mesh._values import count_values
 from mesh._wire import (
     BATCH,
@@ -48,7 +49,6 @@ from mesh._wire import (
     event_frame,
     pack,
     packed_kind,
-    topic_channel,
 )
 
 from .conftest import make_record
@@ -184,6 +184,8 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.READY: (None, None),
     Kind.REQUEST: ([8, "price", 1, 2500], {"sku": "A1"}),
     Kind.REPLY: ([8, True], {"price": 12}),
+    Kind.HISTORY: ([3, "chat.", 100, 0, 57], None),
+    Kind.EVENTS: ([3, True], [[55, "chat.room", {"text": "hi"}], [57, "chat.x", None]]),
 }
 PUB_ONLY = [Kind.EVENT, Kind.SYNCED]
 DIRECT_ONLY = [
@@ -197,6 +199,8 @@ DIRECT_ONLY = [
     Kind.READY,
     Kind.REQUEST,
     Kind.REPLY,
+    Kind.HISTORY,
+    Kind.EVENTS,
 ]
 
 
@@ -228,6 +232,8 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "READY": 12,
         "REQUEST": 14,
         "REPLY": 15,
+        "HISTORY": 16,
+        "EVENTS": 17,
     }
 
 

@@ -22,13 +22,13 @@ import trio
 
 from discovery import parse_contact
 
-from .. import _wire
 from .._binding import ALL_INTERFACES
 from .._keys import KeyPair, load_allowed
+from .._names import check_service as _check_service_name
+from .._names import topic_channel
 from .._node import Node
 from .._open import open_node
 from .._types import Settings
-from .._wire import check_service as _check_service_name
 
 #: The environment variables that give the mesh options their defaults.
 ENVIRONMENT = {
@@ -183,7 +183,7 @@ def check_topic(topic: str, what: str = "topic") -> str:
     """`topic` if the wire can carry it as a topic or prefix (the wire's own rule), else a
     `UserError`; `what` names it in the message."""
     try:
-        _wire.topic_channel(topic)
+        topic_channel(topic)
     except ValueError as exc:
         shown = topic if len(topic) <= 40 else f"{topic[:37]}..."
         raise UserError(f"bad {what} {shown!r}: {_reason(exc)}", status=2) from None

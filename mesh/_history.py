@@ -1,0 +1,76 @@
+"""A publisher's history: the last events it published, kept for subscribers that join late.
+Pure: no IO, no clock (times are passed in).
+
+Rules:
+
+* Every event published is kept, with its sequence number on the publisher's stream, its
+  channel (``b"E" + topic``), its body and when it was published (the publisher's wall clock,
+  seconds), until more than `max_events` events or `max_bytes` bytes (of the frames they went
+  out in) are kept: then the oldest go first. `max_events` 0 keeps none.
+* `query` gives, oldest first, the last `count` events whose topic starts with a prefix, among
+  those published at or after `since` and numbered at most `upto` (the publisher's sequence
+  number when the subscription became live there: what came after reaches the subscriber live).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, NamedTuple
+
+
+class Kept(NamedTuple):
+    """One event kept."""
+
+    seq: int
+    channel: bytes
+    body: Any
+    size: int
+    at: float
+
+
+class History:
+    """The last events published, bounded in number and bytes (see the module's rules)."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        if max_events < 0 or max_bytes < 0:
+            raise ValueError("history bounds must not be negative")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._events: deque[Kept] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the events kept (as their frames went out)."""
+        return self._bytes
+
+    def add(self, seq: int, channel: bytes, body: Any, size: int, at: float) -> None:
+        """Keep an event just published (in the order of `seq`)."""
+        if self.max_events == 0:
+            return
+        events = self._events
+        events.append(Kept(seq, channel, body, size, at))
+        self._bytes += size
+        while len(events) > self.max_events or (self._bytes > self.max_bytes and events):
+            self._bytes -= events.popleft().size
+
+    def query(self, channel: bytes, count: int, since: float, upto: int) -> list[Kept]:
+        """The last `count` events kept whose channel starts with `channel` (a subscription's),
+        published at or after `since` and numbered at most `upto`, oldest first."""
+        found: list[Kept] = []
+        if count <= 0:
+            return found
+        for kept in reversed(self._events):
+            if kept.seq > upto:
+                continue
+            if kept.at < since:
+                continue  # (not `break`: a wall clock can step back)
+            if kept.channel.startswith(channel):
+                found.append(kept)
+                if len(found) >= count:
+                    break
+        found.reverse()
+        return found

@@ -1,0 +1,128 @@
+"""Event history: what a publisher keeps (pure, exact), and subscribers that join late getting
+the last events, then the live ones, none missing or repeated across the seam, on real sockets
+over 127.0.0.1 while the publisher keeps publishing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+import trio.lowlevel
+
+import mesh
+from mesh._history import History, Kept
+
+from .conftest import peered_nodes
+
+# -- what a publisher keeps, pure ---------------------------------------------------------------
+
+
+def kept(history: History) -> list[int]:
+    return [event.seq for event in history.query(b"E", 10**9, 0.0, 10**9)]
+
+
+def test_the_oldest_go_first_past_the_count_or_the_bytes() -> None:
+    history = History(max_events=3, max_bytes=1000)
+    for seq in range(1, 6):
+        history.add(seq, b"Ea", seq, 100, float(seq))
+    assert kept(history) == [3, 4, 5]
+    history.add(6, b"Ea", "big", 900, 6.0)  # 3 events, 1,100 bytes: the oldest two go
+    assert kept(history) == [5, 6]
+    assert (len(history), history.size) == (2, 1000)
+    history.add(7, b"Ea", "huge", 5000, 7.0)  # larger than the bound alone: kept by nobody
+    assert kept(history) == []
+    assert history.size == 0
+
+
+def test_keeping_none() -> None:
+    history = History(max_events=0, max_bytes=0)
+    history.add(1, b"Ea", 1, 10, 1.0)
+    assert len(history) == 0
+    with pytest.raises(ValueError, match="negative"):
+        History(-1, 10)
+
+
+def test_a_query_takes_the_last_matching_up_to_the_seam_since_a_time() -> None:
+    history = History(max_events=100, max_bytes=10**6)
+    for seq, channel in enumerate([b"Echat.a", b"Eother", b"Echat.b", b"Echat.a", b"Echat"], 1):
+        history.add(seq, channel, seq * 10, 10, 100.0 + seq)
+    assert [e.seq for e in history.query(b"Echat.", 10, 0.0, 99)] == [1, 3, 4]
+    assert [e.seq for e in history.query(b"Echat.", 2, 0.0, 99)] == [3, 4]
+    assert [e.seq for e in history.query(b"Echat", 10, 0.0, 3)] == [1, 3]  # up to the seam
+    assert [e.seq for e in history.query(b"E", 10, 103.0, 99)] == [3, 4, 5]  # since
+    assert history.query(b"E", 0, 0.0, 99) == []
+    assert history.query(b"Echat.a", 1, 0.0, 99) == [Kept(4, b"Echat.a", 40, 10, 104.0)]
+
+
+# -- late subscribers on real sockets -----------------------------------------------------------
+
+
+async def test_a_late_subscriber_gets_the_last_events_then_the_live_ones_seamlessly() -> None:
+    # It asks for everything the publisher has: which of its events come from history and which
+    # live depends on when its subscription is live there, but together they are every one.
+    before, during = 1000, 3000
+    settings = mesh.Settings(history_events=10_000)
+    with trio.fail_after(30):
+        async with peered_nodes("publisher", "late", settings=settings) as (publisher, late):
+            published = 0  # chat events published so far
+            for n in range(before):
+                await publisher.publish("chat.room", n)
+                await publisher.publish("noise", n)  # another topic, never for this prefix
+                published += 1
+            received: list[tuple[int, int]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def keep_publishing() -> None:
+                    nonlocal published
+                    for n in range(before, before + during):
+                        await publisher.publish("chat.room", n)
+                        published += 1
+                        if n % 20 == 0:
+                            await trio.lowlevel.checkpoint()  # the others' turn
+
+                nursery.start_soon(keep_publishing)
+                await trio.lowlevel.checkpoint()  # it is publishing
+                called_at = published
+                async with late.subscribe("chat.", history=before + during) as messages:
+                    async for message in messages:
+                        assert message.sender == publisher.id
+                        received.append((message.seq, message.body))
+                        if message.body == before + during - 1:
+                            break
+    seqs = [seq for seq, _ in received]
+    assert seqs == sorted(set(seqs))  # in the publisher's order, none repeated
+    assert [body for _, body in received] == list(range(before + during))  # none missing
+    assert before <= called_at < before + during  # it joined while the publisher published
+
+
+async def test_history_from_each_publisher_and_since_a_time() -> None:
+    with trio.fail_after(20):
+        async with peered_nodes("a", "b", "late") as (a, b, late):
+            for n in range(10):
+                await a.publish("t.a", n)
+            await trio.sleep(0.01)  # the history's clock counts milliseconds: apart by more
+            cut = time.time()
+            await trio.sleep(0.01)
+            for n in range(10, 20):
+                await a.publish("t.a", n)
+                await b.publish("t.b", n)
+            async with late.subscribe("t.", history=3) as messages:
+                got = [await messages.receive() for _ in range(6)]
+            by_sender = {
+                sender: [m.body for m in got if m.sender == sender] for sender in (a.id, b.id)
+            }
+            assert by_sender == {a.id: [17, 18, 19], b.id: [17, 18, 19]}
+            async with late.subscribe("t.a", since=cut) as messages:
+                got = [await messages.receive() for _ in range(10)]
+            assert [m.body for m in got] == list(range(10, 20))
+
+
+async def test_a_publisher_that_keeps_nothing_gives_only_live_events() -> None:
+    settings = mesh.Settings(history_events=0)
+    with trio.fail_after(20):
+        async with peered_nodes("publisher", "late", settings=settings) as (publisher, late):
+            await publisher.publish("t", "old")
+            async with late.subscribe("t", history=10) as messages:
+                await publisher.publish("t", "new")
+                assert (await messages.receive()).body == "new"
