@@ -6,7 +6,8 @@
 Each line you type is published on the room's topic; the others' lines are printed as
 ``name: text``, and people coming and going as ``* name joined`` and ``* name left``. Ctrl-D (the
 end of the input) leaves the room, as does Ctrl-C. Input may be piped too: the lines are sent, and
-the end of the input leaves.
+the end of the input leaves. One who joins a room where people talk already sees the last lines
+each of them said (up to 20), then the new ones.
 
 The nodes find each other over mDNS, on 127.0.0.1 only: both terminals must be on this machine and
 use the same mesh name (--mesh, or the MESH_NAME environment variable; "default" otherwise).
@@ -24,6 +25,7 @@ import trio
 import mesh
 
 TOPIC = "chat.room"
+HISTORY = 20  # lines of each member shown to one who joins later
 
 
 def show(line: str) -> None:
@@ -31,14 +33,23 @@ def show(line: str) -> None:
 
 
 async def chat(name: str, mesh_name: str) -> None:
-    async with mesh.open_node(name, mesh=mesh_name) as node, node.subscribe(TOPIC) as room:
-        show(f"* you are {name} in mesh {mesh_name!r}; type a line to send it, Ctrl-D to leave")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(show_members, node)
-            nursery.start_soon(show_lines, room)
-            await send_lines(node, name)
-            nursery.cancel_scope.cancel()
-    # Leaving the node's block said goodbye: the others print "* <name> left" at once.
+    async with mesh.open_node(name, mesh=mesh_name) as node:
+        with trio.move_on_after(1):  # whoever is in the room already (none: we start it)
+            await node.wait_for_peers()
+        # Each member keeps what it said last (Settings.history_events): a late joiner sees the
+        # last lines of the members there, then the new ones.
+        async with node.subscribe(TOPIC, history=HISTORY) as room:
+            await talk(node, name, mesh_name, room)
+
+
+async def talk(node: mesh.Node, name: str, mesh_name: str, room: mesh.Subscription) -> None:
+    show(f"* you are {name} in mesh {mesh_name!r}; type a line to send it, Ctrl-D to leave")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(show_members, node)
+        nursery.start_soon(show_lines, room)
+        await send_lines(node, name)
+        nursery.cancel_scope.cancel()
+    # Leaving the node's block then says goodbye: the others print "* <name> left" at once.
 
 
 async def send_lines(node: mesh.Node, name: str) -> None:

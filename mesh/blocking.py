@@ -247,11 +247,17 @@ class BlockingNode:
         self._call(_within, timeout, "publish", functools.partial(node.publish, topic, body))
 
     def subscribe(
-        self, prefix: str, callback: Callable[[Message], object] | None = None
+        self,
+        prefix: str,
+        callback: Callable[[Message], object] | None = None,
+        *,
+        history: int = 0,
+        since: float | None = None,
     ) -> BlockingSubscription:
         """Receive the events whose topic starts with `prefix` (``""`` for all).
 
-        Returns once the peers known now have confirmed the subscription (`mesh.Node.subscribe`).
+        Returns once the peers known now have confirmed the subscription (`mesh.Node.subscribe`;
+        with `history` or `since`, it starts with the last events they keep).
         Without `callback`, read the returned subscription: ``for message in subscription`` or
         `BlockingSubscription.receive`. With `callback`, a thread of the subscription's own
         calls ``callback(message)`` for each event, in order; an exception from it is logged and
@@ -260,7 +266,8 @@ class BlockingNode:
         buffer (`Settings.subscription_buffer`) is full.
         """
         node = self._open_node()
-        scope, stream = self._call(self._hold, functools.partial(node.subscribe, prefix))
+        subscribe = functools.partial(node.subscribe, prefix, history=history, since=since)
+        scope, stream = self._call(self._hold, subscribe)
         subscription = BlockingSubscription(self, prefix, scope, stream, callback)
         return self._read(subscription, f"mesh-subscription {prefix!r}")
 

@@ -481,6 +481,26 @@ def test_run_exec_mistakes(spawn: Spawn, args: tuple[str, ...], words: list[str]
 # -- pub / sub ---------------------------------------------------------------------------------
 
 
+def test_sub_with_history_starts_with_what_a_publisher_keeps(spawn: Spawn) -> None:
+    publisher = spawn("pub", "news.a", '"tick"', "--count", "1000", "--rate", "4", "--wait", "1")
+    try:
+        # A subscriber of the plain kind sees two events: the publisher is publishing.
+        status, stdout, _ = finish(spawn("sub", "news.", "--count", "2", "--json"))
+        assert status == 0
+        seen = json.loads(stdout[0])["seq"]
+        # One that starts later with --history sees the ones before it too, then the live ones.
+        status, stdout, stderr = finish(
+            spawn("sub", "news.", "--history", "100", "--count", "4", "--json")
+        )
+        assert status == 0, stderr
+        seqs = [json.loads(line)["seq"] for line in stdout]
+        assert seqs[0] <= seen  # published before it subscribed: from the publisher's history
+        assert seqs == sorted(set(seqs))  # in order, none twice
+    finally:
+        publisher.send(signal.SIGINT)
+        publisher.wait()
+
+
 def test_pub_reaches_sub_as_json_lines(spawn: Spawn) -> None:
     sub = spawn("sub", "orders.", "--count", "3", "--json")
     sub.wait_for("^subscribed to 'orders.' in mesh ")

@@ -162,3 +162,26 @@ def test_chat_example_two_people_talk_then_leave() -> None:
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_chat_example_a_late_joiner_sees_the_last_lines() -> None:
+    env = new_mesh_env()
+    alice = Chatter("alice", env)
+    carol: Chatter | None = None
+    try:
+        alice.expect(lambda line: line.startswith("* you are alice"))
+        for n in range(3):
+            alice.say(f"line {n}")
+        carol = Chatter("carol", env)
+        # Said before carol came: from alice's history, in order, then the live ones.
+        for n in range(3):
+            carol.expect(f"alice: line {n}")
+        alice.expect("* carol joined")
+        alice.say("and now live")
+        carol.expect("alice: and now live")
+        assert alice.leave() == 0, alice.errors
+        assert carol.leave() == 0, carol.errors
+    finally:
+        alice.stop()
+        if carol is not None:
+            carol.stop()

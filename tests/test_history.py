@@ -126,3 +126,16 @@ async def test_a_publisher_that_keeps_nothing_gives_only_live_events() -> None:
             async with late.subscribe("t", history=10) as messages:
                 await publisher.publish("t", "new")
                 assert (await messages.receive()).body == "new"
+
+
+def test_the_blocking_facade_subscribes_with_history() -> None:
+    import mesh.blocking
+
+    start = mesh.blocking.start
+    with start("a", discovery="static", timeout=10) as a:
+        with start("late", discovery="static", seeds=[a.contact], timeout=10) as late:
+            late.wait_for_peers(names=["a"], timeout=10)
+            for n in range(5):
+                a.publish("t", n)
+            with late.subscribe("t", history=2) as events:
+                assert [events.receive(timeout=5).body for _ in range(2)] == [3, 4]

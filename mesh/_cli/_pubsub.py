@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from .._node import Node
+from .._streams import Subscription
 from ._common import (
     BODY_HELP,
     PeerNames,
@@ -64,7 +66,9 @@ def add_to(commands: Any) -> None:
         "sub",
         help="print events",
         description="Subscribe to every topic that starts with PREFIX ('' for all) and print "
-        "one line per event: topic, sender, body. Runs until Ctrl-C or --count events.",
+        "one line per event: topic, sender, body. Runs until Ctrl-C or --count events. With "
+        "--history N it first finds the mesh (up to 3 s) and prints the last N events each "
+        "publisher keeps on PREFIX, then the live ones.",
         example="mesh-cli sub order. --count 10 --json",
         parents=[mesh_options()],
     )
@@ -75,6 +79,12 @@ def add_to(commands: Any) -> None:
         type=positive_float,
         metavar="S",
         help="exit with status 1 if --count events have not arrived after S seconds",
+    )
+    sub.add_argument(
+        "--history",
+        type=positive_int,
+        metavar="N",
+        help="start with the last N events each publisher there keeps on PREFIX",
     )
     json_option(sub, "one JSON object per event (topic, sender, sender_name, seq, body)")
     sub.set_defaults(run=lambda args: run_trio(_sub, args))
@@ -102,15 +112,26 @@ async def _pub(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _subscribe(
+    node: Node, args: argparse.Namespace, task_status: trio.TaskStatus[Subscription]
+) -> None:
+    """Hold the subscription open (the signal nursery's cancellation ends it)."""
+    async with node.subscribe(args.prefix, history=args.history or 0) as events:
+        task_status.started(events)
+        await trio.sleep_forever()
+
+
 async def _sub(args: argparse.Namespace) -> int:
     check_topic(args.prefix, "prefix")
     count = args.count if args.count is not None else math.inf
     received = 0
     async with (
         open_cli_node(args, command_node_name("sub")) as node,
-        node.subscribe(args.prefix) as events,
         open_signal_nursery() as nursery,
     ):
+        if args.history:  # its peers first (at most 3 s), or there is nobody to ask
+            await find_peers(node, 3.0, seeded=bool(seeds_of(args)))
+        events = await nursery.start(_subscribe, node, args)
         names = PeerNames(node)
         await nursery.start(names.follow)
         # Said once Ctrl-C is handled: from here on it leaves cleanly (status 0).
