@@ -45,7 +45,7 @@ from . import _wire
 from ._history import History
 from ._names import topic_channel
 from ._probes import ProbeSchedule
-from ._ratelimit import RateLimitedLog
+from ._ratelimit import RateLimitedLog, TokenBucket
 from ._streams import Subscription
 from ._types import Message
 from ._wire import Envelope, Kind, control_frame, event_frame, pack
@@ -72,6 +72,11 @@ _CUT_AGAIN_AFTER: Final = 5.0
 _HISTORY_CHUNK: Final = 1024 * 1024
 # Events a subscription takes from one peer's history at most (and SYNCED numbers kept).
 _MAX_REPLAYED: Final = 100_000
+# HISTORY requests answered per sender: a burst, then a rate (each answer can be as large as
+# the history); the senders counted at once.
+_HISTORY_BURST: Final = 16
+_HISTORY_RATE: Final = 4.0
+_HISTORY_ASKERS: Final = 1024
 
 
 class Publisher:
@@ -93,6 +98,7 @@ class Publisher:
         self._seq = 0
         self.history = history if history is not None else History(0, 0)
         self._send_to = send_to  # a direct message to a peer's inbox (EVENTS)
+        self._history_asked: dict[bytes, TokenBucket] = {}  # by sender: HISTORY answered
         self._socket = sock
         self._endpoints = list(endpoints)
         self._counts = counts
@@ -160,6 +166,21 @@ class Publisher:
         assert envelope.meta is not None
         assert self._send_to is not None
         token, prefix, count, since_ms, upto = envelope.meta
+        asked = self._history_asked
+        bucket = asked.get(envelope.sender)
+        if bucket is None:
+            if len(asked) >= _HISTORY_ASKERS:
+                asked.clear()
+            bucket = asked[envelope.sender] = TokenBucket(_HISTORY_RATE, _HISTORY_BURST)
+        if not bucket.take(trio.current_time()):
+            self._log.warning(
+                "history-rate",
+                trio.current_time(),
+                "%s asks for history faster than %g a second: not answered",
+                envelope.sender.hex()[:8],
+                _HISTORY_RATE,
+            )
+            return
         try:
             channel = topic_channel(prefix)
         except ValueError:

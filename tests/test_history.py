@@ -4,14 +4,20 @@ over 127.0.0.1 while the publisher keeps publishing."""
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
+import zmq
 
 import mesh
+from mesh._events import Publisher
 from mesh._history import History, Kept
+from mesh._ratelimit import RateLimitedLog
+from mesh._wire import Envelope, Kind
 
 from .conftest import peered_nodes
 
@@ -139,3 +145,34 @@ def test_the_blocking_facade_subscribes_with_history() -> None:
                 a.publish("t", n)
             with late.subscribe("t", history=2) as events:
                 assert [events.receive(timeout=5).body for _ in range(2)] == [3, 4]
+
+
+async def test_a_peer_asking_for_history_again_and_again_is_answered_at_a_bounded_rate(
+    context: zmq.Context[Any],
+) -> None:
+    sent: list[tuple[bytes, list[Any]]] = []
+
+    def send_to(peer: bytes, kind: Kind, meta: list[Any], body: Any) -> bool:
+        sent.append((peer, meta))
+        return True
+
+    sock = context.socket(zmq.XPUB)
+    publisher = Publisher(
+        sock,
+        b"\x01" * 16,
+        100,
+        endpoints=[],
+        counts={},
+        log=RateLimitedLog(logging.getLogger("test")),
+        history=History(10, 10_000),
+        send_to=send_to,
+    )
+    publisher.publish_nowait(b"Et", "kept")
+    greedy, other = b"\xaa" * 16, b"\xbb" * 16
+    for token in range(1, 41):
+        publisher.on_history(Envelope(Kind.HISTORY, greedy, token, (token, "t", 5, 0, 99), None))
+    publisher.on_history(Envelope(Kind.HISTORY, other, 1, (1, "t", 5, 0, 99), None))
+    answered = [meta[0] for peer, meta in sent if peer == greedy]
+    assert answered == list(range(1, 17))  # its burst, and no more at once
+    assert [meta for peer, meta in sent if peer == other] == [[1, True]]  # others unaffected
+    sock.close(linger=0)
