@@ -36,7 +36,7 @@ class History:
             raise ValueError("history bounds must not be negative")
         self.max_events = max_events
         self.max_bytes = max_bytes
-        self._events: deque[Kept] = deque()
+        self._events: deque[tuple[int, bytes, Any, int, float]] = deque()  # `Kept`'s fields
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -48,14 +48,14 @@ class History:
         return self._bytes
 
     def add(self, seq: int, channel: bytes, body: Any, size: int, at: float) -> None:
-        """Keep an event just published (in the order of `seq`)."""
-        if self.max_events == 0:
-            return
+        """Keep an event just published (in the order of `seq`). (Called for every event:
+        a plain tuple, and the bounds looked at only when one is passed.)"""
         events = self._events
-        events.append(Kept(seq, channel, body, size, at))
+        events.append((seq, channel, body, size, at))
         self._bytes += size
-        while len(events) > self.max_events or (self._bytes > self.max_bytes and events):
-            self._bytes -= events.popleft().size
+        if len(events) > self.max_events or self._bytes > self.max_bytes:
+            while events and (len(events) > self.max_events or self._bytes > self.max_bytes):
+                self._bytes -= events.popleft()[3]
 
     def query(self, channel: bytes, count: int, since: float, upto: int) -> list[Kept]:
         """The last `count` events kept whose channel starts with `channel` (a subscription's),
@@ -63,13 +63,13 @@ class History:
         found: list[Kept] = []
         if count <= 0:
             return found
-        for kept in reversed(self._events):
-            if kept.seq > upto:
+        for seq, kept_channel, body, size, at in reversed(self._events):
+            if seq > upto:
                 continue
-            if kept.at < since:
+            if at < since:
                 continue  # (not `break`: a wall clock can step back)
-            if kept.channel.startswith(channel):
-                found.append(kept)
+            if kept_channel.startswith(channel):
+                found.append(Kept(seq, kept_channel, body, size, at))
                 if len(found) >= count:
                     break
         found.reverse()
