@@ -281,3 +281,16 @@ def test_the_blocking_facade_keeps_its_tasks_too(tmp_path: Path) -> None:
         assert node.statistics().redelivery_queued == 1
     with mesh.blocking.start("p", discovery="static", state_dir=tmp_path, timeout=10) as node:
         assert node.statistics().redelivery_queued == 1  # back from the directory
+
+
+async def test_a_node_that_fails_to_open_lets_go_of_its_directory(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with mesh.open_node("holder", discovery="static") as holder:
+            taken = int(holder.address.rsplit(":", 1)[1])
+            with pytest.raises(OSError, match=r"(?i)address"):
+                async with mesh.open_node(
+                    "p", discovery="static", state_dir=tmp_path, pull_port=taken
+                ):
+                    pass
+        async with mesh.open_node("p", discovery="static", state_dir=tmp_path):
+            pass  # the directory was let go of
