@@ -88,6 +88,27 @@ async def test_members_exchange_events_tasks_and_authenticated_heartbeats() -> N
                 assert node.statistics().handshakes_refused == 0
 
 
+async def test_members_get_requests_answered_and_history() -> None:
+    with trio.fail_after(30):
+        async with keyed_nodes("a", "b") as ((a, b), _):
+            for n in range(5):
+                await a.publish("t.x", n)
+            async with b.subscribe("t", history=3) as events:
+                assert [(await events.receive()).body for _ in range(3)] == [2, 3, 4]
+            async with b.serve("q") as requests, trio.open_nursery() as nursery:
+
+                async def answer() -> None:
+                    async for request in requests:
+                        await request.reply(request.body * 2)
+
+                nursery.start_soon(answer)
+                await a.wait_for_peers(1, service="q")
+                assert await a.request("q", 21, timeout=5) == 42
+                nursery.cancel_scope.cancel()
+            for node in (a, b):
+                assert node.statistics().bad_frames == 0
+
+
 async def test_a_node_whose_key_is_not_allowed_gets_no_peer_event_or_task() -> None:
     stranger = mesh.KeyPair.generate()
     with trio.fail_after(30):
