@@ -132,7 +132,7 @@ class StateDirectory:
         with the tasks still unsettled, numbered from 1; returns it and those tasks, in the
         order they were pushed. Raises `StateDirectoryInUseError`, or `OSError`."""
         path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)  # (made private; an existing one as it is)
         lock_fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
