@@ -396,6 +396,8 @@ def format_metrics(statistics: NodeStatistics, labels: Mapping[str, str] | None 
     sample("mesh_tasks_in_flight", statistics.tasks_in_flight)
     out.family("mesh_redelivery_queued", "gauge", "Tasks of this node waiting to be sent again.")
     sample("mesh_redelivery_queued", statistics.redelivery_queued)
+    out.family("mesh_outbox_kept", "gauge", "Tasks kept in this node's state directory.")
+    sample("mesh_outbox_kept", statistics.outbox_kept)
     out.family(
         "mesh_events_queued", "gauge", "Published messages queued in this node for the PUB socket."
     )

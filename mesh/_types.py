@@ -174,7 +174,9 @@ class NodeStatistics:
       counted.
     * Queues now: `events_queued` (messages waiting in this node for the PUB socket),
       `redelivery_queued` (tasks waiting to be sent again, or, taken by ``push(wait=False)``
-      or from a state directory, to be sent a first time), and by peer id (hex) in
+      or from a state directory, to be sent a first time), `outbox_kept` (tasks kept in the
+      state directory, if the node has one: pushed and not yet acked or given up on), and by
+      peer id (hex) in
       `peer_queues` its outbox and the tasks it holds (`PeerStatistics`), for at most
       128 peers, the rest summed under the key ``""``.
     * `ack_latency`: seconds from each send of a task to its ack or nack, at the producer (a
@@ -221,6 +223,7 @@ class NodeStatistics:
     requests_timed_out: int = 0
     replies_sent: int = 0
     requests_expired: int = 0
+    outbox_kept: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.

@@ -115,6 +115,7 @@ def statistics_of(node: Node) -> NodeStatistics:
         },
         events_queued=len(node._pub),
         redelivery_queued=node._producer.redelivery_queued,
+        outbox_kept=0 if node._producer.journal is None else node._producer.journal.live,
         peer_queues=cap_peers(node._membership.peer_rows(dispatcher.in_flight)),
         ack_latency=node._producer.ack_latency.snapshot(),
         heartbeat_rtt=node._heartbeats.rtt.snapshot(),

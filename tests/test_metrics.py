@@ -215,6 +215,9 @@ mesh_tasks_in_flight{node="n\\1"} 1
 # HELP mesh_redelivery_queued Tasks of this node waiting to be sent again.
 # TYPE mesh_redelivery_queued gauge
 mesh_redelivery_queued{node="n\\1"} 1
+# HELP mesh_outbox_kept Tasks kept in this node's state directory.
+# TYPE mesh_outbox_kept gauge
+mesh_outbox_kept{node="n\\1"} 0
 # HELP mesh_events_queued Published messages queued in this node for the PUB socket.
 # TYPE mesh_events_queued gauge
 mesh_events_queued{node="n\\1"} 0

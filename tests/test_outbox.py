@@ -107,6 +107,7 @@ async def test_tasks_pushed_with_no_worker_wait_in_the_directory_for_one(tmp_pat
             for n in range(20):
                 await producer.push("job", n, wait=False)
             assert producer.statistics().redelivery_queued == 20
+            assert producer.statistics().outbox_kept == 20
             with pytest.raises(mesh.StateDirectoryInUseError):
                 async with mesh.open_node("again", discovery="static", state_dir=state):
                     pass
@@ -129,6 +130,7 @@ async def test_tasks_pushed_with_no_worker_wait_in_the_directory_for_one(tmp_pat
             assert sorted(done) == list(range(20))
             await producer.push("job", 20)  # a new task, numbered after the recovered ones
             await producer.wait_settled()
+            assert producer.statistics().outbox_kept == 0
             nursery.cancel_scope.cancel()
     directory, found = StateDirectory.open(state)
     directory.close()
