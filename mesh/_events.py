@@ -70,7 +70,7 @@ _REBIND_PATIENCE: Final = 2.0
 _CUT_AGAIN_AFTER: Final = 5.0
 # Bytes of events one EVENTS answer to a HISTORY request carries at most.
 _HISTORY_CHUNK: Final = 1024 * 1024
-# Events a subscription takes from one peer's history at most (and SYNCED numbers kept).
+# Events a subscription takes from one peer's history at most.
 _MAX_REPLAYED: Final = 100_000
 # HISTORY requests answered per sender: a burst, then a rate (each answer can be as large as
 # the history); the senders counted at once.
@@ -303,6 +303,7 @@ class Subscriptions:
         self._channel_refs: dict[bytes, int] = {}
         self._synced = trio.lowlevel.ParkingLot()
         self._synced_tokens: set[int] = set()
+        self._probing: set[int] = set()  # tokens of the syncs under way: the SYNCEDs taken
         self._next_token = 1
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still connected
         self._server_keys: dict[str, str | None] = {}  # the key each connection was made with
@@ -413,6 +414,18 @@ class Subscriptions:
             for peer_id in peers:
                 probed[self._next_token] = (prefix, peer_id)
                 self._next_token += 1
+        self._probing.update(probed)
+        try:
+            return await self._probe_until_answered(probed)
+        finally:
+            # A SYNC is sent more than once, and so is its SYNCED: those that come later, and
+            # any other token, are not kept (`_serve` takes only tokens under way).
+            self._probing.difference_update(probed)
+            self._synced_tokens.difference_update(probed)
+            for token in probed:
+                self._synced_seqs.pop(token, None)
+
+    async def _probe_until_answered(self, probed: dict[int, tuple[str, bytes]]) -> dict[bytes, int]:
         schedule = ProbeSchedule(probed, trio.current_time(), self._sync_timeout)
         answered = self._synced_tokens
         while (probes := schedule.next(trio.current_time())) is not None:
@@ -514,10 +527,8 @@ class Subscriptions:
                 else:  # SYNCED
                     assert envelope.meta is not None
                     token, addressee = envelope.meta
-                    if addressee == self._id:
+                    if addressee == self._id and token in self._probing:
                         self._synced_tokens.add(token)
-                        if len(self._synced_seqs) >= _MAX_REPLAYED:
-                            self._synced_seqs.clear()  # (only a hostile peer gets here)
                         self._synced_seqs[token] = envelope.seq
                         self._synced.unpark_all()
 

@@ -212,3 +212,14 @@ def forget(node: mesh.Node, other: mesh.Node) -> None:
         [Transition(other_id, Liveness.DEAD, Liveness.FORGOTTEN, "forgotten", 40, 0)]
     )
     membership.sessions.returned(other_id)  # (what a heartbeat of `other`'s would take)
+
+
+def publish_raw(node: mesh.Node, channel: bytes | None, kind: Kind, meta: list[Any]) -> bool:
+    """Publish a control message (or, with a `channel`, a SYNCED) on the node's PUB as it is:
+    what a misbehaving peer could send."""
+    return node._publisher.publish_control(channel, kind, meta)
+
+
+def synced_tokens_kept(node: mesh.Node) -> int:
+    """SYNCED answers the node holds (taken, not yet consumed by a sync under way)."""
+    return len(node._events._synced_tokens) + len(node._events._synced_seqs)

@@ -432,3 +432,19 @@ async def test_a_flood_of_subscriptions_is_cut_and_members_subscribe_again() -> 
                     nursery.start_soon(publish_until_b_has_one)
                     assert (await events.receive()).body == "after"
                     nursery.cancel_scope.cancel()
+
+
+async def test_synced_answers_nobody_asked_for_are_not_kept() -> None:
+    # A peer's PUB can send SYNCEDs addressed to this node with any token: before, each was kept
+    # for ever (and a SYNC resent is answered again, after its sync has ended).
+    with trio.fail_after(20):
+        async with peered_nodes("a", "b") as (a, b), b.subscribe("t") as events:
+            b_id = bytes.fromhex(b.id)
+            for token in range(1_000_000, 1_005_000):  # (fewer than the PUB's outbox holds)
+                assert inside.publish_raw(a, b"Et", Kind.SYNCED, [token, b_id])
+            await a.publish("t", "after them")  # the same stream: read after the SYNCEDs
+            assert (await events.receive()).body == "after them"
+            assert inside.synced_tokens_kept(b) == 0
+            async with b.subscribe("t.other"):  # syncs still work
+                pass
+            assert inside.synced_tokens_kept(b) == 0
