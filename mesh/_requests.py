@@ -1,5 +1,5 @@
-"""The callers waiting for replies: one parked trio task per request in flight, woken with the
-reply, an error, or (by its own deadline or cancellation) not at all.
+"""The callers waiting for replies: one parked trio task per request in flight, woken with its
+reply or an error (the provider's, its deadline's, the node closing), or cancelled.
 
 Rules:
 
@@ -10,8 +10,9 @@ Rules:
   up on the request), by its deadline (`expire_calls`, one task for all the callers, raises
   `TimeoutError` in it), or by its own cancellation. The last two take it out of the table and
   out of flight (`on_abort`), so a reply that comes later names nothing and is dropped.
-* The deadlines are kept in a heap read by that one task, not in a cancel scope per call: a
-  scope costs a round trip more than the heap does.
+* The deadlines are kept in a heap read by that one task, not in a cancel scope per call:
+  entering and leaving a scope on every request costs more than a heap entry (the heap is
+  compacted once answered calls make most of it).
 * A parked caller is woken directly (`trio.lowlevel.reschedule`), with no `trio.Event`: a round
   trip's cost is mostly scheduling, and this is the least of it.
 """
