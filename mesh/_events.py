@@ -284,7 +284,7 @@ class Subscriptions:
         counts: dict[str, int],
         receive: Receive,
         probe: Callable[[bytes, int, str], bool],
-        ask_history: Callable[[bytes, Kind, list[Any], Any], bool] | None = None,
+        ask_history: Callable[[bytes, Kind, list[Any], Any], bool],
     ) -> None:
         self.socket = AsyncSocket(sock)
         self._id = node_id
@@ -366,9 +366,7 @@ class Subscriptions:
             self._next_token += 1
             self._replays[token] = _Replay(subscription, peer_id, min(count, _MAX_REPLAYED))
             meta = [token, subscription.prefix, min(count, _MAX_REPLAYED), since_ms, upto]
-            if self._ask_history is not None and self._ask_history(
-                peer_id, Kind.HISTORY, meta, None
-            ):
+            if self._ask_history(peer_id, Kind.HISTORY, meta, None):
                 asked.add(token)
             else:
                 del self._replays[token]
@@ -426,6 +424,7 @@ class Subscriptions:
                 self._synced_seqs.pop(token, None)
 
     async def _probe_until_answered(self, probed: dict[int, tuple[str, bytes]]) -> dict[bytes, int]:
+        """`sync`'s probing; the tokens it leaves behind are `sync`'s to drop."""
         schedule = ProbeSchedule(probed, trio.current_time(), self._sync_timeout)
         answered = self._synced_tokens
         while (probes := schedule.next(trio.current_time())) is not None:
@@ -440,10 +439,9 @@ class Subscriptions:
                 schedule.stop(token)
                 answered.discard(token)
         unconfirmed = len(schedule.waiting)
-        answered.difference_update(schedule.waiting)
         confirmed: dict[bytes, int] = {}
         for token, (_, peer_id) in probed.items():
-            seq = self._synced_seqs.pop(token, None)
+            seq = self._synced_seqs.get(token)
             if seq is not None and token not in schedule.waiting:
                 confirmed[peer_id] = seq
         if unconfirmed:

@@ -402,13 +402,13 @@ class ProducerSide:
 
     def _give_up(self, task: InFlightTask, why: str) -> None:
         self._services.row(task.service)[GIVEN_UP] += 1
-        if self.journal is not None and task.deadline is None:
-            self.journal.settle(task.task_id)
-        if task.deadline is not None:
+        if task.deadline is not None:  # a request: its caller is told, no dead letter
             message = f"no reply after {task.attempt} attempt(s); last: {why}"
             if self.calls.answer(task.task_id, error=RemoteError(task.service, message)):
                 self._counts["requests_failed"] += 1
             return
+        if self.journal is not None:
+            self.journal.settle(task.task_id)
         letter = DeadLetter(task.task_id, task.service, task.body, task.attempt, why)
         if self._dead_letter is None:
             self._log.warning(

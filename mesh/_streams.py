@@ -230,10 +230,15 @@ class Task:
                 if owner.answer_now(self._origin, Kind.ACK, [self.id]) is not None:
                     await owner.settle(self._origin, Kind.ACK, [self.id])
             return False
+        return await self._raised(exc)
+
+    async def _raised(self, exc: BaseException) -> bool:
+        """An exception left the block: `fail` (a task: nack; a request: an error reply),
+        log it, and suppress it if it is an `Exception`."""
         with trio.CancelScope(shield=True):
-            await self.nack(f"{type(exc).__name__}: {exc}")
+            await self.fail(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, Exception):
-            logger.warning("task %r failed", self, exc_info=exc)
+            logger.warning("%s %r failed", type(self).__name__.lower(), self, exc_info=exc)
             return True
         return False
 
@@ -310,12 +315,7 @@ class Request(Task):
         if exc is None:
             await self.ack()
             return False
-        with trio.CancelScope(shield=True):
-            await self.fail(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, Exception):
-            logger.warning("request %r failed", self, exc_info=exc)
-            return True
-        return False
+        return await self._raised(exc)
 
 
 class TaskStream(_Stream[Task]):

@@ -176,9 +176,7 @@ class WorkerSide:
                 continue
             task._settled = True
             if type(task) is Request:
-                meta = [task.id, False]
-                if self._wiring.send_to_peer(task._origin, Kind.REPLY, meta, message[:1000]):
-                    self._counts["replies_sent"] += 1
+                self._settle_nowait(task._origin, Kind.REPLY, [task.id, False], message[:1000])
             else:
                 self._settle_nowait(task._origin, Kind.NACK, [task.id, message[:200]])
             self.release(task)
@@ -283,8 +281,8 @@ class WorkerSide:
         self._routes[origin] = route
         return route
 
-    def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any]) -> None:
-        if self._wiring.send_to_peer(origin, kind, meta):
+    def _settle_nowait(self, origin: bytes, kind: Kind, meta: list[Any], body: Any = None) -> None:
+        if self._wiring.send_to_peer(origin, kind, meta, body):
             self._counts[_SENT[kind]] += 1
 
 
