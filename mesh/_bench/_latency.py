@@ -18,6 +18,7 @@ key pair, REQ/REP and the floor's sockets with CURVE and the same keys).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
@@ -215,10 +216,6 @@ async def _serve_until_done(
 # -- the mesh: a task and its ack -----------------------------------------------------------------
 
 
-def _task_server(control: Connection, key: KeyPair | None) -> None:
-    trio.run(_serve_tasks, control, key)
-
-
 async def _serve_tasks(control: Connection, key: KeyPair | None) -> None:
     from .. import open_node
 
@@ -233,17 +230,6 @@ async def _serve_tasks(control: Connection, key: KeyPair | None) -> None:
                     pass
 
         await _serve_until_done(control, node.contact, work)
-
-
-def _task_client(
-    control: Connection,
-    address: str,
-    size: int,
-    duration: float,
-    count: int,
-    key: KeyPair | None,
-) -> None:
-    trio.run(_ask_tasks, control, address, size, duration, count, key)
 
 
 async def _ask_tasks(
@@ -270,10 +256,6 @@ async def _ask_tasks(
 # -- the mesh: a request and its reply over events -------------------------------------------------
 
 
-def _event_server(control: Connection, key: KeyPair | None) -> None:
-    trio.run(_serve_events, control, key)
-
-
 async def _serve_events(control: Connection, key: KeyPair | None) -> None:
     from .. import open_node
 
@@ -287,17 +269,6 @@ async def _serve_events(control: Connection, key: KeyPair | None) -> None:
                 await node.publish("bench.reply", message.body)
 
         await _serve_until_done(control, node.contact, reply)
-
-
-def _event_client(
-    control: Connection,
-    address: str,
-    size: int,
-    duration: float,
-    count: int,
-    key: KeyPair | None,
-) -> None:
-    trio.run(_ask_events, control, address, size, duration, count, key)
 
 
 async def _ask_events(
@@ -327,10 +298,6 @@ async def _ask_events(
 # -- the mesh: a request and its reply (request/serve) ---------------------------------------------
 
 
-def _request_server(control: Connection, key: KeyPair | None) -> None:
-    trio.run(_serve_requests, control, key)
-
-
 async def _serve_requests(control: Connection, key: KeyPair | None) -> None:
     from .. import open_node
 
@@ -344,17 +311,6 @@ async def _serve_requests(control: Connection, key: KeyPair | None) -> None:
                 await request.reply(request.body)  # the body back, as plain REP echoes it
 
         await _serve_until_done(control, node.contact, reply)
-
-
-def _request_client(
-    control: Connection,
-    address: str,
-    size: int,
-    duration: float,
-    count: int,
-    key: KeyPair | None,
-) -> None:
-    trio.run(_ask_requests, control, address, size, duration, count, key)
 
 
 async def _ask_requests(
@@ -404,10 +360,6 @@ async def _floor_send(sock: zmq.Socket[bytes], frame: bytes) -> None:
             await trio.lowlevel.wait_readable(sock.FD)
 
 
-def _floor_server(control: Connection, key: KeyPair | None) -> None:
-    trio.run(_serve_floor, control, key)
-
-
 async def _serve_floor(control: Connection, key: KeyPair | None) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
@@ -426,17 +378,6 @@ async def _serve_floor(control: Connection, key: KeyPair | None) -> None:
         pull.close(linger=0)
         push.close(linger=0)
         context.term()
-
-
-def _floor_client(
-    control: Connection,
-    addresses: tuple[str, str],
-    size: int,
-    duration: float,
-    count: int,
-    key: KeyPair | None,
-) -> None:
-    trio.run(_ask_floor, control, addresses, size, duration, count, key)
 
 
 async def _ask_floor(
@@ -467,10 +408,16 @@ async def _ask_floor(
 
 
 #: (client, server) of each round trip: the client sends `samples` (seconds), one a round trip.
+def _in_trio(role: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """A role that runs in trio, as a process's role: `role` run by `trio.run` with the
+    arguments the pool gives it (a partial of two module-level functions: it pickles)."""
+    return functools.partial(trio.run, role)
+
+
 _ROLES: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "plain": (_plain_client, _plain_server),
-    "tasks": (_task_client, _task_server),
-    "events": (_event_client, _event_server),
-    "requests": (_request_client, _request_server),
-    "floor": (_floor_client, _floor_server),
+    "tasks": (_in_trio(_ask_tasks), _in_trio(_serve_tasks)),
+    "events": (_in_trio(_ask_events), _in_trio(_serve_events)),
+    "requests": (_in_trio(_ask_requests), _in_trio(_serve_requests)),
+    "floor": (_in_trio(_ask_floor), _in_trio(_serve_floor)),
 }
