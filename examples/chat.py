@@ -66,6 +66,9 @@ async def send_lines(node: mesh.Node, name: str) -> None:
 
 async def show_lines(room: mesh.Subscription) -> None:
     async for message in room:  # our own lines do not come back to us
+        if isinstance(message, mesh.Gap):  # lines we missed and the sender no longer keeps
+            show(f"* {message.last_seq - message.first_seq + 1} message numbers lost")
+            continue
         body = message.body
         if isinstance(body, dict):  # from another chat.py
             show(f"{body.get('name')}: {body.get('text')}")

@@ -47,6 +47,9 @@ async def serve_inventory(
     async with node.subscribe("order.") as orders:
         task_status.started()
         async for event in orders:
+            if isinstance(event, mesh.Gap):  # orders missed for good: say so, go on
+                print(f"inventory: orders lost ({event.reason}): {event}")
+                continue
             order = event.body
             if stock.get(order["item"], 0) >= order["quantity"]:
                 stock[order["item"]] -= order["quantity"]
@@ -64,6 +67,9 @@ async def serve_notifications(
     async with node.subscribe("inventory.") as outcomes:
         task_status.started()
         async for event in outcomes:
+            if isinstance(event, mesh.Gap):
+                print(f"notifications: outcomes lost ({event.reason}): {event}")
+                continue
             order = event.body
             if event.topic == "inventory.reserved":
                 text = f"your {order['item']} is on its way"
@@ -93,6 +99,8 @@ async def main() -> int:
                 for order in ORDERS:
                     await orders.publish("order.created", order)
                 async for receipt in receipts:
+                    if isinstance(receipt, mesh.Gap):
+                        raise RuntimeError(f"receipts lost: {receipt}")
                     handled[receipt.body["order"]] = receipt.body["on"]
                     if len(handled) == len(ORDERS):
                         break

@@ -39,6 +39,8 @@ async def main() -> int:
 
                 bodies = []
                 async for message in events:
+                    if isinstance(message, mesh.Gap):  # events missed for good (not here)
+                        raise RuntimeError(f"events lost: {message}")
                     bodies.append(message.body)
                     if len(bodies) == EVENTS:
                         break

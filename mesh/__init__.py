@@ -48,15 +48,24 @@ if TYPE_CHECKING:
     from ._node import Node
     from ._open import open_node
     from ._streams import PeerWatch, Request, Subscription, Task, TaskStream
-    from ._types import DeadLetter, Endpoints, Message, NodeStatistics, PeerHealth, Settings
+    from ._types import (
+        DeadLetter,
+        Endpoints,
+        Gap,
+        Message,
+        NodeStatistics,
+        PeerHealth,
+        Settings,
+    )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ALL_INTERFACES",
     "DeadLetter",
     "DetectorSettings",
     "Endpoints",
+    "Gap",
     "Histogram",
     "KeyPair",
     "MeshError",
@@ -118,7 +127,15 @@ _EXPORTS = {
     "._node": ("Node",),
     "._open": ("open_node",),
     "._streams": ("PeerWatch", "Request", "Subscription", "Task", "TaskStream"),
-    "._types": ("DeadLetter", "Endpoints", "Message", "NodeStatistics", "PeerHealth", "Settings"),
+    "._types": (
+        "DeadLetter",
+        "Endpoints",
+        "Gap",
+        "Message",
+        "NodeStatistics",
+        "PeerHealth",
+        "Settings",
+    ),
 }
 _import_export, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 

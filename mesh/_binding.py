@@ -19,7 +19,7 @@ import zmq
 
 from discovery import interface_addresses, tcp_endpoint
 
-from . import _wire
+from . import _batches, _wire
 from ._heartbeats import IP_RECVERR, IPV6_RECVERR, SO_TIMESTAMPNS, close_datagrams
 from ._keys import KeyPair
 from ._limits import Limits, limits_for
@@ -246,6 +246,12 @@ class NodeSockets:
     pull_port: int
 
 
+def event_hwm(settings: Settings) -> int:
+    """The high-water mark of the PUB and the events SUB: `Settings.event_hwm` frames, and no
+    more than `Settings.event_buffer_bytes` of frames of events as large as a batch gets."""
+    return min(settings.event_hwm, settings.event_buffer_bytes // _batches.PUBLISHED_BATCH_BYTES)
+
+
 def bind_sockets(
     make_socket: Callable[[int, bool], ZmqSocket],
     hosts: Sequence[str],
@@ -265,7 +271,7 @@ def bind_sockets(
     # XPUB rather than PUB for XPUB_NODROP: a full subscriber pipe makes sends fail (so the
     # publisher waits) instead of dropping events. Plain SUB sockets talk to it unchanged.
     pub = make_socket(zmq.XPUB, ipv6)
-    pub.setsockopt(zmq.SNDHWM, settings.event_hwm)
+    pub.setsockopt(zmq.SNDHWM, event_hwm(settings))
     pub.setsockopt(zmq.XPUB_NODROP, int(settings.event_backpressure))
     # No ZMTP heartbeats here: a subscriber that is only slow stops reading its TCP
     # connection once its pipe is full, so it would miss the PINGs too, and the heartbeat
@@ -277,7 +283,7 @@ def bind_sockets(
     # hold back (backpressure), and control, which nothing may hold back.
     sub = make_socket(zmq.SUB, ipv6)
     sub.setsockopt(zmq.MAXMSGSIZE, most)
-    sub.setsockopt(zmq.RCVHWM, settings.event_hwm)
+    sub.setsockopt(zmq.RCVHWM, event_hwm(settings))
     control = make_socket(zmq.SUB, ipv6)
     control.setsockopt(zmq.MAXMSGSIZE, most)
     control.setsockopt(zmq.SUBSCRIBE, _wire.CONTROL_CHANNEL)

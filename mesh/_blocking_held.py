@@ -19,7 +19,7 @@ import trio
 from discovery import PeerEvent
 
 from ._streams import PeerWatch, Subscription, TaskStream, _Stream
-from ._types import Message
+from ._types import Gap, Message
 
 if TYPE_CHECKING:
     from .blocking import BlockingNode
@@ -136,13 +136,14 @@ class _Reader(_Held, Generic[T]):
 _ReaderT = TypeVar("_ReaderT", bound=_Reader[Any])
 
 
-class BlockingSubscription(_Reader[Message]):
+class BlockingSubscription(_Reader[Message | Gap]):
     """The events of one `BlockingNode.subscribe`, in arrival order.
 
     Without a callback, read it from any thread: ``for message in subscription`` (which ends when
     the subscription or the node is closed) or `receive`. It ends with `close` (or with the
-    ``with`` block it is used in, or `BlockingNode.stop`). A reader that falls behind holds the
-    publishers back, as `mesh.Subscription` does; nothing is lost.
+    ``with`` block it is used in, or `BlockingNode.stop`). Each item is a `mesh.Message` or a
+    `mesh.Gap`; a reader that falls behind holds the publishers back for a while, then
+    catches up from their history, as `mesh.Subscription` does.
     """
 
     _kind = "subscription"
@@ -154,7 +155,7 @@ class BlockingSubscription(_Reader[Message]):
         prefix: str,
         scope: trio.CancelScope,
         stream: Subscription,
-        callback: Callable[[Message], object] | None,
+        callback: Callable[[Message | Gap], object] | None,
     ) -> None:
         super().__init__(node, scope, stream, callback)
         self.prefix = prefix

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -41,13 +42,14 @@ from typing import Any, Final
 import trio
 import zmq
 
-from . import _wire
+from . import _batches, _wire
 from ._history import History
+from ._history_file import FILE_NAME, HistoryFile
 from ._names import topic_channel
 from ._probes import ProbeSchedule
 from ._ratelimit import RateLimitedLog, TokenBucket
 from ._streams import Subscription
-from ._types import Message
+from ._types import Message, Settings
 from ._wire import Envelope, Kind, control_frame, event_frame, pack
 from ._zmq import AsyncSocket, Outbox, SocketOp, ZmqSocket
 
@@ -77,6 +79,15 @@ _MAX_REPLAYED: Final = 100_000
 _HISTORY_BURST: Final = 16
 _HISTORY_RATE: Final = 4.0
 _HISTORY_ASKERS: Final = 1024
+# Repairs awaiting an answer at once, for all subscriptions (one each per publisher at most).
+_MAX_REPAIRS: Final = 4096
+# DROPPED intervals (`_NOTICE_DRAIN_INTERVAL`) without a frame sent past a full subscriber
+# connection that end an episode.
+_EPISODE_QUIET: Final = 5
+# Bytes counted for the mark of an event no longer kept, in an EVENTS answer.
+_MARK_SIZE: Final = 64
+# Channels whose last event a publisher remembers (each event's `prev`).
+_MAX_CHAINED: Final = 65_536
 
 
 class Publisher:
@@ -93,10 +104,19 @@ class Publisher:
         log: RateLimitedLog,
         history: History | None = None,
         send_to: Callable[[bytes, Kind, list[Any], Any], bool] | None = None,
+        patience: float = math.inf,
     ) -> None:
         self._id = node_id
         self._seq = 0
+        # The number of the last event published on each channel (an event's `prev`); past
+        # `_MAX_CHAINED` channels they are forgotten, and `_forgotten` stands for any of them.
+        self._last_on: dict[bytes, int] = {}
+        self._forgotten = 0
+        self._shed: list[int] | None = None  # numbers sent past full connections (first, last)
+        self._shedding = False  # some sent past since the last DROPPED
+        self._quiet = 0  # DROPPED intervals since the last sent past
         self.history = history if history is not None else History(0, 0)
+        self._history_file: HistoryFile | None = None  # with a state directory
         self._send_to = send_to  # a direct message to a peer's inbox (EVENTS)
         self._history_asked: dict[bytes, TokenBucket] = {}  # by sender: HISTORY answered
         self._socket = sock
@@ -113,7 +133,9 @@ class Publisher:
             AsyncSocket(sock),
             capacity=capacity,
             retry_interval=_PUB_RETRY_INTERVAL,
-            coalesce=_wire.coalesce_published,
+            coalesce=_batches.coalesce_published,
+            patience=patience,
+            send_past=self._send_past,
         )
 
     def publish_nowait(self, channel: bytes, body: Any) -> bool:
@@ -121,13 +143,45 @@ class Publisher:
         outbox = self.outbox
         if not outbox.has_room():
             return False
-        frame = event_frame(channel, pack(Kind.EVENT, self._id, self._seq + 1, None, body))
-        self._seq += 1
+        seq = self._seq + 1
+        last_on = self._last_on
+        prev = last_on.get(channel)
+        if prev is None:
+            prev = self._forgotten
+            if len(last_on) >= _MAX_CHAINED:
+                last_on.clear()
+                prev = self._forgotten = self._seq
+        frame = event_frame(channel, pack(Kind.EVENT, self._id, seq, [prev], body))
+        self._seq = seq
+        last_on[channel] = seq
         sent = outbox.send_nowait(frame)
         assert sent
         if self.history.max_events:
-            self.history.add(self._seq, channel, body, len(frame), time.time())
+            at = time.time()
+            self.history.add(seq, prev, channel, body, len(frame), at)
+            if self._history_file is not None:
+                self._history_file.add(frame, at)
         return True
+
+    def keep_history_in(self, directory: str) -> None:
+        """Keep the history in `directory` (a state directory, locked), starting with what it
+        kept there: this PUB stream then goes on after those events (mesh/_history_file.py).
+        Raises `OSError`."""
+        if not self.history.max_events:
+            return
+        assert self._seq == 0, "before anything is published"
+        history_file = HistoryFile(os.path.join(directory, FILE_NAME), self.history, self._repack)
+        self._last_on.update(history_file.load())
+        self._seq = max(self._last_on.values(), default=0)
+        self._history_file = history_file
+
+    def close_history(self) -> None:
+        """Write what the state directory's history has buffered, and close it."""
+        if self._history_file is not None:
+            self._history_file.close()
+
+    def _repack(self, seq: int, prev: int, channel: bytes, body: Any) -> bytes:
+        return event_frame(channel, pack(Kind.EVENT, self._id, seq, [prev], body))
 
     async def publish(self, channel: bytes, body: Any, check_open: Callable[[], None]) -> None:
         """Publish an EVENT on `channel`, waiting while the PUB's outbox is full."""
@@ -149,6 +203,43 @@ class Publisher:
         self.outbox.send_nowait(frame)
         return True
 
+    def _send_past(self, frame: bytes, count: int) -> bool:
+        """The outbox's `send_past`: ZeroMQ has refused `frame` (its first `count` queued
+        messages) for `patience`: send it without XPUB_NODROP, which drops it for the full
+        subscriber connections only, and note their numbers for the next DROPPED."""
+        sock = self._socket
+        sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # (a lossy XPUB takes every frame)
+            return False
+        finally:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+        first = self._seq - len(self.outbox) + 1  # the queue holds the last numbers, in order
+        self._shed = [first if self._shed is None else self._shed[0], first + count - 1]
+        self._shedding = True
+        self._counts["events_shed"] += count
+        return True
+
+    def stop_waiting(self) -> None:
+        """A peer is dead: stop waiting for its connection, if the PUB waits for one."""
+        self.outbox.stop_waiting()
+
+    def _tell_shed(self) -> None:
+        """Publish a DROPPED for the numbers that may have missed a subscriber connection in
+        this episode: from the first sent past a full connection to the last published now.
+        (ZeroMQ leaves a connection it dropped a frame for out until it drains, so what it
+        misses goes on after the last frame sent past it; an episode lasts until
+        `_EPISODE_QUIET` DROPPED intervals pass with none sent past.)"""
+        if self._shed is None:
+            return
+        self._shed[1] = self._seq
+        self.publish_control(None, Kind.DROPPED, self._shed)
+        self._quiet = 0 if self._shedding else self._quiet + 1
+        self._shedding = False
+        if self._quiet >= _EPISODE_QUIET:
+            self._shed = None
+
     def on_sync(self, envelope: Envelope) -> None:
         """A SYNC probe in the inbox: answer it with a SYNCED on the probed prefix's channel,
         which reaches the prober only once its subscription to that prefix is live here."""
@@ -165,7 +256,7 @@ class Publisher:
         EVENTS of at most `_HISTORY_CHUNK` bytes each (module rules)."""
         assert envelope.meta is not None
         assert self._send_to is not None
-        token, prefix, count, since_ms, upto = envelope.meta
+        token, prefix, count, since_ms, after, upto = envelope.meta
         asked = self._history_asked
         bucket = asked.get(envelope.sender)
         if bucket is None:
@@ -183,18 +274,29 @@ class Publisher:
             return
         try:
             channel = topic_channel(prefix)
-        except ValueError:
-            channel = None  # a NUL in the prefix: nothing matches
-        found = [] if channel is None else self.history.query(channel, count, since_ms / 1000, upto)
+        except ValueError:  # a NUL in the prefix: nothing matches
+            self._send_to(envelope.sender, Kind.EVENTS, [token, True], [])
+            return
+        found = self.history.query(channel, count, since_ms / 1000, upto, after)
+        entries = [([k.seq, k.prev, k.channel[1:].decode(), k.body], k.size) for k in found]
+        if len(found) < count and since_ms == 0:
+            # The answer is whole: mark the last event of each topic that it shows nothing of.
+            kept = {k.seq for k in found}
+            entries.extend(
+                ([seq, on[1:].decode()], _MARK_SIZE)
+                for on, seq in self._last_on.items()
+                if after < seq <= upto and seq not in kept and on.startswith(channel)
+            )
+            entries.sort(key=lambda entry: entry[0][0])
         chunk: list[list[Any]] = []
         size = 0
-        for kept in found:
-            if chunk and (size + kept.size > _HISTORY_CHUNK or len(chunk) >= _wire.MAX_BATCH):
+        for item, item_size in entries:
+            if chunk and (size + item_size > _HISTORY_CHUNK or len(chunk) >= _wire.MAX_BATCH):
                 if not self._send_to(envelope.sender, Kind.EVENTS, [token, False], chunk):
                     return  # its outbox is full: the subscriber stops waiting at its timeout
                 chunk, size = [], 0
-            chunk.append([kept.seq, kept.channel[1:].decode(), kept.body])
-            size += kept.size
+            chunk.append(item)
+            size += item_size
         self._send_to(envelope.sender, Kind.EVENTS, [token, True], chunk)
 
     async def rebind(self) -> None:
@@ -222,10 +324,14 @@ class Publisher:
 
     async def drain_notices(self) -> None:
         """Take the XPUB's subscription notices, which it queues for the application, counting
-        the subscriptions it holds (see the module's rules). Runs until cancelled. Safe outside
+        the subscriptions it holds (see the module's rules), and publish DROPPED when events
+        went past full connections. Runs until cancelled. Safe outside
         the owner task: no task ever waits on the XPUB's FD (see `Outbox`)."""
         while True:
             await trio.sleep(_NOTICE_DRAIN_INTERVAL)
+            self._tell_shed()
+            if self._history_file is not None:
+                self._history_file.flush()
             while self._take_notices():
                 await trio.lowlevel.checkpoint()
             if self._flooded:
@@ -277,9 +383,7 @@ class Subscriptions:
         sock: ZmqSocket,
         node_id: bytes,
         *,
-        buffer: int,
-        backpressure: bool,
-        sync_timeout: float,
+        settings: Settings,
         linger: float = 2.0,
         counts: dict[str, int],
         receive: Receive,
@@ -288,9 +392,10 @@ class Subscriptions:
     ) -> None:
         self.socket = AsyncSocket(sock)
         self._id = node_id
-        self._buffer = buffer
-        self._backpressure = backpressure
-        self._sync_timeout = sync_timeout
+        self._buffer = settings.subscription_buffer
+        self._backpressure = settings.event_backpressure
+        self._patience = settings.slow_subscriber_timeout
+        self._sync_timeout = settings.sync_timeout
         self._linger = linger
         self._counts = counts
         self._receive = receive
@@ -298,6 +403,7 @@ class Subscriptions:
         self._ask_history = ask_history  # send a HISTORY to a peer; False if it cannot
         self._synced_seqs: dict[int, int] = {}  # by token: the SYNCED's number on its stream
         self._replays: dict[int, _Replay] = {}  # by token: HISTORY requests unanswered
+        self._repairs: dict[int, _Replay] = {}  # by token: the same, to repair a subscription
         self._replayed = trio.lowlevel.ParkingLot()
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
@@ -329,7 +435,7 @@ class Subscriptions:
         """`Node.subscribe`, with the peers known now, each probed for the new prefix (and with
         `history` or `since`, asked for the events it keeps: `_replay`)."""
         channel = topic_channel(prefix)
-        subscription = Subscription(prefix, self._buffer)
+        subscription = Subscription(prefix, self._buffer, self._ask_repair, self._counts)
         replay = history > 0 or since is not None
         if replay:
             subscription._hold(peer_id.hex() for peer_id in peers)
@@ -340,6 +446,7 @@ class Subscriptions:
             if refs == 0:
                 await self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
             synced = await self.sync([prefix], peers)
+            subscription._started({peer_id.hex(): seq for peer_id, seq in synced.items()})
             if replay:
                 await self._replay(subscription, synced, history, since)
             yield subscription
@@ -365,7 +472,7 @@ class Subscriptions:
             token = self._next_token
             self._next_token += 1
             self._replays[token] = _Replay(subscription, peer_id, min(count, _MAX_REPLAYED))
-            meta = [token, subscription.prefix, min(count, _MAX_REPLAYED), since_ms, upto]
+            meta = [token, subscription.prefix, min(count, _MAX_REPLAYED), since_ms, 0, upto]
             if self._ask_history(peer_id, Kind.HISTORY, meta, None):
                 asked.add(token)
             else:
@@ -391,17 +498,60 @@ class Subscriptions:
         was sent to; anything else is dropped)."""
         assert envelope.meta is not None
         token, last = envelope.meta
-        replay = self._replays.get(token)
+        replay = self._replays.get(token) or self._repairs.get(token)
         if replay is None or replay.peer_id != envelope.sender:
             return
+        if replay.upto is not None:  # a repair: kept whole, marks too
+            replay.items.extend(envelope.body)
+            if len(replay.items) > _MAX_REPLAYED:
+                del replay.items[: len(replay.items) - _MAX_REPLAYED]
+            if last:
+                del self._repairs[token]
+                replay.subscription._repaired(envelope.sender.hex(), replay.upto, replay.items)
+            return
         sender = envelope.sender.hex()
-        for seq, topic, body in envelope.body:
+        for item in envelope.body:
+            if len(item) != 4:
+                continue  # the mark of an event no longer kept: a replay has no use for it
+            seq, _, topic, body = item
             if len(replay.events) < replay.most and topic.startswith(replay.subscription.prefix):
                 replay.events.append(Message(topic, body, sender, seq))
         if last:
             del self._replays[token]
             replay.subscription._release(sender, replay.events)
             self._replayed.unpark_all()
+
+    def on_dropped(self, envelope: Envelope) -> None:
+        """A DROPPED on the control SUB: a publisher sent events past full connections."""
+        assert envelope.meta is not None
+        first, last = envelope.meta
+        if 0 < first <= last:
+            sender = envelope.sender.hex()
+            for subscription in self._subscriptions:
+                subscription._dropped_upstream(sender, first, last)
+
+    def _ask_repair(self, subscription: Subscription, sender: str, after: int, upto: int) -> bool:
+        """`Subscription`'s `repair`: ask `sender` for its events numbered after..upto on the
+        subscription's prefix; the answer, or None after `sync_timeout`, goes to
+        `Subscription._repaired`."""
+        if self._nursery is None or subscription._closed or len(self._repairs) >= _MAX_REPAIRS:
+            return False
+        token = self._next_token
+        self._next_token += 1
+        peer_id = bytes.fromhex(sender)
+        repair = _Replay(subscription, peer_id, _MAX_REPLAYED, upto)
+        meta = [token, subscription.prefix, _wire.MAX_UINT64, 0, after, upto]
+        if not self._ask_history(peer_id, Kind.HISTORY, meta, None):
+            return False
+        self._repairs[token] = repair
+        self._nursery.start_soon(self._repair_deadline, token)
+        return True
+
+    async def _repair_deadline(self, token: int) -> None:
+        await trio.sleep(self._sync_timeout)
+        repair = self._repairs.pop(token, None)
+        if repair is not None and repair.upto is not None:
+            repair.subscription._repaired(repair.peer_id.hex(), repair.upto, None)
 
     async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> dict[bytes, int]:
         """Probe each peer for each prefix until it answers (see the module's rules). Returns,
@@ -514,13 +664,17 @@ class Subscriptions:
                         sender_seen = envelope.sender
                         sender_hex = sender_seen.hex()
                     message = Message(topic, envelope.body, sender_hex, envelope.seq)
+                    meta = envelope.meta
+                    prev = 0 if meta is None else meta[0]
                     for subscription in matching:
-                        if backpressure and subscription._full():
-                            # Stop reading the network until the reader catches up: the
-                            # publisher's XPUB then waits rather than drops.
-                            await sock.wait_for(subscription._has_room, subscription._room)
+                        if backpressure and subscription._full() and not subscription._shedding:
+                            # Stop reading the network until the reader catches up (the
+                            # publisher's XPUB then waits rather than drops), for a while.
+                            with trio.move_on_after(self._patience):
+                                await sock.wait_for(subscription._has_room, subscription._room)
+                            subscription._shedding = subscription._full()
                             topic_seen = None  # subscriptions may have come or gone meanwhile
-                        if not subscription._deliver(message):
+                        if not subscription._deliver(message, prev):
                             counts["events_dropped"] += 1
                 else:  # SYNCED
                     assert envelope.meta is not None
@@ -532,15 +686,20 @@ class Subscriptions:
 
 
 class _Replay:
-    """A HISTORY request sent for a subscription, and the events its answer brought so far."""
+    """A HISTORY request sent for a subscription, and what its answer brought so far: events
+    to start it with, or (a repair, up to `upto`) the answer's items as they came."""
 
-    __slots__ = ("events", "most", "peer_id", "subscription")
+    __slots__ = ("events", "items", "most", "peer_id", "subscription", "upto")
 
-    def __init__(self, subscription: Subscription, peer_id: bytes, most: int) -> None:
+    def __init__(
+        self, subscription: Subscription, peer_id: bytes, most: int, upto: int | None = None
+    ) -> None:
         self.subscription = subscription
         self.peer_id = peer_id
         self.most = most
+        self.upto = upto
         self.events: list[Message] = []
+        self.items: list[tuple[Any, ...]] = []
 
 
 def connect_op(endpoint: str, server_key: str | None = None) -> SocketOp:

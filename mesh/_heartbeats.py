@@ -109,6 +109,9 @@ class HeartbeatWiring(Protocol):
     def published_bye(self, envelope: Envelope) -> None:
         """A peer's goodbye came on the control SUB."""
 
+    def published_dropped(self, envelope: Envelope) -> None:
+        """A peer's DROPPED came on the control SUB."""
+
     def set_credit(self, peer_id: bytes, credit: int) -> None:
         """A peer told the credit it gives this node."""
 
@@ -536,6 +539,8 @@ class Heartbeats:
             for envelope in envelopes:
                 if envelope.kind is Kind.BYE:
                     self._wiring.published_bye(envelope)
+                elif envelope.kind is Kind.DROPPED:
+                    self._wiring.published_dropped(envelope)
                 else:
                     self._on_heartbeat(envelope.sender, read_beat(envelope.body))
 

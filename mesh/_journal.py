@@ -31,7 +31,7 @@ import fcntl
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,6 +63,27 @@ class LoggedTask:
 
 
 # -- the log's records, pure -----------------------------------------------------------------------
+
+
+def framed(payload: bytes) -> bytes:
+    """`payload` as a record of a log: its length and CRC-32, then itself."""
+    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def payloads(data: bytes) -> Iterator[bytes]:
+    """The payloads of the whole, valid records at the start of `data` (a log), in order: up
+    to the end, or to a record cut short or failing its CRC (a torn or corrupt tail)."""
+    offset = 0
+    while offset + _HEAD.size <= len(data):
+        length, crc = _HEAD.unpack_from(data, offset)
+        start = offset + _HEAD.size
+        if length > MAX_RECORD or start + length > len(data):
+            return
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            return
+        yield payload
+        offset = start + length
 
 
 def task_record(task_id: int, service: str, body: Any) -> bytes:
@@ -148,7 +169,7 @@ class StateDirectory:
             found, _ = read_log(data)
             tasks = [LoggedTask(number, t.service, t.body) for number, t in enumerate(found, 1)]
             records = {task.task_id: task_record(*_fields(task)) for task in tasks}
-            _rewrite(log_path, records.values())
+            rewrite(log_path, records.values())
             log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
         except BaseException:
             os.close(lock_fd)  # (the lock goes with it)
@@ -220,7 +241,7 @@ class StateDirectory:
         with open(log_path, "rb") as log:
             found, _ = read_log(log.read())
         records = [task_record(*_fields(task)) for task in found if task.task_id in self._live]
-        _rewrite(log_path, records)
+        rewrite(log_path, records)
         os.close(self._log_fd)
         self._log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
         self._size = sum(map(len, records))
@@ -230,7 +251,7 @@ def _fields(task: LoggedTask) -> tuple[int, str, Any]:
     return task.task_id, task.service, task.body
 
 
-def _rewrite(log_path: str, records: Iterable[bytes]) -> None:
+def rewrite(log_path: str, records: Iterable[bytes]) -> None:
     """Replace the log at `log_path` with `records`, whole or not at all (a crash half way
     leaves the old log)."""
     temporary = log_path + ".new"

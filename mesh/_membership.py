@@ -45,7 +45,7 @@ from discovery import (
     parse_contact,
 )
 
-from . import _peerlog, _wire
+from . import _batches, _peerlog, _wire
 from ._addresses import Addresses
 from ._detector import Liveness, Transition
 from ._errors import MissingPeersError, PeerUnreachableError
@@ -270,7 +270,7 @@ class Membership:
             session.batching = hello.batch
         link = self._links.find(self.reach(hello.record))
         if link is not None:
-            link.outbox.coalesce = _wire.coalesce_direct if hello.batch else None
+            link.outbox.coalesce = _batches.coalesce_direct if hello.batch else None
         if envelope.kind is Kind.HELLO:
             self._links.send(self.reach(hello.record), Kind.WELCOME, None, self._hello().to_wire())
             if known and self._nursery is not None and not self._closing():

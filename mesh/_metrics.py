@@ -338,6 +338,17 @@ _COUNTERS: Final = (
         "mesh_requests_expired_total",
         "Requests dropped unread here: their caller had stopped waiting.",
     ),
+    (
+        "events_shed",
+        "mesh_events_shed_total",
+        "Events sent past subscriber connections that stayed full (repaired from history).",
+    ),
+    (
+        "events_repaired",
+        "mesh_events_repaired_total",
+        "Missed events this node's subscriptions got from their publisher's history.",
+    ),
+    ("event_gaps", "mesh_event_gaps_total", "Gaps delivered: missed events not repaired."),
 )
 
 # (ServiceStatistics field, metric name, help) of the per-service counters.

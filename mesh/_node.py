@@ -131,6 +131,7 @@ class Node:
             log=self._log,
             history=History(settings.history_events, settings.history_bytes),
             send_to=functools.partial(send_direct, self),
+            patience=settings.slow_subscriber_timeout,
         )
         self._pub = self._publisher.outbox
         # The inbox's owner is never handed ops (`call_soon`): its waits need no cancel scope.
@@ -156,9 +157,7 @@ class Node:
         self._events = Subscriptions(
             sockets.sub,
             self._id,
-            buffer=settings.subscription_buffer,
-            backpressure=settings.event_backpressure,
-            sync_timeout=settings.sync_timeout,
+            settings=settings,
             counts=self._counts,
             receive=self._frames.receive,
             probe=lambda peer_id, token, prefix: self._membership.probe(peer_id, token, prefix),

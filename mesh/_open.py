@@ -79,8 +79,9 @@ async def open_node(
 
     With `state_dir` (a directory, made if need be) the tasks the node pushes are kept there
     until they are acked or given up on, and a node opened later on the same directory sends
-    those it finds again (`Node.push`; docs/decisions.md says what survives what). One process
-    at a time: another raises `StateDirectoryInUseError`.
+    those it finds again (`Node.push`; docs/decisions.md says what survives what). So are the
+    last events it published (`Settings.history_events`), for subscribers that join late,
+    also after a restart. One process at a time: another raises `StateDirectoryInUseError`.
     """
     settings = settings or Settings()
     hosts = check_interfaces(interface)
@@ -122,6 +123,7 @@ async def open_node(
             if state is not None:
                 node._producer.journal = state
                 node._producer.recover(recovered)
+                node._publisher.keep_history_in(state.path)
             if metrics_port is not None:
                 metrics = MetricsServer(
                     metrics_host,
@@ -158,7 +160,11 @@ async def open_node(
                     await trio.to_thread.run_sync(functools.partial(context.destroy, linger=0))
             finally:
                 if state is not None:
-                    state.close()  # (the unsettled tasks stay in it, for the next run)
+                    try:
+                        if node is not None:
+                            node._publisher.close_history()
+                    finally:
+                        state.close()  # (the unsettled tasks stay in it, for the next run)
 
 
 async def say_goodbye(node: Node) -> None:

@@ -14,7 +14,8 @@ import trio
 
 from discovery import PeerEvent
 
-from ._types import Message
+from ._gaps import FOLLOWS, REPEAT, Order
+from ._types import Gap, Message
 from ._wire import Kind
 
 if TYPE_CHECKING:
@@ -78,37 +79,65 @@ class _Stream(Generic[T]):
         self._ready.unpark_all()
 
 
-class Subscription(_Stream[Message]):
-    """Events whose topic starts with `prefix`, from every peer, in arrival order.
+class Subscription(_Stream[Message | Gap]):
+    """Events whose topic starts with `prefix`, from every peer, in order per publisher.
 
-    Made by `Node.subscribe`; read with ``async for message in subscription`` or `receive()`.
-    It buffers up to `Settings.subscription_buffer` events. When the reader falls that far
-    behind, the node stops taking events from the network until it catches up, and so (with
-    `Settings.event_backpressure`, the default) publishers wait: nothing is lost. Without
-    backpressure, events that find the buffer full are dropped and counted in `dropped`.
+    Made by `Node.subscribe`; read with ``async for item in subscription`` or `receive()`. Each
+    item is a `Message`, or a `Gap` where events were missed and could not be had again.
+
+    It buffers up to `Settings.subscription_buffer` events. A reader that falls that far behind
+    holds the node's reading back (and so, with `Settings.event_backpressure`, its publishers)
+    for at most `Settings.slow_subscriber_timeout`; then events that find the buffer full are
+    dropped for it (counted in `dropped`), and once the reader has caught up to half the
+    buffer the node asks their publishers for them again. Events missed on the way (a full
+    connection its publisher sent past, a dropped connection) are asked for too, as soon as a
+    later one shows them missing. What a publisher's history no longer holds comes as a `Gap`.
     The subscription ends when its ``async with`` block exits or the node closes; reading it
     then raises `trio.ClosedResourceError` (iteration just stops).
     """
 
     _ended = "subscription ended"
 
-    def __init__(self, prefix: str, capacity: int) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        capacity: int,
+        repair: Callable[[Subscription, str, int, int], bool] | None = None,
+        counts: dict[str, int] | None = None,
+    ) -> None:
+        """`repair(subscription, sender, after, upto)` asks `sender` (hex id) for the events it
+        kept numbered after..upto on the prefix, answered by `_repaired` (False: it cannot)."""
         super().__init__()
         self.prefix = prefix
         self.dropped = 0
         self._capacity = capacity
+        self._repair = repair
+        self._counts = counts if counts is not None else {"events_repaired": 0, "event_gaps": 0}
         self._room = trio.lowlevel.ParkingLot()  # the node waiting for room
-        # With history: the live events of each publisher (hex id) whose history has not come
-        # yet, held back to follow it (`_release`); None once none is held.
-        self._holding: dict[str, list[Message]] | None = None
+        self._order = Order()
+        # Live events held back, with their `prev`, by publisher (hex id): while its history is
+        # awaited as the subscription starts (`_hold`/`_release`; None once none is), or while
+        # events it missed are asked for again (`_repairing`, answered by `_repaired`).
+        self._holding: dict[str, list[tuple[Message, int]]] | None = None
+        self._repairing: dict[str, list[tuple[Message, int]]] = {}
         self._held = 0
+        self._lost: dict[str, tuple[int, int]] = {}  # by publisher: the numbers dropped here
+        self._shedding = False  # the reader left the buffer full too long: drop, do not wait
+        self._noticed: dict[str, int] = {}  # by publisher: the last number a DROPPED asked for
 
     def __repr__(self) -> str:
         return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
 
     def _taken_one(self) -> None:
-        if self._room and len(self._buffer) <= self._capacity // 2:
-            self._room.unpark_all()
+        if len(self._buffer) <= self._capacity // 2:
+            self._shedding = False
+            if self._room:
+                self._room.unpark_all()
+            if self._lost:
+                for sender, (first, last) in list(self._lost.items()):
+                    if sender not in self._repairing:
+                        del self._lost[sender]
+                        self._begin_repair(sender, first - 1, last, [])
 
     def _full(self) -> bool:
         return len(self._buffer) + self._held >= self._capacity and not self._closed
@@ -116,18 +145,104 @@ class Subscription(_Stream[Message]):
     def _has_room(self) -> bool:
         return not self._full()
 
-    def _deliver(self, message: Message) -> bool:
-        """Buffer `message`; False (and counted as dropped) if the buffer is full."""
+    def _deliver(self, message: Message, prev: int = 0) -> bool:
+        """Take a live event (whose publisher's previous one on its topic is numbered `prev`):
+        buffer it if it is next (or hold it back, or ask for what it shows missing); False (and
+        counted as dropped, to ask for later) if the buffer is full."""
         if len(self._buffer) + self._held >= self._capacity:
             self.dropped += 1
+            lost = self._lost.get(message.sender)
+            self._lost[message.sender] = (message.seq if lost is None else lost[0], message.seq)
             return False
-        holding = self._holding
-        if holding is not None and message.sender in holding:
-            holding[message.sender].append(message)
+        sender = message.sender
+        held = self._repairing.get(sender) if self._repairing else None
+        if held is None and self._holding is not None:
+            held = self._holding.get(sender)
+        if held is not None:
+            held.append((message, prev))
             self._held += 1
             return True
-        self._put(message)
+        verdict = self._order.admit(sender, message.topic, message.seq, prev)
+        if verdict == FOLLOWS:
+            self._put(message)
+        elif verdict != REPEAT:  # events before it are missing: ask for them, hold it
+            lost = self._lost.pop(sender, None)  # (and for any dropped here)
+            after = verdict if lost is None else min(verdict, lost[0] - 1)
+            self._begin_repair(sender, after, message.seq - 1, [(message, prev)])
         return True
+
+    def _begin_repair(
+        self, sender: str, after: int, upto: int, held: list[tuple[Message, int]]
+    ) -> None:
+        """Ask `sender` for its events numbered after..upto, holding its live ones until they
+        come (`_repaired`)."""
+        self._repairing[sender] = held
+        self._held += len(held)
+        if self._repair is None or not self._repair(self, sender, after, upto):
+            self._repaired(sender, upto, None)
+
+    def _dropped_upstream(self, sender: str, first: int, last: int) -> None:
+        """`sender`'s events numbered first..last may have missed full subscriber connections
+        (a DROPPED): ask for those not asked for yet, if this subscription follows it."""
+        if not self._order.follows(sender):
+            return
+        first = max(first, self._noticed.get(sender, 0) + 1)
+        if first > last:
+            return
+        self._noticed[sender] = last
+        lost = self._lost.get(sender)
+        if sender in self._repairing or lost is not None:
+            self._lost[sender] = (first if lost is None else min(first, lost[0]), last)
+            return
+        self._begin_repair(sender, first - 1, last, [])
+
+    def _repaired(self, sender: str, upto: int, items: list[tuple[Any, ...]] | None) -> None:
+        """The answer to `_begin_repair` (None: none came): deliver what it brought in order,
+        a `Gap` for each run of events it shows gone, then the live events held back."""
+        held = self._repairing.pop(sender, [])
+        self._held -= len(held)
+        reason = "unanswered" if items is None else "evicted"
+        order = self._order
+        for item in items or ():
+            if len(item) == 2:  # the last event on a topic, no longer kept
+                seq, topic = item
+                last = order.last(sender, topic)
+                if last is not None and seq > last:
+                    self._gap(Gap(sender, last + 1, seq, reason, topic))
+                    order.account(sender, topic, seq)
+                continue
+            seq, prev, topic, body = item
+            verdict = order.admit(sender, topic, seq, prev)
+            if verdict == REPEAT:
+                continue
+            if verdict != FOLLOWS:
+                self._gap(Gap(sender, verdict + 1, prev, reason, topic))
+                order.account(sender, topic, seq)
+            self._counts["events_repaired"] += 1
+            self._put(Message(topic, body, sender, seq))
+        for index, (message, prev) in enumerate(held):
+            verdict = order.admit(sender, message.topic, message.seq, prev)
+            if verdict == FOLLOWS:
+                self._put(message)
+            elif verdict != REPEAT:
+                if prev > upto and items is not None:  # missed after what was asked for
+                    self._begin_repair(sender, verdict, message.seq - 1, held[index:])
+                    return
+                self._gap(Gap(sender, verdict + 1, prev, reason, message.topic))
+                order.account(sender, message.topic, message.seq)
+                self._put(message)
+        lost = self._lost.pop(sender, None)
+        if lost is not None:
+            self._begin_repair(sender, lost[0] - 1, lost[1], [])
+
+    def _gap(self, gap: Gap) -> None:
+        self._counts["event_gaps"] += 1
+        self._put(gap)
+
+    def _started(self, starts: dict[str, int]) -> None:
+        """The subscription became live at each publisher (hex id) at the number given."""
+        for sender, seq in starts.items():
+            self._order.start(sender, seq)
 
     def _hold(self, senders: Iterable[str]) -> None:
         """Hold back the live events of `senders` until their history is in (`_release`)."""
@@ -138,14 +253,13 @@ class Subscription(_Stream[Message]):
         back that are newer than it (the older ones are in it already)."""
         held = [] if self._holding is None else self._holding.pop(sender, [])
         self._held -= len(held)
-        newest = history[-1].seq if history else 0
-        for message in history:
-            self._put(message)
-        for message in held:
-            if message.seq > newest:
-                self._put(message)
         if not self._holding:
             self._holding = None
+        for message in history:
+            self._order.account(sender, message.topic, message.seq)
+            self._put(message)
+        for message, prev in held:
+            self._deliver(message, prev)
 
     def _release_all(self) -> None:
         """Stop holding anything back (publishers that sent no history: their live events)."""

@@ -23,14 +23,25 @@ class Settings:
     Attributes:
         receive_batch: Most messages taken from one socket per wake-up before other tasks get a
             turn. Default 1000.
-        event_hwm: ZeroMQ high-water mark of the PUB and SUB sockets: events held for one
-            subscriber connection that reads slower than this node publishes. Default 100,000.
+        event_hwm: ZeroMQ high-water mark of the PUB and SUB sockets, in frames: what one
+            subscriber connection that reads slower than this node publishes may hold. Default
+            100,000; `event_buffer_bytes` lowers it.
+        event_buffer_bytes: Bytes one subscriber connection may hold at each end: the
+            high-water mark is at most this over the 64 KiB a frame of events holds (an event
+            larger than that goes alone, and counts as one frame). Default 64 MiB.
         event_backpressure: What a full subscriber connection does to `publish`. True (the
-            default): the publisher waits for room, so nothing is lost in the network, and a
-            subscriber that stops reading but stays connected holds publishing back. False:
-            ZeroMQ drops that subscriber's events, as plain PUB/SUB does.
-        subscription_buffer: Events held for one `Subscription` whose reader is slow before new
-            ones are dropped (and counted in `Subscription.dropped`). Default 100,000.
+            default): the publisher waits for room, for at most `slow_subscriber_timeout`,
+            so nothing is lost for subscribers that keep up. False: ZeroMQ drops that
+            subscriber's events at once, as plain PUB/SUB does. Either way the subscriber sees
+            what it lost, and takes it from the publisher's history (or a `Gap`).
+        slow_subscriber_timeout: Seconds a full subscriber holds others back. A publisher
+            whose PUB has refused events that long sends past the full connections (their
+            subscribers repair from history); a subscription whose reader has left its
+            buffer full that long stops holding the node's other subscriptions, and catches
+            up from history once it reads again. Default 0.5.
+        subscription_buffer: Events held for one `Subscription` whose reader is slow (see
+            `slow_subscriber_timeout`; dropped ones are counted in `Subscription.dropped` and
+            repaired from history). Default 100,000.
         peer_queue: Messages queued in the node for one peer (on top of ZeroMQ's own buffer)
             before `push` to that peer waits. Default 10,000.
         max_in_flight: Most of this node's tasks one worker holds unacked at a time. Default
@@ -75,7 +86,9 @@ class Settings:
 
     receive_batch: int = 1000
     event_hwm: int = 100_000
+    event_buffer_bytes: int = 64 * 1024 * 1024
     event_backpressure: bool = True
+    slow_subscriber_timeout: float = 0.5
     subscription_buffer: int = 100_000
     peer_queue: int = 10_000
     max_in_flight: int = 1000
@@ -116,6 +129,10 @@ class Settings:
             raise ValueError("history_events and history_bytes must not be negative")
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be a positive number of seconds")
+        if self.event_buffer_bytes < 64 * 1024:
+            raise ValueError("event_buffer_bytes must be at least 64 KiB")
+        if not self.slow_subscriber_timeout > 0:
+            raise ValueError("slow_subscriber_timeout must be a positive number of seconds")
         for name in ("sync_timeout", "connect_timeout", "goodbye_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds")
@@ -153,7 +170,10 @@ class NodeStatistics:
       sending bad frames again and again (docs/security.md); `subscription_floods`: times the
       PUB held more distinct subscriptions than it may, and every subscriber was cut.
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
-      a subscription whose buffer was full, without `Settings.event_backpressure`).
+      a subscription whose buffer stayed full: `Settings.slow_subscriber_timeout`);
+      `events_shed` (sent past subscriber connections that stayed full, for those
+      subscribers to repair); `events_repaired` (missed events a subscription got from their
+      publisher's history); `event_gaps` (`Gap`s delivered: missed events not repaired).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,
       `tasks_in_flight` (sent, not yet settled, now), `tasks_redelivered` (queued to be sent
       again after a nack, a worker's death or an ack deadline), `tasks_given_up` (after
@@ -224,6 +244,9 @@ class NodeStatistics:
     replies_sent: int = 0
     requests_expired: int = 0
     outbox_kept: int = 0
+    events_shed: int = 0
+    events_repaired: int = 0
+    event_gaps: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -246,7 +269,25 @@ COUNTED: Final = (
     "requests_timed_out",
     "replies_sent",
     "requests_expired",
+    "events_shed",
+    "events_repaired",
+    "event_gaps",
 )
+
+
+class Gap(NamedTuple):
+    """Events a subscription missed and will not get: every event of `sender` (hex id) on
+    `topic` numbered `first_seq` to `last_seq` on its stream (`Message.seq`; the one numbered
+    `last_seq` was published on `topic`, those before it may have been on other topics). It
+    takes their place in the subscription, in order. `reason`: ``"evicted"`` (the publisher's
+    history no longer held them) or ``"unanswered"`` (the publisher did not answer for them in
+    time: gone, or too busy)."""
+
+    sender: str
+    first_seq: int
+    last_seq: int
+    reason: str
+    topic: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -58,17 +58,13 @@ CONTROL_CHANNEL: Final = b"!"
 #: The kind number of a batch envelope: body = an array of 1 … MAX_BATCH envelopes.
 BATCH: Final = 13
 MAX_BATCH: Final = 4096
-#: What a sender puts in one batch at most (a message that alone is larger goes alone): large
-#: enough that the cost of a ZeroMQ send is spread thin, small enough to keep a receiver's turn
-#: short.
-BATCH_MESSAGES: Final = 256
-BATCH_BYTES: Final = 256 * 1024
 
 
 class Kind(enum.IntEnum):
     """What an envelope carries. New kinds may be added within v1; receivers drop unknown ones."""
 
-    EVENT = 1  # PUB, channel E+topic. body: the event.
+    EVENT = 1  # PUB, channel E+topic. meta: [prev], the seq of the sender's previous EVENT on the
+    # same topic (0: none), or nil (no chain: nodes before 0.2). body: the event.
     HEARTBEAT = 2  # PUB channel ! and direct. body: map {"n": count}; the same n on both paths.
     BYE = 3  # PUB channel ! or direct. The sender is leaving. body: nil.
     HELLO = 4  # direct. body: {"record": record, "peers": [contact, ...]}. Answered by WELCOME.
@@ -85,10 +81,15 @@ class Kind(enum.IntEnum):
     REQUEST = 14  # direct. meta: [task_id, service, attempt, ttl_ms]. A task that wants a reply,
     # within ttl_ms milliseconds of its arrival (0: no deadline). body: the request.
     REPLY = 15  # direct. meta: [task_id, ok]. body: the reply if ok, else the error's message.
-    HISTORY = 16  # direct. meta: [token, prefix, count, since_ms, upto]. "Send me the last count
-    # events on prefix published since since_ms (unix ms; 0: any) numbered at most upto."
-    EVENTS = 17  # direct. meta: [token, last]. body: [[seq, topic, body], ...], oldest first; the
-    # answer to a HISTORY, in as many EVENTS as it takes, the last one's `last` true.
+    HISTORY = 16  # direct. meta: [token, prefix, count, since_ms, after, upto]. "Send me the last
+    # count events on prefix published since since_ms (unix ms; 0: any) numbered after..upto."
+    EVENTS = (
+        17  # direct. meta: [token, last]. body: [[seq, prev, topic, body] or [seq, topic], ...]
+    )
+    # by seq: the answer to a HISTORY, in as many EVENTS as it takes, the last one's `last` true.
+    # [seq, topic]: the last event on topic, no longer kept.
+    DROPPED = 18  # PUB channel !. meta: [first, last]. Events numbered first..last went past
+    # subscriber connections that were full: their subscribers ask for what they lack.
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -109,6 +110,7 @@ _DIRECT_KINDS: Final = frozenset(
         Kind.EVENTS,
     }
 )
+_CONTROL_KINDS: Final = frozenset({Kind.HEARTBEAT, Kind.BYE, Kind.DROPPED})
 _DIRECT_BY_NUMBER: Final = {int(k): k for k in _DIRECT_KINDS}
 _EVENT_BY_NUMBER: Final = {int(k): k for k in (Kind.EVENT, Kind.SYNCED)}
 _KINDS: Final = {int(k): k for k in Kind}
@@ -216,66 +218,6 @@ def control_frame(envelope: bytes) -> bytes:
     return CONTROL_CHANNEL + envelope
 
 
-def batch_envelope(envelopes: Sequence[bytes]) -> bytes:
-    """The BATCH envelope holding `envelopes` (at least one, made by `pack` for one sender, in the
-    order they were numbered): ``[1, 13, sender, seq of the first, nil, [envelope, ...]]``.
-
-    Its head is cut from the first envelope's (`pack` writes version and kind as one byte each
-    and the sender as bin 16), so nothing is packed twice. The caller keeps the result within
-    `MAX_FRAME_SIZE` and `MAX_BATCH`."""
-    first = envelopes[0]
-    assert first[:2] == b"\x96\x01", "not an envelope from pack"
-    assert first[3:5] == b"\xc4\x10", "not an envelope from pack"
-    seq_end = 21 + _UINT_WIDTH[first[21]] if first[21] >= 0xCC else 22
-    count = len(envelopes)
-    items = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
-    return b"\x96\x01\x0d" + first[3:seq_end] + b"\xc0" + items + b"".join(envelopes)
-
-
-_UINT_WIDTH: Final = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}  # msgpack uint 8/16/32/64 with marker
-
-
-def coalesce_direct(frames: Iterable[bytes]) -> tuple[bytes, int]:
-    """The next frame to send on an inbox link whose peer takes batches, from the messages
-    (envelopes) queued for it, oldest first: the first alone, or a BATCH of as many of them as
-    `BATCH_MESSAGES` and `BATCH_BYTES` allow. Returns (frame, messages it carries)."""
-    queued = iter(frames)
-    first = next(queued)
-    envelopes = [first]
-    size = len(first)
-    for envelope in queued:
-        size += len(envelope)
-        if size > BATCH_BYTES or len(envelopes) == BATCH_MESSAGES:
-            break
-        envelopes.append(envelope)
-    if len(envelopes) == 1:
-        return first, 1
-    return batch_envelope(envelopes), len(envelopes)
-
-
-def coalesce_published(frames: Iterable[bytes]) -> tuple[bytes, int]:
-    """The next frame to publish, from the published frames queued, oldest first: the first
-    alone, or, when it and the next ones are events of the same topic (the same channel up to
-    and including the NUL, so that every subscriber that takes one takes all), one frame
-    ``channel + NUL + BATCH`` holding their envelopes. Returns (frame, messages it carries)."""
-    queued = iter(frames)
-    first = next(queued)
-    if first[:1] != EVENT_CHANNEL:
-        return first, 1
-    end = first.find(b"\x00", 1, MAX_TOPIC_SIZE + 2) + 1
-    head = first[:end]
-    envelopes = [first[end:]]
-    size = len(first)
-    for frame in queued:
-        size += len(frame) - end
-        if size > BATCH_BYTES or len(envelopes) == BATCH_MESSAGES or not frame.startswith(head):
-            break
-        envelopes.append(frame[end:])
-    if len(envelopes) == 1:
-        return first, 1
-    return head + batch_envelope(envelopes), len(envelopes)
-
-
 # -- decoding --------------------------------------------------------------------------------------
 
 
@@ -377,7 +319,7 @@ def _decode_published(frame: bytes, *, batch: bool) -> list[Envelope]:
         if heartbeat is not None:
             return [heartbeat]
         kind, sender, seq, meta, body = _check_envelope(items)
-        if kind is not Kind.HEARTBEAT and kind is not Kind.BYE:
+        if kind not in _CONTROL_KINDS:
             raise ProtocolError("kind", f"{kind.name} on the control channel")
         return [Envelope(kind, sender, seq, meta, body, None)]
     raise ProtocolError("malformed", f"unknown channel {channel!r}")
@@ -530,19 +472,28 @@ def _ready_body(kind: Kind, sender: bytes, body: Any) -> bytes | None:
     return key
 
 
-def _events_body(kind: Kind, sender: bytes, body: Any) -> list[tuple[int, str, Any]]:
-    """EVENTS' body: at most `MAX_BATCH` events, each ``[seq, topic, body]``."""
+def _events_body(kind: Kind, sender: bytes, body: Any) -> list[tuple[Any, ...]]:
+    """EVENTS' body: at most `MAX_BATCH` items by seq, each an event ``[seq, prev, topic,
+    body]`` (``prev < seq``) or the mark of one no longer kept, ``[seq, topic]``."""
     if type(body) is not list or len(body) > MAX_BATCH:
         raise ProtocolError("malformed", f"EVENTS body is not an array of at most {MAX_BATCH}")
-    events = []
+    items = []
+    previous = 0
     for item in body:
-        if type(item) is not list or len(item) != 3 or type(item[1]) is not str:
-            raise ProtocolError("malformed", "an EVENTS item is not [seq, topic, body]")
-        seq, topic, event = item
-        if type(seq) is not int or not 0 < seq <= MAX_UINT64 or "\x00" in topic:
-            raise ProtocolError("malformed", "an EVENTS item's seq or topic is not valid")
-        events.append((seq, topic, event))
-    return events
+        if type(item) is not list or len(item) not in (2, 4) or type(item[0]) is not int:
+            raise ProtocolError("malformed", "an EVENTS item is not [seq, prev, topic, body]")
+        seq, prev, topic = (item[0], 0, item[1]) if len(item) == 2 else item[:3]
+        if (
+            not previous < seq <= MAX_UINT64
+            or type(prev) is not int
+            or not 0 <= prev < seq
+            or type(topic) is not str
+            or "\x00" in topic
+        ):
+            raise ProtocolError("malformed", "an EVENTS item's seq, prev or topic is not valid")
+        previous = seq
+        items.append(tuple(item))
+    return items
 
 
 def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
@@ -610,7 +561,7 @@ def _check_meta(kind: Kind, meta: Any) -> tuple[Any, ...] | None:
     # below costs several times as much, and these come once per task); anything doubtful
     # falls through to it, which says what is wrong.
     if type(meta) is list:
-        if kind is Kind.ACK:
+        if kind is Kind.EVENT or kind is Kind.ACK:
             if len(meta) == 1 and type(meta[0]) is int and 0 <= meta[0] <= MAX_UINT64:
                 return (meta[0],)
         elif kind is Kind.TASK:
@@ -673,10 +624,11 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.SYNC: _nil_body,
     Kind.SYNCED: _nil_body,
     Kind.READY: _ready_body,
+    Kind.DROPPED: _nil_body,
 }
 
 _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
-    Kind.EVENT: None,
+    Kind.EVENT: (int,),
     Kind.HEARTBEAT: None,
     Kind.BYE: None,
     Kind.HELLO: None,
@@ -687,8 +639,9 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.NACK: (int, str),
     Kind.REQUEST: (int, str, int, int),
     Kind.REPLY: (int, bool),
-    Kind.HISTORY: (int, str, int, int, int),
+    Kind.HISTORY: (int, str, int, int, int, int),
     Kind.EVENTS: (int, bool),
+    Kind.DROPPED: (int, int),
     Kind.SYNC: (int, str),
     Kind.SYNCED: (int, bytes),
     Kind.READY: None,

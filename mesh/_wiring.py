@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from discovery import PeerRecord
 
-from ._detector import Transition
+from ._detector import Liveness, Transition
 from ._errors import ProtocolError
 from ._heartbeat import PeerBeats
 from ._metrics import ACKED, GIVEN_UP, NACKED, PUSHED, RECEIVED, REDELIVERED, cap_peers
@@ -55,6 +55,9 @@ class HeartbeatView:
     def published_bye(self, envelope: Envelope) -> None:
         self._node._membership.on_published_bye(envelope)
 
+    def published_dropped(self, envelope: Envelope) -> None:
+        self._node._events.on_dropped(envelope)
+
     def set_credit(self, peer_id: bytes, credit: int) -> None:
         self._node._producer.dispatcher.set_credit(peer_id, credit)
 
@@ -63,6 +66,8 @@ class HeartbeatView:
 
     def verdicts(self, transitions: Sequence[Transition]) -> None:
         self._node._membership.apply_liveness(transitions)
+        if any(transition.new is Liveness.DEAD for transition in transitions):
+            self._node._publisher.stop_waiting()  # a dead subscriber holds nobody back
 
     def bad_frame(self, exc: ProtocolError, where: str) -> None:
         self._node._frames.bad_frame(exc, where)

@@ -284,11 +284,16 @@ class Outbox:
         *,
         retry_interval: float | None = None,
         coalesce: Coalesce | None = None,
+        patience: float = math.inf,
+        send_past: Callable[[bytes, int], bool] | None = None,
     ) -> None:
         """`on_room` is called whenever a full outbox gets room again. `retry_interval` is for
         sockets whose POLLOUT says nothing (an XPUB with XPUB_NODROP reports POLLOUT even while
         it refuses messages): the owner then retries that often instead of waiting on the FD,
-        and only while ZeroMQ refuses. `coalesce` may also be set later (`self.coalesce`)."""
+        and only while ZeroMQ refuses. Once ZeroMQ has refused for `patience` seconds in a row
+        (or since `stop_waiting`), each frame it refuses goes to `send_past(frame, messages)`
+        instead, which sends it some other way (True) or not (False); `retry_interval` only.
+        `coalesce` may also be set later (`self.coalesce`)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.socket = socket
@@ -301,6 +306,9 @@ class Outbox:
         self._wake_owner = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._on_room = on_room
+        self._patience = patience
+        self._send_past = send_past
+        self._refused_since: float | None = None  # ZeroMQ refuses (retry_interval) since then
         self.frames_sent = 0  # frames handed to ZeroMQ (each holds one message or more)
         self.bytes_sent = 0  # their bytes
 
@@ -352,6 +360,12 @@ class Outbox:
             await self._room.park()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def stop_waiting(self) -> None:
+        """If ZeroMQ refuses now, hand what it refuses to `send_past` at once, until it takes a
+        frame again (a subscriber it waits for is known to be dead)."""
+        if self._refused_since is not None:
+            self._refused_since = -math.inf
+
     async def wait_empty(self) -> None:
         """Wait until every queued message has been handed to ZeroMQ."""
         while self._queue:
@@ -370,6 +384,30 @@ class Outbox:
         self._room.unpark_all()
         return dropped
 
+    def _sent(self, frame: bytes, count: int) -> None:
+        """`frame`, made of the first `count` messages queued, has gone."""
+        queue = self._queue
+        self._next = None
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        was_full = len(queue) >= self._capacity
+        for _ in range(count):
+            queue.popleft()
+        if was_full or not queue:
+            self._room.unpark_all()
+            if self._on_room is not None:
+                self._on_room()
+        if not queue and self.coalesce is not None:
+            # What the producer sends next, if soon, is part of the same burst.
+            self._quiet_at = trio.current_time() + BURST_GAP
+
+    def _past_patience(self) -> bool:
+        """ZeroMQ has just refused: whether it has refused for `patience` seconds."""
+        now = trio.current_time()
+        if self._refused_since is None:
+            self._refused_since = now
+        return now - self._refused_since >= self._patience
+
     async def run(self) -> None:
         """Feed queued messages into the socket until cancelled. Owns the socket."""
         queue = self._queue
@@ -383,21 +421,15 @@ class Outbox:
                         self._next = (queue[0], 1) if coalesce is None else coalesce(queue)
                     frame, count = self._next
                     if self.socket.try_send(frame):
-                        self._next = None
-                        self.frames_sent += 1
-                        self.bytes_sent += len(frame)
-                        was_full = len(queue) >= self._capacity
-                        for _ in range(count):
-                            queue.popleft()
-                        if was_full or not queue:
-                            self._room.unpark_all()
-                            if self._on_room is not None:
-                                self._on_room()
-                        if not queue and self.coalesce is not None:
-                            # What the producer sends next, if soon, is part of the same burst.
-                            self._quiet_at = trio.current_time() + BURST_GAP
+                        self._refused_since = None
+                        self._sent(frame, count)
                     elif self._retry_interval is None:
                         await self.socket.wait_writable()
+                    elif self._past_patience() and self._send_past is not None:
+                        if self._send_past(frame, count):
+                            self._sent(frame, count)
+                        else:
+                            await trio.sleep(self._retry_interval)
                     else:
                         await trio.sleep(self._retry_interval)
             except trio.ClosedResourceError:

@@ -76,7 +76,7 @@ from ._keys import KeyPair
 from ._node import Node
 from ._open import open_node
 from ._streams import TaskStream
-from ._types import DeadLetter, Message, NodeStatistics, PeerHealth, Settings
+from ._types import DeadLetter, Gap, Message, NodeStatistics, PeerHealth, Settings
 
 __all__ = ["BlockingNode", "BlockingPeerWatch", "BlockingSubscription", "BlockingWorker", "start"]
 
@@ -249,7 +249,7 @@ class BlockingNode:
     def subscribe(
         self,
         prefix: str,
-        callback: Callable[[Message], object] | None = None,
+        callback: Callable[[Message | Gap], object] | None = None,
         *,
         history: int = 0,
         since: float | None = None,
@@ -261,9 +261,11 @@ class BlockingNode:
         Without `callback`, read the returned subscription: ``for message in subscription`` or
         `BlockingSubscription.receive`. With `callback`, a thread of the subscription's own
         calls ``callback(message)`` for each event, in order; an exception from it is logged and
-        the next event comes. Either way `BlockingSubscription.close` (or `stop`) ends it:
-        close it when done, since one that nobody reads holds its publishers back once its
-        buffer (`Settings.subscription_buffer`) is full.
+        the next event comes. Each item is a `mesh.Message`, or a `mesh.Gap` where events were
+        missed for good (`mesh.Subscription`). Either way `BlockingSubscription.close` (or
+        `stop`) ends it: close it when done, since one that nobody reads holds the node's
+        other subscriptions back for `Settings.slow_subscriber_timeout` once its buffer
+        (`Settings.subscription_buffer`) is full.
         """
         node = self._open_node()
         subscribe = functools.partial(node.subscribe, prefix, history=history, since=since)

@@ -2,7 +2,8 @@
 
 Usage: ``python tests/netns_node.py NAME MESH INTERFACE PEERS TIMEOUT``
 
-The node opens on INTERFACE with mDNS discovery and no seeds, subscribes to ``netns/``, waits for
+The node opens on INTERFACE with mDNS discovery and no seeds (and the `mesh.Settings` fields
+given as a JSON object in MESH_SETTINGS, if set), subscribes to ``netns/``, waits for
 PEERS peers (at most TIMEOUT seconds), then obeys commands read from stdin, one a line:
 
 * ``publish TOPIC JSON``: publish one event;
@@ -11,6 +12,9 @@ PEERS peers (at most TIMEOUT seconds), then obeys commands read from stdin, one 
 * ``workers SERVICE COUNT``: wait for COUNT peers offering SERVICE (at most TIMEOUT seconds);
 * ``push SERVICE COUNT MARK``: push tasks 0 to COUNT - 1 to SERVICE in the background, report
   when MARK of them are acked, then wait until every one is settled;
+* ``stream TOPIC COUNT RATE SIZE``: publish events ``[i, "x" * SIZE]`` for i from 0 to
+  COUNT - 1, RATE a second, in the background; report when done;
+* ``stats``: report the node's statistics (``stats``, with ``statistics``);
 * ``quit`` (or end of input): close the node and exit.
 
 It reports on stdout, one JSON object a line, each with ``kind`` and ``t`` (seconds since the
@@ -21,7 +25,10 @@ shares):
 * ``peers``: `wait_for_peers` returned (``peers``: their names; ``addresses``: their hosts, by
   name; ``joined``: the ``clock`` at which each joined, by name; ``wait``: seconds it took, which
   includes confirming the subscription at each peer);
-* ``event``: an event arrived (``topic``, ``body``, ``sender``: the publisher's name);
+* ``event``: an event arrived (``topic``, ``body``, ``sender``: the publisher's name); on a
+  topic under ``netns/stream``, ``item`` instead (``seq``, ``i``: the body's first item);
+* ``gap``: events missed for good (``topic``, ``first``, ``last``, ``reason``);
+* ``streamed``: every event of ``stream`` is published (``statistics``: the node's);
 * ``peer``: a change seen by ``watch`` (``change``: joined, updated, state or left; ``peer``: its
   name; ``state``: its state now; ``reason``: for state and left);
 * ``progress``: MARK pushed tasks are acked (``acked``);
@@ -49,6 +56,7 @@ import trio  # noqa: E402
 import mesh  # noqa: E402
 
 TOPIC = "netns/"
+STREAM = "netns/stream"
 
 
 def report(kind: str, **fields: Any) -> None:
@@ -69,9 +77,20 @@ async def commands() -> AsyncIterator[str]:
 
 async def print_events(node: mesh.Node, subscription: mesh.Subscription) -> None:
     async for message in subscription:
-        peer = node.peers.get(message.sender)
-        sender = message.sender if peer is None else peer.name
-        report("event", topic=message.topic, body=message.body, sender=sender)
+        if isinstance(message, mesh.Gap):
+            report(
+                "gap",
+                topic=message.topic,
+                first=message.first_seq,
+                last=message.last_seq,
+                reason=message.reason,
+            )
+        elif message.topic.startswith(STREAM):
+            report("item", seq=message.seq, i=message.body[0])
+        else:
+            peer = node.peers.get(message.sender)
+            sender = message.sender if peer is None else peer.name
+            report("event", topic=message.topic, body=message.body, sender=sender)
 
 
 async def print_changes(watch: mesh.PeerWatch) -> None:
@@ -116,6 +135,15 @@ async def push(node: mesh.Node, service: str, count: int, mark: int) -> None:
     report("settled", statistics=dataclasses.asdict(node.statistics()))
 
 
+async def stream(node: mesh.Node, topic: str, count: int, rate: float, size: int) -> None:
+    padding = "x" * size
+    start = trio.current_time()
+    for i in range(count):
+        await node.publish(topic, [i, padding])
+        await trio.sleep_until(start + (i + 1) / rate)
+    report("streamed", statistics=dataclasses.asdict(node.statistics()))
+
+
 async def obey(node: mesh.Node, nursery: trio.Nursery, timeout: float) -> int:
     """Carry out the commands on stdin; the exit status."""
     async with aclosing(commands()) as lines:
@@ -143,6 +171,11 @@ async def obey(node: mesh.Node, nursery: trio.Nursery, timeout: float) -> int:
                 report("workers", peers=sorted(peer.name for peer in peers))
             elif verb == "push":
                 nursery.start_soon(push, node, args[0], int(args[1]), int(args[2]))
+            elif verb == "stream":
+                count, rate, size = int(args[1]), float(args[2]), int(args[3])
+                nursery.start_soon(stream, node, args[0], count, rate, size)
+            elif verb == "stats":
+                report("stats", statistics=dataclasses.asdict(node.statistics()))
             elif verb == "quit":
                 break
             elif verb:
@@ -154,7 +187,10 @@ async def obey(node: mesh.Node, nursery: trio.Nursery, timeout: float) -> int:
 async def main(name: str, mesh_name: str, interface: str, count: int, timeout: float) -> int:
     # Keyed, as a node off loopback must be: the lab hands the key pair over in MESH_KEY.
     key = os.environ.get("MESH_KEY") or None
-    async with mesh.open_node(name, mesh=mesh_name, interface=interface, key=key) as node:
+    settings = mesh.Settings(**json.loads(os.environ.get("MESH_SETTINGS") or "{}"))
+    async with mesh.open_node(
+        name, mesh=mesh_name, interface=interface, key=key, settings=settings
+    ) as node:
         report("open", id=node.id, address=node.address)
         async with node.subscribe(TOPIC) as subscription:
             opened = time.monotonic()

@@ -20,7 +20,8 @@ import trio
 import zmq
 
 import mesh
-from mesh._wire import MAX_FRAME_SIZE, Kind, batch_envelope, pack
+from mesh._batches import batch_envelope
+from mesh._wire import MAX_FRAME_SIZE, Kind, pack
 
 from .conftest import ack_all, wait_until
 from .test_hostile_inbox import forged_hello, plain_sockets

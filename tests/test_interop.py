@@ -228,7 +228,7 @@ async def test_plain_subscriber_decodes_events(plain: ThirdParty) -> None:
             assert topic == f"sensors.{i}"
             assert kind == EVENT
             assert from_ == sender
-            assert meta is None
+            assert meta == [0]  # prev: the first event on its topic
             assert body == bodies[i]
             assert type(body["raw"]) is bytes  # bin stays bytes, str stays str
             seqs.append(seq)

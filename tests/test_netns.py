@@ -146,7 +146,9 @@ class Lab:
     logs: Path
     nodes: list[NodeProcess] = field(default_factory=list)
 
-    def start(self, host: int, name: str, mesh: str) -> NodeProcess:
+    def start(
+        self, host: int, name: str, mesh: str, settings: dict[str, Any] | None = None
+    ) -> NodeProcess:
         """Start a node named `name` on host `host` (0-based), waiting for the other hosts."""
         namespace, address = self.hosts[host]
         stderr = (self.logs / f"{name}.stderr").open("w+")
@@ -176,7 +178,12 @@ class Lab:
                 stderr=stderr,
                 text=True,
                 bufsize=1,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KEY": str(key)},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "MESH_KEY": str(key),
+                    "MESH_SETTINGS": json.dumps(settings or {}),
+                },
             )
         except BaseException:
             stderr.close()
@@ -414,6 +421,82 @@ def test_twenty_percent_packet_loss_on_a_host_kills_nobody_at_default_settings(l
     ]
     assert deaths == []
     assert dropped > 200  # the loss was real (work alone is hundreds of packets a second)
+    for node in nodes:
+        node.send("quit")
+    for node in nodes:
+        node.expect("closed")
+        assert node.process.wait(timeout=10) == 0, node.tail()
+
+
+STREAM = "netns/stream"
+STREAM_EVENTS, STREAM_RATE, STREAM_SIZE = 5000, 500.0, 2000  # 10 s of events of 2 KB
+CUT_FOR = 3.0  # seconds the partition lasts, one second into the stream
+
+
+def stream_items(node: NodeProcess, last_i: int, timeout: float) -> list[dict[str, Any]]:
+    """The ``item`` and ``gap`` reports of `node`, in order, up to the item numbered `last_i`
+    or a gap after which nothing comes (fails the test after `timeout` seconds)."""
+    items: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not items or items[-1].get("i") != last_i:
+        try:
+            report = node.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"{node.name}: item {last_i} not within {timeout} s{node.tail()}")
+        if report is None or report["kind"] == "error":
+            pytest.fail(f"{node.name}: {report}{node.tail()}")
+        if report["kind"] in ("item", "gap"):
+            items.append(report)
+    return items
+
+
+@pytest.mark.timeout(120)
+def test_a_partition_is_repaired_from_history_or_reported_as_an_exact_gap(lab: Lab) -> None:
+    mesh = f"netns-{lab.prefix}"
+    names = [f"n{i}" for i in range(1, HOSTS + 1)]
+    # Small connection buffers (4 frames), so that the partition fills them within the second.
+    settings = {"event_buffer_bytes": 256 * 1024, "history_events": 1000}
+    publisher, whole, cut_off = nodes = [
+        lab.start(i, names[i], mesh, settings) for i in range(HOSTS)
+    ]
+    for node in nodes:
+        assert node.expect("peers")["peers"] == sorted(set(names) - {node.name})
+    publisher.send(f"stream {STREAM} {STREAM_EVENTS} {STREAM_RATE:g} {STREAM_SIZE}")
+    cut_off.expect("item", match=lambda r: r["i"] >= STREAM_RATE)  # a second in
+    ip("-n", lab.switch, "link", "set", f"sw{HOSTS}", "down")
+    time.sleep(CUT_FOR)  # the fault's length, not a synchronisation
+    ip("-n", lab.switch, "link", "set", f"sw{HOSTS}", "up")
+    publisher.expect("streamed", timeout=30)
+    got = stream_items(whole, STREAM_EVENTS - 1, 30)
+    after_cut = stream_items(cut_off, STREAM_EVENTS - 1, 30)
+    cut_off.send("stats")
+    statistics = cut_off.expect("stats")["statistics"]
+
+    # The node that stayed connected got every event, in order.
+    assert [r["kind"] for r in got] == ["item"] * len(got)
+    seqs = [r["seq"] for r in got]
+    assert [r["i"] for r in got][-len(seqs) :] == list(range(STREAM_EVENTS))[-len(seqs) :]
+    # The one cut off accounts for every one of them since it took the first: delivered once,
+    # in order, or in a gap that ends on one (cut_off's items start where `expect` left off).
+    expected = iter(seqs[seqs.index(after_cut[0].get("seq", after_cut[0].get("first"))) :])
+    gaps = repaired_or_live = 0
+    for report in after_cut:
+        if report["kind"] == "gap":
+            gaps += 1
+            while (seq := next(expected)) < report["last"]:
+                assert seq >= report["first"], (seq, report)
+            assert seq == report["last"], report
+        else:
+            repaired_or_live += 1
+            assert report["seq"] == next(expected), report
+    assert next(expected, None) is None
+    print(  # shown with -rP
+        f"{cut_off.name} after the cut: {repaired_or_live} events, {gaps} gaps;"
+        f" repaired {statistics['events_repaired']}, gap reports {statistics['event_gaps']}"
+    )
+    assert gaps > 0  # more was missed than the history held: reported
+    assert statistics["events_repaired"] > 0  # and what it held was repaired
+
     for node in nodes:
         node.send("quit")
     for node in nodes:

@@ -373,7 +373,10 @@ async def test_publish_rejects_bad_arguments() -> None:
 
 
 async def test_a_slow_reader_holds_the_publisher_back_and_nothing_is_lost() -> None:
-    settings = mesh.Settings(subscription_buffer=10, event_hwm=20, peer_queue=10)
+    # (A reader stalled for longer than `slow_subscriber_timeout` stops holding it back.)
+    settings = mesh.Settings(
+        subscription_buffer=10, event_hwm=20, peer_queue=10, slow_subscriber_timeout=10.0
+    )
     total = 2000
     padding = bytes(10_000)  # 20 MB in all: more than every buffer on the way can hold
     with trio.fail_after(20):

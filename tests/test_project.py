@@ -109,6 +109,8 @@ PURE_CORES = (
     "mesh._probes",
     "mesh._routing",
     "mesh._history",
+    "mesh._gaps",
+    "mesh._batches",
     "mesh._names",
     "mesh._detector",
     "mesh._heartbeat",

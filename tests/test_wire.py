@@ -17,12 +17,17 @@ from hypothesis import strategies as st
 
 from discovery import PeerRecord
 from mesh import ProtocolError
+from mesh._batches import (
+    BATCH_BYTES,
+    BATCH_MESSAGES,
+    batch_envelope,
+    coalesce_direct,
+    coalesce_published,
+)
 from mesh._names import topic_channel
 from mesh._values import count_values
 from mesh._wire import (
     BATCH,
-    BATCH_BYTES,
-    BATCH_MESSAGES,
     CONTROL_CHANNEL,
     EVENT_CHANNEL,
     MAX_BATCH,
@@ -36,9 +41,6 @@ from mesh._wire import (
     Envelope,
     Hello,
     Kind,
-    batch_envelope,
-    coalesce_direct,
-    coalesce_published,
     control_frame,
     decode_datagram,
     decode_inbox,
@@ -118,7 +120,7 @@ def delivered(kind: Kind, envelope: bytes, topic: str = "orders.new") -> tuple[D
     """The decoder and the frame that carry `kind` on its usual socket (BYE: the inbox)."""
     if kind in (Kind.EVENT, Kind.SYNCED):
         return decode_published, event(envelope, topic)
-    if kind is Kind.HEARTBEAT:
+    if kind is Kind.HEARTBEAT or kind is Kind.DROPPED:
         return decode_published, control_frame(envelope)
     return decode_inbox, envelope
 
@@ -170,7 +172,7 @@ HELLO_BODY = Hello(record(), ("127.0.0.1:6001", "[::1]:7001")).to_wire()
 
 # kind -> (meta, body) of a valid message
 VALID: dict[Kind, tuple[Any, Any]] = {
-    Kind.EVENT: (None, {"order": 42}),
+    Kind.EVENT: ([41], {"order": 42}),
     Kind.HEARTBEAT: (None, {}),
     Kind.BYE: (None, None),
     Kind.HELLO: (None, HELLO_BODY),
@@ -184,10 +186,11 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.READY: (None, None),
     Kind.REQUEST: ([8, "price", 1, 2500], {"sku": "A1"}),
     Kind.REPLY: ([8, True], {"price": 12}),
-    Kind.HISTORY: ([3, "chat.", 100, 0, 57], None),
-    Kind.EVENTS: ([3, True], [[55, "chat.room", {"text": "hi"}], [57, "chat.x", None]]),
+    Kind.HISTORY: ([3, "chat.", 100, 0, 50, 57], None),
+    Kind.EVENTS: ([3, True], [[55, 40, "chat.room", {"text": "hi"}], [56, "chat.y"]]),
+    Kind.DROPPED: ([50, 57], None),
 }
-PUB_ONLY = [Kind.EVENT, Kind.SYNCED]
+PUB_ONLY = [Kind.EVENT, Kind.SYNCED, Kind.DROPPED]
 DIRECT_ONLY = [
     Kind.HELLO,
     Kind.WELCOME,
@@ -234,6 +237,7 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "REPLY": 15,
         "HISTORY": 16,
         "EVENTS": 17,
+        "DROPPED": 18,
     }
 
 
@@ -812,7 +816,9 @@ def test_seq_not_a_positive_integer(seq: Any) -> None:
     ("kind", "meta"),
     [
         (Kind.EVENT, []),
-        (Kind.EVENT, [1]),
+        (Kind.EVENT, [1, 2]),
+        (Kind.EVENT, ["1"]),
+        (Kind.EVENT, [-1]),
         (Kind.HEARTBEAT, []),
         (Kind.HEARTBEAT, {}),
         (Kind.BYE, [1]),

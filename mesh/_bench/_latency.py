@@ -33,6 +33,7 @@ from ._common import (
     against_open,
     curve_client,
     curve_server,
+    event_body,
     modes,
     payload,
     percentile,
@@ -266,7 +267,7 @@ async def _serve_events(control: Connection, key: KeyPair | None) -> None:
 
         async def reply() -> None:
             async for message in requests:
-                await node.publish("bench.reply", message.body)
+                await node.publish("bench.reply", event_body(message))
 
         await _serve_until_done(control, node.contact, reply)
 

@@ -31,7 +31,17 @@ from multiprocessing.connection import Connection
 
 import trio
 
-from ._common import QUIET, Measurement, Pool, clock, payload, receive, summary, wait_command
+from ._common import (
+    QUIET,
+    Measurement,
+    Pool,
+    clock,
+    event_body,
+    payload,
+    receive,
+    summary,
+    wait_command,
+)
 
 _TOPIC = "scale.events"
 _END = b"end"
@@ -190,7 +200,7 @@ async def _run_scale_node(
                 nonlocal received, first, last
                 async for message in events:
                     now = clock()
-                    if message.body == _END:
+                    if event_body(message) == _END:
                         ended.set()
                         return
                     if received == 0:

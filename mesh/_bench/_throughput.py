@@ -36,6 +36,7 @@ from ._common import (
     clock,
     curve_client,
     curve_server,
+    event_body,
     modes,
     payload,
     receive,
@@ -262,7 +263,7 @@ async def _mesh_subscribe(
             nonlocal received, first, last
             async for message in events:  # as an application reads: one event at a time
                 now = clock()
-                if message.body == _END:
+                if event_body(message) == _END:
                     return
                 if received == 0:
                     first = now

@@ -106,7 +106,10 @@ async def subscriber(mesh_name: str, interface: str) -> None:
     ):
         report("ready", id=node.id, address=node.address)
         async for message in events:
-            report("event", topic=message.topic, body=message.body)
+            if isinstance(message, mesh.Gap):
+                report("gap", topic=message.topic, first=message.first_seq, last=message.last_seq)
+            else:
+                report("event", topic=message.topic, body=message.body)
 
 
 async def observer(mesh_name: str, interface: str) -> None:

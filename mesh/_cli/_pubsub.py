@@ -12,6 +12,7 @@ import trio
 
 from .._node import Node
 from .._streams import Subscription
+from .._types import Gap
 from ._common import (
     BODY_HELP,
     PeerNames,
@@ -121,6 +122,23 @@ async def _subscribe(
         await trio.sleep_forever()
 
 
+def _gap_line(gap: Gap, sender: str, as_json: bool) -> str:
+    """How `mesh-cli sub` shows events it missed for good."""
+    if as_json:
+        return json.dumps(
+            {
+                "gap": True,
+                "topic": gap.topic,
+                "sender": gap.sender,
+                "sender_name": sender,
+                "first_seq": gap.first_seq,
+                "last_seq": gap.last_seq,
+                "reason": gap.reason,
+            }
+        )
+    return f"# gap: {gap.topic} {sender} events {gap.first_seq}..{gap.last_seq} lost ({gap.reason})"
+
+
 async def _sub(args: argparse.Namespace) -> int:
     check_topic(args.prefix, "prefix")
     count = args.count if args.count is not None else math.inf
@@ -143,6 +161,9 @@ async def _sub(args: argparse.Namespace) -> int:
         with trio.move_on_after(args.timeout or math.inf):
             async for message in events:
                 sender = names(message.sender)
+                if isinstance(message, Gap):
+                    print(_gap_line(message, sender, args.json), flush=True)
+                    continue
                 if args.json:
                     line = json.dumps(
                         {

@@ -1,0 +1,249 @@
+"""Slow consumers hold nobody back, and what they miss is repaired from the publisher's history
+or reported as an exact `Gap`: on real sockets over 127.0.0.1, a reader that stops reading, a
+subscriber process that is SIGSTOPped, and a publisher whose history is too small to repair
+everything."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+
+import trio
+
+import mesh
+from mesh import Gap, Message
+
+from .conftest import peered_nodes, wait_until
+
+PADDING = bytes(8_000)  # events large enough that a stopped reader's buffers fill in a second
+
+
+def check_accounted(items: Sequence[Message | Gap], published: Sequence[int], topic: str) -> int:
+    """Every event of `published` (the publisher's numbers, in order, all on `topic`) was
+    delivered once, in order, or lies in a `Gap` whose last number is one of them; nothing else
+    came. Returns how many were delivered."""
+    expected = iter(published)
+    delivered = 0
+    for item in items:
+        if isinstance(item, Gap):
+            assert item.topic == topic
+            assert item.first_seq <= item.last_seq
+            while (seq := next(expected)) < item.last_seq:
+                assert seq >= item.first_seq, f"{seq} missing before {item}"
+            assert seq == item.last_seq, f"{item} does not end on an event of {topic!r}"
+        else:
+            seq = next(expected)
+            assert item.seq == seq, f"got {item.seq}, expected {seq}"
+            delivered += 1
+    assert next(expected, None) is None, "events missing at the end"
+    return delivered
+
+
+async def test_a_reader_stalled_past_the_bound_stops_holding_its_publisher() -> None:
+    settings = mesh.Settings(
+        subscription_buffer=50,
+        event_hwm=20,
+        slow_subscriber_timeout=0.2,
+        history_events=100,
+    )
+    total = 1500  # 12 MB: more than every buffer on the way holds
+    with trio.fail_after(30):
+        async with (
+            peered_nodes("pub", "stalled", "reader", settings=settings) as (pub, stalled, reader),
+            stalled.subscribe("s") as stalled_events,
+            reader.subscribe("s") as reader_events,
+        ):
+            got: list[Message | Gap] = []
+
+            async def read() -> None:
+                async for item in reader_events:
+                    got.append(item)
+                    if len(got) == total:
+                        return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for i in range(total):  # would wait for ever if the stalled reader held it
+                    await pub.publish("s", [i, PADDING])
+            # The reader that kept reading got everything, in order, no gap.
+            assert [item.body[0] for item in got if isinstance(item, Message)] == list(range(total))
+            assert stalled_events.dropped > 0
+            # The stalled reader catches up: the last events from history, the rest as gaps.
+            stalled_items: list[Message | Gap] = []
+            numbers = [item.seq for item in got if isinstance(item, Message)]
+            with trio.move_on_after(5):
+                async for item in stalled_events:
+                    stalled_items.append(item)
+                    last = item.last_seq if isinstance(item, Gap) else item.seq
+                    if last == numbers[-1]:
+                        break
+            delivered = check_accounted(stalled_items, numbers, "s")
+            statistics = stalled.statistics()
+            assert statistics.event_gaps == sum(isinstance(i, Gap) for i in stalled_items) > 0
+            assert statistics.events_repaired > 0, [i for i in stalled_items if isinstance(i, Gap)]
+            assert delivered >= 100  # at least what the history held
+
+
+# -- a subscriber process that is stopped -------------------------------------------------------
+
+SUBSCRIBER = textwrap.dedent(
+    """
+    import sys, trio, mesh
+
+    async def main(seed):
+        async with mesh.open_node("frozen", discovery="static", seeds=[seed]) as node:
+            await node.wait_for_peers(names=["pub"], timeout=10)
+            async with node.subscribe("s") as events:
+                print("ready", flush=True)
+                async for item in events:
+                    if isinstance(item, mesh.Gap):
+                        print("gap", item.first_seq, item.last_seq, item.reason, flush=True)
+                    else:
+                        print("event", item.seq, item.body[0], flush=True)
+
+    trio.run(main, sys.argv[1])
+    """
+)
+
+
+@contextlib.contextmanager
+def subscriber_process(seed: str) -> Iterator[subprocess.Popen[str]]:
+    """A node subscribed to "s" in a process of its own, printing what it gets; killed (by
+    its pid) at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, seed], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def parse(lines: list[str], sender: str) -> list[Message | Gap]:
+    items: list[Message | Gap] = []
+    for line in lines:
+        kind, *fields = line.split()
+        if kind == "gap":
+            items.append(Gap(sender, int(fields[0]), int(fields[1]), fields[2], "s"))
+        else:
+            items.append(Message("s", int(fields[1]), sender, int(fields[0])))
+    return items
+
+
+async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_gap() -> None:
+    rate, stopped_for, total = 2000, 3.0, 12_000  # 6 s of events at 2,000 a second
+    # 1 MiB a connection at each end (16 frames): the stopped one's fill within the second.
+    settings = mesh.Settings(event_buffer_bytes=1024 * 1024)
+    with trio.fail_after(60):
+        async with peered_nodes("pub", "r1", "r2", settings=settings) as (pub, r1, r2):
+            with subscriber_process(pub.contact) as frozen:
+                lines: list[str] = []
+                ready = trio.Event()
+
+                def read_lines() -> None:
+                    assert frozen.stdout is not None
+                    for line in frozen.stdout:
+                        if line.strip() == "ready":
+                            trio.from_thread.run_sync(ready.set)
+                        else:
+                            lines.append(line)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                        read_lines,
+                    )
+                    await ready.wait()
+                    await wait_until(lambda: len(pub.peers) == 3, "the frozen node peered")
+                    seqs, pauses = await publish_past_a_stop(
+                        pub, [r1, r2], frozen.pid, rate, stopped_for, total
+                    )
+                    # The stopped one, continued, catches up: wait for the last event.
+                    await wait_until(
+                        lambda: (
+                            bool(lines)
+                            and lines[-1].split()[-2:-1] != []
+                            and last_number(lines[-1]) == seqs[-1]
+                        ),
+                        "the stopped subscriber caught up",
+                        timeout=20,
+                    )
+                    nursery.cancel_scope.cancel()
+        items = parse(lines, pub.id)
+        delivered = check_accounted(items, seqs, "s")
+        gaps = [item for item in items if isinstance(item, Gap)]
+        print(
+            f"\nothers' longest pause {max(pauses):.3f} s; the stopped one: {delivered} events"
+            f" delivered, {len(gaps)} gaps of {sum(g.last_seq - g.first_seq + 1 for g in gaps)}"
+            f" numbers"
+        )
+        # The others kept their rate: no pause near the time the subscriber was stopped.
+        assert max(pauses) < stopped_for - 1.0, pauses
+        assert pub.statistics().events_shed > 0
+
+
+def last_number(line: str) -> int:
+    kind, *fields = line.split()
+    return int(fields[1] if kind == "gap" else fields[0])
+
+
+async def publish_past_a_stop(
+    pub: mesh.Node,
+    readers: list[mesh.Node],
+    pid: int,
+    rate: int,
+    stopped_for: float,
+    total: int,
+) -> tuple[list[int], list[float]]:
+    """Publish `total` events at `rate` a second while `readers` read them, SIGSTOPping the
+    process `pid` a second in, for `stopped_for` seconds. Returns the publisher's numbers of
+    the events, and each reader's longest pause between two events."""
+    got: list[list[int]] = [[] for _ in readers]
+    pauses = [0.0 for _ in readers]
+    subscribed = 0
+
+    async def read(index: int) -> None:
+        nonlocal subscribed
+        async with readers[index].subscribe("s") as events:
+            subscribed += 1
+            last = trio.current_time()
+            async for item in events:
+                assert isinstance(item, Message), item
+                now = trio.current_time()
+                if got[index]:
+                    pauses[index] = max(pauses[index], now - last)
+                last = now
+                got[index].append(item.seq)
+                assert item.body[0] == len(got[index]) - 1
+                if len(got[index]) == total:
+                    return
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(readers)):
+            nursery.start_soon(read, index)
+        await wait_until(lambda: subscribed == len(readers), "readers subscribed")
+        start = trio.current_time()
+        stopped_at = None
+        for i in range(total):
+            if i == rate:
+                os.kill(pid, signal.SIGSTOP)
+                stopped_at = trio.current_time()
+            elif stopped_at is not None and trio.current_time() - stopped_at > stopped_for:
+                os.kill(pid, signal.SIGCONT)
+                stopped_at = None
+            await pub.publish("s", [i, PADDING])
+            if i % 20 == 19:
+                await trio.sleep_until(start + (i + 1) / rate)
+        if stopped_at is not None:
+            os.kill(pid, signal.SIGCONT)
+    assert got[0] == got[1]
+    return got[0], pauses
