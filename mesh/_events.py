@@ -668,11 +668,7 @@ class Subscriptions:
                     prev = 0 if meta is None else meta[0]
                     for subscription in matching:
                         if backpressure and subscription._full() and not subscription._shedding:
-                            # Stop reading the network until the reader catches up (the
-                            # publisher's XPUB then waits rather than drops), for a while.
-                            with trio.move_on_after(self._patience):
-                                await sock.wait_for(subscription._has_room, subscription._room)
-                            subscription._shedding = subscription._full()
+                            await self._wait_for_reader(subscription)
                             topic_seen = None  # subscriptions may have come or gone meanwhile
                         if not subscription._deliver(message, prev):
                             counts["events_dropped"] += 1
@@ -683,6 +679,22 @@ class Subscriptions:
                         self._synced_tokens.add(token)
                         self._synced_seqs[token] = envelope.seq
                         self._synced.unpark_all()
+
+    async def _wait_for_reader(self, subscription: Subscription) -> None:
+        """Stop reading the network until `subscription`'s reader has made room (so the
+        publishers' XPUBs wait rather than drop), unless the reader takes nothing for
+        `slow_subscriber_timeout`: then the subscription drops what comes until it has caught
+        up (and asks for it again), and holds nobody back."""
+        sock = self.socket
+        while True:
+            taken = subscription._taken
+            with trio.move_on_after(self._patience) as waited:
+                await sock.wait_for(subscription._has_room, subscription._room)
+            if not waited.cancelled_caught:
+                return
+            if subscription._taken == taken:
+                subscription._shedding = True
+                return
 
 
 class _Replay:

@@ -341,7 +341,7 @@ _COUNTERS: Final = (
     (
         "events_shed",
         "mesh_events_shed_total",
-        "Events sent past subscriber connections that stayed full (repaired from history).",
+        "Messages sent past subscriber connections that stayed full (repaired from history).",
     ),
     (
         "events_repaired",

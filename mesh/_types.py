@@ -171,7 +171,7 @@ class NodeStatistics:
       PUB held more distinct subscriptions than it may, and every subscriber was cut.
     * Events: `events_published`; `events_received` (by the events SUB); `events_dropped` (for
       a subscription whose buffer stayed full: `Settings.slow_subscriber_timeout`);
-      `events_shed` (sent past subscriber connections that stayed full, for those
+      `events_shed` (messages sent past subscriber connections that stayed full, for those
       subscribers to repair); `events_repaired` (missed events a subscription got from their
       publisher's history); `event_gaps` (`Gap`s delivered: missed events not repaired).
     * As a producer: `tasks_pushed` (first sends), `tasks_acked`, `tasks_nacked`,

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from mesh import KeyPair
+from mesh import Gap, KeyPair
 from mesh._cli import main as cli_main
+from mesh._cli._pubsub import _gap_line
 
 from .conftest import new_mesh_name
 
@@ -524,6 +525,22 @@ def test_pub_reaches_sub_as_json_lines(spawn: Spawn) -> None:
     seqs = [event["seq"] for event in events]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == 3
+
+
+def test_sub_shows_a_gap_as_a_line_of_its_own() -> None:
+    gap = Gap("ab" * 16, 5, 9, "evicted", "chat.room")
+    assert _gap_line(gap, "alice", as_json=False) == (
+        "# gap: chat.room alice events 5..9 lost (evicted)"
+    )
+    assert json.loads(_gap_line(gap, "alice", as_json=True)) == {
+        "gap": True,
+        "topic": "chat.room",
+        "sender": "ab" * 16,
+        "sender_name": "alice",
+        "first_seq": 5,
+        "last_seq": 9,
+        "reason": "evicted",
+    }
 
 
 def test_sub_timeout_with_too_few_events(spawn: Spawn) -> None:

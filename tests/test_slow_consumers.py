@@ -140,7 +140,7 @@ def parse(lines: list[str], sender: str) -> list[Message | Gap]:
 
 
 async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_gap() -> None:
-    rate, stopped_for, total = 2000, 3.0, 12_000  # 6 s of events at 2,000 a second
+    rate, stopped_for, total = 2000, 5.0, 16_000  # 8 s of events at 2,000 a second
     # 1 MiB a connection at each end (16 frames): the stopped one's fill within the second.
     settings = mesh.Settings(event_buffer_bytes=1024 * 1024)
     with trio.fail_after(60):
@@ -187,7 +187,8 @@ async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_g
             f" numbers"
         )
         # The others kept their rate: no pause near the time the subscriber was stopped.
-        assert max(pauses) < stopped_for - 1.0, pauses
+        # (The bound is `slow_subscriber_timeout`, 0.5 s, or the detector's verdict, 0.7 s.)
+        assert max(pauses) < stopped_for / 2, pauses
         assert pub.statistics().events_shed > 0
 
 
