@@ -341,12 +341,12 @@ _COUNTERS: Final = (
     (
         "events_shed",
         "mesh_events_shed_total",
-        "Messages sent past subscriber connections that stayed full (repaired from history).",
+        "Messages sent past subscriber connections full too long.",
     ),
     (
         "events_repaired",
         "mesh_events_repaired_total",
-        "Missed events this node's subscriptions got from their publisher's history.",
+        "Missed events repaired from their publisher's history.",
     ),
     ("event_gaps", "mesh_event_gaps_total", "Gaps delivered: missed events not repaired."),
 )

@@ -196,10 +196,10 @@ mesh_replies_sent_total{node="n\\1"} 0
 # HELP mesh_requests_expired_total Requests dropped unread here: their caller had stopped waiting.
 # TYPE mesh_requests_expired_total counter
 mesh_requests_expired_total{node="n\\1"} 0
-# HELP mesh_events_shed_total Messages sent past subscriber connections that stayed full (repaired from history).
+# HELP mesh_events_shed_total Messages sent past subscriber connections full too long.
 # TYPE mesh_events_shed_total counter
 mesh_events_shed_total{node="n\\1"} 0
-# HELP mesh_events_repaired_total Missed events this node's subscriptions got from their publisher's history.
+# HELP mesh_events_repaired_total Missed events repaired from their publisher's history.
 # TYPE mesh_events_repaired_total counter
 mesh_events_repaired_total{node="n\\1"} 0
 # HELP mesh_event_gaps_total Gaps delivered: missed events not repaired.
