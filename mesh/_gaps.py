@@ -81,10 +81,10 @@ class Order:
 
     def account(self, sender: str, topic: str, seq: int) -> None:
         """Events on `topic` up to `seq` are accounted for (delivered, or reported lost)."""
-        key = (sender, topic)
-        if seq > self._last.get(key, -1):
+        last = self.last(sender, topic)
+        if last is None or seq > last:
             self._grow()
-            self._last[key] = seq
+            self._last[(sender, topic)] = seq
 
     def _grow(self) -> None:
         """Make room for one entry (module rules)."""

@@ -38,7 +38,7 @@ from . import _wire
 from ._addresses import Addresses
 from ._beatkeys import KEY_SIZE, BeatKeys
 from ._binding import bind_sockets, socket_maker
-from ._events import Publisher, Subscriptions
+from ._events import Subscriptions
 from ._frames import Frames
 from ._heartbeats import Heartbeats, close_datagrams
 from ._history import History
@@ -53,6 +53,7 @@ from ._metrics import (
 )
 from ._names import check_service, topic_channel
 from ._producer import ProducerSide
+from ._publisher import Publisher
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings

@@ -59,6 +59,15 @@ def test_a_prev_not_below_seq_is_no_chain() -> None:
     assert order.admit(A, "t", 6, 99) == FOLLOWS
 
 
+def test_accounting_for_an_event_never_moves_back() -> None:
+    order = Order()
+    order.start(A, 10)
+    order.account(A, "t", 7)  # (a history event from before the start)
+    assert order.last(A, "t") == 10
+    order.account(A, "t", 12)
+    assert order.last(A, "t") == 12
+
+
 def test_the_start_never_moves_back() -> None:
     order = Order()
     order.start(A, 10)

@@ -15,10 +15,10 @@ import trio.lowlevel
 import zmq
 
 import mesh
-from mesh._events import Publisher
 from mesh._history import History, Kept
 from mesh._history_file import read_events, record
 from mesh._names import topic_channel
+from mesh._publisher import Publisher
 from mesh._ratelimit import RateLimitedLog
 from mesh._wire import Envelope, Kind, event_frame, pack
 

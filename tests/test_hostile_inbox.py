@@ -23,10 +23,10 @@ import zmq
 
 import mesh
 from discovery import PeerRecord
-from mesh._events import MAX_SUBSCRIPTIONS
 from mesh._introductions import TRIED_AT_ONCE
 from mesh._limits import STRANGER_LINKS
 from mesh._membership import JOIN_BURST, JOIN_RATE
+from mesh._publisher import MAX_SUBSCRIPTIONS
 from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, decode_inbox_many, pack
 
 from . import inside
