@@ -324,8 +324,8 @@ class Node:
         """Publish an event to every peer subscribed to a prefix of `topic`.
 
         Returns once ZeroMQ has the event. With `Settings.event_backpressure` (the default) it
-        waits while a subscriber connection is full, so nothing is lost on the way; cancelling
-        that wait publishes nothing. Raises `TypeError` for a body msgpack cannot carry, and
+        waits while a subscriber connection is full (a stalled one: `slow_subscriber_timeout`
+        at most, then that one repairs from history); cancelling that wait publishes nothing. Raises `TypeError` for a body msgpack cannot carry, and
         `ValueError` for a topic that is not 1024 bytes of UTF-8 without NUL or an event larger
         than 16 MiB.
         """
@@ -349,9 +349,9 @@ class Node:
 
         Entering waits (at most `Settings.sync_timeout`) until every peer known now has confirmed
         that the subscription is live there, so events those peers publish after this returns
-        are not lost to ZeroMQ's slow-joiner gap. With `history` (a count) or `since` (a
-        `time.time()`), the subscription starts with each of them's last events on `prefix`
-        (`Settings.history_events`), then its live ones: none missing or repeated."""
+        are not lost to ZeroMQ's slow-joiner gap; items are `Message`s, or `Gap`s where events
+        were missed for good. With `history` (a count) or `since` (a `time.time()`), it starts
+        with each one's last events on `prefix`, then its live ones: none missing or repeated."""
         self._check_open()
         peers = [peer.record.id for peer in self._membership.peers]
         async with self._events.subscribe(prefix, peers, history, since) as subscription:
