@@ -324,6 +324,7 @@ class Subscriptions:
         backpressure = self._backpressure
         counts = self._counts
         sock = self.socket
+        event = Kind.EVENT  # (a local: an enum member looked up costs 80 ns)
         while batch := await self._receive(sock, _wire.decode_published_many, "events"):
             # Events come in runs of one topic and one sender (a batch is one frame): which
             # subscriptions take the topic, and the sender's hex id, are worked out once a run.
@@ -334,7 +335,7 @@ class Subscriptions:
             for envelope in batch:
                 topic = envelope.topic
                 assert topic is not None
-                if envelope.kind is Kind.EVENT:
+                if envelope.kind is event:
                     counts["events_received"] += 1
                     if topic != topic_seen:
                         matching = [s for s in self._subscriptions if topic.startswith(s.prefix)]

@@ -325,9 +325,9 @@ class Node:
 
         Returns once ZeroMQ has the event. With `Settings.event_backpressure` (the default) it
         waits while a subscriber connection is full (a stalled one: `slow_subscriber_timeout`
-        at most, then that one repairs from history); cancelling that wait publishes nothing. Raises `TypeError` for a body msgpack cannot carry, and
-        `ValueError` for a topic that is not 1024 bytes of UTF-8 without NUL or an event larger
-        than 16 MiB.
+        at most, then it repairs from history); cancelling that wait publishes nothing. Raises
+        `TypeError` for a body msgpack cannot carry, `ValueError` for a topic that is not 1024
+        bytes of UTF-8 without NUL or an event larger than 16 MiB.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()

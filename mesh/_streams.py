@@ -124,12 +124,20 @@ class Subscription(_Stream[Message | Gap]):
         self._lost: dict[str, tuple[int, int]] = {}  # by publisher: the numbers dropped here
         self._shedding = False  # the reader left the buffer full too long: drop, do not wait
         self._noticed: dict[str, int] = {}  # by publisher: the last number a DROPPED asked for
+        # The run of events being delivered, each following the one before on its topic (one
+        # publisher, one topic, the same string objects: one batch): its last number, which
+        # `_order` is told only when the run ends (`_end_run`). Most events take this path.
+        self._run_sender: str | None = None
+        self._run_topic: str | None = None
+        self._run_seq = -1
 
     def __repr__(self) -> str:
         return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
 
     def _taken_one(self) -> None:
-        if len(self._buffer) <= self._capacity // 2:
+        if (self._room or self._lost or self._shedding) and len(
+            self._buffer
+        ) <= self._capacity // 2:
             self._shedding = False
             if self._room:
                 self._room.unpark_all()
@@ -155,6 +163,15 @@ class Subscription(_Stream[Message | Gap]):
             self._lost[message.sender] = (message.seq if lost is None else lost[0], message.seq)
             return False
         sender = message.sender
+        if (
+            prev == self._run_seq
+            and sender is self._run_sender
+            and message.topic is self._run_topic
+        ):
+            self._run_seq = message.seq
+            self._put(message)
+            return True
+        self._end_run()
         held = self._repairing.get(sender) if self._repairing else None
         if held is None and self._holding is not None:
             held = self._holding.get(sender)
@@ -164,6 +181,7 @@ class Subscription(_Stream[Message | Gap]):
             return True
         verdict = self._order.admit(sender, message.topic, message.seq, prev)
         if verdict == FOLLOWS:
+            self._run_sender, self._run_topic, self._run_seq = sender, message.topic, message.seq
             self._put(message)
         elif verdict != REPEAT:  # events before it are missing: ask for them, hold it
             lost = self._lost.pop(sender, None)  # (and for any dropped here)
@@ -171,11 +189,20 @@ class Subscription(_Stream[Message | Gap]):
             self._begin_repair(sender, after, message.seq - 1, [(message, prev)])
         return True
 
+    def _end_run(self) -> None:
+        """Tell `_order` the last event of the run being delivered (before it is asked)."""
+        if self._run_sender is not None:
+            assert self._run_topic is not None
+            self._order.account(self._run_sender, self._run_topic, self._run_seq)
+            self._run_sender = self._run_topic = None
+            self._run_seq = -1
+
     def _begin_repair(
         self, sender: str, after: int, upto: int, held: list[tuple[Message, int]]
     ) -> None:
         """Ask `sender` for its events numbered after..upto, holding its live ones until they
         come (`_repaired`)."""
+        self._end_run()
         self._repairing[sender] = held
         self._held += len(held)
         if self._repair is None or not self._repair(self, sender, after, upto):
@@ -184,6 +211,7 @@ class Subscription(_Stream[Message | Gap]):
     def _dropped_upstream(self, sender: str, first: int, last: int) -> None:
         """`sender`'s events numbered first..last may have missed full subscriber connections
         (a DROPPED): ask for those not asked for yet, if this subscription follows it."""
+        self._end_run()
         if not self._order.follows(sender):
             return
         first = max(first, self._noticed.get(sender, 0) + 1)
@@ -199,6 +227,7 @@ class Subscription(_Stream[Message | Gap]):
     def _repaired(self, sender: str, upto: int, items: list[tuple[Any, ...]] | None) -> None:
         """The answer to `_begin_repair` (None: none came): deliver what it brought in order,
         a `Gap` for each run of events it shows gone, then the live events held back."""
+        self._end_run()
         held = self._repairing.pop(sender, [])
         self._held -= len(held)
         reason = "unanswered" if items is None else "evicted"
@@ -251,6 +280,7 @@ class Subscription(_Stream[Message | Gap]):
     def _release(self, sender: str, history: list[Message]) -> None:
         """`sender`'s history is in (or will not come): buffer it, then the live events held
         back that are newer than it (the older ones are in it already)."""
+        self._end_run()
         held = [] if self._holding is None else self._holding.pop(sender, [])
         self._held -= len(held)
         if not self._holding:
