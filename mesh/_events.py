@@ -326,6 +326,7 @@ class Subscriptions:
         sock = self.socket
         event = Kind.EVENT  # (a local: an enum member looked up costs 80 ns)
         while batch := await self._receive(sock, _wire.decode_published_many, "events"):
+            counts["events_received"] += len(batch)  # (less the SYNCEDs, below)
             # Events come in runs of one topic and one sender (a batch is one frame): which
             # subscriptions take the topic, and the sender's hex id, are worked out once a run.
             topic_seen: str | None = None
@@ -336,7 +337,6 @@ class Subscriptions:
                 topic = envelope.topic
                 assert topic is not None
                 if envelope.kind is event:
-                    counts["events_received"] += 1
                     if topic != topic_seen:
                         matching = [s for s in self._subscriptions if topic.startswith(s.prefix)]
                         topic_seen = topic
@@ -347,12 +347,19 @@ class Subscriptions:
                     meta = envelope.meta
                     prev = 0 if meta is None else meta[0]
                     for subscription in matching:
-                        if backpressure and subscription._full() and not subscription._shedding:
+                        if subscription._deliver(message, prev):
+                            continue
+                        # Full. With backpressure, stop reading until the reader catches up
+                        # (then the publishers wait rather than drop), for a while.
+                        if backpressure and not subscription._shedding:
                             await self._wait_for_reader(subscription)
                             topic_seen = None  # subscriptions may have come or gone meanwhile
-                        if not subscription._deliver(message, prev):
-                            counts["events_dropped"] += 1
+                            if subscription._deliver(message, prev):
+                                continue
+                        subscription._drop(message)
+                        counts["events_dropped"] += 1
                 else:  # SYNCED
+                    counts["events_received"] -= 1
                     assert envelope.meta is not None
                     token, addressee = envelope.meta
                     if addressee == self._id and token in self._probing:

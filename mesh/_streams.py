@@ -155,12 +155,9 @@ class Subscription(_Stream[Message | Gap]):
 
     def _deliver(self, message: Message, prev: int = 0) -> bool:
         """Take a live event (whose publisher's previous one on its topic is numbered `prev`):
-        buffer it if it is next (or hold it back, or ask for what it shows missing); False (and
-        counted as dropped, to ask for later) if the buffer is full."""
+        buffer it if it is next (or hold it back, or ask for what it shows missing); False if
+        the buffer is full (then the node waits, or `_drop`s it)."""
         if len(self._buffer) + self._held >= self._capacity:
-            self.dropped += 1
-            lost = self._lost.get(message.sender)
-            self._lost[message.sender] = (message.seq if lost is None else lost[0], message.seq)
             return False
         sender = message.sender
         if (
@@ -188,6 +185,13 @@ class Subscription(_Stream[Message | Gap]):
             after = verdict if lost is None else min(verdict, lost[0] - 1)
             self._begin_repair(sender, after, message.seq - 1, [(message, prev)])
         return True
+
+    def _drop(self, message: Message) -> None:
+        """`message` found the buffer full: counted in `dropped`, and asked for again once the
+        reader has caught up (`_taken_one`)."""
+        self.dropped += 1
+        lost = self._lost.get(message.sender)
+        self._lost[message.sender] = (message.seq if lost is None else lost[0], message.seq)
 
     def _end_run(self) -> None:
         """Tell `_order` the last event of the run being delivered (before it is asked)."""
@@ -289,7 +293,8 @@ class Subscription(_Stream[Message | Gap]):
             self._order.account(sender, message.topic, message.seq)
             self._put(message)
         for message, prev in held:
-            self._deliver(message, prev)
+            if not self._deliver(message, prev):  # (it was counted in the buffer: room)
+                self._drop(message)
 
     def _release_all(self) -> None:
         """Stop holding anything back (publishers that sent no history: their live events)."""

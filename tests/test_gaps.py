@@ -111,7 +111,12 @@ def subscription(capacity: int = 100, answer: bool = True) -> tuple[Subscription
 
 
 def live(sub: Subscription, seq: int, prev: int, topic: str = "t", sender: str = A) -> bool:
-    return sub._deliver(Message(topic, seq * 10, sender, seq), prev)
+    """As the node delivers a live event: dropped (False) if the buffer is full."""
+    message = Message(topic, seq * 10, sender, seq)
+    if sub._deliver(message, prev):
+        return True
+    sub._drop(message)
+    return False
 
 
 def buffered(sub: Subscription) -> list[Any]:
