@@ -51,7 +51,7 @@ from ._membership import GOODBYE_GRACE, Membership
 from ._metrics import (
     ServiceCounts,
 )
-from ._names import check_service, topic_channel
+from ._names import check_service
 from ._producer import ProducerSide
 from ._publisher import Publisher
 from ._ratelimit import RateLimitedLog
@@ -332,7 +332,7 @@ class Node:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         publisher = self._publisher
-        channel = topic_channel(topic)
+        channel = publisher.channel(topic)
         if not publisher.publish_nowait(channel, body):  # (no coroutine unless it must wait)
             await publisher.publish(channel, body, self._check_open)
         self._counts["events_published"] += 1

@@ -73,6 +73,8 @@ _EPISODE_QUIET: Final = 5
 _MARK_SIZE: Final = 64
 # Channels whose last event a publisher remembers (each event's `prev`).
 _MAX_CHAINED: Final = 65_536
+# Topics whose channel `Publisher.channel` keeps.
+_CHANNELS_KEPT: Final = 4096
 # (A module constant: an enum member looked up costs 80 ns, once an event.)
 _EVENT: Final = Kind.EVENT
 
@@ -98,6 +100,7 @@ class Publisher:
         # The number of the last event published on each channel (an event's `prev`); past
         # `_MAX_CHAINED` channels they are forgotten, and `_forgotten` stands for any of them.
         self._last_on: dict[bytes, int] = {}
+        self._channels: dict[str, bytes] = {}  # by topic (`channel`)
         self._forgotten = 0
         self._shed: list[int] | None = None  # numbers sent past full connections (first, last)
         self._shedding = False  # some sent past since the last DROPPED
@@ -124,6 +127,17 @@ class Publisher:
             patience=patience,
             send_past=self._send_past,
         )
+
+    def channel(self, topic: str) -> bytes:
+        """`topic_channel(topic)`, remembered for the topics published most (the same bytes
+        object each time, whose hash is kept too). Raises as `topic_channel` does."""
+        channel = self._channels.get(topic)
+        if channel is None:
+            channel = topic_channel(topic)
+            if len(self._channels) >= _CHANNELS_KEPT:
+                self._channels.clear()
+            self._channels[topic] = channel
+        return channel
 
     def publish_nowait(self, channel: bytes, body: Any) -> bool:
         """Publish an EVENT on `channel` if the PUB's outbox has room (else False)."""
