@@ -209,6 +209,14 @@ class Subscriptions:
             for subscription in self._subscriptions:
                 subscription._dropped_upstream(sender, first, last)
 
+    def resynced(self, synced: dict[bytes, int]) -> None:
+        """Peers confirmed this node's subscriptions again (`sync`, greeting a peer that joined
+        or came back): each subscription that follows one asks it for what it may have missed
+        while its connection was down (`Subscription._resynced`)."""
+        for peer_id, seq in synced.items():
+            for subscription in self._subscriptions:
+                subscription._resynced(peer_id.hex(), seq)
+
     def _ask_repair(self, subscription: Subscription, sender: str, after: int, upto: int) -> bool:
         """`Subscription`'s `repair`: ask `sender` for its events numbered after..upto on the
         subscription's prefix; the answer, or None after `sync_timeout`, goes to

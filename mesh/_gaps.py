@@ -73,6 +73,17 @@ class Order:
         self._last[key] = seq
         return FOLLOWS
 
+    def newest(self, sender: str) -> int | None:
+        """The number of the newest event of `sender` accounted for, on any topic (its start if
+        none; None if `sender` is not known). A scan of the table: for rare questions."""
+        newest = self._start.get(sender)
+        if newest is None:
+            return None
+        for (from_sender, _), seq in self._last.items():
+            if from_sender == sender and seq > newest:
+                newest = seq
+        return newest
+
     def last(self, sender: str, topic: str) -> int | None:
         """The number of the last event accounted for on `topic` (the start if none; None if
         `sender` is not known)."""

@@ -487,7 +487,7 @@ class Membership:
             return
         session.greeting = True
         try:
-            await self._events.sync(self._events.prefixes(), [peer_id])
+            self._events.resynced(await self._events.sync(self._events.prefixes(), [peer_id]))
             peer = self._peers.get(peer_id)
             if peer is not None:
                 ready = self._heartbeats.ready_body(peer_id)

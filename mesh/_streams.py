@@ -228,6 +228,15 @@ class Subscription(_Stream[Message | Gap]):
             return
         self._begin_repair(sender, first - 1, last, [])
 
+    def _resynced(self, sender: str, seq: int) -> None:
+        """The subscription was confirmed again at `sender` (hex id), at its number `seq`: a
+        connection made anew, after one that broke may have lost events. Ask for what came
+        after the newest accounted for, up to there, once."""
+        self._end_run()
+        newest = self._order.newest(sender)
+        if newest is not None and newest < seq:
+            self._dropped_upstream(sender, newest + 1, seq)
+
     def _repaired(self, sender: str, upto: int, items: list[tuple[Any, ...]] | None) -> None:
         """The answer to `_begin_repair` (None: none came): deliver what it brought in order,
         a `Gap` for each run of events it shows gone, then the live events held back."""

@@ -232,3 +232,18 @@ def test_held_events_count_against_the_buffer() -> None:
     assert sub._full()
     assert not live(sub, 7, 6)
     assert sub._lost == {A: (7, 7)}
+
+
+def test_a_subscription_confirmed_again_asks_for_what_came_after_its_newest() -> None:
+    sub, asked, _ = subscription()
+    sub._resynced(B, 40)  # not followed: nothing to ask
+    live(sub, 3, 0)
+    live(sub, 7, 0, topic="t.b")
+    sub._resynced(A, 7)  # nothing after the newest accounted for
+    assert asked.calls == []
+    sub._resynced(A, 20)
+    assert asked.calls == [(A, 7, 20)]
+    sub._repaired(A, 20, [(12, 7, "t.b", 12), (15, "t")])  # one kept, one mark
+    assert buffered(sub)[2:] == [("t.b", 12), Gap(A, 4, 15, "evicted", "t")]
+    sub._resynced(A, 20)  # asked once
+    assert asked.calls == [(A, 7, 20)]
