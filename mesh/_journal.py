@@ -92,13 +92,13 @@ def task_record(task_id: int, service: str, body: Any) -> bytes:
         payload: bytes = msgpack.packb([_TASK, task_id, service, body], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body cannot be sent: {exc} (bodies are msgpack values)") from exc
-    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+    return framed(payload)
 
 
 def settled_record(task_id: int) -> bytes:
     """The record of a task settled (acked, or given up)."""
     payload: bytes = msgpack.packb([_SETTLED, task_id])
-    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+    return framed(payload)
 
 
 def read_log(data: bytes) -> tuple[list[LoggedTask], int]:
@@ -106,14 +106,7 @@ def read_log(data: bytes) -> tuple[list[LoggedTask], int]:
     many of its bytes are whole, valid records (what follows is a torn or corrupt tail)."""
     live: dict[int, LoggedTask] = {}
     offset = 0
-    while offset + _HEAD.size <= len(data):
-        length, crc = _HEAD.unpack_from(data, offset)
-        start = offset + _HEAD.size
-        if length > MAX_RECORD or start + length > len(data):
-            break
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            break
+    for payload in payloads(data):
         try:
             record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except Exception:  # (a CRC that matches garbage: this node did not write it)
@@ -127,7 +120,7 @@ def read_log(data: bytes) -> tuple[list[LoggedTask], int]:
             live.pop(record[1], None)
         else:
             break
-        offset = start + length
+        offset += _HEAD.size + len(payload)
     return list(live.values()), offset
 
 

@@ -9,11 +9,13 @@ not there before the test (a node, or a context, that was never closed).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -170,6 +172,22 @@ async def peered_nodes(
                 names=[name for name in names if name != node.name], timeout=timeout
             )
         yield nodes
+
+
+@contextmanager
+def python_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Python running `script` with `args` in a process of its own, its stdout a text pipe;
+    killed (by its pid) at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 # -- waiting ------------------------------------------------------------------------------------

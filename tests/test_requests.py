@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,7 +20,7 @@ from mesh._routing import Dispatcher, InFlightTask, Returned, returned
 from mesh._wire import Kind
 
 from . import inside
-from .conftest import peered_nodes, wait_until
+from .conftest import peered_nodes, python_process, wait_until
 
 A = b"\xaa" * 16
 
@@ -408,21 +405,6 @@ PROVIDER = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def provider_process(seed: str, name: str) -> Iterator[subprocess.Popen[str]]:
-    """A node serving "square" in a process of its own; killed (by its pid) at the end."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", PROVIDER, seed, name], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
-
-
 async def test_a_provider_killed_mid_stream_costs_no_request_its_reply() -> None:
     total, concurrency = 5000, 16  # from 2 callers, to 3 providers
     sent: dict[int, float] = {}
@@ -431,7 +413,7 @@ async def test_a_provider_killed_mid_stream_costs_no_request_its_reply() -> None
         with contextlib.ExitStack() as processes:
             async with peered_nodes("c0", "c1") as callers:
                 providers = [
-                    processes.enter_context(provider_process(callers[0].contact, f"p{i}"))
+                    processes.enter_context(python_process(PROVIDER, callers[0].contact, f"p{i}"))
                     for i in range(3)
                 ]
                 for process in providers:

@@ -5,14 +5,11 @@ everything."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import trio
 
@@ -20,7 +17,7 @@ import mesh
 from mesh import Gap, Message
 
 from . import inside
-from .conftest import peered_nodes, wait_until
+from .conftest import peered_nodes, python_process, wait_until
 
 PADDING = bytes(8_000)  # events large enough that a stopped reader's buffers fill in a second
 
@@ -117,22 +114,6 @@ SUBSCRIBER = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def subscriber_process(seed: str) -> Iterator[subprocess.Popen[str]]:
-    """A node subscribed to "s" in a process of its own, printing what it gets; killed (by
-    its pid) at the end."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", SUBSCRIBER, seed], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
-
-
 def parse(lines: list[str], sender: str) -> list[Message | Gap]:
     items: list[Message | Gap] = []
     for line in lines:
@@ -150,7 +131,7 @@ async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_g
     settings = mesh.Settings(event_buffer_bytes=1024 * 1024)
     with trio.fail_after(60):
         async with peered_nodes("pub", "r1", "r2", settings=settings) as (pub, r1, r2):
-            with subscriber_process(pub.contact) as frozen:
+            with python_process(SUBSCRIBER, pub.contact) as frozen:
                 lines: list[str] = []
                 ready = trio.Event()
 
