@@ -11,6 +11,7 @@ import signal
 import textwrap
 from collections.abc import Sequence
 
+import pytest
 import trio
 
 import mesh
@@ -125,10 +126,20 @@ def parse(lines: list[str], sender: str) -> list[Message | Gap]:
     return items
 
 
-async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_gap() -> None:
+@pytest.mark.parametrize(
+    "patience",
+    [
+        pytest.param(0.5, id="the-timeout"),
+        # A timeout longer than the stop: the detector's verdict (0.7 s) ends the wait.
+        pytest.param(30.0, id="declared-dead"),
+    ],
+)
+async def test_a_stopped_subscriber_holds_nobody_back_and_gets_everything_or_a_gap(
+    patience: float,
+) -> None:
     rate, stopped_for, total = 2000, 5.0, 16_000  # 8 s of events at 2,000 a second
     # 1 MiB a connection at each end (16 frames): the stopped one's fill within the second.
-    settings = mesh.Settings(event_buffer_bytes=1024 * 1024)
+    settings = mesh.Settings(event_buffer_bytes=1024 * 1024, slow_subscriber_timeout=patience)
     with trio.fail_after(60):
         async with peered_nodes("pub", "r1", "r2", settings=settings) as (pub, r1, r2):
             with python_process(SUBSCRIBER, pub.contact) as frozen:
