@@ -93,11 +93,23 @@ class Subscriptions:
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still connected
         self._server_keys: dict[str, str | None] = {}  # the key each connection was made with
         self._nursery: trio.Nursery | None = None
+        # ZeroMQ makes a broken connection again by itself, and what was queued in it is lost:
+        # a connection made (again) to a publisher a subscription follows is confirmed anew
+        # (`_watch_connections`). By endpoint: the peer whose PUB it is.
+        self._publishers: dict[str, bytes] = {}
+        self._monitor = AsyncSocket(sock.get_monitor_socket(zmq.EVENT_CONNECTED))
 
     def start(self, nursery: trio.Nursery) -> None:
         """Reading starts in `nursery` (and lingering disconnections run there)."""
         self._nursery = nursery
         nursery.start_soon(self._serve)
+        nursery.start_soon(self._watch_connections)
+
+    def close(self) -> None:
+        """Close the events SUB (and its monitor first: its inproc endpoint would outlive it)."""
+        self.socket.disable_monitor()
+        self._monitor.close()
+        self.socket.close()
 
     def prefixes(self) -> set[str]:
         """The prefixes subscribed to now."""
@@ -217,6 +229,25 @@ class Subscriptions:
             for subscription in self._subscriptions:
                 subscription._resynced(peer_id.hex(), seq)
 
+    async def _watch_connections(self) -> None:
+        """Confirm the subscriptions anew at a publisher they follow whenever ZeroMQ has made
+        the connection to its PUB again (`resynced`: what the broken one lost is asked for)."""
+        while True:
+            try:
+                batch = await self._monitor.receive_multipart_batch(16)
+            except trio.ClosedResourceError:
+                return
+            for event in batch:
+                peer_id = self._publishers.get(event[-1].decode(errors="replace"))
+                if peer_id is None or self._nursery is None:
+                    continue
+                sender = peer_id.hex()
+                if any(s._order.follows(sender) for s in self._subscriptions):
+                    self._nursery.start_soon(self._confirm_again, peer_id)
+
+    async def _confirm_again(self, peer_id: bytes) -> None:
+        self.resynced(await self.sync(self.prefixes(), [peer_id]))
+
     def _ask_repair(self, subscription: Subscription, sender: str, after: int, upto: int) -> bool:
         """`Subscription`'s `repair`: ask `sender` for its events numbered after..upto on the
         subscription's prefix; the answer, or None after `sync_timeout`, goes to
@@ -289,9 +320,13 @@ class Subscriptions:
             )
         return confirmed
 
-    def connect(self, endpoint: str, server_key: str | None = None) -> None:
+    def connect(
+        self, endpoint: str, server_key: str | None = None, peer_id: bytes | None = None
+    ) -> None:
         """Read a peer's PUB at `endpoint` (keeping the connection if it still lingers, unless
         it was made with another server key: a keyed node that came back with a new key)."""
+        if peer_id is not None:
+            self._publishers[endpoint] = peer_id
         lingering = self._lingering.pop(endpoint, None)
         if lingering is not None:
             lingering.cancel()
@@ -304,6 +339,7 @@ class Subscriptions:
     def disconnect(self, endpoint: str) -> None:
         """Stop reading the PUB at `endpoint` now."""
         self._server_keys.pop(endpoint, None)
+        self._publishers.pop(endpoint, None)
         self.socket.call_soon(disconnect_op(endpoint))
 
     def disconnect_later(self, endpoint: str, closing: bool) -> None:

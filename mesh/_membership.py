@@ -380,7 +380,7 @@ class Membership:
                 self.sessions.open(record.id)
                 key, pub = record.public_key, self._addresses.pub_endpoint(record)
                 self._links.open(self.reach(record), key)
-                self._events.connect(pub, key)
+                self._events.connect(pub, key, record.id)
                 self._heartbeats.control_op(connect_op(pub, key))
                 if self._nursery is not None and not self._closing():
                     self._nursery.start_soon(self._greet, record.id)

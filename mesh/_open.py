@@ -192,7 +192,7 @@ def close_sockets(node: Node) -> None:
     node._pub.socket.close(linger=linger)  # so the goodbye still goes out
     node._links.close_all(linger)
     node._pull.close()
-    node._events.socket.close()
+    node._events.close()
     node._heartbeats.close()
     if node._members is not None:
         node._members.close()

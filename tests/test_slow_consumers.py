@@ -16,6 +16,7 @@ import trio
 
 import mesh
 from mesh import Gap, Message
+from mesh._events import connect_op, disconnect_op
 
 from . import inside
 from .conftest import peered_nodes, python_process, wait_until
@@ -268,6 +269,32 @@ async def test_events_lost_with_a_connection_are_asked_for_when_the_peer_is_gree
             # the subscription anew, and the subscription asks for what came since its newest.
             inside.forget(sub, pub)
             await sub.connect(pub.contact)
+            got = [await events.receive() for _ in range(3)]
+            assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
+            assert sub.statistics().events_repaired == 3
+
+
+async def test_events_lost_while_zeromq_reconnects_are_asked_for_once_it_has() -> None:
+    with trio.fail_after(20):
+        async with (
+            peered_nodes("pub", "sub") as (pub, sub),
+            sub.subscribe("s") as events,
+        ):
+            for i in range(3):
+                await pub.publish("s", i)
+            assert [(await events.receive()).body for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
+            # The connection to the publisher's PUB breaks (the peer stays known), what is
+            # published meanwhile is lost, and the publisher goes quiet: nothing shows the loss
+            # but the connection made again.
+            subscriptions = sub._events
+            (endpoint,) = [
+                e for e, p in subscriptions._publishers.items() if p == bytes.fromhex(pub.id)
+            ]
+            await subscriptions.socket.call_soon(disconnect_op(endpoint)).wait()
+            await wait_until(lambda: pub._publisher.subscriptions == 0, "the publisher saw it go")
+            for i in range(3, 6):
+                await pub.publish("s", i)
+            subscriptions.socket.call_soon(connect_op(endpoint))
             got = [await events.receive() for _ in range(3)]
             assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
             assert sub.statistics().events_repaired == 3
