@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from ._errors import ProtocolError
 from ._history import History
-from ._journal import framed, payloads, rewrite
+from ._journal import framed, payloads, read_whole, rewrite_and_reopen, write_all
 from ._wire import Kind, decode_published
 
 _AT: Final = struct.Struct(">d")
@@ -79,11 +79,7 @@ class HistoryFile:
         """Read the file into the history (renumbered from 1) and rewrite it with what the
         history keeps; returns, for each channel, the number of its last event kept. Raises
         `OSError`."""
-        try:
-            with open(self._path, "rb") as log:
-                events = read_events(log.read())
-        except FileNotFoundError:
-            events = []
+        events = read_events(read_whole(self._path))
         history = self._history
         last_on: dict[bytes, int] = {}
         for seq, (channel, body, size, at) in enumerate(events, 1):
@@ -103,12 +99,11 @@ class HistoryFile:
     def flush(self) -> None:
         """Write what is buffered, and compact the file if it is due."""
         if self._buffer and not self.closed:
-            data = memoryview(b"".join(self._buffer))
+            data = b"".join(self._buffer)
             self._buffer.clear()
             self._buffered = 0
             self._size += len(data)
-            while data:
-                data = data[os.write(self._fd, data) :]
+            write_all(self._fd, data)
         if self._size > max(COMPACT_BYTES, 4 * self._history.size):
             self._compact()
 
@@ -128,8 +123,4 @@ class HistoryFile:
             record(self._repack(seq, prev, channel, body), at)
             for seq, prev, channel, body, _, at in self._history.entries()
         ]
-        rewrite(self._path, records)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
-        self._size = sum(map(len, records))
+        self._fd, self._size = rewrite_and_reopen(self._path, records, self._fd)

@@ -154,20 +154,14 @@ class StateDirectory:
             except BlockingIOError:
                 raise StateDirectoryInUseError(path) from None
             log_path = os.path.join(path, LOG_NAME)
-            try:
-                with open(log_path, "rb") as log:
-                    data = log.read()
-            except FileNotFoundError:
-                data = b""
-            found, _ = read_log(data)
+            found, _ = read_log(read_whole(log_path))
             tasks = [LoggedTask(number, t.service, t.body) for number, t in enumerate(found, 1)]
             records = {task.task_id: task_record(*_fields(task)) for task in tasks}
-            rewrite(log_path, records.values())
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+            log_fd, size = rewrite_and_reopen(log_path, records.values())
         except BaseException:
             os.close(lock_fd)  # (the lock goes with it)
             raise
-        directory = cls(path, lock_fd, log_fd, sum(map(len, records.values())))
+        directory = cls(path, lock_fd, log_fd, size)
         for task_id, record in records.items():
             directory._live[task_id] = len(record)
         directory._live_bytes = directory._size
@@ -223,37 +217,54 @@ class StateDirectory:
             os.close(self._lock_fd)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._log_fd, view)
-            view = view[written:]
+        write_all(self._log_fd, data)
         self._size += len(data)
 
     def _compact(self) -> None:
         log_path = os.path.join(self.path, LOG_NAME)
-        with open(log_path, "rb") as log:
-            found, _ = read_log(log.read())
+        found, _ = read_log(read_whole(log_path))
         records = [task_record(*_fields(task)) for task in found if task.task_id in self._live]
-        rewrite(log_path, records)
-        os.close(self._log_fd)
-        self._log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-        self._size = sum(map(len, records))
+        self._log_fd, self._size = rewrite_and_reopen(log_path, records, self._log_fd)
 
 
 def _fields(task: LoggedTask) -> tuple[int, str, Any]:
     return task.task_id, task.service, task.body
 
 
-def rewrite(log_path: str, records: Iterable[bytes]) -> None:
+def read_whole(log_path: str) -> bytes:
+    """The bytes of the log at `log_path` (none if there is no such file)."""
+    try:
+        with open(log_path, "rb") as log:
+            return log.read()
+    except FileNotFoundError:
+        return b""
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (`os.write` may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def rewrite_and_reopen(log_path: str, records: Iterable[bytes], fd: int = -1) -> tuple[int, int]:
+    """`_rewrite` the log at `log_path` with `records`, close `fd` (the log as it was, open
+    for appending; -1: none) and open the new one for appending: its fd and its size."""
+    records = list(records)
+    _rewrite(log_path, records)
+    if fd >= 0:
+        os.close(fd)
+    return os.open(log_path, os.O_WRONLY | os.O_APPEND), sum(map(len, records))
+
+
+def _rewrite(log_path: str, records: Iterable[bytes]) -> None:
     """Replace the log at `log_path` with `records`, whole or not at all (a crash half way
     leaves the old log)."""
     temporary = log_path + ".new"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         for record in records:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, record)
         os.fsync(fd)
     finally:
         os.close(fd)
