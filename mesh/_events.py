@@ -82,7 +82,7 @@ class Subscriptions:
         self._ask_history = ask_history  # send a HISTORY to a peer; False if it cannot
         self._synced_seqs: dict[int, int] = {}  # by token: the SYNCED's number on its stream
         self._replays: dict[int, _Replay] = {}  # by token: HISTORY requests unanswered
-        self._repairs: dict[int, _Replay] = {}  # by token: the same, to repair a subscription
+        self._repairs: dict[int, _Repair] = {}  # by token: the same, to repair a subscription
         self._replayed = trio.lowlevel.ParkingLot()
         self._subscriptions: list[Subscription] = []
         self._channel_refs: dict[bytes, int] = {}
@@ -189,16 +189,17 @@ class Subscriptions:
         was sent to; anything else is dropped)."""
         assert envelope.meta is not None
         token, last = envelope.meta
-        replay = self._replays.get(token) or self._repairs.get(token)
-        if replay is None or replay.peer_id != envelope.sender:
-            return
-        if replay.upto is not None:  # a repair: kept whole, marks too
-            replay.items.extend(envelope.body)
-            if len(replay.items) > _MAX_REPLAYED:
-                del replay.items[: len(replay.items) - _MAX_REPLAYED]
+        repair = self._repairs.get(token)
+        if repair is not None and repair.peer_id == envelope.sender:  # kept whole, marks too
+            repair.items.extend(envelope.body)
+            if len(repair.items) > _MAX_REPLAYED:
+                del repair.items[: len(repair.items) - _MAX_REPLAYED]
             if last:
                 del self._repairs[token]
-                replay.subscription._repaired(envelope.sender.hex(), replay.upto, replay.items)
+                repair.subscription._repaired(envelope.sender.hex(), repair.upto, repair.items)
+            return
+        replay = self._replays.get(token)
+        if replay is None or replay.peer_id != envelope.sender:
             return
         sender = envelope.sender.hex()
         for item in envelope.body:
@@ -257,7 +258,7 @@ class Subscriptions:
         token = self._next_token
         self._next_token += 1
         peer_id = bytes.fromhex(sender)
-        repair = _Replay(subscription, peer_id, _MAX_REPLAYED, upto)
+        repair = _Repair(subscription, peer_id, upto)
         meta = [token, subscription.prefix, _wire.MAX_UINT64, 0, after, upto]
         if not self._ask_history(peer_id, Kind.HISTORY, meta, None):
             return False
@@ -268,7 +269,7 @@ class Subscriptions:
     async def _repair_deadline(self, token: int) -> None:
         await trio.sleep(self._sync_timeout)
         repair = self._repairs.pop(token, None)
-        if repair is not None and repair.upto is not None:
+        if repair is not None:
             repair.subscription._repaired(repair.peer_id.hex(), repair.upto, None)
 
     async def sync(self, prefixes: Iterable[str], peers: Sequence[bytes]) -> dict[bytes, int]:
@@ -429,19 +430,28 @@ class Subscriptions:
 
 
 class _Replay:
-    """A HISTORY request sent for a subscription, and what its answer brought so far: events
-    to start it with, or (a repair, up to `upto`) the answer's items as they came."""
+    """A HISTORY sent for a subscription that starts, and the events (at most `most`) its
+    answer brought so far."""
 
-    __slots__ = ("events", "items", "most", "peer_id", "subscription", "upto")
+    __slots__ = ("events", "most", "peer_id", "subscription")
 
-    def __init__(
-        self, subscription: Subscription, peer_id: bytes, most: int, upto: int | None = None
-    ) -> None:
+    def __init__(self, subscription: Subscription, peer_id: bytes, most: int) -> None:
         self.subscription = subscription
         self.peer_id = peer_id
         self.most = most
-        self.upto = upto
         self.events: list[Message] = []
+
+
+class _Repair:
+    """A HISTORY sent to repair a subscription, up to `upto`, and the items (events and marks)
+    its answer brought so far, kept whole for `Subscription._repaired`."""
+
+    __slots__ = ("items", "peer_id", "subscription", "upto")
+
+    def __init__(self, subscription: Subscription, peer_id: bytes, upto: int) -> None:
+        self.subscription = subscription
+        self.peer_id = peer_id
+        self.upto = upto
         self.items: list[tuple[Any, ...]] = []
 
 
