@@ -135,17 +135,16 @@ class Subscription(_Stream[Message | Gap]):
         return f"<Subscription {self.prefix!r} buffered={len(self._buffer)} dropped={self.dropped}>"
 
     def _taken_one(self) -> None:
-        if (self._room or self._lost or self._shedding) and len(
-            self._buffer
-        ) <= self._capacity // 2:
-            self._shedding = False
-            if self._room:
-                self._room.unpark_all()
-            if self._lost:
-                for sender, (first, last) in list(self._lost.items()):
-                    if sender not in self._repairing:
-                        del self._lost[sender]
-                        self._begin_repair(sender, first - 1, last, [])
+        if not (self._room or self._lost or self._shedding):
+            return  # (most takes: nothing waits on the reader)
+        if len(self._buffer) > self._capacity // 2:
+            return
+        self._shedding = False
+        if self._room:
+            self._room.unpark_all()
+        for sender in list(self._lost):
+            if sender not in self._repairing:
+                self._repair_lost(sender)
 
     def _full(self) -> bool:
         return len(self._buffer) + self._held >= self._capacity and not self._closed
@@ -273,6 +272,10 @@ class Subscription(_Stream[Message | Gap]):
                 self._gap(Gap(sender, verdict + 1, prev, reason, message.topic))
                 order.account(sender, message.topic, message.seq)
                 self._put(message)
+        self._repair_lost(sender)
+
+    def _repair_lost(self, sender: str) -> None:
+        """Ask for the events of `sender` dropped here (or said dropped upstream), if any."""
         lost = self._lost.pop(sender, None)
         if lost is not None:
             self._begin_repair(sender, lost[0] - 1, lost[1], [])
