@@ -4,10 +4,7 @@ keep their pushed tasks across a close, and across a SIGKILL of their process.""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import mesh
 from mesh import _journal
 from mesh._journal import LoggedTask, StateDirectory, read_log, settled_record, task_record
 
-from .conftest import peered_nodes
+from .conftest import ack_all, peered_nodes, python_process
 
 # -- the log, pure ------------------------------------------------------------------------------
 
@@ -119,13 +116,7 @@ async def test_tasks_pushed_with_no_worker_wait_in_the_directory_for_one(tmp_pat
             trio.open_nursery() as nursery,
         ):
             done: list[int] = []
-
-            async def work() -> None:
-                async for task in tasks:
-                    async with task:
-                        done.append(task.body)
-
-            nursery.start_soon(work)
+            nursery.start_soon(ack_all, tasks, done)
             await producer.wait_settled()
             assert sorted(done) == list(range(20))
             await producer.push("job", 20)  # a new task, numbered after the recovered ones
@@ -189,36 +180,17 @@ PRODUCER = textwrap.dedent(
 )
 
 
-def start_producer(state: Path, count: int, seed: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, str(state), str(count), seed],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
 async def read_line(process: subprocess.Popen[str]) -> str:
     assert process.stdout is not None
     return (await trio.to_thread.run_sync(process.stdout.readline)).strip()
 
 
-def kill(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.stdout is not None
-    process.stdout.close()
-
-
 async def test_a_producer_killed_with_no_worker_up_loses_nothing(tmp_path: Path) -> None:
     total = 1000
-    producer = start_producer(tmp_path, total)
-    try:
-        with trio.fail_after(30):
-            assert (await read_line(producer)).startswith("open ")
-            assert await read_line(producer) == "pushed"
-    finally:
-        kill(producer)
+    # (Leaving the block SIGKILLs the producer.)
+    with python_process(PRODUCER, str(tmp_path), str(total), "") as producer, trio.fail_after(30):
+        assert (await read_line(producer)).startswith("open ")
+        assert await read_line(producer) == "pushed"
     # Restarted, in this process, with a worker up now: every task is done.
     with trio.fail_after(30):
         async with (
@@ -227,17 +199,11 @@ async def test_a_producer_killed_with_no_worker_up_loses_nothing(tmp_path: Path)
             worker.work("job") as tasks,
             trio.open_nursery() as nursery,
         ):
-            done: set[int] = set()
-
-            async def work() -> None:
-                async for task in tasks:
-                    async with task:
-                        done.add(task.body)
-
-            nursery.start_soon(work)
+            done: list[int] = []
+            nursery.start_soon(ack_all, tasks, done)
             await restarted.wait_settled()
             nursery.cancel_scope.cancel()
-    assert done == set(range(total))
+    assert set(done) == set(range(total))
 
 
 async def test_a_producer_killed_mid_stream_loses_nothing(tmp_path: Path) -> None:
@@ -258,12 +224,11 @@ async def test_a_producer_killed_mid_stream_loses_nothing(tmp_path: Path) -> Non
                         await trio.sleep(0.0005)  # a worker slower than its producer
 
             nursery.start_soon(work)
-            producer = start_producer(tmp_path, total, worker.contact)
-            try:
+            # Leaving the block SIGKILLs the producer: mid-stream, some tasks done, some in
+            # flight, some not yet sent.
+            with python_process(PRODUCER, str(tmp_path), str(total), worker.contact) as producer:
                 assert (await read_line(producer)).startswith("open ")
                 assert await read_line(producer) == "pushed"  # every push returned
-            finally:
-                kill(producer)  # mid-stream: some done, some in flight, some not yet sent
             killed_with = len(done)
             async with mesh.open_node(
                 "producer", discovery="static", state_dir=tmp_path, seeds=[worker.contact]
