@@ -9,7 +9,7 @@ import functools
 import os
 import signal
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -248,30 +248,48 @@ async def publish_past_a_stop(
     return got[0], pauses
 
 
+async def lose_a_quiet_tail(
+    pub: mesh.Node,
+    sub: mesh.Node,
+    events: mesh.Subscription,
+    lose: Callable[[], Awaitable[None]],
+    find: Callable[[], Awaitable[None]],
+) -> None:
+    """Three events reach `events`; `lose` breaks the way to it, three more are published and
+    lost, and the publisher goes quiet: nothing after them shows the loss. Once `find` has
+    mended the way, the subscription must get the three from the publisher's history."""
+    for i in range(3):
+        await pub.publish("s", i)
+    assert [(await events.receive()).body for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
+    await lose()
+    for i in range(3, 6):
+        await pub.publish("s", i)
+    await find()
+    got = [await events.receive() for _ in range(3)]
+    assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
+    assert sub.statistics().events_repaired == 3
+
+
 async def test_events_lost_with_a_connection_are_asked_for_when_the_peer_is_greeted_again() -> None:
     with trio.fail_after(20):
         async with (
             peered_nodes("pub", "sub") as (pub, sub),
             sub.subscribe("s") as events,
         ):
-            for i in range(3):
-                await pub.publish("s", i)
-            assert [(await events.receive()).body for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
-            # The connection breaks: what is published meanwhile never arrives, and nothing
-            # after it shows the loss (the publisher goes quiet).
             deliver = events._deliver
-            events._deliver = lambda message, prev=0: True  # type: ignore[method-assign]
-            for i in range(3, 6):
-                await pub.publish("s", i)
-            await wait_until(lambda: sub.statistics().events_received == 6, "the lost three")
-            events._deliver = deliver  # type: ignore[method-assign]
-            # The peer is forgotten and found again (a partition healed): greeting it confirms
-            # the subscription anew, and the subscription asks for what came since its newest.
-            inside.forget(sub, pub)
-            await sub.connect(pub.contact)
-            got = [await events.receive() for _ in range(3)]
-            assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
-            assert sub.statistics().events_repaired == 3
+
+            async def lose() -> None:  # what arrives is not delivered: as if never sent
+                events._deliver = lambda message, prev=0: True  # type: ignore[method-assign]
+
+            async def find() -> None:
+                # The peer is forgotten and found again (a partition healed): greeting it
+                # confirms the subscription anew, which asks for what came since its newest.
+                await wait_until(lambda: sub.statistics().events_received == 6, "the lost three")
+                events._deliver = deliver  # type: ignore[method-assign]
+                inside.forget(sub, pub)
+                await sub.connect(pub.contact)
+
+            await lose_a_quiet_tail(pub, sub, events, lose, find)
 
 
 async def test_events_lost_while_zeromq_reconnects_are_asked_for_once_it_has() -> None:
@@ -280,21 +298,18 @@ async def test_events_lost_while_zeromq_reconnects_are_asked_for_once_it_has() -
             peered_nodes("pub", "sub") as (pub, sub),
             sub.subscribe("s") as events,
         ):
-            for i in range(3):
-                await pub.publish("s", i)
-            assert [(await events.receive()).body for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
-            # The connection to the publisher's PUB breaks (the peer stays known), what is
-            # published meanwhile is lost, and the publisher goes quiet: nothing shows the loss
-            # but the connection made again.
+            # The connection to the publisher's PUB breaks while the peer stays known; only
+            # the connection made again can show the loss.
             subscriptions = sub._events
             (endpoint,) = [
                 e for e, p in subscriptions._publishers.items() if p == bytes.fromhex(pub.id)
             ]
-            await subscriptions.socket.call_soon(disconnect_op(endpoint)).wait()
-            await wait_until(lambda: pub._publisher.subscriptions == 0, "the publisher saw it go")
-            for i in range(3, 6):
-                await pub.publish("s", i)
-            subscriptions.socket.call_soon(connect_op(endpoint))
-            got = [await events.receive() for _ in range(3)]
-            assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
-            assert sub.statistics().events_repaired == 3
+
+            async def lose() -> None:
+                await subscriptions.socket.call_soon(disconnect_op(endpoint)).wait()
+                await wait_until(lambda: pub._publisher.subscriptions == 0, "the publisher saw")
+
+            async def find() -> None:
+                subscriptions.socket.call_soon(connect_op(endpoint))
+
+            await lose_a_quiet_tail(pub, sub, events, lose, find)
