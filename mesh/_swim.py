@@ -17,6 +17,8 @@ Rules:
   each probe that failed without the relays saying so (nacks missing) and each time this node
   had to refute a suspicion of itself, shrinks with each probe answered, and stretches this
   node's probe period by its factor: a node that is slow itself suspects others less.
+* Claims about members (ALIVE, SUSPECT, DEAD) are ordered by each member's incarnation, which
+  only the member raises: `Roster` takes what is news and refutes what is said of this node.
 * What a node learns (joins, leaves, suspicions, deaths, refutations) is piggybacked on the
   probes and answers it sends anyway (`Broadcasts`): each item goes out `retransmits(n)` times
   (`mult * ceil(log10(n + 1))`), those sent least first, within a datagram's budget; a newer
@@ -25,10 +27,11 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections.abc import Callable, Hashable
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -176,3 +179,125 @@ class Broadcasts(Generic[K]):
             else:
                 entry[0] = sent
         return chosen
+
+
+class State(enum.Enum):
+    """What a member is, as this node knows it."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+class Claim(NamedTuple):
+    """What `Roster` decided about a claim it was given: the member's state and incarnation
+    now, and whether the claim is news to pass on (piggybacked). `refute`: the claim was about
+    this node, which answers with ALIVE at the incarnation given (passed on too)."""
+
+    state: State
+    incarnation: int
+    news: bool
+    refute: bool = False
+
+
+class _Member:
+    __slots__ = ("confirmed", "incarnation", "since", "state")
+
+    def __init__(self, state: State, incarnation: int, since: float) -> None:
+        self.state = state
+        self.incarnation = incarnation
+        self.since = since  # when it took this state
+        self.confirmed: set[Hashable] = set()  # (suspect) members that suspect it too
+
+
+class Roster(Generic[K]):
+    """What this node knows of each member, from the claims gossip brings (SWIM's ordering):
+
+    * every claim carries the member's *incarnation*, a number only the member itself raises;
+    * ALIVE is taken only with a higher incarnation than known (or for a member not known: a
+      join); SUSPECT and DEAD with one at least as high: so at the same incarnation, dead beats
+      suspect beats alive, and only the member can overturn a suspicion, by raising it;
+    * a claim that this node is suspect or dead is refuted: its incarnation goes past the
+      claim's and it says ALIVE (and its health counts one more trouble, `Awareness`);
+    * a suspicion is confirmed by each other member that suspects it too (fewer seconds to a
+      death, `suspicion_timeout`), and becomes a death when its time is up (`expired`);
+    * DEAD from the member itself is LEFT (a goodbye).
+    """
+
+    def __init__(self, me: K) -> None:
+        self.me = me
+        self.incarnation = 1  # this node's own
+        self._members: dict[K, _Member] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def state(self, member: K) -> State | None:
+        """What `member` is (None: not known)."""
+        known = self._members.get(member)
+        return None if known is None else known.state
+
+    def alive(self, member: K, incarnation: int, now: float) -> Claim | None:
+        """ALIVE `member` at `incarnation`; None if it is old news."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation > self.incarnation else None
+        known = self._members.get(member)
+        if known is not None and incarnation <= known.incarnation:
+            return None
+        self._members[member] = _Member(State.ALIVE, incarnation, now)
+        return Claim(State.ALIVE, incarnation, news=True)
+
+    def suspect(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
+        """SUSPECT `member` at `incarnation`, as `accuser` says; None if it is old news. A
+        suspicion already held is confirmed by a new accuser (news, to pass on, only then)."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation >= self.incarnation else None
+        known = self._members.get(member)
+        if known is None or incarnation < known.incarnation:
+            return None
+        if known.state is State.SUSPECT:
+            if accuser == self.me or accuser in known.confirmed or incarnation > known.incarnation:
+                return None
+            known.confirmed.add(accuser)
+            return Claim(State.SUSPECT, known.incarnation, news=True)
+        if known.state is not State.ALIVE:
+            return None
+        known.state, known.incarnation, known.since = State.SUSPECT, incarnation, now
+        known.confirmed = set()
+        return Claim(State.SUSPECT, incarnation, news=True)
+
+    def dead(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
+        """DEAD `member` at `incarnation`, as `accuser` says (itself: LEFT); None if old news."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation >= self.incarnation else None
+        known = self._members.get(member)
+        if known is None or incarnation < known.incarnation:
+            return None
+        if known.state in (State.DEAD, State.LEFT):
+            return None
+        state = State.LEFT if accuser == member else State.DEAD
+        known.state, known.incarnation, known.since = state, incarnation, now
+        return Claim(state, incarnation, news=True)
+
+    def expired(self, now: float, period: float, needed: int = 2) -> list[K]:
+        """The suspects whose time is up (`suspicion_timeout` with their confirmations, for the
+        members known now): they are DEAD now, at the incarnation suspected; this node passes
+        that on."""
+        members = len(self._members) + 1
+        dead = []
+        for member, known in self._members.items():
+            if known.state is State.SUSPECT:
+                timeout = suspicion_timeout(members, period, len(known.confirmed), needed=needed)
+                if now - known.since >= timeout:
+                    known.state, known.since = State.DEAD, now
+                    dead.append(member)
+        return dead
+
+    def forget(self, member: K) -> None:
+        """Remove a member for good (dead or left long enough)."""
+        self._members.pop(member, None)
+
+    def _refute(self, accused: int) -> Claim:
+        self.incarnation = max(self.incarnation + 1, accused + 1)
+        return Claim(State.ALIVE, self.incarnation, news=True, refute=True)

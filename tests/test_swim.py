@@ -8,7 +8,16 @@ import random
 
 import pytest
 
-from mesh._swim import Awareness, Broadcasts, ProbeOrder, retransmits, suspicion_timeout
+from mesh._swim import (
+    Awareness,
+    Broadcasts,
+    Claim,
+    ProbeOrder,
+    Roster,
+    State,
+    retransmits,
+    suspicion_timeout,
+)
 
 
 def test_suspicion_lasts_from_six_times_the_least_down_to_it_with_confirmations() -> None:
@@ -109,3 +118,71 @@ def test_a_full_queue_drops_the_item_sent_most() -> None:
     queue.add(2, b"two")
     queue.add(3, b"three")  # past two: "one", sent most, goes
     assert sorted(queue.take(budget=100, members=5)) == [b"three", b"two"]
+
+
+# -- the roster: incarnations, suspicions, refutations ------------------------------------------
+
+
+def test_alive_needs_a_higher_incarnation_and_a_first_one_is_a_join() -> None:
+    roster: Roster[str] = Roster("me")
+    assert roster.alive("a", 1, now=0.0) == Claim(State.ALIVE, 1, news=True)
+    assert roster.alive("a", 1, now=1.0) is None  # old news
+    assert roster.alive("a", 2, now=1.0) == Claim(State.ALIVE, 2, news=True)
+    assert roster.state("a") is State.ALIVE
+    assert roster.state("b") is None
+
+
+def test_at_one_incarnation_dead_beats_suspect_beats_alive() -> None:
+    roster: Roster[str] = Roster("me")
+    roster.alive("a", 3, now=0.0)
+    assert roster.suspect("a", 2, "b", now=1.0) is None  # older
+    assert roster.suspect("a", 3, "b", now=1.0) == Claim(State.SUSPECT, 3, news=True)
+    assert roster.alive("a", 3, now=2.0) is None  # only the member overturns it, higher
+    assert roster.dead("a", 3, "b", now=2.0) == Claim(State.DEAD, 3, news=True)
+    assert roster.suspect("a", 3, "c", now=3.0) is None
+    assert roster.alive("a", 4, now=4.0) == Claim(State.ALIVE, 4, news=True)  # it came back
+
+
+def test_a_suspicion_is_confirmed_once_by_each_other_accuser() -> None:
+    roster: Roster[str] = Roster("me")
+    roster.alive("a", 1, now=0.0)
+    roster.suspect("a", 1, "me", now=0.0)
+    assert roster.suspect("a", 1, "b", now=0.5) == Claim(State.SUSPECT, 1, news=True)
+    assert roster.suspect("a", 1, "b", now=0.6) is None  # b again
+    assert roster.suspect("a", 1, "me", now=0.6) is None
+
+
+def test_claims_about_this_node_are_refuted_past_their_incarnation() -> None:
+    roster: Roster[str] = Roster("me")
+    assert roster.suspect("me", 1, "b", now=0.0) == Claim(State.ALIVE, 2, news=True, refute=True)
+    assert roster.suspect("me", 1, "c", now=0.0) is None  # older than what it says now
+    assert roster.dead("me", 7, "c", now=0.0) == Claim(State.ALIVE, 8, news=True, refute=True)
+    assert roster.alive("me", 8, now=0.0) is None  # its own, as it says it
+    assert roster.alive("me", 9, now=0.0) == Claim(State.ALIVE, 10, news=True, refute=True)
+    assert roster.incarnation == 10
+
+
+def test_dead_from_the_member_itself_is_a_goodbye() -> None:
+    roster: Roster[str] = Roster("me")
+    roster.alive("a", 1, now=0.0)
+    assert roster.dead("a", 1, "a", now=1.0) == Claim(State.LEFT, 1, news=True)
+    assert roster.dead("a", 1, "b", now=1.0) is None
+    roster.forget("a")
+    assert roster.state("a") is None
+    assert roster.dead("a", 1, "b", now=2.0) is None  # not known
+
+
+def test_a_suspicion_expires_sooner_with_confirmations() -> None:
+    roster: Roster[str] = Roster("me")
+    for member in "ab":
+        roster.alive(member, 1, now=0.0)
+        roster.suspect(member, 1, "me", now=0.0)
+    roster.suspect("b", 1, "x", now=0.0)
+    roster.suspect("b", 1, "y", now=0.0)
+    # Three members known (and this node): the least is 4 periods, the most 24.
+    assert roster.expired(now=3.9, period=1.0) == []
+    assert roster.expired(now=4.0, period=1.0) == ["b"]  # confirmed twice: the least
+    assert roster.expired(now=23.9, period=1.0) == []
+    assert roster.expired(now=24.0, period=1.0) == ["a"]
+    assert roster.state("a") is State.DEAD
+    assert roster.expired(now=100.0, period=1.0) == []
