@@ -111,6 +111,7 @@ PURE_CORES = (
     "mesh._history",
     "mesh._gaps",
     "mesh._batches",
+    "mesh._swim",
     "mesh._names",
     "mesh._detector",
     "mesh._heartbeat",

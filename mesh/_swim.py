@@ -1,0 +1,303 @@
+"""Membership at a cost per node that does not grow with the mesh: SWIM with Lifeguard's local
+health, as hashicorp/memberlist does it. The pieces a prober and a gossiper ask. Pure: no IO, no
+clock (times are passed in), randomness from a `random.Random` passed in.
+
+Rules:
+
+* Each period a node probes one member, in a shuffled round robin (`ProbeOrder`): every member
+  is probed once a round, and a round's order is new each time, so a failed member is probed
+  within two rounds whatever its place. A member that joins goes to a random place, not the
+  end (where it would wait a whole round more).
+* A probe unanswered in time is repeated through `k` other members (indirect probes); one that
+  none of them gets an answer to makes the member *suspect*. A suspicion becomes a death after
+  `suspicion_timeout`: long (`max_mult` times the least) while this node alone suspects it,
+  shorter with each other member that independently says it suspects it too, down to the least,
+  `mult * max(1, log10(n))` probe periods, once `confirmations` have come.
+* `Awareness` is this node's own health (Lifeguard's local health multiplier): it grows with
+  each probe that failed without the relays saying so (nacks missing) and each time this node
+  had to refute a suspicion of itself, shrinks with each probe answered, and stretches this
+  node's probe period by its factor: a node that is slow itself suspects others less.
+* Claims about members (ALIVE, SUSPECT, DEAD) are ordered by each member's incarnation, which
+  only the member raises: `Roster` takes what is news and refutes what is said of this node.
+* What a node learns (joins, leaves, suspicions, deaths, refutations) is piggybacked on the
+  probes and answers it sends anyway (`Broadcasts`): each item goes out `retransmits(n)` times
+  (`mult * ceil(log10(n + 1))`), those sent least first, within a datagram's budget; a newer
+  item about the same member replaces the older one unsent.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Callable, Hashable
+from typing import Final, Generic, NamedTuple, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+#: memberlist's LAN defaults (config.go: DefaultLANConfig).
+SUSPICION_MULT: Final = 4
+SUSPICION_MAX_MULT: Final = 6
+RETRANSMIT_MULT: Final = 4
+AWARENESS_MAX: Final = 8
+
+
+def suspicion_timeout(
+    members: int,
+    period: float,
+    confirmations: int,
+    *,
+    needed: int = 2,
+    mult: int = SUSPICION_MULT,
+    max_mult: int = SUSPICION_MAX_MULT,
+) -> float:
+    """Seconds from a suspicion to a death, for a mesh of `members` (this node included) probed
+    every `period` seconds, with `confirmations` other members suspecting it independently:
+    from `max_mult` times the least (none) down to the least, ``mult * max(1, log10(members)) *
+    period``, once `needed` have come, on a logarithmic curve (Lifeguard)."""
+    least = mult * max(1.0, math.log10(max(members, 1))) * period
+    most = max_mult * least
+    if needed <= 0 or confirmations >= needed:
+        return least
+    fraction = math.log(confirmations + 1) / math.log(needed + 1)
+    return max(least, most - (most - least) * fraction)
+
+
+def retransmits(members: int, mult: int = RETRANSMIT_MULT) -> int:
+    """How many times an item is piggybacked in a mesh of `members`: enough that it reaches
+    every member with high probability, growing with log10 of the mesh only."""
+    return mult * math.ceil(math.log10(members + 1))
+
+
+class ProbeOrder(Generic[K]):
+    """Whom to probe next: a shuffled round robin over the members (module rules)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._order: list[K] = []
+        self._index = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._order
+
+    def add(self, member: K) -> None:
+        """A member joined: it goes to a random place of the round (nothing if known)."""
+        if member in self._order:
+            return
+        place = self._rng.randrange(len(self._order) + 1)
+        self._order.insert(place, member)
+        if place < self._index:
+            self._index += 1  # (the ones already probed this round stay behind)
+
+    def remove(self, member: K) -> None:
+        """A member is gone (nothing if not known)."""
+        try:
+            place = self._order.index(member)
+        except ValueError:
+            return
+        del self._order[place]
+        if place < self._index:
+            self._index -= 1
+
+    def next(self, skip: Callable[[K], bool] = lambda member: False) -> K | None:
+        """The next member to probe, passing over those `skip` names (dead ones, say); None
+        when it names them all. A round that ends is shuffled anew."""
+        # (The rest of this round, then a whole new one: every member is looked at once.)
+        for _ in range(max(0, len(self._order) - self._index) + len(self._order)):
+            if self._index >= len(self._order):
+                self._rng.shuffle(self._order)
+                self._index = 0
+            member = self._order[self._index]
+            self._index += 1
+            if not skip(member):
+                return member
+        return None
+
+
+class Awareness:
+    """This node's own health, 0 (healthy) to `most` - 1 (module rules)."""
+
+    def __init__(self, most: int = AWARENESS_MAX) -> None:
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        self._most = most
+        self.score = 0
+
+    def apply(self, delta: int) -> None:
+        """Add `delta` (a probe answered: -1; failed with nacks missing: +1 each; refuting a
+        suspicion of this node: +1), kept within 0 .. most - 1."""
+        self.score = min(self._most - 1, max(0, self.score + delta))
+
+    def scale(self, seconds: float) -> float:
+        """`seconds` stretched by this node's health: times score + 1."""
+        return seconds * (self.score + 1)
+
+
+class Broadcasts(Generic[K]):
+    """What this node tells the members it talks to anyway, piggybacked (module rules). Items
+    are keyed by the member they are about: a newer item replaces the older, unsent."""
+
+    def __init__(self, most: int = 1024) -> None:
+        self._most = most
+        self._items: dict[K, list[int | bytes]] = {}  # key -> [times sent, order added, item]
+        self._added = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, key: K, item: bytes) -> None:
+        """Queue `item` about `key`, replacing anything queued about it. Past `most` items, the
+        one sent most (the oldest among those) is dropped."""
+        self._items.pop(key, None)
+        self._added += 1
+        self._items[key] = [0, self._added, item]
+        if len(self._items) > self._most:
+            worst = max(self._items, key=lambda k: (self._items[k][0], -int(self._items[k][1])))
+            del self._items[worst]
+
+    def take(self, budget: int, members: int, overhead: int = 0) -> list[bytes]:
+        """Items to piggyback on one message with `budget` bytes to spare: those sent least
+        first (the newest among equals), each costing its size plus `overhead`; each taken is
+        counted sent, and dropped once sent `retransmits(members)` times."""
+        limit = retransmits(members)
+        chosen: list[bytes] = []
+        for key in sorted(self._items, key=lambda k: (self._items[k][0], -int(self._items[k][1]))):
+            entry = self._items[key]
+            item = entry[2]
+            assert isinstance(item, bytes)
+            cost = len(item) + overhead
+            if cost > budget:
+                continue
+            budget -= cost
+            chosen.append(item)
+            sent = int(entry[0]) + 1
+            if sent >= limit:
+                del self._items[key]
+            else:
+                entry[0] = sent
+        return chosen
+
+
+class State(enum.Enum):
+    """What a member is, as this node knows it."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+class Claim(NamedTuple):
+    """What `Roster` decided about a claim it was given: the member's state and incarnation
+    now, and whether the claim is news to pass on (piggybacked). `refute`: the claim was about
+    this node, which answers with ALIVE at the incarnation given (passed on too)."""
+
+    state: State
+    incarnation: int
+    news: bool
+    refute: bool = False
+
+
+class _Member:
+    __slots__ = ("confirmed", "incarnation", "since", "state")
+
+    def __init__(self, state: State, incarnation: int, since: float) -> None:
+        self.state = state
+        self.incarnation = incarnation
+        self.since = since  # when it took this state
+        self.confirmed: set[Hashable] = set()  # (suspect) members that suspect it too
+
+
+class Roster(Generic[K]):
+    """What this node knows of each member, from the claims gossip brings (SWIM's ordering):
+
+    * every claim carries the member's *incarnation*, a number only the member itself raises;
+    * ALIVE is taken only with a higher incarnation than known (or for a member not known: a
+      join); SUSPECT and DEAD with one at least as high: so at the same incarnation, dead beats
+      suspect beats alive, and only the member can overturn a suspicion, by raising it;
+    * a claim that this node is suspect or dead is refuted: its incarnation goes past the
+      claim's and it says ALIVE (and its health counts one more trouble, `Awareness`);
+    * a suspicion is confirmed by each other member that suspects it too (fewer seconds to a
+      death, `suspicion_timeout`), and becomes a death when its time is up (`expired`);
+    * DEAD from the member itself is LEFT (a goodbye).
+    """
+
+    def __init__(self, me: K) -> None:
+        self.me = me
+        self.incarnation = 1  # this node's own
+        self._members: dict[K, _Member] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def state(self, member: K) -> State | None:
+        """What `member` is (None: not known)."""
+        known = self._members.get(member)
+        return None if known is None else known.state
+
+    def alive(self, member: K, incarnation: int, now: float) -> Claim | None:
+        """ALIVE `member` at `incarnation`; None if it is old news."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation > self.incarnation else None
+        known = self._members.get(member)
+        if known is not None and incarnation <= known.incarnation:
+            return None
+        self._members[member] = _Member(State.ALIVE, incarnation, now)
+        return Claim(State.ALIVE, incarnation, news=True)
+
+    def suspect(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
+        """SUSPECT `member` at `incarnation`, as `accuser` says; None if it is old news. A
+        suspicion already held is confirmed by a new accuser (news, to pass on, only then)."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation >= self.incarnation else None
+        known = self._members.get(member)
+        if known is None or incarnation < known.incarnation:
+            return None
+        if known.state is State.SUSPECT:
+            if accuser == self.me or accuser in known.confirmed or incarnation > known.incarnation:
+                return None
+            known.confirmed.add(accuser)
+            return Claim(State.SUSPECT, known.incarnation, news=True)
+        if known.state is not State.ALIVE:
+            return None
+        known.state, known.incarnation, known.since = State.SUSPECT, incarnation, now
+        known.confirmed = set()
+        return Claim(State.SUSPECT, incarnation, news=True)
+
+    def dead(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
+        """DEAD `member` at `incarnation`, as `accuser` says (itself: LEFT); None if old news."""
+        if member == self.me:
+            return self._refute(incarnation) if incarnation >= self.incarnation else None
+        known = self._members.get(member)
+        if known is None or incarnation < known.incarnation:
+            return None
+        if known.state in (State.DEAD, State.LEFT):
+            return None
+        state = State.LEFT if accuser == member else State.DEAD
+        known.state, known.incarnation, known.since = state, incarnation, now
+        return Claim(state, incarnation, news=True)
+
+    def expired(self, now: float, period: float, needed: int = 2) -> list[K]:
+        """The suspects whose time is up (`suspicion_timeout` with their confirmations, for the
+        members known now): they are DEAD now, at the incarnation suspected; this node passes
+        that on."""
+        members = len(self._members) + 1
+        dead = []
+        for member, known in self._members.items():
+            if known.state is State.SUSPECT:
+                timeout = suspicion_timeout(members, period, len(known.confirmed), needed=needed)
+                if now - known.since >= timeout:
+                    known.state, known.since = State.DEAD, now
+                    dead.append(member)
+        return dead
+
+    def forget(self, member: K) -> None:
+        """Remove a member for good (dead or left long enough)."""
+        self._members.pop(member, None)
+
+    def _refute(self, accused: int) -> Claim:
+        self.incarnation = max(self.incarnation + 1, accused + 1)
+        return Claim(State.ALIVE, self.incarnation, news=True, refute=True)
