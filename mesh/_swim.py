@@ -34,6 +34,7 @@ from collections.abc import Callable, Hashable
 from typing import Final, Generic, NamedTuple, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 #: memberlist's LAN defaults (config.go: DefaultLANConfig).
 SUSPICION_MULT: Final = 4
@@ -117,6 +118,25 @@ class ProbeOrder(Generic[K]):
         return None
 
 
+    def sample(self, count: int, skip: Callable[[K], bool]) -> list[K]:
+        """Up to `count` different members at random, none that `skip` names: from a shuffled
+        copy in a small mesh, else by `3 * count` random draws (memberlist's way: it may then
+        return fewer)."""
+        order = self._order
+        if len(order) <= 3 * count:
+            pool = [member for member in order if not skip(member)]
+            self._rng.shuffle(pool)
+            return pool[:count]
+        chosen: list[K] = []
+        for _ in range(3 * count):
+            member = order[self._rng.randrange(len(order))]
+            if member not in chosen and not skip(member):
+                chosen.append(member)
+                if len(chosen) == count:
+                    break
+        return chosen
+
+
 class Awareness:
     """This node's own health, 0 (healthy) to `most` - 1 (module rules)."""
 
@@ -136,49 +156,61 @@ class Awareness:
         return seconds * (self.score + 1)
 
 
-class Broadcasts(Generic[K]):
+class Broadcasts(Generic[K, T]):
     """What this node tells the members it talks to anyway, piggybacked (module rules). Items
     are keyed by the member they are about: a newer item replaces the older, unsent."""
 
     def __init__(self, most: int = 1024) -> None:
         self._most = most
-        self._items: dict[K, list[int | bytes]] = {}  # key -> [times sent, order added, item]
+        self._items: dict[K, _Queued[T]] = {}
         self._added = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, key: K, item: bytes) -> None:
-        """Queue `item` about `key`, replacing anything queued about it. Past `most` items, the
-        one sent most (the oldest among those) is dropped."""
+    def add(self, key: K, item: T, size: int = 1) -> None:
+        """Queue `item` about `key`, costing `size` of a message's budget, replacing anything
+        queued about it. Past `most` items, the one sent most (the oldest among those) goes."""
         self._items.pop(key, None)
         self._added += 1
-        self._items[key] = [0, self._added, item]
+        self._items[key] = _Queued(0, self._added, item, size)
         if len(self._items) > self._most:
-            worst = max(self._items, key=lambda k: (self._items[k][0], -int(self._items[k][1])))
+            worst = max(self._items, key=lambda k: self._items[k].rank())
             del self._items[worst]
 
-    def take(self, budget: int, members: int, overhead: int = 0) -> list[bytes]:
-        """Items to piggyback on one message with `budget` bytes to spare: those sent least
-        first (the newest among equals), each costing its size plus `overhead`; each taken is
-        counted sent, and dropped once sent `retransmits(members)` times."""
+    def take(self, budget: int, members: int, overhead: int = 0) -> list[T]:
+        """Items to piggyback on one message with `budget` to spare: those sent least first
+        (the newest among equals), each costing its size plus `overhead`; each taken is counted
+        sent, and dropped once sent `retransmits(members)` times."""
+        if not self._items:
+            return []
         limit = retransmits(members)
-        chosen: list[bytes] = []
-        for key in sorted(self._items, key=lambda k: (self._items[k][0], -int(self._items[k][1]))):
-            entry = self._items[key]
-            item = entry[2]
-            assert isinstance(item, bytes)
-            cost = len(item) + overhead
+        chosen: list[T] = []
+        for key in sorted(self._items, key=lambda k: self._items[k].rank()):
+            queued = self._items[key]
+            cost = queued.size + overhead
             if cost > budget:
                 continue
             budget -= cost
-            chosen.append(item)
-            sent = int(entry[0]) + 1
-            if sent >= limit:
+            chosen.append(queued.item)
+            queued.sent += 1
+            if queued.sent >= limit:
                 del self._items[key]
-            else:
-                entry[0] = sent
         return chosen
+
+
+class _Queued(Generic[T]):
+    __slots__ = ("added", "item", "sent", "size")
+
+    def __init__(self, sent: int, added: int, item: T, size: int) -> None:
+        self.sent = sent
+        self.added = added
+        self.item = item
+        self.size = size
+
+    def rank(self) -> tuple[int, int]:
+        """Sent least first, then newest first."""
+        return (self.sent, -self.added)
 
 
 class State(enum.Enum):
@@ -229,6 +261,7 @@ class Roster(Generic[K]):
         self.me = me
         self.incarnation = 1  # this node's own
         self._members: dict[K, _Member] = {}
+        self._suspects: set[K] = set()  # (what `expired` looks at)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -246,6 +279,7 @@ class Roster(Generic[K]):
         if known is not None and incarnation <= known.incarnation:
             return None
         self._members[member] = _Member(State.ALIVE, incarnation, now)
+        self._suspects.discard(member)
         return Claim(State.ALIVE, incarnation, news=True)
 
     def suspect(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
@@ -265,6 +299,7 @@ class Roster(Generic[K]):
             return None
         known.state, known.incarnation, known.since = State.SUSPECT, incarnation, now
         known.confirmed = set()
+        self._suspects.add(member)
         return Claim(State.SUSPECT, incarnation, news=True)
 
     def dead(self, member: K, incarnation: int, accuser: K, now: float) -> Claim | None:
@@ -278,25 +313,52 @@ class Roster(Generic[K]):
             return None
         state = State.LEFT if accuser == member else State.DEAD
         known.state, known.incarnation, known.since = state, incarnation, now
+        self._suspects.discard(member)
         return Claim(state, incarnation, news=True)
 
     def expired(self, now: float, period: float, needed: int = 2) -> list[K]:
         """The suspects whose time is up (`suspicion_timeout` with their confirmations, for the
         members known now): they are DEAD now, at the incarnation suspected; this node passes
         that on."""
-        members = len(self._members) + 1
         dead = []
-        for member, known in self._members.items():
-            if known.state is State.SUSPECT:
-                timeout = suspicion_timeout(members, period, len(known.confirmed), needed=needed)
-                if now - known.since >= timeout:
-                    known.state, known.since = State.DEAD, now
-                    dead.append(member)
+        for member in sorted(self._suspects, key=lambda m: self._members[m].since):
+            if now >= self._expiry(member, period, needed):
+                known = self._members[member]
+                known.state, known.since = State.DEAD, now
+                self._suspects.discard(member)
+                dead.append(member)
         return dead
+
+    def next_expiry(self, period: float, needed: int = 2) -> float:
+        """When the first suspicion held now expires (inf: none is held)."""
+        return min((self._expiry(m, period, needed) for m in self._suspects), default=math.inf)
+
+    def _expiry(self, member: K, period: float, needed: int) -> float:
+        known = self._members[member]
+        members = len(self._members) + 1
+        return known.since + suspicion_timeout(
+            members, period, len(known.confirmed), needed=needed
+        )
+
+    def rejoined(self, member: K, now: float) -> None:
+        """`member` is known alive again by other means than gossip (it greeted this node
+        anew): ALIVE at the incarnation known, or at 0 if it is new."""
+        known = self._members.get(member)
+        if known is None:
+            self._members[member] = _Member(State.ALIVE, 0, now)
+        elif known.state is not State.ALIVE:
+            known.state, known.since = State.ALIVE, now
+            self._suspects.discard(member)
+
+    def incarnation_of(self, member: K) -> int:
+        """The incarnation known of `member` (0 if not known)."""
+        known = self._members.get(member)
+        return 0 if known is None else known.incarnation
 
     def forget(self, member: K) -> None:
         """Remove a member for good (dead or left long enough)."""
         self._members.pop(member, None)
+        self._suspects.discard(member)
 
     def _refute(self, accused: int) -> Claim:
         self.incarnation = max(self.incarnation + 1, accused + 1)

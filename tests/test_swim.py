@@ -88,10 +88,10 @@ def test_awareness_stays_within_its_bounds_and_scales_timeouts() -> None:
 
 
 def test_broadcasts_go_least_sent_first_within_the_budget_until_sent_enough() -> None:
-    queue: Broadcasts[str] = Broadcasts()
-    queue.add("a", b"A" * 10)
-    queue.add("b", b"B" * 10)
-    queue.add("c", b"C" * 30)
+    queue: Broadcasts[str, bytes] = Broadcasts()
+    queue.add("a", b"A" * 10, 10)
+    queue.add("b", b"B" * 10, 10)
+    queue.add("c", b"C" * 30, 30)
     # Newest first among equals; "c" does not fit once "b" and "a" are in.
     assert queue.take(budget=40, members=5, overhead=2) == [b"C" * 30]
     assert queue.take(budget=40, members=5, overhead=2) == [b"B" * 10, b"A" * 10]
@@ -103,7 +103,7 @@ def test_broadcasts_go_least_sent_first_within_the_budget_until_sent_enough() ->
 
 
 def test_a_newer_item_about_a_member_replaces_the_older_unsent() -> None:
-    queue: Broadcasts[str] = Broadcasts()
+    queue: Broadcasts[str, bytes] = Broadcasts()
     queue.add("m", b"suspect m")
     queue.take(budget=100, members=5)
     queue.add("m", b"alive m, incarnation 2")
@@ -112,7 +112,7 @@ def test_a_newer_item_about_a_member_replaces_the_older_unsent() -> None:
 
 
 def test_a_full_queue_drops_the_item_sent_most() -> None:
-    queue: Broadcasts[int] = Broadcasts(most=2)
+    queue: Broadcasts[int, bytes] = Broadcasts(most=2)
     queue.add(1, b"one")
     queue.take(budget=100, members=5)  # "one" sent once
     queue.add(2, b"two")
