@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._metrics import Histogram, PeerStatistics, ServiceStatistics, format_metrics
     from ._node import Node
     from ._open import open_node
+    from ._probing import ProbeSettings
     from ._streams import PeerWatch, Request, Subscription, Task, TaskStream
     from ._types import (
         DeadLetter,
@@ -85,6 +86,7 @@ __all__ = [
     "PeerUpdated",
     "PeerWatch",
     "PeerUnreachableError",
+    "ProbeSettings",
     "ProtocolError",
     "RemoteError",
     "Request",
@@ -112,6 +114,7 @@ _EXPORTS = {
         "PeerUpdated",
     ),
     "._detector": ("DetectorSettings",),
+    "._probing": ("ProbeSettings",),
     "._errors": (
         "MeshError",
         "MissingPeersError",

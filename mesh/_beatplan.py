@@ -7,7 +7,9 @@ Rules:
 * Beats are numbered from 1, one every `interval`, on a schedule that keeps its cadence: beat k
   is due `interval` after beat k-1 was due, not after the loop got round to it. After a stall it
   does not catch up with a burst: the next beat is due at once, and the cadence restarts there.
-* A beat also goes on the PUB if its number is a multiple of `publish_every`, or if some peer
+* A beat also goes on the PUB if its number is a multiple of `publish_every` (never by number
+  while it is 0: a node that watches only some of its peers, whom the PUB would not reach
+  alone), or if some peer
   has not echoed one of this node's datagrams within the last `echo_fresh_for` intervals (a new
   peer, one datagrams do not reach, a third-party tool, one dying): then the PUB carries every
   beat, from the next beat on.
@@ -73,7 +75,8 @@ def all_echo(peers: Iterable[BeatPeer[Target]], since: float) -> bool:
 
 class BeatPlan(Generic[Target]):
     """The schedule of this node's heartbeats (see the module's rules), from `start`. Raises
-    `ValueError` for an interval that is not positive, or fewer than one copy or PUB beat."""
+    `ValueError` for an interval that is not positive, fewer than one copy, or a negative
+    `publish_every`."""
 
     __slots__ = (
         "_beat_at",
@@ -82,8 +85,8 @@ class BeatPlan(Generic[Target]):
         "_fresh_for",
         "_interval",
         "_number",
-        "_publish_every",
         "_targets",
+        "publish_every",
     )
 
     def __init__(
@@ -97,11 +100,11 @@ class BeatPlan(Generic[Target]):
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive, not {interval!r}")
-        if copies < 1 or publish_every < 1:
-            raise ValueError("copies and publish_every must be at least 1")
+        if copies < 1 or publish_every < 0:
+            raise ValueError("copies must be at least 1, and publish_every not negative")
         self._interval = interval
         self._copies = copies
-        self._publish_every = publish_every
+        self.publish_every = publish_every  # (may be changed between beats)
         self._fresh_for = echo_fresh_for * interval
         self._beat_at = start  # when the current (or next) beat is due
         self._number = 0
@@ -127,7 +130,8 @@ class BeatPlan(Generic[Target]):
                 for peer in peers
                 if peer.target is not None and peer.wanted > 0
             ]
-            publish = self._number % self._publish_every == 0 or not all_echo(
+            every = self.publish_every
+            publish = (every > 0 and self._number % every == 0) or not all_echo(
                 peers, now - self._fresh_for
             )
         to = tuple(target for target, wanted in self._targets if wanted > copy)

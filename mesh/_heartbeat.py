@@ -26,6 +26,9 @@ Rules (docs/protocol.md §11):
   gets `COPIES`. On a clean network that is one datagram a beat instead of three, the largest
   part of the idle cost; under loss the copies come back within a beat or two of the first
   datagram lost (docs/decisions.md has the trade-off).
+* `watch` (0, datagrams only): the sender does not watch the addressee (`mesh/_gossip.py`): it
+  heartbeats to it only because the addressee watches it, and does not judge it. Absent (or
+  anything else): it does, as every node before SWIM did.
 * `rec` (8 bytes): the digest of the sender's current record (`record_digest`). A node that
   holds a record of the sender with another digest for `RECORD_DIFFERS_FOR` seconds asks for
   the record again (`PeerBeats.record_differs`): an UPDATE that went missing is repaired.
@@ -83,6 +86,7 @@ class Beat(NamedTuple):
     datagram: int | None = None  # `d`
     want: int | None = None
     record: bytes | None = None  # `rec`: the digest of the sender's record
+    watching: bool = True  # not `watch: 0`
 
 
 # Beat(*fields) goes through the named tuple's Python-level __new__; this does not.
@@ -103,6 +107,7 @@ def read_beat(body: Any) -> Beat | None:
     datagram = body.get("d")
     want = body.get("want")
     record = body.get("rec")
+    watch = body.get("watch", 1)
     if (
         type(echo) is list
         and len(echo) == 2
@@ -124,6 +129,7 @@ def read_beat(body: Any) -> Beat | None:
             datagram if type(datagram) is int and datagram > 0 else None,
             want if type(want) is int and 1 <= want <= COPIES else None,
             record if type(record) is bytes and len(record) == RECORD_DIGEST_SIZE else None,
+            not (type(watch) is int and watch == 0),
         )
     )
 
@@ -138,6 +144,7 @@ def beat_body(
     datagram: int | None = None,
     want: int | None = None,
     record: bytes | None = None,
+    watching: bool = True,
 ) -> dict[str, Any]:
     """The body of a heartbeat (the map `read_beat` reads)."""
     body: dict[str, Any] = {"n": number, "t": sent, "load": load}
@@ -151,6 +158,8 @@ def beat_body(
         body["d"] = datagram
     if want is not None:
         body["want"] = want
+    if not watching:
+        body["watch"] = 0
     return body
 
 
@@ -182,18 +191,19 @@ class BeatDatagrams:
         self._fields = len(common) // 2
         self._common = _in_a_row(common)
 
-    def for_peer(self, echo: tuple[float, float] | None, datagram: int, want: int) -> bytes:
-        """The datagram for a peer: this beat, with its `echo`, `d` and `want`."""
-        if echo is None:
-            own = _in_a_row(["d", datagram, "want", want])
-            fields = self._fields + 2
-        else:
-            own = _in_a_row(["echo", list(echo), "d", datagram, "want", want])
-            fields = self._fields + 3
-        return self._head + _FIXMAP[fields] + self._common + own
+    def for_peer(
+        self, echo: tuple[float, float] | None, datagram: int, want: int, watching: bool = True
+    ) -> bytes:
+        """The datagram for a peer: this beat, with its `echo`, `d` and `want` (and `watch: 0`
+        if this node does not watch that peer)."""
+        own: list[Any] = [] if echo is None else ["echo", list(echo)]
+        own += ["d", datagram, "want", want]
+        if not watching:
+            own += ["watch", 0]
+        return self._head + _FIXMAP[self._fields + len(own) // 2] + self._common + _in_a_row(own)
 
 
-# msgpack heads of maps of up to 15 entries (a heartbeat body has at most 7).
+# msgpack heads of maps of up to 15 entries (a heartbeat body has at most 8).
 _FIXMAP: Final = [bytes((0x80 | count,)) for count in range(16)]
 
 

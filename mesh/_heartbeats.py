@@ -35,9 +35,10 @@ from discovery import PeerRecord
 from . import _wire
 from ._addresses import Addresses
 from ._beatkeys import MAC_SIZE, BeatKeys
-from ._beatplan import BeatPeer, BeatPlan
-from ._detector import DetectorSettings, FailureDetector, Transition
+from ._beatplan import PUBLISHED_BEAT_EVERY, BeatPeer, BeatPlan
+from ._detector import FailureDetector, Liveness, Transition
 from ._errors import ProtocolError
+from ._gossip import Gossip
 from ._heartbeat import (
     Beat,
     BeatDatagrams,
@@ -48,7 +49,7 @@ from ._heartbeat import (
 )
 from ._metrics import RTT_BUCKETS, Tally
 from ._ratelimit import RateLimitedLog
-from ._types import PeerHealth
+from ._types import PeerHealth, Settings
 from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
@@ -134,9 +135,7 @@ class Heartbeats:
         wiring: HeartbeatWiring,
         node_id: bytes,
         *,
-        detector: DetectorSettings,
-        credit: int | None,
-        receive_batch: int,
+        settings: Settings,
         datagrams: list[stdlib_socket.socket],
         addresses: Addresses,
         control: ZmqSocket,
@@ -148,10 +147,19 @@ class Heartbeats:
         self._wiring = wiring
         self._keys = beat_keys  # a keyed node's: the MACs on its datagrams
         self._id = node_id
-        self._interval = detector.heartbeat_interval
-        self._credit = credit
-        self._receive_batch = receive_batch
-        self.detector = FailureDetector(detector)
+        self._interval = settings.detector.heartbeat_interval
+        self._credit = settings.prefetch
+        self._receive_batch = settings.receive_batch
+        self.detector = FailureDetector(settings.detector)
+        self.gossip = Gossip(
+            node_id,
+            settings=settings.probing,
+            all_up_to=settings.heartbeat_all_up_to,
+            send=self._send_probe,
+            verdicts=wiring.verdicts,
+        )
+        self._records: dict[bytes, PeerRecord] = {}  # the peers, for their datagrams' routes
+        self._ready: set[bytes] = set()  # peers that said READY: nodes, which take datagrams
         self.datagrams = datagrams
         self._addresses = addresses
         self._control = AsyncSocket(control)
@@ -186,13 +194,26 @@ class Heartbeats:
 
         return of
 
-    def joined(self, peer_id: bytes, now: float) -> None:
-        """A peer joined: judged from now (its first heartbeat has some grace)."""
-        self.detector.joined(peer_id, now)
+    def joined(self, record: PeerRecord, now: float) -> None:
+        """A peer joined: probed from now, and judged from now if this node watches it (its
+        first heartbeat has some grace)."""
+        self._records[record.id] = record
+        for unwatched in self.gossip.joined(record, now):  # the mesh outgrew watching all
+            self.detector.remove(unwatched)
+        if self.gossip.watches(record.id):
+            self.detector.joined(record.id, now)
+        self._liveness_changed.unpark_all()
+
+    def work_with(self, peer_ids: Iterable[bytes]) -> None:
+        """This node works with these peers (it pushes to a service they offer): watch them."""
+        now = trio.current_time()
+        for peer_id in self.gossip.work_with(peer_ids):
+            self.detector.joined(peer_id, now)
         self._liveness_changed.unpark_all()
 
     def wired(self, peer_id: bytes, now: float) -> None:
         """A peer said READY: its heartbeats start now."""
+        self._ready.add(peer_id)
         self.detector.wired(peer_id, now)
         self.reschedule_judge()
 
@@ -200,8 +221,9 @@ class Heartbeats:
         """The connection to a peer's inbox dropped: a hint that it crashed. Its heartbeat port
         is probed at once with a copy of the last beat: if nothing listens there any more, the
         refusal comes back within a millisecond on a LAN, and the peer is dead at once."""
-        self._wiring.verdicts(self.detector.disconnected(peer_id, now))
-        record = next((r for r in self._wiring.peers() if r.id == peer_id), None)
+        self._judged(self.detector.disconnected(peer_id, now))
+        self.gossip.disconnected(peer_id, now)
+        record = self._records.get(peer_id)
         if record is None or not self.count:
             return
         # (A peer not heard yet gets a probe numbered afresh, as a peer met again does.)
@@ -217,6 +239,9 @@ class Heartbeats:
     def forget(self, peer_id: bytes) -> None:
         """A peer is gone: stop judging it, and forget its beats."""
         self.detector.remove(peer_id)
+        self.gossip.forget(peer_id)
+        self._records.pop(peer_id, None)
+        self._ready.discard(peer_id)
         self.beats.pop(peer_id, None)
         if self._keys is not None:
             self._keys.forget(peer_id)
@@ -230,6 +255,33 @@ class Heartbeats:
         """A peer said READY (with the key of its datagrams' MACs, if keyed)."""
         if self._keys is not None and beat_key is not None:
             self._keys.take(peer_id, beat_key)
+
+    def _judged(self, transitions: Sequence[Transition]) -> None:
+        """The detector's verdicts, to the node; a death is told to the mesh too (a rumour)."""
+        if transitions:
+            self._wiring.verdicts(transitions)
+            for transition in transitions:
+                if transition.new is Liveness.DEAD:
+                    self.gossip.accuse(transition.peer, trio.current_time())
+
+    def _send_probe(self, peer_id: bytes, datagram: bytes) -> None:
+        """A PROBE datagram to a peer's heartbeat port (signed for it, if keyed)."""
+        record = self._records.get(peer_id)
+        route = None if record is None else self._datagram_route(record)
+        if route is None:
+            return
+        if self._keys is not None:
+            datagram = self._keys.sign(datagram, peer_id)
+        sock, destination = route
+        try:
+            try:
+                sock.sendto(datagram, destination)
+            except ConnectionRefusedError:  # an earlier datagram's (as in `_send_datagrams`)
+                self._take_refusals(sock, trio.current_time())
+                sock.sendto(datagram, destination)
+            self.udp_bytes_sent += len(datagram)
+        except OSError:  # a full buffer, an unreachable network: SWIM's timeouts cover a loss
+            return
 
     def close(self) -> None:
         """Close the control SUB (the node's context closes the rest of ZeroMQ) and the UDP
@@ -279,6 +331,9 @@ class Heartbeats:
             self.detector.lagged(now, now - wake)
             self.take()
             now = trio.current_time()
+            # (A node that watches only some peers publishes a beat only for one that its
+            # datagrams do not reach: the PUB goes to every peer, whom it does not watch.)
+            plan.publish_every = PUBLISHED_BEAT_EVERY if self.gossip.watch_all else 0
             step = plan.next(now, self._beat_peers())
             if step.copy == 0:
                 self.count = step.number
@@ -303,13 +358,17 @@ class Heartbeats:
         meanwhile costs a datagram nobody reads; one first heard meanwhile waits a beat).
         Datagrams go only to peers that send heartbeats themselves (nodes, not third-party
         tools)."""
-        beats = self.beats
-        for record in self._wiring.peers():
-            peer_beats = beats.get(record.id)
-            if peer_beats is None:
+        beats, records, ready = self.beats, self._records, self._ready
+        for peer_id in self.gossip.beat_targets(trio.current_time()):
+            record = records.get(peer_id)
+            peer_beats = beats.get(peer_id)
+            if peer_beats is None and peer_id in ready:  # a node that has not beaten yet
+                peer_beats = beats[peer_id] = PeerBeats(self._interval)
+            if peer_beats is None or record is None:
                 yield BeatPeer(-math.inf, None, 0)
                 continue
-            route = self._datagram_route(record) if peer_beats.heard else None
+            takes = peer_beats.heard or peer_id in ready
+            route = self._datagram_route(record) if takes else None
             yield BeatPeer(
                 peer_beats.echoed,
                 None if route is None else (peer_beats, *route, record.id),
@@ -336,10 +395,10 @@ class Heartbeats:
         datagrams = BeatDatagrams(
             head, number, sent=now, load=load, credit=credit, record=self._wiring.record_digest()
         )
-        keys = self._keys
+        keys, watches = self._keys, self.gossip.watches
         for beats, sock, destination, peer_id in targets:
             try:
-                datagram = datagrams.for_peer(*beats.next_datagram(now))
+                datagram = datagrams.for_peer(*beats.next_datagram(now), watches(peer_id))
                 if keys is not None:
                     datagram = keys.sign(datagram, peer_id)
                 try:
@@ -413,7 +472,8 @@ class Heartbeats:
     def _refused(self, host: str, port: int, now: float) -> None:
         for record in self._wiring.peers():
             if record.pull_port == port and host in record.hosts:
-                self._wiring.verdicts(self.detector.refused(record.id, now))
+                self._judged(self.detector.refused(record.id, now))
+                self.gossip.refused(record.id, now)
 
     def _on_datagram(self, datagram: bytes, arrival: float, source: str) -> None:
         """A datagram from the host `source`. A peer's counts only from one of its own hosts:
@@ -438,6 +498,13 @@ class Heartbeats:
                 raise ProtocolError("source", f"a peer's heartbeat from {source}, not its host")
         except ProtocolError as exc:
             self._wiring.bad_frame(exc, "heartbeat socket")
+            return
+        if envelope.kind is Kind.PROBE:
+            self._counts["probe_datagrams"] += 1
+            try:
+                self.gossip.on_probe(envelope, arrival)
+            except ProtocolError as exc:
+                self._wiring.bad_frame(exc, "heartbeat socket")
             return
         self._counts["heartbeat_datagrams"] += 1
         self._on_heartbeat(envelope.sender, read_beat(envelope.body), arrival, by_datagram=True)
@@ -468,6 +535,7 @@ class Heartbeats:
         if by_datagram:
             assert arrival is not None
             beats.datagram(beat, arrival)  # any copy: its arrival time is the kernel's
+            self.gossip.watched_by(sender, beat.watching, arrival)
         if arrival is None:
             arrival = trio.current_time()
         try:
@@ -484,9 +552,11 @@ class Heartbeats:
             self._wiring.set_credit(sender, beat.credit)
         if beat.record is not None:
             self._wiring.check_record(sender, beats, beat.record, arrival)
+        if not self.gossip.watches(sender):
+            return  # (a PUB beat, or beats it sends because it watches this node)
         transitions = self.detector.heartbeat(sender, arrival)
         if transitions:
-            self._wiring.verdicts(transitions)
+            self._judged(transitions)
             self._liveness_changed.unpark_all()
 
     def on_inbox_heartbeat(self, envelope: Envelope) -> None:
@@ -503,6 +573,7 @@ class Heartbeats:
             timer.deadline = min(
                 math.inf if deadline is None else deadline,
                 min(self._probe_checks, default=math.inf),
+                self.gossip.next_deadline(),
             )
 
     async def judge(self) -> None:
@@ -519,7 +590,8 @@ class Heartbeats:
                 lateness = max(0.0, now - timer.deadline)
                 self.take()  # beats (and refusals) that came since the heartbeat loop last read
                 self._probe_checks = [at for at in self._probe_checks if at > now]
-                self._wiring.verdicts(self.detector.tick(now, lateness=lateness))
+                self._judged(self.detector.tick(now, lateness=lateness))
+                self.gossip.tick(now, lateness)
 
     def _take_control(self) -> None:
         """Read every frame the control SUB holds: peers' PUB heartbeats and goodbyes, decoded

@@ -41,6 +41,7 @@ from discovery import (
     PeerMap,
     PeerRecord,
     PeerState,
+    PeerUpdated,
     format_contact,
     parse_contact,
 )
@@ -116,6 +117,8 @@ class Membership:
         self._events = events
         self._heartbeats = heartbeats
         self._producer = producer
+        # Services this node has pushed to: it watches the peers that offer them (_gossip.py).
+        self._used_services: set[str] = set()
         self._advertise = advertise
         self._heard_of = heard_of
         self._check_open = check_open
@@ -388,8 +391,13 @@ class Membership:
                 # Joining is its first sign of life: a peer that dies before its first heartbeat
                 # arrives is still judged (and one that never sends any is declared dead), with
                 # time for its heartbeats to start (`first_heartbeat_grace`).
-                self._heartbeats.joined(record.id, trio.current_time())
+                self._heartbeats.joined(record, trio.current_time())
+                if not self._used_services.isdisjoint(record.services):
+                    self._heartbeats.work_with((record.id,))
                 _log_peer(_peerlog.joined(record))
+            elif isinstance(event, PeerUpdated):
+                if not self._used_services.isdisjoint(event.peer.record.services):
+                    self._heartbeats.work_with((event.peer.record.id,))
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self.sessions.close(record.id)
@@ -451,6 +459,9 @@ class Membership:
         ready: dict[bytes, Route] = {}
         # (On every task sent: the lookups are bound once.)
         peers, leaving, inbox = self._peers, self.sessions.leaving_peers, self._addresses.inbox
+        if service not in self._used_services:
+            self._used_services.add(service)
+            self._heartbeats.work_with(peers.offering(service))
         find = self._links.find
         for worker in peers.offering(service):
             peer = peers.get(worker)

@@ -301,6 +301,11 @@ _COUNTERS: Final = (
         "Valid heartbeat datagrams received by UDP.",
     ),
     (
+        "probe_datagrams",
+        "mesh_probe_datagrams_total",
+        "SWIM probes, answers and relays received by UDP.",
+    ),
+    (
         "peers_refused",
         "mesh_peers_refused_total",
         "Nodes refused as peers (full, too many at once, key not allowed).",

@@ -169,9 +169,7 @@ class Node:
         self._heartbeats = Heartbeats(
             HeartbeatView(self),
             self._id,
-            detector=settings.detector,
-            credit=settings.prefetch,
-            receive_batch=settings.receive_batch,
+            settings=settings,
             datagrams=sockets.datagrams,
             addresses=addresses,
             control=sockets.control,

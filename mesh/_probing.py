@@ -38,12 +38,18 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Final, Generic, NamedTuple, TypeVar
 
+from ._errors import ProtocolError
 from ._swim import Awareness, Broadcasts, Claim, ProbeOrder, Roster, State
 
 K = TypeVar("K", bound=Hashable)
 
 #: Relayed probes this node keeps open at once (PING_REQ past it are not relayed).
 MOST_RELAYS: Final = 256
+#: Most rumours a PROBE datagram may carry (each about 45 bytes packed: 16 of them fit the
+#: datagram's 1,024 bytes with room for the envelope and a MAC).
+MOST_RUMOURS: Final = 16
+_ID_SIZE: Final = 16
+_MAX_UINT64: Final = 2**64 - 1
 
 
 class Op(enum.IntEnum):
@@ -104,7 +110,8 @@ class ProbeSettings:
         probe_timeout: Seconds a direct PING waits for its ACK before relays are asked, and a
             relay waits before it says NACK. Default 0.5.
         indirect_probes: Relays asked when a PING goes unanswered. Default 3.
-        rumours_per_message: Most rumours piggybacked on one message. Default 12.
+        rumours_per_message: Most rumours piggybacked on one message (at most
+            `MOST_RUMOURS`). Default 12.
         confirmations: Independent suspicions that bring a suspicion to its least timeout.
             Default 2.
         forget_after: Seconds from a death to forgetting the member. Default 30.0.
@@ -128,6 +135,8 @@ class ProbeSettings:
                 raise ValueError(f"{name} must be a finite number, not negative")
         if self.probe_interval <= 0 or self.probe_timeout <= 0:
             raise ValueError("probe_interval and probe_timeout must be positive")
+        if self.rumours_per_message > MOST_RUMOURS:
+            raise ValueError(f"rumours_per_message must be at most {MOST_RUMOURS}")
 
 
 class _Probe(Generic[K]):
@@ -382,3 +391,54 @@ class Prober(Generic[K]):
         rumours = self._rumours.take(budget, len(self.roster) + 1) if budget > 0 else []
         self.sent += 1
         return Send(to, Message(op, seq, target, (*extra, *rumours)))
+
+
+# -- the wire (a PROBE envelope's meta and body, docs/protocol.md) -------------------------------
+
+_STATE_CODES: Final = {State.ALIVE: 0, State.SUSPECT: 1, State.DEAD: 2}
+_STATES: Final = {code: state for state, code in _STATE_CODES.items()}
+_OPS: Final = {int(op): op for op in Op}
+
+
+def probe_meta(message: Message[bytes]) -> list[object]:
+    """A PROBE envelope's meta: ``[op, seq, target]``."""
+    return [int(message.op), message.seq, message.target]
+
+
+def probe_body(message: Message[bytes]) -> list[list[object]]:
+    """A PROBE envelope's body: its rumours, ``[state, member, incarnation, accuser]`` each
+    (LEFT goes as DEAD from the member itself, which is what it is)."""
+    return [
+        [_STATE_CODES.get(r.state, 2), r.member, r.incarnation, r.accuser] for r in message.rumours
+    ]
+
+
+def read_probe(meta: tuple[object, ...], body: object) -> Message[bytes]:
+    """The message a PROBE envelope's (type-checked) meta and body hold. Raises `ProtocolError`
+    for an unknown op, an id that is not 16 bytes, or a rumour out of shape or range."""
+    op_code, seq, target = meta
+    if type(op_code) is not int or op_code not in _OPS:
+        raise ProtocolError("malformed", f"PROBE op {op_code!r}")
+    op = _OPS[op_code]
+    if type(target) is not bytes or len(target) != _ID_SIZE or type(seq) is not int:
+        raise ProtocolError("malformed", "PROBE target is not a 16-byte id")
+    if type(body) is not list or len(body) > MOST_RUMOURS:
+        raise ProtocolError("malformed", "PROBE rumours are not an array of at most 16")
+    rumours = []
+    for item in body:
+        if type(item) is not list or len(item) != 4:
+            raise ProtocolError("malformed", "a PROBE rumour is not an array of four")
+        state, member, incarnation, accuser = item
+        if (
+            type(state) is not int
+            or state not in _STATES
+            or type(member) is not bytes
+            or len(member) != _ID_SIZE
+            or type(accuser) is not bytes
+            or len(accuser) != _ID_SIZE
+            or type(incarnation) is not int
+            or not 0 <= incarnation <= _MAX_UINT64
+        ):
+            raise ProtocolError("malformed", "a PROBE rumour out of shape or range")
+        rumours.append(Rumour(_STATES[state], member, incarnation, accuser))
+    return Message(op, seq, target, tuple(rumours))

@@ -117,7 +117,6 @@ class ProbeOrder(Generic[K]):
                 return member
         return None
 
-
     def sample(self, count: int, skip: Callable[[K], bool]) -> list[K]:
         """Up to `count` different members at random, none that `skip` names: from a shuffled
         copy in a small mesh, else by `3 * count` random draws (memberlist's way: it may then
@@ -336,9 +335,7 @@ class Roster(Generic[K]):
     def _expiry(self, member: K, period: float, needed: int) -> float:
         known = self._members[member]
         members = len(self._members) + 1
-        return known.since + suspicion_timeout(
-            members, period, len(known.confirmed), needed=needed
-        )
+        return known.since + suspicion_timeout(members, period, len(known.confirmed), needed=needed)
 
     def rejoined(self, member: K, now: float) -> None:
         """`member` is known alive again by other means than gossip (it greeted this node

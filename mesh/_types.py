@@ -14,6 +14,7 @@ from ._metrics import (
     PeerStatistics,
     ServiceStatistics,
 )
+from ._probing import ProbeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,15 @@ class Settings:
             file descriptors allow, about nine a peer (it raises its soft limit to the hard one
             when it opens). Default 1024.
         detector: The failure detector's `DetectorSettings`: heartbeat interval and how silence
-            turns into suspicion and death. Default `DetectorSettings()`.
+            turns into suspicion and death, for the peers this node watches. Default
+            `DetectorSettings()`.
+        heartbeat_all_up_to: While the mesh has at most this many peers besides this node, it
+            watches them all (heartbeats to each, judged by `detector`: a hung peer is dead in
+            under a second). Past it, it watches only the peers it pushes tasks or requests to,
+            and SWIM probing (`probing`) judges the rest, at a cost that does not grow with the
+            mesh (README, "Scale"). Default 8.
+        probing: SWIM's `ProbeSettings`: one probe a `probe_interval`, how long an answer may
+            take. Default `ProbeSettings()`.
 
     Raises `ValueError` for a value out of range.
     """
@@ -106,6 +115,8 @@ class Settings:
     goodbye_timeout: float = 0.2
     max_peers: int = 1024
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    heartbeat_all_up_to: int = 8
+    probing: ProbeSettings = field(default_factory=ProbeSettings)
 
     def __post_init__(self) -> None:
         for name in ("receive_batch", "event_hwm", "subscription_buffer", "peer_queue"):
@@ -121,6 +132,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.heartbeat_all_up_to < 0:
+            raise ValueError("heartbeat_all_up_to must not be negative")
         if self.prefetch is not None and self.prefetch < 1:
             raise ValueError("prefetch must be at least 1, or None")
         if self.ack_timeout is not None and not self.ack_timeout > 0:
@@ -184,7 +197,8 @@ class NodeStatistics:
       `requests_sent` (first sends), `replies_received`, `requests_failed` (answered by a
       `RemoteError`), `requests_timed_out`; as a provider `replies_sent` (error replies
       included) and `requests_expired` (dropped unread: their caller had stopped waiting).
-    * `heartbeat_datagrams`: valid heartbeats that came by UDP, first copies or not.
+    * `heartbeat_datagrams`: valid heartbeats that came by UDP, first copies or not;
+      `probe_datagrams`: SWIM's probes, answers and relays that came by UDP.
     * `bad_frames`: frames dropped for breaking the protocol; by `ProtocolError.reason` in
       `bad_frame_reasons`.
     * `bytes_received`, `bytes_sent`: bytes of ZeroMQ frames and UDP datagrams, as they cross
@@ -247,6 +261,7 @@ class NodeStatistics:
     events_shed: int = 0
     events_repaired: int = 0
     event_gaps: int = 0
+    probe_datagrams: int = 0
 
 
 #: The `NodeStatistics` figures a node counts as things happen, each in one place.
@@ -258,6 +273,7 @@ COUNTED: Final = (
     "acks_sent",
     "nacks_sent",
     "heartbeat_datagrams",
+    "probe_datagrams",
     "bad_frames",
     "peers_refused",
     "handshakes_refused",

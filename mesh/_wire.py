@@ -12,7 +12,8 @@ The rules (docs/protocol.md is the full text, written for someone with only pyzm
   ``b"E" + topic + b"\x00" + envelope`` for events (and for the SYNCED answer to a subscription
   probe; topics are UTF-8 without NUL), and ``b"!" + envelope`` for control (heartbeat, goodbye).
 * On a PULL socket (a node's inbox) the frame is the envelope alone; so is a heartbeat datagram
-  (UDP, at the inbox's port), which holds one HEARTBEAT of at most `MAX_DATAGRAM_SIZE` bytes.
+  (UDP, at the inbox's port), which holds one HEARTBEAT or PROBE of at most `MAX_DATAGRAM_SIZE`
+  bytes.
 * A *batch* carries several consecutive messages of one sender in one frame (fewer, larger frames
   under load): an envelope of kind `BATCH` (13) whose body is the array of their envelopes, in an
   inbox as it is, on a PUB after the channel of the topic all its events share. It is a container,
@@ -90,6 +91,8 @@ class Kind(enum.IntEnum):
     # [seq, topic]: the last event on topic, no longer kept.
     DROPPED = 18  # PUB channel !. meta: [first, last]. Events numbered first..last went past
     # subscriber connections that were full: their subscribers ask for what they lack.
+    PROBE = 19  # datagram only. meta: [op, seq, target]. body: [[state, member, incarnation,
+    # accuser], ...], the rumours it carries. SWIM's PING, ACK, PING_REQ and NACK (_probing.py).
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -240,7 +243,7 @@ def decode_inbox(frame: bytes) -> Envelope:
 
 
 def decode_datagram(frame: bytes) -> Envelope:
-    """Decode a datagram received on a node's UDP port: one HEARTBEAT envelope of at most
+    """Decode a datagram received on a node's UDP port: one HEARTBEAT or PROBE envelope of at most
     `MAX_DATAGRAM_SIZE` bytes (docs/protocol.md §11, §12). Raises `ProtocolError` and nothing
     else for anything else."""
     if len(frame) > MAX_DATAGRAM_SIZE:
@@ -250,7 +253,7 @@ def decode_datagram(frame: bytes) -> Envelope:
     if envelope is not None:
         return envelope
     kind, sender, seq, meta, body = _check_envelope(items)
-    if kind is not _HEARTBEAT:
+    if kind is not _HEARTBEAT and kind is not Kind.PROBE:
         raise ProtocolError("kind", f"{kind.name} in a datagram")
     return _new_envelope((kind, sender, seq, meta, body, None))
 
@@ -515,6 +518,12 @@ def _events_body(kind: Kind, sender: bytes, body: Any) -> list[tuple[Any, ...]]:
     return items
 
 
+def _list_body(kind: Kind, sender: bytes, body: Any) -> Any:
+    if type(body) is not list:
+        raise ProtocolError("malformed", f"{kind.name} body must be an array")
+    return body
+
+
 def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
     parsed: PeerRecord | Hello
     if kind is Kind.UPDATE:
@@ -644,6 +653,7 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.SYNCED: _nil_body,
     Kind.READY: _ready_body,
     Kind.DROPPED: _nil_body,
+    Kind.PROBE: _list_body,
 }
 
 _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
@@ -661,6 +671,7 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.HISTORY: (int, str, int, int, int, int),
     Kind.EVENTS: (int, bool),
     Kind.DROPPED: (int, int),
+    Kind.PROBE: (int, int, bytes),
     Kind.SYNC: (int, str),
     Kind.SYNCED: (int, bytes),
     Kind.READY: None,

@@ -123,7 +123,7 @@ def test_all_echo() -> None:
 
 @pytest.mark.parametrize(
     ("interval", "copies", "publish_every"),
-    [(0.0, 3, 2), (-1.0, 3, 2), (math.nan, 3, 2), (1.0, 0, 2), (1.0, 3, 0)],
+    [(0.0, 3, 2), (-1.0, 3, 2), (math.nan, 3, 2), (1.0, 0, 2), (1.0, 3, -1)],
 )
 def test_a_plan_that_cannot_work_is_a_value_error(
     interval: float, copies: int, publish_every: int

@@ -112,6 +112,7 @@ PURE_CORES = (
     "mesh._gaps",
     "mesh._batches",
     "mesh._swim",
+    "mesh._probing",
     "mesh._names",
     "mesh._detector",
     "mesh._heartbeat",

@@ -122,6 +122,8 @@ def delivered(kind: Kind, envelope: bytes, topic: str = "orders.new") -> tuple[D
         return decode_published, event(envelope, topic)
     if kind is Kind.HEARTBEAT or kind is Kind.DROPPED:
         return decode_published, control_frame(envelope)
+    if kind is Kind.PROBE:
+        return decode_datagram, envelope
     return decode_inbox, envelope
 
 
@@ -189,6 +191,7 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.HISTORY: ([3, "chat.", 100, 0, 50, 57], None),
     Kind.EVENTS: ([3, True], [[55, 40, "chat.room", {"text": "hi"}], [56, "chat.y"]]),
     Kind.DROPPED: ([50, 57], None),
+    Kind.PROBE: ([1, 7, bytes(16)], [[1, bytes(range(16)), 3, bytes(16)]]),
 }
 PUB_ONLY = [Kind.EVENT, Kind.SYNCED, Kind.DROPPED]
 DIRECT_ONLY = [
@@ -238,6 +241,7 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "HISTORY": 16,
         "EVENTS": 17,
         "DROPPED": 18,
+        "PROBE": 19,
     }
 
 
