@@ -20,11 +20,11 @@ import zmq
 from discovery import interface_addresses, tcp_endpoint
 
 from . import _batches, _wire
-from ._heartbeats import IP_RECVERR, IPV6_RECVERR, SO_TIMESTAMPNS, close_datagrams
 from ._keys import KeyPair
 from ._limits import Limits, limits_for
 from ._members import Members
 from ._types import Settings
+from ._udp import IP_RECVERR, IPV6_RECVERR, SO_TIMESTAMPNS, close_datagrams
 from ._zmq import ZmqSocket
 
 logger = logging.getLogger("mesh")

@@ -73,6 +73,7 @@ class Gossip:
         self._verdicts = verdicts
         self._peers: set[bytes] = set()
         self._works_with: set[bytes] = set()  # watched whatever the mesh's size
+        self.services: set[str] = set()  # those this node has pushed to
         self._watching_me: dict[bytes, float] = {}  # peers that say they watch this node, when
         self._disconnected: dict[bytes, float] = {}  # unwatched peers' dropped links, when
         self._seq = 0
@@ -98,10 +99,22 @@ class Gossip:
             del watching[peer_id]
         return (self._works_with | watching.keys()) & self._peers
 
-    def work_with(self, peer_ids: Iterable[bytes]) -> list[bytes]:
-        """This node works with `peer_ids` from now on: the ones it did not watch before."""
+    def work_with(self, service: str, peer_ids: Iterable[bytes]) -> list[bytes]:
+        """This node pushes to `service`, which `peer_ids` offer, from now on: the peers it
+        did not watch before."""
+        self.services.add(service)
         new = [p for p in peer_ids if p in self._peers and not self.watches(p)]
         self._works_with.update(peer_ids)
+        return new
+
+    def offers(self, record: PeerRecord) -> list[bytes]:
+        """A peer's record changed: the peer, if it now offers a service this node pushes to
+        and was not watched."""
+        peer_id = record.id
+        if peer_id not in self._peers or self.services.isdisjoint(record.services):
+            return []
+        new = [] if self.watches(peer_id) else [peer_id]
+        self._works_with.add(peer_id)
         return new
 
     def watched_by(self, peer_id: bytes, watching: bool, now: float) -> None:
@@ -118,6 +131,8 @@ class Gossip:
         just grown past `heartbeat_all_up_to` (their detector tracks go)."""
         was_all = self.watch_all
         self._peers.add(record.id)
+        if not self.services.isdisjoint(record.services):
+            self._works_with.add(record.id)
         self.prober.add(record.id, now)
         if was_all and not self.watch_all:
             return [p for p in self._peers if p not in self._works_with and p != record.id]

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 import socket as stdlib_socket
-import struct
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
@@ -50,6 +48,7 @@ from ._heartbeat import (
 from ._metrics import RTT_BUCKETS, Tally
 from ._ratelimit import RateLimitedLog
 from ._types import PeerHealth, Settings
+from ._udp import DatagramSockets
 from ._wire import Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
@@ -57,28 +56,9 @@ from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 # that reaches it, its address, and its id.
 _Route = tuple[PeerBeats, stdlib_socket.socket, tuple[str, int], bytes]
 
-# One byte more than a datagram (and its MAC) may hold, to tell an oversized one.
-_DATAGRAM_BUFFER: Final = _wire.MAX_DATAGRAM_SIZE + MAC_SIZE + 1
-# Kernel receive times of datagrams (Linux; elsewhere the time of reading stands in): the round
-# trip then leaves out how long a datagram waited to be read. Python does not name the option.
-SO_TIMESTAMPNS: Final = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
-# Linux queues the ICMP errors a UDP socket's datagrams caused, each with the address it concerns
-# (`MSG_ERRQUEUE`), when these are set: `sock_extended_err` says which error.
-IP_RECVERR: Final = getattr(stdlib_socket, "IP_RECVERR", 11)
-IPV6_RECVERR: Final = getattr(stdlib_socket, "IPV6_RECVERR", 25)
-_MSG_ERRQUEUE: Final = getattr(stdlib_socket, "MSG_ERRQUEUE", 0x2000)
-_EXTENDED_ERROR: Final = struct.Struct("=IBBBBII")  # errno, origin, type, code, pad, info, data
-_PORT_UNREACHABLE: Final = {(2, 3, 3), (3, 1, 4)}  # (origin, type, code): ICMP, ICMPv6
-_ERROR_MESSAGES: Final = {
-    (stdlib_socket.SOL_IP, IP_RECVERR),
-    (stdlib_socket.IPPROTO_IPV6, IPV6_RECVERR),
-}
-_ERROR_SPACE: Final = stdlib_socket.CMSG_SPACE(_EXTENDED_ERROR.size + 32)
 #: Seconds after a dropped connection at which the peer's heartbeat port, probed then, is checked
 #: for a refusal (loopback and a LAN answer within a millisecond; the second is for a slow one).
 PROBE_CHECKS: Final = (0.005, 0.05)
-_TIMESPEC: Final = struct.Struct("@ll")
-_STAMP_SPACE: Final = stdlib_socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class HeartbeatWiring(Protocol):
@@ -160,8 +140,14 @@ class Heartbeats:
         )
         self._records: dict[bytes, PeerRecord] = {}  # the peers, for their datagrams' routes
         self._ready: set[bytes] = set()  # peers that said READY: nodes, which take datagrams
-        self.datagrams = datagrams
-        self._addresses = addresses
+        self.udp = DatagramSockets(
+            datagrams,
+            addresses,
+            receive_batch=settings.receive_batch,
+            bytes_in=bytes_in,
+            log=log,
+            refused=self._refused,
+        )
         self._control = AsyncSocket(control)
         self._control_socket = control
         self._counts = counts
@@ -171,7 +157,6 @@ class Heartbeats:
         # what this node's datagrams owe it, from its first heartbeat on (docs/protocol.md §11).
         self.beats: dict[bytes, PeerBeats] = {}
         self.count = 0  # heartbeats sent
-        self.udp_bytes_sent = 0
         self.rtt = Tally(RTT_BUCKETS)
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._judge_timer: trio.CancelScope | None = None  # `judge`'s, while it waits
@@ -204,10 +189,18 @@ class Heartbeats:
             self.detector.joined(record.id, now)
         self._liveness_changed.unpark_all()
 
-    def work_with(self, peer_ids: Iterable[bytes]) -> None:
-        """This node works with these peers (it pushes to a service they offer): watch them."""
+    def work_with(self, service: str, peer_ids: Iterable[bytes]) -> None:
+        """This node pushes to `service`, which these peers offer: watch them, and the peers
+        that offer it later."""
+        self._watch(self.gossip.work_with(service, peer_ids))
+
+    def updated(self, record: PeerRecord) -> None:
+        """A peer's record changed: watch it if it now offers a service this node pushes to."""
+        self._watch(self.gossip.offers(record))
+
+    def _watch(self, peer_ids: Iterable[bytes]) -> None:
         now = trio.current_time()
-        for peer_id in self.gossip.work_with(peer_ids):
+        for peer_id in peer_ids:
             self.detector.joined(peer_id, now)
         self._liveness_changed.unpark_all()
 
@@ -228,7 +221,7 @@ class Heartbeats:
             return
         # (A peer not heard yet gets a probe numbered afresh, as a peer met again does.)
         beats = self.beats.get(peer_id) or PeerBeats(self._interval)
-        route = self._datagram_route(record)
+        route = self.udp.route(record)
         if route is not None:
             load = self._wiring.load()
             self._send_datagrams([(beats, *route, peer_id)], self.count, load, self._credit, now)
@@ -267,27 +260,18 @@ class Heartbeats:
     def _send_probe(self, peer_id: bytes, datagram: bytes) -> None:
         """A PROBE datagram to a peer's heartbeat port (signed for it, if keyed)."""
         record = self._records.get(peer_id)
-        route = None if record is None else self._datagram_route(record)
+        route = None if record is None else self.udp.route(record)
         if route is None:
             return
         if self._keys is not None:
             datagram = self._keys.sign(datagram, peer_id)
-        sock, destination = route
-        try:
-            try:
-                sock.sendto(datagram, destination)
-            except ConnectionRefusedError:  # an earlier datagram's (as in `_send_datagrams`)
-                self._take_refusals(sock, trio.current_time())
-                sock.sendto(datagram, destination)
-            self.udp_bytes_sent += len(datagram)
-        except OSError:  # a full buffer, an unreachable network: SWIM's timeouts cover a loss
-            return
+        self.udp.send(route, datagram, trio.current_time(), "probe")
 
     def close(self) -> None:
         """Close the control SUB (the node's context closes the rest of ZeroMQ) and the UDP
         sockets."""
         self._control.close()
-        close_datagrams(self.datagrams)
+        self.udp.close()
 
     async def serve(self) -> None:
         """Send this node's heartbeats and take in its peers' (datagrams, and the control SUB's
@@ -368,7 +352,7 @@ class Heartbeats:
                 yield BeatPeer(-math.inf, None, 0)
                 continue
             takes = peer_beats.heard or peer_id in ready
-            route = self._datagram_route(record) if takes else None
+            route = self.udp.route(record) if takes else None
             yield BeatPeer(
                 peer_beats.echoed,
                 None if route is None else (peer_beats, *route, record.id),
@@ -382,92 +366,26 @@ class Heartbeats:
         self.reschedule_judge()
 
     def _send_datagrams(
-        self,
-        targets: Sequence[_Route],
-        number: int,
-        load: int,
-        credit: int | None,
-        now: float,
+        self, targets: Sequence[_Route], number: int, load: int, credit: int | None, now: float
     ) -> None:
         """A copy of heartbeat `number` to each target, with the echo of that peer's last beat,
-        the datagram's number and the copies asked of that peer."""
+        the datagram's number, the copies asked of that peer, and whether this node watches it."""
         head = _wire.envelope_head(Kind.HEARTBEAT, self._id, number)
         datagrams = BeatDatagrams(
             head, number, sent=now, load=load, credit=credit, record=self._wiring.record_digest()
         )
-        keys, watches = self._keys, self.gossip.watches
+        keys, watches, send = self._keys, self.gossip.watches, self.udp.send
         for beats, sock, destination, peer_id in targets:
-            try:
-                datagram = datagrams.for_peer(*beats.next_datagram(now), watches(peer_id))
-                if keys is not None:
-                    datagram = keys.sign(datagram, peer_id)
-                try:
-                    sock.sendto(datagram, destination)
-                except ConnectionRefusedError:
-                    # An earlier datagram's refusal (queued with `IP_RECVERR`), which Linux
-                    # reports on the socket's next send, wherever it goes: take it, send again.
-                    self._take_refusals(sock, now)
-                    sock.sendto(datagram, destination)
-                self.udp_bytes_sent += len(datagram)
-            except OSError as exc:  # BlockingIOError (buffer full) included
-                # A full socket buffer or an unreachable network costs one copy of one beat.
-                self._log.warning(
-                    "datagram-send",
-                    now,
-                    "dropped a heartbeat datagram to %s: %s",
-                    destination[0],
-                    exc,
-                )
-
-    def _datagram_route(
-        self, record: PeerRecord
-    ) -> tuple[stdlib_socket.socket, tuple[str, int]] | None:
-        """The UDP socket of this node that sends to `record`'s inbox port, and where to; None
-        if this node has none of that address family. Only sends go through it: the socket's
-        receiving task is the only one that waits on it."""
-        host = self._addresses.host(record)
-        index = self._addresses.sender(host)
-        return None if index is None else (self.datagrams[index], (host, record.pull_port))
+            datagram = datagrams.for_peer(*beats.next_datagram(now), watches(peer_id))
+            if keys is not None:
+                datagram = keys.sign(datagram, peer_id)
+            send((sock, destination), datagram, now, "heartbeat")
 
     def _take_datagrams(self) -> None:
-        """Read every datagram the UDP sockets hold (at most `receive_batch` each), each decoded
-        in full (copies too: their numbers count losses), and counted if bad."""
-        batch = self._receive_batch
-        # Kernel arrival times are wall-clock times: this is what turns them into this clock's.
-        now = trio.current_time()
-        wall_offset = time.time() - now
-        for sock in self.datagrams:
-            self._take_refusals(sock, now)
-            for _ in range(batch):
-                try:
-                    datagram, ancillary, _, source = sock.recvmsg(_DATAGRAM_BUFFER, _STAMP_SPACE)
-                except BlockingIOError:
-                    break
-                except ConnectionRefusedError:  # an ICMP error, queued: taken below
-                    self._take_refusals(sock, now)
-                    continue
-                except OSError as exc:  # an ICMP error reported late, say: not this node's fault
-                    self._log.warning("datagram-receive", now, "heartbeat socket: %s", exc)
-                    break
-                self._bytes_in["udp"] += len(datagram)
-                self._on_datagram(datagram, arrival_time(ancillary, wall_offset, now), source[0])
-
-    def _take_refusals(self, sock: stdlib_socket.socket, now: float) -> None:
-        """Take the ICMP errors queued for `sock`'s datagrams (Linux): a peer's heartbeat port
-        that answered "port unreachable" has nothing listening there any more, which with its
-        dropped connection means its process is gone (`FailureDetector.refused`). Other errors,
-        and ports that are no peer's, are let go."""
-        for _ in range(self._receive_batch):
-            try:
-                _, ancillary, _, destination = sock.recvmsg(1, _ERROR_SPACE, _MSG_ERRQUEUE)
-            except OSError:  # nothing queued (or no error queue here)
-                return
-            for level, kind, data in ancillary:
-                if (level, kind) not in _ERROR_MESSAGES or len(data) < _EXTENDED_ERROR.size:
-                    continue
-                _, origin, icmp_type, code, *_ = _EXTENDED_ERROR.unpack_from(data)
-                if (origin, icmp_type, code) in _PORT_UNREACHABLE:
-                    self._refused(destination[0].partition("%")[0], destination[1], now)
+        """Read every datagram the UDP sockets hold, each decoded in full (copies too: their
+        numbers count losses), and counted if bad."""
+        for datagram, arrival, source in self.udp.receive():
+            self._on_datagram(datagram, arrival, source)
 
     def _refused(self, host: str, port: int, now: float) -> None:
         for record in self._wiring.peers():
@@ -621,26 +539,3 @@ class Heartbeats:
         its FD (a waiter could miss the edge such a call consumes)."""
         if not self._control.closed:
             op(self._control_socket)
-
-
-def arrival_time(ancillary: list[tuple[int, int, bytes]], wall_offset: float, now: float) -> float:
-    """When a datagram arrived, on this node's clock: the kernel's stamp (wall-clock time, less
-    `wall_offset`) if there is a plausible one, else `now`."""
-    for level, kind, data in ancillary:
-        if (
-            level == stdlib_socket.SOL_SOCKET
-            and kind == SO_TIMESTAMPNS
-            and len(data) >= _TIMESPEC.size
-        ):
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            arrival: float = seconds + nanoseconds * 1e-9 - wall_offset
-            if now - 1.0 < arrival <= now:  # a wall clock stepped meanwhile would be way off
-                return arrival
-    return now
-
-
-def close_datagrams(socks: Iterable[stdlib_socket.socket]) -> None:
-    """Close UDP sockets (a task waiting on one gets `trio.ClosedResourceError`)."""
-    for sock in socks:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()

@@ -117,8 +117,6 @@ class Membership:
         self._events = events
         self._heartbeats = heartbeats
         self._producer = producer
-        # Services this node has pushed to: it watches the peers that offer them (_gossip.py).
-        self._used_services: set[str] = set()
         self._advertise = advertise
         self._heard_of = heard_of
         self._check_open = check_open
@@ -245,13 +243,10 @@ class Membership:
 
     def _log_state(self, transition: Transition, now: float) -> None:
         """Log a liveness change of a known peer (INFO, with its evidence)."""
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        peer = self._peers.get(transition.peer)
-        if peer is not None:
-            line = _peerlog.state_changed(peer.record, transition, now)
-            if line is not None:
-                _log_peer(line)
+        peer = self._peers.get(transition.peer) if logger.isEnabledFor(logging.INFO) else None
+        line = None if peer is None else _peerlog.state_changed(peer.record, transition, now)
+        if line is not None:
+            _log_peer(line)
 
     def reclaim(self, worker: bytes) -> None:
         """A worker died: what it held unacked, and the tasks still waiting in its outbox, go to
@@ -392,12 +387,9 @@ class Membership:
                 # arrives is still judged (and one that never sends any is declared dead), with
                 # time for its heartbeats to start (`first_heartbeat_grace`).
                 self._heartbeats.joined(record, trio.current_time())
-                if not self._used_services.isdisjoint(record.services):
-                    self._heartbeats.work_with((record.id,))
                 _log_peer(_peerlog.joined(record))
             elif isinstance(event, PeerUpdated):
-                if not self._used_services.isdisjoint(event.peer.record.services):
-                    self._heartbeats.work_with((event.peer.record.id,))
+                self._heartbeats.updated(event.peer.record)
             elif isinstance(event, PeerLeft):
                 record = event.peer.record
                 self.sessions.close(record.id)
@@ -456,13 +448,11 @@ class Membership:
     def ready_workers(self, service: str) -> dict[bytes, Route]:
         """The live peers offering `service` whose outbox has room, in the order they started
         offering it, each with its link (`Dispatcher.pick` chooses among them)."""
-        ready: dict[bytes, Route] = {}
-        # (On every task sent: the lookups are bound once.)
+        ready: dict[bytes, Route] = {}  # (on every task sent: the lookups are bound once)
         peers, leaving, inbox = self._peers, self.sessions.leaving_peers, self._addresses.inbox
-        if service not in self._used_services:
-            self._used_services.add(service)
-            self._heartbeats.work_with(peers.offering(service))
         find = self._links.find
+        if service not in self._heartbeats.gossip.services:  # the first push to it: watch them
+            self._heartbeats.work_with(service, peers.offering(service))
         for worker in peers.offering(service):
             peer = peers.get(worker)
             if peer is None or peer.state is not PeerState.ALIVE or worker in leaving:
@@ -508,10 +498,10 @@ class Membership:
 
     async def _await_ready(self, peer_id: bytes) -> None:
         """Say HELLO again, at growing intervals, to a peer that has not said READY: it may not
-        know this node at all. One lost HELLO or WELCOME, with the mDNS announcement missed
-        too, left two nodes of a 32-node mesh under load without each other for good, each
-        known to the other thirty (docs/decisions.md). A HELLO makes a peer that does not know
-        this node join it, and one that does greet it again (`_on_hello`)."""
+        know this node at all (one lost HELLO or WELCOME, with the mDNS announcement missed,
+        left two nodes of a loaded 32-node mesh without each other for good: docs/decisions.md).
+        A HELLO makes a peer that does not know this node join it, and one that does greet it
+        again (`_on_hello`)."""
         interval = _READY_WAIT_FIRST
         while True:
             with trio.move_on_after(interval):

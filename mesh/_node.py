@@ -40,7 +40,7 @@ from ._beatkeys import KEY_SIZE, BeatKeys
 from ._binding import bind_sockets, socket_maker
 from ._events import Subscriptions
 from ._frames import Frames
-from ._heartbeats import Heartbeats, close_datagrams
+from ._heartbeats import Heartbeats
 from ._history import History
 from ._introductions import Introductions
 from ._keys import KeyPair
@@ -57,6 +57,7 @@ from ._publisher import Publisher
 from ._ratelimit import RateLimitedLog
 from ._streams import YIELD_EVERY, PeerWatch, Subscription, TaskStream
 from ._types import COUNTED, DeadLetter, Endpoints, NodeStatistics, PeerHealth, Settings
+from ._udp import close_datagrams
 from ._wiring import (
     HeartbeatView,
     ProducerView,

@@ -116,7 +116,7 @@ def statistics_of(node: Node) -> NodeStatistics:
         bytes_sent={
             "pub": node._pub.bytes_sent,
             "push": node._links.bytes_sent,
-            "udp": node._heartbeats.udp_bytes_sent,
+            "udp": node._heartbeats.udp.bytes_sent,
         },
         events_queued=len(node._pub),
         redelivery_queued=node._producer.redelivery_queued,

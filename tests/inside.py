@@ -52,7 +52,7 @@ def context(node: mesh.Node) -> zmq.Context[Any]:
 
 def datagram_sockets(node: mesh.Node) -> list[socket.socket]:
     """The node's UDP sockets for heartbeats, one per host it is bound on."""
-    return node._heartbeats.datagrams
+    return node._heartbeats.udp.socks
 
 
 def beats(node: mesh.Node) -> dict[bytes, PeerBeats]:

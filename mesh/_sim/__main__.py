@@ -1,5 +1,6 @@
 """``python -m mesh._sim``: run the simulation over many seeds, one seed, or a schedule given as
-JSON, and print what it found. Exit status 1 if an invariant failed."""
+JSON, and print what it found. Exit status 1 if an invariant failed. ``python -m mesh._sim swim``:
+SWIM membership at scale (`_swim_world`), one row of figures per mesh size."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ import time
 from collections.abc import Sequence
 
 from . import FAULT_KINDS, Result, Schedule, SimSettings, count_faults, generate, run
+from ._swim_world import SwimResult, SwimSettings, generate_swim, run_swim
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["swim"]:
+        return swim(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="python -m mesh._sim",
         description="Deterministic simulation of a mesh under seeded faults, in virtual time.",
+        epilog="SWIM membership at scale: python -m mesh._sim swim --help",
     )
     runs = parser.add_mutually_exclusive_group()
     runs.add_argument("--seeds", type=int, default=100, help="how many seeds to run (100)")
@@ -27,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, help="heartbeat interval, seconds")
     parser.add_argument("--drop", type=float, help="chance a message is lost (0.02)")
     parser.add_argument("--jitter", type=float, help="most random delay, seconds (0.01)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
 
     if args.replay is not None:
         try:
@@ -102,6 +108,78 @@ def _one(schedule: Schedule) -> int:
         return 1
     print("no violations")
     return 0
+
+
+def swim(argv: Sequence[str]) -> int:
+    """``python -m mesh._sim swim``: one SWIM run per mesh size, a row of figures each."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mesh._sim swim",
+        description="SWIM membership (mesh/_probing.py) at scale, in virtual time: how soon a"
+        " crash is known, how often a member that is up is suspected, messages per node.",
+    )
+    parser.add_argument("--nodes", default="16,100,1000", help="mesh sizes (16,100,1000)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="virtual seconds (120)")
+    parser.add_argument("--loss", type=float, default=0.0, help="chance a message is lost (0)")
+    parser.add_argument("--crashes", type=int, default=4, help="nodes that crash (4)")
+    parser.add_argument("--pauses", type=int, default=4, help="pauses, 0.5 to 5 s (4)")
+    parser.add_argument("--partitions", type=int, default=1, help="partitions, 1 to 10 s (1)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (0)")
+    parser.add_argument(
+        "--read-every", type=float, default=0.2, help="seconds between a node's reads (0.2)"
+    )
+    parser.add_argument(
+        "--fix-incarnations",
+        action="store_true",
+        help="start nodes at the incarnation the others hold them at (SwimSettings)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(n) for n in args.nodes.split(",")]
+        settings = [
+            SwimSettings(
+                nodes=n,
+                seconds=args.seconds,
+                loss=args.loss,
+                crashes=args.crashes,
+                pauses=args.pauses,
+                partitions=args.partitions,
+                read_every=args.read_every,
+                fix_incarnations=args.fix_incarnations,
+            )
+            for n in sizes
+        ]
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(
+        f"seed {args.seed}, {args.seconds:g} s, loss {args.loss:g}, crashes {args.crashes},"
+        f" pauses {args.pauses}, partitions {args.partitions}, read every {args.read_every:g} s"
+        + (", incarnations fixed" if args.fix_incarnations else "")
+    )
+    print(
+        "nodes  msgs/node/s  first known s (med/p99/max)  known by all s (med/p99/max)"
+        "  unknown  false suspicions /node-h (first hand)  false deaths  refutations  wall s"
+    )
+    for each in settings:
+        started = time.perf_counter()
+        result = run_swim(generate_swim(args.seed, each))
+        print(_swim_row(result, time.perf_counter() - started), flush=True)
+    return 0
+
+
+def _swim_row(result: SwimResult, wall: float) -> str:
+    def spread(figures: tuple[float, float, float] | None) -> str:
+        return "-" if figures is None else "/".join(f"{x:.1f}" for x in figures)
+
+    suspicions = (
+        f"{result.per_node_hour(result.false_suspicions):.0f}"
+        f" ({result.per_node_hour(result.false_accusations):.1f})"
+    )
+    return (
+        f"{result.schedule.settings.nodes:>5}  {result.msgs_per_node_second:>11.2f}"
+        f"  {spread(result.first_known()):>27}  {spread(result.known_everywhere()):>28}"
+        f"  {result.undetected:>7}  {suspicions:>37}  {result.false_deaths:>12}"
+        f"  {result.refutations:>11}  {wall:>6.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._probing import Change, Message, ProbeSettings, Prober, Send
+from .._probing import Change, Message, Prober, ProbeSettings, Send
 from .._swim import AWARENESS_MAX, State
 from ._schedule import Fault
 
@@ -247,8 +247,8 @@ class _Node:
     __slots__ = (
         "crashed",
         "gen",
-        "index",
         "inbox",
+        "index",
         "last_tick",
         "paused_until",
         "phase",
@@ -510,7 +510,9 @@ class SwimWorld:
         up = [node.index for node in self.nodes if not node.crashed]
         for node in self.nodes:
             result.node_seconds += self.crashed_at.get(node.index, end)
-            result.refutations += node.prober.roster.incarnation - self.first_incarnations[node.index]
+            result.refutations += (
+                node.prober.roster.incarnation - self.first_incarnations[node.index]
+            )
             result.failed_probes += node.prober.failed_probes
         for fault in self.schedule.faults:
             if fault.kind != "crash" or fault.node not in self.crashed_at:
