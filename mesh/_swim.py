@@ -258,7 +258,7 @@ class Roster(Generic[K]):
 
     def __init__(self, me: K) -> None:
         self.me = me
-        self.incarnation = 1  # this node's own
+        self.incarnation = 0  # this node's own (the others know it at 0 when it joins)
         self._members: dict[K, _Member] = {}
         self._suspects: set[K] = set()  # (what `expired` looks at)
 

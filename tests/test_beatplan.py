@@ -34,6 +34,17 @@ def test_a_clean_network_beats_once_an_interval_and_publishes_every_other_beat()
     assert plan.number == 2
 
 
+def test_with_publish_every_zero_a_beat_is_published_only_for_a_peer_that_does_not_echo() -> None:
+    plan: BeatPlan[str] = BeatPlan(INTERVAL, START, publish_every=0)
+    assert not plan.next(100.0, [peer("a")]).publish
+    assert not plan.next(103.0, [peer("a")]).publish
+    assert not plan.next(106.0, []).publish  # nobody to beat to: nothing on the PUB either
+    assert plan.next(109.0, [peer("a", echoed=90.0)]).publish
+    plan.publish_every = 2  # (the mesh shrank: every other beat again)
+    assert not plan.next(112.0, [peer("a", echoed=111.0)]).publish  # beat 5
+    assert plan.next(115.0, [peer("a", echoed=111.0)]).publish  # beat 6
+
+
 def test_the_cadence_is_kept_when_the_loop_wakes_a_little_late() -> None:
     plan: BeatPlan[str] = BeatPlan(INTERVAL, START)
     assert plan.next(100.25, [peer("a")]).wake == 103.0
