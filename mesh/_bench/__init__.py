@@ -158,8 +158,14 @@ def _keyed_too(
 
 
 def run_scale(
-    nodes: Sequence[int], idle: float = 3.0, duration: float = 0.5, count: int = 1_000_000
+    nodes: Sequence[int],
+    idle: float = 3.0,
+    duration: float = 0.5,
+    count: int = 1_000_000,
+    *,
+    netns: bool = False,
 ) -> Iterator[Measurement]:
-    """The scale measurements for each number of nodes, in order."""
+    """The scale measurements for each number of nodes, in order (each node in a network
+    namespace of its own if `netns`)."""
     for number in nodes:
-        yield from bench_scale(number, idle, duration, count)
+        yield from bench_scale(number, idle, duration, count, netns=netns)

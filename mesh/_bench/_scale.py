@@ -18,16 +18,21 @@ others.
   event to the last subscriber's last.
 
 Every process is on one machine: at 32 nodes on 2 cores the processes take turns on the CPU, so
-times grow with N for that reason too.
+times grow with N for that reason too. With `netns` (root), each node runs in a network namespace
+of its own, all on one virtual switch (a bridge in a namespace of its own, a private subnet:
+`mesh/_cli/_netns.py`), so its datagrams, multicast and TCP cross a real (virtual) wire rather
+than loopback; each node process enters its namespace before it opens its node.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 import time
 import uuid
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -43,41 +48,72 @@ from ._common import (
     wait_command,
 )
 
+if TYPE_CHECKING:
+    from .._cli._netns import Switch
+
 _TOPIC = "scale.events"
 _END = b"end"
 _SETTLE = 1.0
 _ZMQ_THREADS = "ZMQbg/"  # libzmq names its I/O and reaper threads so
+_CLONE_NEWNET = 0x40000000
 
 
-def bench_scale(nodes: int, idle: float, duration: float, count: int) -> list[Measurement]:
-    """The four scale measurements for `nodes` node processes (at least 2)."""
+def bench_scale(
+    nodes: int, idle: float, duration: float, count: int, *, netns: bool = False
+) -> list[Measurement]:
+    """The four scale measurements for `nodes` node processes (at least 2), each in a network
+    namespace of its own if `netns` (root)."""
     mesh_name = f"bench-scale-{uuid.uuid4().hex[:12]}"
     timeout = 30.0 + nodes
-    with Pool(nodes) as pool:
-        started = clock()
-        controls = [
-            pool.start(index, _scale_node, mesh_name, index, nodes, timeout)
-            for index in range(nodes)
-        ]
-        full_at = [receive(control, timeout + 30) for control in controls]
-        time.sleep(_SETTLE)
-        pids = pool.pids()
-        before = [_cpu_seconds(pid) for pid in pids]
-        before_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
-        time.sleep(idle)
-        after = [_cpu_seconds(pid) for pid in pids]
-        after_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
-        cpu = [(b - a) / idle * 100 for a, b in zip(before, after, strict=True)]
-        cpu_zmq = [(b - a) / idle * 100 for a, b in zip(before_zmq, after_zmq, strict=True)]
-        rss = [_rss_mib(pid) for pid in pids]
-        controls[0].send(("publish", duration, count))
-        sent = receive(controls[0], duration + 30)
-        for control in controls[1:]:
-            control.send("report")
-        reports = [receive(control, QUIET * 10) for control in controls[1:]]
-        controls[0].send("done")
-        for index in range(nodes):
-            pool.finish(index)
+    switch = None
+    if netns:
+        from .._cli._netns import Switch
+
+        switch = Switch([f"scale{index}" for index in range(nodes)])
+    try:
+        with Pool(nodes) as pool:
+            return _measure(pool, switch, mesh_name, nodes, idle, duration, count, timeout)
+    finally:
+        if switch is not None:
+            switch.close()
+
+
+def _measure(
+    pool: Pool,
+    switch: Switch | None,
+    mesh_name: str,
+    nodes: int,
+    idle: float,
+    duration: float,
+    count: int,
+    timeout: float,
+) -> list[Measurement]:
+    """`bench_scale`'s run, in `pool`, each node on its host of `switch` if there is one."""
+    started = clock()
+    places = [None if switch is None else switch.hosts[f"scale{i}"][:2] for i in range(nodes)]
+    controls = [
+        pool.start(index, _scale_node, mesh_name, index, nodes, timeout, places[index])
+        for index in range(nodes)
+    ]
+    full_at = [receive(control, timeout + 30) for control in controls]
+    time.sleep(_SETTLE)
+    pids = pool.pids()
+    before = [_cpu_seconds(pid) for pid in pids]
+    before_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
+    time.sleep(idle)
+    after = [_cpu_seconds(pid) for pid in pids]
+    after_zmq = [_cpu_seconds(pid, _ZMQ_THREADS) for pid in pids]
+    cpu = [(b - a) / idle * 100 for a, b in zip(before, after, strict=True)]
+    cpu_zmq = [(b - a) / idle * 100 for a, b in zip(before_zmq, after_zmq, strict=True)]
+    rss = [_rss_mib(pid) for pid in pids]
+    controls[0].send(("publish", duration, count))
+    sent = receive(controls[0], duration + 30)
+    for control in controls[1:]:
+        control.send("report")
+    reports = [receive(control, QUIET * 10) for control in controls[1:]]
+    controls[0].send("done")
+    for index in range(nodes):
+        pool.finish(index)
     received = [r for r, _, _ in reports]
     firsts = [f for r, f, _ in reports if r]
     lasts = [t for r, _, t in reports if r]
@@ -164,17 +200,43 @@ def _rss_mib(pid: int) -> float:
 
 
 def _scale_node(
-    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float
+    control: Connection,
+    mesh_name: str,
+    index: int,
+    nodes: int,
+    timeout: float,
+    place: tuple[str, str] | None,
 ) -> None:
-    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout)
+    interface = "127.0.0.1"
+    if place is not None:
+        namespace, interface = place
+        _enter_namespace(namespace)
+    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout, interface)
+
+
+def _enter_namespace(namespace: str) -> None:
+    """Move this process (its one thread: the node's threads start later, in it) into the
+    network namespace `namespace` (setns(2); Python 3.11 has no os.setns)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {namespace}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
 
 
 async def _run_scale_node(
-    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float
+    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float, interface: str
 ) -> None:
     from .. import open_node
 
-    async with open_node(f"scale{index}", mesh=mesh_name) as node:
+    # (A namespace's private subnet reaches nothing but the switch: open is safe there.)
+    insecure = interface != "127.0.0.1"
+    async with open_node(
+        f"scale{index}", mesh=mesh_name, interface=interface, insecure=insecure
+    ) as node:
         if index == 0:
             await node.wait_for_peers(nodes - 1, timeout=timeout)
             control.send(clock())  # full

@@ -32,7 +32,8 @@ CURVE on every plain pyzmq socket), in the same runs; each keyed row (", keyed")
 open one, its ratio against plain pyzmq with CURVE, "vs open" its cost: keyed mesh / open mesh,
 "plain vs open" the same for plain pyzmq.
 With --scale: N node processes in one mesh for each N of --nodes: time to full mesh, idle CPU
-and memory per node, events/s from one node to the N - 1 others."""
+and memory per node, events/s from one node to the N - 1 others; with --netns (root) each node
+in a network namespace of its own on one virtual switch, so the wire is real."""
 
 
 def add_to(commands: Any) -> None:
@@ -122,6 +123,12 @@ def add_to(commands: Any) -> None:
         metavar="SECONDS",
         help="with --scale: how long idle CPU is measured (default: 3)",
     )
+    bench.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --scale: each node in a network namespace of its own on one virtual switch "
+        "(root)",
+    )
     bench.add_argument("--json", action="store_true", help="print JSON, one object per line")
     bench.set_defaults(run=run)
 
@@ -131,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scale and args.keys:
         raise UserError("--keys measures the suite, not --scale", status=2)
+    if args.netns and not args.scale:
+        raise UserError("--netns is for --scale", status=2)
     if args.scale:
-        results = run_scale(args.nodes, args.idle, args.duration, args.count)
+        results = run_scale(args.nodes, args.idle, args.duration, args.count, netns=args.netns)
     else:
         groups: list[str] = []
         for name in args.suite:
