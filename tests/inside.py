@@ -131,8 +131,8 @@ def drop_published(node: mesh.Node, kind: Kind) -> None:
 
 
 def drop_datagrams(node: mesh.Node) -> None:
-    """The node sends no heartbeat datagram (it still reads its peers')."""
-    node._heartbeats._datagram_route = lambda record: None  # type: ignore[method-assign]
+    """The node sends no heartbeat or probe datagram (it still reads its peers')."""
+    node._heartbeats.udp.route = lambda record: None  # type: ignore[method-assign]
 
 
 def silence_heartbeats(node: mesh.Node) -> None:

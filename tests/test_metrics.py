@@ -166,6 +166,9 @@ mesh_nacks_sent_total{node="n\\1"} 0
 # HELP mesh_heartbeat_datagrams_total Valid heartbeat datagrams received by UDP.
 # TYPE mesh_heartbeat_datagrams_total counter
 mesh_heartbeat_datagrams_total{node="n\\1"} 9
+# HELP mesh_probe_datagrams_total SWIM probes, answers and relays received by UDP.
+# TYPE mesh_probe_datagrams_total counter
+mesh_probe_datagrams_total{node="n\\1"} 0
 # HELP mesh_peers_refused_total Nodes refused as peers (full, too many at once, key not allowed).
 # TYPE mesh_peers_refused_total counter
 mesh_peers_refused_total{node="n\\1"} 3
