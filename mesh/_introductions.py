@@ -17,6 +17,11 @@ Rules:
   answer before its link is closed and the next is tried; at most `HEARD_KEPT` wait their
   turn, and more are ignored (they are heard of again from other peers). A HELLO listing
   thousands of addresses costs a few links at a time, not a link (three sockets) each.
+* Only a first contact (a seed, and `Node.connect`) exchanges peer lists; HELLOs to nodes
+  announced or heard of list none and ask for none, so a node joining a mesh of N costs each
+  member a small HELLO, not a list of N. Two nodes that joined through different seeds at once
+  may be on neither's list: so every `PEER_EXCHANGE_INTERVAL` or so (at random, from half to
+  one and a half times it) a node exchanges lists with one peer at random.
 * A keyed node says HELLO only where it knows the node's key (a seed or peer list entry
   ``KEY@host:port``, an announcement's TXT) and that key is allowed (`learn`).
 * This node's own record is advertised on mDNS, again whenever it changes.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -39,13 +45,16 @@ from ._ratelimit import RateLimitedLog
 #: Seconds between HELLOs to a seed at whose address no peer is known.
 SEED_REGREET_INTERVAL: Final = 5.0
 
+#: Mean seconds between two exchanges of peer lists with a peer at random.
+PEER_EXCHANGE_INTERVAL: Final = 10.0
 #: How many addresses heard of from peers are said HELLO at once, at most.
 TRIED_AT_ONCE: Final = 16
 #: How many addresses heard of from peers wait their turn, at most.
 HEARD_KEPT: Final = 4096
 
-#: Says HELLO to the inbox at an address (`again`: even if a link there is open already).
-Introduce = Callable[[str, bool], None]
+#: Says HELLO to the inbox at an address (`again`: even if a link there is open already; `ask`:
+#: exchanging peer lists).
+Introduce = Callable[[str, bool, bool], None]
 #: Takes in the key given for an address; False if it cannot be reached so (`Members.learn`).
 Learn = Callable[[str, "str | None"], bool]
 
@@ -65,6 +74,7 @@ class Introductions:
         peers_changed: trio.lowlevel.ParkingLot,
         links: Links,
         introduce: Introduce,
+        reach: Callable[[PeerRecord], str],
         *,
         connect_timeout: float,
         log: RateLimitedLog,
@@ -75,6 +85,8 @@ class Introductions:
         self._changed = peers_changed  # unparked at every change of the peers, and here
         self._links = links
         self._introduce = introduce
+        self._reach = reach  # a peer's inbox address
+        self._rng = random.Random()
         self._connect_timeout = connect_timeout
         self._log = log
         self._learn: Learn = learn or (lambda address, key: True)
@@ -92,10 +104,11 @@ class Introductions:
             address, key = parse_contact(seed)
             if address not in self._record().addresses and self._learn(address, key):
                 self._seeds.add(address)
-                self._introduce(address, False)
+                self._introduce(address, False, True)
         if self._seeds:
             nursery.start_soon(self._greet_absent_seeds)
         nursery.start_soon(self._try_heard)
+        nursery.start_soon(self._exchange_peers)
 
     def discover(self, mdns: Mdns) -> None:
         """Greet the nodes `mdns` announces, and keep this node's advertisement up to date."""
@@ -145,7 +158,7 @@ class Introductions:
                 address = next(iter(heard))
                 del heard[address]
                 if self._peers.by_address(address) is None:
-                    self._introduce(address, False)
+                    self._introduce(address, False, False)
                     trying[address] = now + self._connect_timeout
             with trio.move_on_at(min(trying.values(), default=math.inf)):
                 await self._changed.park()
@@ -159,7 +172,17 @@ class Introductions:
                 link = self._links.find(address)
                 if link is not None and len(link.outbox):
                     continue  # the last HELLO has not left: nothing listens there yet
-                self._introduce(address, True)
+                self._introduce(address, True, True)
+
+    async def _exchange_peers(self) -> None:
+        """Now and then, exchange peer lists with one peer at random: a node that joined at the
+        same time as another, through another seed, learns of it so (greetings list no peers
+        but a first contact's: protocol.md §8)."""
+        while True:
+            await trio.sleep(self._rng.uniform(0.5, 1.5) * PEER_EXCHANGE_INTERVAL)
+            peers = list(self._peers)
+            if peers:
+                self._introduce(self._reach(self._rng.choice(peers).record), True, True)
 
     async def _serve_discovery(self, mdns: Mdns) -> None:
         async with trio.open_nursery() as nursery:
@@ -175,7 +198,7 @@ class Introductions:
                         and self._learn(announcement.address, announcement.public_key)
                     ):
                         self._announced[announcement.id] = announcement.address
-                        self._introduce(announcement.address, True)
+                        self._introduce(announcement.address, True, False)
                         nursery.start_soon(self._forget_if_unanswered, announcement.address)
                 elif isinstance(event, Refused):
                     self._log.warning(

@@ -174,7 +174,7 @@ class Membership:
             raise ValueError(f"this node is keyed: the node's key is {why}")
         if timeout is None:
             timeout = self._settings.connect_timeout
-        self.introduce(address)
+        self.introduce(address, ask=True)
         with trio.move_on_after(timeout):
             while (peer := self._peers.by_address(address)) is None:
                 await self.changed.park()
@@ -269,10 +269,10 @@ class Membership:
         link = self._links.find(self.reach(hello.record))
         if link is not None:
             link.outbox.coalesce = _batches.coalesce_direct if hello.batch else None
-        if envelope.kind is Kind.HELLO:
-            self._links.send(self.reach(hello.record), Kind.WELCOME, None, self._hello().to_wire())
-            if known and self._nursery is not None and not self._closing():
-                # A peer that says HELLO again may not have had this node's READY.
+        if envelope.kind is Kind.HELLO:  # (its peers listed only if asked: protocol.md §8)
+            welcome = self._hello(hello.ask is not False).to_wire()
+            self._links.send(self.reach(hello.record), Kind.WELCOME, None, welcome)
+            if known and self._nursery is not None and not self._closing():  # (READY lost?)
                 self._nursery.start_soon(self._greet, envelope.sender)
         elif self._record.services:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
@@ -426,16 +426,17 @@ class Membership:
         else:
             self._heartbeats.disconnected(peer.record.id, trio.current_time())
 
-    def introduce(self, address: str, *, again: bool = False) -> None:
+    def introduce(self, address: str, *, again: bool = False, ask: bool = False) -> None:
         """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only
-        once per link unless `again` (a new node announced itself at a known address)."""
+        once per link unless `again` (a new node announced itself at a known address). `ask`:
+        exchange peer lists (a first contact, or the periodic exchange: protocol.md §8)."""
         if again or address not in self._links:
-            self._links.send(address, Kind.HELLO, None, self._hello().to_wire())
+            self._links.send(address, Kind.HELLO, None, self._hello(ask, ask=ask).to_wire())
 
-    def _hello(self) -> Hello:
-        reach = self.reach
-        known = tuple(format_contact(reach(p.record), p.record.public_key) for p in self._peers)
-        return Hello(self._record, known, batch=True)
+    def _hello(self, listed: bool, *, ask: bool | None = None) -> Hello:
+        reach, peers = self.reach, self._peers if listed else ()
+        known = tuple(format_contact(reach(p.record), p.record.public_key) for p in peers)
+        return Hello(self._record, known, batch=True, ask=ask)
 
     def set_services(self, services: Iterable[str]) -> None:
         self._record = self._record.with_services(services)

@@ -161,11 +161,16 @@ class Hello:
     peers: tuple[str, ...]
     #: The sender accepts BATCH frames in its inbox (the HELLO body's ``"batch": true``).
     batch: bool = False
+    #: A HELLO's ``"ask"``: whether the WELCOME is to list the answerer's peers (None: the key
+    #: is absent, as from nodes before 0.3, which always want them).
+    ask: bool | None = None
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"record": self.record.to_wire(), "peers": list(self.peers)}
         if self.batch:
             body["batch"] = True
+        if self.ask is not None:
+            body["ask"] = self.ask
         return body
 
 
@@ -566,7 +571,13 @@ def _parse_hello(data: Any) -> Hello:
             contacts.append(_canonical_contact(contact))
         except ValueError as exc:
             raise ProtocolError("malformed", str(exc)) from None
-    return Hello(_parse_record(data["record"]), tuple(contacts), data.get("batch") is True)
+    ask = data.get("ask")
+    return Hello(
+        _parse_record(data["record"]),
+        tuple(contacts),
+        data.get("batch") is True,
+        ask if type(ask) is bool else None,
+    )
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
