@@ -25,9 +25,10 @@ Rules:
 * A suspicion is *false* when neither end of it was at fault: its member had not crashed, and
   within the probing window before it (`probe_timeout` plus the longest stretched probe
   interval) neither the member nor the node whose probe failed was paused, nor a partition
-  between them. A suspicion heard as a rumour is judged by the probe it came from: the first
-  that suspected that member at that incarnation (an incarnation is one spell of suspicion, as
-  only the member raises it, refuting). A death is false on the same terms.
+  between them. A suspicion heard as a rumour is judged by the probes it came from: it is
+  excused if any probe that suspected that member at that incarnation was (an incarnation is
+  one spell of suspicion, as only the member raises it, refuting). A death is false on the
+  same terms.
 
 It does not model: CPU time and its contention (a node handles any load at once), the node's
 greetings, heartbeats and discovery (a member declared dead and forgotten never comes back, and
@@ -81,10 +82,6 @@ class SwimSettings:
         partition_share: Most of the mesh one partition cuts off (at least one node). Default
             a quarter.
         probe: The probers' settings. Default `ProbeSettings()`.
-        fix_incarnations: Start every node at incarnation 0, the one `Prober.add` gives it at
-            the others. As the machine stands a node starts at 1 and ignores, unrefuted, a
-            suspicion of it at 0 (older than its own): every suspicion becomes a death. This
-            models the fix. Default False.
 
     Raises `ValueError` for a value out of range."""
 
@@ -103,7 +100,6 @@ class SwimSettings:
     partition_lengths: tuple[float, float] = (1.0, 10.0)
     partition_share: float = 0.25
     probe: ProbeSettings = field(default_factory=ProbeSettings)
-    fix_incarnations: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -295,8 +291,6 @@ class SwimWorld:
             add = node.prober.add
             for j in range(n):
                 add(j, 0.0)  # (itself is passed over)
-            if settings.fix_incarnations:
-                node.prober.roster.incarnation = 0
         self.first_incarnations = [node.prober.roster.incarnation for node in self.nodes]
         for node in self.nodes:
             self._reschedule(node, node.prober.next_deadline(), 0.0, force=True)
@@ -376,7 +370,7 @@ class SwimWorld:
                 self._send(index, out, now)
             changes = prober.changes()
             if changes:
-                self._record(index, changes, now)
+                self._record(index, changes, now, message)
         # (`next_deadline()` once a step, if it need not tick: it looks at every suspicion
         # held, which under heavy loss is a good part of the mesh.)
         deadline = prober.next_deadline()
@@ -480,30 +474,48 @@ class SwimWorld:
 
     # -- the tallies
 
-    def _record(self, observer: int, changes: list[Change[int]], now: float) -> None:
+    def _record(
+        self,
+        observer: int,
+        changes: list[Change[int]],
+        now: float,
+        message: Message[int] | None = None,
+    ) -> None:
+        """Tally the changes a tick (no `message`) or reading `message` made at `observer`."""
         result = self.result
-        roster = self.nodes[observer].prober.roster
         for member, old, new, reason in changes:
             self._trace.update(f"{now!r} {observer} {member} {old} {new} {reason};".encode())
             if new is State.SUSPECT:
                 result.suspicions += 1
-                spell = (member, roster.incarnation_of(member))
                 if reason == "probe":
+                    spell = (member, self.nodes[observer].prober.roster.incarnation_of(member))
                     excused = self._excused(observer, member, now)
                     self.spells[spell] = self.spells.get(spell, False) or excused
                     if not excused:
                         result.false_accusations += 1
-                if not self.spells.get(spell, False):
+                if not self._justified(observer, member, new, message):
                     result.false_suspicions += 1
             elif new is State.DEAD:
-                crashed = self.crashed_at.get(member, math.inf) <= now
-                if crashed:
+                if self.crashed_at.get(member, math.inf) <= now:
                     self.known[member].setdefault(observer, now)
                 else:
                     result.live_deaths += 1
-                    spell = (member, roster.incarnation_of(member))
-                    if not self.spells.get(spell, False):
+                    if not self._justified(observer, member, new, message):
                         result.false_deaths += 1
+
+    def _justified(
+        self, observer: int, member: int, state: State, message: Message[int] | None
+    ) -> bool:
+        """Whether the spell of suspicion a change to `state` belongs to had a fault to blame:
+        the spell at the incarnation the rumour said (a message may carry rumours of one member
+        at two incarnations, its suspicion and its refutation), or at the one held now."""
+        if message is None:
+            incarnations = [self.nodes[observer].prober.roster.incarnation_of(member)]
+        else:
+            incarnations = [
+                r.incarnation for r in message.rumours if r.member == member and r.state is state
+            ]
+        return any(self.spells.get((member, i), False) for i in incarnations)
 
     def _tally(self, end: float) -> None:
         result = self.result
