@@ -65,9 +65,10 @@ class Gossip:
         all_up_to: int,
         send: Callable[[bytes, bytes], None],
         verdicts: Callable[[Sequence[Transition]], None],
+        now: float,
     ) -> None:
         self._id = node_id
-        self.prober: Prober[bytes] = Prober(node_id, random.Random(), settings)
+        self.prober: Prober[bytes] = Prober(node_id, random.Random(), settings, now)
         self._all_up_to = all_up_to
         self._send = send
         self._verdicts = verdicts

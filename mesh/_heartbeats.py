@@ -137,6 +137,7 @@ class Heartbeats:
             all_up_to=settings.heartbeat_all_up_to,
             send=self._send_probe,
             verdicts=wiring.verdicts,
+            now=trio.current_time(),  # (the first probe is due within a period of it)
         )
         self._records: dict[bytes, PeerRecord] = {}  # the peers, for their datagrams' routes
         self._ready: set[bytes] = set()  # peers that said READY: nodes, which take datagrams

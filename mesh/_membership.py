@@ -147,8 +147,7 @@ class Membership:
     def stranger(self, node_id: bytes) -> None:
         """A heartbeat from a node that is not a peer: one forgotten while it was frozen, now
         back, is said HELLO again, once."""
-        address = self.sessions.returned(node_id)
-        if address is not None:
+        if (address := self.sessions.returned(node_id)) is not None:
             self.introduce(address, again=True)
 
     def goodbye(self) -> None:

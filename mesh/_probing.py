@@ -7,8 +7,9 @@ Rules (the pieces are in `mesh/_swim.py`):
 
 * Every `probe_interval` (stretched by this node's `Awareness`) one member is probed, in
   `ProbeOrder`: PING, answered by ACK. No ACK within `probe_timeout`: `indirect_probes` other
-  members are each asked to probe it (PING_REQ); each pings it with a number of its own, passes
-  its ACK back, or says NACK if none came within `probe_timeout`. No ACK by the end of the
+  members are each asked to probe it (PING_REQ), and it is pinged again directly; each relay
+  pings it with a number of its own, passes its ACK back, or says NACK if none came within
+  `probe_timeout`. No ACK by the end of the
   indirect window (`probe_interval` more, stretched too): the member is SUSPECT.
 * A probe that failed raises this node's awareness by one for each NACK that did not come (by one
   if there were no relays to ask); one answered lowers it by one. A node that cannot hear its
@@ -20,7 +21,13 @@ Rules (the pieces are in `mesh/_swim.py`):
 * Every message carries up to `rumours_per_message` rumours (`Broadcasts`): each change of a
   member's state this node decides or learns, passed on `retransmits(n)` times. A rumour about a
   member this node does not know is dropped: members join by the node's own greeting, which
-  brings their addresses; rumours only carry what happens to them.
+  brings their addresses; rumours only carry what happens to them. While rumours wait, they
+  also go every `gossip_interval` to `gossip_nodes` members at random (GOSSIP, memberlist's
+  gossip loop): riding the probes alone (a few messages a second), a refutation could reach
+  some member only after its suspicion there had run out. With none waiting, nothing is sent.
+* A member that hears a suspicion of itself older than its incarnation (a refutation missed
+  there) says ALIVE again; and once it has refuted one, every ACK it sends says its
+  incarnation, so a member still suspecting it learns better by probing it.
 * A suspicion becomes a death after `suspicion_timeout`, shorter with each member that suspects
   it independently. A dead member is forgotten `forget_after` seconds later.
 * Every change of a member's state is reported once (`changes`), with why: "probe" (this node's
@@ -59,6 +66,7 @@ class Op(enum.IntEnum):
     ACK = 2  # the answer to PING number `seq`: `target` is the member that answered
     PING_REQ = 3  # "probe `target` for me, and pass its answer back under `seq`"
     NACK = 4  # "I asked `target` for you under `seq`, and it did not answer in time"
+    GOSSIP = 5  # rumours only (`seq` 0, `target` the addressee): nothing to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,9 @@ class ProbeSettings:
         indirect_probes: Relays asked when a PING goes unanswered. Default 3.
         rumours_per_message: Most rumours piggybacked on one message (at most
             `MOST_RUMOURS`). Default 12.
+        gossip_interval: Seconds between two rounds of GOSSIP, while rumours wait to be
+            passed on (none is sent otherwise). Default 0.2.
+        gossip_nodes: Members sent GOSSIP each round. Default 3.
         confirmations: Independent suspicions that bring a suspicion to its least timeout.
             Default 2.
         forget_after: Seconds from a death to forgetting the member. Default 30.0.
@@ -124,6 +135,8 @@ class ProbeSettings:
     probe_timeout: float = 0.5
     indirect_probes: int = 3
     rumours_per_message: int = 12
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
     confirmations: int = 2
     forget_after: float = 30.0
     pause_threshold: float = 0.1
@@ -133,8 +146,8 @@ class ProbeSettings:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number, not negative")
-        if self.probe_interval <= 0 or self.probe_timeout <= 0:
-            raise ValueError("probe_interval and probe_timeout must be positive")
+        if self.probe_interval <= 0 or self.probe_timeout <= 0 or self.gossip_interval <= 0:
+            raise ValueError("probe_interval, probe_timeout and gossip_interval must be positive")
         if self.rumours_per_message > MOST_RUMOURS:
             raise ValueError(f"rumours_per_message must be at most {MOST_RUMOURS}")
 
@@ -174,10 +187,11 @@ class Prober(Generic[K]):
         self.awareness = Awareness()
         self._rng = rng
         self._order: ProbeOrder[K] = ProbeOrder(rng)
-        self._rumours: Broadcasts[Hashable, Rumour[K]] = Broadcasts()
+        self._rumours: Broadcasts[K, Rumour[K]] = Broadcasts()
         self._seq = 0
         self._probe: _Probe[K] | None = None
         self._next_probe = now + rng.uniform(0.0, settings.probe_interval)  # (staggered)
+        self._next_gossip = now
         self._relays: dict[int, _Relay[K]] = {}
         self._dead: dict[K, float] = {}  # dead or left, since
         self._changes: list[Change[K]] = []
@@ -234,6 +248,8 @@ class Prober(Generic[K]):
             deadline = min(deadline, min(relay.nack_at for relay in self._relays.values()))
         if self._dead:
             deadline = min(deadline, min(self._dead.values()) + self.settings.forget_after)
+        if self._rumours:
+            deadline = min(deadline, self._next_gossip)
         return deadline
 
     def tick(self, now: float, lateness: float = 0.0) -> list[Send[K]]:
@@ -264,6 +280,8 @@ class Prober(Generic[K]):
                 self._changes.append(Change(member, old, None, "forgotten"))
         if self._probe is None and now >= self._next_probe:
             self._start_probe(now, out)
+        if self._rumours and now >= self._next_gossip:
+            self._gossip(now, out)
         return out
 
     # -- messages -------------------------------------------------------------------------
@@ -276,7 +294,7 @@ class Prober(Generic[K]):
         op, seq, target = message.op, message.seq, message.target
         if op is Op.PING:
             if target == self.me:
-                out.append(self._message(sender, Op.ACK, seq, self.me))
+                out.append(self._message(sender, Op.ACK, seq, self.me, self._myself()))
         elif op is Op.ACK:
             probe = self._probe
             if probe is not None and probe.seq == seq and probe.target == target:
@@ -321,6 +339,17 @@ class Prober(Generic[K]):
             extra = (Rumour(State.SUSPECT, target, roster.incarnation_of(target), self.me),)
         out.append(self._message(target, Op.PING, self._seq, target, extra))
 
+    def _gossip(self, now: float, out: list[Send[K]]) -> None:
+        # Dead members too, while remembered: one declared dead falsely learns it, and refutes.
+        self._next_gossip = now + self.settings.gossip_interval
+        roster = self.roster
+        for member in self._order.sample(
+            self.settings.gossip_nodes, lambda m: roster.state(m) is State.LEFT
+        ):
+            if not self._rumours:
+                return
+            out.append(self._message(member, Op.GOSSIP, 0, member))
+
     def _ask_relays(self, probe: _Probe[K], out: list[Send[K]]) -> None:
         roster = self.roster
         relays = self._order.sample(
@@ -330,6 +359,9 @@ class Prober(Generic[K]):
         probe.expected = len(relays)
         for relay in relays:
             out.append(self._message(relay, Op.PING_REQ, probe.seq, probe.target))
+        # And once more directly (memberlist tries TCP meanwhile): a lost PING or ACK alone is
+        # then no suspicion; only silence on every way is.
+        out.append(self._message(probe.target, Op.PING, probe.seq, probe.target))
 
     def _failed(self, probe: _Probe[K], now: float) -> None:
         self._probe = None
@@ -347,7 +379,12 @@ class Prober(Generic[K]):
     def _hear(self, rumour: Rumour[K], now: float) -> None:
         member = rumour.member
         roster = self.roster
-        if member != self.me and roster.state(member) is None:
+        if member == self.me:
+            if rumour.state is not State.ALIVE and rumour.incarnation < roster.incarnation:
+                # Refuted already, and the refutation not heard there: say it again.
+                self._spread(Rumour(State.ALIVE, self.me, roster.incarnation, self.me))
+                return
+        elif roster.state(member) is None:
             return  # not a member this node knows (module rules)
         old = roster.state(member)
         claim: Claim | None
@@ -371,13 +408,17 @@ class Prober(Generic[K]):
                 self._dead.pop(member, None)
             self._changes.append(Change(member, old, claim.state, "rumour"))
 
+    def _myself(self) -> tuple[Rumour[K], ...]:
+        """What an ACK says of this node besides: its incarnation, once it has refuted a
+        suspicion (at 0 nobody can hold one of it that is out of date). A member that missed
+        the refutation, and probes it still suspecting it, learns it so."""
+        incarnation = self.roster.incarnation
+        return (Rumour(State.ALIVE, self.me, incarnation, self.me),) if incarnation else ()
+
     def _spread(self, rumour: Rumour[K]) -> None:
-        # (Keyed by member: a newer rumour about it replaces what is queued. A confirmation of
-        # a suspicion is a rumour of its own, keyed by its accuser too, so that it spreads.)
-        key: Hashable = rumour.member
-        if rumour.state is State.SUSPECT and rumour.accuser != self.me:
-            key = (rumour.member, rumour.accuser)
-        self._rumours.add(key, rumour)
+        # (Keyed by member, as memberlist does: a newer rumour about it, a confirmation of a
+        # suspicion included, replaces what is queued; the queue holds one a member at most.)
+        self._rumours.add(rumour.member, rumour)
 
     def _message(
         self,
@@ -390,6 +431,7 @@ class Prober(Generic[K]):
         budget = self.settings.rumours_per_message - len(extra)
         rumours = self._rumours.take(budget, len(self.roster) + 1) if budget > 0 else []
         self.sent += 1
+        rumours = [rumour for rumour in rumours if rumour not in extra]
         return Send(to, Message(op, seq, target, (*extra, *rumours)))
 
 

@@ -233,13 +233,14 @@ class Claim(NamedTuple):
 
 
 class _Member:
-    __slots__ = ("confirmed", "incarnation", "since", "state")
+    __slots__ = ("confirmed", "expires", "incarnation", "since", "state")
 
     def __init__(self, state: State, incarnation: int, since: float) -> None:
         self.state = state
         self.incarnation = incarnation
         self.since = since  # when it took this state
         self.confirmed: set[Hashable] = set()  # (suspect) members that suspect it too
+        self.expires: float | None = None  # (suspect) when, once worked out
 
 
 class Roster(Generic[K]):
@@ -293,11 +294,12 @@ class Roster(Generic[K]):
             if accuser == self.me or accuser in known.confirmed or incarnation > known.incarnation:
                 return None
             known.confirmed.add(accuser)
+            known.expires = None  # sooner now
             return Claim(State.SUSPECT, known.incarnation, news=True)
         if known.state is not State.ALIVE:
             return None
         known.state, known.incarnation, known.since = State.SUSPECT, incarnation, now
-        known.confirmed = set()
+        known.confirmed, known.expires = set(), None
         self._suspects.add(member)
         return Claim(State.SUSPECT, incarnation, news=True)
 
@@ -333,9 +335,13 @@ class Roster(Generic[K]):
         return min((self._expiry(m, period, needed) for m in self._suspects), default=math.inf)
 
     def _expiry(self, member: K, period: float, needed: int) -> float:
+        # (Worked out once a suspicion or confirmation: this is asked at every tick.)
         known = self._members[member]
-        members = len(self._members) + 1
-        return known.since + suspicion_timeout(members, period, len(known.confirmed), needed=needed)
+        if known.expires is None:
+            members = len(self._members) + 1
+            timeout = suspicion_timeout(members, period, len(known.confirmed), needed=needed)
+            known.expires = known.since + timeout
+        return known.expires
 
     def rejoined(self, member: K, now: float) -> None:
         """`member` is known alive again by other means than gossip (it greeted this node

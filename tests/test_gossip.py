@@ -30,6 +30,7 @@ class Harness:
             all_up_to=all_up_to,
             send=lambda to, datagram: self.sent.append((to, datagram)),
             verdicts=self.take,
+            now=0.0,
         )
 
     def take(self, transitions: Sequence[Transition]) -> None:

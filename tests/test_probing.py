@@ -59,11 +59,12 @@ def test_an_unanswered_probe_asks_relays_then_suspects_and_counts_missing_nacks(
     ping = first_probe(a)
     target = ping.to
     start = a.next_deadline() - SETTINGS.probe_timeout
-    requests = a.tick(start + SETTINGS.probe_timeout)
+    *requests, again = a.tick(start + SETTINGS.probe_timeout)
     assert sorted(r.to for r in requests) == sorted(set("bcd") - {target})
     assert {(r.message.op, r.message.seq, r.message.target) for r in requests} == {
         (Op.PING_REQ, ping.message.seq, target)
     }
+    assert again == ping  # and once more directly
     # One relay says NACK (it reached us; the target did not answer it), the other is silent.
     a.receive(requests[0].to, Message(Op.NACK, ping.message.seq, target), start + 0.9)
     end = start + SETTINGS.probe_timeout + SETTINGS.probe_interval

@@ -264,6 +264,8 @@ async def lose_a_quiet_tail(
     await lose()
     for i in range(3, 6):
         await pub.publish("s", i)
+    # Sent, not only queued: else they may leave after `find`, and arrive as if never lost.
+    await wait_until(lambda: pub.statistics().events_queued == 0, "the three sent")
     await find()
     got = [await events.receive() for _ in range(3)]
     assert [(m.topic, m.body) for m in got] == [("s", 3), ("s", 4), ("s", 5)]
