@@ -233,12 +233,13 @@ class Claim(NamedTuple):
 
 
 class _Member:
-    __slots__ = ("confirmed", "expires", "incarnation", "since", "state")
+    __slots__ = ("accuser", "confirmed", "expires", "incarnation", "since", "state")
 
     def __init__(self, state: State, incarnation: int, since: float) -> None:
         self.state = state
         self.incarnation = incarnation
         self.since = since  # when it took this state
+        self.accuser: Hashable = None  # (suspect) the member that suspected it first
         self.confirmed: set[Hashable] = set()  # (suspect) members that suspect it too
         self.expires: float | None = None  # (suspect) when, once worked out
 
@@ -252,8 +253,9 @@ class Roster(Generic[K]):
       suspect beats alive, and only the member can overturn a suspicion, by raising it;
     * a claim that this node is suspect or dead is refuted: its incarnation goes past the
       claim's and it says ALIVE (and its health counts one more trouble, `Awareness`);
-    * a suspicion is confirmed by each other member that suspects it too (fewer seconds to a
-      death, `suspicion_timeout`), and becomes a death when its time is up (`expired`);
+    * a suspicion is confirmed by each member other than its first accuser that suspects it
+      too, this node included (fewer seconds to a death, `suspicion_timeout`), and becomes a
+      death when its time is up (`expired`);
     * DEAD from the member itself is LEFT (a goodbye).
     """
 
@@ -291,7 +293,12 @@ class Roster(Generic[K]):
         if known is None or incarnation < known.incarnation:
             return None
         if known.state is State.SUSPECT:
-            if accuser == self.me or accuser in known.confirmed or incarnation > known.incarnation:
+            # (This node's own failed probe confirms a suspicion it heard of, as memberlist's.)
+            if (
+                accuser == known.accuser
+                or accuser in known.confirmed
+                or incarnation > known.incarnation
+            ):
                 return None
             known.confirmed.add(accuser)
             known.expires = None  # sooner now
@@ -299,7 +306,7 @@ class Roster(Generic[K]):
         if known.state is not State.ALIVE:
             return None
         known.state, known.incarnation, known.since = State.SUSPECT, incarnation, now
-        known.confirmed, known.expires = set(), None
+        known.confirmed, known.expires, known.accuser = set(), None, accuser
         self._suspects.add(member)
         return Claim(State.SUSPECT, incarnation, news=True)
 
