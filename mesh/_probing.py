@@ -25,6 +25,10 @@ Rules (the pieces are in `mesh/_swim.py`):
   also go every `gossip_interval` to `gossip_nodes` members at random (GOSSIP, memberlist's
   gossip loop): riding the probes alone (a few messages a second), a refutation could reach
   some member only after its suspicion there had run out. With none waiting, nothing is sent.
+* A suspicion heard of (not this node's own) that has run half its time is checked: the member
+  is probed next, out of its turn, carrying the suspicion. A member whose refutation the
+  rumours did not bring here (they are passed on a bounded number of times) answers it so,
+  before it is declared dead here.
 * A member that hears a suspicion of itself older than its incarnation (a refutation missed
   there) says ALIVE again; and once it has refuted one, every ACK it sends says its
   incarnation, so a member still suspecting it learns better by probing it.
@@ -193,6 +197,7 @@ class Prober(Generic[K]):
         self._next_probe = now + rng.uniform(0.0, settings.probe_interval)  # (staggered)
         self._next_gossip = now
         self._relays: dict[int, _Relay[K]] = {}
+        self._verify: dict[K, float] = {}  # suspicions heard: when to probe the member first
         self._dead: dict[K, float] = {}  # dead or left, since
         self._changes: list[Change[K]] = []
         self.sent = 0  # messages
@@ -250,6 +255,8 @@ class Prober(Generic[K]):
             deadline = min(deadline, min(self._dead.values()) + self.settings.forget_after)
         if self._rumours:
             deadline = min(deadline, self._next_gossip)
+        if self._verify:
+            deadline = min(deadline, min(self._verify.values()))
         return deadline
 
     def tick(self, now: float, lateness: float = 0.0) -> list[Send[K]]:
@@ -278,6 +285,11 @@ class Prober(Generic[K]):
                 old = self.roster.state(member)
                 self.remove(member)
                 self._changes.append(Change(member, old, None, "forgotten"))
+        for member, at in list(self._verify.items()):
+            if now >= at:
+                del self._verify[member]
+                if self.roster.state(member) is State.SUSPECT:
+                    self._order.first(member)
         if self._probe is None and now >= self._next_probe:
             self._start_probe(now, out)
         if self._rumours and now >= self._next_gossip:
@@ -402,6 +414,10 @@ class Prober(Generic[K]):
             return
         self._spread(rumour)
         if claim.state is not old:
+            if claim.state is State.SUSPECT:  # (heard: see for itself if it lasts)
+                settings = self.settings
+                expiry = roster.expiry(member, settings.probe_interval, settings.confirmations)
+                self._verify[member] = now + (expiry - now) / 2
             if claim.state in (State.DEAD, State.LEFT):
                 self._dead[member] = now
             else:

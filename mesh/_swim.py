@@ -77,6 +77,7 @@ class ProbeOrder(Generic[K]):
         self._rng = rng
         self._order: list[K] = []
         self._index = 0
+        self._next: list[K] = []  # probed before the round goes on (`first`)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -103,9 +104,18 @@ class ProbeOrder(Generic[K]):
         if place < self._index:
             self._index -= 1
 
+    def first(self, member: K) -> None:
+        """Probe `member` next, before the round goes on (a member suspected by others)."""
+        if member in self._order and member not in self._next:
+            self._next.append(member)
+
     def next(self, skip: Callable[[K], bool] = lambda member: False) -> K | None:
         """The next member to probe, passing over those `skip` names (dead ones, say); None
         when it names them all. A round that ends is shuffled anew."""
+        while self._next:
+            member = self._next.pop(0)
+            if member in self._order and not skip(member):
+                return member
         # (The rest of this round, then a whole new one: every member is looked at once.)
         for _ in range(max(0, len(self._order) - self._index) + len(self._order)):
             if self._index >= len(self._order):
@@ -340,6 +350,10 @@ class Roster(Generic[K]):
     def next_expiry(self, period: float, needed: int = 2) -> float:
         """When the first suspicion held now expires (inf: none is held)."""
         return min((self._expiry(m, period, needed) for m in self._suspects), default=math.inf)
+
+    def expiry(self, member: K, period: float, needed: int = 2) -> float:
+        """When the suspicion of `member` held now expires, as things stand."""
+        return self._expiry(member, period, needed)
 
     def _expiry(self, member: K, period: float, needed: int) -> float:
         # (Worked out once a suspicion or confirmation: this is asked at every tick.)

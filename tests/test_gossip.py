@@ -94,14 +94,15 @@ def test_a_refused_port_soon_after_a_dropped_link_is_a_death_told_to_the_mesh() 
     h.gossip.disconnected(peer(2), 3.0)
     h.gossip.refused(peer(2), 5.0)  # too long after: not evidence
     assert len(h.verdicts) == 1
-    # The death rides the next probe.
+    # The death goes out at once, gossiped (to peer 2, the one member left to tell).
     h.gossip.tick(h.gossip.next_deadline(), 0.0)
-    (_, datagram), *_ = h.sent
+    (to, datagram), *_ = h.sent
+    assert to == peer(2)
     envelope = _wire.decode_datagram(datagram)
     assert envelope.kind is Kind.PROBE
     assert envelope.meta is not None
     message = read_probe(envelope.meta, envelope.body)
-    assert message.op is Op.PING
+    assert message.op in (Op.PING, Op.GOSSIP)
     assert [(r.member, r.accuser) for r in message.rumours] == [(peer(1), ME)]
 
 
