@@ -94,16 +94,17 @@ def test_a_refused_port_soon_after_a_dropped_link_is_a_death_told_to_the_mesh() 
     h.gossip.disconnected(peer(2), 3.0)
     h.gossip.refused(peer(2), 5.0)  # too long after: not evidence
     assert len(h.verdicts) == 1
-    # The death goes out at once, gossiped (to peer 2, the one member left to tell).
+    # The death goes out at once, gossiped (and rides the probes).
     h.gossip.tick(h.gossip.next_deadline(), 0.0)
-    (to, datagram), *_ = h.sent
-    assert to == peer(2)
-    envelope = _wire.decode_datagram(datagram)
-    assert envelope.kind is Kind.PROBE
-    assert envelope.meta is not None
-    message = read_probe(envelope.meta, envelope.body)
-    assert message.op in (Op.PING, Op.GOSSIP)
-    assert [(r.member, r.accuser) for r in message.rumours] == [(peer(1), ME)]
+    told = set()
+    for to, datagram in h.sent:
+        envelope = _wire.decode_datagram(datagram)
+        assert envelope.kind is Kind.PROBE
+        assert envelope.meta is not None
+        message = read_probe(envelope.meta, envelope.body)
+        if [(r.member, r.accuser) for r in message.rumours] == [(peer(1), ME)]:
+            told.add(to)
+    assert peer(2) in told
 
 
 def test_swim_verdicts_are_given_only_for_peers_not_watched() -> None:
