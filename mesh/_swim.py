@@ -167,12 +167,16 @@ class Awareness:
 
 class Broadcasts(Generic[K, T]):
     """What this node tells the members it talks to anyway, piggybacked (module rules). Items
-    are keyed by the member they are about: a newer item replaces the older, unsent."""
+    are keyed by the member they are about: a newer item replaces the older, unsent.
+
+    Kept in tiers by the times each was sent, each tier in the order added: taking the few
+    items a message carries costs what they are, not what waits (a node of a large mesh under
+    loss may hold hundreds)."""
 
     def __init__(self, most: int = 1024) -> None:
         self._most = most
         self._items: dict[K, _Queued[T]] = {}
-        self._added = 0
+        self._tiers: dict[int, dict[K, None]] = {}  # times sent -> keys, oldest first
 
     def __len__(self) -> int:
         return len(self._items)
@@ -180,12 +184,12 @@ class Broadcasts(Generic[K, T]):
     def add(self, key: K, item: T, size: int = 1) -> None:
         """Queue `item` about `key`, costing `size` of a message's budget, replacing anything
         queued about it. Past `most` items, the one sent most (the oldest among those) goes."""
-        self._items.pop(key, None)
-        self._added += 1
-        self._items[key] = _Queued(0, self._added, item, size)
+        self._drop(key)
+        self._items[key] = _Queued(item, size)
+        self._tiers.setdefault(0, {})[key] = None
         if len(self._items) > self._most:
-            worst = max(self._items, key=lambda k: self._items[k].rank())
-            del self._items[worst]
+            tier = self._tiers[max(self._tiers)]
+            self._drop(next(iter(tier)))
 
     def take(self, budget: int, members: int, overhead: int = 0) -> list[T]:
         """Items to piggyback on one message with `budget` to spare: those sent least first
@@ -195,31 +199,48 @@ class Broadcasts(Generic[K, T]):
             return []
         limit = retransmits(members)
         chosen: list[T] = []
-        for key in sorted(self._items, key=lambda k: self._items[k].rank()):
-            queued = self._items[key]
-            cost = queued.size + overhead
-            if cost > budget:
-                continue
-            budget -= cost
-            chosen.append(queued.item)
-            queued.sent += 1
-            if queued.sent >= limit:
+        taken: list[tuple[K, int]] = []
+        for sent in sorted(self._tiers):
+            for key in reversed(self._tiers[sent]):
+                queued = self._items[key]
+                cost = queued.size + overhead
+                if cost > budget:
+                    continue
+                budget -= cost
+                chosen.append(queued.item)
+                taken.append((key, sent))
+                if budget <= overhead:
+                    break
+            if budget <= overhead:
+                break
+        for key, sent in taken:  # (moved after the walk: each goes once a message)
+            tier = self._tiers[sent]
+            del tier[key]
+            if not tier:
+                del self._tiers[sent]
+            if sent + 1 >= limit:
                 del self._items[key]
+            else:
+                self._items[key].sent = sent + 1
+                self._tiers.setdefault(sent + 1, {})[key] = None
         return chosen
+
+    def _drop(self, key: K) -> None:
+        queued = self._items.pop(key, None)
+        if queued is not None:
+            tier = self._tiers[queued.sent]
+            del tier[key]
+            if not tier:
+                del self._tiers[queued.sent]
 
 
 class _Queued(Generic[T]):
-    __slots__ = ("added", "item", "sent", "size")
+    __slots__ = ("item", "sent", "size")
 
-    def __init__(self, sent: int, added: int, item: T, size: int) -> None:
-        self.sent = sent
-        self.added = added
+    def __init__(self, item: T, size: int) -> None:
         self.item = item
         self.size = size
-
-    def rank(self) -> tuple[int, int]:
-        """Sent least first, then newest first."""
-        return (self.sent, -self.added)
+        self.sent = 0
 
 
 class State(enum.Enum):
