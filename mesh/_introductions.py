@@ -21,7 +21,8 @@ Rules:
   announced or heard of list none and ask for none, so a node joining a mesh of N costs each
   member a small HELLO, not a list of N. Two nodes that joined through different seeds at once
   may be on neither's list: so every `PEER_EXCHANGE_INTERVAL` or so (at random, from half to
-  one and a half times it) a node exchanges lists with one peer at random.
+  one and a half times it) a node exchanges lists with one peer at random (memberlist's
+  push-pull, at its 30 s), which does not greet it again.
 * A keyed node says HELLO only where it knows the node's key (a seed or peer list entry
   ``KEY@host:port``, an announcement's TXT) and that key is allowed (`learn`).
 * This node's own record is advertised on mDNS, again whenever it changes.
@@ -46,7 +47,7 @@ from ._ratelimit import RateLimitedLog
 SEED_REGREET_INTERVAL: Final = 5.0
 
 #: Mean seconds between two exchanges of peer lists with a peer at random.
-PEER_EXCHANGE_INTERVAL: Final = 10.0
+PEER_EXCHANGE_INTERVAL: Final = 30.0
 #: How many addresses heard of from peers are said HELLO at once, at most.
 TRIED_AT_ONCE: Final = 16
 #: How many addresses heard of from peers wait their turn, at most.

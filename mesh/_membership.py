@@ -271,7 +271,7 @@ class Membership:
         if envelope.kind is Kind.HELLO:  # (its peers listed only if asked: protocol.md §8)
             welcome = self._hello(hello.ask is not False).to_wire()
             self._links.send(self.reach(hello.record), Kind.WELCOME, None, welcome)
-            if known and self._nursery is not None and not self._closing():  # (READY lost?)
+            if known and not hello.ask and self._nursery and not self._closing():  # READY lost?
                 self._nursery.start_soon(self._greet, envelope.sender)
         elif self._record.services:
             # Our HELLO may have left before a service was offered, and the UPDATE for it went
