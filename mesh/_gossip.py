@@ -10,8 +10,8 @@ Rules:
   node says so in its heartbeat datagrams, and gets this node's heartbeats too, for as long as
   its datagrams keep saying so (`WATCHED_FOR` seconds after the last that did: a peer that
   stopped watching, or is gone, may not have said so); it is judged only by the nodes that
-  watch it. So an idle mesh of any size sends no heartbeats past the small
-  one, and a node's heartbeats cost what its work partners number, not what the mesh does.
+  watch it. So an idle mesh past the small one sends no heartbeats, and a node's heartbeats
+  cost what its work partners number, not what the mesh does.
 * Every peer, watched or not, is probed by SWIM (`Prober`): one probe a `probe_interval`
   whatever the mesh's size. What SWIM decides about a peer this node does not watch is its
   verdict (SUSPECT, DEAD, ALIVE again, FORGOTTEN), as a `Transition`; about a watched peer, the
