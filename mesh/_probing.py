@@ -157,7 +157,7 @@ class ProbeSettings:
 
 
 class _Probe(Generic[K]):
-    __slots__ = ("direct_until", "expected", "nacks", "seq", "target", "until")
+    __slots__ = ("direct_until", "expected", "nacks", "relays", "seq", "target", "until")
 
     def __init__(self, seq: int, target: K, direct_until: float, until: float) -> None:
         self.seq = seq
@@ -165,6 +165,7 @@ class _Probe(Generic[K]):
         self.direct_until = direct_until  # then relays are asked
         self.until = until  # then it failed
         self.expected = -1  # NACKs that may come (-1: relays not asked yet)
+        self.relays: list[K] = []  # those asked, whose NACKs count
         self.nacks: set[K] = set()
 
 
@@ -329,7 +330,8 @@ class Prober(Generic[K]):
                 out.append(self._message(target, Op.PING, self._seq, target))
         elif op is Op.NACK:
             probe = self._probe
-            if probe is not None and probe.seq == seq and probe.target == target:
+            # (A NACK from a member that was not asked is no relay's, and counts for nothing.)
+            if probe is not None and probe.seq == seq and sender in probe.relays:
                 probe.nacks.add(sender)
         return out
 
@@ -368,7 +370,7 @@ class Prober(Generic[K]):
             self.settings.indirect_probes,
             lambda m: m == probe.target or roster.state(m) is not State.ALIVE,
         )
-        probe.expected = len(relays)
+        probe.expected, probe.relays = len(relays), relays
         for relay in relays:
             out.append(self._message(relay, Op.PING_REQ, probe.seq, probe.target))
         # And once more directly (memberlist tries TCP meanwhile): a lost PING or ACK alone is

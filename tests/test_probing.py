@@ -65,8 +65,10 @@ def test_an_unanswered_probe_asks_relays_then_suspects_and_counts_missing_nacks(
         (Op.PING_REQ, ping.message.seq, target)
     }
     assert again == ping  # and once more directly
-    # One relay says NACK (it reached us; the target did not answer it), the other is silent.
+    # One relay says NACK (it reached us; the target did not answer it), the other is silent;
+    # a NACK from a member that was not asked counts for nothing.
     a.receive(requests[0].to, Message(Op.NACK, ping.message.seq, target), start + 0.9)
+    a.receive("zz", Message(Op.NACK, ping.message.seq, target), start + 0.9)
     end = start + SETTINGS.probe_timeout + SETTINGS.probe_interval
     assert a.next_deadline() == pytest.approx(end)
     assert a.tick(end - 0.001) == []
