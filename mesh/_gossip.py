@@ -78,7 +78,6 @@ class Gossip:
         self._watching_me: dict[bytes, float] = {}  # peers that say they watch this node, when
         self._disconnected: dict[bytes, float] = {}  # unwatched peers' dropped links, when
         self._seq = 0
-        self.datagrams = 0  # PROBE datagrams sent
 
     # -- whom to watch --------------------------------------------------------------------------
 
@@ -104,6 +103,7 @@ class Gossip:
         """This node pushes to `service`, which `peer_ids` offer, from now on: the peers it
         did not watch before."""
         self.services.add(service)
+        peer_ids = list(peer_ids)  # (read twice)
         new = [p for p in peer_ids if p in self._peers and not self.watches(p)]
         self._works_with.update(peer_ids)
         return new
@@ -192,7 +192,6 @@ class Gossip:
             datagram = _wire.pack(
                 Kind.PROBE, self._id, self._seq, probe_meta(message), probe_body(message)
             )
-            self.datagrams += 1
             self._send(to, datagram)
 
     def _report(self, changes: list[Change[bytes]]) -> None:

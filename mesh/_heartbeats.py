@@ -389,7 +389,7 @@ class Heartbeats:
             self._on_datagram(datagram, arrival, source)
 
     def _refused(self, host: str, port: int, now: float) -> None:
-        for record in self._wiring.peers():
+        for record in self._records.values():
             if record.pull_port == port and host in record.hosts:
                 self._judged(self.detector.refused(record.id, now))
                 self.gossip.refused(record.id, now)

@@ -30,7 +30,6 @@ Rules:
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from collections.abc import Callable, Iterable
@@ -58,11 +57,6 @@ HEARD_KEPT: Final = 4096
 Introduce = Callable[[str, bool, bool], None]
 #: Takes in the key given for an address; False if it cannot be reached so (`Members.learn`).
 Learn = Callable[[str, "str | None"], bool]
-
-
-# Every peer lists its peers in its HELLO and WELCOME, so the same contacts come again and again
-# (already checked by the codec): parsed once each.
-_parse_contact = functools.lru_cache(maxsize=4096)(parse_contact)
 
 
 class Introductions:
@@ -130,7 +124,7 @@ class Introductions:
         for contact in contacts:
             if len(self._heard) >= HEARD_KEPT:
                 break
-            address, key = _parse_contact(contact)
+            address, key = parse_contact(contact)
             if (
                 address not in own
                 and address not in self._trying

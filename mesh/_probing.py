@@ -157,15 +157,14 @@ class ProbeSettings:
 
 
 class _Probe(Generic[K]):
-    __slots__ = ("direct_until", "expected", "nacks", "relays", "seq", "target", "until")
+    __slots__ = ("direct_until", "nacks", "relays", "seq", "target", "until")
 
     def __init__(self, seq: int, target: K, direct_until: float, until: float) -> None:
         self.seq = seq
         self.target = target
         self.direct_until = direct_until  # then relays are asked
         self.until = until  # then it failed
-        self.expected = -1  # NACKs that may come (-1: relays not asked yet)
-        self.relays: list[K] = []  # those asked, whose NACKs count
+        self.relays: list[K] | None = None  # those asked, whose NACKs count (None: not yet)
         self.nacks: set[K] = set()
 
 
@@ -247,7 +246,7 @@ class Prober(Generic[K]):
         if probe is None:
             deadline = self._next_probe
         else:
-            deadline = probe.direct_until if probe.expected < 0 else probe.until
+            deadline = probe.direct_until if probe.relays is None else probe.until
         expiry = self.roster.next_expiry(self.settings.probe_interval, self.settings.confirmations)
         deadline = min(deadline, expiry)
         if self._relays:
@@ -272,7 +271,7 @@ class Prober(Generic[K]):
         if probe is not None and lateness > settings.pause_threshold:
             probe.direct_until += lateness
             probe.until += lateness
-        elif probe is not None and probe.expected < 0 and now >= probe.direct_until:
+        elif probe is not None and probe.relays is None and now >= probe.direct_until:
             self._ask_relays(probe, out)
         elif probe is not None and now >= probe.until:
             self._failed(probe, now)
@@ -331,7 +330,7 @@ class Prober(Generic[K]):
         elif op is Op.NACK:
             probe = self._probe
             # (A NACK from a member that was not asked is no relay's, and counts for nothing.)
-            if probe is not None and probe.seq == seq and sender in probe.relays:
+            if probe is not None and probe.seq == seq and sender in (probe.relays or ()):
                 probe.nacks.add(sender)
         return out
 
@@ -370,7 +369,7 @@ class Prober(Generic[K]):
             self.settings.indirect_probes,
             lambda m: m == probe.target or roster.state(m) is not State.ALIVE,
         )
-        probe.expected, probe.relays = len(relays), relays
+        probe.relays = relays
         for relay in relays:
             out.append(self._message(relay, Op.PING_REQ, probe.seq, probe.target))
         # And once more directly (memberlist tries TCP meanwhile): a lost PING or ACK alone is
@@ -380,8 +379,8 @@ class Prober(Generic[K]):
     def _failed(self, probe: _Probe[K], now: float) -> None:
         self._probe = None
         self.failed_probes += 1
-        missing = probe.expected - len(probe.nacks)
-        self.awareness.apply(missing if probe.expected > 0 else 1)
+        asked = len(probe.relays or ())
+        self.awareness.apply(asked - len(probe.nacks) if asked else 1)
         target = probe.target
         old = self.roster.state(target)
         claim = self.roster.suspect(target, self.roster.incarnation_of(target), self.me, now)

@@ -361,7 +361,7 @@ class Roster(Generic[K]):
         that on."""
         dead = []
         for member in sorted(self._suspects, key=lambda m: self._members[m].since):
-            if now >= self._expiry(member, period, needed):
+            if now >= self.expiry(member, period, needed):
                 known = self._members[member]
                 known.state, known.since = State.DEAD, now
                 self._suspects.discard(member)
@@ -370,13 +370,10 @@ class Roster(Generic[K]):
 
     def next_expiry(self, period: float, needed: int = 2) -> float:
         """When the first suspicion held now expires (inf: none is held)."""
-        return min((self._expiry(m, period, needed) for m in self._suspects), default=math.inf)
+        return min((self.expiry(m, period, needed) for m in self._suspects), default=math.inf)
 
     def expiry(self, member: K, period: float, needed: int = 2) -> float:
         """When the suspicion of `member` held now expires, as things stand."""
-        return self._expiry(member, period, needed)
-
-    def _expiry(self, member: K, period: float, needed: int) -> float:
         # (Worked out once a suspicion or confirmation: this is asked at every tick.)
         known = self._members[member]
         if known.expires is None:

@@ -548,15 +548,6 @@ def _parse_record(data: Any) -> PeerRecord:
         raise ProtocolError("record", str(exc)) from None
 
 
-@functools.lru_cache(maxsize=4096)
-def _canonical_contact(contact: str) -> str:
-    """`contact` checked and written the one way (ValueError if it is no contact). Cached: every
-    HELLO and WELCOME lists the sender's peers, so a node forming a mesh of N reads each of
-    N contacts about N times; parsing each afresh was most of a node's work while a mesh of 64
-    formed."""
-    return format_contact(*parse_contact(contact))
-
-
 def _parse_hello(data: Any) -> Hello:
     if type(data) is not dict or "record" not in data or type(data.get("peers")) is not list:
         raise ProtocolError("malformed", "HELLO body is not {record, peers}")
@@ -568,7 +559,7 @@ def _parse_hello(data: Any) -> Hello:
         if type(contact) is not str:
             raise ProtocolError("malformed", "a listed peer address is not a string")
         try:
-            contacts.append(_canonical_contact(contact))
+            contacts.append(format_contact(*parse_contact(contact)))
         except ValueError as exc:
             raise ProtocolError("malformed", str(exc)) from None
     ask = data.get("ask")
