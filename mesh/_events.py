@@ -11,8 +11,14 @@ Rules:
   then that subscription drops what comes (and asks for it again once its reader catches up).
 * A `Subscription` that sees events missed (mesh/_streams.py) asks their publisher for them
   with a HISTORY (`_ask_repair`); the answer, or nothing within `sync_timeout`, goes back to it.
-* A subscription is live at a peer once the peer has answered a SYNC for its prefix with a
-  SYNCED on that prefix's channel: the answer travels the very path events take. Probes are
+* A subscription is live at a peer once the peer has answered a probe with a SYNCED on the
+  path events take: the SUB's connection to its PUB. A TICKET probe is answered on this node's
+  *ticket channel*, a channel no other subscriber holds, subscribed after every event channel
+  (a new one with each new event channel): ZeroMQ takes a connection's subscriptions in order,
+  so the ticket's being live there proves every event channel before it live too, and each
+  node gets only its own answers (a SYNC's SYNCED, on the prefix's channel, reaches every
+  subscriber of the prefix: N subscribers of one topic forming a mesh received N^2 of them
+  each). A SYNC goes to peers that do not take TICKET (their HELLO did not say so). Probes are
   resent at growing intervals (the first may fall in the slow-joiner gap they test for), for at
   most `sync_timeout` seconds (`ProbeSchedule`, mesh/_probes.py); a silent peer is never an
   error.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -38,7 +45,7 @@ from ._names import topic_channel
 from ._probes import ProbeSchedule
 from ._streams import Subscription
 from ._types import Message, Settings
-from ._wire import Envelope, Kind
+from ._wire import TICKET_CHANNEL, TICKET_SIZE, Envelope, Kind
 from ._zmq import AsyncSocket, SocketOp, ZmqSocket
 
 logger = logging.getLogger("mesh")
@@ -66,7 +73,7 @@ class Subscriptions:
         linger: float = 2.0,
         counts: dict[str, int],
         receive: Receive,
-        probe: Callable[[bytes, int, str], bool],
+        probe: Callable[[bytes, int, str, bytes], bool],
         ask_history: Callable[[bytes, Kind, list[Any], Any], bool],
     ) -> None:
         self.socket = AsyncSocket(sock)
@@ -78,7 +85,7 @@ class Subscriptions:
         self._linger = linger
         self._counts = counts
         self._receive = receive
-        self._probe = probe  # send SYNC [token, prefix] to a peer; False if it is gone
+        self._probe = probe  # send TICKET or SYNC [token, prefix] to a peer; False if gone
         self._ask_history = ask_history  # send a HISTORY to a peer; False if it cannot
         self._synced_seqs: dict[int, int] = {}  # by token: the SYNCED's number on its stream
         self._replays: dict[int, _Replay] = {}  # by token: HISTORY requests unanswered
@@ -90,6 +97,7 @@ class Subscriptions:
         self._synced_tokens: set[int] = set()
         self._probing: set[int] = set()  # tokens of the syncs under way: the SYNCEDs taken
         self._next_token = 1
+        self._tickets: list[bytes] = []  # the ticket channels subscribed, the newest last
         self._lingering: dict[str, trio.CancelScope] = {}  # departed PUBs still connected
         self._server_keys: dict[str, str | None] = {}  # the key each connection was made with
         self._nursery: trio.Nursery | None = None
@@ -135,7 +143,8 @@ class Subscriptions:
         self._channel_refs[channel] = refs + 1
         try:
             if refs == 0:
-                await self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, channel)).wait()
+                self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, channel))
+                await self._new_ticket()
             synced = await self.sync([prefix], peers)
             subscription._started({peer_id.hex(): seq for peer_id, seq in synced.items()})
             if replay:
@@ -149,6 +158,17 @@ class Subscriptions:
                 del self._channel_refs[channel]
                 if not self.socket.closed:
                     self.socket.call_soon(_setsockopt(zmq.UNSUBSCRIBE, channel))
+
+    async def _new_ticket(self) -> None:
+        """Subscribe a new ticket channel, after every event channel subscribed so far (and
+        before a probe can use it: nothing yields until it is queued). The one before the last
+        goes: a probe that used it is answered on a channel no longer subscribed, and is sent
+        again with the new one."""
+        self._tickets.append(TICKET_CHANNEL + secrets.token_bytes(TICKET_SIZE))
+        subscribed = self.socket.call_soon(_setsockopt(zmq.SUBSCRIBE, self._tickets[-1]))
+        if len(self._tickets) > 2:
+            self.socket.call_soon(_setsockopt(zmq.UNSUBSCRIBE, self._tickets.pop(0)))
+        await subscribed.wait()
 
     async def _replay(
         self, subscription: Subscription, synced: dict[bytes, int], count: int, since: float | None
@@ -299,7 +319,7 @@ class Subscriptions:
         while (probes := schedule.next(trio.current_time())) is not None:
             for token in probes.send:
                 prefix, peer_id = probed[token]
-                if not self._probe(peer_id, token, prefix):
+                if not self._probe(peer_id, token, prefix, self._tickets[-1][1:]):
                     schedule.stop(token)  # the peer is gone
             with trio.move_on_at(probes.wake):
                 while schedule.waiting and answered.isdisjoint(schedule.waiting):

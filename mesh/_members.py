@@ -36,9 +36,10 @@ from zmq.utils import z85
 from discovery import PeerRecord
 
 from ._errors import ProtocolError
+from ._hello import Hello
 from ._keys import KeyPair, load_allowed
 from ._ratelimit import RateLimitedLog, TokenBucket
-from ._wire import Envelope, Hello
+from ._wire import Envelope
 from ._zmq import AsyncSocket, ZmqSocket
 
 #: Where libzmq asks its ZAP handler (RFC 27), in the node's own context.

@@ -53,6 +53,7 @@ from ._errors import MissingPeersError, PeerUnreachableError
 from ._events import Subscriptions, connect_op, disconnect_op
 from ._heartbeat import PeerBeats, record_digest
 from ._heartbeats import Heartbeats
+from ._hello import Hello
 from ._links import Link, Links
 from ._members import Members
 from ._metrics import PeerStatistics
@@ -61,7 +62,7 @@ from ._ratelimit import RateLimitedLog, TokenBucket
 from ._sessions import Sessions
 from ._streams import PeerWatch
 from ._types import Settings
-from ._wire import Envelope, Hello, Kind
+from ._wire import Envelope, Kind
 
 logger = logging.getLogger("mesh")
 
@@ -171,8 +172,7 @@ class Membership:
         if self._members is not None and not self._members.learn(address, key):
             why = "not on this node's allow list" if key else f"needed: give KEY@{address}"
             raise ValueError(f"this node is keyed: the node's key is {why}")
-        if timeout is None:
-            timeout = self._settings.connect_timeout
+        timeout = self._settings.connect_timeout if timeout is None else timeout
         self.introduce(address, ask=True)
         with trio.move_on_after(timeout):
             while (peer := self._peers.by_address(address)) is None:
@@ -192,8 +192,7 @@ class Membership:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         wanted = set(names)
-        if count is None:
-            count = 0 if wanted else 1
+        count = (0 if wanted else 1) if count is None else count
         deadline = trio.current_time() + timeout
         with trio.move_on_at(deadline):
             while (missing := self._missing(count, wanted, service)) is not None:
@@ -264,7 +263,7 @@ class Membership:
         if not self._observe(hello.record):
             return
         if (session := self.sessions.get(envelope.sender)) is not None:
-            session.batching = hello.batch
+            session.batching, session.tickets = hello.batch, hello.tickets
         link = self._links.find(self.reach(hello.record))
         if link is not None:
             link.outbox.coalesce = _batches.coalesce_direct if hello.batch else None
@@ -322,12 +321,14 @@ class Membership:
             # Its heartbeats start now: a death from here on is judged as any other.
             self._heartbeats.wired(envelope.sender, trio.current_time())
 
-    def probe(self, peer_id: bytes, token: int, prefix: str) -> bool:
-        """Send a SYNC for `prefix` to a known peer; False if it is gone."""
-        peer = self._peers.get(peer_id)
-        if peer is None:
+    def probe(self, peer_id: bytes, token: int, prefix: str, ticket: bytes) -> bool:
+        """Send a TICKET (a SYNC for `prefix` if its HELLO did not take them) to a known peer;
+        False if it is gone."""
+        if (peer := self._peers.get(peer_id)) is None:
             return False
-        self._links.send(self.reach(peer.record), Kind.SYNC, [token, prefix], None)
+        tickets = (session := self.sessions.get(peer_id)) is not None and session.tickets
+        kind, meta = (Kind.TICKET, [token, ticket]) if tickets else (Kind.SYNC, [token, prefix])
+        self._links.send(self.reach(peer.record), kind, meta, None)
         return True
 
     def _observe(self, record: PeerRecord, *, paid: bool = False) -> bool:
@@ -435,7 +436,7 @@ class Membership:
     def _hello(self, listed: bool, *, ask: bool | None = None) -> Hello:
         reach, peers = self.reach, self._peers if listed else ()
         known = tuple(format_contact(reach(p.record), p.record.public_key) for p in peers)
-        return Hello(self._record, known, batch=True, ask=ask)
+        return Hello(self._record, known, batch=True, ask=ask, tickets=True)
 
     def set_services(self, services: Iterable[str]) -> None:
         self._record = self._record.with_services(services)

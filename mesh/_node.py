@@ -162,7 +162,7 @@ class Node:
             settings=settings,
             counts=self._counts,
             receive=self._frames.receive,
-            probe=lambda peer_id, token, prefix: self._membership.probe(peer_id, token, prefix),
+            probe=lambda *probe: self._membership.probe(*probe),
             ask_history=functools.partial(send_direct, self),
         )
         # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,

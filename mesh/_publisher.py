@@ -41,7 +41,7 @@ from ._history import History
 from ._history_file import FILE_NAME, HistoryFile
 from ._names import topic_channel
 from ._ratelimit import RateLimitedLog, TokenBucket
-from ._wire import Envelope, Kind, control_frame, event_frame, pack
+from ._wire import TICKET_CHANNEL, Envelope, Kind, control_frame, event_frame, pack
 from ._zmq import AsyncSocket, Outbox, ZmqSocket
 
 # An XPUB with XPUB_NODROP always reports POLLOUT, so a blocked publisher retries on a timer;
@@ -194,13 +194,19 @@ class Publisher:
     def publish_control(
         self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
     ) -> bool:
-        """Publish a SYNCED (on an event channel) or a control message (channel None), unless
-        the PUB's outbox is full (then False)."""
+        """Publish a SYNCED (on an event channel, or on a ticket channel: `channel` is then
+        ``b"S" + ticket``) or a control message (channel None), unless the PUB's outbox is full
+        (then False)."""
         if not self.outbox.has_room():
             return False
         self._seq += 1
         envelope = pack(kind, self._id, self._seq, meta, body)
-        frame = control_frame(envelope) if channel is None else event_frame(channel, envelope)
+        if channel is None:
+            frame = control_frame(envelope)
+        elif channel[:1] == TICKET_CHANNEL:
+            frame = channel + envelope
+        else:
+            frame = event_frame(channel, envelope)
         self.outbox.send_nowait(frame)
         return True
 
@@ -251,6 +257,14 @@ class Publisher:
         except ValueError:  # a NUL in the prefix: no subscription could match it anyway
             return
         self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
+
+    def on_ticket(self, envelope: Envelope) -> None:
+        """A TICKET in the inbox: a SYNC for every channel the prober subscribed before its
+        ticket channel, answered there, where only the prober subscribes (so a SYNCED does not
+        reach every subscriber of a prefix, as a SYNC's does)."""
+        assert envelope.meta is not None
+        token, ticket = envelope.meta
+        self.publish_control(TICKET_CHANNEL + ticket, Kind.SYNCED, [token, envelope.sender])
 
     def on_history(self, envelope: Envelope) -> None:
         """A HISTORY request in the inbox: answer with the events kept that it asks for, in

@@ -33,6 +33,7 @@ class Session:
     ready: bool = False  # it said READY: this node's subscriptions are live there
     greeting: bool = False  # this node is making its subscriptions live there
     batching: bool = False  # its inbox takes BATCH frames (its HELLO said so)
+    tickets: bool = False  # it answers TICKET probes (its HELLO said so)
     leaving_at: float | None = None  # said goodbye on its PUB only: goes at this time
     bye_in_inbox: bool = False  # said goodbye in the inbox, not (yet) on its PUB
 

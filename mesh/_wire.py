@@ -10,7 +10,9 @@ The rules (docs/protocol.md is the full text, written for someone with only pyzm
   direct link to one peer); `meta` is kind-specific (nil or an array); `body` is any msgpack value.
 * On a PUB socket the envelope follows a *channel*, the prefix SUB sockets filter on:
   ``b"E" + topic + b"\x00" + envelope`` for events (and for the SYNCED answer to a subscription
-  probe; topics are UTF-8 without NUL), and ``b"!" + envelope`` for control (heartbeat, goodbye).
+  probe; topics are UTF-8 without NUL), ``b"!" + envelope`` for control (heartbeat, goodbye),
+  and ``b"S" + ticket + envelope`` for the SYNCED answer to a TICKET (an 8-byte ticket: a
+  channel one subscriber holds, subscribed after its event channels).
 * On a PULL socket (a node's inbox) the frame is the envelope alone; so is a heartbeat datagram
   (UDP, at the inbox's port), which holds one HEARTBEAT or PROBE of at most `MAX_DATAGRAM_SIZE`
   bytes.
@@ -28,14 +30,14 @@ import enum
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from discovery import PeerRecord, RecordError, format_contact, parse_contact
+from discovery import PeerRecord
 
 from ._errors import ProtocolError
+from ._hello import Hello, parse_hello, parse_record
 from ._values import count_values
 
 VERSION: Final = 1
@@ -45,7 +47,6 @@ MAX_NESTING: Final = 32
 MAX_TOPIC_SIZE: Final = 1024
 MAX_NAME_SIZE: Final = 255
 MAX_UINT64: Final = 2**64 - 1
-MAX_PEERS_LISTED: Final = 4096
 #: Most msgpack values (each container, string, number, nil...) one frame may hold. A frame's
 #: bytes do not bound what decoding it allocates: each one-byte empty array becomes a list of
 #: 56 bytes and more, so 16 MiB of them would take a gigabyte. A frame up to this many bytes
@@ -56,6 +57,10 @@ MAX_DATAGRAM_SIZE: Final = 1024
 
 EVENT_CHANNEL: Final = b"E"
 CONTROL_CHANNEL: Final = b"!"
+#: The first byte of a ticket channel. It sorts after `EVENT_CHANNEL`: a SUB sends its
+#: subscriptions to a new connection in byte order, so its event channels arrive first there too.
+TICKET_CHANNEL: Final = b"S"
+TICKET_SIZE: Final = 8
 #: The kind number of a batch envelope: body = an array of 1 … MAX_BATCH envelopes.
 BATCH: Final = 13
 MAX_BATCH: Final = 4096
@@ -93,6 +98,8 @@ class Kind(enum.IntEnum):
     # subscriber connections that were full: their subscribers ask for what they lack.
     PROBE = 19  # datagram only. meta: [op, seq, target]. body: [[state, member, incarnation,
     # accuser], ...], the rumours it carries. SWIM's PING, ACK, PING_REQ and NACK (_probing.py).
+    TICKET = 20  # direct. meta: [token, ticket]. A SYNC for every channel the sender subscribed
+    # before its ticket channel S+ticket: "answer with SYNCED on S+ticket once you see this".
 
 
 _DIRECT_KINDS: Final = frozenset(
@@ -106,6 +113,7 @@ _DIRECT_KINDS: Final = frozenset(
         Kind.ACK,
         Kind.NACK,
         Kind.SYNC,
+        Kind.TICKET,
         Kind.READY,
         Kind.REQUEST,
         Kind.REPLY,
@@ -132,7 +140,8 @@ _SCALARS: Final = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 class Envelope(NamedTuple):
-    """One decoded message. `topic` is set for EVENT and SYNCED (from the channel frame).
+    """One decoded message. `topic` is set for EVENT and SYNCED (from the channel frame; "" for
+    a SYNCED on a ticket channel).
 
     A named tuple rather than a dataclass: one is made per message received, and this is the
     cheapest immutable record Python has.
@@ -150,28 +159,6 @@ class Envelope(NamedTuple):
 _Message = tuple[Kind, bytes, int, tuple[Any, ...] | None, Any]
 # Envelope(*fields) goes through the named tuple's Python-level __new__; this does not.
 _new_envelope: Callable[[tuple[Any, ...]], Envelope] = functools.partial(tuple.__new__, Envelope)
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """The body of HELLO and WELCOME: the sender's record and the inbox addresses of the peers it
-    knows (peer exchange), each ``host:port`` or, for a keyed peer, ``KEY@host:port``."""
-
-    record: PeerRecord
-    peers: tuple[str, ...]
-    #: The sender accepts BATCH frames in its inbox (the HELLO body's ``"batch": true``).
-    batch: bool = False
-    #: A HELLO's ``"ask"``: whether the WELCOME is to list the answerer's peers (None: the key
-    #: is absent, as from nodes before 0.3, which always want them).
-    ask: bool | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"record": self.record.to_wire(), "peers": list(self.peers)}
-        if self.batch:
-            body["batch"] = True
-        if self.ask is not None:
-            body["ask"] = self.ask
-        return body
 
 
 # -- encoding --------------------------------------------------------------------------------------
@@ -338,6 +325,13 @@ def _decode_published(frame: bytes, *, batch: bool) -> list[Envelope]:
         if kind not in _CONTROL_KINDS:
             raise ProtocolError("kind", f"{kind.name} on the control channel")
         return [Envelope(kind, sender, seq, meta, body, None)]
+    if channel == TICKET_CHANNEL:
+        if len(frame) <= 1 + TICKET_SIZE:
+            raise ProtocolError("truncated", "no envelope after the ticket")
+        kind, sender, seq, meta, body = _check_envelope(_load(_after(frame, 1 + TICKET_SIZE)))
+        if kind is not _SYNCED:
+            raise ProtocolError("kind", f"{kind.name} on a ticket channel")
+        return [Envelope(kind, sender, seq, meta, body, "")]
     raise ProtocolError("malformed", f"unknown channel {channel!r}")
 
 
@@ -532,43 +526,13 @@ def _list_body(kind: Kind, sender: bytes, body: Any) -> Any:
 def _record_body(kind: Kind, sender: bytes, body: Any) -> PeerRecord | Hello:
     parsed: PeerRecord | Hello
     if kind is Kind.UPDATE:
-        parsed = record = _parse_record(body)
+        parsed = record = parse_record(body)
     else:
-        parsed = _parse_hello(body)
+        parsed = parse_hello(body)
         record = parsed.record
     if record.id != sender:
         raise ProtocolError("malformed", "the record's id is not the sender's")
     return parsed
-
-
-def _parse_record(data: Any) -> PeerRecord:
-    try:
-        return PeerRecord.from_wire(data)
-    except RecordError as exc:
-        raise ProtocolError("record", str(exc)) from None
-
-
-def _parse_hello(data: Any) -> Hello:
-    if type(data) is not dict or "record" not in data or type(data.get("peers")) is not list:
-        raise ProtocolError("malformed", "HELLO body is not {record, peers}")
-    peers = data["peers"]
-    if len(peers) > MAX_PEERS_LISTED:
-        raise ProtocolError("oversized", f"more than {MAX_PEERS_LISTED} peers listed")
-    contacts = []
-    for contact in peers:
-        if type(contact) is not str:
-            raise ProtocolError("malformed", "a listed peer address is not a string")
-        try:
-            contacts.append(format_contact(*parse_contact(contact)))
-        except ValueError as exc:
-            raise ProtocolError("malformed", str(exc)) from None
-    ask = data.get("ask")
-    return Hello(
-        _parse_record(data["record"]),
-        tuple(contacts),
-        data.get("batch") is True,
-        ask if type(ask) is bool else None,
-    )
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -647,6 +611,8 @@ def _check_meta(kind: Kind, meta: Any) -> tuple[Any, ...] | None:
             raise ProtocolError("oversized", f"{kind.name} meta string too long")
     if kind is _SYNCED and len(meta[1]) != NODE_ID_SIZE:
         raise ProtocolError("malformed", "SYNCED addressee is not a 16-byte id")
+    if kind is Kind.TICKET and len(meta[1]) != TICKET_SIZE:
+        raise ProtocolError("malformed", f"a ticket is not {TICKET_SIZE} bytes")
     return tuple(meta)
 
 
@@ -661,6 +627,7 @@ _BODY_RULES: Final[dict[Kind, Callable[[Kind, bytes, Any], Any]]] = {
     Kind.HISTORY: _nil_body,
     Kind.EVENTS: _events_body,
     Kind.SYNC: _nil_body,
+    Kind.TICKET: _nil_body,
     Kind.SYNCED: _nil_body,
     Kind.READY: _ready_body,
     Kind.DROPPED: _nil_body,
@@ -684,6 +651,7 @@ _META_SHAPES: Final[dict[Kind, tuple[type, ...] | None]] = {
     Kind.DROPPED: (int, int),
     Kind.PROBE: (int, int, bytes),
     Kind.SYNC: (int, str),
+    Kind.TICKET: (int, bytes),
     Kind.SYNCED: (int, bytes),
     Kind.READY: None,
 }

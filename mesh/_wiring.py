@@ -149,6 +149,7 @@ def inbox_handlers(node: Node) -> dict[Kind, Callable[[Envelope], None]]:
         Kind.UPDATE: node._membership.on_update,
         Kind.BYE: node._membership.on_bye,
         Kind.SYNC: node._publisher.on_sync,
+        Kind.TICKET: node._publisher.on_ticket,
         Kind.HISTORY: node._publisher.on_history,
         Kind.EVENTS: node._events.on_events,
         Kind.READY: node._membership.on_ready,

@@ -34,7 +34,8 @@ VERSION = 1
 EVENT, HEARTBEAT, BYE, HELLO, WELCOME, UPDATE = 1, 2, 3, 4, 5, 6
 TASK, ACK, SYNC, SYNCED, READY = 7, 8, 10, 11, 12
 BATCH = 13  # not a message: a frame holding several (docs/protocol.md section 3, "Batches")
-EVENT_CHANNEL, CONTROL_CHANNEL = b"E", b"!"
+TICKET = 20
+EVENT_CHANNEL, CONTROL_CHANNEL, TICKET_CHANNEL = b"E", b"!", b"S"
 
 
 def envelope(kind: int, sender: bytes, seq: int, meta: list[Any] | None, body: Any) -> bytes:
@@ -446,6 +447,88 @@ async def test_sync_probe_closes_the_slow_joiner_gap(plain: ThirdParty) -> None:
     assert topic is None
     assert (kind, sender, meta, body) == (BYE, bytes.fromhex(node.id), None, None)
     assert seq > event_seq
+
+
+async def test_ticket_probe_is_answered_on_the_ticket_channel_alone(plain: ThirdParty) -> None:
+    # docs/protocol.md section 10: subscribe the event channels, then a ticket channel; a TICKET
+    # is answered there, so it proves the event channels live and reaches no other subscriber.
+    me, ticket = os.urandom(16), os.urandom(8)
+    with trio.fail_after(10):
+        async with open_node(name="publisher", interface="127.0.0.1") as node:
+            sub = plain.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"Ealerts.")
+            sub.setsockopt(zmq.SUBSCRIBE, TICKET_CHANNEL + ticket)
+            sub.connect(node.endpoints.pub)
+            other = plain.socket(zmq.SUB)  # a subscriber of the same prefix, and of all events
+            other.setsockopt(zmq.SUBSCRIBE, b"Ealerts.")
+            other.setsockopt(zmq.SUBSCRIBE, b"E")
+            other.connect(node.endpoints.pub)
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            seq = 0
+            frame = None
+            while frame is None:
+                seq += 1
+                push.send(envelope(TICKET, me, seq, [77, ticket], None), zmq.NOBLOCK)
+                with trio.move_on_after(0.05):  # resend if no answer: a retry, not a sync
+                    frame = await receive(sub)
+            assert frame[:9] == TICKET_CHANNEL + ticket  # b"S" + ticket + envelope, no NUL
+            _, kind, sender, synced_seq, meta, body = open_envelope(frame[9:])
+            assert (kind, sender, meta, body) == (SYNCED, bytes.fromhex(node.id), [77, me], None)
+
+            await node.publish("alerts.fire", {"level": 3})
+            while True:  # skip answers to earlier TICKETs
+                frame = await receive(sub)
+                if frame[:1] == EVENT_CHANNEL:
+                    break
+            topic, items = open_published(frame)
+            assert (topic, items[1], items[5]) == ("alerts.fire", EVENT, {"level": 3})
+            assert items[3] > synced_seq
+            # The other subscriber got the event, and none of the answers.
+            received = [await receive(other)]
+            while (more := poll(other)) is not None:
+                received.append(more)
+            assert [open_published(each)[1][1] for each in received] == [EVENT]
+
+
+async def test_a_peer_that_takes_tickets_is_probed_with_them(plain: ThirdParty) -> None:
+    # A peer whose HELLO says "tickets": true gets TICKET, not SYNC, and its answer on the
+    # node's ticket channel makes the subscription live there.
+    me = os.urandom(16)
+    inbox, pull_port = plain.bind(zmq.PULL)
+    pub, pub_port = plain.bind(zmq.PUB)
+    probes: list[int] = []
+    responder = trio.CancelScope()
+
+    async def answer_probes(node_id: bytes) -> None:
+        seq = 0
+        with responder:
+            while True:
+                _, kind, sender, _, meta, _ = await receive_direct(inbox)
+                if kind in (SYNC, TICKET) and sender == node_id:
+                    probes.append(kind)
+                    seq += 1
+                    if kind == TICKET:
+                        token, ticket = meta
+                        data = envelope(SYNCED, me, seq, [token, sender], None)
+                        pub.send(TICKET_CHANNEL + ticket + data, zmq.NOBLOCK)
+
+    hello = {"record": plain_record(me, pub_port, pull_port), "peers": [], "tickets": True}
+    with trio.fail_after(10):
+        async with open_node(name="subscriber", interface="127.0.0.1") as node:
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
+            assert (await receive_direct(inbox))[1] == WELCOME
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer_probes, bytes.fromhex(node.id))
+                async with node.subscribe("weather.") as subscription:
+                    responder.cancel()
+                    pub.send(event_frame("weather.oslo", envelope(EVENT, me, 99, None, 1)))
+                    message = await subscription.receive()
+    assert probes
+    assert set(probes) == {TICKET}
+    assert (message.topic, message.sender) == ("weather.oslo", me.hex())
 
 
 async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: ThirdParty) -> None:

@@ -100,6 +100,7 @@ def test_every_settings_field_is_documented(settings: str) -> None:
 
 PURE_CORES = (
     "mesh._wire",
+    "mesh._hello",
     "mesh._addresses",
     "mesh._sessions",
     "mesh._values",

@@ -24,6 +24,7 @@ from mesh._batches import (
     coalesce_direct,
     coalesce_published,
 )
+from mesh._hello import MAX_PEERS_LISTED, Hello
 from mesh._names import topic_channel
 from mesh._values import count_values
 from mesh._wire import (
@@ -34,12 +35,12 @@ from mesh._wire import (
     MAX_DATAGRAM_SIZE,
     MAX_FRAME_SIZE,
     MAX_NESTING,
-    MAX_PEERS_LISTED,
     MAX_TOPIC_SIZE,
     MAX_UINT64,
     MAX_VALUES,
+    TICKET_CHANNEL,
+    TICKET_SIZE,
     Envelope,
-    Hello,
     Kind,
     control_frame,
     decode_datagram,
@@ -185,6 +186,7 @@ VALID: dict[Kind, tuple[Any, Any]] = {
     Kind.NACK: ([7, "busy"], None),
     Kind.SYNC: ([3, "orders."], None),
     Kind.SYNCED: ([3, OTHER], None),
+    Kind.TICKET: ([3, b"\x01" * 8], None),
     Kind.READY: (None, None),
     Kind.REQUEST: ([8, "price", 1, 2500], {"sku": "A1"}),
     Kind.REPLY: ([8, True], {"price": 12}),
@@ -202,6 +204,7 @@ DIRECT_ONLY = [
     Kind.ACK,
     Kind.NACK,
     Kind.SYNC,
+    Kind.TICKET,
     Kind.READY,
     Kind.REQUEST,
     Kind.REPLY,
@@ -242,6 +245,7 @@ def test_kind_values_are_the_protocol_numbers() -> None:
         "EVENTS": 17,
         "DROPPED": 18,
         "PROBE": 19,
+        "TICKET": 20,
     }
 
 
@@ -354,6 +358,43 @@ def test_sync_round_trip() -> None:
 def test_synced_round_trip_carries_the_prefix_as_topic() -> None:
     frame = event(pack(Kind.SYNCED, SENDER, 15, [3, OTHER], None), "orders.")
     assert decode_published(frame) == Envelope(Kind.SYNCED, SENDER, 15, (3, OTHER), None, "orders.")
+
+
+def test_synced_on_a_ticket_channel_has_an_empty_topic() -> None:
+    envelope = pack(Kind.SYNCED, SENDER, 15, [3, OTHER], None)
+    frame = TICKET_CHANNEL + b"\x00" * TICKET_SIZE + envelope  # any 8 bytes, NUL included
+    assert decode_published(frame) == Envelope(Kind.SYNCED, SENDER, 15, (3, OTHER), None, "")
+    assert decode_published_many(frame) == [decode_published(frame)]
+
+
+def test_a_ticket_channel_sorts_after_every_event_channel() -> None:
+    # A SUB sends its subscriptions to a new connection in byte order (ZeroMQ's trie): a
+    # ticket's proof covers the event channels there only because they go first.
+    assert TICKET_CHANNEL > EVENT_CHANNEL + b"\xff" * MAX_TOPIC_SIZE
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"S", "truncated"),
+        (b"S" + b"t" * TICKET_SIZE, "truncated"),
+        (
+            b"S" + b"t" * (TICKET_SIZE - 1) + pack(Kind.SYNCED, SENDER, 1, [3, OTHER], None),
+            "malformed",
+        ),
+        (b"S" + b"t" * TICKET_SIZE + pack(Kind.EVENT, SENDER, 1, [0], 1), "kind"),
+        (b"S" + b"t" * TICKET_SIZE + pack(Kind.BYE, SENDER, 1, None, None), "kind"),
+        (
+            b"S"
+            + b"t" * TICKET_SIZE
+            + raw(1, 13, SENDER, 1, None, [[1, 11, SENDER, 1, [3, OTHER], None]]),
+            "kind",
+        ),
+    ],
+    ids=["empty", "no envelope", "short ticket", "EVENT", "BYE", "BATCH"],
+)
+def test_a_ticket_channel_carries_one_synced(frame: bytes, why: str) -> None:
+    assert published_reason(frame) == why
 
 
 @pytest.mark.parametrize("kind", list(Kind))
@@ -875,6 +916,12 @@ def test_seq_not_a_positive_integer(seq: Any) -> None:
         (Kind.SYNCED, [True, OTHER]),
         (Kind.SYNCED, [1, None]),
         (Kind.SYNCED, [1, OTHER, 1]),
+        (Kind.TICKET, [1]),
+        (Kind.TICKET, [1, b"short"]),
+        (Kind.TICKET, [1, b"x" * 9]),
+        (Kind.TICKET, [1, "x" * 8]),
+        (Kind.TICKET, [True, b"x" * 8]),
+        (Kind.TICKET, [1, b"x" * 8, 1]),
     ],
     ids=repr,
 )
@@ -987,7 +1034,9 @@ def test_topic_of_max_topic_size_without_its_nul_is_truncated() -> None:
 # -- strict decoding: bodies fixed by kind ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [Kind.BYE, Kind.ACK, Kind.NACK, Kind.SYNC, Kind.SYNCED])
+@pytest.mark.parametrize(
+    "kind", [Kind.BYE, Kind.ACK, Kind.NACK, Kind.SYNC, Kind.SYNCED, Kind.TICKET]
+)
 @pytest.mark.parametrize("body", [0, False, "", b"", [], {}, "bye"], ids=repr)
 def test_kinds_with_a_nil_body_refuse_any_other(kind: Kind, body: Any) -> None:
     meta, _ = VALID[kind]
@@ -1533,6 +1582,16 @@ def test_a_published_batch_filters_like_its_events() -> None:
         (b"!", False),
     ]:
         assert frame.startswith(subscription) is takes
+
+
+def test_hello_says_whether_its_sender_takes_tickets() -> None:
+    hello = Hello(record(), (), tickets=True)
+    assert hello.to_wire()["tickets"] is True
+    assert decode_inbox(pack(Kind.HELLO, SENDER, 1, None, hello.to_wire())).body == hello
+    assert "tickets" not in Hello(record(), ()).to_wire()
+    for value in [False, 1, "true", None, [True]]:  # only true says yes
+        body = {"record": record().to_wire(), "peers": [], "tickets": value}
+        assert decode_inbox(pack(Kind.HELLO, SENDER, 1, None, body)).body.tickets is False
 
 
 def test_hello_says_whether_its_sender_takes_batches() -> None:
