@@ -23,11 +23,12 @@ import zmq
 
 import mesh
 from discovery import PeerRecord
+from mesh._hello import MAX_PEERS_LISTED, Hello
 from mesh._introductions import TRIED_AT_ONCE
 from mesh._limits import STRANGER_LINKS
 from mesh._membership import JOIN_BURST, JOIN_RATE
 from mesh._publisher import MAX_SUBSCRIPTIONS
-from mesh._wire import MAX_PEERS_LISTED, MAX_UINT64, Hello, Kind, decode_inbox_many, pack
+from mesh._wire import MAX_UINT64, Kind, decode_inbox_many, pack
 
 from . import inside
 from .conftest import ack_all, new_mesh_env, peered_nodes, wait_until

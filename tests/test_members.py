@@ -22,8 +22,9 @@ from zmq.utils.monitor import recv_monitor_message
 import mesh
 from discovery import PeerRecord
 from mesh._beatkeys import MAC_SIZE
+from mesh._hello import MAX_PEERS_LISTED, Hello
 from mesh._members import OFFENCE_BURST
-from mesh._wire import MAX_PEERS_LISTED, Hello, Kind, pack
+from mesh._wire import Kind, pack
 
 from . import inside
 from .conftest import new_mesh_env, wait_until
