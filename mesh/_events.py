@@ -22,6 +22,11 @@ Rules:
   resent at growing intervals (the first may fall in the slow-joiner gap they test for), for at
   most `sync_timeout` seconds (`ProbeSchedule`, mesh/_probes.py); a silent peer is never an
   error.
+* A dropped connection to a known peer's PUB is a hint that it crashed (about 2 ms after a
+  kill -9 on loopback: the kernel closes all its sockets at once), reported (`on_dropped`)
+  after `dropped_grace` seconds: a node that leaves closes its sockets right after its goodbye,
+  which travels on other connections and may be read after the drop, and a graceful leave must
+  not be reported as a failure first. The SUB's monitor tells it, so no other socket needs one.
 * A departed peer's PUB stays connected for `linger` seconds (2 by default): its last events may
   still be on their way (its goodbye came on another connection), and disconnecting drops what
   ZeroMQ holds unread. A peer that comes back at that address keeps the connection.
@@ -75,6 +80,8 @@ class Subscriptions:
         receive: Receive,
         probe: Callable[[bytes, int, str, bytes], bool],
         ask_history: Callable[[bytes, Kind, list[Any], Any], bool],
+        on_dropped: Callable[[bytes], None],
+        dropped_grace: float,
     ) -> None:
         self.socket = AsyncSocket(sock)
         self._id = node_id
@@ -87,6 +94,7 @@ class Subscriptions:
         self._receive = receive
         self._probe = probe  # send TICKET or SYNC [token, prefix] to a peer; False if gone
         self._ask_history = ask_history  # send a HISTORY to a peer; False if it cannot
+        self._on_dropped, self._dropped_grace = on_dropped, dropped_grace
         self._synced_seqs: dict[int, int] = {}  # by token: the SYNCED's number on its stream
         self._replays: dict[int, _Replay] = {}  # by token: HISTORY requests unanswered
         self._repairs: dict[int, _Repair] = {}  # by token: the same, to repair a subscription
@@ -102,10 +110,12 @@ class Subscriptions:
         self._server_keys: dict[str, str | None] = {}  # the key each connection was made with
         self._nursery: trio.Nursery | None = None
         # ZeroMQ makes a broken connection again by itself, and what was queued in it is lost:
-        # a connection made (again) to a publisher a subscription follows is confirmed anew
-        # (`_watch_connections`). By endpoint: the peer whose PUB it is.
+        # a connection made (again) to a publisher a subscription follows is confirmed anew,
+        # and one that drops is reported (`_watch_connections`). By endpoint: whose PUB it is.
         self._publishers: dict[str, bytes] = {}
-        self._monitor = AsyncSocket(sock.get_monitor_socket(zmq.EVENT_CONNECTED))
+        self._monitor = AsyncSocket(
+            sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        )
 
     def start(self, nursery: trio.Nursery) -> None:
         """Reading starts in `nursery` (and lingering disconnections run there)."""
@@ -251,8 +261,9 @@ class Subscriptions:
                 subscription._resynced(peer_id.hex(), seq)
 
     async def _watch_connections(self) -> None:
-        """Confirm the subscriptions anew at a publisher they follow whenever ZeroMQ has made
-        the connection to its PUB again (`resynced`: what the broken one lost is asked for)."""
+        """Report a connection to a peer's PUB that dropped (module rules), and confirm the
+        subscriptions anew at a publisher they follow whenever ZeroMQ has made the connection
+        to its PUB again (`resynced`: what the broken one lost is asked for)."""
         while True:
             try:
                 batch = await self._monitor.receive_multipart_batch(16)
@@ -262,9 +273,14 @@ class Subscriptions:
                 peer_id = self._publishers.get(event[-1].decode(errors="replace"))
                 if peer_id is None or self._nursery is None:
                     continue
-                sender = peer_id.hex()
-                if any(s._order.follows(sender) for s in self._subscriptions):
+                if int.from_bytes(event[0][:2], "little") == zmq.EVENT_DISCONNECTED:
+                    self._nursery.start_soon(self._dropped, peer_id)
+                elif any(s._order.follows(peer_id.hex()) for s in self._subscriptions):
                     self._nursery.start_soon(self._confirm_again, peer_id)
+
+    async def _dropped(self, peer_id: bytes) -> None:
+        await trio.sleep(self._dropped_grace)
+        self._on_dropped(peer_id)
 
     async def _confirm_again(self, peer_id: bytes) -> None:
         self.resynced(await self.sync(self.prefixes(), [peer_id]))

@@ -18,7 +18,7 @@ Rules:
   node's own detector knows better, and SWIM's word is not taken. A watched peer the detector
   declares dead is passed on as a rumour (`accuse`), so that the rest of the mesh knows within a
   few gossip rounds, not after its own suspicion runs out.
-* A crashed process is known at once as before, watched or not: the connection to its inbox
+* A crashed process is known at once as before, watched or not: the connection to its PUB
   drops, its heartbeat port refuses a datagram, and the two together are a death (`refused`),
   passed on as a rumour.
 """
@@ -148,7 +148,7 @@ class Gossip:
         self.prober.remove(peer_id)
 
     def disconnected(self, peer_id: bytes, now: float) -> None:
-        """The connection to a peer's inbox dropped (its port is being probed)."""
+        """The connection to a peer's PUB dropped (its port is being probed)."""
         if not self.watches(peer_id):
             self._disconnected[peer_id] = now
 

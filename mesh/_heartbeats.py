@@ -212,7 +212,7 @@ class Heartbeats:
         self.reschedule_judge()
 
     def disconnected(self, peer_id: bytes, now: float) -> None:
-        """The connection to a peer's inbox dropped: a hint that it crashed. Its heartbeat port
+        """The connection to a peer's PUB dropped: a hint that it crashed. Its heartbeat port
         is probed at once with a copy of the last beat: if nothing listens there any more, the
         refusal comes back within a millisecond on a LAN, and the peer is dead at once."""
         self._judged(self.detector.disconnected(peer_id, now))

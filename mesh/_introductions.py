@@ -16,7 +16,7 @@ Rules:
   said HELLO `TRIED_AT_ONCE` at a time, oldest first, each given `Settings.connect_timeout` to
   answer before its link is closed and the next is tried; at most `HEARD_KEPT` wait their
   turn, and more are ignored (they are heard of again from other peers). A HELLO listing
-  thousands of addresses costs a few links at a time, not a link (three sockets) each.
+  thousands of addresses costs a few links at a time, not a link (a socket and a connection) each.
 * Only a first contact (a seed, and `Node.connect`) exchanges peer lists; HELLOs to nodes
   announced or heard of list none and ask for none, so a node joining a mesh of N costs each
   member a small HELLO, not a list of N. Two nodes that joined through different seeds at once

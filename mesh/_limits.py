@@ -1,10 +1,9 @@
 """How many peers and links a node can hold with the file descriptors it has. Pure: the numbers
 are the caller's.
 
-A node holds about `DESCRIPTORS_PER_PEER` descriptors for each peer (measured: 9.0 a peer from 1
-to 17 peers): the TCP connections of its link, its two SUB connections and the peer's two
-connections in, and the mailboxes of the link's three ZeroMQ sockets (the PUSH, its monitor and
-the monitor's pair). Running out is not an error a node can recover from: a socket that cannot
+A node holds about `DESCRIPTORS_PER_PEER` descriptors for each peer (measured: 7.0 a peer from 3
+to 9 peers): the TCP connection of its link, its two SUB connections, the peer's three
+connections in (to its PULL and PUB), and the mailbox of the link's PUSH socket. Running out is not an error a node can recover from: a socket that cannot
 be made fails whatever tried to make it. So a node sizes its limits from its descriptor limit
 when it opens, refuses a new peer past them (counted and logged), and keeps a share for what is
 not a peer: `STRANGER_LINKS` links to addresses being introduced (seeds, mDNS, peer lists) and
@@ -16,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-DESCRIPTORS_PER_PEER: Final = 9
-#: ZeroMQ sockets a link is made of: the PUSH, its monitor, and the monitor's inproc pair.
-SOCKETS_PER_LINK: Final = 3
+DESCRIPTORS_PER_PEER: Final = 7
+#: ZeroMQ sockets a link is made of: its PUSH (no monitor: the events SUB's tells of a crash).
+SOCKETS_PER_LINK: Final = 1
 #: Descriptors of a node with no peer (about 25 measured, mDNS included), with room to spare
 #: for the application.
 BASE_DESCRIPTORS: Final = 64

@@ -1,5 +1,5 @@
-"""Links: one PUSH socket per peer inbox this node sends to, each with its bounded `Outbox`, its
-owner task, and a monitor that tells when the connection drops.
+"""Links: one PUSH socket per peer inbox this node sends to, each with its bounded `Outbox` and
+its owner task.
 
 Rules:
 
@@ -7,11 +7,10 @@ Rules:
   closed when the node stops needing it (a peer gone, an announced node that never answered). Its
   PUSH has `IMMEDIATE` (messages wait in this node's outbox, never in a pipe to a peer that is not
   there) and reconnects with back-off up to 2 s.
-* Each link's owner task runs its outbox (the only task that touches the PUSH socket) and reads
-  its monitor. A dropped connection is reported (`on_dropped`) after `dropped_grace` seconds: a
-  node that leaves closes its sockets right after its goodbye, which travels on other
-  connections and may be read after the drop, and a graceful leave must not be reported as a
-  failure first.
+* Each link's owner task runs its outbox (the only task that touches the PUSH socket). A link
+  has no monitor of its own: a peer's crash drops every connection to it at once, and the
+  events SUB's monitor reports the one to its PUB (mesh/_events.py), which saves two ZeroMQ
+  sockets (the monitor and its pair) and two descriptors a peer.
 * Messages to one link leave in the order they were sent, each numbered by the link (`next_seq`).
 """
 
@@ -34,22 +33,17 @@ _RECONNECT_IVL_MAX_MS: Final = 2000
 
 
 class Link:
-    """The PUSH socket, outbox and owner task for one peer inbox, and the monitor that tells
-    when its connection drops (a crash: the kernel closes the peer's sockets)."""
+    """The PUSH socket, outbox and owner task for one peer inbox."""
 
-    __slots__ = ("address", "monitor", "outbox", "scope", "seq")
+    __slots__ = ("address", "outbox", "scope", "seq")
 
-    def __init__(self, address: str, outbox: Outbox, monitor: AsyncSocket) -> None:
+    def __init__(self, address: str, outbox: Outbox) -> None:
         self.address = address
         self.outbox = outbox
-        self.monitor = monitor
         self.scope = trio.CancelScope()
         self.seq = 0
 
     def close(self, linger: int) -> None:
-        # The monitor first, or its inproc endpoint outlives the socket.
-        self.outbox.socket.disable_monitor()
-        self.monitor.close()
         self.outbox.socket.close(linger=linger)
 
     def next_seq(self) -> int:
@@ -67,8 +61,6 @@ class Links(Mapping[str, Link]):
         *,
         queue: int,
         on_room: Callable[[], None],
-        on_dropped: Callable[[Link], None],
-        dropped_grace: float,
         max_links: int,
         log: RateLimitedLog,
         server_key: Callable[[str], str | None] | None = None,
@@ -80,8 +72,6 @@ class Links(Mapping[str, Link]):
         self._log = log
         self._queue = queue
         self._on_room = on_room
-        self._on_dropped = on_dropped
-        self._dropped_grace = dropped_grace
         self._links: dict[str, Link] = {}
         #: The link at an inbox address, or None: the dict's own `get`, a call of C rather than
         #: of Python on every task sent and every ack.
@@ -130,12 +120,9 @@ class Links(Mapping[str, Link]):
             push.setsockopt(zmq.CURVE_SERVERKEY, key.encode())
         push.setsockopt(zmq.IMMEDIATE, 1)  # queue here, not in a pipe to a peer that is not there
         push.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
-        monitor = push.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        link = Link(address, Outbox(AsyncSocket(push), self._queue, self._on_room))
+        self._links[address] = link  # (before connecting: closed with the rest if that fails)
         push.connect(tcp_endpoint(host, port))
-        link = Link(
-            address, Outbox(AsyncSocket(push), self._queue, self._on_room), AsyncSocket(monitor)
-        )
-        self._links[address] = link
         assert self._nursery is not None, "links are opened only once the node runs"
         self._nursery.start_soon(self._run, link)
         return link
@@ -192,18 +179,4 @@ class Links(Mapping[str, Link]):
 
     async def _run(self, link: Link) -> None:
         with link.scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.outbox.run)
-                nursery.start_soon(self._watch, link)
-
-    async def _watch(self, link: Link) -> None:
-        """A dropped connection to a peer's inbox is a hint that it crashed (about 2 ms after a
-        kill -9 on loopback): reported after `dropped_grace` (see the module's rules)."""
-        while True:
-            try:
-                batch = await link.monitor.receive_multipart_batch(16)
-            except trio.ClosedResourceError:
-                return
-            await trio.sleep(self._dropped_grace)
-            if batch:
-                self._on_dropped(link)
+            await link.outbox.run()

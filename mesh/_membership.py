@@ -413,18 +413,17 @@ class Membership:
         """The peer's inbox address to use from here (`Addresses.inbox`)."""
         return self._addresses.inbox(record)
 
-    def on_link_dropped(self, link: Link) -> None:
-        """A dropped connection to a peer's inbox is a hint that it crashed: the detector
+    def on_dropped(self, peer_id: bytes) -> None:
+        """A dropped connection to a peer's PUB is a hint that it crashed: the detector
         suspects it almost at once; silence then confirms."""
         self._heartbeats.take()  # the goodbye on the PUB, if that is the way it came
-        peer = self._peers.by_address(link.address)
-        if peer is None or self.sessions.leaving(peer.record.id):
+        if peer_id not in self._peers or self.sessions.leaving(peer_id):
             return
-        session = self.sessions.get(peer.record.id)
+        session = self.sessions.get(peer_id)
         if session is not None and session.bye_in_inbox:  # its goodbye, with the proof
-            self._apply(self._peers.remove(peer.record.id, "goodbye"))
+            self._apply(self._peers.remove(peer_id, "goodbye"))
         else:
-            self._heartbeats.disconnected(peer.record.id, trio.current_time())
+            self._heartbeats.disconnected(peer_id, trio.current_time())
 
     def introduce(self, address: str, *, again: bool = False, ask: bool = False) -> None:
         """Send HELLO to the inbox at `address`; it is delivered whenever that node is up. Only

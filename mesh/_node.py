@@ -144,8 +144,6 @@ class Node:
             queue=settings.peer_queue,
             # (At every flush of an outbox that was full or is empty.)
             on_room=lambda: self._producer.capacity_changed(),
-            on_dropped=lambda link: self._membership.on_link_dropped(link),
-            dropped_grace=GOODBYE_GRACE,
             max_links=limits.links,
             log=self._log,
             server_key=None if members is None else members.key_at,
@@ -164,6 +162,8 @@ class Node:
             receive=self._frames.receive,
             probe=lambda *probe: self._membership.probe(*probe),
             ask_history=functools.partial(send_direct, self),
+            on_dropped=lambda peer_id: self._membership.on_dropped(peer_id),
+            dropped_grace=GOODBYE_GRACE,
         )
         # The control SUB is read by polling from the heartbeat loop: no task waits on its FD,
         # so it is connected and disconnected directly (`Heartbeats.control_op`).

@@ -77,7 +77,7 @@ class Settings:
             0.2.
         max_peers: Most peers this node takes; a node past that is refused (not answered, and
             counted in `NodeStatistics.peers_refused`). The node also takes no more than its
-            file descriptors allow, about nine a peer (it raises its soft limit to the hard one
+            file descriptors allow, about seven a peer (it raises its soft limit to the hard one
             when it opens). Default 1024.
         detector: The failure detector's `DetectorSettings`: heartbeat interval and how silence
             turns into suspicion and death, for the peers this node watches. Default

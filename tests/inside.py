@@ -157,7 +157,7 @@ def after_next_beat(node: mesh.Node, then: Callable[[], None]) -> None:
 
 def fail_next_link(node: mesh.Node, error: Exception) -> None:
     """The next link the node opens fails halfway, as when the process is out of file
-    descriptors: its PUSH socket is made, then making the monitor of it raises `error`."""
+    descriptors: its PUSH socket is made, then connecting it raises `error`."""
     links = node._links
     make_socket = links._make_socket
 
@@ -169,7 +169,7 @@ def fail_next_link(node: mesh.Node, error: Exception) -> None:
             def fail(*args: Any) -> Any:
                 raise error
 
-            sock.get_monitor_socket = fail  # type: ignore[method-assign,assignment]
+            sock.connect = fail  # type: ignore[method-assign,assignment]
         return sock
 
     links._make_socket = make_failing

@@ -18,8 +18,8 @@ from mesh._limits import (
 @pytest.mark.parametrize(
     ("descriptors", "max_peers", "peers"),
     [
-        (256, 1024, 7),  # (256 - 64 - 32 * 4) // 9
-        (1024, 1024, 92),  # (1024 - 192) // 9
+        (256, 1024, 18),  # (256 - 64 - 32 * 2) // 7
+        (1024, 1024, 128),  # (1024 - 128) // 7
         (1 << 20, 1024, 1024),  # plenty: the setting decides
         (1 << 20, 10, 10),
         (100, 1024, 1),  # too few for one: one all the same
