@@ -3,11 +3,12 @@ are the caller's.
 
 A node holds about `DESCRIPTORS_PER_PEER` descriptors for each peer (measured: 7.0 a peer from 3
 to 9 peers): the TCP connection of its link, its two SUB connections, the peer's three
-connections in (to its PULL and PUB), and the mailbox of the link's PUSH socket. Running out is not an error a node can recover from: a socket that cannot
-be made fails whatever tried to make it. So a node sizes its limits from its descriptor limit
-when it opens, refuses a new peer past them (counted and logged), and keeps a share for what is
-not a peer: `STRANGER_LINKS` links to addresses being introduced (seeds, mDNS, peer lists) and
-`BASE_DESCRIPTORS` for the node's own sockets, threads and mDNS, and the application.
+connections in (to its PULL and PUB), and the mailbox of the link's PUSH socket. Running out is
+not an error a node can recover from: a socket that cannot be made fails whatever tried to make
+it. So a node sizes its limits from its descriptor limit when it opens, refuses a new peer past
+them (counted and logged), and keeps a share for what is not a peer: `STRANGER_LINKS` links to
+addresses being introduced (seeds, mDNS, peer lists) and `BASE_DESCRIPTORS` for the node's own
+sockets, threads and mDNS, and the application.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ holds a bridge; each host namespace holds one end of a veth pair, the other end 
 bridge. Both ends are born in the switch namespace: nothing is created in the machine's own
 namespace, so no packet can leave through its real interfaces. Names and the private subnet are
 unique per run, and `close` removes exactly what `open` made.
+
+Each host knows every other's link-layer address from the start (permanent neighbour entries):
+the kernel keeps one neighbour table for all namespaces, of at most 1,024 entries it may collect
+(`gc_thresh3`), and N hosts resolving each other by ARP need N(N - 1): at 48 hosts (2,256)
+the table overflows, ARP fails, and connections and datagrams between hosts are dropped.
+Permanent entries are not counted against that limit.
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ from ._common import UserError
 _IP_TIMEOUT = 10.0
 
 
-def _ip(*args: str) -> str:
+def _ip(*args: str, batch: str | None = None) -> str:
+    """Run ``ip ARGS`` (with `batch`: ``ip ARGS -batch -``, the commands read from it)."""
+    command = ["ip", *args] if batch is None else ["ip", *args, "-batch", "-"]
     done = subprocess.run(
-        ["ip", *args], check=True, capture_output=True, text=True, timeout=_IP_TIMEOUT
+        command, input=batch, check=True, capture_output=True, text=True, timeout=_IP_TIMEOUT
     )
     return done.stdout
+
+
+def _mac(index: int) -> str:
+    """A locally administered link-layer address for host `index` (1 ... 65535)."""
+    return f"02:6d:65:73:{index >> 8:02x}:{index & 0xFF:02x}"
 
 
 class Switch:
@@ -60,15 +73,26 @@ class Switch:
         _ip("-n", self.switch, "link", "set", "lo", "up")
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
-        for namespace, address, port in self.hosts.values():
+        for index, (namespace, address, port) in enumerate(self.hosts.values(), start=1):
             _ip("netns", "add", namespace)
             self._made.append(namespace)
             _ip("-n", namespace, "link", "set", "lo", "up")
-            veth = ["type", "veth", "peer", "name", "eth0", "netns", namespace]
-            _ip("-n", self.switch, "link", "add", port, *veth)
+            veth = ["type", "veth", "peer", "name", "eth0", "address", _mac(index)]
+            _ip("-n", self.switch, "link", "add", port, *veth, "netns", namespace)
             _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
             _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", namespace, "link", "set", "eth0", "up")
+        neighbours = [
+            (address, _mac(index))
+            for index, (_, address, _) in enumerate(self.hosts.values(), start=1)
+        ]
+        for namespace, own, _ in self.hosts.values():
+            entries = "".join(
+                f"neigh replace {address} lladdr {mac} dev eth0 nud permanent\n"
+                for address, mac in neighbours
+                if address != own
+            )
+            _ip("-n", namespace, batch=entries)
 
     def place(self, name: str) -> tuple[list[str], str]:
         """The command prefix that runs a program on host `name`, and the host's address."""
