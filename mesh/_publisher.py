@@ -51,8 +51,9 @@ _PUB_RETRY_INTERVAL: Final = 0.001
 _NOTICE_DRAIN_INTERVAL: Final = 1.0
 # Notices taken before the node's other tasks get a turn.
 _NOTICES_AT_ONCE: Final = 1024
-#: Distinct subscriptions a node's PUB may hold (a node subscribes to a few prefixes at most,
-#: each peer to the ones its application asks for): past it, every subscriber is cut.
+#: Distinct subscriptions a node's PUB may hold (each peer subscribes to the prefixes its
+#: application asks for, a few at most, and to two ticket channels of its own; 1,024 peers hold
+#: about 2,100): past it, every subscriber is cut.
 MAX_SUBSCRIPTIONS: Final = 16_384
 # Seconds a PUB unbound from a port waits for ZeroMQ to let go of it, to bind it again.
 _REBIND_PATIENCE: Final = 2.0

@@ -531,6 +531,67 @@ async def test_a_peer_that_takes_tickets_is_probed_with_them(plain: ThirdParty) 
     assert (message.topic, message.sender) == ("weather.oslo", me.hex())
 
 
+async def test_each_new_event_channel_gets_a_ticket_subscribed_after_it(plain: ThirdParty) -> None:
+    # A ticket proves the event channels subscribed before it: the node subscribes a new one
+    # after each new event channel, probes with the newest, and keeps the last two.
+    me = os.urandom(16)
+    inbox, pull_port = plain.bind(zmq.PULL)
+    xpub = plain.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription message, in the order it came
+    xpub.bind("tcp://127.0.0.1:*")
+    pub_port = int(xpub.getsockopt(zmq.LAST_ENDPOINT).rsplit(b":", 1)[1])
+    seen: list[bytes] = []  # subscription messages, in order
+    tickets_used: list[bytes] = []
+    responder = trio.CancelScope()
+
+    async def answer_tickets(node_id: bytes) -> None:
+        seq = 0
+        with responder:
+            while True:
+                while (notice := poll(xpub)) is not None:
+                    seen.append(notice)
+                while (frame := poll(inbox)) is not None:
+                    _, kind, sender, _, meta, _ = open_envelope(frame)
+                    if kind == TICKET and sender == node_id:
+                        token, ticket = meta
+                        tickets_used.append(ticket)
+                        seq += 1
+                        data = envelope(SYNCED, me, seq, [token, sender], None)
+                        xpub.send(TICKET_CHANNEL + ticket + data, zmq.NOBLOCK)
+                await trio.sleep(0.001)
+
+    hello = {"record": plain_record(me, pub_port, pull_port), "peers": [], "tickets": True}
+    with trio.fail_after(10):
+        async with open_node(name="subscriber", interface="127.0.0.1") as node:
+            push = plain.socket(zmq.PUSH)
+            push.connect(node.endpoints.pull)
+            push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
+            assert (await receive_direct(inbox))[1] == WELCOME
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer_tickets, bytes.fromhex(node.id))
+                async with node.subscribe("x."):
+                    used_by_x = len(tickets_used)
+                    async with node.subscribe("y."):
+                        used_by_y = len(tickets_used)
+                async with node.subscribe("z."):
+                    pass
+                await wait_until(lambda: b"\x00Ez." in seen, "the last unsubscription")
+                responder.cancel()
+    subscribed = [n[1:] for n in seen if n[:1] == b"\x01" and n != b"\x01!"]  # (control SUB's)
+    tickets = [n for n in subscribed if n[:1] == TICKET_CHANNEL]
+    assert len(tickets) == 3
+    assert len(set(tickets)) == 3
+    # Each event channel, then a ticket: the ticket comes after every channel it proves.
+    assert subscribed == [b"Ex.", tickets[0], b"Ey.", tickets[1], b"Ez.", tickets[2]]
+    # Each subscription was probed with the ticket subscribed after its channel.
+    assert {TICKET_CHANNEL + t for t in tickets_used[:used_by_x]} == {tickets[0]}
+    assert {TICKET_CHANNEL + t for t in tickets_used[used_by_x:used_by_y]} == {tickets[1]}
+    assert {TICKET_CHANNEL + t for t in tickets_used[used_by_y:]} == {tickets[2]}
+    # Two kept: the first went when the third came.
+    assert b"\x00" + tickets[0] in seen
+    assert b"\x00" + tickets[1] not in seen
+
+
 async def test_plain_publisher_peer_is_heard_and_its_garbage_counted(plain: ThirdParty) -> None:
     # The third party as a publishing peer: it answers the node's subscription probe, publishes
     # events the node delivers, and leaves with a BYE on the control channel. Bad frames on its
