@@ -123,10 +123,10 @@ class ProbeSettings:
             relay waits before it says NACK. Default 0.5.
         indirect_probes: Relays asked when a PING goes unanswered. Default 3.
         rumours_per_message: Most rumours piggybacked on one message (at most
-            `MOST_RUMOURS`). Default 12.
+            `MOST_RUMOURS`). Default 16.
         gossip_interval: Seconds between two rounds of GOSSIP, while rumours wait to be
             passed on (none is sent otherwise). Default 0.2.
-        gossip_nodes: Members sent GOSSIP each round. Default 3.
+        gossip_nodes: Members sent GOSSIP each round. Default 4.
         confirmations: Independent suspicions that bring a suspicion to its least timeout.
             Default 2.
         forget_after: Seconds from a death to forgetting the member. Default 30.0.
@@ -138,9 +138,9 @@ class ProbeSettings:
     probe_interval: float = 1.0
     probe_timeout: float = 0.5
     indirect_probes: int = 3
-    rumours_per_message: int = 12
+    rumours_per_message: int = 16
     gossip_interval: float = 0.2
-    gossip_nodes: int = 3
+    gossip_nodes: int = 4
     confirmations: int = 2
     forget_after: float = 30.0
     pause_threshold: float = 0.1

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from mesh._beatkeys import MAC_SIZE
 from mesh._errors import ProtocolError
 from mesh._probing import (
     MOST_RUMOURS,
@@ -22,6 +23,7 @@ from mesh._probing import (
     read_probe,
 )
 from mesh._swim import State
+from mesh._wire import MAX_DATAGRAM_SIZE, MAX_UINT64, Kind, pack
 
 SETTINGS = ProbeSettings(probe_interval=1.0, probe_timeout=0.5, indirect_probes=2)
 
@@ -231,6 +233,15 @@ def test_a_probe_round_trips_through_its_meta_and_body() -> None:
         Op.PING_REQ, 9, B, (Rumour(State.SUSPECT, B, 3, A), Rumour(State.ALIVE, A, 1, A))
     )
     assert read_probe(tuple(probe_meta(message)), probe_body(message)) == message
+
+
+def test_a_probe_with_the_most_rumours_fits_a_datagram_with_its_mac() -> None:
+    # Every number at its widest, every rumour with an accuser: what a full PROBE can take.
+    rumours = tuple(Rumour(State.SUSPECT, B, MAX_UINT64, A) for _ in range(MOST_RUMOURS))
+    message = Message(Op.PING_REQ, MAX_UINT64, B, rumours)
+    envelope = pack(Kind.PROBE, A, MAX_UINT64, probe_meta(message), probe_body(message))
+    assert len(envelope) + MAC_SIZE <= MAX_DATAGRAM_SIZE
+    assert ProbeSettings().rumours_per_message <= MOST_RUMOURS
 
 
 @pytest.mark.parametrize(
