@@ -491,6 +491,29 @@ async def test_ticket_probe_is_answered_on_the_ticket_channel_alone(plain: Third
             assert [open_published(each)[1][1] for each in received] == [EVENT]
 
 
+async def join_taking_tickets(
+    plain: ThirdParty,
+    node: mesh.Node,
+    inbox: zmq.Socket[Any],
+    me: bytes,
+    pub_port: int,
+    pull_port: int,
+) -> None:
+    """Join `node` as a third-party peer whose HELLO says it answers TICKET (§8)."""
+    hello = {"record": plain_record(me, pub_port, pull_port), "peers": [], "tickets": True}
+    push = plain.socket(zmq.PUSH)
+    push.connect(node.endpoints.pull)
+    push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
+    assert (await receive_direct(inbox))[1] == WELCOME
+
+
+def answer_ticket(pub: zmq.Socket[Any], me: bytes, seq: int, meta: list[Any], to: bytes) -> None:
+    """Publish the SYNCED that answers TICKET `meta` from `to`, on its ticket channel (§10)."""
+    token, ticket = meta
+    data = envelope(SYNCED, me, seq, [token, to], None)
+    pub.send(TICKET_CHANNEL + ticket + data, zmq.NOBLOCK)
+
+
 async def test_a_peer_that_takes_tickets_is_probed_with_them(plain: ThirdParty) -> None:
     # A peer whose HELLO says "tickets": true gets TICKET, not SYNC, and its answer on the
     # node's ticket channel makes the subscription live there.
@@ -509,17 +532,11 @@ async def test_a_peer_that_takes_tickets_is_probed_with_them(plain: ThirdParty) 
                     probes.append(kind)
                     seq += 1
                     if kind == TICKET:
-                        token, ticket = meta
-                        data = envelope(SYNCED, me, seq, [token, sender], None)
-                        pub.send(TICKET_CHANNEL + ticket + data, zmq.NOBLOCK)
+                        answer_ticket(pub, me, seq, meta, sender)
 
-    hello = {"record": plain_record(me, pub_port, pull_port), "peers": [], "tickets": True}
     with trio.fail_after(10):
         async with open_node(name="subscriber", interface="127.0.0.1") as node:
-            push = plain.socket(zmq.PUSH)
-            push.connect(node.endpoints.pull)
-            push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
-            assert (await receive_direct(inbox))[1] == WELCOME
+            await join_taking_tickets(plain, node, inbox, me, pub_port, pull_port)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(answer_probes, bytes.fromhex(node.id))
                 async with node.subscribe("weather.") as subscription:
@@ -553,20 +570,14 @@ async def test_each_new_event_channel_gets_a_ticket_subscribed_after_it(plain: T
                 while (frame := poll(inbox)) is not None:
                     _, kind, sender, _, meta, _ = open_envelope(frame)
                     if kind == TICKET and sender == node_id:
-                        token, ticket = meta
-                        tickets_used.append(ticket)
+                        tickets_used.append(meta[1])
                         seq += 1
-                        data = envelope(SYNCED, me, seq, [token, sender], None)
-                        xpub.send(TICKET_CHANNEL + ticket + data, zmq.NOBLOCK)
+                        answer_ticket(xpub, me, seq, meta, sender)
                 await trio.sleep(0.001)
 
-    hello = {"record": plain_record(me, pub_port, pull_port), "peers": [], "tickets": True}
     with trio.fail_after(10):
         async with open_node(name="subscriber", interface="127.0.0.1") as node:
-            push = plain.socket(zmq.PUSH)
-            push.connect(node.endpoints.pull)
-            push.send(envelope(HELLO, me, 1, None, hello), zmq.NOBLOCK)
-            assert (await receive_direct(inbox))[1] == WELCOME
+            await join_taking_tickets(plain, node, inbox, me, pub_port, pull_port)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(answer_tickets, bytes.fromhex(node.id))
                 async with node.subscribe("x."):
