@@ -225,7 +225,7 @@ class Prober(Generic[K]):
         claim = self.roster.dead(member, self.roster.incarnation_of(member), self.me, now)
         if claim is not None:
             self._dead[member] = now
-            self._spread(Rumour(State.DEAD, member, claim.incarnation, self.me))
+            self._spread(Rumour(State.DEAD, member, claim.incarnation, self.me), now)
 
     def changes(self) -> list[Change[K]]:
         """The changes of members' states since the last call, in order."""
@@ -279,7 +279,7 @@ class Prober(Generic[K]):
             self._dead[member] = now
             self._changes.append(Change(member, State.SUSPECT, State.DEAD, "timeout"))
             incarnation = self.roster.incarnation_of(member)
-            self._spread(Rumour(State.DEAD, member, incarnation, self.me))
+            self._spread(Rumour(State.DEAD, member, incarnation, self.me), now)
         for member, since in list(self._dead.items()):
             if now >= since + settings.forget_after:
                 old = self.roster.state(member)
@@ -387,7 +387,7 @@ class Prober(Generic[K]):
         if claim is not None:
             if old is not State.SUSPECT:
                 self._changes.append(Change(target, old, State.SUSPECT, "probe"))
-            self._spread(Rumour(State.SUSPECT, target, claim.incarnation, self.me))
+            self._spread(Rumour(State.SUSPECT, target, claim.incarnation, self.me), now)
 
     def _hear(self, rumour: Rumour[K], now: float) -> None:
         member = rumour.member
@@ -395,7 +395,7 @@ class Prober(Generic[K]):
         if member == self.me:
             if rumour.state is not State.ALIVE and rumour.incarnation < roster.incarnation:
                 # Refuted already, and the refutation not heard there: say it again.
-                self._spread(Rumour(State.ALIVE, self.me, roster.incarnation, self.me))
+                self._spread(Rumour(State.ALIVE, self.me, roster.incarnation, self.me), now)
                 return
         elif roster.state(member) is None:
             return  # not a member this node knows (module rules)
@@ -411,9 +411,9 @@ class Prober(Generic[K]):
             return
         if claim.refute:
             self.awareness.apply(1)
-            self._spread(Rumour(State.ALIVE, self.me, claim.incarnation, self.me))
+            self._spread(Rumour(State.ALIVE, self.me, claim.incarnation, self.me), now)
             return
-        self._spread(rumour)
+        self._spread(rumour, now)
         if claim.state is not old:
             if claim.state is State.SUSPECT:  # (heard: see for itself if it lasts)
                 settings = self.settings
@@ -432,9 +432,11 @@ class Prober(Generic[K]):
         incarnation = self.roster.incarnation
         return (Rumour(State.ALIVE, self.me, incarnation, self.me),) if incarnation else ()
 
-    def _spread(self, rumour: Rumour[K]) -> None:
+    def _spread(self, rumour: Rumour[K], now: float) -> None:
         # (Keyed by member, as memberlist does: a newer rumour about it, a confirmation of a
         # suspicion included, replaces what is queued; the queue holds one a member at most.)
+        if not self._rumours:  # gossip starts now, not when the last round was due
+            self._next_gossip = max(self._next_gossip, now)
         self._rumours.add(rumour.member, rumour)
 
     def _message(

@@ -180,6 +180,18 @@ def test_an_accusation_spreads_a_death_without_reporting_it_back() -> None:
     assert any(Rumour(State.DEAD, "b", 0, "a") in s.message.rumours for s in sends)
 
 
+def test_a_rumour_after_a_quiet_spell_is_gossiped_from_now_not_from_the_last_round() -> None:
+    # A deadline already past when the node asks for it would look like a tick that ran late,
+    # and a late tick is this node's own stall, which gives every peer more time.
+    a, b = prober("a", "b"), prober("b", "a")
+    while (due := a.next_deadline()) < 5.0:  # probing b, answered: nothing to gossip
+        for ping in a.tick(due):
+            for ack in b.receive("a", ping.message, due):
+                a.receive("b", ack.message, due)
+    a.accuse("b", 5.0)
+    assert a.next_deadline() == 5.0  # gossip starts now (its last round was due at 0)
+
+
 def test_rumours_about_strangers_are_dropped() -> None:
     a = prober("a", "b")
     a.receive("b", Message(Op.PING, 1, "a", (Rumour(State.DEAD, "x", 5, "b"),)), 0.0)
