@@ -161,7 +161,6 @@ class Heartbeats:
         self.rtt = Tally(RTT_BUCKETS)
         self._liveness_changed = trio.lowlevel.ParkingLot()
         self._judge_timer: trio.CancelScope | None = None  # `judge`'s, while it waits
-        self._judge_set_at = 0.0  # when that deadline was last set
         self._probe_checks: list[float] = []  # when to look for refusals of probes sent
 
     def health(self, now: float) -> Callable[[bytes, str], PeerHealth]:
@@ -489,7 +488,6 @@ class Heartbeats:
         deadline, was a large part of the idle cost), or sooner (a peer new to the detector)."""
         timer = self._judge_timer
         if timer is not None:
-            self._judge_set_at = trio.current_time()  # (a deadline already past is due now)
             deadline = self.detector.next_deadline()
             timer.deadline = min(
                 math.inf if deadline is None else deadline,
@@ -508,7 +506,7 @@ class Heartbeats:
             self._judge_timer = None
             if timer.cancelled_caught:
                 now = trio.current_time()
-                lateness = max(0.0, now - max(timer.deadline, self._judge_set_at))
+                lateness = max(0.0, now - timer.deadline)
                 self.take()  # beats (and refusals) that came since the heartbeat loop last read
                 self._probe_checks = [at for at in self._probe_checks if at > now]
                 self._judged(self.detector.tick(now, lateness=lateness))
