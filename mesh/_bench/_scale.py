@@ -56,7 +56,6 @@ _END = b"end"
 _SETTLE = 1.0
 _ZMQ_THREADS = "ZMQbg/"  # libzmq names its I/O and reaper threads so
 _CLONE_NEWNET = 0x40000000
-_NETNS_PUB, _NETNS_PULL = 7700, 7701  # each node's ports in its namespace
 
 
 def bench_scale(
@@ -91,10 +90,9 @@ def _measure(
 ) -> list[Measurement]:
     """`bench_scale`'s run, in `pool`, each node on its host of `switch` if there is one."""
     started = clock()
-    places: list[tuple[str, str, str] | None] = [None] * nodes
+    places: list[tuple[str, str] | None] = [None] * nodes
     if switch is not None:
-        seed = f"{switch.hosts['scale0'][1]}:{_NETNS_PULL}"
-        places = [(*switch.hosts[f"scale{i}"][:2], seed) for i in range(nodes)]
+        places = [switch.hosts[f"scale{i}"][:2] for i in range(nodes)]
     controls = [
         pool.start(index, _scale_node, mesh_name, index, nodes, timeout, places[index])
         for index in range(nodes)
@@ -209,13 +207,13 @@ def _scale_node(
     index: int,
     nodes: int,
     timeout: float,
-    place: tuple[str, str, str] | None,
+    place: tuple[str, str] | None,
 ) -> None:
-    interface, seed = "127.0.0.1", None
+    interface = "127.0.0.1"
     if place is not None:
-        namespace, interface, seed = place
+        namespace, interface = place
         _enter_namespace(namespace)
-    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout, interface, seed)
+    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout, interface, bool(place))
 
 
 def _enter_namespace(namespace: str) -> None:
@@ -238,24 +236,14 @@ async def _run_scale_node(
     nodes: int,
     timeout: float,
     interface: str,
-    seed: str | None,
+    netns: bool,
 ) -> None:
     from .. import open_node
 
-    # In a namespace of its own a node has its ports to itself, so node 0's address is known
-    # before it opens: every other node has it as its one seed, and learns the rest from it
-    # (mDNS on the bridge did not form 64 nodes here, before SWIM or after). Its private subnet
-    # reaches nothing but the switch: open is safe there.
-    netns = seed is not None
+    # In a namespace of its own a node's private subnet reaches nothing but the switch: open
+    # (no key) is safe there, and so is mDNS.
     async with open_node(
-        f"scale{index}",
-        mesh=mesh_name,
-        interface=interface,
-        pub_port=_NETNS_PUB if netns else 0,
-        pull_port=_NETNS_PULL if netns else 0,
-        discovery="static" if netns else "mdns",
-        insecure=netns,
-        seeds=[seed] if seed is not None and index else [],
+        f"scale{index}", mesh=mesh_name, interface=interface, discovery="mdns", insecure=netns
     ) as node:
         if index == 0:
             await node.wait_for_peers(nodes - 1, timeout=timeout)
