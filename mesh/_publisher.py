@@ -193,22 +193,16 @@ class Publisher:
             check_open()
 
     def publish_control(
-        self, channel: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
+        self, head: bytes | None, kind: Kind, meta: list[Any] | None, body: Any = None
     ) -> bool:
-        """Publish a SYNCED (on an event channel, or on a ticket channel: `channel` is then
-        ``b"S" + ticket``) or a control message (channel None), unless the PUB's outbox is full
+        """Publish a control message (`head` None), or a SYNCED whose frame starts with `head`
+        (an event channel and its NUL, or a ticket channel), unless the PUB's outbox is full
         (then False)."""
         if not self.outbox.has_room():
             return False
         self._seq += 1
         envelope = pack(kind, self._id, self._seq, meta, body)
-        if channel is None:
-            frame = control_frame(envelope)
-        elif channel[:1] == TICKET_CHANNEL:
-            frame = channel + envelope
-        else:
-            frame = event_frame(channel, envelope)
-        self.outbox.send_nowait(frame)
+        self.outbox.send_nowait(control_frame(envelope) if head is None else head + envelope)
         return True
 
     def _send_past(self, frame: bytes, count: int) -> bool:
@@ -257,7 +251,7 @@ class Publisher:
             channel = topic_channel(prefix)
         except ValueError:  # a NUL in the prefix: no subscription could match it anyway
             return
-        self.publish_control(channel, Kind.SYNCED, [token, envelope.sender])
+        self.publish_control(event_frame(channel, b""), Kind.SYNCED, [token, envelope.sender])
 
     def on_ticket(self, envelope: Envelope) -> None:
         """A TICKET in the inbox: a SYNC for every channel the prober subscribed before its

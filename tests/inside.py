@@ -23,7 +23,7 @@ from mesh._detector import Liveness, Transition
 from mesh._heartbeat import PeerBeats
 from mesh._links import Links
 from mesh._streams import Subscription, Task
-from mesh._wire import Kind
+from mesh._wire import Kind, event_frame
 from mesh._zmq import Outbox
 from mesh.blocking import BlockingNode
 
@@ -217,7 +217,8 @@ def forget(node: mesh.Node, other: mesh.Node) -> None:
 def publish_raw(node: mesh.Node, channel: bytes | None, kind: Kind, meta: list[Any]) -> bool:
     """Publish a control message (or, with a `channel`, a SYNCED) on the node's PUB as it is:
     what a misbehaving peer could send."""
-    return node._publisher.publish_control(channel, kind, meta)
+    head = None if channel is None else event_frame(channel, b"")
+    return node._publisher.publish_control(head, kind, meta)
 
 
 def synced_tokens_kept(node: mesh.Node) -> int:

@@ -90,9 +90,7 @@ def _measure(
 ) -> list[Measurement]:
     """`bench_scale`'s run, in `pool`, each node on its host of `switch` if there is one."""
     started = clock()
-    places: list[tuple[str, str] | None] = [None] * nodes
-    if switch is not None:
-        places = [switch.hosts[f"scale{i}"][:2] for i in range(nodes)]
+    places = [None if switch is None else switch.hosts[f"scale{i}"][:2] for i in range(nodes)]
     controls = [
         pool.start(index, _scale_node, mesh_name, index, nodes, timeout, places[index])
         for index in range(nodes)
@@ -213,7 +211,7 @@ def _scale_node(
     if place is not None:
         namespace, interface = place
         _enter_namespace(namespace)
-    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout, interface, bool(place))
+    trio.run(_run_scale_node, control, mesh_name, index, nodes, timeout, interface)
 
 
 def _enter_namespace(namespace: str) -> None:
@@ -230,20 +228,15 @@ def _enter_namespace(namespace: str) -> None:
 
 
 async def _run_scale_node(
-    control: Connection,
-    mesh_name: str,
-    index: int,
-    nodes: int,
-    timeout: float,
-    interface: str,
-    netns: bool,
+    control: Connection, mesh_name: str, index: int, nodes: int, timeout: float, interface: str
 ) -> None:
     from .. import open_node
 
-    # In a namespace of its own a node's private subnet reaches nothing but the switch: open
-    # (no key) is safe there, and so is mDNS.
+    # (A namespace's private subnet reaches nothing but the switch: open is safe there, and so
+    # is mDNS.)
+    insecure = interface != "127.0.0.1"
     async with open_node(
-        f"scale{index}", mesh=mesh_name, interface=interface, discovery="mdns", insecure=netns
+        f"scale{index}", mesh=mesh_name, interface=interface, insecure=insecure
     ) as node:
         if index == 0:
             await node.wait_for_peers(nodes - 1, timeout=timeout)

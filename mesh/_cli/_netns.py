@@ -73,19 +73,17 @@ class Switch:
         _ip("-n", self.switch, "link", "set", "lo", "up")
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
+        neighbours: list[tuple[str, str]] = []  # (address, link-layer address) of every host
         for index, (namespace, address, port) in enumerate(self.hosts.values(), start=1):
             _ip("netns", "add", namespace)
             self._made.append(namespace)
             _ip("-n", namespace, "link", "set", "lo", "up")
-            veth = ["type", "veth", "peer", "name", "eth0", "address", _mac(index)]
+            neighbours.append((address, _mac(index)))
+            veth = ["type", "veth", "peer", "name", "eth0", "address", neighbours[-1][1]]
             _ip("-n", self.switch, "link", "add", port, *veth, "netns", namespace)
             _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
             _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
             _ip("-n", namespace, "link", "set", "eth0", "up")
-        neighbours = [
-            (address, _mac(index))
-            for index, (_, address, _) in enumerate(self.hosts.values(), start=1)
-        ]
         for namespace, own, _ in self.hosts.values():
             entries = "".join(
                 f"neigh replace {address} lladdr {mac} dev eth0 nud permanent\n"
